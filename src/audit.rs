@@ -1,1 +1,244 @@
-//! audit (stub)
+//! Typed audit events and the one path that writes them.
+//!
+//! An audit event is written *before* the action it records goes ahead; a
+//! caller that cannot write one must refuse the action (fail closed). Events
+//! never carry secrets (tokens, keystrokes).
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::store::{NewAuditRow, Store, StoreError};
+
+/// What happened. Past tense; one variant per kind of event.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub enum AuditEvent {
+    /// A user proved who they are.
+    AuthenticationSucceeded {
+        /// How: `device_flow` or `token`.
+        method: String,
+        /// The SSH user name asked for (the target).
+        target: String,
+    },
+    /// An authentication attempt failed.
+    AuthenticationFailed {
+        /// How: `device_flow`, `token` or `publickey`.
+        method: String,
+        /// The SSH user name asked for, truncated to 128 bytes.
+        target: String,
+        /// The full reason (not shown to the user).
+        reason: String,
+    },
+    /// The SSH user name could not be used as a target.
+    TargetRefused {
+        /// The SSH user name, truncated to 128 bytes.
+        target: String,
+        /// Why: malformed, unknown container, not running.
+        reason: String,
+    },
+    /// The policy decided a request.
+    AccessDecided {
+        /// Cedar action: `shell` or `exec`.
+        action: String,
+        /// Target container.
+        container: String,
+        /// Login inside the container.
+        login: String,
+        /// True when allowed.
+        allowed: bool,
+        /// Ids of the policies that decided, and evaluation errors.
+        reasons: Vec<String>,
+    },
+    /// A process was started in a container.
+    SessionStarted {
+        /// Target container.
+        container: String,
+        /// Login inside the container.
+        login: String,
+        /// The command, `None` for a shell.
+        command: Option<String>,
+        /// True when a PTY was given.
+        pty: bool,
+    },
+    /// Starting the process failed.
+    SessionFailed {
+        /// Target container.
+        container: String,
+        /// Why.
+        reason: String,
+    },
+    /// A session ended.
+    SessionEnded {
+        /// Exit code, when it exited.
+        exit_status: Option<i64>,
+        /// Signal, when it was killed by one.
+        exit_signal: Option<String>,
+        /// Recording size in bytes.
+        recording_bytes: i64,
+        /// Recording SHA-256, lowercase hex.
+        recording_sha256: String,
+    },
+    /// At start, a session left running by a previous gateway process was
+    /// marked interrupted.
+    SessionInterrupted,
+}
+
+impl AuditEvent {
+    /// The `kind` column value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuditEvent::AuthenticationSucceeded { .. }
+            | AuditEvent::AuthenticationFailed { .. } => "authentication",
+            AuditEvent::TargetRefused { .. } => "target",
+            AuditEvent::AccessDecided { .. } => "decision",
+            AuditEvent::SessionStarted { .. } => "session_start",
+            AuditEvent::SessionFailed { .. } => "session_start",
+            AuditEvent::SessionEnded { .. } => "session_end",
+            AuditEvent::SessionInterrupted => "session_end",
+        }
+    }
+
+    /// The `outcome` column value.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            AuditEvent::AuthenticationSucceeded { .. } | AuditEvent::SessionStarted { .. } => {
+                "success"
+            }
+            AuditEvent::AuthenticationFailed { .. }
+            | AuditEvent::TargetRefused { .. }
+            | AuditEvent::SessionFailed { .. } => "failure",
+            AuditEvent::AccessDecided { allowed: true, .. } => "allow",
+            AuditEvent::AccessDecided { allowed: false, .. } => "deny",
+            AuditEvent::SessionEnded { .. } | AuditEvent::SessionInterrupted => "info",
+        }
+    }
+
+    fn detail(&self) -> serde_json::Value {
+        match serde_json::to_value(self) {
+            // Externally tagged: {"Variant": {...}}; keep the inner object.
+            Ok(serde_json::Value::Object(map)) => map
+                .into_iter()
+                .next()
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| json!({})),
+            _ => json!({}),
+        }
+    }
+}
+
+/// Who and where an event is about.
+#[derive(Debug, Clone, Default)]
+pub struct AuditSubject<'a> {
+    /// Session id.
+    pub session_id: Option<&'a str>,
+    /// Principal subject.
+    pub principal: Option<&'a str>,
+    /// Client address.
+    pub client_addr: Option<&'a str>,
+}
+
+/// Writes audit events to the store.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    store: Store,
+}
+
+impl AuditLog {
+    /// An audit log on `store`.
+    pub fn new(store: Store) -> AuditLog {
+        AuditLog { store }
+    }
+
+    /// Appends `event`; returns its sequence number. Callers must not go on
+    /// with the action when this fails.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database cannot take the event.
+    pub async fn record(
+        &self,
+        subject: &AuditSubject<'_>,
+        event: &AuditEvent,
+    ) -> Result<i64, StoreError> {
+        let detail = event.detail().to_string();
+        let id = self
+            .store
+            .append_audit(&NewAuditRow {
+                kind: event.kind(),
+                outcome: event.outcome(),
+                session_id: subject.session_id,
+                principal: subject.principal,
+                client_addr: subject.client_addr,
+                detail: &detail,
+            })
+            .await?;
+        tracing::info!(
+            audit_id = id,
+            kind = event.kind(),
+            outcome = event.outcome(),
+            session_id = subject.session_id,
+            principal = subject.principal,
+            detail = %detail,
+            "audit"
+        );
+        Ok(id)
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary, for echoing hostile
+/// input into audit events and messages.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[tokio::test]
+    async fn record_writes_kind_outcome_and_detail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/a.db", dir.path().display()))
+            .await
+            .unwrap();
+        let log = AuditLog::new(store.clone());
+        log.record(
+            &AuditSubject {
+                session_id: Some("s"),
+                principal: Some("alice"),
+                client_addr: None,
+            },
+            &AuditEvent::AccessDecided {
+                action: "shell".into(),
+                container: "web1".into(),
+                login: "root".into(),
+                allowed: false,
+                reasons: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        let rows = store.audit_events(None).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].kind, "decision");
+        assert_eq!(rows[0].outcome, "deny");
+        assert_eq!(rows[0].principal.as_deref(), Some("alice"));
+        let detail: serde_json::Value = serde_json::from_str(&rows[0].detail).unwrap();
+        assert_eq!(
+            detail,
+            json!({"action":"shell","container":"web1","login":"root","allowed":false,"reasons":[]})
+        );
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("ééé", 3), "é…");
+    }
+}

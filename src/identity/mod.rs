@@ -1,1 +1,105 @@
-//! identity (stub)
+//! Who the user is: OpenID Connect discovery, the issuer's JWKS, ID-token
+//! validation and the OAuth 2.0 device authorization grant (RFC 8628).
+//!
+//! Owns talking to the issuer and turning a valid ID token into a
+//! [`Principal`]. It never decides access (that is [`crate::policy`]) and
+//! never logs tokens.
+
+mod device;
+mod oidc;
+
+pub use device::{DeviceAuthorization, DeviceFlowError};
+pub use oidc::OidcIssuer;
+
+/// OpenSSH reads at most this many bytes per keyboard-interactive prompt
+/// (`readpassphrase` with a 1024-byte buffer); an answer this long was
+/// probably cut.
+pub const OPENSSH_MAX_PROMPT_BYTES: usize = 1023;
+
+/// The authenticated person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The ID token's `sub`.
+    pub subject: String,
+    /// The `email` claim, when present.
+    pub email: Option<String>,
+    /// The groups claim (configurable name), empty when absent.
+    pub groups: Vec<String>,
+}
+
+/// Why a token or login was refused. [`IdentityError::user_message`] is safe
+/// to show the user; `Display` holds the full reason for the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The issuer's discovery document could not be fetched or parsed.
+    #[error("OIDC discovery failed: {0}")]
+    Discovery(String),
+    /// The issuer's JWKS could not be fetched or parsed.
+    #[error("JWKS fetch failed: {0}")]
+    Jwks(String),
+    /// The token is not a JWT (bad base64, JSON, or shape).
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The token is as long as OpenSSH's prompt limit: probably cut.
+    #[error("token of {0} bytes reaches OpenSSH's 1023-byte prompt limit")]
+    TooLong(usize),
+    /// The header names an algorithm we do not accept (`none`, HMAC, ...).
+    #[error("algorithm not accepted: {0}")]
+    AlgorithmRefused(String),
+    /// The header has no `kid`, or the JWKS has no key with it.
+    #[error("unknown signing key: {0}")]
+    UnknownKey(String),
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    #[error("wrong issuer")]
+    WrongIssuer,
+    /// `aud` does not hold the configured audience.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// A required claim is missing or has the wrong type.
+    #[error("bad claims: {0}")]
+    Claims(String),
+    /// The device flow failed.
+    #[error(transparent)]
+    DeviceFlow(#[from] DeviceFlowError),
+}
+
+impl IdentityError {
+    /// One line for the SSH user: what failed and what to do.
+    pub fn user_message(&self) -> String {
+        match self {
+            IdentityError::Discovery(_) | IdentityError::Jwks(_) => {
+                "Login failed: the identity provider cannot be reached; try again later.".into()
+            }
+            IdentityError::TooLong(_) => format!(
+                "Login failed: OpenSSH sends at most {OPENSSH_MAX_PROMPT_BYTES} bytes per prompt, so \
+                 this token was cut; press Enter at the prompt to log in with your browser instead."
+            ),
+            IdentityError::Expired => "Login failed: the token has expired.".into(),
+            IdentityError::NotYetValid => "Login failed: the token is not valid yet.".into(),
+            IdentityError::WrongIssuer => {
+                "Login failed: the token was issued by another identity provider.".into()
+            }
+            IdentityError::WrongAudience => {
+                "Login failed: the token was not issued for this gateway.".into()
+            }
+            IdentityError::UnknownKey(_) => {
+                "Login failed: the token is signed with a key the identity provider does not publish."
+                    .into()
+            }
+            IdentityError::DeviceFlow(e) => e.user_message(),
+            IdentityError::Malformed(_)
+            | IdentityError::AlgorithmRefused(_)
+            | IdentityError::BadSignature
+            | IdentityError::Claims(_) => "Login failed: the token is not valid.".into(),
+        }
+    }
+}

@@ -1,1 +1,557 @@
-//! recording (stub)
+//! Session transcripts in asciicast v2
+//! (<https://docs.asciinema.org/manual/asciicast/v2/>): the writer used by
+//! live sessions, the reader and the player.
+//!
+//! Knows nothing of SSH or containers: it takes timed byte events. The file
+//! is newline-delimited JSON: a header object, then `[time, code, data]`
+//! arrays where `time` is seconds since the start (float), `code` is `o`
+//! (output), `i` (input) or `r` (resize, data `"COLSxROWS"`). Output is
+//! decoded as UTF-8 incrementally per stream, so a multibyte sequence split
+//! across reads is never split across events (§4.4 of the research brief).
+//!
+//! Events are batched in memory and written at least every
+//! `flush_interval` (default 1 s) and at the end, so a crash of the gateway
+//! loses at most that much. The SHA-256 of the file is computed as it is
+//! written.
+
+mod utf8;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub use utf8::Utf8Decoder;
+
+/// Largest batch kept in memory before it is written, in bytes.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// Events queued between the session and the writer task. Full queue means
+/// the session waits (back-pressure), never that events are dropped.
+const QUEUE_DEPTH: usize = 256;
+
+/// A failed recording step.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    /// The file could not be created.
+    #[error("cannot create recording {path}: {source}")]
+    Create {
+        /// The recording's path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing or syncing failed.
+    #[error("cannot write recording: {0}")]
+    Write(#[source] std::io::Error),
+    /// The writer task is gone (it failed earlier).
+    #[error("the recording writer stopped")]
+    WriterGone,
+    /// Reading a recording failed.
+    #[error("cannot read recording {path}: {source}")]
+    Read {
+        /// The recording's path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line of the recording is not asciicast v2.
+    #[error("recording line {line}: {message}")]
+    Malformed {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Session facts put in the header under the `portcullis` key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionMetadata {
+    /// Session id.
+    pub session_id: String,
+    /// Principal subject.
+    pub principal: String,
+    /// Target container.
+    pub container: String,
+    /// Login inside the container.
+    pub login: String,
+    /// Command, for exec sessions.
+    pub command: Option<String>,
+}
+
+/// The asciicast v2 header (first line).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Header {
+    /// Always 2.
+    pub version: u32,
+    /// Terminal columns.
+    pub width: u32,
+    /// Terminal rows.
+    pub height: u32,
+    /// Start, unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<i64>,
+    /// The command run, for exec sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// A human title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// `TERM` (and `SHELL` when known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    /// Portcullis session metadata (players ignore unknown keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portcullis: Option<SessionMetadata>,
+}
+
+/// One event line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Seconds since the start.
+    pub time: f64,
+    /// `o`, `i`, `r` or another code (kept, players ignore unknown codes).
+    pub code: String,
+    /// The event's data.
+    pub data: String,
+}
+
+enum Command {
+    Line(Vec<u8>),
+    Finish(tokio::sync::oneshot::Sender<Result<Digest256, RecordingError>>),
+}
+
+/// Size and SHA-256 of a finished recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest256 {
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Lowercase hex SHA-256 of the whole file.
+    pub sha256: String,
+}
+
+/// The writing end of one session's recording. Dropping it without
+/// [`Recorder::finish`] still flushes what was queued.
+pub struct Recorder {
+    start: Instant,
+    tx: mpsc::Sender<Command>,
+    output: Utf8Decoder,
+    input: Utf8Decoder,
+    record_input: bool,
+    path: PathBuf,
+}
+
+impl Recorder {
+    /// Creates the file at `path` (mode 0600, must not exist), writes the
+    /// header and starts the writer task.
+    ///
+    /// # Errors
+    /// [`RecordingError::Create`] or [`RecordingError::Write`].
+    pub async fn create(
+        path: &Path,
+        header: &Header,
+        record_input: bool,
+        flush_interval: Duration,
+    ) -> Result<Recorder, RecordingError> {
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .await
+            .map_err(|source| RecordingError::Create {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut line = serde_json::to_vec(header).map_err(|e| RecordingError::Write(e.into()))?;
+        line.push(b'\n');
+        let mut writer = Writer {
+            file,
+            hasher: Sha256::new(),
+            bytes: 0,
+            batch: Vec::with_capacity(MAX_BATCH_BYTES),
+        };
+        writer.batch.extend_from_slice(&line);
+        writer.write_batch().await?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(writer.run(rx, flush_interval));
+        Ok(Recorder {
+            start: Instant::now(),
+            tx,
+            output: Utf8Decoder::default(),
+            input: Utf8Decoder::default(),
+            record_input,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The recording's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records output bytes (`o`).
+    ///
+    /// # Errors
+    /// [`RecordingError::WriterGone`] when the writer failed.
+    pub async fn output(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
+        let text = self.output.decode(bytes);
+        self.event("o", &text).await
+    }
+
+    /// Records input bytes (`i`) when input recording is on; else nothing.
+    ///
+    /// # Errors
+    /// [`RecordingError::WriterGone`] when the writer failed.
+    pub async fn input(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
+        if !self.record_input {
+            return Ok(());
+        }
+        let text = self.input.decode(bytes);
+        self.event("i", &text).await
+    }
+
+    /// Records a terminal resize (`r`, data `COLSxROWS`).
+    ///
+    /// # Errors
+    /// [`RecordingError::WriterGone`] when the writer failed.
+    pub async fn resize(&mut self, cols: u32, rows: u32) -> Result<(), RecordingError> {
+        self.event("r", &format!("{cols}x{rows}")).await
+    }
+
+    async fn event(&mut self, code: &str, data: &str) -> Result<(), RecordingError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let time = self.start.elapsed().as_secs_f64();
+        let mut line = serde_json::to_vec(&(Time(time), code, data))
+            .map_err(|e| RecordingError::Write(e.into()))?;
+        line.push(b'\n');
+        self.tx
+            .send(Command::Line(line))
+            .await
+            .map_err(|_| RecordingError::WriterGone)
+    }
+
+    /// Writes what the decoders still hold, flushes, fsyncs and returns the
+    /// file's size and SHA-256.
+    ///
+    /// # Errors
+    /// [`RecordingError::Write`] or [`RecordingError::WriterGone`].
+    pub async fn finish(mut self) -> Result<Digest256, RecordingError> {
+        let rest = self.output.finish();
+        self.event("o", &rest).await?;
+        let rest = self.input.finish();
+        if self.record_input {
+            self.event("i", &rest).await?;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Command::Finish(tx))
+            .await
+            .map_err(|_| RecordingError::WriterGone)?;
+        rx.await.map_err(|_| RecordingError::WriterGone)?
+    }
+}
+
+/// Event times with microsecond precision, as asciinema writes them.
+struct Time(f64);
+
+impl Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64((self.0 * 1e6).round() / 1e6)
+    }
+}
+
+struct Writer {
+    file: tokio::fs::File,
+    hasher: Sha256,
+    bytes: u64,
+    batch: Vec<u8>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, flush_interval: Duration) {
+        let mut tick = tokio::time::interval(flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = rx.recv() => match command {
+                    Some(Command::Line(line)) => {
+                        self.batch.extend_from_slice(&line);
+                        if self.batch.len() >= MAX_BATCH_BYTES && self.write_batch().await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Command::Finish(reply)) => {
+                        let result = self.finish().await;
+                        let _ = reply.send(result);
+                        return;
+                    }
+                    None => {
+                        // Recorder dropped without finish: keep what we have.
+                        let _ = self.finish().await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    if self.write_batch().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write_batch(&mut self) -> Result<(), RecordingError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all(&self.batch)
+            .await
+            .map_err(RecordingError::Write)?;
+        self.file.flush().await.map_err(RecordingError::Write)?;
+        self.hasher.update(&self.batch);
+        self.bytes += self.batch.len() as u64;
+        self.batch.clear();
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<Digest256, RecordingError> {
+        self.write_batch().await?;
+        self.file.sync_all().await.map_err(RecordingError::Write)?;
+        Ok(Digest256 {
+            bytes: self.bytes,
+            sha256: hex::encode(self.hasher.clone().finalize()),
+        })
+    }
+}
+
+/// Parses a whole recording.
+///
+/// # Errors
+/// [`RecordingError::Malformed`] naming the first bad line.
+pub fn parse(text: &str) -> Result<(Header, Vec<Event>), RecordingError> {
+    let mut lines = text.lines().enumerate();
+    let header_line = lines.next().map(|(_, l)| l).unwrap_or("");
+    let header: Header =
+        serde_json::from_str(header_line).map_err(|e| RecordingError::Malformed {
+            line: 1,
+            message: format!("bad header: {e}"),
+        })?;
+    if header.version != 2 {
+        return Err(RecordingError::Malformed {
+            line: 1,
+            message: format!("version {} is not 2", header.version),
+        });
+    }
+    let mut events = Vec::new();
+    let mut last = 0.0;
+    for (index, line) in lines {
+        if line.is_empty() {
+            continue;
+        }
+        let malformed = |message: String| RecordingError::Malformed {
+            line: index + 1,
+            message,
+        };
+        let (time, code, data): (f64, String, String) =
+            serde_json::from_str(line).map_err(|e| malformed(format!("bad event: {e}")))?;
+        if time < last {
+            return Err(malformed(format!("time {time} goes backwards")));
+        }
+        last = time;
+        events.push(Event { time, code, data });
+    }
+    Ok((header, events))
+}
+
+/// Reads and parses the recording at `path`.
+///
+/// # Errors
+/// [`RecordingError::Read`] or [`RecordingError::Malformed`].
+pub fn read(path: &Path) -> Result<(Header, Vec<Event>), RecordingError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RecordingError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Lowercase hex SHA-256 and size of the file at `path`.
+///
+/// # Errors
+/// [`RecordingError::Read`].
+pub fn digest_file(path: &Path) -> Result<Digest256, RecordingError> {
+    let bytes = std::fs::read(path).map_err(|source| RecordingError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Digest256 {
+        bytes: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(&bytes)),
+    })
+}
+
+/// Replays `events` to `out` with their timing, like `asciinema play`:
+/// waits are divided by `speed` and capped at `idle_limit` seconds.
+///
+/// # Errors
+/// I/O errors of `out`.
+pub async fn play<W: tokio::io::AsyncWrite + Unpin>(
+    events: &[Event],
+    speed: f64,
+    idle_limit: Option<f64>,
+    out: &mut W,
+) -> std::io::Result<()> {
+    let speed = if speed > 0.0 { speed } else { 1.0 };
+    let mut last = 0.0;
+    for event in events {
+        let mut wait = (event.time - last).max(0.0);
+        if let Some(limit) = idle_limit {
+            wait = wait.min(limit);
+        }
+        last = event.time;
+        if wait > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(wait / speed)).await;
+        }
+        if event.code == "o" {
+            out.write_all(event.data.as_bytes()).await?;
+            out.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            version: 2,
+            width: 80,
+            height: 24,
+            timestamp: Some(1_700_000_000),
+            command: None,
+            title: None,
+            env: None,
+            portcullis: Some(SessionMetadata {
+                session_id: "s".into(),
+                principal: "alice".into(),
+                container: "web1".into(),
+                login: "root".into(),
+                command: None,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_parseable_asciicast_with_exact_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let mut rec = Recorder::create(&path, &header(), false, Duration::from_secs(1))
+            .await
+            .unwrap();
+        rec.output(b"hello \xc3").await.unwrap();
+        rec.output(b"\xa9\x1b[0m\r\n").await.unwrap();
+        rec.input(b"secret").await.unwrap();
+        rec.resize(100, 50).await.unwrap();
+        let digest = rec.finish().await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(digest, digest_file(&path).unwrap());
+        let (h, events) = parse(&text).unwrap();
+        assert_eq!(h, header());
+        let codes: Vec<_> = events
+            .iter()
+            .map(|e| (e.code.as_str(), e.data.as_str()))
+            .collect();
+        assert_eq!(
+            codes,
+            [("o", "hello "), ("o", "é\u{1b}[0m\r\n"), ("r", "100x50")]
+        );
+        assert!(!text.contains("secret"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn input_recorded_only_when_enabled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let mut rec = Recorder::create(&path, &header(), true, Duration::from_secs(1))
+            .await
+            .unwrap();
+        rec.input(b"ls\r").await.unwrap();
+        rec.finish().await.unwrap();
+        let (_, events) = read(&path).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].code, "i");
+        assert_eq!(events[0].data, "ls\r");
+    }
+
+    #[tokio::test]
+    async fn flushes_within_the_interval_without_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let mut rec = Recorder::create(&path, &header(), false, Duration::from_millis(50))
+            .await
+            .unwrap();
+        rec.output(b"still here").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Not finished: the file must already hold the event.
+        let (_, events) = read(&path).unwrap();
+        assert_eq!(events[0].data, "still here");
+        drop(rec);
+    }
+
+    #[test]
+    fn parse_rejects_bad_lines() {
+        assert!(matches!(
+            parse("{\"version\":1,\"width\":1,\"height\":1}\n"),
+            Err(RecordingError::Malformed { line: 1, .. })
+        ));
+        let bad =
+            "{\"version\":2,\"width\":1,\"height\":1}\n[1.0,\"o\",\"a\"]\n[0.5,\"o\",\"b\"]\n";
+        assert!(matches!(
+            parse(bad),
+            Err(RecordingError::Malformed { line: 3, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn play_writes_output_only() {
+        let events = vec![
+            Event {
+                time: 0.0,
+                code: "o".into(),
+                data: "a".into(),
+            },
+            Event {
+                time: 5.0,
+                code: "r".into(),
+                data: "1x1".into(),
+            },
+            Event {
+                time: 10.0,
+                code: "o".into(),
+                data: "b".into(),
+            },
+        ];
+        let mut out = Vec::new();
+        let started = std::time::Instant::now();
+        play(&events, 1.0, Some(0.01), &mut out).await.unwrap();
+        assert_eq!(out, b"ab");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,417 @@
+//! The russh handler of one connection: authentication and channel
+//! requests. It stays thin: a shell or exec request starts a
+//! [`super::session`] task, and later channel events (data, EOF, window
+//! changes, signals) are forwarded to that task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use russh::server::{Auth, Msg, Session};
+use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
+use tokio::sync::mpsc;
+
+use super::Gateway;
+use super::login::{Login, LoginReply};
+use super::session::{ChannelInput, SessionKind, SessionStart};
+use crate::attach::PtyRequest;
+use crate::audit::{AuditEvent, AuditSubject, truncate};
+use crate::identity::Principal;
+
+/// Most session channels one connection may have open.
+const MAX_CHANNELS: usize = 10;
+
+/// Longest accepted exec command, in bytes.
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+/// Environment variables a client may set (`SendEnv`): locale only.
+fn env_allowed(name: &str) -> bool {
+    name == "LANG" || name == "LANGUAGE" || name.starts_with("LC_")
+}
+
+#[derive(Default)]
+struct ChannelState {
+    pty: Option<PtyRequest>,
+    env: Vec<(String, String)>,
+    input: Option<mpsc::Sender<ChannelInput>>,
+}
+
+/// One connection's state.
+pub struct ConnectionHandler {
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    peer_text: String,
+    login: Login,
+    principal: Option<Principal>,
+    user: String,
+    channels: HashMap<ChannelId, ChannelState>,
+}
+
+impl ConnectionHandler {
+    /// A handler for a connection from `peer`.
+    pub fn new(gateway: Arc<Gateway>, peer: SocketAddr) -> ConnectionHandler {
+        let login = Login::new(gateway.issuer.clone());
+        ConnectionHandler {
+            gateway,
+            peer,
+            peer_text: peer.to_string(),
+            login,
+            principal: None,
+            user: String::new(),
+            channels: HashMap::new(),
+        }
+    }
+
+    async fn forward(&mut self, channel: ChannelId, input: ChannelInput) {
+        let Some(tx) = self.channels.get(&channel).and_then(|c| c.input.clone()) else {
+            return;
+        };
+        // A gone session task means the session is ending; nothing to do.
+        let _ = tx.send(input).await;
+    }
+
+    async fn start(
+        &mut self,
+        channel: ChannelId,
+        kind: SessionKind,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let Some(principal) = self.principal.clone() else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        let Some(state) = self.channels.get_mut(&channel) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        if state.input.is_some() {
+            // A second shell/exec on the same channel (RFC 4254 §6.5 allows one).
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::channel(64);
+        state.input = Some(tx);
+        session.channel_success(channel)?;
+        let start = SessionStart {
+            gateway: self.gateway.clone(),
+            handle: session.handle(),
+            channel,
+            principal,
+            user: self.user.clone(),
+            client_addr: self.peer_text.clone(),
+            kind,
+            pty: state.pty.clone(),
+            env: state.env.clone(),
+            input: rx,
+        };
+        self.gateway.tasks.spawn(super::session::run(start));
+        Ok(())
+    }
+}
+
+impl russh::server::Handler for ConnectionHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        self.user = user.to_string();
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
+            partial_success: false,
+        })
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        self.user = user.to_string();
+        let answers = response.map(|r| {
+            r.map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .collect::<Vec<_>>()
+        });
+        let (reply, failure) = self.login.advance(answers).await;
+        if let Some(failure) = failure {
+            let event = AuditEvent::AuthenticationFailed {
+                method: failure.method.to_string(),
+                target: truncate(user, 128),
+                reason: failure.error.to_string(),
+            };
+            let subject = AuditSubject {
+                client_addr: Some(&self.peer_text),
+                ..Default::default()
+            };
+            if let Err(e) = self.gateway.audit.record(&subject, &event).await {
+                tracing::error!(error = %e, "cannot write audit event; refusing");
+                return Ok(Auth::reject());
+            }
+        }
+        Ok(match reply {
+            LoginReply::Ask {
+                instructions,
+                prompts,
+            } => Auth::Partial {
+                name: "Portcullis login".into(),
+                instructions: instructions.into(),
+                prompts: prompts
+                    .into_iter()
+                    .map(|(p, echo)| (p.into(), echo))
+                    .collect::<Vec<_>>()
+                    .into(),
+            },
+            LoginReply::Reject => Auth::reject(),
+            LoginReply::Accept { principal, method } => {
+                let event = AuditEvent::AuthenticationSucceeded {
+                    method: method.to_string(),
+                    target: truncate(user, 128),
+                };
+                let subject = AuditSubject {
+                    principal: Some(&principal.subject),
+                    client_addr: Some(&self.peer_text),
+                    ..Default::default()
+                };
+                // Fail closed: no audit event, no login.
+                if let Err(e) = self.gateway.audit.record(&subject, &event).await {
+                    tracing::error!(error = %e, "cannot write audit event; refusing");
+                    return Ok(Auth::reject());
+                }
+                tracing::info!(peer = %self.peer, principal = %principal.subject, "authenticated");
+                self.principal = Some(principal);
+                Auth::Accept
+            }
+        })
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.principal.is_none() || self.channels.len() >= MAX_CHANNELS {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        self.channels.insert(channel.id(), ChannelState::default());
+        // The Channel object is not used: events arrive through this handler.
+        drop(channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.channels.get_mut(&channel) {
+            Some(state) if state.input.is_none() => {
+                state.pty = Some(PtyRequest {
+                    term: sanitize_term(term),
+                    cols: clamp_dim(col_width, 80),
+                    rows: clamp_dim(row_height, 24),
+                });
+                session.channel_success(channel)?;
+            }
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.channels.get_mut(&channel) {
+            Some(state)
+                if env_allowed(variable_name)
+                    && variable_value.len() <= 256
+                    && state.env.len() < 32
+                    && !variable_value.contains('\0') =>
+            {
+                state
+                    .env
+                    .push((variable_name.to_string(), variable_value.to_string()));
+                session.channel_success(channel)?;
+            }
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(channel, SessionKind::Shell, session).await
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = match std::str::from_utf8(data) {
+            Ok(c) if c.len() <= MAX_COMMAND_BYTES && !c.contains('\0') => c.to_string(),
+            _ => {
+                session.channel_failure(channel)?;
+                return Ok(());
+            }
+        };
+        self.start(channel, SessionKind::Exec(command), session)
+            .await
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.forward(channel, ChannelInput::Data(data.to_vec()))
+            .await;
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.forward(channel, ChannelInput::Eof).await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.forward(channel, ChannelInput::Close).await;
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.forward(
+            channel,
+            ChannelInput::Resize {
+                cols: clamp_dim(col_width, 80),
+                rows: clamp_dim(row_height, 24),
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(number) = signal_number(&signal) {
+            self.forward(channel, ChannelInput::Signal(number)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps a TERM value usable: `[A-Za-z0-9._+-]`, at most 64 bytes, else
+/// `xterm`.
+fn sanitize_term(term: &str) -> String {
+    let ok = !term.is_empty()
+        && term.len() <= 64
+        && term
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+    if ok {
+        term.to_string()
+    } else {
+        "xterm".to_string()
+    }
+}
+
+/// A terminal dimension in 1..=1000, `default` for 0.
+fn clamp_dim(value: u32, default: u16) -> u16 {
+    if value == 0 {
+        default
+    } else {
+        value.min(1000) as u16
+    }
+}
+
+/// RFC 4254 §6.9 signal names to numbers.
+fn signal_number(signal: &Sig) -> Option<i32> {
+    Some(match signal {
+        Sig::ABRT => libc::SIGABRT,
+        Sig::ALRM => libc::SIGALRM,
+        Sig::FPE => libc::SIGFPE,
+        Sig::HUP => libc::SIGHUP,
+        Sig::ILL => libc::SIGILL,
+        Sig::INT => libc::SIGINT,
+        Sig::KILL => libc::SIGKILL,
+        Sig::PIPE => libc::SIGPIPE,
+        Sig::QUIT => libc::SIGQUIT,
+        Sig::SEGV => libc::SIGSEGV,
+        Sig::TERM => libc::SIGTERM,
+        Sig::USR1 => libc::SIGUSR1,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_allow_list() {
+        assert!(env_allowed("LANG"));
+        assert!(env_allowed("LC_ALL"));
+        assert!(!env_allowed("LD_PRELOAD"));
+        assert!(!env_allowed("PATH"));
+    }
+
+    #[test]
+    fn term_and_dimensions_are_sanitised() {
+        assert_eq!(sanitize_term("xterm-256color"), "xterm-256color");
+        assert_eq!(sanitize_term("x\u{1b}]0;evil"), "xterm");
+        assert_eq!(sanitize_term(""), "xterm");
+        assert_eq!(clamp_dim(0, 80), 80);
+        assert_eq!(clamp_dim(100_000, 80), 1000);
+        assert_eq!(clamp_dim(120, 80), 120);
+    }
+}

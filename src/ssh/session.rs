@@ -1,0 +1,660 @@
+//! One session channel's life: target lookup, policy decision, recording,
+//! attach, the byte pump, and the closing records.
+//!
+//! Order matters for audit: each audit event is written before the step it
+//! records, and a step whose event cannot be written does not happen.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::ChannelId;
+use russh::server::Handle;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::Gateway;
+use super::target::Target;
+use crate::attach::{self, AttachRequest, Attached, ExitStatus, PtyRequest, SessionIo};
+use crate::audit::{AuditEvent, AuditSubject, truncate};
+use crate::identity::Principal;
+use crate::inventory::ContainerState;
+use crate::policy::{AccessRequest, Action};
+use crate::recording::{Header, Recorder, SessionMetadata};
+use crate::store::{NewSession, SessionEnd};
+
+/// Bytes read from the process per chunk.
+const CHUNK_BYTES: usize = 32 * 1024;
+
+/// After the process exits, how long to keep reading output that
+/// background processes may still write.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// A channel event for a running session.
+#[derive(Debug)]
+pub enum ChannelInput {
+    /// Bytes from the client (stdin).
+    Data(Vec<u8>),
+    /// The client will send no more data.
+    Eof,
+    /// The client closed the channel.
+    Close,
+    /// The client's terminal changed size.
+    Resize {
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
+    },
+    /// The client asked to signal the process.
+    Signal(i32),
+}
+
+/// Shell or command.
+#[derive(Debug, Clone)]
+pub enum SessionKind {
+    /// A login shell.
+    Shell,
+    /// `shell -c COMMAND`.
+    Exec(String),
+}
+
+/// Everything a session task starts with.
+pub struct SessionStart {
+    /// Shared gateway state.
+    pub gateway: Arc<Gateway>,
+    /// Handle to send data back to the client.
+    pub handle: Handle,
+    /// The channel.
+    pub channel: ChannelId,
+    /// Who.
+    pub principal: Principal,
+    /// The SSH user name (the target).
+    pub user: String,
+    /// Client `ip:port`.
+    pub client_addr: String,
+    /// Shell or exec.
+    pub kind: SessionKind,
+    /// The PTY request, when one was made.
+    pub pty: Option<PtyRequest>,
+    /// Allow-listed environment from the client.
+    pub env: Vec<(String, String)>,
+    /// Channel events from the handler.
+    pub input: mpsc::Receiver<ChannelInput>,
+}
+
+/// Runs one session to its end. Never panics; every outcome is audited.
+pub async fn run(start: SessionStart) {
+    let span = tracing::info_span!(
+        "session",
+        principal = %start.principal.subject,
+        target = %truncate(&start.user, 128),
+        peer = %start.client_addr,
+    );
+    let handle = start.handle.clone();
+    let channel = start.channel;
+    if let Err(refusal) = run_session(start).instrument(span).await {
+        refuse(&handle, channel, &refusal).await;
+    }
+}
+
+/// A refusal message for the user.
+struct Refusal(String);
+
+async fn refuse(handle: &Handle, channel: ChannelId, refusal: &Refusal) {
+    let text = format!("{}\r\n", refusal.0);
+    let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
+    let _ = handle.exit_status_request(channel, 1).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+}
+
+fn denial(action: Action, target: &Target) -> Refusal {
+    let verb = match action {
+        Action::Shell => "open a shell",
+        Action::Exec => "run commands",
+    };
+    Refusal(format!(
+        "Access denied: you may not {verb} as {} on {}.",
+        target.login, target.container
+    ))
+}
+
+async fn run_session(start: SessionStart) -> Result<(), Refusal> {
+    let SessionStart {
+        gateway,
+        handle,
+        channel,
+        principal,
+        user,
+        client_addr,
+        kind,
+        pty,
+        env,
+        input,
+    } = start;
+    let audit = |session_id: Option<String>, event: AuditEvent| {
+        let gateway = gateway.clone();
+        let principal = principal.subject.clone();
+        let client_addr = client_addr.clone();
+        async move {
+            let subject = AuditSubject {
+                session_id: session_id.as_deref(),
+                principal: Some(&principal),
+                client_addr: Some(&client_addr),
+            };
+            gateway.audit.record(&subject, &event).await.map_err(|e| {
+                tracing::error!(error = %e, "cannot write audit event; refusing");
+                Refusal("Access refused: the gateway cannot write its audit log right now.".into())
+            })
+        }
+    };
+    let (action, command) = match &kind {
+        SessionKind::Shell => (Action::Shell, None),
+        SessionKind::Exec(c) => (Action::Exec, Some(c.clone())),
+    };
+
+    // Which container.
+    let target = match Target::parse(&user, &gateway.config.default_login) {
+        Ok(t) => t,
+        Err(e) => {
+            audit(
+                None,
+                AuditEvent::TargetRefused {
+                    target: truncate(&user, 128),
+                    reason: e.to_string(),
+                },
+            )
+            .await?;
+            return Err(Refusal(
+                "Access denied: the SSH user name must be [login@]container.".into(),
+            ));
+        }
+    };
+    let container = match gateway.inventory.find(&target.container).await {
+        Ok(c) => c,
+        Err(e) => {
+            audit(
+                None,
+                AuditEvent::TargetRefused {
+                    target: truncate(&user, 128),
+                    reason: e.to_string(),
+                },
+            )
+            .await?;
+            return Err(denial(action, &target));
+        }
+    };
+
+    // May they.
+    let decision = gateway.policy.decide(&AccessRequest {
+        principal: &principal.subject,
+        groups: &principal.groups,
+        container: &container.name,
+        labels: &container.labels,
+        login: &target.login,
+        action,
+        command: command.as_deref(),
+    });
+    let (allowed, reasons) = match decision {
+        Ok(d) => (
+            d.allowed,
+            d.policies.into_iter().chain(d.errors).collect::<Vec<_>>(),
+        ),
+        Err(e) => (false, vec![e.to_string()]),
+    };
+    audit(
+        None,
+        AuditEvent::AccessDecided {
+            action: action.as_str().to_string(),
+            container: container.name.clone(),
+            login: target.login.clone(),
+            allowed,
+            reasons,
+        },
+    )
+    .await?;
+    if !allowed {
+        return Err(denial(action, &target));
+    }
+    let init_pid = match container.state {
+        ContainerState::Running { init_pid } => init_pid,
+        ContainerState::NotRunning(state) => {
+            audit(
+                None,
+                AuditEvent::TargetRefused {
+                    target: truncate(&user, 128),
+                    reason: format!("container is {state}"),
+                },
+            )
+            .await?;
+            return Err(denial(action, &target));
+        }
+    };
+    let init = match attach::PinnedInit::pin(init_pid, &container.cgroup, None) {
+        Ok(init) => init,
+        Err(e) => {
+            audit(
+                None,
+                AuditEvent::SessionFailed {
+                    container: container.name.clone(),
+                    reason: e.to_string(),
+                },
+            )
+            .await?;
+            return Err(Refusal(e.user_message()));
+        }
+    };
+
+    // The recording and the session row.
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let recording_path = gateway
+        .config
+        .recordings_dir()
+        .join(format!("{session_id}.cast"));
+    let (cols, rows) = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
+    let header = Header {
+        version: 2,
+        width: u32::from(cols),
+        height: u32::from(rows),
+        timestamp: Some(crate::store::now_ms() / 1000),
+        command: command.clone(),
+        title: Some(format!("{}@{}", target.login, container.name)),
+        env: pty
+            .as_ref()
+            .map(|p| [("TERM".to_string(), p.term.clone())].into_iter().collect()),
+        portcullis: Some(SessionMetadata {
+            session_id: session_id.clone(),
+            principal: principal.subject.clone(),
+            container: container.name.clone(),
+            login: target.login.clone(),
+            command: command.clone(),
+        }),
+    };
+    let recording_failed = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "recording unavailable; refusing");
+        Refusal("Access refused: the gateway cannot record this session right now.".into())
+    };
+    let recorder = Recorder::create(
+        &recording_path,
+        &header,
+        gateway.config.recording.record_input,
+        gateway.config.recording.flush_interval,
+    )
+    .await
+    .map_err(|e| recording_failed(&e))?;
+    let recording_text = recording_path.display().to_string();
+    gateway
+        .store
+        .insert_session(&NewSession {
+            id: &session_id,
+            principal: &principal.subject,
+            email: principal.email.as_deref(),
+            container: &container.name,
+            login: &target.login,
+            command: command.as_deref(),
+            client_addr: Some(&client_addr),
+            recording_path: &recording_text,
+        })
+        .await
+        .map_err(|e| recording_failed(&e))?;
+    audit(
+        Some(session_id.clone()),
+        AuditEvent::SessionStarted {
+            container: container.name.clone(),
+            login: target.login.clone(),
+            command: command.clone(),
+            pty: pty.is_some(),
+        },
+    )
+    .await?;
+
+    // Into the container.
+    let request = AttachRequest {
+        container: container.name.clone(),
+        login: target.login.clone(),
+        command: command.clone(),
+        pty: pty.clone(),
+        env,
+    };
+    let spawned = attach::spawn(&gateway.helper, &init, &request).await;
+    let (attached, io) = match spawned {
+        Ok(pair) => pair,
+        Err(e) => {
+            let digest = recorder.finish().await.ok();
+            let _ = gateway
+                .store
+                .end_session(
+                    &session_id,
+                    &SessionEnd {
+                        status: "failed",
+                        exit_status: None,
+                        exit_signal: None,
+                        recording_bytes: digest.as_ref().map(|d| d.bytes as i64).unwrap_or(0),
+                        recording_sha256: digest.as_ref().map(|d| d.sha256.as_str()).unwrap_or(""),
+                    },
+                )
+                .await;
+            audit(
+                Some(session_id.clone()),
+                AuditEvent::SessionFailed {
+                    container: container.name.clone(),
+                    reason: e.to_string(),
+                },
+            )
+            .await?;
+            return Err(Refusal(e.user_message()));
+        }
+    };
+    tracing::info!(%session_id, container = %container.name, login = %target.login, "session started");
+
+    let outcome = pump(&gateway, &handle, channel, attached, io, recorder, input).await;
+
+    // Closing records.
+    let (status, exit_status, exit_signal) = match &outcome.exit {
+        Some(ExitStatus::Code(c)) => ("ended", Some(i64::from(*c)), None),
+        Some(ExitStatus::Signal { signal, .. }) => ("ended", None, Some(signal_name(*signal))),
+        None => ("failed", None, None),
+    };
+    let (bytes, sha256) = match &outcome.digest {
+        Some(d) => (d.bytes as i64, d.sha256.clone()),
+        None => (0, String::new()),
+    };
+    if let Err(e) = gateway
+        .store
+        .end_session(
+            &session_id,
+            &SessionEnd {
+                status,
+                exit_status,
+                exit_signal: exit_signal.as_deref(),
+                recording_bytes: bytes,
+                recording_sha256: &sha256,
+            },
+        )
+        .await
+    {
+        tracing::error!(error = %e, "cannot close the session row");
+    }
+    let _ = audit(
+        Some(session_id.clone()),
+        AuditEvent::SessionEnded {
+            exit_status,
+            exit_signal,
+            recording_bytes: bytes,
+            recording_sha256: sha256,
+        },
+    )
+    .await;
+    tracing::info!(%session_id, ?outcome.exit, "session ended");
+    Ok(())
+}
+
+struct Outcome {
+    exit: Option<ExitStatus>,
+    digest: Option<crate::recording::Digest256>,
+}
+
+enum Control {
+    Resize { cols: u16, rows: u16 },
+    Signal(i32),
+    Closed,
+}
+
+/// Moves bytes between the channel and the process, records output, and
+/// returns how the process ended.
+async fn pump(
+    gateway: &Gateway,
+    handle: &Handle,
+    channel: ChannelId,
+    mut attached: Attached,
+    io: SessionIo,
+    mut recorder: Recorder,
+    input: mpsc::Receiver<ChannelInput>,
+) -> Outcome {
+    let (stdout, stderr, stdin): (
+        Box<dyn AsyncRead + Unpin + Send>,
+        Option<Box<dyn AsyncRead + Unpin + Send>>,
+        Box<dyn AsyncWrite + Unpin + Send>,
+    ) = match io {
+        SessionIo::Pty(master) => {
+            let (r, w) = tokio::io::split(master);
+            (Box::new(r), None, Box::new(w))
+        }
+        SessionIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => (Box::new(stdout), Some(Box::new(stderr)), Box::new(stdin)),
+    };
+    let (control_tx, mut control) = mpsc::unbounded_channel();
+    let (record_tx, mut record_input) = mpsc::unbounded_channel::<Vec<u8>>();
+    let stdin_task = tokio::spawn(feed_stdin(input, stdin, control_tx, record_tx));
+
+    let mut stdout = Some(stdout);
+    let mut stderr = stderr;
+    let mut out_buf = vec![0u8; CHUNK_BYTES];
+    let mut err_buf = vec![0u8; CHUNK_BYTES];
+    let mut exit: Option<ExitStatus> = None;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut ended_by: Option<&'static str> = None;
+
+    loop {
+        if exit.is_some() && stdout.is_none() && stderr.is_none() {
+            break;
+        }
+        tokio::select! {
+            read = read_some(&mut stdout, &mut out_buf) => match read {
+                Some(n) => {
+                    if recorder.output(&out_buf[..n]).await.is_err() {
+                        ended_by = Some("the session recording failed");
+                        break;
+                    }
+                    if handle.data(channel, out_buf[..n].to_vec()).await.is_err() {
+                        ended_by = Some("disconnected");
+                        break;
+                    }
+                }
+                None => stdout = None,
+            },
+            read = read_some(&mut stderr, &mut err_buf) => match read {
+                Some(n) => {
+                    if recorder.output(&err_buf[..n]).await.is_err() {
+                        ended_by = Some("the session recording failed");
+                        break;
+                    }
+                    if handle.extended_data(channel, 1, err_buf[..n].to_vec()).await.is_err() {
+                        ended_by = Some("disconnected");
+                        break;
+                    }
+                }
+                None => stderr = None,
+            },
+            bytes = record_input.recv() => {
+                if let Some(bytes) = bytes
+                    && recorder.input(&bytes).await.is_err()
+                {
+                    ended_by = Some("the session recording failed");
+                    break;
+                }
+            }
+            event = control.recv() => match event {
+                Some(Control::Resize { cols, rows }) => {
+                    let _ = attached.resize(cols, rows);
+                    if recorder.resize(u32::from(cols), u32::from(rows)).await.is_err() {
+                        ended_by = Some("the session recording failed");
+                        break;
+                    }
+                }
+                Some(Control::Signal(signal)) => {
+                    let _ = attached.signal(signal);
+                }
+                Some(Control::Closed) | None => {
+                    if exit.is_none() {
+                        ended_by = Some("disconnected");
+                        break;
+                    }
+                }
+            },
+            status = attached.wait(), if exit.is_none() => {
+                match status {
+                    Ok(status) => exit = Some(status),
+                    Err(e) => {
+                        tracing::error!(error = %e, "lost the session process");
+                        ended_by = Some("the gateway lost the session process");
+                        break;
+                    }
+                }
+                drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            }
+            _ = sleep_until(drain_deadline) => break,
+            _ = gateway.shutdown.cancelled() => {
+                ended_by = Some("the gateway is shutting down");
+                break;
+            }
+        }
+    }
+    stdin_task.abort();
+
+    if let Some(reason) = ended_by {
+        if reason != "disconnected" {
+            let text = format!("\r\nPortcullis: session ended: {reason}.\r\n");
+            let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
+        }
+        if exit.is_none() {
+            match attached.terminate(gateway.config.session.kill_grace).await {
+                Ok(status) => exit = Some(status),
+                Err(e) => tracing::error!(error = %e, "cannot end the session process"),
+            }
+        }
+    }
+    match exit {
+        Some(ExitStatus::Code(code)) => {
+            let _ = handle.exit_status_request(channel, code as u32).await;
+        }
+        Some(ExitStatus::Signal {
+            signal,
+            core_dumped,
+        }) => {
+            let _ = handle
+                .exit_signal_request(
+                    channel,
+                    russh_signal(signal),
+                    core_dumped,
+                    String::new(),
+                    String::new(),
+                )
+                .await;
+        }
+        None => {}
+    }
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+    let digest = match recorder.finish().await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot finish the recording");
+            None
+        }
+    };
+    Outcome { exit, digest }
+}
+
+async fn read_some(
+    reader: &mut Option<Box<dyn AsyncRead + Unpin + Send>>,
+    buf: &mut [u8],
+) -> Option<usize> {
+    match reader {
+        // EIO on a PTY master means every slave fd is closed: end of output.
+        Some(r) => match r.read(buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes client data to the process's stdin, in its own task so a process
+/// that does not read its input never stalls its output.
+async fn feed_stdin(
+    mut input: mpsc::Receiver<ChannelInput>,
+    stdin: Box<dyn AsyncWrite + Unpin + Send>,
+    control: mpsc::UnboundedSender<Control>,
+    record: mpsc::UnboundedSender<Vec<u8>>,
+) {
+    let mut stdin = Some(stdin);
+    while let Some(event) = input.recv().await {
+        match event {
+            ChannelInput::Data(bytes) => {
+                if let Some(w) = stdin.as_mut() {
+                    let _ = record.send(bytes.clone());
+                    if w.write_all(&bytes).await.is_err() || w.flush().await.is_err() {
+                        stdin = None;
+                    }
+                }
+            }
+            ChannelInput::Eof => {
+                if let Some(mut w) = stdin.take() {
+                    let _ = w.shutdown().await;
+                }
+            }
+            ChannelInput::Close => {
+                let _ = control.send(Control::Closed);
+                return;
+            }
+            ChannelInput::Resize { cols, rows } => {
+                let _ = control.send(Control::Resize { cols, rows });
+            }
+            ChannelInput::Signal(s) => {
+                let _ = control.send(Control::Signal(s));
+            }
+        }
+    }
+    // The handler is gone: the connection dropped.
+    let _ = control.send(Control::Closed);
+}
+
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGHUP => "HUP",
+        libc::SIGINT => "INT",
+        libc::SIGQUIT => "QUIT",
+        libc::SIGILL => "ILL",
+        libc::SIGABRT => "ABRT",
+        libc::SIGFPE => "FPE",
+        libc::SIGKILL => "KILL",
+        libc::SIGSEGV => "SEGV",
+        libc::SIGPIPE => "PIPE",
+        libc::SIGALRM => "ALRM",
+        libc::SIGTERM => "TERM",
+        libc::SIGUSR1 => "USR1",
+        _ => return format!("SIG{signal}"),
+    }
+    .to_string()
+}
+
+fn russh_signal(signal: i32) -> russh::Sig {
+    use russh::Sig;
+    match signal {
+        libc::SIGABRT => Sig::ABRT,
+        libc::SIGALRM => Sig::ALRM,
+        libc::SIGFPE => Sig::FPE,
+        libc::SIGHUP => Sig::HUP,
+        libc::SIGILL => Sig::ILL,
+        libc::SIGINT => Sig::INT,
+        libc::SIGKILL => Sig::KILL,
+        libc::SIGPIPE => Sig::PIPE,
+        libc::SIGQUIT => Sig::QUIT,
+        libc::SIGSEGV => Sig::SEGV,
+        libc::SIGTERM => Sig::TERM,
+        libc::SIGUSR1 => Sig::USR1,
+        other => Sig::Custom(format!("SIG{other}")),
+    }
+}
