@@ -78,3 +78,13 @@ async fn device_flow_and_minted_tokens_verify_against_idp_jwks() {
     assert_eq!(kid, UNKNOWN_KID);
     assert!(jwks.find(&kid).is_none(), "unknown kid must not be in JWKS");
 }
+
+#[tokio::test]
+async fn id_token_ttl_is_settable() {
+    let idp = TestIdp::start_with_id_token_ttl(5);
+    let token = idp.device_flow_id_token("approver").await;
+    let claims = verify(&token, &idp.jwks().await, &idp.issuer);
+    assert_eq!(claims["groups"], json!(["approvers"]));
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(lifetime, 5);
+}
