@@ -1,0 +1,135 @@
+// Test OpenID Connect provider for Portcullis integration tests.
+//
+// panva oidc-provider (pinned in package.json) with:
+//   - device authorization grant (RFC 8628) enabled,
+//   - devInteractions: any login name becomes the subject, any password works,
+//   - static RS256 signing key from jwks.json (kid "portcullis-test-1"),
+//   - email and groups claims placed in the ID token (conformIdTokenClaims: false).
+//
+// Environment:
+//   PORT         TCP port on 127.0.0.1 to listen on; 0 (default) = any free port.
+//   IDTOKEN_TTL  ID token lifetime in seconds (default 3600).
+//
+// Once listening, exactly one line is written to stdout:
+//   {"issuer":"http://127.0.0.1:PORT"}
+// Everything else (including oidc-provider's own notices) goes to stderr.
+// The process exits when stdin closes, or on SIGTERM / SIGINT.
+
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+
+// oidc-provider prints notices with console.info (stdout). Route every console
+// method to stderr so stdout carries only the JSON line.
+for (const method of ['log', 'info', 'debug', 'warn', 'error']) {
+  // eslint-disable-next-line no-console
+  console[method] = (...args) => {
+    process.stderr.write(`${args.map(String).join(' ')}\n`);
+  };
+}
+
+const here = (name) => new URL(name, import.meta.url);
+const jwks = JSON.parse(readFileSync(here('./jwks.json'), 'utf8'));
+const accounts = JSON.parse(readFileSync(here('./accounts.json'), 'utf8'));
+
+const port = Number.parseInt(process.env.PORT ?? '0', 10);
+const idTokenTtl = Number.parseInt(process.env.IDTOKEN_TTL ?? '3600', 10);
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  process.stderr.write(`invalid PORT: ${process.env.PORT}\n`);
+  process.exit(2);
+}
+if (!Number.isInteger(idTokenTtl) || idTokenTtl <= 0) {
+  process.stderr.write(`invalid IDTOKEN_TTL: ${process.env.IDTOKEN_TTL}\n`);
+  process.exit(2);
+}
+
+function shutdown(code) {
+  process.exit(code);
+}
+process.on('SIGTERM', () => shutdown(0));
+process.on('SIGINT', () => shutdown(0));
+process.stdin.on('end', () => shutdown(0));
+process.stdin.on('close', () => shutdown(0));
+process.stdin.on('error', () => shutdown(0));
+process.stdin.resume();
+
+const { default: Provider } = await import('oidc-provider');
+
+// Bind first so the issuer can carry the real port.
+let handler = (_req, res) => {
+  res.statusCode = 503;
+  res.end('starting');
+};
+const server = http.createServer((req, res) => handler(req, res));
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(port, '127.0.0.1', resolve);
+});
+const issuer = `http://127.0.0.1:${server.address().port}`;
+
+const DEVICE_CODE = 'urn:ietf:params:oauth:grant-type:device_code';
+
+const provider = new Provider(issuer, {
+  jwks,
+  clients: [
+    {
+      client_id: 'portcullis',
+      client_name: 'Portcullis',
+      token_endpoint_auth_method: 'none',
+      grant_types: [DEVICE_CODE, 'refresh_token'],
+      response_types: [],
+      redirect_uris: [],
+    },
+    {
+      client_id: 'portcullis-confidential',
+      client_name: 'Portcullis (confidential)',
+      client_secret: 'portcullis-test-secret',
+      token_endpoint_auth_method: 'client_secret_post',
+      grant_types: [DEVICE_CODE, 'refresh_token'],
+      response_types: [],
+      redirect_uris: [],
+    },
+  ],
+  features: {
+    deviceFlow: { enabled: true },
+    devInteractions: { enabled: true },
+  },
+  conformIdTokenClaims: false,
+  scopes: ['openid', 'email', 'groups', 'offline_access'],
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    groups: ['groups'],
+  },
+  ttl: {
+    DeviceCode: 300,
+    IdToken: idTokenTtl,
+    AccessToken: 3600,
+    Grant: 3600,
+    Interaction: 600,
+    Session: 3600,
+    RefreshToken: 86400,
+  },
+  async findAccount(_ctx, sub) {
+    const groups = Array.isArray(accounts[sub]) ? accounts[sub] : [];
+    return {
+      accountId: sub,
+      async claims() {
+        return {
+          sub,
+          email: `${sub}@example.com`,
+          email_verified: true,
+          groups,
+        };
+      },
+    };
+  },
+});
+
+provider.on('server_error', (_ctx, err) => {
+  process.stderr.write(`server_error: ${err?.stack ?? err}\n`);
+});
+
+handler = provider.callback();
+
+process.stderr.write(`test IdP listening at ${issuer}\n`);
+process.stdout.write(`${JSON.stringify({ issuer })}\n`);
