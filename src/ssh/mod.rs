@@ -191,3 +191,23 @@ pub async fn serve(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn host_key_is_created_once_with_mode_0600_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host_ed25519_key");
+        let first = load_or_create_host_key(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(first.algorithm(), Algorithm::Ed25519);
+        let second = load_or_create_host_key(&path).unwrap();
+        assert_eq!(fingerprint(&first), fingerprint(&second));
+        assert!(fingerprint(&first).starts_with("SHA256:"));
+    }
+}

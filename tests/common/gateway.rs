@@ -1,0 +1,328 @@
+//! Real parts for end-to-end tests: a busybox LXC container, the real
+//! `portcullis` binary serving on a loopback port, and the real OpenSSH
+//! client driven through `SSH_ASKPASS` (`tests/common/askpass.sh`).
+//!
+//! Cleanup does not rely on `Drop` (statics are never dropped): each
+//! fixture starts a small reaper shell whose stdin is a pipe held by the
+//! test process; when the test process exits, the pipe closes and the reaper
+//! stops and destroys the container and kills the gateway.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs a command and panics with its output when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Starts `sh -c SCRIPT` that waits for its stdin to close, then runs the
+/// script. The returned stdin must be kept (leaked) for the test's life.
+fn reaper(script: &str) -> ChildStdin {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("read _ignored; {script}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn reaper");
+    child.stdin.take().expect("reaper stdin")
+}
+
+/// A running busybox LXC container, destroyed when the test process exits.
+pub struct TestContainer {
+    /// Container name (unique per test process).
+    pub name: String,
+    /// Its root filesystem on the host.
+    pub rootfs: PathBuf,
+    _reaper: ChildStdin,
+}
+
+impl TestContainer {
+    /// Creates and starts `portcullis-test-<pid>-<suffix>` from the busybox
+    /// template with `lxc.net.0.type = empty`, adds a login `app` (uid 1000)
+    /// and `/etc/hostname`, and waits until it runs.
+    pub fn start(suffix: &str) -> TestContainer {
+        let name = format!("portcullis-test-{}-{suffix}", std::process::id());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("lxc.conf");
+        std::fs::write(
+            &conf,
+            "lxc.net.0.type = empty\nlxc.apparmor.profile = unconfined\nlxc.pty.max = 64\n",
+        )
+        .expect("write lxc conf");
+        let reaper_stdin = reaper(&format!(
+            "lxc-stop -k -n {name} >/dev/null 2>&1; lxc-destroy -f -n {name} >/dev/null 2>&1"
+        ));
+        run(Command::new("lxc-create")
+            .args(["-n", &name, "-t", "busybox", "-f"])
+            .arg(&conf));
+        let rootfs = PathBuf::from(format!("/var/lib/lxc/{name}/rootfs"));
+        append(&rootfs.join("etc/passwd"), "app:x:1000:1000:App:/home/app:/bin/sh\n");
+        append(&rootfs.join("etc/group"), "app:x:1000:\nops:x:2000:app\n");
+        std::fs::create_dir_all(rootfs.join("home/app")).expect("home");
+        std::os::unix::fs::chown(rootfs.join("home/app"), Some(1000), Some(1000)).expect("chown");
+        std::fs::write(rootfs.join("etc/hostname"), format!("{name}\n")).expect("hostname");
+        run(Command::new("lxc-start").args(["-n", &name]));
+        let started = Instant::now();
+        while init_pid_of(&name).is_none() {
+            assert!(started.elapsed() < Duration::from_secs(20), "{name} did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        TestContainer {
+            name,
+            rootfs,
+            _reaper: reaper_stdin,
+        }
+    }
+
+    /// Host PID of the container's init.
+    pub fn init_pid(&self) -> i32 {
+        init_pid_of(&self.name).expect("container running")
+    }
+
+    /// Host PIDs of processes in the container whose command line contains
+    /// `needle`.
+    pub fn processes_matching(&self, needle: &str) -> Vec<i32> {
+        let cgroup = format!("/lxc.payload.{}", self.name);
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if !cg.lines().any(|l| l.ends_with(&cgroup) || l.contains(&format!("{cgroup}/"))) {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all(text.as_bytes()).expect("append");
+}
+
+fn init_pid_of(name: &str) -> Option<i32> {
+    let out = Command::new("lxc-info")
+        .args(["-n", name, "-p", "-H"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// The real gateway binary, serving on a free loopback port.
+pub struct TestGateway {
+    /// SSH port on 127.0.0.1.
+    pub port: u16,
+    /// Its state directory (host key, database, recordings).
+    pub state_dir: PathBuf,
+    /// Its config file.
+    pub config_path: PathBuf,
+    child: Child,
+    _reaper: ChildStdin,
+    _dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Writes a config for `issuer` with `containers` (`[containers.NAME]`
+    /// TOML sections, verbatim) and starts `portcullis serve`.
+    pub fn start(issuer: &str, extra_config: &str) -> TestGateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let state_dir = dir.path().join("state");
+        let config_path = dir.path().join("portcullis.toml");
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        std::fs::write(
+            &config_path,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\
+                 [oidc]\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\n\
+                 [policy]\ndir = \"{}\"\n[session]\nkill_grace = \"1s\"\n{extra_config}",
+                state_dir.display(),
+                policies.display()
+            ),
+        )
+        .expect("write config");
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("PORTCULLIS_LOG", "info,portcullis=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn portcullis");
+        let reaper_stdin = reaper(&format!("kill -TERM {} 2>/dev/null", child.id()));
+        let gateway = TestGateway {
+            port,
+            state_dir,
+            config_path,
+            child,
+            _reaper: reaper_stdin,
+            _dir: dir,
+        };
+        gateway.wait_listening();
+        gateway
+    }
+
+    fn wait_listening(&self) {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "gateway did not listen; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    /// Runs `portcullis ARGS --config CONFIG` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run portcullis")
+    }
+
+    /// `portcullis audit list --json`, parsed.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["audit", "list", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("audit json")
+    }
+
+    /// `portcullis sessions list --json`, parsed.
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["sessions", "list", "--json", "--limit", "1000"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("sessions json")
+    }
+
+    /// The OpenSSH client, set up to log in to this gateway as `user` by
+    /// answering the token prompt with `token` ("" = device flow, with
+    /// prompts exchanged through `askpass_dir`).
+    pub fn ssh(&self, user: &str, token: &str, askpass_dir: &Path) -> Command {
+        let askpass = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/askpass.sh");
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-F", "/dev/null", "-p"])
+            .arg(self.port.to_string())
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "PreferredAuthentications=keyboard-interactive",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "ConnectTimeout=20",
+                "-l",
+                user,
+                "127.0.0.1",
+            ])
+            .env("SSH_ASKPASS", askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("PORTCULLIS_TEST_TOKEN", token)
+            .env("PORTCULLIS_TEST_DIR", askpass_dir)
+            .env_remove("SSH_AUTH_SOCK");
+        cmd
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Output of one ssh run.
+#[derive(Debug)]
+pub struct SshResult {
+    /// Exit code (255 = ssh's own failure).
+    pub code: i32,
+    /// Exact stdout bytes.
+    pub stdout: Vec<u8>,
+    /// stderr as text.
+    pub stderr: String,
+}
+
+/// Runs `cmd` feeding `stdin`; kills it after 60 s.
+pub fn run_ssh(cmd: &mut Command, stdin: &[u8]) -> SshResult {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ssh");
+    let mut child_stdin = child.stdin.take().expect("stdin");
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = child_stdin.write_all(&input);
+    });
+    let mut out_pipe = child.stdout.take().expect("stdout");
+    let mut err_pipe = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait ssh") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().expect("wait ssh");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    SshResult {
+        code: status.code().unwrap_or(-1),
+        stdout: out_reader.join().expect("stdout"),
+        stderr: String::from_utf8_lossy(&err_reader.join().expect("stderr")).into_owned(),
+    }
+}
