@@ -93,7 +93,12 @@ fn sessions_of(command: &str) -> Vec<Value> {
 #[test]
 fn exec_prints_the_container_hostname() {
     let f = fixture();
-    let r = ssh(&root_target(), &f.admin_token, &["cat", "/etc/hostname"], b"");
+    let r = ssh(
+        &root_target(),
+        &f.admin_token,
+        &["cat", "/etc/hostname"],
+        b"",
+    );
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, f.gateway.log());
     assert_eq!(r.stdout, format!("{}\n", f.container.name).as_bytes());
 }
@@ -147,7 +152,12 @@ fn one_mebibyte_of_binary_output_arrives_intact() {
 fn logins_are_resolved_in_the_container() {
     let f = fixture();
     let target = format!("app@{}", f.container.name);
-    let r = ssh(&target, &f.admin_token, &["id; pwd; echo $HOME $USER $SHELL"], b"");
+    let r = ssh(
+        &target,
+        &f.admin_token,
+        &["id; pwd; echo $HOME $USER $SHELL"],
+        b"",
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         String::from_utf8(r.stdout).unwrap(),
@@ -201,7 +211,10 @@ fn pty_session_is_recorded_as_asciicast() {
         session["recording_sha256"].as_str().unwrap(),
         hex::encode(Sha256::digest(text.as_bytes()))
     );
-    assert_eq!(session["recording_bytes"].as_i64().unwrap(), text.len() as i64);
+    assert_eq!(
+        session["recording_bytes"].as_i64().unwrap(),
+        text.len() as i64
+    );
 }
 
 fn wait_for_ended_session(command: &str) -> Value {
@@ -213,7 +226,10 @@ fn wait_for_ended_session(command: &str) -> Value {
         {
             return s;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no ended session for {command}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no ended session for {command}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -268,7 +284,12 @@ fn audit_with(needle: &str) -> Vec<Value> {
 #[test]
 fn a_denied_login_is_refused_and_audited() {
     let f = fixture();
-    let r = ssh(&root_target(), &f.alice_token, &["echo should-not-run"], b"");
+    let r = ssh(
+        &root_target(),
+        &f.alice_token,
+        &["echo should-not-run"],
+        b"",
+    );
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stdout.is_empty());
     let expected = format!(
@@ -357,7 +378,11 @@ fn a_token_signed_with_an_unknown_key_is_refused() {
 #[test]
 fn a_token_cut_at_the_openssh_prompt_limit_gets_a_clear_message() {
     let token = "e".repeat(1023);
-    assert_token_refused(&token, "OpenSSH sends at most 1023 bytes per prompt", "prompt limit");
+    assert_token_refused(
+        &token,
+        "OpenSSH sends at most 1023 bytes per prompt",
+        "prompt limit",
+    );
 }
 
 #[test]
@@ -381,15 +406,21 @@ fn the_device_flow_logs_in_through_the_browser() {
         // Wait for the device prompt, play the user in the browser, answer.
         let started = Instant::now();
         let (name, prompt) = loop {
-            let found = std::fs::read_dir(&dir_path).unwrap().flatten().find_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                (name.starts_with("prompt.") && !name.ends_with(".tmp"))
-                    .then(|| (name.clone(), std::fs::read_to_string(e.path()).unwrap()))
-            });
+            let found = std::fs::read_dir(&dir_path)
+                .unwrap()
+                .flatten()
+                .find_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name.starts_with("prompt.") && !name.ends_with(".tmp"))
+                        .then(|| (name.clone(), std::fs::read_to_string(e.path()).unwrap()))
+                });
             if let Some(found) = found {
                 break found;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "no device prompt");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no device prompt"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         let url = prompt
@@ -427,7 +458,10 @@ fn disconnecting_ends_every_process_of_the_session() {
         .unwrap();
     let started = Instant::now();
     while f.container.processes_matching(&marker).len() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(20), "session did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "session did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     child.kill().unwrap();
@@ -455,9 +489,18 @@ fn sessions_list_and_play_show_what_happened() {
     assert!(list.status.success());
     let table = String::from_utf8(list.stdout).unwrap();
     assert!(table.starts_with("ID "), "{table}");
-    assert!(table.lines().any(|l| l.starts_with(id) && l.contains("admin")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("admin")),
+        "{table}"
+    );
     let play = f.gateway.cli(&["sessions", "play", id, "--speed", "100"]);
-    assert!(play.status.success(), "{}", String::from_utf8_lossy(&play.stderr));
+    assert!(
+        play.status.success(),
+        "{}",
+        String::from_utf8_lossy(&play.stderr)
+    );
     assert_eq!(play.stdout, b"replay-me\n");
 }
 
@@ -486,8 +529,16 @@ fn policy_check_names_the_deciding_policy() {
         json!({"decision": "allow", "policies": ["developers-dev-non-root"], "errors": []})
     );
     let denied = f.gateway.cli(&[
-        "policy", "check", "--principal", "alice", "--group", "developers", "--container",
-        &f.container.name, "--login", "root",
+        "policy",
+        "check",
+        "--principal",
+        "alice",
+        "--group",
+        "developers",
+        "--container",
+        &f.container.name,
+        "--login",
+        "root",
     ]);
     assert_eq!(denied.status.code(), Some(1));
     let text = String::from_utf8(denied.stdout).unwrap();
@@ -498,8 +549,11 @@ fn policy_check_names_the_deciding_policy() {
 fn the_config_is_checked_before_listening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "listen = \"127.0.0.1:1\"\n[oidc]\nissuer = \"x\"\nclient_id = \"c\"\n")
-        .unwrap();
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:1\"\n[oidc]\nissuer = \"x\"\nclient_id = \"c\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["serve", "--config"])
         .arg(&path)

@@ -390,6 +390,9 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
     Ok(())
 }
 
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
 struct Outcome {
     exit: Option<ExitStatus>,
     digest: Option<crate::recording::Digest256>,
@@ -412,11 +415,7 @@ async fn pump(
     mut recorder: Recorder,
     input: mpsc::Receiver<ChannelInput>,
 ) -> Outcome {
-    let (stdout, stderr, stdin): (
-        Box<dyn AsyncRead + Unpin + Send>,
-        Option<Box<dyn AsyncRead + Unpin + Send>>,
-        Box<dyn AsyncWrite + Unpin + Send>,
-    ) = match io {
+    let (stdout, stderr, stdin): (Reader, Option<Reader>, Writer) = match io {
         SessionIo::Pty(master) => {
             let (r, w) = tokio::io::split(master);
             (Box::new(r), None, Box::new(w))
@@ -560,10 +559,7 @@ async fn pump(
     Outcome { exit, digest }
 }
 
-async fn read_some(
-    reader: &mut Option<Box<dyn AsyncRead + Unpin + Send>>,
-    buf: &mut [u8],
-) -> Option<usize> {
+async fn read_some(reader: &mut Option<Reader>, buf: &mut [u8]) -> Option<usize> {
     match reader {
         // EIO on a PTY master means every slave fd is closed: end of output.
         Some(r) => match r.read(buf).await {
@@ -585,7 +581,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// that does not read its input never stalls its output.
 async fn feed_stdin(
     mut input: mpsc::Receiver<ChannelInput>,
-    stdin: Box<dyn AsyncWrite + Unpin + Send>,
+    stdin: Writer,
     control: mpsc::UnboundedSender<Control>,
     record: mpsc::UnboundedSender<Vec<u8>>,
 ) {

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 /// Runs a command and panics with its output when it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -26,6 +28,8 @@ pub fn run(cmd: &mut Command) -> Output {
 
 /// Starts `sh -c SCRIPT` that waits for its stdin to close, then runs the
 /// script. The returned stdin must be kept (leaked) for the test's life.
+// The reaper outlives the test process on purpose, so it is never waited for.
+#[allow(clippy::zombie_processes)]
 fn reaper(script: &str) -> ChildStdin {
     let mut child = Command::new("sh")
         .arg("-c")
@@ -67,7 +71,10 @@ impl TestContainer {
             .args(["-n", &name, "-t", "busybox", "-f"])
             .arg(&conf));
         let rootfs = PathBuf::from(format!("/var/lib/lxc/{name}/rootfs"));
-        append(&rootfs.join("etc/passwd"), "app:x:1000:1000:App:/home/app:/bin/sh\n");
+        append(
+            &rootfs.join("etc/passwd"),
+            "app:x:1000:1000:App:/home/app:/bin/sh\n",
+        );
         append(&rootfs.join("etc/group"), "app:x:1000:\nops:x:2000:app\n");
         std::fs::create_dir_all(rootfs.join("home/app")).expect("home");
         std::os::unix::fs::chown(rootfs.join("home/app"), Some(1000), Some(1000)).expect("chown");
@@ -75,7 +82,10 @@ impl TestContainer {
         run(Command::new("lxc-start").args(["-n", &name]));
         let started = Instant::now();
         while init_pid_of(&name).is_none() {
-            assert!(started.elapsed() < Duration::from_secs(20), "{name} did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{name} did not start"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         TestContainer {
@@ -100,7 +110,10 @@ impl TestContainer {
                 continue;
             };
             let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            if !cg.lines().any(|l| l.ends_with(&cgroup) || l.contains(&format!("{cgroup}/"))) {
+            if !cg
+                .lines()
+                .any(|l| l.ends_with(&cgroup) || l.contains(&format!("{cgroup}/")))
+            {
                 continue;
             }
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -216,14 +229,22 @@ impl TestGateway {
     /// `portcullis audit list --json`, parsed.
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
         let out = self.cli(&["audit", "list", "--json"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("audit json")
     }
 
     /// `portcullis sessions list --json`, parsed.
     pub fn sessions(&self) -> Vec<serde_json::Value> {
         let out = self.cli(&["sessions", "list", "--json", "--limit", "1000"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("sessions json")
     }
 

@@ -3,5 +3,5 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-pub mod idp;
 pub mod gateway;
+pub mod idp;
