@@ -564,3 +564,32 @@ fn the_config_is_checked_before_listening() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("`oidc.issuer`"), "{err}");
 }
+
+#[test]
+fn an_unreachable_identity_provider_fails_closed_with_a_clear_message() {
+    let f = fixture();
+    // Nothing listens on the discard port of loopback.
+    let gateway = TestGateway::start("http://127.0.0.1:9", "");
+    let dir = askpass_dir();
+    let token = f.idp.mint_id_token(f.idp.standard_claims("admin"));
+    for answer in [token.as_str(), ""] {
+        let mut cmd = gateway.ssh(&root_target(), answer, dir.path());
+        cmd.arg("echo should-not-run");
+        let r = run_ssh(&mut cmd, b"");
+        assert_eq!(r.code, 255, "{}", r.stderr);
+        assert!(r.stdout.is_empty());
+        assert!(
+            r.stderr.contains(
+                "Login failed: the identity provider cannot be reached; try again later."
+            ),
+            "{}",
+            r.stderr
+        );
+    }
+    let failures = gateway
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "authentication" && e["outcome"] == "failure")
+        .count();
+    assert_eq!(failures, 2);
+}
