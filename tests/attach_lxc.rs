@@ -8,8 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use portcullis::attach::{
-    self, AttachError, AttachRequest, ExitStatus, HelperBinary, PinnedInit, PtyRequest,
-    SessionIo,
+    self, AttachError, AttachRequest, ExitStatus, HelperBinary, PinnedInit, PtyRequest, SessionIo,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -21,14 +20,22 @@ struct Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = Command::new("lxc-stop").args(["-k", "-n", &self.name]).output();
-        let _ = Command::new("lxc-destroy").args(["-n", &self.name]).output();
+        let _ = Command::new("lxc-stop")
+            .args(["-k", "-n", &self.name])
+            .output();
+        let _ = Command::new("lxc-destroy")
+            .args(["-n", &self.name])
+            .output();
     }
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().expect("spawn");
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -41,14 +48,24 @@ fn make_container() -> Container {
             "lxc.net.0.type = empty\nlxc.apparmor.profile = unconfined\nlxc.pty.max = 64\n",
         )
         .unwrap();
-        let mut c = Container { name: name.clone(), pid: 0 };
+        let mut c = Container {
+            name: name.clone(),
+            pid: 0,
+        };
         run("lxc-create", &["-n", &name, "-t", "busybox", "-f", &conf]);
         // The busybox template writes no /etc/hostname; give the container
         // its own (the host's differs), so reading it proves the mount ns.
-        std::fs::write(format!("/var/lib/lxc/{name}/rootfs/etc/hostname"), format!("{name}\n")).unwrap();
+        std::fs::write(
+            format!("/var/lib/lxc/{name}/rootfs/etc/hostname"),
+            format!("{name}\n"),
+        )
+        .unwrap();
         run("lxc-start", &["-n", &name]);
         for _ in 0..100 {
-            let out = Command::new("lxc-info").args(["-n", &name, "-p", "-H"]).output().unwrap();
+            let out = Command::new("lxc-info")
+                .args(["-n", &name, "-p", "-H"])
+                .output()
+                .unwrap();
             if let Ok(pid) = String::from_utf8_lossy(&out.stdout).trim().parse() {
                 c.pid = pid;
                 break;
@@ -74,15 +91,31 @@ fn req(c: &Container, login: &str, command: Option<&str>, pty: bool) -> AttachRe
         container: c.name.clone(),
         login: login.to_owned(),
         command: command.map(str::to_owned),
-        pty: pty.then(|| PtyRequest { term: "xterm".into(), cols: 80, rows: 24 }),
-        env: vec![("LANG".into(), "C.UTF-8".into()), ("LD_PRELOAD".into(), "/x".into())],
+        pty: pty.then(|| PtyRequest {
+            term: "xterm".into(),
+            cols: 80,
+            rows: 24,
+        }),
+        env: vec![
+            ("LANG".into(), "C.UTF-8".into()),
+            ("LD_PRELOAD".into(), "/x".into()),
+        ],
     }
 }
 
 /// Runs a command without pty; returns (stdout, stderr, status).
 async fn exec(c: &Container, command: &str, stdin: &[u8]) -> (String, String, ExitStatus) {
-    let (mut a, io) = attach::spawn(helper(), &pin(c), &req(c, "root", Some(command), false)).await.unwrap();
-    let SessionIo::Pipes { stdin: mut i, mut stdout, mut stderr } = io else { panic!("pipes") };
+    let (mut a, io) = attach::spawn(helper(), &pin(c), &req(c, "root", Some(command), false))
+        .await
+        .unwrap();
+    let SessionIo::Pipes {
+        stdin: mut i,
+        mut stdout,
+        mut stderr,
+    } = io
+    else {
+        panic!("pipes")
+    };
     i.write_all(stdin).await.unwrap();
     drop(i);
     let (mut o, mut e) = (Vec::new(), Vec::new());
@@ -90,7 +123,11 @@ async fn exec(c: &Container, command: &str, stdin: &[u8]) -> (String, String, Ex
     r1.unwrap();
     r2.unwrap();
     let st = a.wait().await.unwrap();
-    (String::from_utf8(o).unwrap(), String::from_utf8(e).unwrap(), st)
+    (
+        String::from_utf8(o).unwrap(),
+        String::from_utf8(e).unwrap(),
+        st,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,18 +137,30 @@ async fn attach_against_lxc() {
 
     // (1) hostname, exact bytes.
     let (out, err, st) = exec(c, "cat /etc/hostname", b"").await;
-    assert_eq!((out.as_str(), st), (format!("{}\n", c.name).as_str(), ExitStatus::Code(0)), "{err}");
+    assert_eq!(
+        (out.as_str(), st),
+        (format!("{}\n", c.name).as_str(), ExitStatus::Code(0)),
+        "{err}"
+    );
 
     let (out, _, _) = exec(c, "hostname", b"").await;
     assert_eq!(out, format!("{}\n", c.name));
 
     // (2) namespaces equal the init's.
     let ns = ["mnt", "pid", "net", "uts", "ipc", "cgroup", "user"];
-    let cmd: Vec<String> = ns.iter().map(|n| format!("readlink /proc/self/ns/{n}")).collect();
+    let cmd: Vec<String> = ns
+        .iter()
+        .map(|n| format!("readlink /proc/self/ns/{n}"))
+        .collect();
     let (out, err, _) = exec(c, &cmd.join("; "), b"").await;
     let want: Vec<String> = ns
         .iter()
-        .map(|n| std::fs::read_link(format!("/proc/{}/ns/{n}", c.pid)).unwrap().to_string_lossy().into_owned())
+        .map(|n| {
+            std::fs::read_link(format!("/proc/{}/ns/{n}", c.pid))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     assert_eq!(out.lines().collect::<Vec<_>>(), want, "{err}");
     let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
@@ -125,10 +174,21 @@ async fn attach_against_lxc() {
     assert_eq!((out.as_str(), st), ("hi\n", ExitStatus::Code(0)));
 
     // (5) pty.
-    let (mut a, io) = attach::spawn(helper(), &pin(c), &req(c, "root", Some("tty; echo ok; echo $TERM $LANG $LD_PRELOAD."), true))
-        .await
-        .unwrap();
-    let SessionIo::Pty(mut m) = io else { panic!("pty") };
+    let (mut a, io) = attach::spawn(
+        helper(),
+        &pin(c),
+        &req(
+            c,
+            "root",
+            Some("tty; echo ok; echo $TERM $LANG $LD_PRELOAD."),
+            true,
+        ),
+    )
+    .await
+    .unwrap();
+    let SessionIo::Pty(mut m) = io else {
+        panic!("pty")
+    };
     a.resize(100, 40).unwrap();
     let mut out = Vec::new();
     m.read_to_end(&mut out).await.unwrap();
@@ -138,8 +198,17 @@ async fn attach_against_lxc() {
     assert_eq!(a.wait().await.unwrap(), ExitStatus::Code(0));
 
     // (6) unknown login.
-    let e = attach::spawn(helper(), &pin(c), &req(c, "nosuchuser", Some("true"), false)).await.unwrap_err();
-    assert!(matches!(e, AttachError::LoginNotFound { ref login } if login == "nosuchuser"), "{e:?}");
+    let e = attach::spawn(
+        helper(),
+        &pin(c),
+        &req(c, "nosuchuser", Some("true"), false),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, AttachError::LoginNotFound { ref login } if login == "nosuchuser"),
+        "{e:?}"
+    );
 
     // (7) pinning a pid that is not the container's init fails.
     let me = std::process::id() as i32;
@@ -154,11 +223,16 @@ async fn attach_against_lxc() {
     let inside_init = exec(c, "cat /proc/1/cgroup", b"").await.0;
     assert_eq!(inside_self, inside_init);
     assert!(inside_self.lines().any(|l| l == "0::/"), "{inside_self}");
-    let (mut a, _io) = attach::spawn(helper(), &pin(c), &req(c, "root", Some("sleep 30"), false)).await.unwrap();
+    let (mut a, _io) = attach::spawn(helper(), &pin(c), &req(c, "root", Some("sleep 30"), false))
+        .await
+        .unwrap();
     let host_init = std::fs::read_to_string(format!("/proc/{}/cgroup", c.pid)).unwrap();
     let host_session = std::fs::read_to_string(format!("/proc/{}/cgroup", a.pid())).unwrap();
     assert_eq!(host_session, host_init);
-    assert!(host_session.contains(&format!("0::/lxc.payload.{}", c.name)), "{host_session}");
+    assert!(
+        host_session.contains(&format!("0::/lxc.payload.{}", c.name)),
+        "{host_session}"
+    );
     a.terminate(Duration::from_secs(1)).await.unwrap();
 
     // (9) only 0, 1, 2 (and ls's own directory fd) are open.
@@ -167,10 +241,22 @@ async fn attach_against_lxc() {
     assert_eq!(fds, ["0", "1", "2", "3"], "{out}");
 
     // (10) terminate kills the session and leaves nothing behind.
-    let (mut a, _io) = attach::spawn(helper(), &pin(c), &req(c, "root", Some("sleep 1000; true"), false)).await.unwrap();
+    let (mut a, _io) = attach::spawn(
+        helper(),
+        &pin(c),
+        &req(c, "root", Some("sleep 1000; true"), false),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let st = a.terminate(Duration::from_secs(2)).await.unwrap();
-    assert!(matches!(st, ExitStatus::Signal { signal: 1, .. } | ExitStatus::Signal { signal: 9, .. }), "{st:?}");
+    assert!(
+        matches!(
+            st,
+            ExitStatus::Signal { signal: 1, .. } | ExitStatus::Signal { signal: 9, .. }
+        ),
+        "{st:?}"
+    );
     let (out, _, _) = exec(c, "ps -o pid,args", b"").await;
     assert!(!out.contains("sleep 1000"), "{out}");
 }

@@ -84,7 +84,12 @@ pub(crate) fn main() -> ! {
 
 /// Reads a small file relative to `dir`, at most `max` bytes.
 fn read_at(dir: BorrowedFd<'_>, path: &str, max: usize) -> std::io::Result<Vec<u8>> {
-    let fd = openat(dir, path, OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY, Mode::empty())?;
+    let fd = openat(
+        dir,
+        path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )?;
     read_bounded(fd.as_fd(), max)
 }
 
@@ -108,8 +113,14 @@ pub(crate) fn read_bounded(fd: BorrowedFd<'_>, max: usize) -> std::io::Result<Ve
 }
 
 fn read_text_at(dir: BorrowedFd<'_>, path: &str) -> HResult<String> {
-    let b = read_at(dir, path, procfs::MAX_PROC_FILE_BYTES).map_err(io_step(HelperStep::HostFacts))?;
-    String::from_utf8(b).map_err(|_| WireError::step(HelperStep::HostFacts, &std::io::Error::other(format!("{path}: not UTF-8"))))
+    let b =
+        read_at(dir, path, procfs::MAX_PROC_FILE_BYTES).map_err(io_step(HelperStep::HostFacts))?;
+    String::from_utf8(b).map_err(|_| {
+        WireError::step(
+            HelperStep::HostFacts,
+            &std::io::Error::other(format!("{path}: not UTF-8")),
+        )
+    })
 }
 
 fn ensure_single_threaded() -> HResult<()> {
@@ -117,7 +128,10 @@ fn ensure_single_threaded() -> HResult<()> {
     let status = read_text_at(root, "/proc/self/status")?;
     match procfs::status_field(&status, "Threads") {
         Some("1") => Ok(()),
-        _ => Err(WireError::step(HelperStep::Fork, &std::io::Error::other("helper is not single-threaded"))),
+        _ => Err(WireError::step(
+            HelperStep::Fork,
+            &std::io::Error::other("helper is not single-threaded"),
+        )),
     }
 }
 
@@ -134,7 +148,8 @@ struct CgroupProcs {
 
 fn open_cgroups(cgroup_text: &str) -> HResult<Vec<CgroupProcs>> {
     let s = HelperStep::OpenCgroups;
-    let lines = procfs::parse_cgroup_file(cgroup_text).map_err(|e| init_changed(format!("cgroup file: {e}")))?;
+    let lines = procfs::parse_cgroup_file(cgroup_text)
+        .map_err(|e| init_changed(format!("cgroup file: {e}")))?;
     let mountinfo = read_text_at(nix::fcntl::AT_FDCWD, "/proc/self/mountinfo")?;
     let mounts = procfs::cgroup_mounts(&mountinfo);
     let (targets, missing) = procfs::cgroup_targets(&lines, &mounts);
@@ -142,41 +157,79 @@ fn open_cgroups(cgroup_text: &str) -> HResult<Vec<CgroupProcs>> {
         // A hierarchy the host does not mount cannot have placed the init
         // anywhere but its root; anything else means we would leave the
         // session outside one of the container's limits.
-        let line = lines.iter().find(|l| &l.controllers == m || (m == "cgroup2" && l.id == 0));
+        let line = lines
+            .iter()
+            .find(|l| &l.controllers == m || (m == "cgroup2" && l.id == 0));
         if line.is_some_and(|l| l.path != "/") {
-            return Err(WireError::step(s, &std::io::Error::other(format!("cgroup hierarchy {m} is not mounted on the host"))));
+            return Err(WireError::step(
+                s,
+                &std::io::Error::other(format!("cgroup hierarchy {m} is not mounted on the host")),
+            ));
         }
     }
     let beneath = ResolveFlag::RESOLVE_BENEATH
         | ResolveFlag::RESOLVE_NO_SYMLINKS
         | ResolveFlag::RESOLVE_NO_MAGICLINKS
         | ResolveFlag::RESOLVE_NO_XDEV;
-    let dir_how = || OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).resolve(beneath);
+    let dir_how = || {
+        OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(beneath)
+    };
     let mut out = Vec::new();
     for t in targets {
-        let mnt = openat2(nix::fcntl::AT_FDCWD, t.mount_point.as_str(), OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_NO_MAGICLINKS))
-            .map_err(step(s))?;
-        let mut dir = if t.rel.is_empty() { mnt } else { openat2(mnt.as_fd(), t.rel.as_str(), dir_how()).map_err(step(s))? };
+        let mnt = openat2(
+            nix::fcntl::AT_FDCWD,
+            t.mount_point.as_str(),
+            OpenHow::new()
+                .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_NO_MAGICLINKS),
+        )
+        .map_err(step(s))?;
+        let mut dir = if t.rel.is_empty() {
+            mnt
+        } else {
+            openat2(mnt.as_fd(), t.rel.as_str(), dir_how()).map_err(step(s))?
+        };
         let magic = fstatfs(dir.as_fd()).map_err(step(s))?.filesystem_type();
-        let expect = if t.v2 { CGROUP2_SUPER_MAGIC } else { CGROUP_SUPER_MAGIC };
+        let expect = if t.v2 {
+            CGROUP2_SUPER_MAGIC
+        } else {
+            CGROUP_SUPER_MAGIC
+        };
         if magic != expect {
-            return Err(WireError::step(s, &std::io::Error::other(format!("{} is not a cgroup filesystem", t.mount_point))));
+            return Err(WireError::step(
+                s,
+                &std::io::Error::other(format!("{} is not a cgroup filesystem", t.mount_point)),
+            ));
         }
         if t.v2 {
             // No-internal-process rule: a cgroup with controllers enabled for
             // its children cannot take processes; use a leaf like LXC's `.lxc`.
             let sub = read_at(dir.as_fd(), "cgroup.subtree_control", 4096).map_err(io_step(s))?;
             if !sub.iter().all(u8::is_ascii_whitespace) {
-                match nix::sys::stat::mkdirat(dir.as_fd(), ".portcullis", Mode::from_bits_truncate(0o755)) {
+                match nix::sys::stat::mkdirat(
+                    dir.as_fd(),
+                    ".portcullis",
+                    Mode::from_bits_truncate(0o755),
+                ) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(WireError::errno(s, e)),
                 }
                 dir = openat2(dir.as_fd(), ".portcullis", dir_how()).map_err(step(s))?;
             }
         }
-        let fd = openat(dir.as_fd(), "cgroup.procs", OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
-            .map_err(step(s))?;
-        out.push(CgroupProcs { fd, where_: format!("{}/{}", t.mount_point, t.rel) });
+        let fd = openat(
+            dir.as_fd(),
+            "cgroup.procs",
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(step(s))?;
+        out.push(CgroupProcs {
+            fd,
+            where_: format!("{}/{}", t.mount_point, t.rel),
+        });
     }
     Ok(out)
 }
@@ -185,13 +238,18 @@ fn open_cgroups(cgroup_text: &str) -> HResult<Vec<CgroupProcs>> {
 fn differing_namespaces(proc_dir: BorrowedFd<'_>) -> HResult<CloneFlags> {
     let mut flags = CloneFlags::empty();
     for (name, flag) in NAMESPACES {
-        let theirs = match nix::sys::stat::fstatat(proc_dir, format!("ns/{name}").as_str(), nix::fcntl::AtFlags::empty()) {
+        let theirs = match nix::sys::stat::fstatat(
+            proc_dir,
+            format!("ns/{name}").as_str(),
+            nix::fcntl::AtFlags::empty(),
+        ) {
             Ok(st) => st,
             // Kernel without this namespace type.
             Err(Errno::ENOENT) => continue,
             Err(e) => return Err(WireError::errno(HelperStep::HostFacts, e)),
         };
-        let ours = nix::sys::stat::stat(format!("/proc/self/ns/{name}").as_str()).map_err(step(HelperStep::HostFacts))?;
+        let ours = nix::sys::stat::stat(format!("/proc/self/ns/{name}").as_str())
+            .map_err(step(HelperStep::HostFacts))?;
         if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino) {
             flags |= CloneFlags::from_bits_retain(flag);
         }
@@ -201,10 +259,20 @@ fn differing_namespaces(proc_dir: BorrowedFd<'_>) -> HResult<CloneFlags> {
 
 fn open_host_devnull() -> HResult<OwnedFd> {
     let s = HelperStep::HostFacts;
-    let fd = nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty()).map_err(step(s))?;
+    let fd = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(step(s))?;
     let st = fstat(fd.as_fd()).map_err(step(s))?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFCHR || st.st_rdev != libc::makedev(1, 3) {
-        return Err(WireError::step(s, &std::io::Error::other("/dev/null is not the null device")));
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFCHR
+        || st.st_rdev != libc::makedev(1, 3)
+    {
+        return Err(WireError::step(
+            s,
+            &std::io::Error::other("/dev/null is not the null device"),
+        ));
     }
     Ok(fd)
 }
@@ -215,7 +283,10 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
         .map_err(|e| WireError::step(HelperStep::ReadRequest, &std::io::Error::other(e)))?;
 
     // The pidfd must be the process the gateway verified.
-    let fdinfo = read_text_at(nix::fcntl::AT_FDCWD, &format!("/proc/self/fdinfo/{PIDFD_FD}"))?;
+    let fdinfo = read_text_at(
+        nix::fcntl::AT_FDCWD,
+        &format!("/proc/self/fdinfo/{PIDFD_FD}"),
+    )?;
     if procfs::status_field(&fdinfo, "Pid") != Some(req.init_pid.to_string().as_str()) {
         return Err(init_changed("pidfd does not refer to the requested pid"));
     }
@@ -223,10 +294,21 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
 
     // Host facts, read through a verified host procfs before entering.
     let s = HelperStep::HostFacts;
-    let proc_dir = nix::fcntl::open(format!("/proc/{}", req.init_pid).as_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
-        .map_err(|_| init_changed("init exited"))?;
-    if fstatfs(proc_dir.as_fd()).map_err(step(s))?.filesystem_type() != PROC_SUPER_MAGIC {
-        return Err(WireError::step(s, &std::io::Error::other("/proc is not procfs")));
+    let proc_dir = nix::fcntl::open(
+        format!("/proc/{}", req.init_pid).as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|_| init_changed("init exited"))?;
+    if fstatfs(proc_dir.as_fd())
+        .map_err(step(s))?
+        .filesystem_type()
+        != PROC_SUPER_MAGIC
+    {
+        return Err(WireError::step(
+            s,
+            &std::io::Error::other("/proc is not procfs"),
+        ));
     }
     let stat = read_text_at(proc_dir.as_fd(), "stat")?;
     if procfs::start_time_from_stat(&stat) != Some(req.init_start_time) {
@@ -263,7 +345,10 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
     // A credential change (user ns) clears the parent-death signal.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step(HelperStep::Prctl))?;
     if getppid() != parent {
-        return Err(WireError::step(HelperStep::Prctl, &std::io::Error::other("gateway exited")));
+        return Err(WireError::step(
+            HelperStep::Prctl,
+            &std::io::Error::other("gateway exited"),
+        ));
     }
     // "We can't risk leaking file descriptors into the container."
     drop(pidfd);
@@ -302,7 +387,12 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
             })?;
         }
         let cpidfd = sys::pidfd_open(cpid).map_err(io_step(HelperStep::Fork))?;
-        proto::send_blocking(ctl, &HelperMsg::Started { pid: cpid }, &[cpidfd.as_raw_fd()]).map_err(io_step(HelperStep::Report))?;
+        proto::send_blocking(
+            ctl,
+            &HelperMsg::Started { pid: cpid },
+            &[cpidfd.as_raw_fd()],
+        )
+        .map_err(io_step(HelperStep::Report))?;
         Ok(cpidfd)
     };
     let cpidfd = match parent_steps() {
@@ -325,7 +415,10 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
         HelperMsg::Running
     } else {
         HelperMsg::Error(serde_json::from_slice(&report).unwrap_or_else(|_| {
-            WireError::step(HelperStep::Exec, &std::io::Error::other("session process failed"))
+            WireError::step(
+                HelperStep::Exec,
+                &std::io::Error::other("session process failed"),
+            )
         }))
     };
     let _ = proto::send_blocking(ctl, &msg, &[]);
@@ -340,16 +433,25 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
 fn wait_session(ctl: BorrowedFd<'_>, cpidfd: BorrowedFd<'_>, cpid: i32) -> HResult<ExitStatus> {
     let mut ctl_open = true;
     loop {
-        let (ctl_ev, pid_ev) = sys::poll2(ctl_open.then_some(ctl), cpidfd).map_err(io_step(HelperStep::Wait))?;
+        let (ctl_ev, pid_ev) =
+            sys::poll2(ctl_open.then_some(ctl), cpidfd).map_err(io_step(HelperStep::Wait))?;
         if pid_ev {
             break;
         }
         if ctl_ev {
             let mut buf = [0u8; 512];
-            match nix::sys::socket::recv(ctl.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+            match nix::sys::socket::recv(
+                ctl.as_raw_fd(),
+                &mut buf,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
                 Ok(0) | Err(_) => {
                     ctl_open = false;
-                    let _ = sys::pidfd_send_signal(cpidfd, libc::SIGKILL, sys::PIDFD_SIGNAL_PROCESS_GROUP);
+                    let _ = sys::pidfd_send_signal(
+                        cpidfd,
+                        libc::SIGKILL,
+                        sys::PIDFD_SIGNAL_PROCESS_GROUP,
+                    );
                     let _ = sys::pidfd_send_signal(cpidfd, libc::SIGKILL, 0);
                 }
                 Ok(_) => {} // nothing is expected; ignore
@@ -374,6 +476,7 @@ pub(crate) fn decode_wait_status(raw: libc::c_int) -> ExitStatus {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -381,15 +484,24 @@ mod tests {
         assert_eq!(decode_wait_status(7 << 8), ExitStatus::Code(7));
         assert_eq!(
             decode_wait_status(libc::SIGKILL),
-            ExitStatus::Signal { signal: 9, core_dumped: false }
+            ExitStatus::Signal {
+                signal: 9,
+                core_dumped: false
+            }
         );
         assert_eq!(
             decode_wait_status(libc::SIGSEGV | 0x80),
-            ExitStatus::Signal { signal: 11, core_dumped: true }
+            ExitStatus::Signal {
+                signal: 11,
+                core_dumped: true
+            }
         );
         assert_eq!(
             decode_wait_status(40),
-            ExitStatus::Signal { signal: 40, core_dumped: false }
+            ExitStatus::Signal {
+                signal: 40,
+                core_dumped: false
+            }
         );
     }
 }

@@ -121,13 +121,21 @@ impl PinnedInit {
     /// [`AttachError::InitChanged`] (other cgroup/start time, or it died
     /// during the check), [`AttachError::InvalidRequest`],
     /// [`AttachError::PidfdOpen`], [`AttachError::Procfs`].
-    pub fn pin(pid: i32, expected_cgroup: &str, expected_start_time: Option<u64>) -> Result<PinnedInit, AttachError> {
+    pub fn pin(
+        pid: i32,
+        expected_cgroup: &str,
+        expected_start_time: Option<u64>,
+    ) -> Result<PinnedInit, AttachError> {
         if pid <= 1 {
-            return Err(AttachError::InvalidRequest(format!("pid {pid} cannot be a container init")));
+            return Err(AttachError::InvalidRequest(format!(
+                "pid {pid} cannot be a container init"
+            )));
         }
         let expected = expected_cgroup.trim_end_matches('/');
         if !expected.starts_with('/') || expected.split('/').any(|c| c == "..") {
-            return Err(AttachError::InvalidRequest(format!("bad expected cgroup {expected_cgroup:?}")));
+            return Err(AttachError::InvalidRequest(format!(
+                "bad expected cgroup {expected_cgroup:?}"
+            )));
         }
         let pidfd = sys::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
             Some(libc::ESRCH) => AttachError::ContainerNotRunning,
@@ -137,20 +145,31 @@ impl PinnedInit {
         let text = std::fs::read_to_string(&cg_path).map_err(|e| proc_err(cg_path, e))?;
         let lines = procfs::parse_cgroup_file(&text).map_err(AttachError::InitChanged)?;
         let cgroup = procfs::identifying_cgroup(&lines, expected)
-            .ok_or_else(|| AttachError::InitChanged(format!("pid {pid} is not in cgroup {expected}")))?
+            .ok_or_else(|| {
+                AttachError::InitChanged(format!("pid {pid} is not in cgroup {expected}"))
+            })?
             .to_owned();
         let stat_path = format!("/proc/{pid}/stat");
         let stat = std::fs::read_to_string(&stat_path).map_err(|e| proc_err(stat_path, e))?;
         let start_time = procfs::start_time_from_stat(&stat)
             .ok_or_else(|| AttachError::Protocol(format!("unparsable /proc/{pid}/stat")))?;
-        if let Some(want) = expected_start_time {
-            if want != start_time {
-                return Err(AttachError::InitChanged(format!("pid {pid} start time {start_time} != {want}")));
-            }
+        if let Some(want) = expected_start_time
+            && want != start_time
+        {
+            return Err(AttachError::InitChanged(format!(
+                "pid {pid} start time {start_time} != {want}"
+            )));
         }
-        sys::pidfd_send_signal(pidfd.as_fd(), 0, 0)
-            .map_err(|_| AttachError::InitChanged(format!("pid {pid} exited during verification")))?;
-        Ok(PinnedInit { pidfd, pid, start_time, cgroup, expected_cgroup: expected.to_owned() })
+        sys::pidfd_send_signal(pidfd.as_fd(), 0, 0).map_err(|_| {
+            AttachError::InitChanged(format!("pid {pid} exited during verification"))
+        })?;
+        Ok(PinnedInit {
+            pidfd,
+            pid,
+            start_time,
+            cgroup,
+            expected_cgroup: expected.to_owned(),
+        })
     }
 
     /// The init's pid in the host pid namespace.
@@ -198,16 +217,28 @@ impl HelperBinary {
         let err = AttachError::HelperBinary;
         let mut src = std::fs::File::open(path.as_ref()).map_err(err)?;
         let base = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
-        let memfd = memfd_create("portcullis-helper", base | MFdFlags::from_bits_retain(libc::MFD_EXEC))
-            .or_else(|_| memfd_create("portcullis-helper", base))
-            .map_err(|e| err(e.into()))?;
+        let memfd = memfd_create(
+            "portcullis-helper",
+            base | MFdFlags::from_bits_retain(libc::MFD_EXEC),
+        )
+        .or_else(|_| memfd_create("portcullis-helper", base))
+        .map_err(|e| err(e.into()))?;
         let mut dst = std::fs::File::from(memfd);
         std::io::copy(&mut src, &mut dst).map_err(err)?;
         let memfd = OwnedFd::from(dst);
         let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
         let exec = SealFlag::from_bits_retain(libc::F_SEAL_EXEC);
-        if fcntl(memfd.as_fd(), FcntlArg::F_ADD_SEALS(seals | exec | SealFlag::F_SEAL_SEAL)).is_err() {
-            fcntl(memfd.as_fd(), FcntlArg::F_ADD_SEALS(seals | SealFlag::F_SEAL_SEAL)).map_err(|e| err(e.into()))?;
+        if fcntl(
+            memfd.as_fd(),
+            FcntlArg::F_ADD_SEALS(seals | exec | SealFlag::F_SEAL_SEAL),
+        )
+        .is_err()
+        {
+            fcntl(
+                memfd.as_fd(),
+                FcntlArg::F_ADD_SEALS(seals | SealFlag::F_SEAL_SEAL),
+            )
+            .map_err(|e| err(e.into()))?;
         }
         let memfd = sys::dup_at_least(memfd.as_fd(), 10).map_err(err)?;
         Ok(HelperBinary { memfd })
@@ -259,15 +290,15 @@ fn validate(req: &AttachRequest) -> Result<(), AttachError> {
     if !passwd::valid_login(&req.login) {
         return bad("invalid login name");
     }
-    if let Some(c) = &req.command {
-        if c.len() > plan::MAX_COMMAND_BYTES || c.contains('\0') {
-            return bad("command too long or contains NUL");
-        }
+    if let Some(c) = &req.command
+        && (c.len() > plan::MAX_COMMAND_BYTES || c.contains('\0'))
+    {
+        return bad("command too long or contains NUL");
     }
-    if let Some(p) = &req.pty {
-        if p.cols == 0 || p.rows == 0 {
-            return bad("zero-sized pty");
-        }
+    if let Some(p) = &req.pty
+        && (p.cols == 0 || p.rows == 0)
+    {
+        return bad("zero-sized pty");
     }
     if req.container.len() > 256 {
         return bad("container name too long");
@@ -283,14 +314,23 @@ fn validate(req: &AttachRequest) -> Result<(), AttachError> {
 ///
 /// Must be awaited on a runtime worker thread (not inside `spawn_blocking`):
 /// the helper has `PR_SET_PDEATHSIG` tied to the spawning thread.
-pub async fn spawn(helper: &HelperBinary, init: &PinnedInit, req: &AttachRequest) -> Result<(Attached, SessionIo), AttachError> {
+pub async fn spawn(
+    helper: &HelperBinary,
+    init: &PinnedInit,
+    req: &AttachRequest,
+) -> Result<(Attached, SessionIo), AttachError> {
     validate(req)?;
     if !init.is_alive() {
         return Err(AttachError::InitChanged("init exited".into()));
     }
     let cc = AttachError::ControlChannel;
-    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
-        .map_err(|e| cc(e.into()))?;
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(|e| cc(e.into()))?;
     // The helper's end must block.
     fcntl(theirs.as_fd(), FcntlArg::F_SETFL(OFlag::O_RDWR)).map_err(|e| cc(e.into()))?;
     let pidfd_src = sys::dup_at_least(init.pidfd.as_fd(), 10).map_err(cc)?;
@@ -304,9 +344,13 @@ pub async fn spawn(helper: &HelperBinary, init: &PinnedInit, req: &AttachRequest
         .current_dir("/")
         .kill_on_drop(true);
     if req.pty.is_some() {
-        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
     } else {
-        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
     }
     sys::install_fixed_fds(&mut cmd, pidfd_src.as_raw_fd(), ctl_src.as_raw_fd());
     let mut child = cmd.spawn().map_err(AttachError::SpawnHelper)?;
@@ -318,8 +362,17 @@ pub async fn spawn(helper: &HelperBinary, init: &PinnedInit, req: &AttachRequest
         container: req.container.clone(),
         login: req.login.clone(),
         command: req.command.clone(),
-        pty: req.pty.as_ref().map(|p| WirePty { term: p.term.clone(), cols: p.cols, rows: p.rows }),
-        env: req.env.iter().filter(|(k, v)| plan::client_var_allowed(k) && plan::client_value_allowed(v)).cloned().collect(),
+        pty: req.pty.as_ref().map(|p| WirePty {
+            term: p.term.clone(),
+            cols: p.cols,
+            rows: p.rows,
+        }),
+        env: req
+            .env
+            .iter()
+            .filter(|(k, v)| plan::client_var_allowed(k) && plan::client_value_allowed(v))
+            .cloned()
+            .collect(),
         init_pid: init.pid,
         init_start_time: init.start_time,
         init_cgroup: init.expected_cgroup.clone(),
@@ -327,7 +380,9 @@ pub async fn spawn(helper: &HelperBinary, init: &PinnedInit, req: &AttachRequest
     let started = tokio::time::timeout(SPAWN_TIMEOUT, startup(&control, &wire)).await;
     let outcome = match started {
         Ok(r) => r,
-        Err(_) => Err(AttachError::Protocol("timed out waiting for the session to start".into())),
+        Err(_) => Err(AttachError::Protocol(
+            "timed out waiting for the session to start".into(),
+        )),
     };
     match outcome {
         Ok((pidfd, pid, master)) => {
@@ -343,12 +398,22 @@ pub async fn spawn(helper: &HelperBinary, init: &PinnedInit, req: &AttachRequest
                     }
                 }
             };
-            let attached = Attached { helper: child, control, pidfd, pid, master: weak, status: None };
+            let attached = Attached {
+                helper: child,
+                control,
+                pidfd,
+                pid,
+                master: weak,
+                status: None,
+            };
             Ok((attached, io))
         }
         Err(e) => {
             // The helper exits by itself after an error; make sure and reap it.
-            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.kill().await;
             }
             Err(e)
@@ -376,14 +441,19 @@ async fn startup(control: &Control, wire: &WireRequest) -> Result<Started, Attac
                 }
             }
             HelperMsg::Running => {
-                let (pidfd, pid) = c.ok_or_else(|| AttachError::Protocol("running before started".into()))?;
+                let (pidfd, pid) =
+                    c.ok_or_else(|| AttachError::Protocol("running before started".into()))?;
                 if wire.pty.is_some() && master.is_none() {
                     return Err(AttachError::Protocol("no pty received".into()));
                 }
                 return Ok((pidfd, pid, master));
             }
             HelperMsg::Error(w) => return Err(w.into()),
-            other => return Err(AttachError::Protocol(format!("unexpected message {other:?}"))),
+            other => {
+                return Err(AttachError::Protocol(format!(
+                    "unexpected message {other:?}"
+                )));
+            }
         }
     }
 }

@@ -125,6 +125,7 @@ pub fn groups_of(group: &[u8], login: &str, primary: u32) -> Result<Vec<u32>, St
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     const PASSWD: &str = "\
@@ -155,7 +156,11 @@ short:x:5:5
     #[test]
     fn rejects_malformed() {
         for login in ["bad", "minus", "short", "missing", "# comment", ""] {
-            assert_eq!(find_user(PASSWD.as_bytes(), login).unwrap(), None, "{login}");
+            assert_eq!(
+                find_user(PASSWD.as_bytes(), login).unwrap(),
+                None,
+                "{login}"
+            );
         }
         // Relative shell paths are not accepted.
         let p = b"rel:x:1:1::/:bin/sh\n";

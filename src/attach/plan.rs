@@ -113,6 +113,7 @@ pub fn build_argv(shell: &str, command: Option<&str>) -> Result<Vec<CString>, St
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn user() -> PasswdEntry {
@@ -158,7 +159,14 @@ mod tests {
         assert_eq!(get("TERM"), Some("xterm-256color"));
         assert_eq!(get("PATH"), Some(DEFAULT_PATH));
         assert_eq!(get("HOME"), Some("/home/alice"));
-        for k in ["LD_PRELOAD", "LC_", "LC_x", "LC_TIME", "LC_NUMERIC", "BASH_ENV"] {
+        for k in [
+            "LD_PRELOAD",
+            "LC_",
+            "LC_x",
+            "LC_TIME",
+            "LC_NUMERIC",
+            "BASH_ENV",
+        ] {
             assert_eq!(get(k), None, "{k}");
         }
         assert_eq!(env.iter().filter(|(k, _)| k == "LANG").count(), 1);
@@ -189,7 +197,10 @@ mod tests {
         assert_eq!(a, ["/bin/sh", "-c", "echo hi; exit 3"]);
         assert!(build_argv("/bin/sh", Some("a\0b")).is_err());
         assert!(build_argv("/bin/sh", Some(&"x".repeat(MAX_COMMAND_BYTES + 1))).is_err());
-        assert_eq!(build_argv("/", None).unwrap(), vec![CString::new("-sh").unwrap()]);
+        assert_eq!(
+            build_argv("/", None).unwrap(),
+            vec![CString::new("-sh").unwrap()]
+        );
     }
 
     #[test]

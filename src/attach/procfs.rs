@@ -115,8 +115,9 @@ pub fn parse_id_map(text: &str) -> Result<Vec<IdRange>, String> {
 
 /// True when `id` (inside the namespace) is covered by `map`.
 pub fn id_mapped(map: &[IdRange], id: u32) -> bool {
-    map.iter()
-        .any(|&(inside, _, count)| id >= inside && u64::from(id) < u64::from(inside) + u64::from(count))
+    map.iter().any(|&(inside, _, count)| {
+        id >= inside && u64::from(id) < u64::from(inside) + u64::from(count)
+    })
 }
 
 /// True when the map is the initial namespace's identity map.
@@ -142,7 +143,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -218,7 +222,11 @@ pub fn cgroup_targets(
                     v2,
                 });
             }
-            None => missing.push(if v2 { "cgroup2".to_owned() } else { l.controllers.clone() }),
+            None => missing.push(if v2 {
+                "cgroup2".to_owned()
+            } else {
+                l.controllers.clone()
+            }),
         }
     }
     (found, missing)
@@ -226,6 +234,7 @@ pub fn cgroup_targets(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     const CG: &str = "12:memory:/lxc.payload.web1\n11:pids:/lxc.payload.web1\n\
@@ -235,11 +244,20 @@ mod tests {
     fn cgroup_parse_and_match() {
         let l = parse_cgroup_file(CG).unwrap();
         assert_eq!(l.len(), 4);
-        assert_eq!(identifying_cgroup(&l, "/lxc.payload.web1"), Some("/lxc.payload.web1"));
+        assert_eq!(
+            identifying_cgroup(&l, "/lxc.payload.web1"),
+            Some("/lxc.payload.web1")
+        );
         assert_eq!(identifying_cgroup(&l, "/lxc.payload.web"), None);
-        assert_eq!(identifying_cgroup(&l, "/lxc.payload.web1/"), Some("/lxc.payload.web1"));
+        assert_eq!(
+            identifying_cgroup(&l, "/lxc.payload.web1/"),
+            Some("/lxc.payload.web1")
+        );
         let v1only = parse_cgroup_file("3:cpu,cpuacct:/lxc.payload.a/x\n").unwrap();
-        assert_eq!(identifying_cgroup(&v1only, "/lxc.payload.a"), Some("/lxc.payload.a/x"));
+        assert_eq!(
+            identifying_cgroup(&v1only, "/lxc.payload.a"),
+            Some("/lxc.payload.a/x")
+        );
     }
 
     #[test]
@@ -304,6 +322,9 @@ mod tests {
         assert_eq!(t[0].mount_point, "/mnt/with space");
         assert_eq!(t[1].mount_point, "/sys/fs/cgroup/cpu,cpuacct");
         let v2 = t.iter().find(|t| t.v2).unwrap();
-        assert_eq!((v2.mount_point.as_str(), v2.rel.as_str()), ("/sys/fs/cgroup/unified", "lxc.payload.a"));
+        assert_eq!(
+            (v2.mount_point.as_str(), v2.rel.as_str()),
+            ("/sys/fs/cgroup/unified", "lxc.payload.a")
+        );
     }
 }

@@ -103,7 +103,10 @@ fn recv_raw(
             fds.extend(sys::own_received_fds(&raw));
         }
     }
-    if msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
+    if msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
+    {
         return Err(std::io::Error::from_raw_os_error(libc::EMSGSIZE));
     }
     Ok((msg.bytes, fds))
@@ -129,7 +132,11 @@ impl Control {
             return Err(AttachError::InvalidRequest("request too large".into()));
         }
         loop {
-            let mut guard = self.fd.writable().await.map_err(AttachError::ControlChannel)?;
+            let mut guard = self
+                .fd
+                .writable()
+                .await
+                .map_err(AttachError::ControlChannel)?;
             let r = guard.try_io(|fd| {
                 let iov = [IoSlice::new(&bytes)];
                 sendmsg::<()>(
@@ -153,8 +160,14 @@ impl Control {
     pub(crate) async fn recv(&self) -> Result<Option<(HelperMsg, Vec<OwnedFd>)>, AttachError> {
         let mut buf = vec![0u8; MAX_MSG_BYTES];
         let (n, fds) = loop {
-            let mut guard = self.fd.readable().await.map_err(AttachError::ControlChannel)?;
-            match guard.try_io(|fd| recv_raw(fd.get_ref().as_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)) {
+            let mut guard = self
+                .fd
+                .readable()
+                .await
+                .map_err(AttachError::ControlChannel)?;
+            match guard
+                .try_io(|fd| recv_raw(fd.get_ref().as_fd(), &mut buf, MsgFlags::MSG_DONTWAIT))
+            {
                 Ok(res) => break res.map_err(AttachError::ControlChannel)?,
                 Err(_would_block) => continue,
             }
@@ -170,6 +183,7 @@ impl Control {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     use std::os::fd::AsFd;
@@ -195,7 +209,12 @@ mod tests {
         .unwrap();
         let ctl = Control::new(a).unwrap();
         let extra = sys::pidfd_open(std::process::id() as i32).unwrap();
-        send_blocking(b.as_fd(), &HelperMsg::Started { pid: 1 }, &[extra.as_raw_fd()]).unwrap();
+        send_blocking(
+            b.as_fd(),
+            &HelperMsg::Started { pid: 1 },
+            &[extra.as_raw_fd()],
+        )
+        .unwrap();
         let (m, fds) = ctl.recv().await.unwrap().unwrap();
         assert_eq!(m, HelperMsg::Started { pid: 1 });
         assert_eq!(fds.len(), 1);

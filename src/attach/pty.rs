@@ -31,7 +31,8 @@ pub(crate) struct WeakMaster(Weak<AsyncFd<OwnedFd>>);
 impl PtyMaster {
     /// Wraps a master fd received from the helper; sets `O_NONBLOCK`.
     pub(crate) fn new(fd: OwnedFd) -> Result<PtyMaster, AttachError> {
-        let fl = fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| AttachError::Control(e.into()))?;
+        let fl =
+            fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| AttachError::Control(e.into()))?;
         let fl = OFlag::from_bits_retain(fl) | OFlag::O_NONBLOCK;
         fcntl(fd.as_fd(), FcntlArg::F_SETFL(fl)).map_err(|e| AttachError::Control(e.into()))?;
         let fd = sys::async_fd(fd).map_err(AttachError::Control)?;
@@ -53,18 +54,26 @@ impl WeakMaster {
     /// Resizes when the master is still open; a no-op otherwise.
     pub(crate) fn resize(&self, cols: u16, rows: u16) -> Result<(), AttachError> {
         match self.0.upgrade() {
-            Some(fd) => sys::set_winsize(fd.get_ref().as_fd(), cols, rows).map_err(AttachError::Control),
+            Some(fd) => {
+                sys::set_winsize(fd.get_ref().as_fd(), cols, rows).map_err(AttachError::Control)
+            }
             None => Ok(()),
         }
     }
 }
 
 impl AsyncRead for PtyMaster {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from)) {
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -79,10 +88,15 @@ impl AsyncRead for PtyMaster {
 }
 
 impl AsyncWrite for PtyMaster {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
+            {
                 Ok(r) => return Poll::Ready(r),
                 Err(_would_block) => continue,
             }

@@ -71,7 +71,12 @@ fn dev_minor(dev: u64) -> u64 {
 
 /// Opens `path` (relative to the container root) with symlinks confined to
 /// the root and no magic links.
-fn open_in_root(root: BorrowedFd<'_>, path: &str, flags: OFlag, extra: ResolveFlag) -> nix::Result<OwnedFd> {
+fn open_in_root(
+    root: BorrowedFd<'_>,
+    path: &str,
+    flags: OFlag,
+    extra: ResolveFlag,
+) -> nix::Result<OwnedFd> {
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS | extra);
@@ -81,12 +86,19 @@ fn open_in_root(root: BorrowedFd<'_>, path: &str, flags: OFlag, extra: ResolveFl
 /// Reads a regular file of the container (bounded; FIFOs and devices refused).
 fn read_container_file(root: BorrowedFd<'_>, path: &str) -> CResult<Vec<u8>> {
     let s = HelperStep::ReadAccounts;
-    let fd = open_in_root(root, path, OFlag::O_RDONLY | OFlag::O_NONBLOCK, ResolveFlag::empty()).map_err(step(s))?;
+    let fd = open_in_root(
+        root,
+        path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+        ResolveFlag::empty(),
+    )
+    .map_err(step(s))?;
     let st = fstat(fd.as_fd()).map_err(step(s))?;
     if !is_kind(&st, SFlag::S_IFREG) {
         return Err(fail(s, "not a regular file"));
     }
-    super::helper::read_bounded(fd.as_fd(), passwd::MAX_FILE_BYTES).map_err(|e| WireError::step(s, &e))
+    super::helper::read_bounded(fd.as_fd(), passwd::MAX_FILE_BYTES)
+        .map_err(|e| WireError::step(s, &e))
 }
 
 /// Opens the container's own `/dev/pts/ptmx`, verifies it (runc's
@@ -104,7 +116,11 @@ fn open_pty(root: BorrowedFd<'_>) -> CResult<(OwnedFd, OwnedFd)> {
         return Err(fail(s, "/dev/pts/ptmx is not on devpts"));
     }
     let st = fstat(master.as_fd()).map_err(step(s))?;
-    if !is_kind(&st, SFlag::S_IFCHR) || dev_major(st.st_rdev) != 5 || dev_minor(st.st_rdev) != 2 || st.st_ino != 2 {
+    if !is_kind(&st, SFlag::S_IFCHR)
+        || dev_major(st.st_rdev) != 5
+        || dev_minor(st.st_rdev) != 2
+        || st.st_ino != 2
+    {
         return Err(fail(s, "/dev/pts/ptmx is not the ptmx device"));
     }
     sys::unlockpt(master.as_fd()).map_err(|e| WireError::step(s, &e))?;
@@ -120,7 +136,9 @@ fn resolve_user(root: BorrowedFd<'_>, login: &str) -> CResult<(PasswdEntry, Vec<
     let pw = read_container_file(root, "/etc/passwd")?;
     let user = passwd::find_user(&pw, login)
         .map_err(|e| fail(s, &e))?
-        .ok_or_else(|| WireError::LoginNotFound { login: login.to_owned() })?;
+        .ok_or_else(|| WireError::LoginNotFound {
+            login: login.to_owned(),
+        })?;
     let groups = match read_container_file(root, "/etc/group") {
         Ok(g) => passwd::groups_of(&g, login, user.gid).map_err(|e| fail(s, &e))?,
         // No /etc/group: only the primary group.
@@ -131,7 +149,9 @@ fn resolve_user(root: BorrowedFd<'_>, login: &str) -> CResult<(PasswdEntry, Vec<
 }
 
 fn check_shell(shell: &str) -> CResult<()> {
-    let missing = || WireError::ShellNotFound { path: shell.to_owned() };
+    let missing = || WireError::ShellNotFound {
+        path: shell.to_owned(),
+    };
     let st = nix::sys::stat::stat(shell).map_err(|_| missing())?;
     if !is_kind(&st, SFlag::S_IFREG) || st.st_mode & 0o111 == 0 {
         return Err(missing());
@@ -153,10 +173,10 @@ fn switch_user(ctx: &SessionCtx<'_>, user: &PasswdEntry, groups: &[u32]) -> CRes
     if !procfs::is_identity_map(ctx.uid_map) && !procfs::id_mapped(ctx.uid_map, user.uid) {
         return Err(WireError::IdNotMapped { id: user.uid });
     }
-    if !procfs::is_identity_map(ctx.gid_map) {
-        if let Some(&g) = groups.iter().find(|&&g| !procfs::id_mapped(ctx.gid_map, g)) {
-            return Err(WireError::IdNotMapped { id: g });
-        }
+    if !procfs::is_identity_map(ctx.gid_map)
+        && let Some(&g) = groups.iter().find(|&&g| !procfs::id_mapped(ctx.gid_map, g))
+    {
+        return Err(WireError::IdNotMapped { id: g });
     }
     // Inheritable + ambient would hand capabilities across exec to binaries
     // with file capabilities, whatever the uid.
@@ -168,7 +188,8 @@ fn switch_user(ctx: &SessionCtx<'_>, user: &PasswdEntry, groups: &[u32]) -> CRes
     nix::unistd::setresuid(u, u, u).map_err(step(s))?;
     let r = nix::unistd::getresuid().map_err(step(s))?;
     let rg = nix::unistd::getresgid().map_err(step(s))?;
-    if (r.real, r.effective, r.saved) != (u, u, u) || (rg.real, rg.effective, rg.saved) != (g, g, g) {
+    if (r.real, r.effective, r.saved) != (u, u, u) || (rg.real, rg.effective, rg.saved) != (g, g, g)
+    {
         return Err(fail(s, "credentials did not change"));
     }
     // Cleared by the credential change; re-arm so C dies with H.
@@ -193,23 +214,30 @@ fn enter_home(home: &str) -> CResult<()> {
 fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step(HelperStep::Prctl))?;
     // Drop every host fd H holds (cgroup files, /dev/null) at once.
-    sys::close_fds_except(&[ctx.ctl, ctx.release, ctx.err]).map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
+    sys::close_fds_except(&[ctx.ctl, ctx.release, ctx.err])
+        .map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
     // Wait until H has moved us into the container's cgroups.
-    let release = sys::claim_inherited_fd(ctx.release).map_err(|e| WireError::step(HelperStep::JoinCgroup, &e))?;
+    let release = sys::claim_inherited_fd(ctx.release)
+        .map_err(|e| WireError::step(HelperStep::JoinCgroup, &e))?;
     let mut b = [0u8; 1];
     match nix::unistd::read(release.as_fd(), &mut b) {
         Ok(1) => {}
         _ => sys::exit_now(1),
     }
     drop(release);
-    let ctl = sys::claim_inherited_fd(ctx.ctl).map_err(|e| WireError::step(HelperStep::Report, &e))?;
+    let ctl =
+        sys::claim_inherited_fd(ctx.ctl).map_err(|e| WireError::step(HelperStep::Report, &e))?;
 
     sys::reset_signals().map_err(|e| WireError::step(HelperStep::Session, &e))?;
     nix::unistd::setsid().map_err(step(HelperStep::Session))?;
 
     let req = ctx.req;
-    let root = nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(step(HelperStep::ReadAccounts))?;
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(step(HelperStep::ReadAccounts))?;
     let (user, groups) = resolve_user(root.as_fd(), &req.login)?;
     check_shell(&user.shell)?;
     let term = req.pty.as_ref().map(|p| p.term.as_str());
@@ -217,22 +245,33 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     let envp = plan::env_cstrings(&env).map_err(|detail| WireError::InvalidRequest { detail })?;
     let argv = plan::build_argv(&user.shell, req.command.as_deref())
         .map_err(|detail| WireError::InvalidRequest { detail })?;
-    let shell = std::ffi::CString::new(user.shell.as_str())
-        .map_err(|_| WireError::InvalidRequest { detail: "NUL in shell".into() })?;
+    let shell =
+        std::ffi::CString::new(user.shell.as_str()).map_err(|_| WireError::InvalidRequest {
+            detail: "NUL in shell".into(),
+        })?;
 
     if let Some(p) = &req.pty {
         let (master, slave) = open_pty(root.as_fd())?;
-        sys::set_winsize(master.as_fd(), p.cols, p.rows).map_err(|e| WireError::step(HelperStep::OpenPty, &e))?;
-        proto::send_blocking(ctl.as_fd(), &HelperMsg::Pty, &[std::os::fd::AsRawFd::as_raw_fd(&master)])
-            .map_err(|e| WireError::step(HelperStep::Report, &e))?;
+        sys::set_winsize(master.as_fd(), p.cols, p.rows)
+            .map_err(|e| WireError::step(HelperStep::OpenPty, &e))?;
+        proto::send_blocking(
+            ctl.as_fd(),
+            &HelperMsg::Pty,
+            &[std::os::fd::AsRawFd::as_raw_fd(&master)],
+        )
+        .map_err(|e| WireError::step(HelperStep::Report, &e))?;
         drop(master);
         let t = HelperStep::SetupTty;
         sys::set_controlling_tty(slave.as_fd()).map_err(|e| WireError::step(t, &e))?;
         for fd in 0..3 {
             sys::dup_onto(slave.as_fd(), fd).map_err(|e| WireError::step(t, &e))?;
         }
-        nix::unistd::fchown(slave.as_fd(), Some(Uid::from_raw(user.uid)), Some(Gid::from_raw(user.gid)))
-            .map_err(step(t))?;
+        nix::unistd::fchown(
+            slave.as_fd(),
+            Some(Uid::from_raw(user.uid)),
+            Some(Gid::from_raw(user.gid)),
+        )
+        .map_err(step(t))?;
         nix::sys::stat::fchmod(slave.as_fd(), Mode::from_bits_truncate(0o620)).map_err(step(t))?;
     }
     drop(root);
@@ -245,13 +284,16 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     // Only 0-2 and the (close-on-exec) error pipe remain; mark everything
     // above 2 close-on-exec anyway so nothing can leak into the shell.
     sys::close_fds_except(&[ctx.err]).map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
-    sys::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC).map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
+    sys::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC)
+        .map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
     let e = match nix::unistd::execve(&shell, &argv, &envp) {
         Err(e) => e,
         Ok(never) => match never {},
     };
     if e == Errno::ENOENT {
-        return Err(WireError::ShellNotFound { path: user.shell.clone() });
+        return Err(WireError::ShellNotFound {
+            path: user.shell.clone(),
+        });
     }
     Err(WireError::errno(HelperStep::Exec, e))
 }

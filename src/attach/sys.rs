@@ -304,7 +304,9 @@ pub(crate) fn capbset_drop(cap: u32) -> io::Result<()> {
 /// `prctl(PR_CAPBSET_READ, cap)`: Ok(true) when `cap` is in the bounding set.
 pub(crate) fn capbset_read(cap: u32) -> io::Result<bool> {
     // SAFETY: prctl with integer arguments.
-    let r = cvt(unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) }.into())?;
+    let r = cvt(
+        unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) }.into(),
+    )?;
     Ok(r == 1)
 }
 
@@ -355,6 +357,7 @@ struct CapData {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::os::fd::AsFd;
 
