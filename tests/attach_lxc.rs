@@ -60,6 +60,23 @@ fn make_container() -> Container {
             format!("{name}\n"),
         )
         .unwrap();
+        let etc = format!("/var/lib/lxc/{name}/rootfs/etc");
+        let mut passwd = std::fs::read_to_string(format!("{etc}/passwd")).unwrap();
+        passwd.push_str(
+            "alice:x:1000:1000:Alice:/home/alice:/bin/sh\nnoshell:x:1001:1001::/:/bin/nope\n",
+        );
+        std::fs::write(format!("{etc}/passwd"), passwd).unwrap();
+        let mut group = std::fs::read_to_string(format!("{etc}/group")).unwrap();
+        group.push_str("alice:x:1000:\nwheel2:x:10000:root,alice\n");
+        std::fs::write(format!("{etc}/group"), group).unwrap();
+        std::fs::create_dir_all(format!("/var/lib/lxc/{name}/rootfs/home/alice")).unwrap();
+        run(
+            "chown",
+            &[
+                "1000:1000",
+                &format!("/var/lib/lxc/{name}/rootfs/home/alice"),
+            ],
+        );
         run("lxc-start", &["-n", &name]);
         for _ in 0..100 {
             let out = Command::new("lxc-info")
@@ -192,6 +209,8 @@ async fn attach_against_lxc() {
     a.resize(100, 40).unwrap();
     let mut out = Vec::new();
     m.read_to_end(&mut out).await.unwrap();
+    drop(m);
+    a.resize(1, 1).unwrap(); // no-op once the master is gone
     let out = String::from_utf8_lossy(&out);
     assert!(out.contains("/dev/pts/") && out.contains("ok"), "{out}");
     assert!(out.contains("xterm C.UTF-8 ."), "{out}");
@@ -259,4 +278,161 @@ async fn attach_against_lxc() {
     );
     let (out, _, _) = exec(c, "ps -o pid,args", b"").await;
     assert!(!out.contains("sleep 1000"), "{out}");
+
+    hardening(c).await;
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+async fn exec_as(c: &Container, login: &str, command: &str) -> (String, String, ExitStatus) {
+    let (mut a, io) = attach::spawn(helper(), &pin(c), &req(c, login, Some(command), false))
+        .await
+        .unwrap();
+    let SessionIo::Pipes {
+        stdin,
+        mut stdout,
+        mut stderr,
+    } = io
+    else {
+        panic!("pipes")
+    };
+    drop(stdin);
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    let (r1, r2) = tokio::join!(stdout.read_to_end(&mut o), stderr.read_to_end(&mut e));
+    r1.unwrap();
+    r2.unwrap();
+    let st = a.wait().await.unwrap();
+    (
+        String::from_utf8(o).unwrap(),
+        String::from_utf8(e).unwrap(),
+        st,
+    )
+}
+
+async fn hardening(c: &Container) {
+    let init_status = std::fs::read_to_string(format!("/proc/{}/status", c.pid)).unwrap();
+
+    // Non-root login: ids, supplementary groups, home, no capabilities, the
+    // init's bounding set, environment from nothing.
+    let (out, err, st) = exec_as(c, "alice", "id; pwd; cat /proc/self/status; echo ENV; env").await;
+    assert_eq!(st, ExitStatus::Code(0), "{err}");
+    let mut parts = out.splitn(2, "ENV\n");
+    let (head, env) = (parts.next().unwrap(), parts.next().unwrap());
+    let mut lines = head.lines();
+    let id = lines.next().unwrap();
+    assert!(
+        id.starts_with("uid=1000(alice) gid=1000(alice) groups=1000(alice),10000(wheel2)"),
+        "{id}"
+    );
+    assert_eq!(lines.next(), Some("/home/alice"));
+    for k in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(status_field(head, k), "0000000000000000", "{k}");
+    }
+    assert_eq!(
+        status_field(head, "CapBnd"),
+        status_field(&init_status, "CapBnd")
+    );
+    let mut keys: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "HOME", "LANG", "LOGNAME", "PATH", "PWD", "SHELL", "SHLVL", "USER"
+        ],
+        "{env}"
+    );
+
+    // Root keeps the init's bounding set too (not the host's full set).
+    let (out, _, _) = exec_as(c, "root", "cat /proc/self/status").await;
+    assert_eq!(
+        status_field(&out, "CapBnd"),
+        status_field(&init_status, "CapBnd")
+    );
+    assert_ne!(
+        status_field(&out, "CapBnd"),
+        status_field(
+            &std::fs::read_to_string("/proc/self/status").unwrap(),
+            "CapBnd"
+        )
+    );
+    assert_eq!(status_field(&out, "CapInh"), "0000000000000000");
+
+    // Missing shell is reported before exec.
+    let e = attach::spawn(helper(), &pin(c), &req(c, "noshell", None, false))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, AttachError::ShellNotFound { ref path } if path == "/bin/nope"),
+        "{e:?}"
+    );
+    assert!(e.user_message().contains("/bin/nope"));
+
+    // Login shell on a pty: argv0 is "-sh", exit code relayed.
+    let (mut a, io) = attach::spawn(helper(), &pin(c), &req(c, "alice", None, true))
+        .await
+        .unwrap();
+    let SessionIo::Pty(m) = io else { panic!("pty") };
+    let (mut rd, mut wr) = tokio::io::split(m);
+    wr.write_all(b"echo \"A0=$0\" \"$(stat -L -c %U:%a /proc/self/fd/0)\"; exit 3\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    rd.read_to_end(&mut out).await.unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("A0=-sh alice:620"), "{out}");
+    assert_eq!(a.wait().await.unwrap(), ExitStatus::Code(3));
+
+    // signal() reaches the session process.
+    let (mut a, _io) = attach::spawn(
+        helper(),
+        &pin(c),
+        &req(c, "root", Some("exec sleep 1000"), false),
+    )
+    .await
+    .unwrap();
+    a.signal(libc::SIGTERM).unwrap();
+    assert_eq!(
+        a.wait().await.unwrap(),
+        ExitStatus::Signal {
+            signal: libc::SIGTERM,
+            core_dumped: false
+        }
+    );
+
+    // Dropping the handle kills the session (and its helper).
+    let (a, io) = attach::spawn(
+        helper(),
+        &pin(c),
+        &req(c, "root", Some("sleep 1001 & sleep 1002"), false),
+    )
+    .await
+    .unwrap();
+    let pid = a.pid();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(a);
+    drop(io);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (out, _, _) = exec(c, "ps -o pid,args", b"").await;
+    assert!(!out.contains("sleep 100"), "{out}");
+    let left = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(left.is_empty(), "{left}");
+
+    // No helper left behind as a zombie or otherwise.
+    let me = std::process::id().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(st) = std::fs::read_to_string(e.path().join("status")) {
+            if status_field(&st, "PPid") == me {
+                panic!("leftover child: {st}");
+            }
+        }
+    }
 }

@@ -270,7 +270,8 @@ pub enum SessionIo {
 /// session's whole process group and the helper.
 #[derive(Debug)]
 pub struct Attached {
-    helper: Child,
+    /// Always `Some` until dropped.
+    helper: Option<Child>,
     control: Control,
     pidfd: OwnedFd,
     pid: i32,
@@ -399,7 +400,7 @@ pub async fn spawn(
                 }
             };
             let attached = Attached {
-                helper: child,
+                helper: Some(child),
                 control,
                 pidfd,
                 pid,
@@ -479,7 +480,9 @@ impl Attached {
                 None => break None,
             }
         };
-        let _ = self.helper.wait().await;
+        if let Some(h) = self.helper.as_mut() {
+            let _ = h.wait().await;
+        }
         match status {
             Some(s) => {
                 self.status = Some(s);
@@ -545,11 +548,26 @@ fn ok_if_gone(r: std::io::Result<()>) -> Result<(), AttachError> {
     }
 }
 
+/// How long a dropped [`Attached`] lets its helper reap the session before
+/// the helper is killed.
+const DROP_REAP_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for Attached {
     fn drop(&mut self) {
-        // The helper is killed by kill_on_drop (and would kill C's group when
-        // the control socket closes); kill the group here too, at once.
+        // Kill the session's whole process group now. The helper must outlive
+        // C to reap it: a process whose parent dies is re-parented to the
+        // *parent's* pid-namespace reaper, i.e. the host's init. So let the
+        // helper finish (it also kills the group when the control socket
+        // closes) and reap it in the background; kill it only if it hangs.
         let _ = self.signal_group(libc::SIGKILL);
+        if let (Some(mut child), Ok(rt)) =
+            (self.helper.take(), tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(DROP_REAP_GRACE, child.wait()).await;
+                // Dropping `child` here SIGKILLs it if it is still running.
+            });
+        }
     }
 }
 
