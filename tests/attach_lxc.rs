@@ -429,10 +429,10 @@ async fn hardening(c: &Container) {
     // No helper left behind as a zombie or otherwise.
     let me = std::process::id().to_string();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(st) = std::fs::read_to_string(e.path().join("status")) {
-            if status_field(&st, "PPid") == me {
-                panic!("leftover child: {st}");
-            }
+        if let Ok(st) = std::fs::read_to_string(e.path().join("status"))
+            && status_field(&st, "PPid") == me
+        {
+            panic!("leftover child: {st}");
         }
     }
 }
