@@ -39,15 +39,22 @@ fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn make_container() -> Container {
+/// Host uid/gid that the container's root maps to (unprivileged mode).
+const UNS_BASE: u32 = 100_000;
+
+fn make_container(unprivileged: bool) -> Container {
     {
-        let name = format!("attach-test-{}", std::process::id());
+        let kind = if unprivileged { "uns" } else { "test" };
+        let name = format!("attach-{kind}-{}", std::process::id());
         let conf = format!("/tmp/{name}.conf");
-        std::fs::write(
-            &conf,
-            "lxc.net.0.type = empty\nlxc.apparmor.profile = unconfined\nlxc.pty.max = 64\n",
-        )
-        .unwrap();
+        let mut text =
+            "lxc.net.0.type = empty\nlxc.apparmor.profile = unconfined\nlxc.pty.max = 64\n"
+                .to_owned();
+        if unprivileged {
+            // Needs root:100000:65536 in /etc/subuid and /etc/subgid.
+            text.push_str("lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n");
+        }
+        std::fs::write(&conf, text).unwrap();
         let mut c = Container {
             name: name.clone(),
             pid: 0,
@@ -149,7 +156,7 @@ async fn exec(c: &Container, command: &str, stdin: &[u8]) -> (String, String, Ex
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_against_lxc() {
-    let container = make_container();
+    let container = make_container(false);
     let c = &container;
 
     // (1) hostname, exact bytes.
@@ -435,4 +442,62 @@ async fn hardening(c: &Container) {
             panic!("leftover child: {st}");
         }
     }
+}
+
+/// The same checks against an unprivileged (user-namespaced) container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_unprivileged_lxc() {
+    let container = make_container(true);
+    let c = &container;
+    let map = std::fs::read_to_string(format!("/proc/{}/uid_map", c.pid)).unwrap();
+    assert!(map.split_whitespace().eq(["0", "100000", "65536"]), "{map}");
+
+    let (out, err, st) = exec(c, "cat /etc/hostname; id -u; cat /proc/self/uid_map", b"").await;
+    assert_eq!(st, ExitStatus::Code(0), "{err}");
+    let mut l = out.lines();
+    assert_eq!(l.next(), Some(c.name.as_str()));
+    assert_eq!(l.next(), Some("0"));
+    assert!(
+        l.next()
+            .unwrap()
+            .split_whitespace()
+            .eq(["0", "100000", "65536"])
+    );
+
+    let ns = ["mnt", "pid", "net", "uts", "ipc", "cgroup", "user"];
+    let cmd: Vec<String> = ns
+        .iter()
+        .map(|n| format!("readlink /proc/self/ns/{n}"))
+        .collect();
+    let (out, _, _) = exec(c, &cmd.join("; "), b"").await;
+    let want: Vec<String> = ns
+        .iter()
+        .map(|n| {
+            std::fs::read_link(format!("/proc/{}/ns/{n}", c.pid))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), want);
+
+    // The session's host credentials are the mapped ones.
+    let (mut a, _io) = attach::spawn(helper(), &pin(c), &req(c, "alice", Some("sleep 30"), false))
+        .await
+        .unwrap();
+    let st = std::fs::read_to_string(format!("/proc/{}/status", a.pid())).unwrap();
+    assert!(
+        status_field(&st, "Uid")
+            .split_whitespace()
+            .all(|u| u == "101000"),
+        "{st}"
+    );
+    let host_init = std::fs::read_to_string(format!("/proc/{}/cgroup", c.pid)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{}/cgroup", a.pid())).unwrap(),
+        host_init
+    );
+    a.terminate(Duration::from_secs(1)).await.unwrap();
+
+    hardening(c).await;
 }

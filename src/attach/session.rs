@@ -197,6 +197,25 @@ fn switch_user(ctx: &SessionCtx<'_>, user: &PasswdEntry, groups: &[u32]) -> CRes
     Ok(())
 }
 
+/// In a user namespace, our host uid is unmapped there: become the
+/// namespace's root first (as runc does) so files we create, such as the pty
+/// slave, belong to mapped ids the container can chown. Capabilities in the
+/// namespace are kept (the old ids were not the namespace's root).
+fn become_namespace_root(ctx: &SessionCtx<'_>) -> CResult<()> {
+    if procfs::is_identity_map(ctx.uid_map) && procfs::is_identity_map(ctx.gid_map) {
+        return Ok(());
+    }
+    if !procfs::id_mapped(ctx.uid_map, 0) || !procfs::id_mapped(ctx.gid_map, 0) {
+        return Err(WireError::IdNotMapped { id: 0 });
+    }
+    let s = HelperStep::SwitchUser;
+    let (u, g) = (Uid::from_raw(0), Gid::from_raw(0));
+    nix::unistd::setgroups(&[g]).map_err(step(s))?;
+    nix::unistd::setresgid(g, g, g).map_err(step(s))?;
+    nix::unistd::setresuid(u, u, u).map_err(step(s))?;
+    Ok(())
+}
+
 fn enter_home(home: &str) -> CResult<()> {
     let s = HelperStep::Chdir;
     if nix::unistd::chdir(home).is_err() {
@@ -230,6 +249,8 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
 
     sys::reset_signals().map_err(|e| WireError::step(HelperStep::Session, &e))?;
     nix::unistd::setsid().map_err(step(HelperStep::Session))?;
+
+    become_namespace_root(ctx)?;
 
     let req = ctx.req;
     let root = nix::fcntl::open(
