@@ -77,13 +77,13 @@ fn make_container(unprivileged: bool) -> Container {
         group.push_str("alice:x:1000:\nwheel2:x:10000:root,alice\n");
         std::fs::write(format!("{etc}/group"), group).unwrap();
         std::fs::create_dir_all(format!("/var/lib/lxc/{name}/rootfs/home/alice")).unwrap();
+        let off = if unprivileged { UNS_BASE } else { 0 };
+        let (alice, root) = (format!("{0}:{0}", 1000 + off), format!("{off}:{off}"));
         run(
             "chown",
-            &[
-                "1000:1000",
-                &format!("/var/lib/lxc/{name}/rootfs/home/alice"),
-            ],
+            &[&alice, &format!("/var/lib/lxc/{name}/rootfs/home/alice")],
         );
+        run("chown", &[&root, &format!("{etc}/hostname")]);
         run("lxc-start", &["-n", &name]);
         for _ in 0..100 {
             let out = Command::new("lxc-info")
@@ -327,7 +327,12 @@ async fn hardening(c: &Container) {
 
     // Non-root login: ids, supplementary groups, home, no capabilities, the
     // init's bounding set, environment from nothing.
-    let (out, err, st) = exec_as(c, "alice", "id; pwd; cat /proc/self/status; echo ENV; env").await;
+    let (out, err, st) = exec_as(
+        c,
+        "alice",
+        "id; pwd; touch ~/f && stat -c %U ~/f; cat /proc/self/status; echo ENV; env",
+    )
+    .await;
     assert_eq!(st, ExitStatus::Code(0), "{err}");
     let mut parts = out.splitn(2, "ENV\n");
     let (head, env) = (parts.next().unwrap(), parts.next().unwrap());
@@ -338,6 +343,7 @@ async fn hardening(c: &Container) {
         "{id}"
     );
     assert_eq!(lines.next(), Some("/home/alice"));
+    assert_eq!(lines.next(), Some("alice"));
     for k in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
         assert_eq!(status_field(head, k), "0000000000000000", "{k}");
     }
