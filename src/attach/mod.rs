@@ -333,7 +333,7 @@ pub async fn spawn(
     )
     .map_err(|e| cc(e.into()))?;
     // The helper's end must block.
-    fcntl(theirs.as_fd(), FcntlArg::F_SETFL(OFlag::O_RDWR)).map_err(|e| cc(e.into()))?;
+    fcntl(theirs.as_fd(), FcntlArg::F_SETFL(OFlag::empty())).map_err(|e| cc(e.into()))?;
     let pidfd_src = sys::dup_at_least(init.pidfd.as_fd(), 10).map_err(cc)?;
     let ctl_src = sys::dup_at_least(theirs.as_fd(), 10).map_err(cc)?;
     drop(theirs);
