@@ -1,93 +1,584 @@
-//! attach (placeholder until the attach branch lands; every call fails).
-#![allow(missing_docs, dead_code)]
+//! Starting a process inside a running container (the security-critical
+//! part; see DESIGN.md "Attaching to a container").
+//!
+//! The gateway (B) never forks itself into a container. [`spawn`] starts a
+//! helper (H): this binary re-exec'd from a sealed memfd ([`HelperBinary`]),
+//! which enters its [`helper_main`] before any runtime exists, so it is
+//! single-threaded. H makes itself non-dumpable, reads the host facts
+//! (CapBnd, id maps, cgroups, namespaces), joins the namespaces of the
+//! pinned init ([`PinnedInit`]) with one `setns(pidfd)`, forks the session
+//! process (C), moves C into the container's cgroup in every hierarchy and
+//! relays C's exit status. C allocates its pty from the container's devpts,
+//! resolves the login with a bounded parser (never NSS), drops the bounding
+//! set and its ids, builds the environment from nothing, closes every fd
+//! above 2 and execs the login's shell.
+//!
+//! All raw syscalls live in `sys.rs`.
 
+mod error;
+mod helper;
+pub mod passwd;
+pub mod plan;
+pub mod procfs;
+mod proto;
+mod pty;
+mod session;
+mod sys;
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
 use std::time::Duration;
 
+use nix::fcntl::{FcntlArg, OFlag, SealFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use serde::{Deserialize, Serialize};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+
+pub use error::{AttachError, HelperStep};
+pub use pty::PtyMaster;
+
+use proto::{Control, HelperMsg, WirePty, WireRequest};
+
+/// argv[1] that makes the binary run [`helper_main`].
 pub const HELPER_ARG: &str = "__attach-helper";
 
-#[derive(Debug, Clone)]
+/// How long [`spawn`] waits for the session to start (namespace entry,
+/// account lookup, exec) before killing the helper.
+pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A pty requested by the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PtyRequest {
+    /// `TERM` for the session (1..=64 bytes of `[A-Za-z0-9._+-]`; otherwise
+    /// `TERM` is left unset).
     pub term: String,
+    /// Width in character cells (must be > 0).
     pub cols: u16,
+    /// Height in character cells (must be > 0).
     pub rows: u16,
 }
 
-#[derive(Debug, Clone)]
+/// What to start inside the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachRequest {
+    /// Container name, for messages and logs only.
     pub container: String,
+    /// Unix account inside the container, resolved in its `/etc/passwd`.
     pub login: String,
+    /// `None` = login shell; `Some(cmd)` = `shell -c cmd` (at most
+    /// [`plan::MAX_COMMAND_BYTES`], no NUL).
     pub command: Option<String>,
+    /// `Some` = allocate a pty from the container's own devpts.
     pub pty: Option<PtyRequest>,
+    /// Client variables; only `LANG`, `LANGUAGE`, `LC_*` with printable
+    /// values survive ([`plan::build_env`]).
     pub env: Vec<(String, String)>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AttachError {
-    #[error("not implemented")]
-    NotImplemented,
-}
-
-impl AttachError {
-    pub fn user_message(&self) -> String {
-        "not implemented".into()
-    }
-}
-
-pub struct PinnedInit;
-impl PinnedInit {
-    pub fn pin(_pid: i32, _cg: &str, _st: Option<u64>) -> Result<PinnedInit, AttachError> {
-        Err(AttachError::NotImplemented)
-    }
-}
-
-pub struct HelperBinary;
-impl HelperBinary {
-    pub fn sealed_copy_of_current_exe() -> Result<HelperBinary, AttachError> {
-        Ok(HelperBinary)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a session process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
+    /// Exited with this code (0..=255).
     Code(i32),
-    Signal { signal: i32, core_dumped: bool },
-}
-
-pub type PtyMaster = tokio::io::DuplexStream;
-
-pub enum SessionIo {
-    Pty(PtyMaster),
-    Pipes {
-        stdin: tokio::process::ChildStdin,
-        stdout: tokio::process::ChildStdout,
-        stderr: tokio::process::ChildStderr,
+    /// Killed by a signal.
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// True when a core dump was written.
+        core_dumped: bool,
     },
 }
 
-pub struct Attached;
-impl Attached {
-    pub async fn wait(&mut self) -> Result<ExitStatus, AttachError> {
-        Err(AttachError::NotImplemented)
-    }
-    pub fn resize(&self, _c: u16, _r: u16) -> Result<(), AttachError> {
-        Ok(())
-    }
-    pub fn signal(&self, _s: i32) -> Result<(), AttachError> {
-        Ok(())
-    }
-    pub async fn terminate(&mut self, _g: Duration) -> Result<ExitStatus, AttachError> {
-        Err(AttachError::NotImplemented)
+/// The container's init process, pinned by a pidfd and verified.
+#[derive(Debug)]
+pub struct PinnedInit {
+    pidfd: OwnedFd,
+    pid: i32,
+    start_time: u64,
+    cgroup: String,
+    expected_cgroup: String,
+}
+
+fn proc_err(path: String, e: std::io::Error) -> AttachError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ESRCH) => AttachError::ContainerNotRunning,
+        _ => AttachError::Procfs { path, source: e },
     }
 }
 
+impl PinnedInit {
+    /// `pidfd_open(pid)` immediately, then verifies the process: its cgroup
+    /// (the v2 `0::` line of `/proc/<pid>/cgroup`, or any v1 line when there
+    /// is no v2 line) must equal or be below `expected_cgroup` (e.g.
+    /// `"/lxc.payload.web1"`; `"/"` is refused), and, when given, its start
+    /// time (field 22 of `/proc/<pid>/stat`, clock ticks since boot) must
+    /// equal `expected_start_time`; finally `pidfd_send_signal(0)` must still
+    /// succeed, which proves the `/proc` reads described the pinned process.
+    ///
+    /// Errors: [`AttachError::ContainerNotRunning`] (no such pid),
+    /// [`AttachError::InitChanged`] (other cgroup/start time, or it died
+    /// during the check), [`AttachError::InvalidRequest`],
+    /// [`AttachError::PidfdOpen`], [`AttachError::Procfs`].
+    pub fn pin(
+        pid: i32,
+        expected_cgroup: &str,
+        expected_start_time: Option<u64>,
+    ) -> Result<PinnedInit, AttachError> {
+        if pid <= 1 {
+            return Err(AttachError::InvalidRequest(format!(
+                "pid {pid} cannot be a container init"
+            )));
+        }
+        let expected = expected_cgroup.trim_end_matches('/');
+        if !expected.starts_with('/') || expected.split('/').any(|c| c == "..") {
+            return Err(AttachError::InvalidRequest(format!(
+                "bad expected cgroup {expected_cgroup:?}"
+            )));
+        }
+        let pidfd = sys::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => AttachError::ContainerNotRunning,
+            _ => AttachError::PidfdOpen(e),
+        })?;
+        let cg_path = format!("/proc/{pid}/cgroup");
+        let text = std::fs::read_to_string(&cg_path).map_err(|e| proc_err(cg_path, e))?;
+        let lines = procfs::parse_cgroup_file(&text).map_err(AttachError::InitChanged)?;
+        let cgroup = procfs::identifying_cgroup(&lines, expected)
+            .ok_or_else(|| {
+                AttachError::InitChanged(format!("pid {pid} is not in cgroup {expected}"))
+            })?
+            .to_owned();
+        let stat_path = format!("/proc/{pid}/stat");
+        let stat = std::fs::read_to_string(&stat_path).map_err(|e| proc_err(stat_path, e))?;
+        let start_time = procfs::start_time_from_stat(&stat)
+            .ok_or_else(|| AttachError::Protocol(format!("unparsable /proc/{pid}/stat")))?;
+        if let Some(want) = expected_start_time
+            && want != start_time
+        {
+            return Err(AttachError::InitChanged(format!(
+                "pid {pid} start time {start_time} != {want}"
+            )));
+        }
+        sys::pidfd_send_signal(pidfd.as_fd(), 0, 0).map_err(|_| {
+            AttachError::InitChanged(format!("pid {pid} exited during verification"))
+        })?;
+        Ok(PinnedInit {
+            pidfd,
+            pid,
+            start_time,
+            cgroup,
+            expected_cgroup: expected.to_owned(),
+        })
+    }
+
+    /// The init's pid in the host pid namespace.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The init's start time (clock ticks since boot), for pinning later.
+    pub fn start_time(&self) -> u64 {
+        self.start_time
+    }
+
+    /// The cgroup path the init was found in (relative to the hierarchy root).
+    pub fn cgroup(&self) -> &str {
+        &self.cgroup
+    }
+
+    /// True while the pinned process is alive.
+    pub fn is_alive(&self) -> bool {
+        sys::pidfd_send_signal(self.pidfd.as_fd(), 0, 0).is_ok()
+    }
+}
+
+/// The helper executable: a sealed memfd copy of a binary (CVE-2019-5736: a
+/// container can never reach or overwrite the gateway's binary on disk).
+/// The fd is close-on-exec and numbered >= 10; the helper is exec'd through
+/// `/proc/self/fd/<n>` (checked: works for ELF binaries; scripts would not).
+#[derive(Debug)]
+pub struct HelperBinary {
+    memfd: OwnedFd,
+}
+
+impl HelperBinary {
+    /// Copies `/proc/self/exe` into a sealed memfd. Call once at gateway
+    /// start. Errors: [`AttachError::HelperBinary`].
+    pub fn sealed_copy_of_current_exe() -> Result<HelperBinary, AttachError> {
+        Self::from_path("/proc/self/exe")
+    }
+
+    /// Copies the ELF binary at `path` (which must be this crate's
+    /// `portcullis` binary, whose `main` calls [`helper_main`]) into a sealed
+    /// memfd (`F_SEAL_SEAL|SHRINK|GROW|WRITE`, plus `F_SEAL_EXEC` when the
+    /// kernel has it). Errors: [`AttachError::HelperBinary`].
+    pub fn from_path(path: impl AsRef<Path>) -> Result<HelperBinary, AttachError> {
+        let err = AttachError::HelperBinary;
+        let mut src = std::fs::File::open(path.as_ref()).map_err(err)?;
+        let base = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+        let memfd = memfd_create(
+            "portcullis-helper",
+            base | MFdFlags::from_bits_retain(libc::MFD_EXEC),
+        )
+        .or_else(|_| memfd_create("portcullis-helper", base))
+        .map_err(|e| err(e.into()))?;
+        let mut dst = std::fs::File::from(memfd);
+        std::io::copy(&mut src, &mut dst).map_err(err)?;
+        let memfd = OwnedFd::from(dst);
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
+        let exec = SealFlag::from_bits_retain(libc::F_SEAL_EXEC);
+        if fcntl(
+            memfd.as_fd(),
+            FcntlArg::F_ADD_SEALS(seals | exec | SealFlag::F_SEAL_SEAL),
+        )
+        .is_err()
+        {
+            fcntl(
+                memfd.as_fd(),
+                FcntlArg::F_ADD_SEALS(seals | SealFlag::F_SEAL_SEAL),
+            )
+            .map_err(|e| err(e.into()))?;
+        }
+        let memfd = sys::dup_at_least(memfd.as_fd(), 10).map_err(err)?;
+        Ok(HelperBinary { memfd })
+    }
+
+    fn exec_path(&self) -> String {
+        format!("/proc/self/fd/{}", self.memfd.as_raw_fd())
+    }
+}
+
+/// The session's I/O, returned by [`spawn`].
+#[derive(Debug)]
+pub enum SessionIo {
+    /// The pty master from the container's devpts (nonblocking). Dropping
+    /// it hangs up the session.
+    Pty(PtyMaster),
+    /// Pipes for a session without a pty (stdin, stdout, stderr of C).
+    Pipes {
+        /// C's stdin; drop it to send EOF.
+        stdin: ChildStdin,
+        /// C's stdout.
+        stdout: ChildStdout,
+        /// C's stderr.
+        stderr: ChildStderr,
+    },
+}
+
+/// A started session process inside the container. Dropping it kills the
+/// session's whole process group and the helper.
+#[derive(Debug)]
+pub struct Attached {
+    /// Always `Some` until dropped.
+    helper: Option<Child>,
+    control: Control,
+    pidfd: OwnedFd,
+    pid: i32,
+    master: Option<pty::WeakMaster>,
+    status: Option<ExitStatus>,
+}
+
+// Attached owns non-Debug-friendly types; keep Debug derivable.
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Control")
+    }
+}
+
+fn validate(req: &AttachRequest) -> Result<(), AttachError> {
+    let bad = |m: &str| Err(AttachError::InvalidRequest(m.to_owned()));
+    if !passwd::valid_login(&req.login) {
+        return bad("invalid login name");
+    }
+    if let Some(c) = &req.command
+        && (c.len() > plan::MAX_COMMAND_BYTES || c.contains('\0'))
+    {
+        return bad("command too long or contains NUL");
+    }
+    if let Some(p) = &req.pty
+        && (p.cols == 0 || p.rows == 0)
+    {
+        return bad("zero-sized pty");
+    }
+    if req.container.len() > 256 {
+        return bad("container name too long");
+    }
+    Ok(())
+}
+
+/// Starts the session described by `req` inside the container whose init is
+/// `init`, using `helper` as the helper executable. Returns once the shell
+/// has been exec'd (or with the structured error of the failed step, e.g.
+/// [`AttachError::LoginNotFound`], [`AttachError::ShellNotFound`]), within
+/// [`SPAWN_TIMEOUT`].
+///
+/// Must be awaited on a runtime worker thread (not inside `spawn_blocking`):
+/// the helper has `PR_SET_PDEATHSIG` tied to the spawning thread.
 pub async fn spawn(
-    _h: &HelperBinary,
-    _i: &PinnedInit,
-    _r: &AttachRequest,
+    helper: &HelperBinary,
+    init: &PinnedInit,
+    req: &AttachRequest,
 ) -> Result<(Attached, SessionIo), AttachError> {
-    Err(AttachError::NotImplemented)
+    validate(req)?;
+    if !init.is_alive() {
+        return Err(AttachError::InitChanged("init exited".into()));
+    }
+    let cc = AttachError::ControlChannel;
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(|e| cc(e.into()))?;
+    // The helper's end must block.
+    fcntl(theirs.as_fd(), FcntlArg::F_SETFL(OFlag::empty())).map_err(|e| cc(e.into()))?;
+    let pidfd_src = sys::dup_at_least(init.pidfd.as_fd(), 10).map_err(cc)?;
+    let ctl_src = sys::dup_at_least(theirs.as_fd(), 10).map_err(cc)?;
+    drop(theirs);
+
+    let mut cmd = tokio::process::Command::new(helper.exec_path());
+    cmd.arg0("portcullis")
+        .arg(HELPER_ARG)
+        .env_clear()
+        .current_dir("/")
+        .kill_on_drop(true);
+    if req.pty.is_some() {
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+    } else {
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+    }
+    sys::install_fixed_fds(&mut cmd, pidfd_src.as_raw_fd(), ctl_src.as_raw_fd());
+    let mut child = cmd.spawn().map_err(AttachError::SpawnHelper)?;
+    drop(pidfd_src);
+    drop(ctl_src);
+    let control = Control::new(ours)?;
+
+    let wire = WireRequest {
+        container: req.container.clone(),
+        login: req.login.clone(),
+        command: req.command.clone(),
+        pty: req.pty.as_ref().map(|p| WirePty {
+            term: p.term.clone(),
+            cols: p.cols,
+            rows: p.rows,
+        }),
+        env: req
+            .env
+            .iter()
+            .filter(|(k, v)| plan::client_var_allowed(k) && plan::client_value_allowed(v))
+            .cloned()
+            .collect(),
+        init_pid: init.pid,
+        init_start_time: init.start_time,
+        init_cgroup: init.expected_cgroup.clone(),
+    };
+    let started = tokio::time::timeout(SPAWN_TIMEOUT, startup(&control, &wire)).await;
+    let outcome = match started {
+        Ok(r) => r,
+        Err(_) => Err(AttachError::Protocol(
+            "timed out waiting for the session to start".into(),
+        )),
+    };
+    match outcome {
+        Ok((pidfd, pid, master)) => {
+            let weak = master.as_ref().map(PtyMaster::downgrade);
+            let io = match master {
+                Some(m) => SessionIo::Pty(m),
+                None => {
+                    let missing = || AttachError::Protocol("helper stdio missing".into());
+                    SessionIo::Pipes {
+                        stdin: child.stdin.take().ok_or_else(missing)?,
+                        stdout: child.stdout.take().ok_or_else(missing)?,
+                        stderr: child.stderr.take().ok_or_else(missing)?,
+                    }
+                }
+            };
+            let attached = Attached {
+                helper: Some(child),
+                control,
+                pidfd,
+                pid,
+                master: weak,
+                status: None,
+            };
+            Ok((attached, io))
+        }
+        Err(e) => {
+            // The helper exits by itself after an error; make sure and reap it.
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+            Err(e)
+        }
+    }
 }
 
-pub fn helper_main() -> ! {
-    std::process::exit(1)
+type Started = (OwnedFd, i32, Option<PtyMaster>);
+
+async fn startup(control: &Control, wire: &WireRequest) -> Result<Started, AttachError> {
+    control.send_request(wire).await?;
+    let mut c: Option<(OwnedFd, i32)> = None;
+    let mut master = None;
+    loop {
+        let Some((msg, mut fds)) = control.recv().await? else {
+            return Err(AttachError::HelperDied);
+        };
+        match msg {
+            HelperMsg::Started { pid } if c.is_none() && fds.len() == 1 => {
+                c = fds.pop().map(|fd| (fd, pid));
+            }
+            HelperMsg::Pty if wire.pty.is_some() && master.is_none() && fds.len() == 1 => {
+                if let Some(fd) = fds.pop() {
+                    master = Some(PtyMaster::new(fd)?);
+                }
+            }
+            HelperMsg::Running => {
+                let (pidfd, pid) =
+                    c.ok_or_else(|| AttachError::Protocol("running before started".into()))?;
+                if wire.pty.is_some() && master.is_none() {
+                    return Err(AttachError::Protocol("no pty received".into()));
+                }
+                return Ok((pidfd, pid, master));
+            }
+            HelperMsg::Error(w) => return Err(w.into()),
+            other => {
+                return Err(AttachError::Protocol(format!(
+                    "unexpected message {other:?}"
+                )));
+            }
+        }
+    }
 }
+
+impl Attached {
+    /// C's pid in the host pid namespace (for logs; use [`Attached::signal`]
+    /// to signal it race-free).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits for the session process and reaps the helper; returns C's exit
+    /// status. Cancel-safe; returns the cached status when called again.
+    /// Errors: [`AttachError::HelperDied`], [`AttachError::Protocol`].
+    pub async fn wait(&mut self) -> Result<ExitStatus, AttachError> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let status = loop {
+            match self.control.recv().await? {
+                Some((HelperMsg::Exit(s), _)) => break Some(s),
+                Some(_) => continue,
+                None => break None,
+            }
+        };
+        if let Some(h) = self.helper.as_mut() {
+            let _ = h.wait().await;
+        }
+        match status {
+            Some(s) => {
+                self.status = Some(s);
+                Ok(s)
+            }
+            None => Err(AttachError::HelperDied),
+        }
+    }
+
+    /// Sets the pty window size in character cells (`TIOCSWINSZ`); a no-op
+    /// without a pty or once the [`PtyMaster`] is dropped.
+    /// Errors: [`AttachError::Control`].
+    pub fn resize(&self, cols: u16, rows: u16) -> Result<(), AttachError> {
+        match &self.master {
+            Some(m) => m.resize(cols, rows),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends `signal` (1..=64) to the session process via its pidfd. Ok when
+    /// it has already exited. Errors: [`AttachError::InvalidRequest`],
+    /// [`AttachError::Control`].
+    pub fn signal(&self, signal: i32) -> Result<(), AttachError> {
+        if !(1..=64).contains(&signal) {
+            return Err(AttachError::InvalidRequest(format!("bad signal {signal}")));
+        }
+        ok_if_gone(sys::pidfd_send_signal(self.pidfd.as_fd(), signal, 0))
+    }
+
+    /// Sends `signal` to C's process group (C is a session leader). Uses
+    /// `PIDFD_SIGNAL_PROCESS_GROUP` (race-free; Linux 6.9+), falling back to
+    /// `kill(-pid)` while C is known to be unreaped.
+    fn signal_group(&self, signal: i32) -> Result<(), AttachError> {
+        match sys::pidfd_send_signal(self.pidfd.as_fd(), signal, sys::PIDFD_SIGNAL_PROCESS_GROUP) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.status.is_none() => {
+                ok_if_gone(sys::kill(-self.pid, signal))
+            }
+            r => ok_if_gone(r),
+        }
+    }
+
+    /// SIGHUP (and SIGCONT) to the session's process group, waits up to
+    /// `grace` for C to exit, then SIGKILLs the group (also after a timely
+    /// exit, for stragglers) and reaps. Returns C's exit status.
+    pub async fn terminate(&mut self, grace: Duration) -> Result<ExitStatus, AttachError> {
+        if self.status.is_none() {
+            self.signal_group(libc::SIGHUP)?;
+            self.signal_group(libc::SIGCONT)?;
+        }
+        let r = tokio::time::timeout(grace, self.wait()).await;
+        self.signal_group(libc::SIGKILL)?;
+        match r {
+            Ok(r) => r,
+            Err(_) => self.wait().await,
+        }
+    }
+}
+
+fn ok_if_gone(r: std::io::Result<()>) -> Result<(), AttachError> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        r => r.map_err(AttachError::Control),
+    }
+}
+
+/// How long a dropped [`Attached`] lets its helper reap the session before
+/// the helper is killed.
+const DROP_REAP_GRACE: Duration = Duration::from_secs(5);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        // Kill the session's whole process group now. The helper must outlive
+        // C to reap it: a process whose parent dies is re-parented to the
+        // *parent's* pid-namespace reaper, i.e. the host's init. So let the
+        // helper finish (it also kills the group when the control socket
+        // closes) and reap it in the background; kill it only if it hangs.
+        let _ = self.signal_group(libc::SIGKILL);
+        if let (Some(mut child), Ok(rt)) =
+            (self.helper.take(), tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(DROP_REAP_GRACE, child.wait()).await;
+                // Dropping `child` here SIGKILLs it if it is still running.
+            });
+        }
+    }
+}
+
+/// Entry point of the helper process: the binary's `main()` calls this
+/// FIRST, before any tokio runtime or tracing is started, when
+/// `argv[1] == HELPER_ARG`. Never returns. Exits 0 after relaying the
+/// session's status, 1 after reporting an error, 120-126 when it could not
+/// even report.
+pub fn helper_main() -> ! {
+    helper::main()
+}
+
+#[cfg(test)]
+mod tests;

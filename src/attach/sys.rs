@@ -1,0 +1,376 @@
+//! Every raw syscall and `unsafe` block of the attach module lives here.
+//!
+//! Each function is a thin, documented wrapper that returns `std::io::Result`
+//! and keeps the unsafety local. Nothing here allocates unless stated, so the
+//! `pre_exec` hook stays async-signal-safe.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9): signal the process group whose
+/// leader the pidfd refers to. Not yet in libc.
+pub(crate) const PIDFD_SIGNAL_PROCESS_GROUP: u32 = 1 << 2;
+
+fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `pidfd_open(pid, 0)`; the returned fd is close-on-exec.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integer arguments and returns a new fd or -1.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) })?;
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_send_signal(pidfd, sig, NULL, flags)`. Signal 0 only checks liveness.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32, flags: u32) -> io::Result<()> {
+    // SAFETY: integer arguments and a NULL siginfo pointer, as documented.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+/// `kill(pid, sig)`; a negative pid addresses a process group.
+pub(crate) fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain integer syscall.
+    cvt(unsafe { libc::kill(pid, sig) }.into())?;
+    Ok(())
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, min)`: a close-on-exec duplicate numbered `>= min`.
+pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl with an integer argument; returns a new fd or -1.
+    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) }.into())?;
+    let new = RawFd::try_from(new).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: fresh fd from the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Takes ownership of an fd that the helper inherited at a fixed number.
+/// Fails with EBADF when that fd is not open.
+pub(crate) fn claim_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only queries the descriptor flags.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) }.into())?;
+    // SAFETY: the fd is open and, by the helper protocol, owned by nobody else
+    // in this freshly exec'd process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Wraps fds received with SCM_RIGHTS (nix returns raw numbers).
+pub(crate) fn own_received_fds(fds: &[RawFd]) -> Vec<OwnedFd> {
+    fds.iter()
+        // SAFETY: the kernel installed these fds in our table for this message;
+        // nothing else refers to them yet.
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()
+}
+
+/// Registers an owned fd with the tokio reactor (must run inside a runtime).
+pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is open for its whole lifetime and `as_raw_fd`
+    // always returns the same number, as `register` requires.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
+}
+
+/// Makes the helper inherit `pidfd` as fd 3 and `ctl` as fd 4. The hook only
+/// calls `dup2` (async-signal-safe, no allocation). Callers must pass source
+/// fds numbered above 4 (see [`dup_at_least`]) so neither `dup2` clobbers the
+/// other source; `dup2` onto a different number clears close-on-exec.
+pub(crate) fn install_fixed_fds(cmd: &mut tokio::process::Command, pidfd: RawFd, ctl: RawFd) {
+    let hook = move || -> io::Result<()> {
+        // SAFETY: dup2 on two valid integers; runs in the forked child only.
+        if unsafe { libc::dup2(pidfd, 3) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::dup2(ctl, 4) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook is async-signal-safe: two dup2 calls, no allocation,
+    // no locks (io::Error::last_os_error does not allocate).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Result of [`fork`].
+pub(crate) enum Forked {
+    /// In the parent: the child's pid (in the parent's pid namespace).
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `fork()`. Only for the single-threaded helper: the caller checks
+/// `Threads: 1` first (see `helper::ensure_single_threaded`).
+pub(crate) fn fork_single_threaded() -> io::Result<Forked> {
+    // SAFETY: the helper process is single-threaded (checked by the caller),
+    // so the child inherits a consistent heap and no foreign locks.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        p if p < 0 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        p => Ok(Forked::Parent(p)),
+    }
+}
+
+/// `_exit(code)`: leaves without running destructors or atexit handlers.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is always safe to call.
+    unsafe { libc::_exit(code) }
+}
+
+/// `close_range(first, last, flags)`.
+pub(crate) fn close_range(first: u32, last: u32, flags: u32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::close_range(first, last, flags as libc::c_int) }.into())?;
+    Ok(())
+}
+
+/// Closes every fd `>= 3` except those in `keep` (any order).
+pub(crate) fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .filter(|&fd| fd >= 3)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut next = 3u32;
+    for fd in keep {
+        if fd > next {
+            close_range(next, fd - 1, 0)?;
+        }
+        next = fd + 1;
+    }
+    close_range(next, u32::MAX, 0)
+}
+
+/// Resets every catchable signal to `SIG_DFL` and unblocks all signals
+/// (ignored dispositions and the mask survive `execve`).
+pub(crate) fn reset_signals() -> io::Result<()> {
+    for sig in 1..libc::SIGRTMAX() + 1 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is always a valid disposition; signals 32/33 used by
+        // glibc internally return EINVAL, which we ignore.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    // SAFETY: zeroed sigset_t then sigemptyset: a valid empty set.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t we own.
+    unsafe {
+        libc::sigemptyset(&mut set);
+    }
+    // SAFETY: valid pointer to an initialized set; old set not requested.
+    let rc = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    cvt(rc.into())?;
+    Ok(())
+}
+
+/// `dup2(fd, target)`: makes `target` a copy of `fd` (not close-on-exec).
+/// `target` is typically 0-2, which the caller does not own as `OwnedFd`.
+pub(crate) fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if fd.as_raw_fd() == target {
+        // dup2 onto itself would keep close-on-exec; clear it instead.
+        // SAFETY: fcntl F_SETFD with an integer argument on a valid fd.
+        cvt(unsafe { libc::fcntl(target, libc::F_SETFD, 0) }.into())?;
+        return Ok(());
+    }
+    loop {
+        // SAFETY: dup2 on integers; the old `target` (if open) is replaced
+        // atomically; the caller does not hold an OwnedFd for `target`.
+        let r = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(e);
+        }
+    }
+}
+
+/// `waitpid(pid, &status, 0)`, retried on EINTR; returns the raw status.
+pub(crate) fn wait_pid(pid: i32) -> io::Result<libc::c_int> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: valid pointer to a c_int we own.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if r < 0 && e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Blocks until `b` is readable (or hung up), or `a` (if given) is readable
+/// or hung up. Returns (a ready, b ready). Retries on EINTR.
+pub(crate) fn poll2(a: Option<BorrowedFd<'_>>, b: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
+    let mut fds = [
+        libc::pollfd {
+            fd: b.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: a.map_or(-1, |a| a.as_raw_fd()),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: valid array of two pollfd; negative fds are ignored by poll.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r >= 0 {
+            let ready = |p: &libc::pollfd| p.revents != 0;
+            return Ok((a.is_some() && ready(&fds[1]), ready(&fds[0])));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// `ioctl(fd, TIOCSWINSZ, {rows, cols})`.
+pub(crate) fn set_winsize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` from a valid pointer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) }.into())?;
+    Ok(())
+}
+
+/// `ioctl(master, TIOCSPTLCK, 0)` (what `unlockpt` does).
+pub(crate) fn unlockpt(master: BorrowedFd<'_>) -> io::Result<()> {
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from a valid pointer.
+    cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) }.into())?;
+    Ok(())
+}
+
+/// `ioctl(master, TIOCGPTPEER, O_RDWR|O_NOCTTY|O_CLOEXEC)`: opens the slave
+/// without any path lookup.
+pub(crate) fn open_pty_peer(master: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes the open flags as an integer argument.
+    let fd = cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) }.into())?;
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: fresh fd from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `ioctl(fd, TIOCSCTTY, 0)`: make the tty the caller's controlling terminal.
+pub(crate) fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0 = do not steal).
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) }.into())?;
+    Ok(())
+}
+
+/// `prctl(PR_CAPBSET_DROP, cap)`. EINVAL means `cap` is beyond the kernel's last cap.
+pub(crate) fn capbset_drop(cap: u32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    cvt(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) }.into())?;
+    Ok(())
+}
+
+/// `prctl(PR_CAPBSET_READ, cap)`: Ok(true) when `cap` is in the bounding set.
+pub(crate) fn capbset_read(cap: u32) -> io::Result<bool> {
+    // SAFETY: prctl with integer arguments.
+    let r = cvt(
+        unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) }.into(),
+    )?;
+    Ok(r == 1)
+}
+
+/// Clears the ambient set and the inheritable set, keeping effective and
+/// permitted as they are.
+pub(crate) fn clear_inheritable_and_ambient() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    }
+    .into())?;
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two `CapData` (version 3) into a valid array.
+    cvt(unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) })?;
+    for d in &mut data {
+        d.inheritable = 0;
+    }
+    // SAFETY: capset reads the header and two `CapData` from valid pointers.
+    cvt(unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) })?;
+    Ok(())
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn pidfd_of_self_is_alive() {
+        let fd = pidfd_open(std::process::id() as i32).unwrap();
+        pidfd_send_signal(fd.as_fd(), 0, 0).unwrap();
+    }
+
+    #[test]
+    fn dup_at_least_respects_minimum() {
+        let fd = pidfd_open(std::process::id() as i32).unwrap();
+        let d = dup_at_least(fd.as_fd(), 50).unwrap();
+        assert!(d.as_raw_fd() >= 50);
+    }
+}
