@@ -32,8 +32,9 @@ CONFIG=$DEMO_DIR/portcullis.toml
 export PATH="$HOME/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 export DEBIAN_FRONTEND=noninteractive
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
-die() { printf '\033[1;31mdemo.sh: %s\033[0m\n' "$*" >&2; exit 1; }
+if [ -t 1 ]; then B=$'\033[1m' R=$'\033[1;31m' N=$'\033[0m'; else B='' R='' N=''; fi
+say() { printf '%s==> %s%s\n' "$B" "$*" "$N"; }
+die() { printf '%sdemo.sh: %s%s\n' "$R" "$*" "$N" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run me as root: sudo bash tests/demo.sh"
 [ -f Cargo.toml ] && [ -f tests/idp/server.mjs ] || die "cannot find the repository root (expected Cargo.toml and tests/idp/server.mjs in $ROOT)"
@@ -239,7 +240,6 @@ grep -q 'portcullis listening' "$DEMO_DIR/gateway.log" ||
 FINGERPRINT=$(grep -o 'SHA256:[A-Za-z0-9+/=]*' "$DEMO_DIR/gateway.log" | head -1 || true)
 
 P=$GW_PORT
-B=$(printf '\033[1m') N=$(printf '\033[0m')
 cat <<EOF
 
 ${B}Portcullis is running${N}: gateway on $LISTEN, test IdP at $ISSUER,
