@@ -287,6 +287,27 @@ async fn attach_against_lxc() {
     assert!(!out.contains("sleep 1000"), "{out}");
 
     hardening(c).await;
+    wait_is_cancel_safe(c).await;
+}
+
+/// `Attached::wait` dropped by a `select!` at any await point must not lose
+/// the exit status (regression: it was consumed before the helper was
+/// reaped, and the next call said the helper died).
+async fn wait_is_cancel_safe(c: &Container) {
+    for _ in 0..5 {
+        let (mut a, io) = attach::spawn(helper(), &pin(c), &req(c, "root", Some("exit 4"), false))
+            .await
+            .unwrap();
+        let status = loop {
+            tokio::select! {
+                biased;
+                r = a.wait() => break r,
+                _ = tokio::task::yield_now() => continue,
+            }
+        };
+        assert_eq!(status.unwrap(), ExitStatus::Code(4));
+        drop(io);
+    }
 }
 
 fn status_field(status: &str, key: &str) -> String {

@@ -480,16 +480,14 @@ impl Attached {
                 None => break None,
             }
         };
+        // Keep the status before the next await: if the caller's select!
+        // drops this future while the helper is reaped, the status is not
+        // lost (the message was already consumed).
+        self.status = status;
         if let Some(h) = self.helper.as_mut() {
             let _ = h.wait().await;
         }
-        match status {
-            Some(s) => {
-                self.status = Some(s);
-                Ok(s)
-            }
-            None => Err(AttachError::HelperDied),
-        }
+        status.ok_or(AttachError::HelperDied)
     }
 
     /// Sets the pty window size in character cells (`TIOCSWINSZ`); a no-op
