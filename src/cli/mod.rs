@@ -1,0 +1,199 @@
+//! The `portcullis` command line: `serve`, `sessions`, `policy`,
+//! `containers`, `audit`. Every subcommand takes `--config FILE` (default
+//! `./portcullis.toml`). Errors print one line and exit non-zero.
+
+mod audit;
+mod containers;
+mod policy;
+mod serve;
+mod sessions;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Portcullis: SSH gateway and privileged-access broker for OS containers.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, global = true, default_value = "./portcullis.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Review recorded sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Ask the policy for a decision.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// List the containers the inventory finds.
+    Containers {
+        #[command(subcommand)]
+        command: ContainersCommand,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// List sessions, newest first.
+    List {
+        /// Most sessions to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// JSON (one array) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay a session's recording in the terminal with its timing.
+    Play {
+        /// Session id.
+        id: String,
+        /// Playback speed factor (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Longest pause replayed, in seconds.
+        #[arg(long)]
+        idle_time_limit: Option<f64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Decide one request and name the policies that decided it.
+    Check {
+        /// Principal subject.
+        #[arg(long)]
+        principal: String,
+        /// A group of the principal (repeat for several).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Container name (labels come from the config).
+        #[arg(long)]
+        container: String,
+        /// Login inside the container.
+        #[arg(long)]
+        login: String,
+        /// `shell` or `exec`.
+        #[arg(long, default_value = "shell")]
+        action: String,
+        /// Command, for `exec`.
+        #[arg(long)]
+        command: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContainersCommand {
+    /// Containers with state and labels.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Audit events in order.
+    List {
+        /// Only the events of this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Serve => serve::serve_gateway(config).await,
+        Command::Sessions { command } => sessions::sessions(config, command).await,
+        Command::Policy { command } => policy::policy(config, command),
+        Command::Containers { command } => containers::containers(config, command).await,
+        Command::Audit { command } => audit::audit(config, command).await,
+    }
+}
+
+/// A UTC time for tables: `YYYY-MM-DD HH:MM:SS` from unix milliseconds.
+pub(crate) fn format_time(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Prints an aligned table; cells are cut to 60 characters.
+pub(crate) fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = headers.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count().min(60));
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| {
+                let c: String = c.chars().take(60).collect();
+                format!("{c:<w$}")
+            })
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.to_vec());
+    }
+}
