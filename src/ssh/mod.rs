@@ -8,6 +8,7 @@
 
 mod handler;
 mod login;
+mod pump;
 mod session;
 mod target;
 

@@ -1,0 +1,290 @@
+//! The byte pump of a running session: process output to the channel and
+//! the recording, channel input to the process, resizes and signals, until
+//! the process exits, the client leaves or the gateway shuts down.
+
+use std::time::Duration;
+
+use russh::ChannelId;
+use russh::server::Handle;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::Gateway;
+use super::session::ChannelInput;
+use crate::attach::{Attached, ExitStatus, SessionIo};
+use crate::recording::Recorder;
+
+/// Bytes read from the process per chunk.
+const CHUNK_BYTES: usize = 32 * 1024;
+
+/// After the process exits, how long to keep reading output that
+/// background processes may still write.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// How a session ended.
+pub(super) struct Outcome {
+    /// The process's exit, `None` when it could not be learnt.
+    pub exit: Option<ExitStatus>,
+    /// The finished recording's size and digest.
+    pub digest: Option<crate::recording::Digest256>,
+}
+
+enum Control {
+    Resize { cols: u16, rows: u16 },
+    Signal(i32),
+    Closed,
+}
+
+/// Moves bytes between the channel and the process, records output, and
+/// returns how the process ended.
+pub(super) async fn pump(
+    gateway: &Gateway,
+    handle: &Handle,
+    channel: ChannelId,
+    mut attached: Attached,
+    io: SessionIo,
+    mut recorder: Recorder,
+    input: mpsc::Receiver<ChannelInput>,
+) -> Outcome {
+    let (stdout, stderr, stdin): (Reader, Option<Reader>, Writer) = match io {
+        SessionIo::Pty(master) => {
+            let (r, w) = tokio::io::split(master);
+            (Box::new(r), None, Box::new(w))
+        }
+        SessionIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => (Box::new(stdout), Some(Box::new(stderr)), Box::new(stdin)),
+    };
+    let (control_tx, mut control) = mpsc::unbounded_channel();
+    let (record_tx, mut record_input) = mpsc::unbounded_channel::<Vec<u8>>();
+    let stdin_task = tokio::spawn(feed_stdin(input, stdin, control_tx, record_tx));
+
+    let mut stdout = Some(stdout);
+    let mut stderr = stderr;
+    let mut out_buf = vec![0u8; CHUNK_BYTES];
+    let mut err_buf = vec![0u8; CHUNK_BYTES];
+    let mut exit: Option<ExitStatus> = None;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut ended_by: Option<&'static str> = None;
+
+    loop {
+        if exit.is_some() && stdout.is_none() && stderr.is_none() {
+            break;
+        }
+        tokio::select! {
+            read = read_some(&mut stdout, &mut out_buf) => match read {
+                Some(n) => {
+                    if recorder.output(&out_buf[..n]).await.is_err() {
+                        ended_by = Some("the session recording failed");
+                        break;
+                    }
+                    if handle.data(channel, out_buf[..n].to_vec()).await.is_err() {
+                        ended_by = Some("disconnected");
+                        break;
+                    }
+                }
+                None => stdout = None,
+            },
+            read = read_some(&mut stderr, &mut err_buf) => match read {
+                Some(n) => {
+                    if recorder.output(&err_buf[..n]).await.is_err() {
+                        ended_by = Some("the session recording failed");
+                        break;
+                    }
+                    if handle.extended_data(channel, 1, err_buf[..n].to_vec()).await.is_err() {
+                        ended_by = Some("disconnected");
+                        break;
+                    }
+                }
+                None => stderr = None,
+            },
+            bytes = record_input.recv() => {
+                if let Some(bytes) = bytes
+                    && recorder.input(&bytes).await.is_err()
+                {
+                    ended_by = Some("the session recording failed");
+                    break;
+                }
+            }
+            event = control.recv() => match event {
+                Some(Control::Resize { cols, rows }) => {
+                    let _ = attached.resize(cols, rows);
+                    if recorder.resize(u32::from(cols), u32::from(rows)).await.is_err() {
+                        ended_by = Some("the session recording failed");
+                        break;
+                    }
+                }
+                Some(Control::Signal(signal)) => {
+                    let _ = attached.signal(signal);
+                }
+                Some(Control::Closed) | None => {
+                    if exit.is_none() {
+                        ended_by = Some("disconnected");
+                        break;
+                    }
+                }
+            },
+            status = attached.wait(), if exit.is_none() => {
+                match status {
+                    Ok(status) => exit = Some(status),
+                    Err(e) => {
+                        tracing::error!(error = %e, "lost the session process");
+                        ended_by = Some("the gateway lost the session process");
+                        break;
+                    }
+                }
+                drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            }
+            _ = sleep_until(drain_deadline) => break,
+            _ = gateway.shutdown.cancelled() => {
+                ended_by = Some("the gateway is shutting down");
+                break;
+            }
+        }
+    }
+    stdin_task.abort();
+
+    if let Some(reason) = ended_by {
+        if reason != "disconnected" {
+            let text = format!("\r\nPortcullis: session ended: {reason}.\r\n");
+            let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
+        }
+        if exit.is_none() {
+            match attached.terminate(gateway.config.session.kill_grace).await {
+                Ok(status) => exit = Some(status),
+                Err(e) => tracing::error!(error = %e, "cannot end the session process"),
+            }
+        }
+    }
+    match exit {
+        Some(ExitStatus::Code(code)) => {
+            let _ = handle.exit_status_request(channel, code as u32).await;
+        }
+        Some(ExitStatus::Signal {
+            signal,
+            core_dumped,
+        }) => {
+            let _ = handle
+                .exit_signal_request(
+                    channel,
+                    russh_signal(signal),
+                    core_dumped,
+                    String::new(),
+                    String::new(),
+                )
+                .await;
+        }
+        None => {}
+    }
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+    let digest = match recorder.finish().await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot finish the recording");
+            None
+        }
+    };
+    Outcome { exit, digest }
+}
+
+async fn read_some(reader: &mut Option<Reader>, buf: &mut [u8]) -> Option<usize> {
+    match reader {
+        // EIO on a PTY master means every slave fd is closed: end of output.
+        Some(r) => match r.read(buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes client data to the process's stdin, in its own task so a process
+/// that does not read its input never stalls its output.
+async fn feed_stdin(
+    mut input: mpsc::Receiver<ChannelInput>,
+    stdin: Writer,
+    control: mpsc::UnboundedSender<Control>,
+    record: mpsc::UnboundedSender<Vec<u8>>,
+) {
+    let mut stdin = Some(stdin);
+    while let Some(event) = input.recv().await {
+        match event {
+            ChannelInput::Data(bytes) => {
+                if let Some(w) = stdin.as_mut() {
+                    let _ = record.send(bytes.clone());
+                    if w.write_all(&bytes).await.is_err() || w.flush().await.is_err() {
+                        stdin = None;
+                    }
+                }
+            }
+            ChannelInput::Eof => {
+                if let Some(mut w) = stdin.take() {
+                    let _ = w.shutdown().await;
+                }
+            }
+            ChannelInput::Close => {
+                let _ = control.send(Control::Closed);
+                return;
+            }
+            ChannelInput::Resize { cols, rows } => {
+                let _ = control.send(Control::Resize { cols, rows });
+            }
+            ChannelInput::Signal(s) => {
+                let _ = control.send(Control::Signal(s));
+            }
+        }
+    }
+    // The handler is gone: the connection dropped.
+    let _ = control.send(Control::Closed);
+}
+
+pub(super) fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGHUP => "HUP",
+        libc::SIGINT => "INT",
+        libc::SIGQUIT => "QUIT",
+        libc::SIGILL => "ILL",
+        libc::SIGABRT => "ABRT",
+        libc::SIGFPE => "FPE",
+        libc::SIGKILL => "KILL",
+        libc::SIGSEGV => "SEGV",
+        libc::SIGPIPE => "PIPE",
+        libc::SIGALRM => "ALRM",
+        libc::SIGTERM => "TERM",
+        libc::SIGUSR1 => "USR1",
+        _ => return format!("SIG{signal}"),
+    }
+    .to_string()
+}
+
+fn russh_signal(signal: i32) -> russh::Sig {
+    use russh::Sig;
+    match signal {
+        libc::SIGABRT => Sig::ABRT,
+        libc::SIGALRM => Sig::ALRM,
+        libc::SIGFPE => Sig::FPE,
+        libc::SIGHUP => Sig::HUP,
+        libc::SIGILL => Sig::ILL,
+        libc::SIGINT => Sig::INT,
+        libc::SIGKILL => Sig::KILL,
+        libc::SIGPIPE => Sig::PIPE,
+        libc::SIGQUIT => Sig::QUIT,
+        libc::SIGSEGV => Sig::SEGV,
+        libc::SIGTERM => Sig::TERM,
+        libc::SIGUSR1 => Sig::USR1,
+        other => Sig::Custom(format!("SIG{other}")),
+    }
+}
