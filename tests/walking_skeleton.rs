@@ -593,3 +593,25 @@ fn an_unreachable_identity_provider_fails_closed_with_a_clear_message() {
         .count();
     assert_eq!(failures, 2);
 }
+
+#[test]
+fn several_pty_sessions_run_at_once() {
+    let f = fixture();
+    let runs: Vec<_> = (0..4)
+        .map(|i| {
+            let token = f.admin_token.clone();
+            std::thread::spawn(move || {
+                let command = format!("sleep 1; echo together-{i}");
+                ssh(&root_target(), &token, &["-tt", &command], b"")
+            })
+        })
+        .collect();
+    for (i, run) in runs.into_iter().enumerate() {
+        let r = run.join().unwrap();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(
+            String::from_utf8_lossy(&r.stdout).contains(&format!("together-{i}")),
+            "{r:?}"
+        );
+    }
+}

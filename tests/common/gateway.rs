@@ -70,6 +70,10 @@ impl TestContainer {
         run(Command::new("lxc-create")
             .args(["-n", &name, "-t", "busybox", "-f"])
             .arg(&conf));
+        // The busybox template appends its own `lxc.pty.max = 1` after the
+        // `-f` file's value; give sessions room for more than one PTY.
+        let lxc_config = format!("/var/lib/lxc/{name}/config");
+        run(Command::new("sed").args(["-i", "s/^lxc.pty.max = .*/lxc.pty.max = 64/", &lxc_config]));
         let rootfs = PathBuf::from(format!("/var/lib/lxc/{name}/rootfs"));
         append(
             &rootfs.join("etc/passwd"),
