@@ -58,7 +58,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite://PATH` URL; default: `portcullis.db` in `state_dir`.
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`; default:
+    /// `portcullis.db` (SQLite) in `state_dir`.
     pub url: Option<Secret>,
 }
 
@@ -316,11 +317,13 @@ impl Config {
             return Err(invalid("session.max_connections", "must be above zero"));
         }
         if let Some(url) = &self.database.url
-            && !url.expose().starts_with("sqlite:")
+            && !["sqlite:", "postgres:", "postgresql:"]
+                .iter()
+                .any(|p| url.expose().starts_with(p))
         {
             return Err(invalid(
                 "database.url",
-                "only sqlite: URLs are supported by this build",
+                "must be a sqlite:// or postgres:// URL",
             ));
         }
         Ok(())
@@ -331,7 +334,7 @@ impl Config {
         match &self.database.url {
             Some(url) => url.expose().to_string(),
             None => format!(
-                "sqlite://{}?mode=rwc",
+                "sqlite://{}",
                 self.state_dir.join("portcullis.db").display()
             ),
         }
@@ -438,7 +441,7 @@ client_id = "portcullis"
         assert!(!c.recording.record_input);
         assert_eq!(
             c.database_url(),
-            "sqlite://./portcullis-data/portcullis.db?mode=rwc"
+            "sqlite://./portcullis-data/portcullis.db"
         );
     }
 

@@ -401,6 +401,58 @@ pub fn digest_file(path: &Path) -> Result<Digest256, RecordingError> {
     })
 }
 
+/// The transcript as text lines: output (`o`) events with escape
+/// sequences stripped (strip-ansi-escapes, a vte parser), split at line
+/// feeds; each line carries the time (seconds) of the event that ended it.
+pub fn transcript_lines(events: &[Event]) -> Vec<(f64, String)> {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let sink = Sink::default();
+    let mut writer = strip_ansi_escapes::Writer::new(sink.clone());
+    let mut lines = Vec::new();
+    let mut partial: Vec<u8> = Vec::new();
+    let take = |time: f64, partial: &mut Vec<u8>, lines: &mut Vec<(f64, String)>| {
+        let bytes = sink.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        for b in bytes {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(partial).replace('\r', "");
+                lines.push((time, line));
+                partial.clear();
+            } else {
+                partial.push(b);
+            }
+        }
+    };
+    let mut last = 0.0;
+    for event in events.iter().filter(|e| e.code == "o") {
+        let _ = writer.write_all(event.data.as_bytes());
+        let _ = writer.flush();
+        take(event.time, &mut partial, &mut lines);
+        last = event.time;
+    }
+    drop(writer.into_inner());
+    take(last, &mut partial, &mut lines);
+    if !partial.is_empty() {
+        lines.push((last, String::from_utf8_lossy(&partial).replace('\r', "")));
+    }
+    lines
+}
+
 /// Replays `events` to `out` with their timing, like `asciinema play`:
 /// waits are divided by `speed` and capped at `idle_limit` seconds.
 ///
@@ -527,6 +579,32 @@ mod tests {
             parse(bad),
             Err(RecordingError::Malformed { line: 3, .. })
         ));
+    }
+
+    #[test]
+    fn transcript_lines_strip_escapes_and_keep_times() {
+        let ev = |time: f64, data: &str| Event {
+            time,
+            code: "o".into(),
+            data: data.into(),
+        };
+        let events = vec![
+            ev(0.1, "\u{1b}[1;32m~ #\u{1b}[0m ec"),
+            ev(0.2, "ho hi\r\nhi\r\n\u{1b}]0;title\u{7}last"),
+            Event {
+                time: 0.3,
+                code: "r".into(),
+                data: "1x1".into(),
+            },
+        ];
+        assert_eq!(
+            transcript_lines(&events),
+            vec![
+                (0.2, "~ # echo hi".to_string()),
+                (0.2, "hi".to_string()),
+                (0.2, "last".to_string())
+            ]
+        );
     }
 
     #[tokio::test]

@@ -1,15 +1,18 @@
-//! The database: an sqlx SQLite pool, its migrations (`migrations/sqlite`)
-//! and every query the gateway makes.
+//! The database: an sqlx pool on SQLite (default, one file) or PostgreSQL
+//! (shared by several gateways), its migrations (`migrations/sqlite`,
+//! `migrations/postgres`) and every query the gateway makes.
 //!
 //! Owns SQL only; it knows nothing of SSH or containers. Times are stored as
-//! unix milliseconds (UTC), ids as text.
+//! unix milliseconds (UTC), ids as text. Queries use `$N` placeholders, which
+//! both backends accept, and only the types sqlx's `Any` driver carries
+//! (integers and text); where the SQL differs, [`Backend`] picks it.
 
-use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, Pool};
 
 /// A failed database step.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +31,33 @@ pub enum StoreError {
     SessionNotFound(String),
 }
 
+/// Which database the store talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, one file.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of a `sqlite:` or `postgres:`/`postgresql:` URL.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
 /// The gateway's database handle; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pub(crate) pool: Pool<Any>,
+    pub(crate) backend: Backend,
 }
 
 /// A session as stored, for `sessions list` and `sessions play`.
@@ -105,44 +131,6 @@ pub struct SessionEnd<'a> {
     pub recording_sha256: &'a str,
 }
 
-/// An audit event row, for reading back.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct AuditRow {
-    /// Sequence number.
-    pub id: i64,
-    /// Unix milliseconds.
-    pub at: i64,
-    /// Event kind, e.g. `authentication`.
-    pub kind: String,
-    /// `success`, `failure`, `allow`, `deny` or `info`.
-    pub outcome: String,
-    /// Session id, when the event belongs to one.
-    pub session_id: Option<String>,
-    /// Principal subject, when known.
-    pub principal: Option<String>,
-    /// Client address, when known.
-    pub client_addr: Option<String>,
-    /// JSON object with the event's details.
-    pub detail: String,
-}
-
-/// An audit event to append.
-#[derive(Debug, Clone)]
-pub struct NewAuditRow<'a> {
-    /// Event kind.
-    pub kind: &'a str,
-    /// Outcome.
-    pub outcome: &'a str,
-    /// Session id.
-    pub session_id: Option<&'a str>,
-    /// Principal subject.
-    pub principal: Option<&'a str>,
-    /// Client address.
-    pub client_addr: Option<&'a str>,
-    /// JSON object text.
-    pub detail: &'a str,
-}
-
 const SESSION_COLUMNS: &str = "id, principal, email, container, login, command, client_addr, \
      started_at, ended_at, status, exit_status, exit_signal, recording_path, recording_bytes, \
      recording_sha256";
@@ -155,28 +143,60 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+mod audit;
+mod transcripts;
+
+pub use audit::{AuditRow, ChainHead, NewAuditRow, SignedHead, chain_hash, GENESIS_HASH};
+pub use transcripts::TranscriptHit;
+
 impl Store {
-    /// Opens (creating if needed) the SQLite database at `url` and applies
-    /// the migrations in `migrations/sqlite`.
+    /// Opens the database at `url` (`sqlite://PATH?mode=rwc` creates the
+    /// file; `postgres://...`) and applies the backend's migrations.
     ///
     /// # Errors
     /// [`StoreError::Open`] or [`StoreError::Migrate`].
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(StoreError::Open)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(StoreError::Open)?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(StoreError::Migrate)?;
-        Ok(Store { pool })
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url).ok_or_else(|| {
+            StoreError::Open(sqlx::Error::Configuration(
+                "database.url must start with sqlite: or postgres:".into(),
+            ))
+        })?;
+        let options = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10));
+        let options = match backend {
+            Backend::Sqlite => options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    Ok(())
+                })
+            }),
+            Backend::Postgres => options,
+        };
+        // SQLite files are created when missing unless the URL says otherwise.
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let pool = options.connect(&url).await.map_err(StoreError::Open)?;
+        let migrator = match backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Which backend this store uses.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Closes the pool, waiting for in-flight queries.
@@ -191,7 +211,7 @@ impl Store {
     pub async fn insert_session(&self, s: &NewSession<'_>) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO sessions (id, principal, email, container, login, command, client_addr, \
-             started_at, status, recording_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+             started_at, status, recording_path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9)",
         )
         .bind(s.id)
         .bind(s.principal)
@@ -213,8 +233,8 @@ impl Store {
     /// [`StoreError::Query`].
     pub async fn end_session(&self, id: &str, end: &SessionEnd<'_>) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE sessions SET ended_at = ?, status = ?, exit_status = ?, exit_signal = ?, \
-             recording_bytes = ?, recording_sha256 = ? WHERE id = ?",
+            "UPDATE sessions SET ended_at = $1, status = $2, exit_status = $3, exit_signal = $4, \
+             recording_bytes = $5, recording_sha256 = $6 WHERE id = $7",
         )
         .bind(now_ms())
         .bind(end.status)
@@ -235,7 +255,7 @@ impl Store {
     /// [`StoreError::Query`].
     pub async fn interrupt_running_sessions(&self) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
-            "UPDATE sessions SET status = 'interrupted', ended_at = ? WHERE status = 'running' \
+            "UPDATE sessions SET status = 'interrupted', ended_at = $1 WHERE status = 'running' \
              RETURNING id",
         )
         .bind(now_ms())
@@ -250,7 +270,7 @@ impl Store {
     /// [`StoreError::Query`].
     pub async fn list_sessions(&self, limit: i64) -> Result<Vec<SessionRecord>, StoreError> {
         let sql =
-            format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY started_at DESC, id LIMIT ?");
+            format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY started_at DESC, id LIMIT $1");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(limit)
             .fetch_all(&self.pool)
@@ -263,7 +283,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::SessionNotFound`] or [`StoreError::Query`].
     pub async fn session(&self, id: &str) -> Result<SessionRecord, StoreError> {
-        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?");
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -273,60 +293,9 @@ impl Store {
             .ok_or_else(|| StoreError::SessionNotFound(id.to_string()))
     }
 
-    /// Appends an audit event at now; returns its sequence number.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn append_audit(&self, e: &NewAuditRow<'_>) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO audit_events (at, kind, outcome, session_id, principal, client_addr, \
-             detail) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(now_ms())
-        .bind(e.kind)
-        .bind(e.outcome)
-        .bind(e.session_id)
-        .bind(e.principal)
-        .bind(e.client_addr)
-        .bind(e.detail)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.get::<i64, _>("id"))
-    }
-
-    /// Audit events in order, optionally only those of one session.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn audit_events(
-        &self,
-        session_id: Option<&str>,
-    ) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, at, kind, outcome, session_id, principal, client_addr, detail \
-             FROM audit_events WHERE (? IS NULL OR session_id = ?) ORDER BY id",
-        )
-        .bind(session_id)
-        .bind(session_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| AuditRow {
-                id: r.get("id"),
-                at: r.get("at"),
-                kind: r.get("kind"),
-                outcome: r.get("outcome"),
-                session_id: r.get("session_id"),
-                principal: r.get("principal"),
-                client_addr: r.get("client_addr"),
-                detail: r.get("detail"),
-            })
-            .collect())
-    }
 }
 
-fn session_from_row(r: &sqlx::sqlite::SqliteRow) -> SessionRecord {
+fn session_from_row(r: &AnyRow) -> SessionRecord {
     SessionRecord {
         id: r.get("id"),
         principal: r.get("principal"),
@@ -347,11 +316,11 @@ fn session_from_row(r: &sqlx::sqlite::SqliteRow) -> SessionRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
-    async fn temp_store() -> (tempfile::TempDir, Store) {
+    pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let store = Store::open(&url).await.unwrap();
@@ -426,33 +395,5 @@ mod tests {
         assert_eq!(ids, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(store.session("a").await.unwrap().status, "interrupted");
         assert!(store.interrupt_running_sessions().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn audit_rows_keep_order_and_filter_by_session() {
-        let (_dir, store) = temp_store().await;
-        for (kind, sid) in [("a", Some("s1")), ("b", None), ("c", Some("s1"))] {
-            store
-                .append_audit(&NewAuditRow {
-                    kind,
-                    outcome: "info",
-                    session_id: sid,
-                    principal: None,
-                    client_addr: None,
-                    detail: "{}",
-                })
-                .await
-                .unwrap();
-        }
-        let all: Vec<_> = store.audit_events(None).await.unwrap();
-        assert_eq!(
-            all.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(),
-            ["a", "b", "c"]
-        );
-        let s1: Vec<_> = store.audit_events(Some("s1")).await.unwrap();
-        assert_eq!(
-            s1.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(),
-            ["a", "c"]
-        );
     }
 }
