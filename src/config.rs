@@ -29,6 +29,10 @@ pub struct Config {
     /// `./portcullis-data`); created with mode 0700 when missing.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// This gateway's name in shared databases (default: the host name).
+    /// Several gateways on one PostgreSQL need distinct ids.
+    #[serde(default)]
+    pub gateway_id: Option<String>,
     /// Login used when the SSH user name names only a container (default `root`).
     #[serde(default = "default_login")]
     pub default_login: String,
@@ -52,6 +56,41 @@ pub struct Config {
     /// Session behaviour.
     #[serde(default)]
     pub session: SessionConfig,
+    /// Audit log signing and export.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// What to do when a recording cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordingFailure {
+    /// End the session with a clear message (default).
+    Terminate,
+    /// Go on unrecorded; the failure is audited.
+    Continue,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How often the chain head is signed (default 60 s; also at shutdown).
+    #[serde(default = "default_sign_interval", with = "humantime_serde")]
+    pub sign_interval: Duration,
+    /// Where audit events also go as JSON lines: a file path, `"-"` for
+    /// stdout, or unset for nowhere (default).
+    #[serde(default)]
+    pub export: Option<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            sign_interval: default_sign_interval(),
+            export: None,
+        }
+    }
 }
 
 /// `[database]`.
@@ -164,6 +203,10 @@ pub struct RecordingConfig {
     /// (default 1 s).
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// When writing fails (disk full, permissions): `terminate` (default)
+    /// or `continue`.
+    #[serde(default = "default_on_failure")]
+    pub on_failure: RecordingFailure,
 }
 
 impl Default for RecordingConfig {
@@ -171,6 +214,7 @@ impl Default for RecordingConfig {
         RecordingConfig {
             record_input: false,
             flush_interval: default_flush_interval(),
+            on_failure: default_on_failure(),
         }
     }
 }
@@ -313,6 +357,9 @@ impl Config {
         if self.recording.flush_interval.is_zero() {
             return Err(invalid("recording.flush_interval", "must be above zero"));
         }
+        if self.audit.sign_interval < Duration::from_secs(1) {
+            return Err(invalid("audit.sign_interval", "must be at least 1s"));
+        }
         if self.session.max_connections == 0 {
             return Err(invalid("session.max_connections", "must be above zero"));
         }
@@ -343,6 +390,17 @@ impl Config {
     /// Directory of session recordings: `{state_dir}/recordings`.
     pub fn recordings_dir(&self) -> PathBuf {
         self.state_dir.join("recordings")
+    }
+
+    /// `gateway_id`, else the host name, else `portcullis`.
+    pub fn gateway_id(&self) -> String {
+        self.gateway_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "portcullis".to_string())
+        })
     }
 
     /// Path of the ed25519 host key: `{state_dir}/host_ed25519_key`.
@@ -405,6 +463,12 @@ fn default_lxcpath() -> PathBuf {
 fn default_flush_interval() -> Duration {
     Duration::from_secs(1)
 }
+fn default_on_failure() -> RecordingFailure {
+    RecordingFailure::Terminate
+}
+fn default_sign_interval() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_kill_grace() -> Duration {
     Duration::from_secs(2)
 }
@@ -439,10 +503,7 @@ client_id = "portcullis"
         assert_eq!(c.oidc.groups_claim, "groups");
         assert_eq!(c.recording.flush_interval, Duration::from_secs(1));
         assert!(!c.recording.record_input);
-        assert_eq!(
-            c.database_url(),
-            "sqlite://./portcullis-data/portcullis.db"
-        );
+        assert_eq!(c.database_url(), "sqlite://./portcullis-data/portcullis.db");
     }
 
     #[test]

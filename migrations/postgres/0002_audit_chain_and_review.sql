@@ -23,3 +23,7 @@ CREATE TABLE transcript_lines (
 );
 CREATE INDEX transcript_lines_tsv ON transcript_lines USING GIN (tsv);
 CREATE INDEX transcript_lines_session ON transcript_lines (session_id);
+
+-- Which gateway serves a session (config `gateway_id`), so a restarting
+-- gateway marks only its own sessions interrupted when several share a database.
+ALTER TABLE sessions ADD COLUMN gateway TEXT NOT NULL DEFAULT '';

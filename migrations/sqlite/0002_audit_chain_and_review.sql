@@ -26,3 +26,7 @@ CREATE VIRTUAL TABLE transcript_fts USING fts5(
     offset_seconds UNINDEXED,
     tokenize = 'unicode61'
 );
+
+-- Which gateway serves a session (config `gateway_id`), so a restarting
+-- gateway marks only its own sessions interrupted when several share a database.
+ALTER TABLE sessions ADD COLUMN gateway TEXT NOT NULL DEFAULT '';

@@ -33,7 +33,7 @@ enum Command {
     /// Review recorded sessions.
     Sessions {
         #[command(subcommand)]
-        command: SessionsCommand,
+        command: sessions::SessionsCommand,
     },
     /// Ask the policy for a decision.
     Policy {
@@ -48,31 +48,7 @@ enum Command {
     /// Read the audit log.
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum SessionsCommand {
-    /// List sessions, newest first.
-    List {
-        /// Most sessions to show.
-        #[arg(long, default_value_t = 50)]
-        limit: i64,
-        /// JSON (one array) instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Replay a session's recording in the terminal with its timing.
-    Play {
-        /// Session id.
-        id: String,
-        /// Playback speed factor (2 = twice as fast).
-        #[arg(long, default_value_t = 1.0)]
-        speed: f64,
-        /// Longest pause replayed, in seconds.
-        #[arg(long)]
-        idle_time_limit: Option<f64>,
+        command: audit::AuditCommand,
     },
 }
 
@@ -108,19 +84,6 @@ enum PolicyCommand {
 enum ContainersCommand {
     /// Containers with state and labels.
     List {
-        /// JSON output.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum AuditCommand {
-    /// Audit events in order.
-    List {
-        /// Only the events of this session.
-        #[arg(long)]
-        session: Option<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::attach::HelperBinary;
-use crate::audit::{AuditEvent, AuditLog, AuditSubject};
+use crate::audit::{AuditEvent, AuditLog, AuditSigner, AuditSubject};
 use crate::config::Config;
 use crate::identity::OidcIssuer;
 use crate::inventory::LxcInventory;
@@ -57,17 +57,36 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
         "host key"
     );
     let policy = PolicyEngine::load(&config.policy.dir)?;
-    let store = Store::open(&config.database_url()).await?;
+    let store = Store::open(&config.database_url())
+        .await?
+        .for_gateway(&config.gateway_id());
     let audit = AuditLog::new(store.clone());
-    for id in store.interrupt_running_sessions().await? {
+    // Sessions a previous run of this gateway left running: digest what was
+    // flushed, audit, then mark them interrupted.
+    for session in store.running_sessions_of_gateway().await? {
+        let digest = crate::recording::digest_file(Path::new(&session.recording_path)).ok();
+        let (bytes, sha) = digest
+            .map(|d| (d.bytes as i64, d.sha256))
+            .unwrap_or((0, String::new()));
         let subject = AuditSubject {
-            session_id: Some(&id),
-            ..Default::default()
+            session_id: Some(&session.id),
+            principal: Some(&session.principal),
+            client_addr: session.client_addr.as_deref(),
         };
         audit
-            .record(&subject, &AuditEvent::SessionInterrupted)
+            .record(
+                &subject,
+                &AuditEvent::SessionInterrupted {
+                    recording_bytes: bytes,
+                    recording_sha256: sha.clone(),
+                },
+            )
             .await?;
+        store.mark_interrupted(&session.id, bytes, &sha).await?;
+        tracing::warn!(session_id = %session.id, "session of a previous run marked interrupted");
     }
+    let signer = AuditSigner::new(host_key.clone());
+    signer.sign_head(&store).await?;
     let issuer = Arc::new(OidcIssuer::new(&config.oidc)?);
     let helper = HelperBinary::sealed_copy_of_current_exe()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -85,14 +104,14 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
         helper,
         shutdown: tokio_util::sync::CancellationToken::new(),
         tasks: tokio_util::task::TaskTracker::new(),
+        live: Default::default(),
     });
+    let background = tokio::spawn(background_work(gateway.clone(), signer));
     // Warm the discovery cache; a failure here only means logins fail until
     // the issuer answers.
     let warm = gateway.issuer.clone();
     tokio::spawn(async move {
-        if let Err(e) = warm.validate_id_token("x.y.z").await
-            && !matches!(e, crate::identity::IdentityError::Malformed(_))
-        {
+        if let Err(e) = warm.discovery().await {
             tracing::warn!(error = %e, "identity provider not reachable yet");
         }
     });
@@ -109,8 +128,40 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
     {
         tracing::warn!("sessions did not end within 10 s");
     }
+    // Sign the final head after the last session_end event.
+    if let Ok(signer) = background.await
+        && let Err(e) = signer.sign_head(&store).await
+    {
+        tracing::error!(error = %e, "cannot sign the audit chain at shutdown");
+    }
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Until shutdown: signs the audit chain head every `audit.sign_interval`
+/// and ends live sessions whose kill was requested (checked every second).
+/// Returns the signer for the final signature.
+async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSigner {
+    let mut sign = tokio::time::interval(gateway.config.audit.sign_interval);
+    let mut kills = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = gateway.shutdown.cancelled() => return signer,
+            _ = sign.tick() => {
+                if let Err(e) = signer.sign_head(&gateway.store).await {
+                    tracing::error!(error = %e, "cannot sign the audit chain");
+                }
+            }
+            _ = kills.tick() => match gateway.store.pending_kills().await {
+                Ok(pending) => {
+                    for (id, reason) in pending {
+                        gateway.end_live_session(&id, &reason);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read kill requests"),
+            },
+        }
+    }
 }
 
 async fn wait_for_signal() {

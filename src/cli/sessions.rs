@@ -1,23 +1,137 @@
-//! `portcullis sessions`: list and replay recorded sessions.
+//! `portcullis sessions`: the reviewer's commands: list (with filters),
+//! show, play, search, export, watch (read-only, live), and kill (admins).
+//! Tables for people, `--json` for tools.
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use super::{SessionsCommand, format_time, print_table};
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use tokio::io::AsyncWriteExt;
+
+use super::{format_time, print_table};
+use crate::audit::{AuditEvent, AuditLog, AuditSubject};
 use crate::config::Config;
-use crate::store::{SessionRecord, Store};
+use crate::store::{SessionFilter, SessionRecord, Store, now_ms};
+
+/// `portcullis sessions ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SessionsCommand {
+    /// List sessions, newest first.
+    List {
+        /// Only this principal (subject).
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only this container.
+        #[arg(long)]
+        container: Option<String>,
+        /// Only this login.
+        #[arg(long)]
+        login: Option<String>,
+        /// Only this status: running, ended, failed, interrupted.
+        #[arg(long)]
+        status: Option<String>,
+        /// Started at or after: RFC 3339 (`2026-12-01T08:00:00Z`) or an age (`2h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Started before: RFC 3339 or an age.
+        #[arg(long)]
+        until: Option<String>,
+        /// Most sessions to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// JSON (one array) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A session's metadata, commands, and audit events.
+    Show {
+        /// Session id.
+        id: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay a session's recording in the terminal with its timing.
+    Play {
+        /// Session id.
+        id: String,
+        /// Playback speed factor (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Longest pause replayed, in seconds.
+        #[arg(long)]
+        idle_time_limit: Option<f64>,
+    },
+    /// Sessions whose transcript text (escape sequences stripped) contains
+    /// TEXT as a phrase, with the time offset of each hit.
+    Search {
+        /// The words to find.
+        text: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a session's recording to stdout.
+    Export {
+        /// Session id.
+        id: String,
+        /// `cast` (asciicast v2, as recorded) or `txt` (text lines).
+        #[arg(long, default_value = "cast")]
+        format: String,
+    },
+    /// Follow a live session's output, read-only, until it ends.
+    Watch {
+        /// Session id.
+        id: String,
+        /// Who is watching, for the audit log (default: $SUDO_USER or $USER).
+        #[arg(long)]
+        reviewer: Option<String>,
+    },
+    /// End a live session; its user is told the reason.
+    Kill {
+        /// Session id.
+        id: String,
+        /// Shown to the user and audited.
+        #[arg(long)]
+        reason: String,
+        /// Who asks, for the audit log (default: $SUDO_USER or $USER).
+        #[arg(long)]
+        admin: Option<String>,
+    },
+}
 
 pub(crate) async fn sessions(config: Config, command: SessionsCommand) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.database_url()).await?;
     match command {
-        SessionsCommand::List { limit, json } => {
-            let sessions = store.list_sessions(limit).await?;
+        SessionsCommand::List {
+            principal,
+            container,
+            login,
+            status,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let filter = SessionFilter {
+                principal,
+                container,
+                login,
+                status,
+                since_ms: since.as_deref().map(parse_time).transpose()?,
+                until_ms: until.as_deref().map(parse_time).transpose()?,
+                limit,
+            };
+            let sessions = store.find_sessions(&filter).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&sessions)?);
             } else {
                 print_sessions(&sessions);
             }
         }
+        SessionsCommand::Show { id, json } => show(&store, &id, json).await?,
         SessionsCommand::Play {
             id,
             speed,
@@ -28,8 +142,233 @@ pub(crate) async fn sessions(config: Config, command: SessionsCommand) -> anyhow
             let mut out = tokio::io::stdout();
             crate::recording::play(&events, speed, idle_time_limit, &mut out).await?;
         }
+        SessionsCommand::Search { text, json } => {
+            let hits = store.search_transcripts(&text).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hits)?);
+            } else {
+                let rows: Vec<[String; 3]> = hits
+                    .iter()
+                    .map(|h| {
+                        [
+                            h.session_id.clone(),
+                            format!("{:.3}s", h.offset_seconds),
+                            h.text.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["SESSION", "OFFSET", "TEXT"], &rows);
+            }
+            if hits.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        SessionsCommand::Export { id, format } => {
+            let session = store.session(&id).await?;
+            let path = Path::new(&session.recording_path);
+            let mut out = tokio::io::stdout();
+            match format.as_str() {
+                "cast" => {
+                    let bytes = std::fs::read(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    out.write_all(&bytes).await?;
+                }
+                "txt" => {
+                    let (_, events) = crate::recording::read(path)?;
+                    for (_, line) in crate::recording::transcript_lines(&events) {
+                        out.write_all(line.as_bytes()).await?;
+                        out.write_all(b"\n").await?;
+                    }
+                }
+                other => bail!("unknown format {other:?} (cast or txt)"),
+            }
+            out.flush().await?;
+        }
+        SessionsCommand::Watch { id, reviewer } => watch(&store, &id, reviewer).await?,
+        SessionsCommand::Kill { id, reason, admin } => {
+            let admin = admin.unwrap_or_else(operator);
+            let session = store.session(&id).await?;
+            if session.status != "running" {
+                bail!("session {id} is not running (status {})", session.status);
+            }
+            let audit = AuditLog::new(store.clone());
+            audit
+                .record(
+                    &AuditSubject {
+                        session_id: Some(&id),
+                        principal: Some(&admin),
+                        client_addr: None,
+                    },
+                    &AuditEvent::SessionKillRequested {
+                        reason: reason.clone(),
+                    },
+                )
+                .await?;
+            if !store.request_kill(&id, &reason).await? {
+                bail!("session {id} ended before it could be killed");
+            }
+            // The serving gateway checks for kill requests every second.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if store.session(&id).await?.status != "running" {
+                    println!("session {id} ended");
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("session {id} is still running after 10 s: is its gateway up?");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The operator running the CLI, for audit events.
+fn operator() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .map(|u| format!("host:{u}"))
+        .unwrap_or_else(|_| "host:unknown".to_string())
+}
+
+/// RFC 3339 time or an age like `2h` (before now), as unix milliseconds.
+fn parse_time(text: &str) -> anyhow::Result<i64> {
+    if let Ok(age) = humantime::parse_duration(text) {
+        return Ok(now_ms() - age.as_millis() as i64);
+    }
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("{text:?} is neither an RFC 3339 time nor an age like 2h"))?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<()> {
+    let session = store.session(id).await?;
+    let events = store.audit_events(Some(id)).await?;
+    let commands: Vec<String> = match &session.command {
+        Some(c) => vec![c.clone()],
+        None => crate::recording::read(Path::new(&session.recording_path))
+            .map(|(_, ev)| shell_commands(&crate::recording::transcript_lines(&ev)))
+            .unwrap_or_default(),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "session": session,
+                "commands": commands,
+                "transfers": [],
+                "approvals": [],
+                "audit_events": events,
+            }))?
+        );
+        return Ok(());
+    }
+    let field = |k: &str, v: &str| println!("{k:<12} {v}");
+    field("id", &session.id);
+    field("principal", &session.principal);
+    field("email", session.email.as_deref().unwrap_or("-"));
+    field(
+        "target",
+        &format!("{}@{}", session.login, session.container),
+    );
+    field("client", session.client_addr.as_deref().unwrap_or("-"));
+    field("started", &format_time(session.started_at));
+    field(
+        "ended",
+        &session
+            .ended_at
+            .map(format_time)
+            .unwrap_or_else(|| "-".into()),
+    );
+    field("status", &session.status);
+    field(
+        "exit",
+        &match (&session.exit_status, &session.exit_signal) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(s)) => format!("signal {s}"),
+            _ => "-".into(),
+        },
+    );
+    field("recording", &session.recording_path);
+    field("sha256", session.recording_sha256.as_deref().unwrap_or("-"));
+    println!("\ncommands:");
+    for c in &commands {
+        println!("  {c}");
+    }
+    println!("\ntransfers: none\napprovals: none (no grant was needed)");
+    println!("\naudit events:");
+    for e in &events {
+        println!(
+            "  {}  {}  {:<16} {:<8} {}",
+            e.id,
+            format_time(e.at),
+            e.kind,
+            e.outcome,
+            e.detail
+        );
+    }
+    Ok(())
+}
+
+/// Commands typed at a shell prompt, as the transcript shows them: lines
+/// holding a prompt (`# ` or `$ ` after a path) followed by text. A
+/// heuristic: the transcript is what the terminal showed, not what ran.
+fn shell_commands(lines: &[(f64, String)]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|(_, line)| {
+            let at = line.find("# ").or_else(|| line.find("$ "))?;
+            let prompt = &line[..at];
+            let command = line[at + 2..].trim();
+            (prompt.len() <= 80 && !command.is_empty()).then(|| command.to_string())
+        })
+        .collect()
+}
+
+async fn watch(store: &Store, id: &str, reviewer: Option<String>) -> anyhow::Result<()> {
+    let session = store.session(id).await?;
+    let reviewer = reviewer.unwrap_or_else(operator);
+    AuditLog::new(store.clone())
+        .record(
+            &AuditSubject {
+                session_id: Some(id),
+                principal: Some(&reviewer),
+                client_addr: None,
+            },
+            &AuditEvent::SessionWatched {
+                reviewer: reviewer.clone(),
+            },
+        )
+        .await?;
+    let path = Path::new(&session.recording_path);
+    let mut out = tokio::io::stdout();
+    let mut offset = 0usize;
+    let mut pending = String::new();
+    loop {
+        // The recording is flushed at least every recording.flush_interval.
+        let running = store.session(id).await?.status == "running";
+        let text =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if text.len() > offset {
+            pending.push_str(&String::from_utf8_lossy(&text[offset..]));
+            offset = text.len();
+            while let Some(end) = pending.find('\n') {
+                let line: String = pending.drain(..=end).collect();
+                if let Ok((_, code, data)) = serde_json::from_str::<(f64, String, String)>(&line)
+                    && code == "o"
+                {
+                    out.write_all(data.as_bytes()).await?;
+                }
+            }
+            out.flush().await?;
+        }
+        if !running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 fn print_sessions(sessions: &[SessionRecord]) {
@@ -65,4 +404,28 @@ fn print_sessions(sessions: &[SessionRecord]) {
         ],
         &rows,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_read_after_prompts() {
+        let lines = vec![
+            (0.1, "~ # ls -l /etc".to_string()),
+            (0.2, "total 3".to_string()),
+            (0.3, "app@web1:~$ make deploy".to_string()),
+            (0.4, "~ # ".to_string()),
+        ];
+        assert_eq!(shell_commands(&lines), ["ls -l /etc", "make deploy"]);
+    }
+
+    #[test]
+    fn times_parse_as_rfc3339_or_age() {
+        assert_eq!(parse_time("1970-01-01T00:00:01Z").ok(), Some(1000));
+        let two_hours_ago = parse_time("2h").ok().unwrap_or_default();
+        assert!((now_ms() - 7_200_000 - two_hours_ago).abs() < 5_000);
+        assert!(parse_time("yesterday-ish").is_err());
+    }
 }

@@ -49,9 +49,9 @@ pub enum RecordingError {
     /// Writing or syncing failed.
     #[error("cannot write recording: {0}")]
     Write(#[source] std::io::Error),
-    /// The writer task is gone (it failed earlier).
-    #[error("the recording writer stopped")]
-    WriterGone,
+    /// The writer task is gone: it failed earlier with this error.
+    #[error("the recording writer stopped: {0}")]
+    WriterGone(String),
     /// Reading a recording failed.
     #[error("cannot read recording {path}: {source}")]
     Read {
@@ -140,6 +140,7 @@ pub struct Digest256 {
 /// The writing end of one session's recording. Dropping it without
 /// [`Recorder::finish`] still flushes what was queued.
 pub struct Recorder {
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     start: Instant,
     tx: mpsc::Sender<Command>,
     output: Utf8Decoder,
@@ -172,7 +173,9 @@ impl Recorder {
             })?;
         let mut line = serde_json::to_vec(header).map_err(|e| RecordingError::Write(e.into()))?;
         line.push(b'\n');
+        let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
         let mut writer = Writer {
+            failure: failure.clone(),
             file,
             hasher: Sha256::new(),
             bytes: 0,
@@ -183,6 +186,7 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(writer.run(rx, flush_interval));
         Ok(Recorder {
+            failure,
             start: Instant::now(),
             tx,
             output: Utf8Decoder::default(),
@@ -200,7 +204,8 @@ impl Recorder {
     /// Records output bytes (`o`).
     ///
     /// # Errors
-    /// [`RecordingError::WriterGone`] when the writer failed.
+    /// [`RecordingError::WriterGone`] when the writer failed (it names the
+    /// I/O error, e.g. no space left on device).
     pub async fn output(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
         let text = self.output.decode(bytes);
         self.event("o", &text).await
@@ -237,7 +242,17 @@ impl Recorder {
         self.tx
             .send(Command::Line(line))
             .await
-            .map_err(|_| RecordingError::WriterGone)
+            .map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> RecordingError {
+        let reason = self
+            .failure
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .unwrap_or_else(|| "unknown error".to_string());
+        RecordingError::WriterGone(reason)
     }
 
     /// Writes what the decoders still hold, flushes, fsyncs and returns the
@@ -256,8 +271,8 @@ impl Recorder {
         self.tx
             .send(Command::Finish(tx))
             .await
-            .map_err(|_| RecordingError::WriterGone)?;
-        rx.await.map_err(|_| RecordingError::WriterGone)?
+            .map_err(|_| self.gone())?;
+        rx.await.map_err(|_| self.gone())?
     }
 }
 
@@ -271,6 +286,7 @@ impl Serialize for Time {
 }
 
 struct Writer {
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     file: tokio::fs::File,
     hasher: Sha256,
     bytes: u64,
@@ -314,11 +330,16 @@ impl Writer {
         if self.batch.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all(&self.batch)
-            .await
-            .map_err(RecordingError::Write)?;
-        self.file.flush().await.map_err(RecordingError::Write)?;
+        let written = match self.file.write_all(&self.batch).await {
+            Ok(()) => self.file.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            if let Ok(mut slot) = self.failure.lock() {
+                *slot = Some(e.to_string());
+            }
+            return Err(RecordingError::Write(e));
+        }
         self.hasher.update(&self.batch);
         self.bytes += self.batch.len() as u64;
         self.batch.clear();
@@ -427,7 +448,11 @@ pub fn transcript_lines(events: &[Event]) -> Vec<(f64, String)> {
     let mut lines = Vec::new();
     let mut partial: Vec<u8> = Vec::new();
     let take = |time: f64, partial: &mut Vec<u8>, lines: &mut Vec<(f64, String)>| {
-        let bytes = sink.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        let bytes = sink
+            .0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
         for b in bytes {
             if b == b'\n' {
                 let line = String::from_utf8_lossy(partial).replace('\r', "");

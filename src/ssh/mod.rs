@@ -12,6 +12,7 @@ mod pump;
 mod session;
 mod target;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, HashAlg, PrivateKey};
 use russh::{MethodKind, MethodSet};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -78,6 +79,42 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// Tracks session tasks so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Live sessions by id: sending a reason ends the session with it.
+    pub live: LiveSessions,
+}
+
+/// Live sessions by id, each with the sender that ends it with a reason.
+#[derive(Default)]
+pub struct LiveSessions(std::sync::Mutex<HashMap<String, oneshot::Sender<String>>>);
+
+impl LiveSessions {
+    /// Registers session `id`; the receiver gets the reason when it is to end.
+    pub fn register(&self, id: &str) -> oneshot::Receiver<String> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id.to_string(), tx);
+        }
+        rx
+    }
+
+    /// Forgets session `id` (it ended).
+    pub fn remove(&self, id: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(id);
+        }
+    }
+}
+
+impl Gateway {
+    /// Ends live session `id` with `reason` shown to its user; false when
+    /// this gateway serves no such session.
+    pub fn end_live_session(&self, id: &str, reason: &str) -> bool {
+        let sender = self.live.0.lock().ok().and_then(|mut map| map.remove(id));
+        match sender {
+            Some(tx) => tx.send(reason.to_string()).is_ok(),
+            None => false,
+        }
+    }
 }
 
 /// Loads the ed25519 host key at `path`, or generates and writes it (mode

@@ -9,10 +9,14 @@ use russh::server::Handle;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use tokio::sync::oneshot;
+
 use super::Gateway;
-use super::session::ChannelInput;
+use super::session::{ChannelInput, SessionAudit};
 use crate::attach::{Attached, ExitStatus, SessionIo};
-use crate::recording::Recorder;
+use crate::audit::AuditEvent;
+use crate::config::RecordingFailure;
+use crate::recording::{Digest256, Recorder, RecordingError};
 
 /// Bytes read from the process per chunk.
 const CHUNK_BYTES: usize = 32 * 1024;
@@ -29,7 +33,7 @@ pub(super) struct Outcome {
     /// The process's exit, `None` when it could not be learnt.
     pub exit: Option<ExitStatus>,
     /// The finished recording's size and digest.
-    pub digest: Option<crate::recording::Digest256>,
+    pub digest: Option<Digest256>,
 }
 
 enum Control {
@@ -40,15 +44,24 @@ enum Control {
 
 /// Moves bytes between the channel and the process, records output, and
 /// returns how the process ended.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn pump(
     gateway: &Gateway,
     handle: &Handle,
     channel: ChannelId,
     mut attached: Attached,
     io: SessionIo,
-    mut recorder: Recorder,
+    recorder: Recorder,
     input: mpsc::Receiver<ChannelInput>,
+    audit: &SessionAudit,
+    mut kill: oneshot::Receiver<String>,
 ) -> Outcome {
+    let mut recorder = Recording {
+        path: recorder.path().to_path_buf(),
+        recorder: Some(recorder),
+        on_failure: gateway.config.recording.on_failure,
+        audit,
+    };
     let (stdout, stderr, stdin): (Reader, Option<Reader>, Writer) = match io {
         SessionIo::Pty(master) => {
             let (r, w) = tokio::io::split(master);
@@ -70,7 +83,7 @@ pub(super) async fn pump(
     let mut err_buf = vec![0u8; CHUNK_BYTES];
     let mut exit: Option<ExitStatus> = None;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
-    let mut ended_by: Option<&'static str> = None;
+    let mut ended_by: Option<String> = None;
 
     loop {
         if exit.is_some() && stdout.is_none() && stderr.is_none() {
@@ -80,11 +93,11 @@ pub(super) async fn pump(
             read = read_some(&mut stdout, &mut out_buf) => match read {
                 Some(n) => {
                     if recorder.output(&out_buf[..n]).await.is_err() {
-                        ended_by = Some("the session recording failed");
+                        ended_by = Some(RECORDING_FAILED.into());
                         break;
                     }
                     if handle.data(channel, out_buf[..n].to_vec()).await.is_err() {
-                        ended_by = Some("disconnected");
+                        ended_by = Some(DISCONNECTED.into());
                         break;
                     }
                 }
@@ -93,11 +106,11 @@ pub(super) async fn pump(
             read = read_some(&mut stderr, &mut err_buf) => match read {
                 Some(n) => {
                     if recorder.output(&err_buf[..n]).await.is_err() {
-                        ended_by = Some("the session recording failed");
+                        ended_by = Some(RECORDING_FAILED.into());
                         break;
                     }
                     if handle.extended_data(channel, 1, err_buf[..n].to_vec()).await.is_err() {
-                        ended_by = Some("disconnected");
+                        ended_by = Some(DISCONNECTED.into());
                         break;
                     }
                 }
@@ -107,7 +120,7 @@ pub(super) async fn pump(
                 if let Some(bytes) = bytes
                     && recorder.input(&bytes).await.is_err()
                 {
-                    ended_by = Some("the session recording failed");
+                    ended_by = Some(RECORDING_FAILED.into());
                     break;
                 }
             }
@@ -115,7 +128,7 @@ pub(super) async fn pump(
                 Some(Control::Resize { cols, rows }) => {
                     let _ = attached.resize(cols, rows);
                     if recorder.resize(u32::from(cols), u32::from(rows)).await.is_err() {
-                        ended_by = Some("the session recording failed");
+                        ended_by = Some(RECORDING_FAILED.into());
                         break;
                     }
                 }
@@ -124,7 +137,7 @@ pub(super) async fn pump(
                 }
                 Some(Control::Closed) | None => {
                     if exit.is_none() {
-                        ended_by = Some("disconnected");
+                        ended_by = Some(DISCONNECTED.into());
                         break;
                     }
                 }
@@ -134,7 +147,7 @@ pub(super) async fn pump(
                     Ok(status) => exit = Some(status),
                     Err(e) => {
                         tracing::error!(error = %e, "lost the session process");
-                        ended_by = Some("the gateway lost the session process");
+                        ended_by = Some("the gateway lost the session process".into());
                         break;
                     }
                 }
@@ -142,17 +155,30 @@ pub(super) async fn pump(
             }
             _ = sleep_until(drain_deadline) => break,
             _ = gateway.shutdown.cancelled() => {
-                ended_by = Some("the gateway is shutting down");
+                ended_by = Some("the gateway is shutting down".into());
                 break;
+            }
+            reason = &mut kill => {
+                if let Ok(reason) = reason {
+                    ended_by = Some(reason);
+                    break;
+                }
             }
         }
     }
     stdin_task.abort();
 
     if let Some(reason) = ended_by {
-        if reason != "disconnected" {
+        if reason != DISCONNECTED {
             let text = format!("\r\nPortcullis: session ended: {reason}.\r\n");
             let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
+        }
+        if exit.is_none() {
+            let _ = audit
+                .record(AuditEvent::SessionTerminated {
+                    reason: reason.clone(),
+                })
+                .await;
         }
         if exit.is_none() {
             match attached.terminate(gateway.config.session.kill_grace).await {
@@ -183,14 +209,87 @@ pub(super) async fn pump(
     }
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
-    let digest = match recorder.finish().await {
-        Ok(d) => Some(d),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot finish the recording");
-            None
-        }
-    };
+    let digest = recorder.finish().await;
     Outcome { exit, digest }
+}
+
+/// `ended_by` when the client went away (no message to send).
+const DISCONNECTED: &str = "disconnected";
+
+/// `ended_by` when the recording failed under `on_failure = "terminate"`.
+const RECORDING_FAILED: &str = "the session recording failed";
+
+/// The recorder with the `recording.on_failure` policy: after a failure it
+/// either ends the session (`Err`) or goes on unrecorded; both are audited.
+struct Recording<'a> {
+    recorder: Option<Recorder>,
+    path: std::path::PathBuf,
+    on_failure: RecordingFailure,
+    audit: &'a SessionAudit,
+}
+
+impl Recording<'_> {
+    async fn output(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        let Some(r) = self.recorder.as_mut() else {
+            return Ok(());
+        };
+        let result = r.output(bytes).await;
+        self.check(result).await
+    }
+
+    async fn input(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        let Some(r) = self.recorder.as_mut() else {
+            return Ok(());
+        };
+        let result = r.input(bytes).await;
+        self.check(result).await
+    }
+
+    async fn resize(&mut self, cols: u32, rows: u32) -> Result<(), ()> {
+        let Some(r) = self.recorder.as_mut() else {
+            return Ok(());
+        };
+        let result = r.resize(cols, rows).await;
+        self.check(result).await
+    }
+
+    async fn check(&mut self, result: Result<(), RecordingError>) -> Result<(), ()> {
+        let Err(e) = result else {
+            return Ok(());
+        };
+        self.recorder = None;
+        let action = match self.on_failure {
+            RecordingFailure::Terminate => "terminate",
+            RecordingFailure::Continue => "continue",
+        };
+        tracing::error!(error = %e, action, "recording failed");
+        let audited = self
+            .audit
+            .record(AuditEvent::RecordingFailed {
+                reason: e.to_string(),
+                action: action.to_string(),
+            })
+            .await;
+        match (self.on_failure, audited) {
+            (RecordingFailure::Continue, Ok(_)) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// Finishes the recording; after a failure, digests what reached the
+    /// file so the session row matches it.
+    async fn finish(self) -> Option<Digest256> {
+        match self.recorder {
+            Some(r) => match r.finish().await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot finish the recording");
+                    crate::recording::digest_file(&self.path).ok()
+                }
+            },
+            None => crate::recording::digest_file(&self.path).ok(),
+        }
+    }
 }
 
 async fn read_some(reader: &mut Option<Reader>, buf: &mut [u8]) -> Option<usize> {

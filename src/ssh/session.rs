@@ -339,8 +339,26 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
     };
     tracing::info!(%session_id, container = %container.name, login = %target.login, "session started");
 
-    let outcome =
-        super::pump::pump(&gateway, &handle, channel, attached, io, recorder, input).await;
+    let session_audit = SessionAudit {
+        gateway: gateway.clone(),
+        session_id: session_id.clone(),
+        principal: principal.subject.clone(),
+        client_addr: client_addr.clone(),
+    };
+    let kill = gateway.live.register(&session_id);
+    let outcome = super::pump::pump(
+        &gateway,
+        &handle,
+        channel,
+        attached,
+        io,
+        recorder,
+        input,
+        &session_audit,
+        kill,
+    )
+    .await;
+    gateway.live.remove(&session_id);
 
     // Closing records.
     let (status, exit_status, exit_signal) = match &outcome.exit {
@@ -381,5 +399,45 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
     )
     .await;
     tracing::info!(%session_id, ?outcome.exit, "session ended");
+    index_transcript(&gateway, &session_id, &recording_path).await;
     Ok(())
+}
+
+/// Adds the session's transcript text to the search index. A failure is
+/// logged: the recording itself is the evidence, the index only finds it.
+async fn index_transcript(gateway: &Gateway, session_id: &str, path: &std::path::Path) {
+    let path = path.to_path_buf();
+    let lines = tokio::task::spawn_blocking(move || {
+        crate::recording::read(&path).map(|(_, events)| crate::recording::transcript_lines(&events))
+    })
+    .await;
+    match lines {
+        Ok(Ok(lines)) => {
+            if let Err(e) = gateway.store.index_transcript(session_id, &lines).await {
+                tracing::error!(error = %e, "cannot index the transcript");
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot read the recording to index it"),
+        Err(e) => tracing::error!(error = %e, "transcript indexing failed"),
+    }
+}
+
+/// Writes audit events about one running session.
+pub(super) struct SessionAudit {
+    gateway: Arc<Gateway>,
+    session_id: String,
+    principal: String,
+    client_addr: String,
+}
+
+impl SessionAudit {
+    /// Appends `event` for this session.
+    pub(super) async fn record(&self, event: AuditEvent) -> Result<i64, crate::store::StoreError> {
+        let subject = AuditSubject {
+            session_id: Some(&self.session_id),
+            principal: Some(&self.principal),
+            client_addr: Some(&self.client_addr),
+        };
+        self.gateway.audit.record(&subject, &event).await
+    }
 }

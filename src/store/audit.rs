@@ -211,7 +211,10 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn audit_events(&self, session_id: Option<&str>) -> Result<Vec<AuditRow>, StoreError> {
+    pub async fn audit_events(
+        &self,
+        session_id: Option<&str>,
+    ) -> Result<Vec<AuditRow>, StoreError> {
         let rows = match session_id {
             Some(sid) => {
                 let sql = format!(
@@ -328,7 +331,10 @@ mod tests {
             assert_eq!(r.hash, r.computed_hash());
         }
         let s1 = store.audit_events(Some("s1")).await.unwrap();
-        assert_eq!(s1.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(
+            s1.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
         let head = store.chain_head().await.unwrap().unwrap();
         assert_eq!(head.event_id, 3);
         assert_eq!(head.event_hash, all[2].hash);
@@ -356,11 +362,86 @@ mod tests {
 
     #[test]
     fn the_hash_covers_every_column() {
-        let base = chain_hash(1, 2, "k", "info", Some("s"), Some("p"), Some("a"), "{}", GENESIS_HASH);
-        assert_ne!(base, chain_hash(2, 2, "k", "info", Some("s"), Some("p"), Some("a"), "{}", GENESIS_HASH));
-        assert_ne!(base, chain_hash(1, 3, "k", "info", Some("s"), Some("p"), Some("a"), "{}", GENESIS_HASH));
-        assert_ne!(base, chain_hash(1, 2, "k", "info", None, Some("p"), Some("a"), "{}", GENESIS_HASH));
-        assert_ne!(base, chain_hash(1, 2, "k", "info", Some("s"), Some("p"), Some("a"), "{ }", GENESIS_HASH));
-        assert_ne!(base, chain_hash(1, 2, "k", "info", Some("s"), Some("p"), Some("a"), "{}", "1"));
+        let base = chain_hash(
+            1,
+            2,
+            "k",
+            "info",
+            Some("s"),
+            Some("p"),
+            Some("a"),
+            "{}",
+            GENESIS_HASH,
+        );
+        assert_ne!(
+            base,
+            chain_hash(
+                2,
+                2,
+                "k",
+                "info",
+                Some("s"),
+                Some("p"),
+                Some("a"),
+                "{}",
+                GENESIS_HASH
+            )
+        );
+        assert_ne!(
+            base,
+            chain_hash(
+                1,
+                3,
+                "k",
+                "info",
+                Some("s"),
+                Some("p"),
+                Some("a"),
+                "{}",
+                GENESIS_HASH
+            )
+        );
+        assert_ne!(
+            base,
+            chain_hash(
+                1,
+                2,
+                "k",
+                "info",
+                None,
+                Some("p"),
+                Some("a"),
+                "{}",
+                GENESIS_HASH
+            )
+        );
+        assert_ne!(
+            base,
+            chain_hash(
+                1,
+                2,
+                "k",
+                "info",
+                Some("s"),
+                Some("p"),
+                Some("a"),
+                "{ }",
+                GENESIS_HASH
+            )
+        );
+        assert_ne!(
+            base,
+            chain_hash(
+                1,
+                2,
+                "k",
+                "info",
+                Some("s"),
+                Some("p"),
+                Some("a"),
+                "{}",
+                "1"
+            )
+        );
     }
 }

@@ -58,6 +58,7 @@ impl Backend {
 pub struct Store {
     pub(crate) pool: Pool<Any>,
     pub(crate) backend: Backend,
+    gateway_id: String,
 }
 
 /// A session as stored, for `sessions list` and `sessions play`.
@@ -93,6 +94,8 @@ pub struct SessionRecord {
     pub recording_bytes: Option<i64>,
     /// Lowercase hex SHA-256 of the recording, set at session end.
     pub recording_sha256: Option<String>,
+    /// Why an admin asked to end it, when one did.
+    pub kill_reason: Option<String>,
 }
 
 /// What is known when a session starts.
@@ -131,9 +134,9 @@ pub struct SessionEnd<'a> {
     pub recording_sha256: &'a str,
 }
 
-const SESSION_COLUMNS: &str = "id, principal, email, container, login, command, client_addr, \
-     started_at, ended_at, status, exit_status, exit_signal, recording_path, recording_bytes, \
-     recording_sha256";
+pub(crate) const SESSION_COLUMNS: &str = "id, principal, email, container, login, command, \
+     client_addr, started_at, ended_at, status, exit_status, exit_signal, recording_path, \
+     recording_bytes, recording_sha256, kill_reason";
 
 /// Now as unix milliseconds.
 pub fn now_ms() -> i64 {
@@ -144,9 +147,11 @@ pub fn now_ms() -> i64 {
 }
 
 mod audit;
+mod review;
 mod transcripts;
 
-pub use audit::{AuditRow, ChainHead, NewAuditRow, SignedHead, chain_hash, GENESIS_HASH};
+pub use audit::{AuditRow, ChainHead, GENESIS_HASH, NewAuditRow, SignedHead, chain_hash};
+pub use review::SessionFilter;
 pub use transcripts::TranscriptHit;
 
 impl Store {
@@ -191,7 +196,11 @@ impl Store {
             Backend::Postgres => sqlx::migrate!("migrations/postgres"),
         };
         migrator.run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            gateway_id: String::new(),
+        })
     }
 
     /// Which backend this store uses.
@@ -211,7 +220,8 @@ impl Store {
     pub async fn insert_session(&self, s: &NewSession<'_>) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO sessions (id, principal, email, container, login, command, client_addr, \
-             started_at, status, recording_path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9)",
+             started_at, status, recording_path, gateway) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10)",
         )
         .bind(s.id)
         .bind(s.principal)
@@ -222,6 +232,7 @@ impl Store {
         .bind(s.client_addr)
         .bind(now_ms())
         .bind(s.recording_path)
+        .bind(&self.gateway_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -248,20 +259,52 @@ impl Store {
         Ok(())
     }
 
-    /// Marks sessions still `running` (left by a gateway that stopped without
-    /// closing them) as `interrupted`; returns their ids.
+    /// Names the gateway this store writes sessions for (config
+    /// `gateway_id`); sessions inserted later carry it.
+    pub fn for_gateway(mut self, gateway_id: &str) -> Store {
+        self.gateway_id = gateway_id.to_string();
+        self
+    }
+
+    /// Sessions of this gateway still marked `running`: left by a gateway
+    /// process that stopped without closing them.
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn interrupt_running_sessions(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "UPDATE sessions SET status = 'interrupted', ended_at = $1 WHERE status = 'running' \
-             RETURNING id",
+    pub async fn running_sessions_of_gateway(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE status = 'running' AND gateway = $1 \
+             ORDER BY started_at"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&self.gateway_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(session_from_row).collect())
+    }
+
+    /// Marks a session `interrupted`, with its recording's size and digest as
+    /// found.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn mark_interrupted(
+        &self,
+        id: &str,
+        recording_bytes: i64,
+        recording_sha256: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET status = 'interrupted', ended_at = $1, recording_bytes = $2, \
+             recording_sha256 = $3 WHERE id = $4 AND status = 'running'",
         )
         .bind(now_ms())
-        .fetch_all(&self.pool)
+        .bind(recording_bytes)
+        .bind(recording_sha256)
+        .bind(id)
+        .execute(&self.pool)
         .await?;
-        Ok(rows.iter().map(|r| r.get::<String, _>("id")).collect())
+        Ok(())
     }
 
     /// The newest sessions first, at most `limit`.
@@ -292,10 +335,9 @@ impl Store {
             .map(session_from_row)
             .ok_or_else(|| StoreError::SessionNotFound(id.to_string()))
     }
-
 }
 
-fn session_from_row(r: &AnyRow) -> SessionRecord {
+pub(crate) fn session_from_row(r: &AnyRow) -> SessionRecord {
     SessionRecord {
         id: r.get("id"),
         principal: r.get("principal"),
@@ -312,6 +354,7 @@ fn session_from_row(r: &AnyRow) -> SessionRecord {
         recording_path: r.get("recording_path"),
         recording_bytes: r.get("recording_bytes"),
         recording_sha256: r.get("recording_sha256"),
+        kill_reason: r.get("kill_reason"),
     }
 }
 
@@ -373,27 +416,36 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn running_sessions_become_interrupted() {
+    async fn only_this_gateways_running_sessions_are_interrupted() {
         let (_dir, store) = temp_store().await;
-        for id in ["a", "b"] {
-            store
-                .insert_session(&NewSession {
-                    id,
-                    principal: "p",
-                    email: None,
-                    container: "c",
-                    login: "l",
-                    command: None,
-                    client_addr: None,
-                    recording_path: "r",
-                })
-                .await
-                .unwrap();
+        let mine = store.clone().for_gateway("gw-a");
+        let theirs = store.clone().for_gateway("gw-b");
+        for (s, id) in [(&mine, "a"), (&mine, "b"), (&theirs, "c")] {
+            s.insert_session(&NewSession {
+                id,
+                principal: "p",
+                email: None,
+                container: "c",
+                login: "l",
+                command: None,
+                client_addr: None,
+                recording_path: "r",
+            })
+            .await
+            .unwrap();
         }
-        let mut ids = store.interrupt_running_sessions().await.unwrap();
-        ids.sort();
-        assert_eq!(ids, vec!["a".to_string(), "b".to_string()]);
-        assert_eq!(store.session("a").await.unwrap().status, "interrupted");
-        assert!(store.interrupt_running_sessions().await.unwrap().is_empty());
+        let ids: Vec<String> = mine
+            .running_sessions_of_gateway()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        mine.mark_interrupted("a", 10, "ff").await.unwrap();
+        let a = store.session("a").await.unwrap();
+        assert_eq!(a.status, "interrupted");
+        assert_eq!(a.recording_sha256.as_deref(), Some("ff"));
+        assert_eq!(store.session("c").await.unwrap().status, "running");
     }
 }

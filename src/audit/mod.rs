@@ -1,11 +1,25 @@
-//! Typed audit events and the one path that writes them.
+//! Typed audit events, the one path that writes them, and the verification
+//! of the tamper-evident log.
 //!
 //! An audit event is written *before* the action it records goes ahead; a
 //! caller that cannot write one must refuse the action (fail closed). Events
 //! never carry secrets (tokens, keystrokes).
+//!
+//! Tamper evidence: rows form a hash chain ([`crate::store::chain_hash`]);
+//! the chain head is signed with the gateway's ed25519 host key as an
+//! SSHSIG (OpenSSH `PROTOCOL.sshsig`, namespace [`SIGNATURE_NAMESPACE`]) at
+//! intervals and at shutdown; [`verify`] checks the chain, the signatures
+//! and every recording's SHA-256 against its session row and its
+//! `SessionEnded` event.
+
+mod verify;
 
 use serde::Serialize;
 use serde_json::json;
+
+pub use verify::{
+    AuditSigner, RecordingProblem, SIGNATURE_NAMESPACE, SignatureProblem, VerifyReport, verify,
+};
 
 use crate::store::{NewAuditRow, Store, StoreError};
 
@@ -78,8 +92,35 @@ pub enum AuditEvent {
         recording_sha256: String,
     },
     /// At start, a session left running by a previous gateway process was
-    /// marked interrupted.
-    SessionInterrupted,
+    /// marked interrupted; its recording as found is digested.
+    SessionInterrupted {
+        /// Recording size in bytes as found (0 when missing).
+        recording_bytes: i64,
+        /// Recording SHA-256 as found ("" when missing).
+        recording_sha256: String,
+    },
+    /// Writing the recording failed.
+    RecordingFailed {
+        /// The I/O error.
+        reason: String,
+        /// `terminate` (the session was ended) or `continue`.
+        action: String,
+    },
+    /// An admin asked for a live session to end.
+    SessionKillRequested {
+        /// The reason given, shown to the user.
+        reason: String,
+    },
+    /// A reviewer started watching a live session.
+    SessionWatched {
+        /// Who watches.
+        reviewer: String,
+    },
+    /// A live session was ended by the gateway, not by its process.
+    SessionTerminated {
+        /// Why (kill request, container stopped, shutdown).
+        reason: String,
+    },
 }
 
 impl AuditEvent {
@@ -93,7 +134,11 @@ impl AuditEvent {
             AuditEvent::SessionStarted { .. } => "session_start",
             AuditEvent::SessionFailed { .. } => "session_start",
             AuditEvent::SessionEnded { .. } => "session_end",
-            AuditEvent::SessionInterrupted => "session_end",
+            AuditEvent::SessionInterrupted { .. } => "session_end",
+            AuditEvent::RecordingFailed { .. } => "recording",
+            AuditEvent::SessionKillRequested { .. }
+            | AuditEvent::SessionTerminated { .. }
+            | AuditEvent::SessionWatched { .. } => "session_control",
         }
     }
 
@@ -108,7 +153,12 @@ impl AuditEvent {
             | AuditEvent::SessionFailed { .. } => "failure",
             AuditEvent::AccessDecided { allowed: true, .. } => "allow",
             AuditEvent::AccessDecided { allowed: false, .. } => "deny",
-            AuditEvent::SessionEnded { .. } | AuditEvent::SessionInterrupted => "info",
+            AuditEvent::RecordingFailed { .. } => "failure",
+            AuditEvent::SessionEnded { .. }
+            | AuditEvent::SessionInterrupted { .. }
+            | AuditEvent::SessionKillRequested { .. }
+            | AuditEvent::SessionWatched { .. }
+            | AuditEvent::SessionTerminated { .. } => "info",
         }
     }
 
