@@ -372,6 +372,17 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
         Some(d) => (d.bytes as i64, d.sha256.clone()),
         None => (0, String::new()),
     };
+    // The audit event first: a reader who sees the row ended also finds it.
+    let _ = audit(
+        Some(session_id.clone()),
+        AuditEvent::SessionEnded {
+            exit_status,
+            exit_signal: exit_signal.clone(),
+            recording_bytes: bytes,
+            recording_sha256: sha256.clone(),
+        },
+    )
+    .await;
     if let Err(e) = gateway
         .store
         .end_session(
@@ -388,16 +399,6 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
     {
         tracing::error!(error = %e, "cannot close the session row");
     }
-    let _ = audit(
-        Some(session_id.clone()),
-        AuditEvent::SessionEnded {
-            exit_status,
-            exit_signal,
-            recording_bytes: bytes,
-            recording_sha256: sha256,
-        },
-    )
-    .await;
     tracing::info!(%session_id, ?outcome.exit, "session ended");
     index_transcript(&gateway, &session_id, &recording_path).await;
     Ok(())

@@ -160,9 +160,41 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
-    /// Writes a config for `issuer` with `containers` (`[containers.NAME]`
-    /// TOML sections, verbatim) and starts `portcullis serve`.
+    /// Writes a config for `issuer` plus `extra_config` (TOML, verbatim)
+    /// and starts `portcullis serve`. The database is SQLite in the state
+    /// directory, or a fresh database on the test PostgreSQL server when
+    /// `PORTCULLIS_TEST_DATABASE=postgres`.
     pub fn start(issuer: &str, extra_config: &str) -> TestGateway {
+        let database = match std::env::var("PORTCULLIS_TEST_DATABASE").as_deref() {
+            Ok("postgres") => Some(super::postgres::server().new_database()),
+            Ok("sqlite") | Err(_) => None,
+            Ok(other) => panic!("PORTCULLIS_TEST_DATABASE={other}: use sqlite or postgres"),
+        };
+        TestGateway::start_with_database(issuer, extra_config, database.as_deref())
+    }
+
+    /// As [`TestGateway::start`], on the database at `url` (`None`: SQLite).
+    pub fn start_with_database(issuer: &str, extra_config: &str, url: Option<&str>) -> TestGateway {
+        // Top-level keys of `extra_config` (lines before its first table)
+        // must come before any table of the file.
+        let split = extra_config
+            .lines()
+            .position(|l| l.trim_start().starts_with('['))
+            .unwrap_or(extra_config.lines().count());
+        let top_level: String = extra_config
+            .lines()
+            .take(split)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let tables: String = extra_config
+            .lines()
+            .skip(split)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let extra_config = match url {
+            Some(url) => format!("[database]\nurl = \"{url}\"\n{tables}"),
+            None => tables,
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let state_dir = dir.path().join("state");
@@ -171,7 +203,7 @@ impl TestGateway {
         std::fs::write(
             &config_path,
             format!(
-                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\
+                "{top_level}listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\
                  [oidc]\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\n\
                  [policy]\ndir = \"{}\"\n[session]\nkill_grace = \"1s\"\n{extra_config}",
                 state_dir.display(),
@@ -180,6 +212,7 @@ impl TestGateway {
         )
         .expect("write config");
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log");
+        std::fs::create_dir_all(&state_dir).expect("state dir");
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("serve")
             .arg("--config")
@@ -201,6 +234,51 @@ impl TestGateway {
         };
         gateway.wait_listening();
         gateway
+    }
+
+    /// Stops the gateway with SIGTERM (it signs the audit chain and closes
+    /// sessions) and waits for it, at most 20 s.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait_exit();
+    }
+
+    /// Kills the gateway with SIGKILL, as a crash would.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        self.wait_exit();
+    }
+
+    fn wait_exit(&mut self) {
+        let started = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "gateway did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the gateway again on the same config, state and port.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self._dir.path().join("gateway.log"))
+            .expect("log");
+        self.child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("PORTCULLIS_LOG", "info,portcullis=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn portcullis");
+        self.wait_listening();
     }
 
     fn wait_listening(&self) {

@@ -1,0 +1,548 @@
+//! Evidence an auditor accepts: crash-safe recordings, a tamper-evident
+//! audit log, review commands and live-session control, with real parts
+//! (LXC container, test IdP, gateway binary, OpenSSH client). Runs on
+//! SQLite, or on a real PostgreSQL with `PORTCULLIS_TEST_DATABASE=postgres`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::gateway::{SshResult, TestContainer, TestGateway, run_ssh};
+use common::idp::TestIdp;
+use serde_json::Value;
+
+struct Fixture {
+    idp: TestIdp,
+    container: TestContainer,
+    admin_token: String,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        std::thread::spawn(|| {
+            let idp = TestIdp::start();
+            let container = TestContainer::start("evid");
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let admin_token = rt.block_on(idp.device_flow_id_token("admin"));
+            Fixture {
+                idp,
+                container,
+                admin_token,
+            }
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+fn gateway(extra: &str) -> TestGateway {
+    let f = fixture();
+    TestGateway::start(
+        &f.idp.issuer,
+        &format!(
+            "{extra}\n[containers.{}]\nlabels = {{ env = \"dev\" }}\n",
+            f.container.name
+        ),
+    )
+}
+
+fn ssh(gw: &TestGateway, args: &[&str]) -> SshResult {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = gw.ssh(
+        &format!("root@{}", f.container.name),
+        &f.admin_token,
+        dir.path(),
+    );
+    cmd.args(args);
+    run_ssh(&mut cmd, b"")
+}
+
+/// Starts `ssh ... COMMAND` in the background (stdout/stderr to files).
+fn ssh_background(gw: &TestGateway, args: &[&str], dir: &std::path::Path) -> std::process::Child {
+    let f = fixture();
+    let mut cmd = gw.ssh(&format!("root@{}", f.container.name), &f.admin_token, dir);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(dir.join("out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("err")).unwrap());
+    cmd.spawn().unwrap()
+}
+
+fn cli(gw: &TestGateway, args: &[&str]) -> (i32, String, String) {
+    let out = gw.cli(args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn running_session(gw: &TestGateway, command: &str) -> Value {
+    let mut found = None;
+    wait_until("the running session", Duration::from_secs(20), || {
+        found = gw
+            .sessions()
+            .into_iter()
+            .find(|s| s["command"] == command && s["status"] == "running");
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+fn verify(gw: &TestGateway) -> (i32, Value) {
+    let (code, out, err) = cli(gw, &["audit", "verify", "--json"]);
+    (
+        code,
+        serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}\n{err}")),
+    )
+}
+
+/// Runs SQL on the gateway's database (SQLite file or PostgreSQL).
+fn sql(gw: &TestGateway, statement: &str) {
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let url = config
+        .lines()
+        .find_map(|l| l.strip_prefix("url = \""))
+        .map(|u| u.trim_end_matches('"').to_string());
+    let out = match url {
+        Some(url) => Command::new("psql")
+            .args([&url, "-v", "ON_ERROR_STOP=1", "-c", statement])
+            .output(),
+        None => Command::new("sqlite3")
+            .arg(gw.state_dir.join("portcullis.db"))
+            .arg(statement)
+            .output(),
+    }
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{statement}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_crashed_gateway_leaves_a_valid_recording_and_marks_the_session_interrupted() {
+    let mut gw = gateway("[recording]\nflush_interval = \"200ms\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    let command = "i=0; while [ $i -lt 100 ]; do echo busy-line-$i; i=$((i+1)); sleep 0.05; done";
+    let mut client = ssh_background(&gw, &["-tt", command], dir.path());
+    let session = running_session(&gw, command);
+    let path = session["recording_path"].as_str().unwrap().to_string();
+    // Let it print for a while, then crash the gateway mid-session.
+    wait_until("output in the recording", Duration::from_secs(10), || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .contains("busy-line-10")
+    });
+    gw.crash();
+    let _ = client.kill();
+    let _ = client.wait();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (_, events) = portcullis::recording::parse(&text).expect("valid asciicast v2");
+    let output: String = events.iter().map(|e| e.data.as_str()).collect();
+    assert!(output.contains("busy-line-10"), "{output}");
+
+    gw.restart();
+    let row = gw
+        .sessions()
+        .into_iter()
+        .find(|s| s["id"] == session["id"])
+        .unwrap();
+    assert_eq!(row["status"], "interrupted");
+    assert_eq!(
+        row["recording_sha256"].as_str().unwrap(),
+        portcullis::recording::digest_file(std::path::Path::new(&path))
+            .unwrap()
+            .sha256
+    );
+    let interrupted: Vec<Value> = gw
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["session_id"] == session["id"] && e["kind"] == "session_end")
+        .collect();
+    assert_eq!(interrupted.len(), 1, "{interrupted:?}");
+    assert!(
+        interrupted[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("recording_sha256")
+    );
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 0, "{report}");
+}
+
+/// A gateway with two finished sessions and a signed chain head.
+fn gateway_with_history() -> TestGateway {
+    let mut gw = gateway("");
+    for command in ["echo first-session", "echo second-session"] {
+        let r = ssh(&gw, &[command]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    gw.stop();
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["recordings"], 2);
+    assert!(report["signatures"].as_u64().unwrap() >= 1);
+    gw
+}
+
+#[test]
+fn a_flipped_byte_in_a_recording_is_reported_with_its_session() {
+    let gw = gateway_with_history();
+    let victim = gw
+        .sessions()
+        .into_iter()
+        .find(|s| s["command"] == "echo first-session")
+        .unwrap();
+    let path = victim["recording_path"].as_str().unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 1);
+    let bad = report["bad_recordings"].as_array().unwrap();
+    assert_eq!(bad.len(), 1, "{report}");
+    assert_eq!(bad[0]["session_id"], victim["id"]);
+    assert!(report["first_bad_event"].is_null());
+    let (_, text, _) = cli(&gw, &["audit", "verify"]);
+    assert!(
+        text.contains(&format!(
+            "BAD recording of session {}",
+            victim["id"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_deleted_audit_row_is_reported() {
+    let gw = gateway_with_history();
+    sql(&gw, "DELETE FROM audit_events WHERE id = 3");
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 1);
+    assert_eq!(report["first_bad_event"][0], 3, "{report}");
+    assert!(
+        report["first_bad_event"][1]
+            .as_str()
+            .unwrap()
+            .contains("missing")
+    );
+}
+
+#[test]
+fn two_reordered_audit_rows_are_reported() {
+    let gw = gateway_with_history();
+    // Swap the contents of rows 2 and 3, keeping their ids.
+    sql(
+        &gw,
+        "UPDATE audit_events SET id = -2 WHERE id = 2; \
+         UPDATE audit_events SET id = 2 WHERE id = 3; \
+         UPDATE audit_events SET id = 3 WHERE id = -2;",
+    );
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 1);
+    assert_eq!(report["first_bad_event"][0], 2, "{report}");
+}
+
+#[test]
+fn an_altered_audit_detail_is_reported() {
+    let gw = gateway_with_history();
+    sql(
+        &gw,
+        "UPDATE audit_events SET principal = 'mallory' WHERE id = 2",
+    );
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 1);
+    assert_eq!(report["first_bad_event"][0], 2, "{report}");
+    assert!(
+        report["first_bad_event"][1]
+            .as_str()
+            .unwrap()
+            .contains("altered")
+    );
+}
+
+#[test]
+fn reviewers_list_show_search_and_export_sessions() {
+    let gw = gateway("");
+    let r = ssh(&gw, &["-tt", "echo needle-$((40+2)); echo other"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = ssh(&gw, &["echo plain; exit 4"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    let f = fixture();
+
+    // Filters.
+    let (code, out, _) = cli(
+        &gw,
+        &[
+            "sessions",
+            "list",
+            "--json",
+            "--principal",
+            "admin",
+            "--since",
+            "1h",
+        ],
+    );
+    assert_eq!(code, 0);
+    let all: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(all.len(), 2);
+    let (_, out, _) = cli(&gw, &["sessions", "list", "--json", "--principal", "alice"]);
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&out).unwrap().len(), 0);
+    let (_, out, _) = cli(
+        &gw,
+        &[
+            "sessions",
+            "list",
+            "--json",
+            "--container",
+            &f.container.name,
+            "--login",
+            "root",
+            "--until",
+            "2000-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&out).unwrap().len(), 0);
+
+    // Search finds the phrase with its time offset, after indexing.
+    let needle_session = all
+        .iter()
+        .find(|s| s["command"].as_str().unwrap().contains("needle"))
+        .unwrap();
+    let mut hits: Vec<Value> = Vec::new();
+    wait_until("the transcript index", Duration::from_secs(10), || {
+        let (_, out, _) = cli(&gw, &["sessions", "search", "needle-42", "--json"]);
+        hits = serde_json::from_str(&out).unwrap_or_default();
+        !hits.is_empty()
+    });
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["session_id"], needle_session["id"]);
+    assert_eq!(hits[0]["text"], "needle-42");
+    assert!(hits[0]["offset_seconds"].as_f64().unwrap() >= 0.0);
+    let (code, _, _) = cli(&gw, &["sessions", "search", "not-in-any-transcript"]);
+    assert_eq!(code, 1);
+
+    // Show and export.
+    let id = needle_session["id"].as_str().unwrap();
+    let (code, out, _) = cli(&gw, &["sessions", "show", id, "--json"]);
+    assert_eq!(code, 0);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["session"]["id"], id);
+    assert_eq!(shown["commands"][0], needle_session["command"]);
+    let kinds: Vec<&str> = shown["audit_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["session_start", "session_end"]);
+    let (code, out, _) = cli(&gw, &["sessions", "export", id, "--format", "txt"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, "needle-42\nother\n");
+    let (code, cast, _) = cli(&gw, &["sessions", "export", id, "--format", "cast"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        cast,
+        std::fs::read_to_string(needle_session["recording_path"].as_str().unwrap()).unwrap()
+    );
+}
+
+#[test]
+fn an_admin_kills_a_live_session_and_the_user_is_told_why() {
+    let gw = gateway("");
+    let dir = tempfile::tempdir().unwrap();
+    let command = "echo started; sleep 60";
+    let mut client = ssh_background(&gw, &["-tt", command], dir.path());
+    let session = running_session(&gw, command);
+    let id = session["id"].as_str().unwrap();
+
+    // A reviewer watches read-only while it runs.
+    let watcher = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["sessions", "watch", id, "--reviewer", "rita", "--config"])
+        .arg(&gw.config_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, out, err) = cli(
+        &gw,
+        &[
+            "sessions",
+            "kill",
+            id,
+            "--reason",
+            "maintenance window",
+            "--admin",
+            "ops-admin",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = client.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "ssh did not end"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let stderr = std::fs::read_to_string(dir.path().join("err")).unwrap();
+    assert!(
+        stderr.contains("session ended: maintenance window."),
+        "{stderr}"
+    );
+
+    let watched = watcher.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&watched.stdout).contains("started"));
+
+    let events: Vec<(String, String)> = gw
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["session_id"] == id)
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["principal"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        events.contains(&("session_control".into(), "rita".into())),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("session_control".into(), "ops-admin".into())),
+        "{events:?}"
+    );
+    let terminated = gw.audit_events().into_iter().any(|e| {
+        e["session_id"] == id
+            && e["detail"]
+                .as_str()
+                .unwrap()
+                .contains("\"reason\":\"maintenance window\"")
+            && e["principal"] == "admin"
+    });
+    assert!(terminated);
+}
+
+#[test]
+fn a_full_recording_disk_ends_the_session_or_goes_on_as_configured() {
+    for (mode, expect_complete) in [("terminate", false), ("continue", true)] {
+        let gw_dir;
+        let gw = {
+            // Recordings on a 256 KiB tmpfs: 1 MiB of output cannot fit.
+            let gw = gateway(&format!(
+                "[recording]\non_failure = \"{mode}\"\nflush_interval = \"100ms\"\n"
+            ));
+            let recordings = gw.state_dir.join("recordings");
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+                .arg(&recordings)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "mount tmpfs");
+            gw_dir = Some(recordings);
+            gw
+        };
+        let r = ssh(
+            &gw,
+            &[
+                "i=0; while [ $i -lt 20000 ]; do echo line-$i-padding-padding-padding-padding; i=$((i+1)); done; echo finished",
+            ],
+        );
+        let out = String::from_utf8_lossy(&r.stdout);
+        if expect_complete {
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert!(out.ends_with("finished\n"), "{mode}: output was cut");
+        } else {
+            assert_ne!(r.code, 0);
+            assert!(!out.contains("finished"), "{mode}: session went on");
+            assert!(
+                r.stderr
+                    .contains("session ended: the session recording failed."),
+                "{}",
+                r.stderr
+            );
+        }
+        let failures: Vec<Value> = gw
+            .audit_events()
+            .into_iter()
+            .filter(|e| e["kind"] == "recording")
+            .collect();
+        assert_eq!(failures.len(), 1, "{mode}: {failures:?}");
+        assert!(
+            failures[0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("\"action\":\"{mode}\""))
+        );
+        drop(gw);
+        let _ = Command::new("umount").arg(gw_dir.unwrap()).status();
+    }
+}
+
+#[test]
+fn two_gateways_on_one_postgres_share_sessions_and_one_unforked_chain() {
+    let f = fixture();
+    let url = common::postgres::server().new_database();
+    let extra = format!(
+        "[containers.{}]\nlabels = {{ env = \"dev\" }}\n",
+        f.container.name
+    );
+    let a = TestGateway::start_with_database(
+        &f.idp.issuer,
+        &format!("gateway_id = \"gw-a\"\n{extra}"),
+        Some(&url),
+    );
+    let b = TestGateway::start_with_database(
+        &f.idp.issuer,
+        &format!("gateway_id = \"gw-b\"\n{extra}"),
+        Some(&url),
+    );
+    std::thread::scope(|scope| {
+        for i in 0..6 {
+            let gw = if i % 2 == 0 { &a } else { &b };
+            scope.spawn(move || {
+                let r = ssh(gw, &[&format!("echo shared-{i}")]);
+                assert_eq!(r.code, 0, "{}", r.stderr);
+            });
+        }
+    });
+    // Each gateway sees all six sessions.
+    for gw in [&a, &b] {
+        let shared = gw
+            .sessions()
+            .into_iter()
+            .filter(|s| {
+                s["command"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("echo shared-")
+            })
+            .count();
+        assert_eq!(shared, 6);
+    }
+    let (code, report) = verify(&a);
+    assert_eq!(code, 0, "{report}");
+    assert!(report["events"].as_u64().unwrap() >= 6 * 4);
+}
