@@ -28,6 +28,18 @@ pub enum AuditEvent {
         /// The full reason (not shown to the user).
         reason: String,
     },
+    /// A public key was bound to a principal, or its binding was revoked or
+    /// ended (issue 4: key binding).
+    KeyBindingChanged {
+        /// `SHA256:...` fingerprint of the key.
+        fingerprint: String,
+        /// `bound`, `revoked` or `ended`.
+        change: String,
+        /// When a new binding ends, unix ms.
+        until: Option<i64>,
+        /// Why (revocations and ends).
+        reason: Option<String>,
+    },
     /// The SSH user name could not be used as a target.
     TargetRefused {
         /// The SSH user name, truncated to 128 bytes.
@@ -88,6 +100,7 @@ impl AuditEvent {
         match self {
             AuditEvent::AuthenticationSucceeded { .. }
             | AuditEvent::AuthenticationFailed { .. } => "authentication",
+            AuditEvent::KeyBindingChanged { .. } => "key_binding",
             AuditEvent::TargetRefused { .. } => "target",
             AuditEvent::AccessDecided { .. } => "decision",
             AuditEvent::SessionStarted { .. } => "session_start",
@@ -108,7 +121,9 @@ impl AuditEvent {
             | AuditEvent::SessionFailed { .. } => "failure",
             AuditEvent::AccessDecided { allowed: true, .. } => "allow",
             AuditEvent::AccessDecided { allowed: false, .. } => "deny",
-            AuditEvent::SessionEnded { .. } | AuditEvent::SessionInterrupted => "info",
+            AuditEvent::SessionEnded { .. }
+            | AuditEvent::SessionInterrupted
+            | AuditEvent::KeyBindingChanged { .. } => "info",
         }
     }
 

@@ -11,6 +11,10 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+mod bindings;
+
+pub use bindings::{KeyBinding, NewKeyBinding, RefreshedBinding};
+
 /// A failed database step.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -158,18 +158,35 @@ pub struct TestGateway {
 impl TestGateway {
     /// Writes a config for `issuer` with `containers` (`[containers.NAME]`
     /// TOML sections, verbatim) and starts `portcullis serve`.
+    ///
+    /// Unless `extra_config` has an `[auth]` section, the per-address
+    /// failure delay is off (`failure_delay = "0s"`): the tests of one file
+    /// share 127.0.0.1 and many of them fail on purpose.
     pub fn start(issuer: &str, extra_config: &str) -> TestGateway {
+        Self::start_with_oidc(
+            &format!("[oidc]\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\n"),
+            extra_config,
+        )
+    }
+
+    /// Like [`TestGateway::start`] with the `[oidc]` / `[[oidc]]` sections
+    /// given verbatim in `oidc_config`.
+    pub fn start_with_oidc(oidc_config: &str, extra_config: &str) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("portcullis.toml");
         let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let auth = if extra_config.contains("[auth]") {
+            ""
+        } else {
+            "[auth]\nfailure_delay = \"0s\"\n"
+        };
         std::fs::write(
             &config_path,
             format!(
-                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\
-                 [oidc]\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\n\
-                 [policy]\ndir = \"{}\"\n[session]\nkill_grace = \"1s\"\n{extra_config}",
+                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{oidc_config}\
+                 [policy]\ndir = \"{}\"\n[session]\nkill_grace = \"1s\"\n{auth}{extra_config}",
                 state_dir.display(),
                 policies.display()
             ),
@@ -278,6 +295,90 @@ impl TestGateway {
             .env_remove("SSH_AUTH_SOCK");
         cmd
     }
+}
+
+impl TestGateway {
+    /// The OpenSSH client logging in as `user` with the private key `key`
+    /// (only that key: `IdentitiesOnly`), falling back to
+    /// keyboard-interactive with `token` at the token prompt.
+    pub fn ssh_with_key(&self, user: &str, key: &Path, token: &str, askpass_dir: &Path) -> Command {
+        let askpass = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/askpass.sh");
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-F", "/dev/null", "-p"])
+            .arg(self.port.to_string())
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "PreferredAuthentications=publickey,keyboard-interactive",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "ConnectTimeout=20",
+                "-i",
+            ])
+            .arg(key)
+            .args(["-l", user, "127.0.0.1"])
+            .env("SSH_ASKPASS", askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("PORTCULLIS_TEST_TOKEN", token)
+            .env("PORTCULLIS_TEST_DIR", askpass_dir)
+            .env_remove("SSH_AUTH_SOCK");
+        cmd
+    }
+
+    /// The OpenSSH client in batch mode (no prompt at all) with only `key`
+    /// (and its certificate `cert`, when given).
+    pub fn ssh_batch(&self, user: &str, key: &Path, cert: Option<&Path>) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-F", "/dev/null", "-p"])
+            .arg(self.port.to_string())
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=20",
+                "-i",
+            ])
+            .arg(key);
+        if let Some(cert) = cert {
+            cmd.arg("-o")
+                .arg(format!("CertificateFile={}", cert.display()));
+        }
+        cmd.args(["-l", user, "127.0.0.1"])
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("SSH_ASKPASS")
+            .env_remove("DISPLAY");
+        cmd
+    }
+}
+
+/// Generates an ed25519 key pair with `ssh-keygen` at `path` (and
+/// `path.pub`), without a passphrase.
+pub fn keygen(path: &Path) {
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path));
+}
+
+/// `SHA256:...` fingerprint of the public key file `pub_path`.
+pub fn fingerprint_of(pub_path: &Path) -> String {
+    let out = run(Command::new("ssh-keygen").arg("-lf").arg(pub_path));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("fingerprint")
+        .to_string()
 }
 
 impl Drop for TestGateway {

@@ -1,0 +1,1 @@
+//! The hostile-token suite (issue 4 item 5), validator level.
