@@ -448,3 +448,51 @@ pub fn run_ssh(cmd: &mut Command, stdin: &[u8]) -> SshResult {
         stderr: String::from_utf8_lossy(&err_reader.join().expect("stderr")).into_owned(),
     }
 }
+
+/// Runs `cmd` (an ssh client set up by [`TestGateway::ssh`] or
+/// [`TestGateway::ssh_with_key`] with an empty token, so the gateway starts
+/// the device flow) while a "browser" thread waits for the device prompt in
+/// `askpass_dir`, calls `browser` with the verification URL (the prompt's
+/// first word starting with `issuer`), then presses Enter. Returns the ssh
+/// result and the prompt text.
+pub fn run_with_browser<F>(
+    cmd: &mut Command,
+    askpass_dir: &Path,
+    issuer: &str,
+    browser: F,
+) -> (SshResult, String)
+where
+    F: FnOnce(String) + Send + 'static,
+{
+    let dir = askpass_dir.to_path_buf();
+    let issuer = issuer.to_string();
+    let thread = std::thread::spawn(move || {
+        let started = Instant::now();
+        let (name, prompt) = loop {
+            let found = std::fs::read_dir(&dir).unwrap().flatten().find_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name.starts_with("prompt.") && !name.ends_with(".tmp"))
+                    .then(|| (name.clone(), std::fs::read_to_string(e.path()).unwrap()))
+            });
+            if let Some(found) = found {
+                break found;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no device prompt"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let url = prompt
+            .split_whitespace()
+            .find(|w| w.starts_with(&issuer))
+            .unwrap_or_else(|| panic!("no URL in prompt {prompt:?}"))
+            .to_string();
+        browser(url);
+        std::fs::write(dir.join(name.replace("prompt.", "answer.")), "\n").unwrap();
+        prompt
+    });
+    let r = run_ssh(cmd, b"");
+    let prompt = thread.join().unwrap();
+    (r, prompt)
+}
