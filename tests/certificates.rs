@@ -65,7 +65,14 @@ fn signed_key(name: &str, ca: &str, principals: &str, validity: &str, extra: &[&
         .arg("-q")
         .arg("-s")
         .arg(dir.join(ca))
-        .args(["-I", &format!("{name}-id"), "-n", principals, "-V", validity])
+        .args([
+            "-I",
+            &format!("{name}-id"),
+            "-n",
+            principals,
+            "-V",
+            validity,
+        ])
         .args(extra)
         .arg(format!("{}.pub", key.display())));
     key
@@ -77,9 +84,11 @@ fn cert_of(key: &Path) -> PathBuf {
 
 fn connect(key: &Path, login: &str, command: &str) -> SshResult {
     let f = fixture();
-    let mut cmd =
-        f.gateway
-            .ssh_batch(&format!("{login}@{}", f.container.name), key, Some(&cert_of(key)));
+    let mut cmd = f.gateway.ssh_batch(
+        &format!("{login}@{}", f.container.name),
+        key,
+        Some(&cert_of(key)),
+    );
     cmd.arg(command);
     run_ssh(&mut cmd, b"")
 }

@@ -133,7 +133,9 @@ pub fn auth_methods() -> MethodSet {
 }
 
 /// The russh server configuration for `host_key`; `max_auth_attempts`
-/// failed attempts end a connection (partial successes do not count).
+/// failed attempts end a connection (partial successes do not count, nor
+/// does the `none` probe OpenSSH sends first: russh counts it, so it gets
+/// one more).
 pub fn russh_config(host_key: PrivateKey, max_auth_attempts: usize) -> russh::server::Config {
     russh::server::Config {
         server_id: russh::SshId::Standard(
@@ -143,7 +145,7 @@ pub fn russh_config(host_key: PrivateKey, max_auth_attempts: usize) -> russh::se
         auth_rejection_time: Duration::from_secs(1),
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![host_key],
-        max_auth_attempts,
+        max_auth_attempts: max_auth_attempts.saturating_add(1),
         inactivity_timeout: Some(Duration::from_secs(3600)),
         keepalive_interval: Some(Duration::from_secs(30)),
         nodelay: true,
