@@ -92,6 +92,24 @@ impl OidcIssuer {
         self.fetch_jwks(&mut last).await.map(|_| ())
     }
 
+    /// An issuer with a discovery document and JWKS already cached (and a
+    /// fetch just done, so unknown `kid`s are not refetched): validator
+    /// tests without any HTTP.
+    #[cfg(test)]
+    pub(crate) async fn seeded(config: &OidcConfig, jwks: JwkSet) -> OidcIssuer {
+        #[allow(clippy::unwrap_used)]
+        let issuer = OidcIssuer::new(config).unwrap();
+        *issuer.discovery.write().await = Some(Discovery {
+            issuer: config.issuer.clone(),
+            jwks_uri: "http://127.0.0.1:9/jwks".into(),
+            token_endpoint: "http://127.0.0.1:9/token".into(),
+            device_authorization_endpoint: None,
+        });
+        *issuer.jwks.write().await = Some((jwks, Instant::now()));
+        *issuer.last_jwks_fetch.lock().await = Some(Instant::now());
+        issuer
+    }
+
     /// The issuer URL as configured, without a trailing `/`.
     pub fn issuer_url(&self) -> &str {
         self.config.issuer.trim_end_matches('/')

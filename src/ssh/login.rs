@@ -274,9 +274,9 @@ pub(crate) fn qr_code(text: &str) -> String {
 
 /// `d` as "N minutes" / "N seconds" for prompts.
 fn human_minutes(d: Duration) -> String {
-    let secs = d.as_secs();
+    let secs = d.as_secs_f64().round() as u64;
     if secs >= 120 {
-        format!("{} minutes", secs / 60)
+        format!("{} minutes", (secs + 30) / 60)
     } else {
         format!("{secs} seconds")
     }
@@ -297,6 +297,7 @@ mod tests {
     #[test]
     fn validity_reads_well() {
         assert_eq!(human_minutes(Duration::from_secs(300)), "5 minutes");
+        assert_eq!(human_minutes(Duration::from_millis(299_400)), "5 minutes");
         assert_eq!(human_minutes(Duration::from_secs(59)), "59 seconds");
     }
 }

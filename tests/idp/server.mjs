@@ -9,6 +9,7 @@
 // Environment:
 //   PORT         TCP port on 127.0.0.1 to listen on; 0 (default) = any free port.
 //   IDTOKEN_TTL  ID token lifetime in seconds (default 3600).
+//   DEVICE_CODE_TTL  device code lifetime in seconds (default 300).
 //
 // Test-only admin routes (never part of a real IdP):
 //   POST /admin/rotate          sign with signing-key-2.pem (kid "portcullis-test-2")
@@ -44,6 +45,7 @@ const accounts = JSON.parse(readFileSync(here('./accounts.json'), 'utf8'));
 
 const port = Number.parseInt(process.env.PORT ?? '0', 10);
 const idTokenTtl = Number.parseInt(process.env.IDTOKEN_TTL ?? '3600', 10);
+const deviceCodeTtl = Number.parseInt(process.env.DEVICE_CODE_TTL ?? '300', 10);
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   process.stderr.write(`invalid PORT: ${process.env.PORT}\n`);
   process.exit(2);
@@ -121,7 +123,7 @@ const makeProvider = (keys) => new Provider(issuer, {
     groups: ['groups'],
   },
   ttl: {
-    DeviceCode: 300,
+    DeviceCode: deviceCodeTtl,
     IdToken: idTokenTtl,
     AccessToken: 3600,
     Grant: 3600,
