@@ -124,83 +124,6 @@ pub struct OidcConfig {
     pub jwks_max_age: Duration,
 }
 
-/// `[auth]`: key binding and the limits against brute force and slowloris.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// How long a public key stays bound to a principal after an IdP login
-    /// (default 8 h; `"0s"` turns key binding off). Never longer than the
-    /// ID token's `exp` unless the IdP gave a refresh token.
-    #[serde(default = "default_key_binding_ttl", with = "humantime_serde")]
-    pub key_binding_ttl: Duration,
-    /// Failed authentication attempts allowed per connection (default 6).
-    #[serde(default = "default_max_auth_attempts")]
-    pub max_auth_attempts: usize,
-    /// Unauthenticated connections are dropped after this (default 3 min);
-    /// it bounds the whole login, browser login included.
-    #[serde(default = "default_login_grace_time", with = "humantime_serde")]
-    pub login_grace_time: Duration,
-    /// Most unauthenticated connections at once (default 64); more are
-    /// closed at accept.
-    #[serde(default = "default_max_unauthenticated")]
-    pub max_unauthenticated: usize,
-    /// Delay added after a failed attempt from an address that failed
-    /// before; doubles with each failure (default 1 s, `"0s"` off).
-    #[serde(default = "default_failure_delay", with = "humantime_serde")]
-    pub failure_delay: Duration,
-    /// Largest such delay (default 30 s).
-    #[serde(default = "default_failure_delay_max", with = "humantime_serde")]
-    pub failure_delay_max: Duration,
-    /// An address's failures are forgotten after this long without one
-    /// (default 15 min).
-    #[serde(default = "default_failure_forget_after", with = "humantime_serde")]
-    pub failure_forget_after: Duration,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            key_binding_ttl: default_key_binding_ttl(),
-            max_auth_attempts: default_max_auth_attempts(),
-            login_grace_time: default_login_grace_time(),
-            max_unauthenticated: default_max_unauthenticated(),
-            failure_delay: default_failure_delay(),
-            failure_delay_max: default_failure_delay_max(),
-            failure_forget_after: default_failure_forget_after(),
-        }
-    }
-}
-
-/// `[certificates]`: SSH user certificates (OpenSSH PROTOCOL.certkeys).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertificatesConfig {
-    /// Name of a certificate extension whose value lists the principal's
-    /// groups, comma-separated (e.g. `groups@example.com`); unset: groups
-    /// come only from the CA's `groups`.
-    pub groups_extension: Option<String>,
-    /// Trusted user CAs (`[[certificates.ca]]`).
-    #[serde(default)]
-    pub ca: Vec<CertificateAuthorityConfig>,
-}
-
-/// `[[certificates.ca]]`: one trusted SSH user CA.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertificateAuthorityConfig {
-    /// The CA's public key in OpenSSH format (`ssh-ed25519 AAAA... comment`).
-    pub public_key: String,
-    /// Prepended to the certificate's principal (default empty).
-    #[serde(default)]
-    pub principal_prefix: String,
-    /// Certificate principals this CA may vouch for; empty means any.
-    #[serde(default)]
-    pub principals: Vec<String>,
-    /// Groups given to every principal this CA authenticates.
-    #[serde(default)]
-    pub groups: Vec<String>,
-}
-
 impl OidcConfig {
     /// The audience ID tokens must carry: `audience`, else `client_id`.
     pub fn expected_audience(&self) -> &str {
@@ -235,6 +158,10 @@ where
         )),
     }
 }
+
+mod auth;
+
+pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 
 /// `[policy]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -650,27 +577,6 @@ fn default_jwks_refetch_interval() -> Duration {
 fn default_jwks_max_age() -> Duration {
     Duration::from_secs(3600)
 }
-fn default_key_binding_ttl() -> Duration {
-    Duration::from_secs(8 * 3600)
-}
-fn default_max_auth_attempts() -> usize {
-    6
-}
-fn default_login_grace_time() -> Duration {
-    Duration::from_secs(180)
-}
-fn default_max_unauthenticated() -> usize {
-    64
-}
-fn default_failure_delay() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_failure_delay_max() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_failure_forget_after() -> Duration {
-    Duration::from_secs(15 * 60)
-}
 fn default_policy_dir() -> PathBuf {
     PathBuf::from("./policies")
 }
@@ -694,112 +600,4 @@ fn default_max_connections() -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    const MINIMAL: &str = r#"
-[oidc]
-issuer = "https://idp.example.com"
-client_id = "portcullis"
-"#;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("test.toml"))
-    }
-
-    #[test]
-    fn minimal_config_gets_defaults() {
-        let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:2222".parse().unwrap());
-        assert_eq!(c.default_login, "root");
-        assert_eq!(c.oidc.len(), 1);
-        assert_eq!(c.oidc[0].expected_audience(), "portcullis");
-        assert_eq!(c.oidc[0].groups_claim, "groups");
-        assert_eq!(c.auth.key_binding_ttl, Duration::from_secs(8 * 3600));
-        assert!(c.oidc[0].azp_allowed("portcullis"));
-        assert!(!c.oidc[0].azp_allowed("other"));
-        assert_eq!(c.recording.flush_interval, Duration::from_secs(1));
-        assert!(!c.recording.record_input);
-        assert_eq!(
-            c.database_url(),
-            "sqlite://./portcullis-data/portcullis.db?mode=rwc"
-        );
-    }
-
-    #[test]
-    fn issue_example_parses() {
-        let text = r#"
-listen = "0.0.0.0:2222"
-state_dir = "./portcullis-data"
-default_login = "root"
-[database]
-[oidc]
-issuer = "https://idp.example.com"
-client_id = "portcullis"
-groups_claim = "groups"
-[policy]
-dir = "./policies"
-[inventory]
-backend = "lxc"
-lxcpath = "/var/lib/lxc"
-[containers.web1]
-labels = { env = "dev", owner = "payments" }
-[recording]
-record_input = false
-"#;
-        let c = parse(text).unwrap();
-        assert_eq!(c.containers["web1"].labels["env"], "dev");
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let err = parse(&format!("{MINIMAL}\n[recording]\nrecord_inptu = true\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("record_inptu"), "{err}");
-        assert!(!err.contains('\n'), "{err}");
-    }
-
-    #[test]
-    fn missing_oidc_is_named() {
-        let err = parse("listen = \"127.0.0.1:2222\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("oidc"), "{err}");
-    }
-
-    #[test]
-    fn wrong_type_is_named() {
-        let err = parse(&format!("listen = 22\n{MINIMAL}"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("listen"), "{err}");
-    }
-
-    #[test]
-    fn bad_issuer_is_named() {
-        let err = parse("[oidc]\nissuer = \"idp\"\nclient_id = \"x\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`oidc.issuer`"), "{err}");
-    }
-
-    #[test]
-    fn secrets_are_redacted_in_debug() {
-        let c = parse(&format!("{MINIMAL}client_secret = \"hunter2\"\n")).unwrap();
-        assert!(!format!("{c:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn names_are_checked() {
-        assert!(valid_name("web1"));
-        assert!(valid_name("a.b_c-d"));
-        assert!(!valid_name(""));
-        assert!(!valid_name("-rf"));
-        assert!(!valid_name("../etc"));
-        assert!(!valid_name("a b"));
-        assert!(!valid_name("a@b"));
-        assert!(!valid_name(&"a".repeat(65)));
-    }
-}
+mod tests;
