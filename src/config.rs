@@ -39,8 +39,16 @@ pub struct Config {
     /// Database settings.
     #[serde(default)]
     pub database: DatabaseConfig,
-    /// The OpenID Connect issuer that authenticates users (required).
-    pub oidc: OidcConfig,
+    /// The OpenID Connect issuers that authenticate users (required): one
+    /// `[oidc]` table or several `[[oidc]]` entries.
+    #[serde(deserialize_with = "one_or_many")]
+    pub oidc: Vec<OidcConfig>,
+    /// Authentication limits and key binding.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Trusted SSH user certificate authorities.
+    #[serde(default)]
+    pub certificates: CertificatesConfig,
     /// Where the Cedar policies live.
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -102,7 +110,7 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
 }
 
-/// `[oidc]`: one OpenID Connect issuer.
+/// `[oidc]` or one `[[oidc]]` entry: an OpenID Connect issuer.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
@@ -126,6 +134,34 @@ pub struct OidcConfig {
     /// Timeout of each HTTP request to the issuer (default 10 s).
     #[serde(default = "default_http_timeout", with = "humantime_serde")]
     pub http_timeout: Duration,
+    /// Prepended to the subject to make the principal, e.g. `"ci:"`, so
+    /// two issuers' subjects never collide (default empty; required and
+    /// prefix-free when several issuers are configured).
+    #[serde(default)]
+    pub principal_prefix: String,
+    /// Claim that holds the subject (default `sub`).
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// Claim that holds the email (default `email`).
+    #[serde(default = "default_email_claim")]
+    pub email_claim: String,
+    /// Accepted values of the `azp` (authorized party) claim; a token that
+    /// names another party is refused (OpenID Connect Core 1.0 §2). Default:
+    /// `client_id` only.
+    #[serde(default)]
+    pub allowed_azp: Vec<String>,
+    /// True for the issuer the device flow uses (default: the first one).
+    #[serde(default)]
+    pub default: bool,
+    /// Least time between two JWKS fetches caused by an unknown `kid`
+    /// (default 30 s), so bad tokens cannot make the gateway hammer the
+    /// issuer.
+    #[serde(default = "default_jwks_refetch_interval", with = "humantime_serde")]
+    pub jwks_refetch_interval: Duration,
+    /// The cached JWKS is fetched again when older than this (default 1 h);
+    /// a failed fetch keeps the cached keys.
+    #[serde(default = "default_jwks_max_age", with = "humantime_serde")]
+    pub jwks_max_age: Duration,
 }
 
 impl OidcConfig {
@@ -133,7 +169,39 @@ impl OidcConfig {
     pub fn expected_audience(&self) -> &str {
         self.audience.as_deref().unwrap_or(&self.client_id)
     }
+
+    /// True when a token whose `azp` is `azp` may be used here:
+    /// `allowed_azp`, else only `client_id`.
+    pub fn azp_allowed(&self, azp: &str) -> bool {
+        if self.allowed_azp.is_empty() {
+            azp == self.client_id
+        } else {
+            self.allowed_azp.iter().any(|a| a == azp)
+        }
+    }
 }
+
+/// Reads `[oidc]` (one table) or `[[oidc]]` (an array of tables).
+fn one_or_many<'de, D>(deserializer: D) -> Result<Vec<OidcConfig>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    match toml::Value::deserialize(deserializer)? {
+        v @ toml::Value::Table(_) => Ok(vec![v.try_into().map_err(D::Error::custom)?]),
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(|v| v.try_into().map_err(D::Error::custom))
+            .collect(),
+        _ => Err(D::Error::custom(
+            "`oidc` must be a table or an array of tables",
+        )),
+    }
+}
+
+mod auth;
+
+pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 
 /// `[policy]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -253,6 +321,11 @@ impl Default for SessionConfig {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value` (a token, a password) so it is never logged.
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     /// The secret value; do not log it.
     pub fn expose(&self) -> &str {
         &self.0
@@ -336,16 +409,8 @@ impl Config {
                 "must be a Unix account name ([A-Za-z0-9_.-], at most 64 bytes, not starting with '-')",
             ));
         }
-        let issuer = self.oidc.issuer.trim_end_matches('/');
-        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
-            return Err(invalid("oidc.issuer", "must be an http:// or https:// URL"));
-        }
-        if self.oidc.client_id.is_empty() {
-            return Err(invalid("oidc.client_id", "must not be empty"));
-        }
-        if self.oidc.groups_claim.is_empty() {
-            return Err(invalid("oidc.groups_claim", "must not be empty"));
-        }
+        self.validate_oidc(path)?;
+        self.validate_auth(path)?;
         for name in self.containers.keys() {
             if !valid_name(name) {
                 return Err(invalid(
@@ -374,6 +439,116 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_oidc(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message: message.to_string(),
+        };
+        if self.oidc.is_empty() {
+            return Err(invalid("oidc", "at least one issuer is required"));
+        }
+        let several = self.oidc.len() > 1;
+        for (i, o) in self.oidc.iter().enumerate() {
+            let key = |k: &str| {
+                if several {
+                    format!("oidc[{i}].{k}")
+                } else {
+                    format!("oidc.{k}")
+                }
+            };
+            let issuer = o.issuer.trim_end_matches('/');
+            if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+                return Err(invalid(
+                    &key("issuer"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            if o.client_id.is_empty() {
+                return Err(invalid(&key("client_id"), "must not be empty"));
+            }
+            for (k, v) in [
+                ("groups_claim", &o.groups_claim),
+                ("subject_claim", &o.subject_claim),
+                ("email_claim", &o.email_claim),
+            ] {
+                if v.is_empty() {
+                    return Err(invalid(&key(k), "must not be empty"));
+                }
+            }
+            if o.jwks_refetch_interval.is_zero() {
+                return Err(invalid(&key("jwks_refetch_interval"), "must be above zero"));
+            }
+            for (j, other) in self.oidc.iter().enumerate().skip(i + 1) {
+                if other.issuer.trim_end_matches('/') == issuer {
+                    return Err(invalid(
+                        &format!("oidc[{j}].issuer"),
+                        "the same issuer is configured twice",
+                    ));
+                }
+                if several
+                    && (o.principal_prefix.starts_with(&other.principal_prefix)
+                        || other.principal_prefix.starts_with(&o.principal_prefix))
+                {
+                    return Err(invalid(
+                        &format!("oidc[{j}].principal_prefix"),
+                        "with several issuers every principal_prefix must be non-empty and none \
+                         may start another, so subjects never collide",
+                    ));
+                }
+            }
+        }
+        if self.oidc.iter().filter(|o| o.default).count() > 1 {
+            return Err(invalid(
+                "oidc.default",
+                "at most one issuer may be the default",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message: message.to_string(),
+        };
+        let a = &self.auth;
+        if a.max_auth_attempts == 0 {
+            return Err(invalid("auth.max_auth_attempts", "must be above zero"));
+        }
+        if a.max_unauthenticated == 0 {
+            return Err(invalid("auth.max_unauthenticated", "must be above zero"));
+        }
+        if a.login_grace_time.is_zero() {
+            return Err(invalid("auth.login_grace_time", "must be above zero"));
+        }
+        if a.failure_delay > a.failure_delay_max {
+            return Err(invalid(
+                "auth.failure_delay",
+                "must not be above auth.failure_delay_max",
+            ));
+        }
+        for (i, ca) in self.certificates.ca.iter().enumerate() {
+            if russh::keys::ssh_key::PublicKey::from_openssh(ca.public_key.trim()).is_err() {
+                return Err(invalid(
+                    &format!("certificates.ca[{i}].public_key"),
+                    "is not an OpenSSH public key (`ssh-ed25519 AAAA...`)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The issuer the device flow uses: the one marked `default`, else the
+    /// first.
+    pub fn default_oidc(&self) -> Option<&OidcConfig> {
+        self.oidc
+            .iter()
+            .find(|o| o.default)
+            .or_else(|| self.oidc.first())
     }
 
     /// The database URL: `database.url`, else `sqlite://{state_dir}/portcullis.db`.
@@ -451,6 +626,18 @@ fn default_leeway() -> Duration {
 fn default_http_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_subject_claim() -> String {
+    "sub".to_string()
+}
+fn default_email_claim() -> String {
+    "email".to_string()
+}
+fn default_jwks_refetch_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_max_age() -> Duration {
+    Duration::from_secs(3600)
+}
 fn default_policy_dir() -> PathBuf {
     PathBuf::from("./policies")
 }
@@ -480,105 +667,4 @@ fn default_max_connections() -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    const MINIMAL: &str = r#"
-[oidc]
-issuer = "https://idp.example.com"
-client_id = "portcullis"
-"#;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("test.toml"))
-    }
-
-    #[test]
-    fn minimal_config_gets_defaults() {
-        let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:2222".parse().unwrap());
-        assert_eq!(c.default_login, "root");
-        assert_eq!(c.oidc.expected_audience(), "portcullis");
-        assert_eq!(c.oidc.groups_claim, "groups");
-        assert_eq!(c.recording.flush_interval, Duration::from_secs(1));
-        assert!(!c.recording.record_input);
-        assert_eq!(c.database_url(), "sqlite://./portcullis-data/portcullis.db");
-    }
-
-    #[test]
-    fn issue_example_parses() {
-        let text = r#"
-listen = "0.0.0.0:2222"
-state_dir = "./portcullis-data"
-default_login = "root"
-[database]
-[oidc]
-issuer = "https://idp.example.com"
-client_id = "portcullis"
-groups_claim = "groups"
-[policy]
-dir = "./policies"
-[inventory]
-backend = "lxc"
-lxcpath = "/var/lib/lxc"
-[containers.web1]
-labels = { env = "dev", owner = "payments" }
-[recording]
-record_input = false
-"#;
-        let c = parse(text).unwrap();
-        assert_eq!(c.containers["web1"].labels["env"], "dev");
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let err = parse(&format!("{MINIMAL}\n[recording]\nrecord_inptu = true\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("record_inptu"), "{err}");
-        assert!(!err.contains('\n'), "{err}");
-    }
-
-    #[test]
-    fn missing_oidc_is_named() {
-        let err = parse("listen = \"127.0.0.1:2222\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("oidc"), "{err}");
-    }
-
-    #[test]
-    fn wrong_type_is_named() {
-        let err = parse(&format!("listen = 22\n{MINIMAL}"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("listen"), "{err}");
-    }
-
-    #[test]
-    fn bad_issuer_is_named() {
-        let err = parse("[oidc]\nissuer = \"idp\"\nclient_id = \"x\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`oidc.issuer`"), "{err}");
-    }
-
-    #[test]
-    fn secrets_are_redacted_in_debug() {
-        let c = parse(&format!("{MINIMAL}client_secret = \"hunter2\"\n")).unwrap();
-        assert!(!format!("{c:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn names_are_checked() {
-        assert!(valid_name("web1"));
-        assert!(valid_name("a.b_c-d"));
-        assert!(!valid_name(""));
-        assert!(!valid_name("-rf"));
-        assert!(!valid_name("../etc"));
-        assert!(!valid_name("a b"));
-        assert!(!valid_name("a@b"));
-        assert!(!valid_name(&"a".repeat(65)));
-    }
-}
+mod tests;

@@ -42,6 +42,18 @@ pub enum AuditEvent {
         /// The full reason (not shown to the user).
         reason: String,
     },
+    /// A public key was bound to a principal, or its binding was revoked or
+    /// ended (issue 4: key binding).
+    KeyBindingChanged {
+        /// `SHA256:...` fingerprint of the key.
+        fingerprint: String,
+        /// `bound`, `revoked` or `ended`.
+        change: String,
+        /// When a new binding ends, unix ms.
+        until: Option<i64>,
+        /// Why (revocations and ends).
+        reason: Option<String>,
+    },
     /// The SSH user name could not be used as a target.
     TargetRefused {
         /// The SSH user name, truncated to 128 bytes.
@@ -129,6 +141,7 @@ impl AuditEvent {
         match self {
             AuditEvent::AuthenticationSucceeded { .. }
             | AuditEvent::AuthenticationFailed { .. } => "authentication",
+            AuditEvent::KeyBindingChanged { .. } => "key_binding",
             AuditEvent::TargetRefused { .. } => "target",
             AuditEvent::AccessDecided { .. } => "decision",
             AuditEvent::SessionStarted { .. } => "session_start",
@@ -158,7 +171,8 @@ impl AuditEvent {
             | AuditEvent::SessionInterrupted { .. }
             | AuditEvent::SessionKillRequested { .. }
             | AuditEvent::SessionWatched { .. }
-            | AuditEvent::SessionTerminated { .. } => "info",
+            | AuditEvent::SessionTerminated { .. }
+            | AuditEvent::KeyBindingChanged { .. } => "info",
         }
     }
 

@@ -1,9 +1,10 @@
 //! The `portcullis` command line: `serve`, `sessions`, `policy`,
-//! `containers`, `audit`. Every subcommand takes `--config FILE` (default
+//! `containers`, `audit`, `keys`. Every subcommand takes `--config FILE` (default
 //! `./portcullis.toml`). Errors print one line and exit non-zero.
 
 mod audit;
 mod containers;
+mod keys;
 mod policy;
 mod serve;
 mod sessions;
@@ -49,6 +50,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// List and revoke key bindings.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
 }
 
@@ -120,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy { command } => policy::policy(config, command),
         Command::Containers { command } => containers::containers(config, command).await,
         Command::Audit { command } => audit::audit(config, command).await,
+        Command::Keys { command } => keys::keys(config, command).await,
     }
 }
 

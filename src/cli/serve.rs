@@ -10,10 +10,12 @@ use anyhow::{Context, bail};
 use crate::attach::HelperBinary;
 use crate::audit::{AuditEvent, AuditLog, AuditSigner, AuditSubject};
 use crate::config::Config;
-use crate::identity::OidcIssuer;
+use crate::identity::{CertificateAuthorities, Issuers, KeyBindings};
 use crate::inventory::LxcInventory;
 use crate::policy::PolicyEngine;
-use crate::ssh::{Gateway, fingerprint, load_or_create_host_key, russh_config, serve};
+use crate::ssh::{
+    FailureThrottle, Gateway, fingerprint, load_or_create_host_key, russh_config, serve,
+};
 use crate::store::Store;
 
 fn init_tracing() {
@@ -87,19 +89,23 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
     }
     let signer = AuditSigner::new(host_key.clone());
     signer.sign_head(&store).await?;
-    let issuer = Arc::new(OidcIssuer::new(&config.oidc)?);
+    let issuers = Arc::new(Issuers::from_config(&config)?);
+    let cas = CertificateAuthorities::from_config(&config.certificates)?;
     let helper = HelperBinary::sealed_copy_of_current_exe()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
-    let russh = Arc::new(russh_config(host_key));
+    let russh = Arc::new(russh_config(host_key, config.auth.max_auth_attempts));
     let gateway = Arc::new(Gateway {
         inventory: LxcInventory::new(&config),
         config: config.clone(),
         store: store.clone(),
         audit,
-        issuer,
+        bindings: KeyBindings::new(store.clone(), config.auth.key_binding_ttl),
+        cas,
+        throttle: FailureThrottle::new(&config.auth),
+        issuers,
         policy,
         helper,
         shutdown: tokio_util::sync::CancellationToken::new(),
@@ -109,13 +115,16 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
     let background = tokio::spawn(background_work(gateway.clone(), signer));
     // Warm the discovery cache; a failure here only means logins fail until
     // the issuer answers.
-    let warm = gateway.issuer.clone();
-    tokio::spawn(async move {
-        if let Err(e) = warm.discovery().await {
-            tracing::warn!(error = %e, "identity provider not reachable yet");
-        }
-    });
-    tracing::info!(listen = %local, issuer = %config.oidc.issuer, "portcullis listening");
+    for warm in gateway.issuers.all() {
+        let warm = warm.clone();
+        tokio::spawn(async move {
+            if let Err(e) = warm.warm().await {
+                tracing::warn!(issuer = %warm.issuer_url(), error = %e, "identity provider not reachable yet");
+            }
+        });
+    }
+    let issuer_urls: Vec<&str> = config.oidc.iter().map(|o| o.issuer.as_str()).collect();
+    tracing::info!(listen = %local, issuers = ?issuer_urls, "portcullis listening");
     let server = tokio::spawn(serve(gateway.clone(), listener, russh));
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::oidc::{MAX_DOCUMENT_BYTES, OidcIssuer, read_limited};
-use super::{IdentityError, Principal};
+use super::IdentityError;
+use super::oidc::{LoginTokens, MAX_DOCUMENT_BYTES, OidcIssuer, read_limited};
+use crate::config::Secret;
 
 /// RFC 8628 §3.4 grant type.
 const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -36,6 +37,9 @@ pub struct DeviceAuthorization {
     pub verification_uri_complete: Option<String>,
     /// When the codes stop working.
     pub expires_at: Instant,
+    /// How long the codes were valid when issued (`expires_in`, capped at
+    /// 30 min).
+    pub valid_for: Duration,
     /// Polling interval at the start.
     pub interval: Duration,
 }
@@ -62,13 +66,18 @@ struct DeviceAuthorizationResponse {
     interval: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct TokenResponse {
     #[serde(default)]
     id_token: Option<String>,
     #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
     error: Option<String>,
 }
+
+/// RFC 6749 §6 grant type.
+const REFRESH_GRANT: &str = "refresh_token";
 
 /// A failed device-flow step.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +97,14 @@ pub enum DeviceFlowError {
     /// The token response held no ID token.
     #[error("the token response has no id_token")]
     NoIdToken,
+    /// The issuer refused the device code (`invalid_grant`, RFC 6749
+    /// §5.2): already used (a replay), unknown, or for another client.
+    #[error("the issuer refused the device code: {0}")]
+    CodeRefused(String),
+    /// The issuer refused the refresh token (RFC 6749 §5.2): the login at
+    /// the issuer ended (revoked, expired, account disabled).
+    #[error("the issuer refused the refresh token: {0}")]
+    RefreshRefused(String),
 }
 
 impl DeviceFlowError {
@@ -108,6 +125,14 @@ impl DeviceFlowError {
             DeviceFlowError::Denied => "Login failed: the login was refused in the browser.".into(),
             DeviceFlowError::NoIdToken => {
                 "Login failed: the identity provider returned no ID token.".into()
+            }
+            DeviceFlowError::CodeRefused(_) => {
+                "Login failed: the identity provider refused the login code (already used or \
+                 unknown); connect again."
+                    .into()
+            }
+            DeviceFlowError::RefreshRefused(_) => {
+                "Login failed: your login at the identity provider has ended; log in again.".into()
             }
         }
     }
@@ -157,6 +182,7 @@ impl OidcIssuer {
             verification_uri: r.verification_uri,
             verification_uri_complete: r.verification_uri_complete,
             expires_at: Instant::now() + expires_in,
+            valid_for: expires_in,
             interval: r
                 .interval
                 .map(Duration::from_secs)
@@ -170,12 +196,13 @@ impl OidcIssuer {
     /// on `slow_down`, stops at `expires_at`.
     ///
     /// # Errors
-    /// [`DeviceFlowError::Expired`], [`DeviceFlowError::Denied`], request
-    /// failures, or the ID token's validation error.
+    /// [`DeviceFlowError::Expired`], [`DeviceFlowError::Denied`],
+    /// [`DeviceFlowError::CodeRefused`] (e.g. a replayed device code),
+    /// request failures, or the ID token's validation error.
     pub async fn poll_device_token(
         &self,
         authorization: &DeviceAuthorization,
-    ) -> Result<Principal, IdentityError> {
+    ) -> Result<LoginTokens, IdentityError> {
         let discovery = self.discovery().await?;
         let mut interval = authorization.interval;
         loop {
@@ -205,14 +232,14 @@ impl OidcIssuer {
             let r: TokenResponse = serde_json::from_slice(&body)
                 .map_err(|e| DeviceFlowError::Request(e.to_string()))?;
             match r.error.as_deref() {
-                None => {
-                    let token = r.id_token.ok_or(DeviceFlowError::NoIdToken)?;
-                    return self.validate_id_token(&token).await;
-                }
+                None => return self.tokens_from(r).await,
                 Some("authorization_pending") => {}
                 Some("slow_down") => interval += SLOW_DOWN_STEP,
                 Some("access_denied") => return Err(DeviceFlowError::Denied.into()),
                 Some("expired_token") => return Err(DeviceFlowError::Expired.into()),
+                Some("invalid_grant") => {
+                    return Err(DeviceFlowError::CodeRefused("invalid_grant".into()).into());
+                }
                 Some(other) => {
                     return Err(DeviceFlowError::Request(format!(
                         "token endpoint error {}",
@@ -221,6 +248,68 @@ impl OidcIssuer {
                     .into());
                 }
             }
+        }
+    }
+}
+
+impl OidcIssuer {
+    async fn tokens_from(&self, r: TokenResponse) -> Result<LoginTokens, IdentityError> {
+        let token = r.id_token.ok_or(DeviceFlowError::NoIdToken)?;
+        let id_token = self.validate_id_token(&token).await?;
+        Ok(LoginTokens {
+            id_token,
+            refresh_token: r.refresh_token.map(Secret::new),
+        })
+    }
+
+    /// Uses a refresh token (RFC 6749 §6; OpenID Connect Core 1.0 §12) to
+    /// get a fresh ID token, which is validated like any other; the issuer
+    /// may rotate the refresh token (then the new one is returned).
+    ///
+    /// # Errors
+    /// [`DeviceFlowError::RefreshRefused`] when the issuer refuses it (the
+    /// binding must end); [`DeviceFlowError::Request`] /
+    /// [`IdentityError::Discovery`] when it cannot be asked (try later);
+    /// the new ID token's validation error.
+    pub async fn refresh(&self, refresh_token: &Secret) -> Result<LoginTokens, IdentityError> {
+        let discovery = self.discovery().await?;
+        let mut form = vec![
+            ("grant_type", REFRESH_GRANT.to_string()),
+            ("refresh_token", refresh_token.expose().to_string()),
+            ("client_id", self.config.client_id.clone()),
+        ];
+        if let Some(secret) = &self.config.client_secret {
+            form.push(("client_secret", secret.expose().to_string()));
+        }
+        let response = self
+            .http
+            .post(&discovery.token_endpoint)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| DeviceFlowError::Request(e.to_string()))?;
+        let status = response.status();
+        let body = read_limited(response, MAX_DOCUMENT_BYTES)
+            .await
+            .map_err(DeviceFlowError::Request)?;
+        let r: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| DeviceFlowError::Request(format!("HTTP {status}: {e}")))?;
+        match r.error.as_deref() {
+            None if status.is_success() => {
+                let mut tokens = self.tokens_from(r).await?;
+                if tokens.refresh_token.is_none() {
+                    tokens.refresh_token = Some(refresh_token.clone());
+                }
+                Ok(tokens)
+            }
+            Some(e @ ("invalid_grant" | "unauthorized_client" | "invalid_client")) => {
+                Err(DeviceFlowError::RefreshRefused(e.to_string()).into())
+            }
+            other => Err(DeviceFlowError::Request(format!(
+                "HTTP {status}, error {}",
+                crate::audit::truncate(other.unwrap_or("-"), 100)
+            ))
+            .into()),
         }
     }
 }

@@ -1,15 +1,25 @@
-//! Who the user is: OpenID Connect discovery, the issuer's JWKS, ID-token
-//! validation and the OAuth 2.0 device authorization grant (RFC 8628).
+//! Who the user is: OpenID Connect discovery, the issuers' JWKS (RFC 7517),
+//! ID-token validation, the OAuth 2.0 device authorization grant (RFC
+//! 8628), refresh tokens, key bindings and SSH user certificates (OpenSSH
+//! PROTOCOL.certkeys).
 //!
-//! Owns talking to the issuer and turning a valid ID token into a
-//! [`Principal`]. It never decides access (that is [`crate::policy`]) and
-//! never logs tokens.
+//! Owns talking to the issuers and turning a valid ID token, a bound key or
+//! a certificate into a [`Principal`]. It never decides access (that is
+//! [`crate::policy`]) and never logs tokens.
 
+mod binding;
+mod certificate;
 mod device;
+#[cfg(test)]
+mod hostile_tests;
+mod issuers;
 mod oidc;
 
+pub use binding::{BindingCheck, KeyBindings, key_fingerprint};
+pub use certificate::{CertificateAuthorities, CertificateError};
 pub use device::{DeviceAuthorization, DeviceFlowError};
-pub use oidc::OidcIssuer;
+pub use issuers::Issuers;
+pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, VerifiedIdToken};
 
 /// OpenSSH reads at most this many bytes per keyboard-interactive prompt
 /// (`readpassphrase` with a 1024-byte buffer); an answer this long was
@@ -25,6 +35,9 @@ pub struct Principal {
     pub email: Option<String>,
     /// The groups claim (configurable name), empty when absent.
     pub groups: Vec<String>,
+    /// Who vouched: the issuer URL, or `ssh-ca:SHA256:...` for a
+    /// certificate.
+    pub issuer: String,
 }
 
 /// Why a token or login was refused. [`IdentityError::user_message`] is safe
@@ -64,6 +77,10 @@ pub enum IdentityError {
     /// `aud` does not hold the configured audience.
     #[error("wrong audience")]
     WrongAudience,
+    /// `azp` names a client that is not allowed (or is missing while `aud`
+    /// has several values).
+    #[error("wrong authorized party (azp): {0}")]
+    WrongAuthorizedParty(String),
     /// A required claim is missing or has the wrong type.
     #[error("bad claims: {0}")]
     Claims(String),
@@ -90,6 +107,9 @@ impl IdentityError {
             }
             IdentityError::WrongAudience => {
                 "Login failed: the token was not issued for this gateway.".into()
+            }
+            IdentityError::WrongAuthorizedParty(_) => {
+                "Login failed: the token was issued to another application.".into()
             }
             IdentityError::UnknownKey(_) => {
                 "Login failed: the token is signed with a key the identity provider does not publish."

@@ -2,7 +2,7 @@
 //! its JWKS (RFC 7517) and ID-token validation (OpenID Connect Core 1.0
 //! §3.1.3.7) with jsonwebtoken.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -11,14 +11,12 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
 use super::{IdentityError, OPENSSH_MAX_PROMPT_BYTES, Principal};
-use crate::config::OidcConfig;
+use crate::config::{OidcConfig, Secret};
+use crate::store::now_ms;
 
-/// Least time between two JWKS fetches caused by unknown `kid`s, so bad
-/// tokens cannot make the gateway hammer the issuer.
-const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Largest accepted token, in bytes (a JWT is rarely above 4 KiB).
-const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Largest accepted token, in bytes (a JWT is rarely above 4 KiB); longer
+/// ones are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Largest accepted discovery or JWKS document, in bytes.
 pub(crate) const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -38,18 +36,31 @@ pub struct OidcIssuer {
     pub(crate) config: OidcConfig,
     pub(crate) http: reqwest::Client,
     discovery: RwLock<Option<Discovery>>,
-    jwks: RwLock<Option<JwkSet>>,
+    /// The cached JWKS and when it was fetched.
+    jwks: RwLock<Option<(JwkSet, Instant)>>,
+    /// Held during a fetch (one at a time); holds the last fetch attempt.
     last_jwks_fetch: Mutex<Option<Instant>>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Claims {
-    sub: String,
-    #[serde(default)]
-    email: Option<String>,
-    #[serde(flatten)]
-    rest: serde_json::Map<String, serde_json::Value>,
+/// A validated ID token.
+#[derive(Debug, Clone)]
+pub struct VerifiedIdToken {
+    /// Who it names.
+    pub principal: Principal,
+    /// Its `exp`, unix milliseconds.
+    pub expires_at_ms: i64,
 }
+
+/// What a login (device flow or refresh) got from the token endpoint.
+#[derive(Debug, Clone)]
+pub struct LoginTokens {
+    /// The validated ID token.
+    pub id_token: VerifiedIdToken,
+    /// The refresh token (RFC 6749 §6), when the issuer gave one: a secret.
+    pub refresh_token: Option<Secret>,
+}
+
+type Claims = serde_json::Map<String, serde_json::Value>;
 
 impl OidcIssuer {
     /// An issuer for `config`; nothing is fetched until first use.
@@ -69,6 +80,34 @@ impl OidcIssuer {
             jwks: RwLock::new(None),
             last_jwks_fetch: Mutex::new(None),
         })
+    }
+
+    /// Fetches the discovery document and the JWKS now, so the first login
+    /// does not wait for them.
+    ///
+    /// # Errors
+    /// [`IdentityError::Discovery`] or [`IdentityError::Jwks`].
+    pub async fn warm(&self) -> Result<(), IdentityError> {
+        let mut last = self.last_jwks_fetch.lock().await;
+        self.fetch_jwks(&mut last).await.map(|_| ())
+    }
+
+    /// An issuer with a discovery document and JWKS already cached (and a
+    /// fetch just done, so unknown `kid`s are not refetched): validator
+    /// tests without any HTTP.
+    #[cfg(test)]
+    pub(crate) async fn seeded(config: &OidcConfig, jwks: JwkSet) -> OidcIssuer {
+        #[allow(clippy::unwrap_used)]
+        let issuer = OidcIssuer::new(config).unwrap();
+        *issuer.discovery.write().await = Some(Discovery {
+            issuer: config.issuer.clone(),
+            jwks_uri: "http://127.0.0.1:9/jwks".into(),
+            token_endpoint: "http://127.0.0.1:9/token".into(),
+            device_authorization_endpoint: None,
+        });
+        *issuer.jwks.write().await = Some((jwks, Instant::now()));
+        *issuer.last_jwks_fetch.lock().await = Some(Instant::now());
+        issuer
     }
 
     /// The issuer URL as configured, without a trailing `/`.
@@ -115,39 +154,67 @@ impl OidcIssuer {
             .map_err(|e| format!("{url}: {e}"))
     }
 
-    async fn fetch_jwks(&self) -> Result<JwkSet, IdentityError> {
+    /// Fetches the JWKS now and caches it. Callers hold `last_jwks_fetch`.
+    async fn fetch_jwks(&self, last: &mut Option<Instant>) -> Result<JwkSet, IdentityError> {
+        *last = Some(Instant::now());
         let discovery = self.discovery().await?;
-        *self.last_jwks_fetch.lock().await = Some(Instant::now());
         let body = self
             .get_limited(&discovery.jwks_uri)
             .await
             .map_err(IdentityError::Jwks)?;
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|e| IdentityError::Jwks(e.to_string()))?;
-        *self.jwks.write().await = Some(set.clone());
+        *self.jwks.write().await = Some((set.clone(), Instant::now()));
+        tracing::info!(issuer = %self.issuer_url(), keys = set.keys.len(), "JWKS fetched");
         Ok(set)
     }
 
-    /// The JWKS key for `kid`: from the cache, else after one refetch (at
-    /// most one per [`JWKS_REFETCH_INTERVAL`]).
+    /// The JWKS key for `kid` (RFC 7517 §4.5).
+    ///
+    /// From the cache while it is younger than `jwks_max_age`; an unknown
+    /// `kid` causes at most one refetch per `jwks_refetch_interval` (so a
+    /// flood of bad tokens cannot make the gateway hammer the issuer, and a
+    /// rotated key is picked up without a restart). Fetches are serialised:
+    /// concurrent callers wait for the one in flight. A failed refresh of a
+    /// stale cache keeps the cached keys.
     async fn key_for(&self, kid: &str) -> Result<jsonwebtoken::jwk::Jwk, IdentityError> {
         let cached = self.jwks.read().await.clone();
-        let set = match cached {
-            Some(set) => {
-                if let Some(jwk) = set.find(kid) {
-                    return Ok(jwk.clone());
-                }
-                let recently = self
-                    .last_jwks_fetch
-                    .lock()
-                    .await
-                    .is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL);
-                if recently {
-                    return Err(IdentityError::UnknownKey(kid.to_string()));
-                }
-                self.fetch_jwks().await?
+        if let Some((set, fetched)) = &cached
+            && fetched.elapsed() < self.config.jwks_max_age
+            && let Some(jwk) = set.find(kid)
+        {
+            return Ok(jwk.clone());
+        }
+        let mut last = self.last_jwks_fetch.lock().await;
+        // Another caller may have fetched while we waited for the lock.
+        let cached = self.jwks.read().await.clone();
+        let stale = cached
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= self.config.jwks_max_age);
+        if let Some((set, _)) = &cached
+            && !stale
+            && let Some(jwk) = set.find(kid)
+        {
+            return Ok(jwk.clone());
+        }
+        let recently = last.is_some_and(|t| t.elapsed() < self.config.jwks_refetch_interval);
+        let set = match (&cached, recently) {
+            (Some((set, _)), true) => set.clone(),
+            (None, true) => {
+                return Err(IdentityError::Jwks(
+                    "the last JWKS fetch failed; retrying later".into(),
+                ));
             }
-            None => self.fetch_jwks().await?,
+            (_, false) => match self.fetch_jwks(&mut last).await {
+                Ok(set) => set,
+                Err(e) => match &cached {
+                    Some((set, _)) if set.find(kid).is_some() => {
+                        tracing::warn!(error = %e, "JWKS refresh failed; using the cached keys");
+                        set.clone()
+                    }
+                    _ => return Err(e),
+                },
+            },
         };
         set.find(kid)
             .cloned()
@@ -163,22 +230,8 @@ impl OidcIssuer {
     ///
     /// # Errors
     /// An [`IdentityError`] naming what failed.
-    pub async fn validate_id_token(&self, token: &str) -> Result<Principal, IdentityError> {
-        let token = token.trim();
-        if token.len() >= OPENSSH_MAX_PROMPT_BYTES && token.len() <= OPENSSH_MAX_PROMPT_BYTES + 1 {
-            return Err(IdentityError::TooLong(token.len()));
-        }
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(IdentityError::Malformed(format!(
-                "{} bytes is over the {MAX_TOKEN_BYTES}-byte limit",
-                token.len()
-            )));
-        }
-        if token.split('.').count() != 3 {
-            return Err(IdentityError::Malformed(
-                "not three dot-separated parts".into(),
-            ));
-        }
+    pub async fn validate_id_token(&self, token: &str) -> Result<VerifiedIdToken, IdentityError> {
+        let token = check_shape(token)?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| IdentityError::Malformed(e.to_string()))?;
         if !is_asymmetric(header.alg) {
@@ -208,20 +261,93 @@ impl OidcIssuer {
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[self.issuer_url()]);
         validation.set_audience(&[self.config.expected_audience()]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = self.config.leeway.as_secs();
         validation.validate_nbf = true;
         let data =
             jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(map_jwt_error)?;
-        principal_from(data.claims, &self.config.groups_claim)
+        self.check_azp(&data.claims)?;
+        let expires_at_ms = data
+            .claims
+            .get("exp")
+            .and_then(serde_json::Value::as_f64)
+            .map(|e| (e * 1000.0) as i64)
+            .ok_or_else(|| IdentityError::Claims("exp is not a number".into()))?;
+        Ok(VerifiedIdToken {
+            principal: principal_from(&data.claims, &self.config, self.issuer_url())?,
+            expires_at_ms,
+        })
+    }
+
+    /// OpenID Connect Core 1.0 §3.1.3.7 (4, 5): a token for several
+    /// audiences must name its authorized party, and `azp`, when present,
+    /// must be an allowed client.
+    fn check_azp(&self, claims: &Claims) -> Result<(), IdentityError> {
+        match claims.get("azp") {
+            Some(serde_json::Value::String(azp)) if self.config.azp_allowed(azp) => Ok(()),
+            Some(serde_json::Value::String(azp)) => Err(IdentityError::WrongAuthorizedParty(
+                crate::audit::truncate(azp, 100),
+            )),
+            Some(_) => Err(IdentityError::Claims("azp is not a string".into())),
+            None => match claims.get("aud") {
+                Some(serde_json::Value::Array(a)) if a.len() > 1 => Err(
+                    IdentityError::WrongAuthorizedParty("several audiences and no azp".into()),
+                ),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Lifetime left of a validated token, for logs: never negative.
+    pub fn remaining(token: &VerifiedIdToken) -> std::time::Duration {
+        std::time::Duration::from_millis((token.expires_at_ms - now_ms()).max(0) as u64)
     }
 }
 
-fn principal_from(claims: Claims, groups_claim: &str) -> Result<Principal, IdentityError> {
-    if claims.sub.is_empty() || claims.sub.len() > 255 {
-        return Err(IdentityError::Claims("sub must be 1 to 255 bytes".into()));
+/// Cheap checks before any parsing: size (the 16 KiB limit and OpenSSH's
+/// prompt limit) and three dot-separated parts. Returns the trimmed token.
+///
+/// # Errors
+/// [`IdentityError::TooLong`] or [`IdentityError::Malformed`].
+pub(crate) fn check_shape(token: &str) -> Result<&str, IdentityError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(IdentityError::Malformed(format!(
+            "{} bytes is over the {MAX_TOKEN_BYTES}-byte limit",
+            token.len()
+        )));
     }
-    let groups = match claims.rest.get(groups_claim) {
+    let token = token.trim();
+    if token.len() >= OPENSSH_MAX_PROMPT_BYTES && token.len() <= OPENSSH_MAX_PROMPT_BYTES + 1 {
+        return Err(IdentityError::TooLong(token.len()));
+    }
+    if token.split('.').count() != 3 {
+        return Err(IdentityError::Malformed(
+            "not three dot-separated parts".into(),
+        ));
+    }
+    Ok(token)
+}
+
+fn principal_from(
+    claims: &Claims,
+    config: &OidcConfig,
+    issuer: &str,
+) -> Result<Principal, IdentityError> {
+    let sub = match claims.get(&config.subject_claim) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 255 => s,
+        _ => {
+            return Err(IdentityError::Claims(format!(
+                "{} must be a string of 1 to 255 bytes",
+                config.subject_claim
+            )));
+        }
+    };
+    let email = claims
+        .get(&config.email_claim)
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string);
+    let groups_claim = config.groups_claim.as_str();
+    let groups = match claims.get(groups_claim) {
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(serde_json::Value::String(g)) => vec![g.clone()],
         Some(serde_json::Value::Array(items)) => items
@@ -239,9 +365,10 @@ fn principal_from(claims: Claims, groups_claim: &str) -> Result<Principal, Ident
         }
     };
     Ok(Principal {
-        subject: claims.sub,
-        email: claims.email,
+        subject: format!("{}{sub}", config.principal_prefix),
+        email,
         groups,
+        issuer: issuer.to_string(),
     })
 }
 
@@ -303,27 +430,44 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    fn config(groups_claim: &str, prefix: &str) -> OidcConfig {
+        let text = format!(
+            "[oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\ngroups_claim = \"{groups_claim}\"\n\
+             principal_prefix = \"{prefix}\"\n"
+        );
+        crate::config::Config::parse(&text, std::path::Path::new("t"))
+            .unwrap()
+            .oidc
+            .remove(0)
+    }
+
     #[test]
     fn groups_claim_shapes() {
+        let c = config("groups", "");
         let p = principal_from(
-            claims(serde_json::json!({"sub":"a","groups":["x","y"]})),
-            "groups",
+            &claims(serde_json::json!({"sub":"a","groups":["x","y"]})),
+            &c,
+            "i",
         )
         .unwrap();
         assert_eq!(p.groups, ["x", "y"]);
+        let r = config("roles", "ci:");
         let p =
-            principal_from(claims(serde_json::json!({"sub":"a","roles":"x"})), "roles").unwrap();
+            principal_from(&claims(serde_json::json!({"sub":"a","roles":"x"})), &r, "i").unwrap();
         assert_eq!(p.groups, ["x"]);
-        let p = principal_from(claims(serde_json::json!({"sub":"a"})), "groups").unwrap();
+        assert_eq!(p.subject, "ci:a");
+        let p = principal_from(&claims(serde_json::json!({"sub":"a"})), &c, "i").unwrap();
         assert!(p.groups.is_empty());
         assert!(
             principal_from(
-                claims(serde_json::json!({"sub":"a","groups":[1]})),
-                "groups"
+                &claims(serde_json::json!({"sub":"a","groups":[1]})),
+                &c,
+                "i"
             )
             .is_err()
         );
-        assert!(principal_from(claims(serde_json::json!({"sub":""})), "groups").is_err());
+        assert!(principal_from(&claims(serde_json::json!({"sub":""})), &c, "i").is_err());
+        assert!(principal_from(&claims(serde_json::json!({})), &c, "i").is_err());
     }
 
     #[test]

@@ -8,15 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use russh::server::{Auth, Msg, Session};
-use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
+use russh::{Channel, ChannelId, Pty, Sig};
 use tokio::sync::mpsc;
 
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
 use super::Gateway;
-use super::login::{Login, LoginReply};
+use super::auth::AuthState;
 use super::session::{ChannelInput, SessionKind, SessionStart};
 use crate::attach::PtyRequest;
-use crate::audit::{AuditEvent, AuditSubject, truncate};
-use crate::identity::Principal;
 
 /// Most session channels one connection may have open.
 const MAX_CHANNELS: usize = 10;
@@ -39,25 +40,24 @@ struct ChannelState {
 /// One connection's state.
 pub struct ConnectionHandler {
     gateway: Arc<Gateway>,
-    peer: SocketAddr,
     peer_text: String,
-    login: Login,
-    principal: Option<Principal>,
-    user: String,
+    auth: AuthState,
     channels: HashMap<ChannelId, ChannelState>,
 }
 
 impl ConnectionHandler {
-    /// A handler for a connection from `peer`.
-    pub fn new(gateway: Arc<Gateway>, peer: SocketAddr) -> ConnectionHandler {
-        let login = Login::new(gateway.issuer.clone());
+    /// A handler for a connection from `peer`; `unauth_permit` counts it as
+    /// unauthenticated and `authenticated` is cancelled once it is not.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        peer: SocketAddr,
+        unauth_permit: OwnedSemaphorePermit,
+        authenticated: CancellationToken,
+    ) -> ConnectionHandler {
         ConnectionHandler {
+            auth: AuthState::new(gateway.clone(), peer, unauth_permit, authenticated),
             gateway,
-            peer,
             peer_text: peer.to_string(),
-            login,
-            principal: None,
-            user: String::new(),
             channels: HashMap::new(),
         }
     }
@@ -76,7 +76,7 @@ impl ConnectionHandler {
         kind: SessionKind,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let Some(principal) = self.principal.clone() else {
+        let Some(principal) = self.auth.principal.clone() else {
             session.channel_failure(channel)?;
             return Ok(());
         };
@@ -97,7 +97,7 @@ impl ConnectionHandler {
             handle: session.handle(),
             channel,
             principal,
-            user: self.user.clone(),
+            user: self.auth.user.clone(),
             client_addr: self.peer_text.clone(),
             kind,
             pty: state.pty.clone(),
@@ -113,11 +113,23 @@ impl russh::server::Handler for ConnectionHandler {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
-        self.user = user.to_string();
-        Ok(Auth::Reject {
-            proceed_with_methods: Some(MethodSet::from(&[MethodKind::KeyboardInteractive][..])),
-            partial_success: false,
-        })
+        Ok(self.auth.none(user))
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.auth.publickey(user, key.public_key).await)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.auth.certificate(user, certificate).await)
     }
 
     async fn auth_keyboard_interactive<'a>(
@@ -126,61 +138,11 @@ impl russh::server::Handler for ConnectionHandler {
         _submethods: &str,
         response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        self.user = user.to_string();
         let answers = response.map(|r| {
             r.map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .collect::<Vec<_>>()
         });
-        let (reply, failure) = self.login.advance(answers).await;
-        if let Some(failure) = failure {
-            let event = AuditEvent::AuthenticationFailed {
-                method: failure.method.to_string(),
-                target: truncate(user, 128),
-                reason: failure.error.to_string(),
-            };
-            let subject = AuditSubject {
-                client_addr: Some(&self.peer_text),
-                ..Default::default()
-            };
-            if let Err(e) = self.gateway.audit.record(&subject, &event).await {
-                tracing::error!(error = %e, "cannot write audit event; refusing");
-                return Ok(Auth::reject());
-            }
-        }
-        Ok(match reply {
-            LoginReply::Ask {
-                instructions,
-                prompts,
-            } => Auth::Partial {
-                name: "Portcullis login".into(),
-                instructions: instructions.into(),
-                prompts: prompts
-                    .into_iter()
-                    .map(|(p, echo)| (p.into(), echo))
-                    .collect::<Vec<_>>()
-                    .into(),
-            },
-            LoginReply::Reject => Auth::reject(),
-            LoginReply::Accept { principal, method } => {
-                let event = AuditEvent::AuthenticationSucceeded {
-                    method: method.to_string(),
-                    target: truncate(user, 128),
-                };
-                let subject = AuditSubject {
-                    principal: Some(&principal.subject),
-                    client_addr: Some(&self.peer_text),
-                    ..Default::default()
-                };
-                // Fail closed: no audit event, no login.
-                if let Err(e) = self.gateway.audit.record(&subject, &event).await {
-                    tracing::error!(error = %e, "cannot write audit event; refusing");
-                    return Ok(Auth::reject());
-                }
-                tracing::info!(peer = %self.peer, principal = %principal.subject, "authenticated");
-                self.principal = Some(principal);
-                Auth::Accept
-            }
-        })
+        Ok(self.auth.keyboard_interactive(user, answers).await)
     }
 
     async fn channel_open_session(
@@ -189,7 +151,7 @@ impl russh::server::Handler for ConnectionHandler {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.principal.is_none() || self.channels.len() >= MAX_CHANNELS {
+        if self.auth.principal.is_none() || self.channels.len() >= MAX_CHANNELS {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;

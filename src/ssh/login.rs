@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::identity::{IdentityError, OidcIssuer, Principal};
+use crate::identity::{DeviceAuthorization, IdentityError, Issuers, LoginTokens};
 
 /// The first prompt.
 pub const TOKEN_PROMPT: &str = "Paste a token, or press Enter to log in with your browser: ";
@@ -34,8 +34,8 @@ pub enum LoginReply {
     },
     /// The user is authenticated.
     Accept {
-        /// Who.
-        principal: Principal,
+        /// Who, and the refresh token when the IdP gave one.
+        tokens: LoginTokens,
         /// `token` or `device_flow`.
         method: &'static str,
     },
@@ -56,17 +56,25 @@ enum Step {
     Start,
     AskedToken,
     DeviceShown {
-        url: String,
-        user_code: String,
-        poll: JoinHandle<Result<Principal, IdentityError>>,
+        shown: DeviceShown,
+        poll: JoinHandle<Result<LoginTokens, IdentityError>>,
     },
     Failed,
 }
 
+/// What the device prompt shows.
+struct DeviceShown {
+    url: String,
+    user_code: String,
+    qr: String,
+    expires_at: tokio::time::Instant,
+}
+
 /// One connection's login state.
 pub struct Login {
-    issuer: Arc<OidcIssuer>,
+    issuers: Arc<Issuers>,
     step: Step,
+    notice: Option<String>,
 }
 
 impl Drop for Login {
@@ -78,12 +86,20 @@ impl Drop for Login {
 }
 
 impl Login {
-    /// A login against `issuer`.
-    pub fn new(issuer: Arc<OidcIssuer>) -> Login {
+    /// A login against `issuers` (a pasted token goes to the issuer its
+    /// `iss` names; the device flow uses the default issuer).
+    pub fn new(issuers: Arc<Issuers>) -> Login {
         Login {
-            issuer,
+            issuers,
             step: Step::Start,
+            notice: None,
         }
+    }
+
+    /// Shows `text` as the instructions of the next first round (e.g. why
+    /// a bound key was not accepted).
+    pub fn set_notice(&mut self, text: String) {
+        self.notice = Some(text);
     }
 
     /// Advances with the client's answers (`None` when a new
@@ -98,7 +114,7 @@ impl Login {
             self.step = Step::AskedToken;
             return (
                 LoginReply::Ask {
-                    instructions: String::new(),
+                    instructions: self.notice.take().unwrap_or_default(),
                     prompts: vec![(TOKEN_PROMPT.to_string(), false)],
                 },
                 None,
@@ -108,10 +124,13 @@ impl Login {
         match std::mem::replace(&mut self.step, Step::Failed) {
             Step::Start | Step::Failed => (LoginReply::Reject, None),
             Step::AskedToken if !answer.trim().is_empty() => {
-                match self.issuer.validate_id_token(&answer).await {
-                    Ok(principal) => (
+                match self.issuers.validate_id_token(&answer).await {
+                    Ok(id_token) => (
                         LoginReply::Accept {
-                            principal,
+                            tokens: LoginTokens {
+                                id_token,
+                                refresh_token: None,
+                            },
                             method: "token",
                         },
                         None,
@@ -119,19 +138,19 @@ impl Login {
                     Err(error) => self.fail("token", error),
                 }
             }
-            Step::AskedToken => match self.issuer.start_device_authorization().await {
+            Step::AskedToken => match self
+                .issuers
+                .default_issuer()
+                .start_device_authorization()
+                .await
+            {
                 Ok(authorization) => {
-                    let url = authorization.url_to_show().to_string();
-                    let user_code = authorization.user_code.clone();
-                    let issuer = self.issuer.clone();
+                    let shown = DeviceShown::of(&authorization);
+                    let issuer = self.issuers.default_issuer().clone();
                     let poll =
                         tokio::spawn(async move { issuer.poll_device_token(&authorization).await });
-                    let prompt = device_prompt(&url, &user_code, false);
-                    self.step = Step::DeviceShown {
-                        url,
-                        user_code,
-                        poll,
-                    };
+                    let prompt = shown.prompt(false);
+                    self.step = Step::DeviceShown { shown, poll };
                     (
                         LoginReply::Ask {
                             instructions: String::new(),
@@ -142,41 +161,35 @@ impl Login {
                 }
                 Err(error) => self.fail("device_flow", error),
             },
-            Step::DeviceShown {
-                url,
-                user_code,
-                mut poll,
-            } => match tokio::time::timeout(DEVICE_WAIT_PER_ANSWER, &mut poll).await {
-                Err(_still_polling) => {
-                    let prompt = device_prompt(&url, &user_code, true);
-                    self.step = Step::DeviceShown {
-                        url,
-                        user_code,
-                        poll,
-                    };
-                    (
-                        LoginReply::Ask {
-                            instructions: String::new(),
-                            prompts: vec![(prompt, true)],
+            Step::DeviceShown { shown, mut poll } => {
+                match tokio::time::timeout(DEVICE_WAIT_PER_ANSWER, &mut poll).await {
+                    Err(_still_polling) => {
+                        let prompt = shown.prompt(true);
+                        self.step = Step::DeviceShown { shown, poll };
+                        (
+                            LoginReply::Ask {
+                                instructions: String::new(),
+                                prompts: vec![(prompt, true)],
+                            },
+                            None,
+                        )
+                    }
+                    Ok(Ok(Ok(tokens))) => (
+                        LoginReply::Accept {
+                            tokens,
+                            method: "device_flow",
                         },
                         None,
-                    )
+                    ),
+                    Ok(Ok(Err(error))) => self.fail("device_flow", error),
+                    Ok(Err(join_error)) => self.fail(
+                        "device_flow",
+                        IdentityError::DeviceFlow(crate::identity::DeviceFlowError::Request(
+                            join_error.to_string(),
+                        )),
+                    ),
                 }
-                Ok(Ok(Ok(principal))) => (
-                    LoginReply::Accept {
-                        principal,
-                        method: "device_flow",
-                    },
-                    None,
-                ),
-                Ok(Ok(Err(error))) => self.fail("device_flow", error),
-                Ok(Err(join_error)) => self.fail(
-                    "device_flow",
-                    IdentityError::DeviceFlow(crate::identity::DeviceFlowError::Request(
-                        join_error.to_string(),
-                    )),
-                ),
-            },
+            }
         }
     }
 
@@ -203,14 +216,88 @@ impl Login {
     }
 }
 
-fn device_prompt(url: &str, user_code: &str, again: bool) -> String {
-    let lead = if again {
-        "Still waiting for the browser login. "
+impl DeviceShown {
+    fn of(a: &DeviceAuthorization) -> DeviceShown {
+        DeviceShown {
+            url: a.url_to_show().to_string(),
+            user_code: a.user_code.clone(),
+            qr: a
+                .verification_uri_complete
+                .as_deref()
+                .map(qr_code)
+                .unwrap_or_default(),
+            expires_at: a.expires_at,
+        }
+    }
+
+    /// The device prompt (RFC 8628 §3.3): the URL, the code, a QR code of
+    /// `verification_uri_complete` (§3.3.1) and how long the code is valid.
+    fn prompt(&self, again: bool) -> String {
+        let left = self
+            .expires_at
+            .saturating_duration_since(tokio::time::Instant::now());
+        let lead = if again {
+            "Still waiting for the browser login. "
+        } else {
+            ""
+        };
+        format!(
+            "{qr}{lead}To log in, open {url} in your browser (or scan the QR code) and confirm \
+             the code {code}.\nThe code is valid for {validity}.\nThen press Enter: ",
+            qr = self.qr,
+            url = self.url,
+            code = self.user_code,
+            validity = human_minutes(left),
+        )
+    }
+}
+
+/// `text` as a QR code drawn with Unicode half blocks (two modules per
+/// character cell), light on dark so it scans on dark terminals; empty when
+/// it does not fit a QR code.
+pub(crate) fn qr_code(text: &str) -> String {
+    use qrcode::render::unicode::Dense1x2;
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => {
+            let mut drawn = code
+                .render::<Dense1x2>()
+                .dark_color(Dense1x2::Light)
+                .light_color(Dense1x2::Dark)
+                .quiet_zone(true)
+                .build();
+            drawn.push('\n');
+            drawn
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// `d` as "N minutes" / "N seconds" for prompts.
+fn human_minutes(d: Duration) -> String {
+    let secs = d.as_secs_f64().round() as u64;
+    if secs >= 120 {
+        format!("{} minutes", (secs + 30) / 60)
     } else {
-        ""
-    };
-    format!(
-        "{lead}To log in, open {url} in your browser and confirm the code {user_code}.\n\
-         Then press Enter: "
-    )
+        format!("{secs} seconds")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_qr_code_is_drawn_with_half_blocks() {
+        let qr = qr_code("http://127.0.0.1:1/device?user_code=ABCD-EFGH");
+        assert!(qr.lines().count() > 10);
+        assert!(qr.contains('▀') || qr.contains('▄'));
+        assert!(qr_code(&"x".repeat(5000)).is_empty());
+    }
+
+    #[test]
+    fn validity_reads_well() {
+        assert_eq!(human_minutes(Duration::from_secs(300)), "5 minutes");
+        assert_eq!(human_minutes(Duration::from_millis(299_400)), "5 minutes");
+        assert_eq!(human_minutes(Duration::from_secs(59)), "59 seconds");
+    }
 }

@@ -6,11 +6,13 @@
 //! per-channel requests (pty, env) and hands each shell or exec to a session
 //! task ([`session`]) that owns the process and its recording.
 
+mod auth;
 mod handler;
 mod login;
 mod pump;
 mod session;
 mod target;
+mod throttle;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,13 +31,14 @@ use tokio_util::task::TaskTracker;
 use crate::attach::HelperBinary;
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::identity::OidcIssuer;
+use crate::identity::{CertificateAuthorities, Issuers, KeyBindings};
 use crate::inventory::LxcInventory;
 use crate::policy::PolicyEngine;
 use crate::store::Store;
 
 pub use login::TOKEN_PROMPT;
 pub use target::{Target, TargetError};
+pub use throttle::FailureThrottle;
 
 /// A failed server step.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +70,14 @@ pub struct Gateway {
     pub store: Store,
     /// The audit log.
     pub audit: AuditLog,
-    /// The OpenID Connect issuer.
-    pub issuer: Arc<OidcIssuer>,
+    /// The OpenID Connect issuers.
+    pub issuers: Arc<Issuers>,
+    /// Public keys bound to principals.
+    pub bindings: KeyBindings,
+    /// Trusted SSH user CAs.
+    pub cas: CertificateAuthorities,
+    /// Delays for addresses that failed to authenticate.
+    pub throttle: FailureThrottle,
     /// The loaded policies.
     pub policy: PolicyEngine,
     /// The container inventory.
@@ -154,17 +163,26 @@ pub fn fingerprint(key: &PrivateKey) -> String {
     key.public_key().fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// The russh server configuration for `host_key`.
-pub fn russh_config(host_key: PrivateKey) -> russh::server::Config {
+/// The methods offered first: `publickey` (bound keys and certificates,
+/// RFC 4252 §7) and `keyboard-interactive` (RFC 4256: the IdP login).
+pub fn auth_methods() -> MethodSet {
+    MethodSet::from(&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..])
+}
+
+/// The russh server configuration for `host_key`; `max_auth_attempts`
+/// failed attempts end a connection (partial successes do not count, nor
+/// does the `none` probe OpenSSH sends first: russh counts it, so it gets
+/// one more).
+pub fn russh_config(host_key: PrivateKey, max_auth_attempts: usize) -> russh::server::Config {
     russh::server::Config {
         server_id: russh::SshId::Standard(
             format!("SSH-2.0-Portcullis_{}", env!("CARGO_PKG_VERSION")).into(),
         ),
-        methods: MethodSet::from(&[MethodKind::KeyboardInteractive][..]),
+        methods: auth_methods(),
         auth_rejection_time: Duration::from_secs(1),
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![host_key],
-        max_auth_attempts: 6,
+        max_auth_attempts: max_auth_attempts.saturating_add(1),
         inactivity_timeout: Some(Duration::from_secs(3600)),
         keepalive_interval: Some(Duration::from_secs(30)),
         nodelay: true,
@@ -173,13 +191,16 @@ pub fn russh_config(host_key: PrivateKey) -> russh::server::Config {
 }
 
 /// Accepts connections on `listener` until `gateway.shutdown` is
-/// cancelled, at most `session.max_connections` at once.
+/// cancelled: at most `session.max_connections` at once, of which at most
+/// `auth.max_unauthenticated` not yet authenticated; a connection not
+/// authenticated within `auth.login_grace_time` is dropped.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     russh_config: Arc<russh::server::Config>,
 ) {
     let permits = Arc::new(Semaphore::new(gateway.config.session.max_connections));
+    let unauthenticated = Arc::new(Semaphore::new(gateway.config.auth.max_unauthenticated));
     loop {
         let accepted = tokio::select! {
             _ = gateway.shutdown.cancelled() => break,
@@ -198,36 +219,114 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        let Ok(unauth_permit) = unauthenticated.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: too many unauthenticated connections");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let handler = handler::ConnectionHandler::new(gateway.clone(), peer);
+        let authenticated = CancellationToken::new();
+        let handler = handler::ConnectionHandler::new(
+            gateway.clone(),
+            peer,
+            unauth_permit,
+            authenticated.clone(),
+        );
         let config = russh_config.clone();
-        let shutdown = gateway.shutdown.clone();
+        let gw = gateway.clone();
         gateway.tasks.spawn(async move {
             let _permit = permit;
-            match russh::server::run_stream(config, stream, handler).await {
-                Ok(running) => {
-                    let handle = running.handle();
-                    tokio::select! {
-                        result = running => {
-                            if let Err(e) = result {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
-                        }
-                        _ = shutdown.cancelled() => {
-                            let _ = handle
-                                .disconnect(
-                                    russh::Disconnect::ByApplication,
-                                    "the gateway is shutting down".into(),
-                                    "en".into(),
-                                )
-                                .await;
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
-            }
+            run_connection(gw, config, stream, handler, peer, authenticated).await;
         });
     }
+}
+
+/// Runs one connection: the SSH handshake and login within the grace time,
+/// then until it ends or the gateway shuts down.
+async fn run_connection(
+    gateway: Arc<Gateway>,
+    config: Arc<russh::server::Config>,
+    stream: tokio::net::TcpStream,
+    handler: handler::ConnectionHandler,
+    peer: SocketAddr,
+    authenticated: CancellationToken,
+) {
+    let grace = tokio::time::sleep(gateway.config.auth.login_grace_time);
+    tokio::pin!(grace);
+    let running = tokio::select! {
+        r = russh::server::run_stream(config, stream, handler) => match r {
+            Ok(running) => running,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "handshake failed");
+                return;
+            }
+        },
+        _ = &mut grace => {
+            grace_time_exceeded(&gateway, peer).await;
+            return;
+        }
+        _ = gateway.shutdown.cancelled() => return,
+    };
+    let handle = running.handle();
+    tokio::pin!(running);
+    let mut in_grace = true;
+    loop {
+        tokio::select! {
+            result = &mut running => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = authenticated.cancelled(), if in_grace => in_grace = false,
+            _ = &mut grace, if in_grace => {
+                if authenticated.is_cancelled() {
+                    in_grace = false;
+                    continue;
+                }
+                grace_time_exceeded(&gateway, peer).await;
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "login grace time exceeded".into(),
+                        "en".into(),
+                    )
+                    .await;
+                return;
+            }
+            _ = gateway.shutdown.cancelled() => {
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "the gateway is shutting down".into(),
+                        "en".into(),
+                    )
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+async fn grace_time_exceeded(gateway: &Gateway, peer: SocketAddr) {
+    tracing::info!(%peer, "dropped: not authenticated within the login grace time");
+    let peer_text = peer.to_string();
+    let subject = crate::audit::AuditSubject {
+        client_addr: Some(&peer_text),
+        ..Default::default()
+    };
+    let event = crate::audit::AuditEvent::AuthenticationFailed {
+        method: "none".into(),
+        target: String::new(),
+        reason: format!(
+            "not authenticated within the login grace time ({})",
+            humantime::format_duration(gateway.config.auth.login_grace_time)
+        ),
+    };
+    if let Err(e) = gateway.audit.record(&subject, &event).await {
+        tracing::error!(error = %e, "cannot write audit event");
+    }
+    let _ = gateway.throttle.record_failure(peer.ip());
 }
 
 #[cfg(test)]

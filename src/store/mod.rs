@@ -14,6 +14,10 @@ use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, Pool};
 
+mod bindings;
+
+pub use bindings::{KeyBinding, NewKeyBinding, RefreshedBinding};
+
 /// A failed database step.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -164,17 +164,31 @@ impl TestGateway {
     /// and starts `portcullis serve`. The database is SQLite in the state
     /// directory, or a fresh database on the test PostgreSQL server when
     /// `PORTCULLIS_TEST_DATABASE=postgres`.
+    ///
+    /// Unless `extra_config` has an `[auth]` section, the per-address
+    /// failure delay is off (`failure_delay = "0s"`): the tests of one file
+    /// share 127.0.0.1 and many of them fail on purpose.
     pub fn start(issuer: &str, extra_config: &str) -> TestGateway {
+        Self::start_with_oidc(&oidc_section(issuer), extra_config)
+    }
+
+    /// Like [`TestGateway::start`] with the `[oidc]` / `[[oidc]]` sections
+    /// given verbatim in `oidc_config`.
+    pub fn start_with_oidc(oidc_config: &str, extra_config: &str) -> TestGateway {
         let database = match std::env::var("PORTCULLIS_TEST_DATABASE").as_deref() {
             Ok("postgres") => Some(super::postgres::server().new_database()),
             Ok("sqlite") | Err(_) => None,
             Ok(other) => panic!("PORTCULLIS_TEST_DATABASE={other}: use sqlite or postgres"),
         };
-        TestGateway::start_with_database(issuer, extra_config, database.as_deref())
+        Self::start_full(oidc_config, extra_config, database.as_deref())
     }
 
-    /// As [`TestGateway::start`], on the database at `url` (`None`: SQLite).
+    /// Like [`TestGateway::start`], on the database at `url` (`None`: SQLite).
     pub fn start_with_database(issuer: &str, extra_config: &str, url: Option<&str>) -> TestGateway {
+        Self::start_full(&oidc_section(issuer), extra_config, url)
+    }
+
+    fn start_full(oidc_config: &str, extra_config: &str, url: Option<&str>) -> TestGateway {
         // Top-level keys of `extra_config` (lines before its first table)
         // must come before any table of the file.
         let split = extra_config
@@ -191,9 +205,14 @@ impl TestGateway {
             .skip(split)
             .map(|l| format!("{l}\n"))
             .collect();
+        let auth = if extra_config.contains("[auth]") {
+            ""
+        } else {
+            "[auth]\nfailure_delay = \"0s\"\n"
+        };
         let extra_config = match url {
-            Some(url) => format!("[database]\nurl = \"{url}\"\n{tables}"),
-            None => tables,
+            Some(url) => format!("{auth}[database]\nurl = \"{url}\"\n{tables}"),
+            None => format!("{auth}{tables}"),
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
@@ -203,8 +222,7 @@ impl TestGateway {
         std::fs::write(
             &config_path,
             format!(
-                "{top_level}listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\
-                 [oidc]\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\n\
+                "{top_level}listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{oidc_config}\
                  [policy]\ndir = \"{}\"\n[session]\nkill_grace = \"1s\"\n{extra_config}",
                 state_dir.display(),
                 policies.display()
@@ -362,11 +380,99 @@ impl TestGateway {
     }
 }
 
+impl TestGateway {
+    /// The OpenSSH client logging in as `user` with the private key `key`
+    /// (only that key: `IdentitiesOnly`), falling back to
+    /// keyboard-interactive with `token` at the token prompt.
+    pub fn ssh_with_key(&self, user: &str, key: &Path, token: &str, askpass_dir: &Path) -> Command {
+        let askpass = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/askpass.sh");
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-F", "/dev/null", "-p"])
+            .arg(self.port.to_string())
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "PreferredAuthentications=publickey,keyboard-interactive",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "ConnectTimeout=20",
+                "-i",
+            ])
+            .arg(key)
+            .args(["-l", user, "127.0.0.1"])
+            .env("SSH_ASKPASS", askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("PORTCULLIS_TEST_TOKEN", token)
+            .env("PORTCULLIS_TEST_DIR", askpass_dir)
+            .env_remove("SSH_AUTH_SOCK");
+        cmd
+    }
+
+    /// The OpenSSH client in batch mode (no prompt at all) with only `key`
+    /// (and its certificate `cert`, when given).
+    pub fn ssh_batch(&self, user: &str, key: &Path, cert: Option<&Path>) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-F", "/dev/null", "-p"])
+            .arg(self.port.to_string())
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=20",
+                "-i",
+            ])
+            .arg(key);
+        if let Some(cert) = cert {
+            cmd.arg("-o")
+                .arg(format!("CertificateFile={}", cert.display()));
+        }
+        cmd.args(["-l", user, "127.0.0.1"])
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("SSH_ASKPASS")
+            .env_remove("DISPLAY");
+        cmd
+    }
+}
+
+/// Generates an ed25519 key pair with `ssh-keygen` at `path` (and
+/// `path.pub`), without a passphrase.
+pub fn keygen(path: &Path) {
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path));
+}
+
+/// `SHA256:...` fingerprint of the public key file `pub_path`.
+pub fn fingerprint_of(pub_path: &Path) -> String {
+    let out = run(Command::new("ssh-keygen").arg("-lf").arg(pub_path));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("fingerprint")
+        .to_string()
+}
+
 impl Drop for TestGateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn oidc_section(issuer: &str) -> String {
+    format!("[oidc]\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\n")
 }
 
 fn free_port() -> u16 {
@@ -428,4 +534,52 @@ pub fn run_ssh(cmd: &mut Command, stdin: &[u8]) -> SshResult {
         stdout: out_reader.join().expect("stdout"),
         stderr: String::from_utf8_lossy(&err_reader.join().expect("stderr")).into_owned(),
     }
+}
+
+/// Runs `cmd` (an ssh client set up by [`TestGateway::ssh`] or
+/// [`TestGateway::ssh_with_key`] with an empty token, so the gateway starts
+/// the device flow) while a "browser" thread waits for the device prompt in
+/// `askpass_dir`, calls `browser` with the verification URL (the prompt's
+/// first word starting with `issuer`), then presses Enter. Returns the ssh
+/// result and the prompt text.
+pub fn run_with_browser<F>(
+    cmd: &mut Command,
+    askpass_dir: &Path,
+    issuer: &str,
+    browser: F,
+) -> (SshResult, String)
+where
+    F: FnOnce(String) + Send + 'static,
+{
+    let dir = askpass_dir.to_path_buf();
+    let issuer = issuer.to_string();
+    let thread = std::thread::spawn(move || {
+        let started = Instant::now();
+        let (name, prompt) = loop {
+            let found = std::fs::read_dir(&dir).unwrap().flatten().find_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name.starts_with("prompt.") && !name.ends_with(".tmp"))
+                    .then(|| (name.clone(), std::fs::read_to_string(e.path()).unwrap()))
+            });
+            if let Some(found) = found {
+                break found;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no device prompt"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let url = prompt
+            .split_whitespace()
+            .find(|w| w.starts_with(&issuer))
+            .unwrap_or_else(|| panic!("no URL in prompt {prompt:?}"))
+            .to_string();
+        browser(url);
+        std::fs::write(dir.join(name.replace("prompt.", "answer.")), "\n").unwrap();
+        prompt
+    });
+    let r = run_ssh(cmd, b"");
+    let prompt = thread.join().unwrap();
+    (r, prompt)
 }

@@ -24,6 +24,9 @@ pub const CONFIDENTIAL_CLIENT_ID: &str = "portcullis-confidential";
 pub const CONFIDENTIAL_CLIENT_SECRET: &str = "portcullis-test-secret";
 /// `kid` of the IdP's signing key (`tests/idp/jwks.json`, `tests/idp/signing-key.pem`).
 pub const SIGNING_KID: &str = "portcullis-test-1";
+/// `kid` of the key the IdP signs with after [`TestIdp::rotate_keys`]
+/// (`tests/idp/signing-key-2.pem`).
+pub const ROTATED_KID: &str = "portcullis-test-2";
 /// `kid` put on tokens from [`TestIdp::mint_with_unknown_key`]; never in the JWKS.
 pub const UNKNOWN_KID: &str = "unknown-test-key";
 /// Device grant type URN (RFC 8628).
@@ -446,6 +449,89 @@ impl TestIdp {
             url = action;
         }
         panic!("device login as {login:?} did not finish after 20 steps (last {url})");
+    }
+
+    /// POSTs to a test-only admin route of `server.mjs`; returns the JSON.
+    async fn admin(&self, method: reqwest::Method, path: &str) -> Value {
+        let resp = Self::http()
+            .request(method, format!("{}{path}", self.issuer))
+            .send()
+            .await
+            .expect("admin request");
+        assert!(
+            resp.status().is_success(),
+            "admin {path}: {}",
+            resp.status()
+        );
+        resp.json().await.expect("admin JSON")
+    }
+
+    /// Rotates the IdP's signing key to `signing-key-2.pem` (kid
+    /// [`ROTATED_KID`]); the JWKS then publishes only that key.
+    pub async fn rotate_keys(&self) {
+        self.admin(reqwest::Method::POST, "/admin/rotate").await;
+    }
+
+    /// Makes account `sub` disappear (logins and refreshes fail).
+    pub async fn disable_account(&self, sub: &str) {
+        self.admin(reqwest::Method::POST, &format!("/admin/disable?sub={sub}"))
+            .await;
+    }
+
+    /// How many times the JWKS has been fetched.
+    pub async fn jwks_requests(&self) -> u64 {
+        self.admin(reqwest::Method::GET, "/admin/stats").await["jwks_requests"]
+            .as_u64()
+            .expect("jwks_requests")
+    }
+
+    /// Signs `claims` with the rotated key (kid [`ROTATED_KID`]).
+    pub fn mint_with_rotated_key(&self, claims: Value) -> String {
+        sign_with("signing-key-2.pem", ROTATED_KID, &claims)
+    }
+
+    /// Plays a user who refuses: opens the `verification_uri_complete` page
+    /// and presses "Abort" (oidc-provider's `abort` parameter of the
+    /// device code verification), so the device code is denied.
+    pub async fn deny_device_login(&self, verification_uri_complete: &str) {
+        let client = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("build browser client");
+        let url = reqwest::Url::parse(verification_uri_complete).expect("verification URL");
+        let user_code = url
+            .query_pairs()
+            .find(|(k, _)| k == "user_code")
+            .map(|(_, v)| v.into_owned())
+            .expect("user_code in URL");
+        let body = client
+            .get(url.clone())
+            .send()
+            .await
+            .expect("GET device page")
+            .text()
+            .await
+            .expect("device page");
+        let xsrf = hidden_value(&body, "xsrf").expect("xsrf");
+        let action = form_action(&body).map_or_else(|| url.clone(), |a| resolve(&url, &a));
+        let resp = client
+            .post(action)
+            .form(&[
+                ("xsrf", xsrf.as_str()),
+                ("user_code", user_code.as_str()),
+                ("abort", "yes"),
+            ])
+            .send()
+            .await
+            .expect("POST abort");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(
+            status.is_success() || status.is_redirection() || text.contains("aborted"),
+            "abort: {status} {text}"
+        );
     }
 
     /// Runs the whole device flow as client `portcullis` with scope

@@ -9,12 +9,24 @@
 // Environment:
 //   PORT         TCP port on 127.0.0.1 to listen on; 0 (default) = any free port.
 //   IDTOKEN_TTL  ID token lifetime in seconds (default 3600).
+//   DEVICE_CODE_TTL  device code lifetime in seconds (default 300).
+//
+// Test-only admin routes (never part of a real IdP):
+//   POST /admin/rotate          sign with signing-key-2.pem (kid "portcullis-test-2")
+//                               from now on; the JWKS then publishes only that key.
+//                               The provider is rebuilt; grants, sessions and refresh
+//                               tokens survive (oidc-provider's memory adapter is
+//                               module-level).
+//   POST /admin/disable?sub=X   account X no longer exists: logins and refreshes fail.
+//   POST /admin/enable?sub=X    undoes disable.
+//   GET  /admin/stats           {"jwks_requests": N}: how often the JWKS was fetched.
 //
 // Once listening, exactly one line is written to stdout:
 //   {"issuer":"http://127.0.0.1:PORT"}
 // Everything else (including oidc-provider's own notices) goes to stderr.
 // The process exits when stdin closes, or on SIGTERM / SIGINT.
 
+import { createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 
@@ -33,6 +45,7 @@ const accounts = JSON.parse(readFileSync(here('./accounts.json'), 'utf8'));
 
 const port = Number.parseInt(process.env.PORT ?? '0', 10);
 const idTokenTtl = Number.parseInt(process.env.IDTOKEN_TTL ?? '3600', 10);
+const deviceCodeTtl = Number.parseInt(process.env.DEVICE_CODE_TTL ?? '300', 10);
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   process.stderr.write(`invalid PORT: ${process.env.PORT}\n`);
   process.exit(2);
@@ -68,8 +81,17 @@ const issuer = `http://127.0.0.1:${server.address().port}`;
 
 const DEVICE_CODE = 'urn:ietf:params:oauth:grant-type:device_code';
 
-const provider = new Provider(issuer, {
-  jwks,
+const disabled = new Set();
+let jwksRequests = 0;
+
+function rotatedJwks() {
+  const pem = readFileSync(here('./signing-key-2.pem'), 'utf8');
+  const jwk = createPrivateKey(pem).export({ format: 'jwk' });
+  return { keys: [{ ...jwk, kid: 'portcullis-test-2', use: 'sig', alg: 'RS256' }] };
+}
+
+const makeProvider = (keys) => new Provider(issuer, {
+  jwks: keys,
   clients: [
     {
       client_id: 'portcullis',
@@ -101,7 +123,7 @@ const provider = new Provider(issuer, {
     groups: ['groups'],
   },
   ttl: {
-    DeviceCode: 300,
+    DeviceCode: deviceCodeTtl,
     IdToken: idTokenTtl,
     AccessToken: 3600,
     Grant: 3600,
@@ -110,6 +132,7 @@ const provider = new Provider(issuer, {
     RefreshToken: 86400,
   },
   async findAccount(_ctx, sub) {
+    if (disabled.has(sub)) return undefined;
     const groups = Array.isArray(accounts[sub]) ? accounts[sub] : [];
     return {
       accountId: sub,
@@ -125,11 +148,42 @@ const provider = new Provider(issuer, {
   },
 });
 
-provider.on('server_error', (_ctx, err) => {
-  process.stderr.write(`server_error: ${err?.stack ?? err}\n`);
-});
+function install(provider) {
+  provider.on('server_error', (_ctx, err) => {
+    process.stderr.write(`server_error: ${err?.stack ?? err}\n`);
+  });
+  const callback = provider.callback();
+  handler = (req, res) => {
+    const url = new URL(req.url, issuer);
+    if (url.pathname === '/jwks') jwksRequests += 1;
+    if (!url.pathname.startsWith('/admin/')) return callback(req, res);
+    const reply = (status, body) => {
+      res.statusCode = status;
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(body));
+    };
+    const sub = url.searchParams.get('sub');
+    if (req.method === 'POST' && url.pathname === '/admin/rotate') {
+      install(makeProvider(rotatedJwks()));
+      process.stderr.write('signing key rotated to portcullis-test-2\n');
+      return reply(200, { kid: 'portcullis-test-2' });
+    }
+    if (req.method === 'POST' && url.pathname === '/admin/disable' && sub) {
+      disabled.add(sub);
+      return reply(200, { disabled: sub });
+    }
+    if (req.method === 'POST' && url.pathname === '/admin/enable' && sub) {
+      disabled.delete(sub);
+      return reply(200, { enabled: sub });
+    }
+    if (req.method === 'GET' && url.pathname === '/admin/stats') {
+      return reply(200, { jwks_requests: jwksRequests });
+    }
+    return reply(404, { error: 'unknown admin route' });
+  };
+}
 
-handler = provider.callback();
+install(makeProvider(jwks));
 
 process.stderr.write(`test IdP listening at ${issuer}\n`);
 process.stdout.write(`${JSON.stringify({ issuer })}\n`);

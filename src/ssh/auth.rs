@@ -1,0 +1,296 @@
+//! Authentication of one connection (RFC 4252), kept out of the russh
+//! handler so it stays thin:
+//!
+//! - `publickey` with a plain key: a bound key (see
+//!   [`crate::identity::KeyBindings`]) is accepted; an unbound one gets
+//!   *partial success* and `keyboard-interactive` (RFC 4252 §5.1), and the
+//!   IdP login that follows binds it. russh calls us only after the
+//!   client's signature verified, so the key is bound only when both the
+//!   signature and the IdP login succeeded on this connection.
+//! - `publickey` with an OpenSSH certificate (PROTOCOL.certkeys): accepted
+//!   when a trusted CA vouches for its principal.
+//! - `keyboard-interactive`: a pasted ID token or the device flow
+//!   ([`super::login`]).
+//!
+//! Every failure is audited and slows the source address down
+//! ([`super::throttle`]); no audit event, no login (fail closed).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use russh::keys::PublicKey;
+use russh::keys::ssh_key::Certificate;
+use russh::server::Auth;
+use russh::{MethodKind, MethodSet};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::Gateway;
+use super::login::{Login, LoginReply};
+use crate::audit::{AuditEvent, AuditSubject, truncate};
+use crate::identity::{BindingCheck, Principal};
+
+/// One connection's authentication state.
+pub(super) struct AuthState {
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    peer_text: String,
+    login: Login,
+    /// A key whose signature verified and that is not bound yet.
+    verified_key: Option<PublicKey>,
+    /// Counts this connection as unauthenticated until dropped.
+    unauth_permit: Option<OwnedSemaphorePermit>,
+    /// Cancelled once authenticated (ends the login grace timer).
+    authenticated: CancellationToken,
+    /// Who, once authenticated.
+    pub principal: Option<Principal>,
+    /// The SSH user name of the last request (the target).
+    pub user: String,
+}
+
+fn keyboard_interactive_only() -> MethodSet {
+    MethodSet::from(&[MethodKind::KeyboardInteractive][..])
+}
+
+impl AuthState {
+    pub(super) fn new(
+        gateway: Arc<Gateway>,
+        peer: SocketAddr,
+        unauth_permit: OwnedSemaphorePermit,
+        authenticated: CancellationToken,
+    ) -> AuthState {
+        AuthState {
+            login: Login::new(gateway.issuers.clone()),
+            gateway,
+            peer,
+            peer_text: peer.to_string(),
+            verified_key: None,
+            unauth_permit: Some(unauth_permit),
+            authenticated,
+            principal: None,
+            user: String::new(),
+        }
+    }
+
+    /// `none` (OpenSSH's first probe): name the methods.
+    pub(super) fn none(&mut self, user: &str) -> Auth {
+        self.user = user.to_string();
+        Auth::Reject {
+            proceed_with_methods: Some(super::auth_methods()),
+            partial_success: false,
+        }
+    }
+
+    /// A plain public key whose signature verified.
+    pub(super) async fn publickey(&mut self, user: &str, key: &PublicKey) -> Auth {
+        self.user = user.to_string();
+        let fingerprint = crate::identity::key_fingerprint(key);
+        let check = self
+            .gateway
+            .bindings
+            .check(&self.gateway.issuers, key)
+            .await;
+        let partial = Auth::Reject {
+            proceed_with_methods: Some(keyboard_interactive_only()),
+            partial_success: true,
+        };
+        match check {
+            BindingCheck::Bound {
+                principal,
+                refreshed,
+            } => {
+                let method = if refreshed {
+                    "publickey+refresh"
+                } else {
+                    "publickey"
+                };
+                self.accept(user, principal, method).await
+            }
+            BindingCheck::Unbound(None) => {
+                self.verified_key = Some(key.clone());
+                partial
+            }
+            BindingCheck::Unbound(Some(reason)) => {
+                let reason = format!("{fingerprint}: {reason}");
+                if !self.audit_failure("publickey", user, &reason).await {
+                    return Auth::reject();
+                }
+                self.login
+                    .set_notice("Your key is no longer bound to your login; log in again.".into());
+                self.verified_key = Some(key.clone());
+                partial
+            }
+            BindingCheck::Ended(error) => {
+                let event = AuditEvent::KeyBindingChanged {
+                    fingerprint: fingerprint.clone(),
+                    change: "ended".into(),
+                    until: None,
+                    reason: Some(error.to_string()),
+                };
+                if !self.audit(None, &event).await {
+                    return Auth::reject();
+                }
+                self.login.set_notice(error.user_message());
+                self.verified_key = Some(key.clone());
+                partial
+            }
+            BindingCheck::Unavailable(reason) => {
+                let reason = format!("{fingerprint}: cannot check the key binding: {reason}");
+                self.fail("publickey", user, &reason).await;
+                self.login.set_notice(
+                    "Login failed: the gateway cannot check your key right now (its database or \
+                     the identity provider is not answering); try again later."
+                        .into(),
+                );
+                Auth::Reject {
+                    proceed_with_methods: Some(keyboard_interactive_only()),
+                    partial_success: false,
+                }
+            }
+        }
+    }
+
+    /// An OpenSSH user certificate whose signature verified.
+    pub(super) async fn certificate(&mut self, user: &str, cert: &Certificate) -> Auth {
+        self.user = user.to_string();
+        let now = crate::store::now_ms().max(0) as u64 / 1000;
+        match self.gateway.cas.authenticate(cert, now) {
+            Ok(principal) => self.accept(user, principal, "certificate").await,
+            Err(e) => {
+                let reason = e.to_string();
+                if matches!(e, crate::identity::CertificateError::UntrustedCa(_)) {
+                    // Clients offer every key they have: not an attack.
+                    self.audit_failure("certificate", user, &reason).await;
+                } else {
+                    self.fail("certificate", user, &reason).await;
+                }
+                self.login.set_notice(e.user_message());
+                Auth::Reject {
+                    proceed_with_methods: Some(super::auth_methods()),
+                    partial_success: false,
+                }
+            }
+        }
+    }
+
+    /// A keyboard-interactive round (`None`: a new attempt).
+    pub(super) async fn keyboard_interactive(
+        &mut self,
+        user: &str,
+        answers: Option<Vec<String>>,
+    ) -> Auth {
+        self.user = user.to_string();
+        let (reply, failure) = self.login.advance(answers).await;
+        if let Some(failure) = failure {
+            let reason = failure.error.to_string();
+            if !self.fail(failure.method, user, &reason).await {
+                return Auth::reject();
+            }
+        }
+        match reply {
+            LoginReply::Ask {
+                instructions,
+                prompts,
+            } => Auth::Partial {
+                name: "Portcullis login".into(),
+                instructions: instructions.into(),
+                prompts: prompts
+                    .into_iter()
+                    .map(|(p, echo)| (p.into(), echo))
+                    .collect::<Vec<_>>()
+                    .into(),
+            },
+            LoginReply::Reject => Auth::reject(),
+            LoginReply::Accept { tokens, method } => {
+                let principal = tokens.id_token.principal.clone();
+                if let Some(key) = self.verified_key.take() {
+                    let fingerprint = crate::identity::key_fingerprint(&key);
+                    match self.gateway.bindings.bind(&key, &tokens).await {
+                        Ok(Some(until)) => {
+                            let event = AuditEvent::KeyBindingChanged {
+                                fingerprint,
+                                change: "bound".into(),
+                                until: Some(until),
+                                reason: Some(format!("{method} login")),
+                            };
+                            if !self.audit(Some(&principal.subject), &event).await {
+                                return Auth::reject();
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot store the key binding; refusing");
+                            let reason = format!("cannot store the key binding: {e}");
+                            self.audit_failure(method, user, &reason).await;
+                            return Auth::reject();
+                        }
+                    }
+                } else if let Err(e) = self
+                    .gateway
+                    .store
+                    .update_binding_claims(
+                        &principal.subject,
+                        principal.email.as_deref(),
+                        &principal.groups,
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot update the groups of key bindings");
+                }
+                self.accept(user, principal, method).await
+            }
+        }
+    }
+
+    async fn accept(&mut self, user: &str, principal: Principal, method: &str) -> Auth {
+        let event = AuditEvent::AuthenticationSucceeded {
+            method: method.to_string(),
+            target: truncate(user, 128),
+        };
+        // Fail closed: no audit event, no login.
+        if !self.audit(Some(&principal.subject), &event).await {
+            return Auth::reject();
+        }
+        tracing::info!(peer = %self.peer, principal = %principal.subject, method, "authenticated");
+        self.principal = Some(principal);
+        self.unauth_permit = None;
+        self.authenticated.cancel();
+        Auth::Accept
+    }
+
+    /// Audits a failure and waits the address's growing delay; false when
+    /// the audit event could not be written.
+    async fn fail(&self, method: &str, user: &str, reason: &str) -> bool {
+        let ok = self.audit_failure(method, user, reason).await;
+        let delay = self.gateway.throttle.record_failure(self.peer.ip());
+        if !delay.is_zero() {
+            tracing::info!(peer = %self.peer, delay_ms = delay.as_millis() as u64, "slowing down");
+            tokio::time::sleep(delay).await;
+        }
+        ok
+    }
+
+    async fn audit_failure(&self, method: &str, user: &str, reason: &str) -> bool {
+        let event = AuditEvent::AuthenticationFailed {
+            method: method.to_string(),
+            target: truncate(user, 128),
+            reason: reason.to_string(),
+        };
+        self.audit(None, &event).await
+    }
+
+    async fn audit(&self, principal: Option<&str>, event: &AuditEvent) -> bool {
+        let subject = AuditSubject {
+            principal,
+            client_addr: Some(&self.peer_text),
+            ..Default::default()
+        };
+        match self.gateway.audit.record(&subject, event).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write audit event; refusing");
+                false
+            }
+        }
+    }
+}
