@@ -155,6 +155,7 @@ pub struct TestGateway {
     /// Its config file.
     pub config_path: PathBuf,
     child: Child,
+    listening_lines_at_spawn: usize,
     _reaper: ChildStdin,
     _dir: tempfile::TempDir,
 }
@@ -247,6 +248,7 @@ impl TestGateway {
             state_dir,
             config_path,
             child,
+            listening_lines_at_spawn: 0,
             _reaper: reaper_stdin,
             _dir: dir,
         };
@@ -282,6 +284,7 @@ impl TestGateway {
 
     /// Starts the gateway again on the same config, state and port.
     pub fn restart(&mut self) {
+        self.listening_lines_at_spawn = self.log().matches("portcullis listening").count();
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(self._dir.path().join("gateway.log"))
@@ -299,9 +302,13 @@ impl TestGateway {
         self.wait_listening();
     }
 
+    /// Waits for the gateway's "portcullis listening" log line (one more
+    /// than already in the log, for restarts). No probe connection is made:
+    /// it would count against connection limits that tests check.
     fn wait_listening(&self) {
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let before = self.listening_lines_at_spawn;
+        while self.log().matches("portcullis listening").count() <= before {
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "gateway did not listen; log:\n{}",
