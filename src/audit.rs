@@ -80,6 +80,12 @@ pub enum AuditEvent {
     /// At start, a session left running by a previous gateway process was
     /// marked interrupted.
     SessionInterrupted,
+    /// The container stopped while a session was attached to it; the
+    /// session was ended (its `SessionEnded` follows).
+    ContainerStopped {
+        /// The container.
+        container: String,
+    },
 }
 
 impl AuditEvent {
@@ -94,6 +100,7 @@ impl AuditEvent {
             AuditEvent::SessionFailed { .. } => "session_start",
             AuditEvent::SessionEnded { .. } => "session_end",
             AuditEvent::SessionInterrupted => "session_end",
+            AuditEvent::ContainerStopped { .. } => "session_end",
         }
     }
 
@@ -108,7 +115,9 @@ impl AuditEvent {
             | AuditEvent::SessionFailed { .. } => "failure",
             AuditEvent::AccessDecided { allowed: true, .. } => "allow",
             AuditEvent::AccessDecided { allowed: false, .. } => "deny",
-            AuditEvent::SessionEnded { .. } | AuditEvent::SessionInterrupted => "info",
+            AuditEvent::SessionEnded { .. }
+            | AuditEvent::SessionInterrupted
+            | AuditEvent::ContainerStopped { .. } => "info",
         }
     }
 

@@ -60,6 +60,16 @@ fn make_container(unprivileged: bool) -> Container {
             pid: 0,
         };
         run("lxc-create", &["-n", &name, "-t", "busybox", "-f", &conf]);
+        // The busybox template appends `lxc.pty.max = 1` after the -f file's
+        // value; the last one wins, so rewrite it.
+        run(
+            "sed",
+            &[
+                "-i",
+                "s/^lxc.pty.max = .*/lxc.pty.max = 64/",
+                &format!("/var/lib/lxc/{name}/config"),
+            ],
+        );
         // The busybox template writes no /etc/hostname; give the container
         // its own (the host's differs), so reading it proves the mount ns.
         std::fs::write(

@@ -11,6 +11,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::Signal;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::stat::{Mode, SFlag, fstat};
 use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, PROC_SUPER_MAGIC, fstatfs};
 use nix::sys::wait::waitpid;
@@ -219,6 +220,7 @@ fn open_cgroups(cgroup_text: &str) -> HResult<Vec<CgroupProcs>> {
                 dir = openat2(dir.as_fd(), ".portcullis", dir_how()).map_err(step(s))?;
             }
         }
+        refuse_if_frozen(dir.as_fd(), &t)?;
         let fd = openat(
             dir.as_fd(),
             "cgroup.procs",
@@ -232,6 +234,91 @@ fn open_cgroups(cgroup_text: &str) -> HResult<Vec<CgroupProcs>> {
         });
     }
     Ok(out)
+}
+
+/// A frozen container would freeze the session on its way in (the startup
+/// would then hang until the gateway's timeout): refuse it clearly.
+fn refuse_if_frozen(dir: BorrowedFd<'_>, t: &procfs::CgroupTarget) -> HResult<()> {
+    let (file, frozen): (&str, fn(&str) -> bool) = if t.v2 {
+        ("cgroup.events", procfs::cgroup2_frozen)
+    } else {
+        ("freezer.state", procfs::freezer_v1_frozen)
+    };
+    match read_at(dir, file, 4096) {
+        Ok(b) if frozen(&String::from_utf8_lossy(&b)) => Err(WireError::ContainerFrozen),
+        Ok(_) => Ok(()),
+        // Not the freezer hierarchy (v1), or the container's root cgroup.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(WireError::step(HelperStep::OpenCgroups, &e)),
+    }
+}
+
+/// The init's AppArmor label from the host procfs (CVE-2015-1334: never
+/// through the container's /proc). `None` without AppArmor (no such file,
+/// or EINVAL when the LSM is not active) or when the init is unconfined.
+fn apparmor_label(proc_dir: BorrowedFd<'_>) -> HResult<Option<String>> {
+    let s = HelperStep::HostFacts;
+    match read_at(
+        proc_dir,
+        "attr/apparmor/current",
+        procfs::MAX_LSM_LABEL_BYTES + 64,
+    ) {
+        Ok(b) => {
+            let text = String::from_utf8(b)
+                .map_err(|_| WireError::step(s, &std::io::Error::other("label not UTF-8")))?;
+            procfs::parse_apparmor_label(&text)
+                .map_err(|e| WireError::step(s, &std::io::Error::other(e)))
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINVAL)) => Ok(None),
+        Err(e) => Err(WireError::step(s, &e)),
+    }
+}
+
+/// Opens the host procfs root (verified) so that the session's AppArmor
+/// exec attribute can be opened through it after `setns`.
+fn open_host_proc() -> HResult<OwnedFd> {
+    let s = HelperStep::HostFacts;
+    let fd = nix::fcntl::open(
+        "/proc",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(step(s))?;
+    if fstatfs(fd.as_fd()).map_err(step(s))?.filesystem_type() != PROC_SUPER_MAGIC {
+        return Err(WireError::step(
+            s,
+            &std::io::Error::other("/proc is not procfs"),
+        ));
+    }
+    Ok(fd)
+}
+
+/// Opens `<host proc>/<cpid>/attr/apparmor/exec` for writing, for C to
+/// write its own exec label into (the kernel only lets a task write its own
+/// attributes; LXC does the same).
+fn open_apparmor_exec(host_proc: BorrowedFd<'_>, cpid: i32) -> HResult<OwnedFd> {
+    let s = HelperStep::Apparmor;
+    let how = OpenHow::new()
+        .flags(OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let fd = openat2(
+        host_proc,
+        format!("{cpid}/attr/apparmor/exec").as_str(),
+        how,
+    )
+    .map_err(step(s))?;
+    if fstatfs(fd.as_fd()).map_err(step(s))?.filesystem_type() != PROC_SUPER_MAGIC {
+        return Err(WireError::step(
+            s,
+            &std::io::Error::other("attr file is not on procfs"),
+        ));
+    }
+    Ok(fd)
 }
 
 /// The namespaces of `proc_dir` that differ from ours.
@@ -320,8 +407,16 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
         return Err(init_changed("cgroup differs"));
     }
     let status = read_text_at(proc_dir.as_fd(), "status")?;
-    let cap_bnd = procfs::status_hex(&status, "CapBnd")
-        .ok_or_else(|| WireError::step(s, &std::io::Error::other("no CapBnd")))?;
+    let cap = |key: &str| {
+        procfs::status_hex(&status, key)
+            .ok_or_else(|| WireError::step(s, &std::io::Error::other(format!("no {key}"))))
+    };
+    let cap_mask = procfs::session_cap_mask(cap("CapBnd")?, cap("CapPrm")?, cap("CapEff")?);
+    let apparmor = apparmor_label(proc_dir.as_fd())?;
+    let host_proc = match apparmor {
+        Some(_) => Some(open_host_proc()?),
+        None => None,
+    };
     let uid_map = procfs::parse_id_map(&read_text_at(proc_dir.as_fd(), "uid_map")?)
         .map_err(|e| WireError::step(s, &std::io::Error::other(e)))?;
     let gid_map = procfs::parse_id_map(&read_text_at(proc_dir.as_fd(), "gid_map")?)
@@ -353,15 +448,23 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
     // "We can't risk leaking file descriptors into the container."
     drop(pidfd);
 
-    let (release_r, release_w) = pipe2(OFlag::O_CLOEXEC).map_err(step(HelperStep::Fork))?;
+    // Release channel H -> C: one byte, plus the AppArmor exec fd if any.
+    let (release_w, release_r) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(step(HelperStep::Fork))?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(step(HelperStep::Fork))?;
     let ctx = SessionCtx {
         ctl: CTL_FD,
         release: release_r.as_raw_fd(),
         err: err_w.as_raw_fd(),
         req: &req,
-        cap_bnd,
+        cap_mask,
         cap_last,
+        apparmor: apparmor.as_deref(),
         uid_map: &uid_map,
         gid_map: &gid_map,
     };
@@ -377,7 +480,7 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
     }
     drop(devnull);
 
-    let parent_steps = || -> HResult<OwnedFd> {
+    let parent_steps = || -> HResult<(OwnedFd, Option<OwnedFd>)> {
         for cg in &cgroups {
             let pid = cpid.to_string();
             nix::unistd::write(cg.fd.as_fd(), pid.as_bytes()).map_err(|e| WireError::Step {
@@ -387,16 +490,20 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
             })?;
         }
         let cpidfd = sys::pidfd_open(cpid).map_err(io_step(HelperStep::Fork))?;
+        let aa = match &host_proc {
+            Some(p) => Some(open_apparmor_exec(p.as_fd(), cpid)?),
+            None => None,
+        };
         proto::send_blocking(
             ctl,
             &HelperMsg::Started { pid: cpid },
             &[cpidfd.as_raw_fd()],
         )
         .map_err(io_step(HelperStep::Report))?;
-        Ok(cpidfd)
+        Ok((cpidfd, aa))
     };
-    let cpidfd = match parent_steps() {
-        Ok(fd) => fd,
+    let (cpidfd, aa) = match parent_steps() {
+        Ok(fds) => fds,
         Err(w) => {
             // C is still blocked on the release pipe: kill and reap it.
             let _ = sys::kill(cpid, libc::SIGKILL);
@@ -405,7 +512,11 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
         }
     };
     drop(cgroups);
-    nix::unistd::write(&release_w, b"1").map_err(step(HelperStep::Report))?;
+    drop(host_proc);
+    let aa_raw: Vec<RawFd> = aa.iter().map(AsRawFd::as_raw_fd).collect();
+    proto::send_bytes_blocking(release_w.as_fd(), b"1", &aa_raw)
+        .map_err(io_step(HelperStep::Report))?;
+    drop(aa);
     drop(release_w);
 
     // EOF on the error pipe means C exec'd (the pipe is close-on-exec).

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::Gateway;
 use super::session::ChannelInput;
-use crate::attach::{Attached, ExitStatus, SessionIo};
+use crate::attach::{Attached, ExitStatus, InitWatch, SessionIo};
 use crate::recording::Recorder;
 
 /// Bytes read from the process per chunk.
@@ -20,6 +20,10 @@ const CHUNK_BYTES: usize = 32 * 1024;
 /// After the process exits, how long to keep reading output that
 /// background processes may still write.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// Shortest time waited, after a session died by a signal, for the init to
+/// exit before deciding the container did not stop.
+const STOP_DETECT_MIN: Duration = Duration::from_millis(500);
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
 type Writer = Box<dyn AsyncWrite + Unpin + Send>;
@@ -30,6 +34,8 @@ pub(super) struct Outcome {
     pub exit: Option<ExitStatus>,
     /// The finished recording's size and digest.
     pub digest: Option<crate::recording::Digest256>,
+    /// True when the container's init exited during the session.
+    pub container_stopped: bool,
 }
 
 enum Control {
@@ -38,17 +44,36 @@ enum Control {
     Closed,
 }
 
+/// Both ends of a session: the client's channel and the container (its
+/// name, for messages, and a watch on its init).
+pub(super) struct Ends<'a> {
+    /// Handle to send data back to the client.
+    pub handle: &'a Handle,
+    /// The channel.
+    pub channel: ChannelId,
+    /// Container name.
+    pub container: &'a str,
+    /// Resolves when the container's init exits.
+    pub init: &'a InitWatch,
+}
+
 /// Moves bytes between the channel and the process, records output, and
-/// returns how the process ended.
+/// returns how the process ended. When the container stops (its init
+/// exits), the session ends with a message saying so.
 pub(super) async fn pump(
     gateway: &Gateway,
-    handle: &Handle,
-    channel: ChannelId,
+    ends: Ends<'_>,
     mut attached: Attached,
     io: SessionIo,
     mut recorder: Recorder,
     input: mpsc::Receiver<ChannelInput>,
 ) -> Outcome {
+    let Ends {
+        handle,
+        channel,
+        container,
+        init,
+    } = ends;
     let (stdout, stderr, stdin): (Reader, Option<Reader>, Writer) = match io {
         SessionIo::Pty(master) => {
             let (r, w) = tokio::io::split(master);
@@ -71,6 +96,7 @@ pub(super) async fn pump(
     let mut exit: Option<ExitStatus> = None;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut ended_by: Option<&'static str> = None;
+    let mut container_stopped = false;
 
     loop {
         if exit.is_some() && stdout.is_none() && stderr.is_none() {
@@ -140,6 +166,12 @@ pub(super) async fn pump(
                 }
                 drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
             }
+            _ = init.exited(), if !container_stopped => {
+                container_stopped = true;
+                if exit.is_none() {
+                    break;
+                }
+            }
             _ = sleep_until(drain_deadline) => break,
             _ = gateway.shutdown.cancelled() => {
                 ended_by = Some("the gateway is shutting down");
@@ -149,6 +181,27 @@ pub(super) async fn pump(
     }
     stdin_task.abort();
 
+    // A stopping container kills the session before its init exits (the
+    // kernel reaps the PID namespace first; a clean shutdown signals the
+    // processes first): after a death by signal, wait a moment for the init.
+    if !container_stopped && ended_by.is_none() && matches!(exit, Some(ExitStatus::Signal { .. })) {
+        let wait = gateway.config.session.kill_grace.max(STOP_DETECT_MIN);
+        container_stopped = tokio::time::timeout(wait, init.exited()).await.is_ok();
+    }
+    if container_stopped && ended_by != Some("disconnected") {
+        ended_by = None;
+        let text = format!(
+            "\r\nPortcullis: session ended: the container {} stopped.\r\n",
+            container
+        );
+        let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
+        if exit.is_none() {
+            match attached.terminate(gateway.config.session.kill_grace).await {
+                Ok(status) => exit = Some(status),
+                Err(e) => tracing::error!(error = %e, "cannot end the session process"),
+            }
+        }
+    }
     if let Some(reason) = ended_by {
         if reason != "disconnected" {
             let text = format!("\r\nPortcullis: session ended: {reason}.\r\n");
@@ -190,7 +243,11 @@ pub(super) async fn pump(
             None
         }
     };
-    Outcome { exit, digest }
+    Outcome {
+        exit,
+        digest,
+        container_stopped,
+    }
 }
 
 async fn read_some(reader: &mut Option<Reader>, buf: &mut [u8]) -> Option<usize> {

@@ -70,6 +70,11 @@ impl TestContainer {
         run(Command::new("lxc-create")
             .args(["-n", &name, "-t", "busybox", "-f"])
             .arg(&conf));
+        // The busybox template appends `lxc.pty.max = 1` after the -f file's
+        // value; the last one wins, so rewrite it.
+        run(Command::new("sed")
+            .args(["-i", "s/^lxc.pty.max = .*/lxc.pty.max = 64/"])
+            .arg(format!("/var/lib/lxc/{name}/config")));
         let rootfs = PathBuf::from(format!("/var/lib/lxc/{name}/rootfs"));
         append(
             &rootfs.join("etc/passwd"),
