@@ -11,7 +11,7 @@ use crate::attach::HelperBinary;
 use crate::audit::{AuditEvent, AuditLog, AuditSubject};
 use crate::config::Config;
 use crate::identity::OidcIssuer;
-use crate::inventory::LxcInventory;
+use crate::inventory::Inventory;
 use crate::policy::PolicyEngine;
 use crate::ssh::{Gateway, fingerprint, load_or_create_host_key, russh_config, serve};
 use crate::store::Store;
@@ -76,7 +76,7 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
     let local = listener.local_addr()?;
     let russh = Arc::new(russh_config(host_key));
     let gateway = Arc::new(Gateway {
-        inventory: LxcInventory::new(&config),
+        inventory: Inventory::new(&config),
         config: config.clone(),
         store: store.clone(),
         audit,
