@@ -38,7 +38,7 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
 pub use error::{AttachError, HelperStep};
 pub use pin::{InitWatch, PinnedInit};
-pub use pty::PtyMaster;
+pub use pty::{PtyMaster, terminal_size};
 
 use proto::{Control, HelperMsg, WirePty, WireRequest};
 

@@ -277,6 +277,19 @@ pub(crate) fn set_winsize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Resul
     Ok(())
 }
 
+/// `ioctl(fd, TIOCGWINSZ)`: (cols, rows) of a terminal.
+pub(crate) fn get_winsize(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` into a valid pointer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) }.into())?;
+    Ok((ws.ws_col, ws.ws_row))
+}
+
 /// `ioctl(master, TIOCSPTLCK, 0)` (what `unlockpt` does).
 pub(crate) fn unlockpt(master: BorrowedFd<'_>) -> io::Result<()> {
     let unlock: libc::c_int = 0;

@@ -26,7 +26,7 @@ fn init_tracing() {
         .try_init();
 }
 
-fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !path.exists() {
         std::fs::DirBuilder::new()
