@@ -3,6 +3,8 @@
 //! by the test).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -51,7 +53,7 @@ fn make_container(unprivileged: bool) -> Container {
             "lxc.net.0.type = empty\nlxc.apparmor.profile = unconfined\nlxc.pty.max = 64\n"
                 .to_owned();
         if unprivileged {
-            // Needs root:100000:65536 in /etc/subuid and /etc/subgid.
+            common::gateway::ensure_subids();
             text.push_str("lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n");
         }
         std::fs::write(&conf, text).unwrap();

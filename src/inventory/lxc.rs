@@ -68,10 +68,11 @@ impl LxcInventory {
     }
 
     /// All containers under `lxcpath` (directories holding a `config`),
-    /// sorted by name, with their state.
+    /// sorted by name, with their state (`UNKNOWN` for one whose lookup
+    /// failed, e.g. while it is being created or destroyed).
     ///
     /// # Errors
-    /// As [`LxcInventory::find`], or when `lxcpath` cannot be read.
+    /// When `lxcpath` cannot be read.
     pub async fn list(&self) -> Result<Vec<Container>, InventoryError> {
         let entries = std::fs::read_dir(&self.lxcpath).map_err(|source| InventoryError::Tool {
             tool: "lxcpath",
@@ -86,7 +87,22 @@ impl LxcInventory {
         names.sort();
         let mut containers = Vec::new();
         for name in names {
-            containers.push(self.find(&name).await?);
+            // A container being created or destroyed right now makes
+            // lxc-info fail; list it as UNKNOWN rather than failing the list.
+            let c = match self.find(&name).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(container = %name, error = %e, "cannot look up container");
+                    Container {
+                        labels: self.labels.get(&name).cloned().unwrap_or_default(),
+                        cgroup: format!("/lxc.payload.{name}"),
+                        name,
+                        state: ContainerState::NotRunning("UNKNOWN".into()),
+                        backend: Backend::Lxc,
+                    }
+                }
+            };
+            containers.push(c);
         }
         Ok(containers)
     }
