@@ -447,6 +447,12 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
     }
     // "We can't risk leaking file descriptors into the container."
     drop(pidfd);
+    // C is visible in the container's /proc from the moment it is forked
+    // (to container root with CAP_SYS_PTRACE in a privileged container):
+    // it must never hold more than the init, so confine H before forking.
+    // H needs nothing more from here on (cgroup.procs was opened above and
+    // the kernel checks the opener's credentials).
+    session::confine_caps(cap_mask, cap_last)?;
 
     // Release channel H -> C: one byte, plus the AppArmor exec fd if any.
     let (release_w, release_r) = socketpair(

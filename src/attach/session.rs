@@ -234,13 +234,13 @@ fn enter_home(home: &str) -> CResult<()> {
     Ok(())
 }
 
-/// Narrows the bounding set, then permitted and effective, to the init's
-/// ([`SessionCtx::cap_mask`]). Done first thing: C is visible in the
-/// container's /proc from the moment it is forked, so it must never hold
-/// more than the container's root already has.
-fn confine_caps(ctx: &SessionCtx<'_>) -> CResult<()> {
-    drop_bounding_set(ctx.cap_mask, ctx.cap_last)?;
-    sys::limit_caps(ctx.cap_mask).map_err(|e| WireError::step(HelperStep::DropCaps, &e))
+/// Narrows the bounding set, then permitted and effective, to `mask` (the
+/// init's, [`SessionCtx::cap_mask`]). H calls it before forking C, so C is
+/// never visible in the container holding more than the container's root
+/// has; C calls it again (idempotent).
+pub(crate) fn confine_caps(mask: u64, cap_last: u32) -> CResult<()> {
+    drop_bounding_set(mask, cap_last)?;
+    sys::limit_caps(mask).map_err(|e| WireError::step(HelperStep::DropCaps, &e))
 }
 
 /// Waits for H's release (sent once C is in the container's cgroups) and
@@ -282,7 +282,7 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     // Drop every host fd H holds (cgroup files, /dev/null) at once.
     sys::close_fds_except(&[ctx.ctl, ctx.release, ctx.err])
         .map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
-    confine_caps(ctx)?;
+    confine_caps(ctx.cap_mask, ctx.cap_last)?;
     // Wait until H has moved us into the container's cgroups.
     let apparmor_fd = await_release(ctx)?;
     let ctl =
