@@ -17,6 +17,7 @@
 
 mod error;
 mod helper;
+mod lsm;
 pub mod passwd;
 mod pin;
 pub mod plan;
