@@ -225,8 +225,13 @@ impl Default for PolicyConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InventoryBackend {
-    /// LXC containers under `lxcpath`, found with `lxc-info`.
+    /// LXC containers under `lxcpath`, found with `lxc-info`; a
+    /// `[containers.NAME]` with `pid_file` or `cgroup` is still found by the
+    /// process backend (mixing).
     Lxc,
+    /// Only the `[containers.NAME]` sections, each with `pid_file` or
+    /// `cgroup` (any runtime: systemd-nspawn, runc, podman...).
+    Process,
 }
 
 /// `[inventory]`.
@@ -257,6 +262,21 @@ pub struct ContainerConfig {
     /// Labels the policy sees as the container's tags, e.g. `env = "dev"`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Process backend: a file holding the host PID of the container's init
+    /// (decimal, at most 64 bytes), e.g. `/run/web1.pid`. Absolute.
+    pub pid_file: Option<PathBuf>,
+    /// Process backend: the container's cgroup directory on the host, e.g.
+    /// `/sys/fs/cgroup/unified/machine.slice/web1`; the init is the lowest
+    /// PID of its `cgroup.procs` that is PID 1 of its own PID namespace.
+    /// Absolute, no `..`.
+    pub cgroup: Option<PathBuf>,
+}
+
+impl ContainerConfig {
+    /// True when this container is found by the process backend.
+    pub fn is_process(&self) -> bool {
+        self.pid_file.is_some() || self.cgroup.is_some()
+    }
 }
 
 /// `[recording]`.
@@ -411,11 +431,34 @@ impl Config {
         }
         self.validate_oidc(path)?;
         self.validate_auth(path)?;
-        for name in self.containers.keys() {
+        for (name, c) in &self.containers {
             if !valid_name(name) {
                 return Err(invalid(
                     &format!("containers.{name}"),
                     "container names are [A-Za-z0-9_.-], at most 64 bytes",
+                ));
+            }
+            if c.pid_file.is_some() && c.cgroup.is_some() {
+                return Err(invalid(
+                    &format!("containers.{name}"),
+                    "set pid_file or cgroup, not both",
+                ));
+            }
+            for (key, p) in [("pid_file", &c.pid_file), ("cgroup", &c.cgroup)] {
+                if let Some(p) = p
+                    && (!p.is_absolute()
+                        || p.components().any(|c| c == std::path::Component::ParentDir))
+                {
+                    return Err(invalid(
+                        &format!("containers.{name}.{key}"),
+                        "must be an absolute path without '..'",
+                    ));
+                }
+            }
+            if self.inventory.backend == InventoryBackend::Process && !c.is_process() {
+                return Err(invalid(
+                    &format!("containers.{name}"),
+                    "the process backend needs pid_file or cgroup",
                 ));
             }
         }

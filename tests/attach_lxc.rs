@@ -3,6 +3,8 @@
 //! by the test).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -51,7 +53,7 @@ fn make_container(unprivileged: bool) -> Container {
             "lxc.net.0.type = empty\nlxc.apparmor.profile = unconfined\nlxc.pty.max = 64\n"
                 .to_owned();
         if unprivileged {
-            // Needs root:100000:65536 in /etc/subuid and /etc/subgid.
+            common::gateway::ensure_subids();
             text.push_str("lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n");
         }
         std::fs::write(&conf, text).unwrap();
@@ -60,6 +62,16 @@ fn make_container(unprivileged: bool) -> Container {
             pid: 0,
         };
         run("lxc-create", &["-n", &name, "-t", "busybox", "-f", &conf]);
+        // The busybox template appends `lxc.pty.max = 1` after the -f file's
+        // value; the last one wins, so rewrite it.
+        run(
+            "sed",
+            &[
+                "-i",
+                "s/^lxc.pty.max = .*/lxc.pty.max = 64/",
+                &format!("/var/lib/lxc/{name}/config"),
+            ],
+        );
         // The busybox template writes no /etc/hostname; give the container
         // its own (the host's differs), so reading it proves the mount ns.
         std::fs::write(

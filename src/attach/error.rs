@@ -37,8 +37,10 @@ pub enum HelperStep {
     SetupTty,
     /// Reading the container's `/etc/passwd` / `/etc/group`.
     ReadAccounts,
-    /// Dropping capabilities from the bounding set.
+    /// Dropping capabilities from the bounding, permitted and effective sets.
     DropCaps,
+    /// Opening or writing the AppArmor exec attribute.
+    Apparmor,
     /// `setgroups`/`setresgid`/`setresuid`.
     SwitchUser,
     /// `chdir` to the home directory and verifying the cwd.
@@ -101,6 +103,9 @@ pub enum AttachError {
         #[source]
         source: std::io::Error,
     },
+    /// The container's cgroup is frozen (`lxc-freeze`, cgroup freezer).
+    #[error("the container is frozen")]
+    ContainerFrozen,
     /// The login does not exist in the container's `/etc/passwd`.
     #[error("login {login:?} not found in the container")]
     LoginNotFound {
@@ -133,6 +138,9 @@ impl AttachError {
             AttachError::ContainerNotRunning => "the container is not running".to_owned(),
             AttachError::InitChanged(_) => {
                 "the container was restarted or stopped; try again".to_owned()
+            }
+            AttachError::ContainerFrozen => {
+                "the container is frozen; try again once it is thawed".to_owned()
             }
             AttachError::LoginNotFound { login } => {
                 format!("user {login:?} does not exist in the container")
@@ -185,6 +193,7 @@ pub(crate) enum WireError {
     InvalidRequest {
         detail: String,
     },
+    ContainerFrozen,
 }
 
 impl WireError {
@@ -227,6 +236,7 @@ impl From<WireError> for AttachError {
             WireError::IdNotMapped { id } => AttachError::IdNotMapped { id },
             WireError::InitChanged { detail } => AttachError::InitChanged(detail),
             WireError::InvalidRequest { detail } => AttachError::InvalidRequest(detail),
+            WireError::ContainerFrozen => AttachError::ContainerFrozen,
         }
     }
 }

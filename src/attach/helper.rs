@@ -11,6 +11,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::Signal;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::stat::{Mode, SFlag, fstat};
 use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, PROC_SUPER_MAGIC, fstatfs};
 use nix::sys::wait::waitpid;
@@ -18,6 +19,7 @@ use nix::unistd::{Pid, getppid, pipe2};
 
 use super::ExitStatus;
 use super::error::{HelperStep, WireError};
+use super::lsm::{apparmor_label, open_apparmor_exec, open_host_proc, refuse_if_frozen};
 use super::procfs;
 use super::proto::{self, HelperMsg, WireRequest};
 use super::session::{self, SessionCtx};
@@ -39,9 +41,9 @@ const NAMESPACES: [(&str, libc::c_int); 8] = [
     ("time", libc::CLONE_NEWTIME),
 ];
 
-type HResult<T> = Result<T, WireError>;
+pub(crate) type HResult<T> = Result<T, WireError>;
 
-fn step(s: HelperStep) -> impl Fn(Errno) -> WireError {
+pub(crate) fn step(s: HelperStep) -> impl Fn(Errno) -> WireError {
     move |e| WireError::errno(s, e)
 }
 
@@ -83,7 +85,7 @@ pub(crate) fn main() -> ! {
 }
 
 /// Reads a small file relative to `dir`, at most `max` bytes.
-fn read_at(dir: BorrowedFd<'_>, path: &str, max: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_at(dir: BorrowedFd<'_>, path: &str, max: usize) -> std::io::Result<Vec<u8>> {
     let fd = openat(
         dir,
         path,
@@ -219,6 +221,7 @@ fn open_cgroups(cgroup_text: &str) -> HResult<Vec<CgroupProcs>> {
                 dir = openat2(dir.as_fd(), ".portcullis", dir_how()).map_err(step(s))?;
             }
         }
+        refuse_if_frozen(dir.as_fd(), &t)?;
         let fd = openat(
             dir.as_fd(),
             "cgroup.procs",
@@ -320,8 +323,16 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
         return Err(init_changed("cgroup differs"));
     }
     let status = read_text_at(proc_dir.as_fd(), "status")?;
-    let cap_bnd = procfs::status_hex(&status, "CapBnd")
-        .ok_or_else(|| WireError::step(s, &std::io::Error::other("no CapBnd")))?;
+    let cap = |key: &str| {
+        procfs::status_hex(&status, key)
+            .ok_or_else(|| WireError::step(s, &std::io::Error::other(format!("no {key}"))))
+    };
+    let cap_mask = procfs::session_cap_mask(cap("CapBnd")?, cap("CapPrm")?, cap("CapEff")?);
+    let apparmor = apparmor_label(proc_dir.as_fd())?;
+    let host_proc = match apparmor {
+        Some(_) => Some(open_host_proc()?),
+        None => None,
+    };
     let uid_map = procfs::parse_id_map(&read_text_at(proc_dir.as_fd(), "uid_map")?)
         .map_err(|e| WireError::step(s, &std::io::Error::other(e)))?;
     let gid_map = procfs::parse_id_map(&read_text_at(proc_dir.as_fd(), "gid_map")?)
@@ -352,16 +363,30 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
     }
     // "We can't risk leaking file descriptors into the container."
     drop(pidfd);
+    // C is visible in the container's /proc from the moment it is forked
+    // (to container root with CAP_SYS_PTRACE in a privileged container):
+    // it must never hold more than the init, so confine H before forking.
+    // H needs nothing more from here on (cgroup.procs was opened above and
+    // the kernel checks the opener's credentials).
+    session::confine_caps(cap_mask, cap_last)?;
 
-    let (release_r, release_w) = pipe2(OFlag::O_CLOEXEC).map_err(step(HelperStep::Fork))?;
+    // Release channel H -> C: one byte, plus the AppArmor exec fd if any.
+    let (release_w, release_r) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(step(HelperStep::Fork))?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(step(HelperStep::Fork))?;
     let ctx = SessionCtx {
         ctl: CTL_FD,
         release: release_r.as_raw_fd(),
         err: err_w.as_raw_fd(),
         req: &req,
-        cap_bnd,
+        cap_mask,
         cap_last,
+        apparmor: apparmor.as_deref(),
         uid_map: &uid_map,
         gid_map: &gid_map,
     };
@@ -377,7 +402,7 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
     }
     drop(devnull);
 
-    let parent_steps = || -> HResult<OwnedFd> {
+    let parent_steps = || -> HResult<(OwnedFd, Option<OwnedFd>)> {
         for cg in &cgroups {
             let pid = cpid.to_string();
             nix::unistd::write(cg.fd.as_fd(), pid.as_bytes()).map_err(|e| WireError::Step {
@@ -387,16 +412,20 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
             })?;
         }
         let cpidfd = sys::pidfd_open(cpid).map_err(io_step(HelperStep::Fork))?;
+        let aa = match &host_proc {
+            Some(p) => Some(open_apparmor_exec(p.as_fd(), cpid)?),
+            None => None,
+        };
         proto::send_blocking(
             ctl,
             &HelperMsg::Started { pid: cpid },
             &[cpidfd.as_raw_fd()],
         )
         .map_err(io_step(HelperStep::Report))?;
-        Ok(cpidfd)
+        Ok((cpidfd, aa))
     };
-    let cpidfd = match parent_steps() {
-        Ok(fd) => fd,
+    let (cpidfd, aa) = match parent_steps() {
+        Ok(fds) => fds,
         Err(w) => {
             // C is still blocked on the release pipe: kill and reap it.
             let _ = sys::kill(cpid, libc::SIGKILL);
@@ -405,7 +434,11 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
         }
     };
     drop(cgroups);
-    nix::unistd::write(&release_w, b"1").map_err(step(HelperStep::Report))?;
+    drop(host_proc);
+    let aa_raw: Vec<RawFd> = aa.iter().map(AsRawFd::as_raw_fd).collect();
+    proto::send_bytes_blocking(release_w.as_fd(), b"1", &aa_raw)
+        .map_err(io_step(HelperStep::Report))?;
+    drop(aa);
     drop(release_w);
 
     // EOF on the error pipe means C exec'd (the pipe is close-on-exec).

@@ -17,7 +17,9 @@
 
 mod error;
 mod helper;
+mod lsm;
 pub mod passwd;
+mod pin;
 pub mod plan;
 pub mod procfs;
 mod proto;
@@ -36,7 +38,8 @@ use serde::{Deserialize, Serialize};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
 pub use error::{AttachError, HelperStep};
-pub use pty::PtyMaster;
+pub use pin::{InitWatch, PinnedInit};
+pub use pty::{PtyMaster, terminal_size};
 
 use proto::{Control, HelperMsg, WirePty, WireRequest};
 
@@ -89,108 +92,6 @@ pub enum ExitStatus {
         /// True when a core dump was written.
         core_dumped: bool,
     },
-}
-
-/// The container's init process, pinned by a pidfd and verified.
-#[derive(Debug)]
-pub struct PinnedInit {
-    pidfd: OwnedFd,
-    pid: i32,
-    start_time: u64,
-    cgroup: String,
-    expected_cgroup: String,
-}
-
-fn proc_err(path: String, e: std::io::Error) -> AttachError {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ESRCH) => AttachError::ContainerNotRunning,
-        _ => AttachError::Procfs { path, source: e },
-    }
-}
-
-impl PinnedInit {
-    /// `pidfd_open(pid)` immediately, then verifies the process: its cgroup
-    /// (the v2 `0::` line of `/proc/<pid>/cgroup`, or any v1 line when there
-    /// is no v2 line) must equal or be below `expected_cgroup` (e.g.
-    /// `"/lxc.payload.web1"`; `"/"` is refused), and, when given, its start
-    /// time (field 22 of `/proc/<pid>/stat`, clock ticks since boot) must
-    /// equal `expected_start_time`; finally `pidfd_send_signal(0)` must still
-    /// succeed, which proves the `/proc` reads described the pinned process.
-    ///
-    /// Errors: [`AttachError::ContainerNotRunning`] (no such pid),
-    /// [`AttachError::InitChanged`] (other cgroup/start time, or it died
-    /// during the check), [`AttachError::InvalidRequest`],
-    /// [`AttachError::PidfdOpen`], [`AttachError::Procfs`].
-    pub fn pin(
-        pid: i32,
-        expected_cgroup: &str,
-        expected_start_time: Option<u64>,
-    ) -> Result<PinnedInit, AttachError> {
-        if pid <= 1 {
-            return Err(AttachError::InvalidRequest(format!(
-                "pid {pid} cannot be a container init"
-            )));
-        }
-        let expected = expected_cgroup.trim_end_matches('/');
-        if !expected.starts_with('/') || expected.split('/').any(|c| c == "..") {
-            return Err(AttachError::InvalidRequest(format!(
-                "bad expected cgroup {expected_cgroup:?}"
-            )));
-        }
-        let pidfd = sys::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => AttachError::ContainerNotRunning,
-            _ => AttachError::PidfdOpen(e),
-        })?;
-        let cg_path = format!("/proc/{pid}/cgroup");
-        let text = std::fs::read_to_string(&cg_path).map_err(|e| proc_err(cg_path, e))?;
-        let lines = procfs::parse_cgroup_file(&text).map_err(AttachError::InitChanged)?;
-        let cgroup = procfs::identifying_cgroup(&lines, expected)
-            .ok_or_else(|| {
-                AttachError::InitChanged(format!("pid {pid} is not in cgroup {expected}"))
-            })?
-            .to_owned();
-        let stat_path = format!("/proc/{pid}/stat");
-        let stat = std::fs::read_to_string(&stat_path).map_err(|e| proc_err(stat_path, e))?;
-        let start_time = procfs::start_time_from_stat(&stat)
-            .ok_or_else(|| AttachError::Protocol(format!("unparsable /proc/{pid}/stat")))?;
-        if let Some(want) = expected_start_time
-            && want != start_time
-        {
-            return Err(AttachError::InitChanged(format!(
-                "pid {pid} start time {start_time} != {want}"
-            )));
-        }
-        sys::pidfd_send_signal(pidfd.as_fd(), 0, 0).map_err(|_| {
-            AttachError::InitChanged(format!("pid {pid} exited during verification"))
-        })?;
-        Ok(PinnedInit {
-            pidfd,
-            pid,
-            start_time,
-            cgroup,
-            expected_cgroup: expected.to_owned(),
-        })
-    }
-
-    /// The init's pid in the host pid namespace.
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// The init's start time (clock ticks since boot), for pinning later.
-    pub fn start_time(&self) -> u64 {
-        self.start_time
-    }
-
-    /// The cgroup path the init was found in (relative to the hierarchy root).
-    pub fn cgroup(&self) -> &str {
-        &self.cgroup
-    }
-
-    /// True while the pinned process is alive.
-    pub fn is_alive(&self) -> bool {
-        sys::pidfd_send_signal(self.pidfd.as_fd(), 0, 0).is_ok()
-    }
 }
 
 /// The helper executable: a sealed memfd copy of a binary (CVE-2019-5736: a

@@ -125,6 +125,60 @@ pub fn is_identity_map(map: &[IdRange]) -> bool {
     map == [(0, 0, u32::MAX)]
 }
 
+/// Longest AppArmor label accepted, in bytes.
+pub const MAX_LSM_LABEL_BYTES: usize = 4096;
+
+/// Parses the text of the host's `/proc/<init>/attr/apparmor/current`:
+/// `"lxc-container-default-cgns (enforce)\n"` -> `Some("lxc-container-default-cgns")`.
+/// The mode suffix (` (enforce)`, ` (complain)`, ...) is dropped, since the
+/// exec attribute takes a bare label. `unconfined` (or an empty file) is
+/// `None`: nothing to set. Stacked labels (`a//&b`) are kept as they are.
+///
+/// # Errors
+/// A label longer than [`MAX_LSM_LABEL_BYTES`], or holding NUL, a newline
+/// inside, or other control characters (a label we could not write back
+/// verbatim must not be silently weakened).
+pub fn parse_apparmor_label(text: &str) -> Result<Option<String>, String> {
+    let t = text.strip_suffix('\n').unwrap_or(text);
+    let label = match t.rfind(" (") {
+        Some(i) if t.ends_with(')') => &t[..i],
+        _ => t,
+    };
+    if label.is_empty() || label == "unconfined" {
+        return Ok(None);
+    }
+    if label.len() > MAX_LSM_LABEL_BYTES {
+        return Err("AppArmor label too long".to_owned());
+    }
+    if label.bytes().any(|b| b.is_ascii_control()) {
+        return Err(format!("AppArmor label with control characters: {label:?}"));
+    }
+    Ok(Some(label.to_owned()))
+}
+
+/// The capability set a session may hold: the init's bounding set
+/// intersected with its permitted and effective sets (bit n = capability n).
+/// Used as the session's bounding set, so that root's permitted and
+/// effective sets after `execve` (which the kernel sets to the bounding set
+/// for uid 0) are no wider than the init's; for a root init of LXC, nspawn
+/// or runc the three are equal and this is exactly the init's bounding set.
+pub fn session_cap_mask(cap_bnd: u64, cap_prm: u64, cap_eff: u64) -> u64 {
+    cap_bnd & cap_prm & cap_eff
+}
+
+/// True when a cgroup2 `cgroup.events` text says the cgroup is frozen.
+pub fn cgroup2_frozen(events: &str) -> bool {
+    events
+        .lines()
+        .any(|l| l.split_whitespace().eq(["frozen", "1"]))
+}
+
+/// True when a cgroup v1 `freezer.state` text is anything but `THAWED`
+/// (`FROZEN` or `FREEZING`).
+pub fn freezer_v1_frozen(state: &str) -> bool {
+    state.trim() != "THAWED"
+}
+
 /// A cgroup filesystem mount from `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupMount {
@@ -296,6 +350,44 @@ mod tests {
         assert!(id_mapped(&m, 0) && id_mapped(&m, 65535) && !id_mapped(&m, 65536));
         assert!(parse_id_map("0 1\n").is_err());
         assert!(parse_id_map("a b c\n").is_err());
+    }
+
+    #[test]
+    fn apparmor_labels() {
+        let p = |s: &str| parse_apparmor_label(s);
+        assert_eq!(
+            p("lxc-container-default-cgns (enforce)\n")
+                .unwrap()
+                .as_deref(),
+            Some("lxc-container-default-cgns")
+        );
+        assert_eq!(
+            p("my prof (complain)\n").unwrap().as_deref(),
+            Some("my prof")
+        );
+        assert_eq!(
+            p("lxd-c1_</var/lib/lxd>//&:lxd-c1:unconfined (enforce)\n")
+                .unwrap()
+                .as_deref(),
+            Some("lxd-c1_</var/lib/lxd>//&:lxd-c1:unconfined")
+        );
+        assert_eq!(p("unconfined\n").unwrap(), None);
+        assert_eq!(p("").unwrap(), None);
+        assert_eq!(p("bare").unwrap().as_deref(), Some("bare"));
+        assert!(p("a\nb (enforce)\n").is_err());
+        assert!(p("a\0b\n").is_err());
+        assert!(p(&"x".repeat(MAX_LSM_LABEL_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn cap_mask_and_freezer() {
+        assert_eq!(session_cap_mask(0xff, 0xff, 0xff), 0xff);
+        assert_eq!(session_cap_mask(0xff, 0x0f, 0xff), 0x0f);
+        assert_eq!(session_cap_mask(0xff, 0xff, 0x03), 0x03);
+        assert!(cgroup2_frozen("populated 1\nfrozen 1\n"));
+        assert!(!cgroup2_frozen("populated 1\nfrozen 0\n"));
+        assert!(freezer_v1_frozen("FROZEN\n") && freezer_v1_frozen("FREEZING\n"));
+        assert!(!freezer_v1_frozen("THAWED\n"));
     }
 
     #[test]

@@ -65,7 +65,25 @@ pub(crate) fn send_blocking(
     fds: &[RawFd],
 ) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
-    let iov = [IoSlice::new(&bytes)];
+    send_bytes_blocking(sock, &bytes, fds)
+}
+
+/// Receives one raw message of at most `buf.len()` bytes with its fds
+/// (blocking; used between the helper and the session process).
+pub(crate) fn recv_bytes_blocking(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    recv_raw(sock, buf, MsgFlags::empty())
+}
+
+/// Sends raw bytes with optional fds in one message (blocking).
+pub(crate) fn send_bytes_blocking(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[RawFd],
+) -> std::io::Result<()> {
+    let iov = [IoSlice::new(bytes)];
     let cmsg = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
     sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;

@@ -111,3 +111,12 @@ impl AsyncWrite for PtyMaster {
         Poll::Ready(Ok(()))
     }
 }
+
+/// The size of the terminal on `fd` in character cells (cols, rows), for
+/// operators attaching from a host terminal; `None` when `fd` is not a
+/// terminal or reports a zero size.
+pub fn terminal_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u16, u16)> {
+    super::sys::get_winsize(fd)
+        .ok()
+        .filter(|&(c, r)| c > 0 && r > 0)
+}

@@ -26,8 +26,11 @@ pub(crate) struct SessionCtx<'a> {
     pub release: RawFd,
     pub err: RawFd,
     pub req: &'a WireRequest,
-    pub cap_bnd: u64,
+    /// The init's CapBnd & CapPrm & CapEff ([`procfs::session_cap_mask`]).
+    pub cap_mask: u64,
     pub cap_last: u32,
+    /// The init's AppArmor label; H then sends the exec attribute fd.
+    pub apparmor: Option<&'a str>,
     pub uid_map: &'a [IdRange],
     pub gid_map: &'a [IdRange],
 }
@@ -179,8 +182,9 @@ fn switch_user(ctx: &SessionCtx<'_>, user: &PasswdEntry, groups: &[u32]) -> CRes
         return Err(WireError::IdNotMapped { id: g });
     }
     // Inheritable + ambient would hand capabilities across exec to binaries
-    // with file capabilities, whatever the uid.
-    sys::clear_inheritable_and_ambient().map_err(|e| WireError::step(s, &e))?;
+    // with file capabilities, whatever the uid; permitted and effective stay
+    // within the init's (already narrowed at start; narrowed again here).
+    sys::limit_caps(ctx.cap_mask).map_err(|e| WireError::step(s, &e))?;
     let gids: Vec<Gid> = groups.iter().map(|&g| Gid::from_raw(g)).collect();
     nix::unistd::setgroups(&gids).map_err(step(s))?;
     let (u, g) = (Uid::from_raw(user.uid), Gid::from_raw(user.gid));
@@ -230,20 +234,57 @@ fn enter_home(home: &str) -> CResult<()> {
     Ok(())
 }
 
+/// Narrows the bounding set, then permitted and effective, to `mask` (the
+/// init's, [`SessionCtx::cap_mask`]). H calls it before forking C, so C is
+/// never visible in the container holding more than the container's root
+/// has; C calls it again (idempotent).
+pub(crate) fn confine_caps(mask: u64, cap_last: u32) -> CResult<()> {
+    drop_bounding_set(mask, cap_last)?;
+    sys::limit_caps(mask).map_err(|e| WireError::step(HelperStep::DropCaps, &e))
+}
+
+/// Waits for H's release (sent once C is in the container's cgroups) and
+/// takes the AppArmor exec attribute fd that comes with it when the init
+/// has a label.
+fn await_release(ctx: &SessionCtx<'_>) -> CResult<Option<OwnedFd>> {
+    let release = sys::claim_inherited_fd(ctx.release)
+        .map_err(|e| WireError::step(HelperStep::JoinCgroup, &e))?;
+    let mut b = [0u8; 8];
+    let (n, mut fds) = match proto::recv_bytes_blocking(release.as_fd(), &mut b) {
+        Ok(r) => r,
+        Err(_) => sys::exit_now(1),
+    };
+    if n != 1 || b[0] != b'1' {
+        sys::exit_now(1);
+    }
+    drop(release);
+    let want = usize::from(ctx.apparmor.is_some());
+    if fds.len() != want {
+        return Err(fail(HelperStep::Apparmor, "AppArmor attribute fd missing"));
+    }
+    Ok(fds.pop())
+}
+
+/// Writes `exec LABEL` to the session's own exec attribute (opened by H on
+/// the host procfs), so the shell runs confined like the init.
+fn set_apparmor_exec(fd: OwnedFd, label: &str) -> CResult<()> {
+    let s = HelperStep::Apparmor;
+    let cmd = format!("exec {label}");
+    let n = nix::unistd::write(&fd, cmd.as_bytes()).map_err(step(s))?;
+    if n != cmd.len() {
+        return Err(fail(s, "short write to the AppArmor exec attribute"));
+    }
+    Ok(())
+}
+
 fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step(HelperStep::Prctl))?;
     // Drop every host fd H holds (cgroup files, /dev/null) at once.
     sys::close_fds_except(&[ctx.ctl, ctx.release, ctx.err])
         .map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
+    confine_caps(ctx.cap_mask, ctx.cap_last)?;
     // Wait until H has moved us into the container's cgroups.
-    let release = sys::claim_inherited_fd(ctx.release)
-        .map_err(|e| WireError::step(HelperStep::JoinCgroup, &e))?;
-    let mut b = [0u8; 1];
-    match nix::unistd::read(release.as_fd(), &mut b) {
-        Ok(1) => {}
-        _ => sys::exit_now(1),
-    }
-    drop(release);
+    let apparmor_fd = await_release(ctx)?;
     let ctl =
         sys::claim_inherited_fd(ctx.ctl).map_err(|e| WireError::step(HelperStep::Report, &e))?;
 
@@ -298,7 +339,9 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     drop(root);
     drop(ctl);
 
-    drop_bounding_set(ctx.cap_bnd, ctx.cap_last)?;
+    if let (Some(fd), Some(label)) = (apparmor_fd, ctx.apparmor) {
+        set_apparmor_exec(fd, label)?;
+    }
     switch_user(ctx, &user, &groups)?;
     enter_home(&user.home)?;
 

@@ -86,6 +86,15 @@ pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<Owned
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
 }
 
+/// Registers an owned fd with the tokio reactor for readability only (a
+/// pidfd never polls writable). Must run inside a runtime.
+pub(crate) fn async_fd_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: as in `async_fd`: an OwnedFd stays open and keeps its number
+    // for its whole lifetime.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)
+}
+
 /// Makes the helper inherit `pidfd` as fd 3 and `ctl` as fd 4. The hook only
 /// calls `dup2` (async-signal-safe, no allocation). Callers must pass source
 /// fds numbered above 4 (see [`dup_at_least`]) so neither `dup2` clobbers the
@@ -268,6 +277,19 @@ pub(crate) fn set_winsize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Resul
     Ok(())
 }
 
+/// `ioctl(fd, TIOCGWINSZ)`: (cols, rows) of a terminal.
+pub(crate) fn get_winsize(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` into a valid pointer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) }.into())?;
+    Ok((ws.ws_col, ws.ws_row))
+}
+
 /// `ioctl(master, TIOCSPTLCK, 0)` (what `unlockpt` does).
 pub(crate) fn unlockpt(master: BorrowedFd<'_>) -> io::Result<()> {
     let unlock: libc::c_int = 0;
@@ -332,6 +354,29 @@ pub(crate) fn clear_inheritable_and_ambient() -> io::Result<()> {
     // SAFETY: capget writes two `CapData` (version 3) into a valid array.
     cvt(unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) })?;
     for d in &mut data {
+        d.inheritable = 0;
+    }
+    // SAFETY: capset reads the header and two `CapData` from valid pointers.
+    cvt(unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) })?;
+    Ok(())
+}
+
+/// Narrows the permitted and effective sets to `mask` (bit n = capability
+/// n; never widens them), clears the inheritable set and the ambient set.
+pub(crate) fn limit_caps(mask: u64) -> io::Result<()> {
+    clear_inheritable_and_ambient()?;
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two `CapData` (version 3) into a valid array.
+    cvt(unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) })?;
+    // Low 32 bits in data[0], high 32 bits in data[1] (truncation intended).
+    let parts = [mask as u32, (mask >> 32) as u32];
+    for (d, m) in data.iter_mut().zip(parts) {
+        d.permitted &= m;
+        d.effective &= m;
         d.inheritable = 0;
     }
     // SAFETY: capset reads the header and two `CapData` from valid pointers.

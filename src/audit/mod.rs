@@ -133,6 +133,12 @@ pub enum AuditEvent {
         /// Why (kill request, container stopped, shutdown).
         reason: String,
     },
+    /// The container stopped while a session was attached to it; the
+    /// session was ended (its `SessionEnded` follows).
+    ContainerStopped {
+        /// The container.
+        container: String,
+    },
 }
 
 impl AuditEvent {
@@ -151,7 +157,8 @@ impl AuditEvent {
             AuditEvent::RecordingFailed { .. } => "recording",
             AuditEvent::SessionKillRequested { .. }
             | AuditEvent::SessionTerminated { .. }
-            | AuditEvent::SessionWatched { .. } => "session_control",
+            | AuditEvent::SessionWatched { .. }
+            | AuditEvent::ContainerStopped { .. } => "session_control",
         }
     }
 
@@ -172,7 +179,8 @@ impl AuditEvent {
             | AuditEvent::SessionKillRequested { .. }
             | AuditEvent::SessionWatched { .. }
             | AuditEvent::SessionTerminated { .. }
-            | AuditEvent::KeyBindingChanged { .. } => "info",
+            | AuditEvent::KeyBindingChanged { .. }
+            | AuditEvent::ContainerStopped { .. } => "info",
         }
     }
 

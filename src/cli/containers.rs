@@ -1,19 +1,20 @@
-//! `portcullis containers list`: what the inventory finds.
+//! `portcullis containers list`: what the inventory finds, from both
+//! backends (LXC and process), with state and labels.
 
 use std::process::ExitCode;
 
 use super::{ContainersCommand, print_table};
 use crate::config::Config;
-use crate::inventory::{ContainerState, LxcInventory};
+use crate::inventory::{ContainerState, Inventory};
 
 pub(crate) async fn containers(
     config: Config,
     command: ContainersCommand,
 ) -> anyhow::Result<ExitCode> {
     let ContainersCommand::List { json } = command;
-    let inventory = LxcInventory::new(&config);
+    let inventory = Inventory::new(&config);
     let list = inventory.list().await?;
-    let rows: Vec<[String; 4]> = list
+    let rows: Vec<[String; 5]> = list
         .iter()
         .map(|c| {
             let (state, pid) = match &c.state {
@@ -23,18 +24,29 @@ pub(crate) async fn containers(
                 ContainerState::NotRunning(s) => (s.clone(), "-".to_string()),
             };
             let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            [c.name.clone(), state, pid, labels.join(",")]
+            [
+                c.name.clone(),
+                c.backend.as_str().to_string(),
+                state,
+                pid,
+                labels.join(","),
+            ]
         })
         .collect();
     if json {
         let items: Vec<_> = rows
             .iter()
             .zip(&list)
-            .map(|(r, c)| serde_json::json!({"name": r[0], "state": r[1], "init_pid": r[2], "labels": c.labels}))
+            .map(|(r, c)| {
+                serde_json::json!({
+                    "name": r[0], "backend": r[1], "state": r[2], "init_pid": r[3],
+                    "labels": c.labels,
+                })
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&items)?);
     } else {
-        print_table(&["NAME", "STATE", "INIT PID", "LABELS"], &rows);
+        print_table(&["NAME", "BACKEND", "STATE", "INIT PID", "LABELS"], &rows);
     }
     Ok(ExitCode::SUCCESS)
 }

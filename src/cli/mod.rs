@@ -1,7 +1,8 @@
 //! The `portcullis` command line: `serve`, `sessions`, `policy`,
-//! `containers`, `audit`, `keys`. Every subcommand takes `--config FILE` (default
+//! `containers`, `audit`, `keys`, `attach`. Every subcommand takes `--config FILE` (default
 //! `./portcullis.toml`). Errors print one line and exit non-zero.
 
+mod attach;
 mod audit;
 mod containers;
 mod keys;
@@ -55,6 +56,19 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: keys::KeysCommand,
+    },
+    /// Enter a container from the host (operators), through the same
+    /// helper as SSH sessions; audited and recorded.
+    Attach {
+        /// Container name.
+        container: String,
+        /// Login inside the container (default: `default_login`).
+        #[arg(long)]
+        login: Option<String>,
+        /// Command (joined with spaces, run with the login's shell `-c`);
+        /// none = a login shell.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
 }
 
@@ -127,6 +141,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Containers { command } => containers::containers(config, command).await,
         Command::Audit { command } => audit::audit(config, command).await,
         Command::Keys { command } => keys::keys(config, command).await,
+        Command::Attach {
+            container,
+            login,
+            command,
+        } => attach::attach(config, container, login, command).await,
     }
 }
 

@@ -11,7 +11,7 @@ use crate::attach::HelperBinary;
 use crate::audit::{AuditEvent, AuditLog, AuditSigner, AuditSubject};
 use crate::config::Config;
 use crate::identity::{CertificateAuthorities, Issuers, KeyBindings};
-use crate::inventory::LxcInventory;
+use crate::inventory::Inventory;
 use crate::policy::PolicyEngine;
 use crate::ssh::{
     FailureThrottle, Gateway, fingerprint, load_or_create_host_key, russh_config, serve,
@@ -28,7 +28,7 @@ fn init_tracing() {
         .try_init();
 }
 
-fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !path.exists() {
         std::fs::DirBuilder::new()
@@ -98,7 +98,7 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
     let local = listener.local_addr()?;
     let russh = Arc::new(russh_config(host_key, config.auth.max_auth_attempts));
     let gateway = Arc::new(Gateway {
-        inventory: LxcInventory::new(&config),
+        inventory: Inventory::new(&config),
         config: config.clone(),
         store: store.clone(),
         audit,

@@ -154,3 +154,25 @@ fn auth_and_certificates_are_checked() {
     let c = parse(&format!("{MINIMAL}[auth]\nkey_binding_ttl = \"1h\"\n")).unwrap();
     assert_eq!(c.auth.key_binding_ttl, Duration::from_secs(3600));
 }
+
+#[test]
+fn process_backend_keys() {
+    let c = parse(&format!(
+        "{MINIMAL}[inventory]\nbackend = \"process\"\n\
+         [containers.a]\npid_file = \"/run/a.pid\"\n\
+         [containers.b]\ncgroup = \"/sys/fs/cgroup/unified/b\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.inventory.backend, InventoryBackend::Process);
+    assert!(c.containers["a"].is_process() && c.containers["b"].is_process());
+    let bad = [
+        "[inventory]\nbackend = \"process\"\n[containers.a]\nlabels = {}\n",
+        "[containers.a]\npid_file = \"/x\"\ncgroup = \"/y\"\n",
+        "[containers.a]\npid_file = \"rel.pid\"\n",
+        "[containers.a]\ncgroup = \"/sys/../etc\"\n",
+    ];
+    for b in bad {
+        let err = parse(&format!("{MINIMAL}{b}")).unwrap_err().to_string();
+        assert!(err.contains("containers.a"), "{err}");
+    }
+}

@@ -1,14 +1,41 @@
-//! Finding containers: the LXC backend asks `lxc-info` for a container's
-//! state and init PID under the configured `lxcpath`; labels come from the
-//! config file.
+//! Finding containers. Two backends: `lxc` ([`LxcInventory`], `lxc-info`
+//! under `lxcpath`) and `process` ([`ProcessInventory`]: a pid file or a
+//! cgroup directory per `[containers.NAME]`, for any runtime). A container
+//! section with `pid_file` or `cgroup` always uses the process backend;
+//! others use LXC unless `[inventory] backend = "process"`. Labels come
+//! from the config file.
 //!
 //! Owns lookups only; it never enters a container. A name is checked with
 //! [`crate::config::valid_name`] before it reaches any command line.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+mod lxc;
+mod process;
 
-use crate::config::{Config, valid_name};
+use std::collections::BTreeMap;
+
+pub use lxc::LxcInventory;
+pub use process::ProcessInventory;
+
+use crate::config::{Config, InventoryBackend};
+
+/// Which backend found a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `lxc-info`.
+    Lxc,
+    /// A pid file or a cgroup directory from the config.
+    Process,
+}
+
+impl Backend {
+    /// `lxc` or `process`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Lxc => "lxc",
+            Backend::Process => "process",
+        }
+    }
+}
 
 /// The state of a container, as its runtime reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +61,8 @@ pub struct Container {
     /// The container's cgroup path below each hierarchy's root, e.g.
     /// `/lxc.payload.web1`; the init's `/proc/PID/cgroup` must show it.
     pub cgroup: String,
+    /// The backend that found it.
+    pub backend: Backend,
 }
 
 /// A failed lookup.
@@ -54,6 +83,11 @@ pub enum InventoryError {
         #[source]
         source: std::io::Error,
     },
+    /// The configured process is not the init of a container: not PID 1 of
+    /// its own PID namespace, or in the gateway's own mount namespace (that
+    /// would be the host).
+    #[error("{0}")]
+    NotAContainer(String),
     /// The runtime's tool printed something unexpected.
     #[error("unexpected output from {tool}: {output}")]
     Output {
@@ -64,127 +98,54 @@ pub enum InventoryError {
     },
 }
 
-/// The LXC inventory.
+/// The inventory the gateway uses: both backends, by the rule in the module
+/// docs.
 #[derive(Debug, Clone)]
-pub struct LxcInventory {
-    lxcpath: PathBuf,
-    labels: BTreeMap<String, BTreeMap<String, String>>,
+pub struct Inventory {
+    lxc: Option<LxcInventory>,
+    process: ProcessInventory,
 }
 
-impl LxcInventory {
-    /// An inventory over `config.inventory.lxcpath` with labels from
-    /// `config.containers`.
-    pub fn new(config: &Config) -> LxcInventory {
-        LxcInventory {
-            lxcpath: config.inventory.lxcpath.clone(),
-            labels: config
-                .containers
-                .iter()
-                .map(|(name, c)| (name.clone(), c.labels.clone()))
-                .collect(),
+impl Inventory {
+    /// The inventory described by `config.inventory` and `config.containers`.
+    pub fn new(config: &Config) -> Inventory {
+        Inventory {
+            lxc: (config.inventory.backend == InventoryBackend::Lxc)
+                .then(|| LxcInventory::new(config)),
+            process: ProcessInventory::new(config),
         }
     }
 
-    /// Looks up `name` with `lxc-info -P LXCPATH -n NAME -s -p -H`.
+    /// Looks up `name` in the backend that owns it.
     ///
     /// # Errors
-    /// [`InventoryError::InvalidName`], [`InventoryError::NotFound`], or a
-    /// tool failure.
+    /// [`InventoryError::NotFound`] when no backend knows it; otherwise as
+    /// [`LxcInventory::find`] / [`ProcessInventory::find`].
     pub async fn find(&self, name: &str) -> Result<Container, InventoryError> {
-        if !valid_name(name) {
-            return Err(InventoryError::InvalidName);
+        if self.process.knows(name) {
+            return self.process.find(name);
         }
-        let output = tokio::process::Command::new("lxc-info")
-            .arg("-P")
-            .arg(&self.lxcpath)
-            .args(["-n", name, "-s", "-p", "-H"])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|source| InventoryError::Tool {
-                tool: "lxc-info",
-                source,
-            })?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            return Err(InventoryError::NotFound(name.to_string()));
+        match &self.lxc {
+            Some(lxc) => lxc.find(name).await,
+            None => Err(InventoryError::NotFound(name.to_string())),
         }
-        let state = parse_lxc_info(&stdout).ok_or_else(|| InventoryError::Output {
-            tool: "lxc-info",
-            output: crate::audit::truncate(&stdout, 200),
-        })?;
-        Ok(Container {
-            name: name.to_string(),
-            state,
-            labels: self.labels.get(name).cloned().unwrap_or_default(),
-            cgroup: format!("/lxc.payload.{name}"),
-        })
     }
 
-    /// All containers under `lxcpath` (directories holding a `config`),
-    /// sorted by name, with their state.
+    /// Every container of both backends, sorted by name (a process-backend
+    /// entry hides an LXC container of the same name).
     ///
     /// # Errors
-    /// As [`LxcInventory::find`], or when `lxcpath` cannot be read.
+    /// As the backends' `list`.
     pub async fn list(&self) -> Result<Vec<Container>, InventoryError> {
-        let entries = std::fs::read_dir(&self.lxcpath).map_err(|source| InventoryError::Tool {
-            tool: "lxcpath",
-            source,
-        })?;
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().join("config").is_file())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| valid_name(n))
-            .collect();
-        names.sort();
-        let mut containers = Vec::new();
-        for name in names {
-            containers.push(self.find(&name).await?);
+        let mut all = self.process.list();
+        if let Some(lxc) = &self.lxc {
+            for c in lxc.list().await? {
+                if !self.process.knows(&c.name) {
+                    all.push(c);
+                }
+            }
         }
-        Ok(containers)
-    }
-}
-
-/// Parses `lxc-info -s -p -H` output: `State: RUNNING` and `PID: 123`.
-fn parse_lxc_info(text: &str) -> Option<ContainerState> {
-    let mut state = None;
-    let mut pid = None;
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("State:") {
-            state = Some(v.trim().to_string());
-        } else if let Some(v) = line.strip_prefix("PID:") {
-            pid = v.trim().parse::<i32>().ok().filter(|p| *p > 1);
-        }
-    }
-    match (state?.as_str(), pid) {
-        ("RUNNING", Some(init_pid)) => Some(ContainerState::Running { init_pid }),
-        ("RUNNING", None) => None,
-        (other, _) => Some(ContainerState::NotRunning(other.to_string())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_running_and_stopped() {
-        assert_eq!(
-            parse_lxc_info("State:          RUNNING\nPID:            3098\n"),
-            Some(ContainerState::Running { init_pid: 3098 })
-        );
-        assert_eq!(
-            parse_lxc_info("State:          STOPPED\n"),
-            Some(ContainerState::NotRunning("STOPPED".into()))
-        );
-        assert_eq!(
-            parse_lxc_info("State: FROZEN\nPID: 12\n"),
-            Some(ContainerState::NotRunning("FROZEN".into()))
-        );
-        assert_eq!(parse_lxc_info("State: RUNNING\nPID: x\n"), None);
-        assert_eq!(parse_lxc_info("garbage"), None);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
     }
 }

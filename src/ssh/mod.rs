@@ -32,7 +32,7 @@ use crate::attach::HelperBinary;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::identity::{CertificateAuthorities, Issuers, KeyBindings};
-use crate::inventory::LxcInventory;
+use crate::inventory::Inventory;
 use crate::policy::PolicyEngine;
 use crate::store::Store;
 
@@ -81,7 +81,7 @@ pub struct Gateway {
     /// The loaded policies.
     pub policy: PolicyEngine,
     /// The container inventory.
-    pub inventory: LxcInventory,
+    pub inventory: Inventory,
     /// The sealed attach helper binary.
     pub helper: HelperBinary,
     /// Cancelled at shutdown; sessions end when it is.

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::Gateway;
 use super::session::{ChannelInput, SessionAudit};
-use crate::attach::{Attached, ExitStatus, SessionIo};
+use crate::attach::{Attached, ExitStatus, InitWatch, SessionIo};
 use crate::audit::AuditEvent;
 use crate::config::RecordingFailure;
 use crate::recording::{Digest256, Recorder, RecordingError};
@@ -25,6 +25,10 @@ const CHUNK_BYTES: usize = 32 * 1024;
 /// background processes may still write.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
+/// Shortest time waited, after a session died by a signal, for the init to
+/// exit before deciding the container did not stop.
+const STOP_DETECT_MIN: Duration = Duration::from_millis(500);
+
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
 type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
@@ -34,6 +38,26 @@ pub(super) struct Outcome {
     pub exit: Option<ExitStatus>,
     /// The finished recording's size and digest.
     pub digest: Option<Digest256>,
+    /// True when the container's init exited during the session.
+    pub container_stopped: bool,
+}
+
+/// Both ends of a session and what may end it: the client's channel, the
+/// container (its name, for messages, and a watch on its init), the audit
+/// trail, and the kill switch of `sessions kill`.
+pub(super) struct Ends<'a> {
+    /// Handle to send data back to the client.
+    pub handle: &'a Handle,
+    /// The channel.
+    pub channel: ChannelId,
+    /// Container name.
+    pub container: &'a str,
+    /// Resolves when the container's init exits.
+    pub init: &'a InitWatch,
+    /// Audit events of this session.
+    pub audit: &'a SessionAudit,
+    /// Receives a reason when an admin ends the session.
+    pub kill: oneshot::Receiver<String>,
 }
 
 enum Control {
@@ -43,19 +67,24 @@ enum Control {
 }
 
 /// Moves bytes between the channel and the process, records output, and
-/// returns how the process ended.
-#[allow(clippy::too_many_arguments)]
+/// returns how the process ended. When the container stops (its init
+/// exits), the session ends with a message saying so.
 pub(super) async fn pump(
     gateway: &Gateway,
-    handle: &Handle,
-    channel: ChannelId,
+    ends: Ends<'_>,
     mut attached: Attached,
     io: SessionIo,
     recorder: Recorder,
     input: mpsc::Receiver<ChannelInput>,
-    audit: &SessionAudit,
-    mut kill: oneshot::Receiver<String>,
 ) -> Outcome {
+    let Ends {
+        handle,
+        channel,
+        container,
+        init,
+        audit,
+        mut kill,
+    } = ends;
     let mut recorder = Recording {
         path: recorder.path().to_path_buf(),
         recorder: Some(recorder),
@@ -84,6 +113,7 @@ pub(super) async fn pump(
     let mut exit: Option<ExitStatus> = None;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut ended_by: Option<String> = None;
+    let mut container_stopped = false;
 
     loop {
         if exit.is_some() && stdout.is_none() && stderr.is_none() {
@@ -153,6 +183,12 @@ pub(super) async fn pump(
                 }
                 drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
             }
+            _ = init.exited(), if !container_stopped => {
+                container_stopped = true;
+                if exit.is_none() {
+                    break;
+                }
+            }
             _ = sleep_until(drain_deadline) => break,
             _ = gateway.shutdown.cancelled() => {
                 ended_by = Some("the gateway is shutting down".into());
@@ -168,6 +204,24 @@ pub(super) async fn pump(
     }
     stdin_task.abort();
 
+    // A stopping container kills the session before its init exits (the
+    // kernel reaps the PID namespace first; a clean shutdown signals the
+    // processes first): after a death by signal, wait a moment for the init.
+    if !container_stopped && ended_by.is_none() && matches!(exit, Some(ExitStatus::Signal { .. })) {
+        let wait = gateway.config.session.kill_grace.max(STOP_DETECT_MIN);
+        container_stopped = tokio::time::timeout(wait, init.exited()).await.is_ok();
+    }
+    if container_stopped && ended_by.as_deref() != Some(DISCONNECTED) {
+        ended_by = None;
+        let text = format!("\r\nPortcullis: session ended: the container {container} stopped.\r\n");
+        let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
+        if exit.is_none() {
+            match attached.terminate(gateway.config.session.kill_grace).await {
+                Ok(status) => exit = Some(status),
+                Err(e) => tracing::error!(error = %e, "cannot end the session process"),
+            }
+        }
+    }
     if let Some(reason) = ended_by {
         if reason != DISCONNECTED {
             let text = format!("\r\nPortcullis: session ended: {reason}.\r\n");
@@ -210,7 +264,11 @@ pub(super) async fn pump(
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
     let digest = recorder.finish().await;
-    Outcome { exit, digest }
+    Outcome {
+        exit,
+        digest,
+        container_stopped,
+    }
 }
 
 /// `ended_by` when the client went away (no message to send).

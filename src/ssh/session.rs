@@ -219,7 +219,12 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
                 },
             )
             .await?;
-            return Err(denial(action, &target));
+            // Policy allowed this principal: say why it cannot go in.
+            return Err(Refusal(format!(
+                "Access refused: the container {} is {} (not running).",
+                container.name,
+                state.to_lowercase()
+            )));
         }
     };
     let init = match attach::PinnedInit::pin(init_pid, &container.cgroup, None) {
@@ -233,7 +238,7 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
                 },
             )
             .await?;
-            return Err(Refusal(e.user_message()));
+            return Err(Refusal(format!("Access refused: {}.", e.user_message())));
         }
     };
 
@@ -308,8 +313,13 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
         pty: pty.clone(),
         env,
     };
-    let spawned = attach::spawn(&gateway.helper, &init, &request).await;
-    let (attached, io) = match spawned {
+    let spawned = match init.watch() {
+        Ok(w) => attach::spawn(&gateway.helper, &init, &request)
+            .await
+            .map(|(a, io)| (w, a, io)),
+        Err(e) => Err(e),
+    };
+    let (watch, attached, io) = match spawned {
         Ok(pair) => pair,
         Err(e) => {
             let digest = recorder.finish().await.ok();
@@ -334,7 +344,7 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
                 },
             )
             .await?;
-            return Err(Refusal(e.user_message()));
+            return Err(Refusal(format!("Access refused: {}.", e.user_message())));
         }
     };
     tracing::info!(%session_id, container = %container.name, login = %target.login, "session started");
@@ -345,20 +355,25 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
         principal: principal.subject.clone(),
         client_addr: client_addr.clone(),
     };
-    let kill = gateway.live.register(&session_id);
-    let outcome = super::pump::pump(
-        &gateway,
-        &handle,
+    let ends = super::pump::Ends {
+        handle: &handle,
         channel,
-        attached,
-        io,
-        recorder,
-        input,
-        &session_audit,
-        kill,
-    )
-    .await;
+        container: &container.name,
+        init: &watch,
+        audit: &session_audit,
+        kill: gateway.live.register(&session_id),
+    };
+    let outcome = super::pump::pump(&gateway, ends, attached, io, recorder, input).await;
     gateway.live.remove(&session_id);
+    if outcome.container_stopped {
+        let _ = audit(
+            Some(session_id.clone()),
+            AuditEvent::ContainerStopped {
+                container: container.name.clone(),
+            },
+        )
+        .await;
+    }
 
     // Closing records.
     let (status, exit_status, exit_signal) = match &outcome.exit {

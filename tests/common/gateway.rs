@@ -56,14 +56,25 @@ impl TestContainer {
     /// template with `lxc.net.0.type = empty`, adds a login `app` (uid 1000)
     /// and `/etc/hostname`, and waits until it runs.
     pub fn start(suffix: &str) -> TestContainer {
+        TestContainer::start_with(suffix, false)
+    }
+
+    /// As [`TestContainer::start`]; `unprivileged` adds `lxc.idmap` lines
+    /// mapping ids 0..65536 to host 100000.. ([`ensure_subids`] first), and
+    /// files the test adds are chowned to the mapped ids.
+    pub fn start_with(suffix: &str, unprivileged: bool) -> TestContainer {
         let name = format!("portcullis-test-{}-{suffix}", std::process::id());
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("lxc.conf");
-        std::fs::write(
-            &conf,
-            "lxc.net.0.type = empty\nlxc.apparmor.profile = unconfined\nlxc.pty.max = 64\n",
-        )
-        .expect("write lxc conf");
+        let mut text =
+            "lxc.net.0.type = empty\nlxc.apparmor.profile = unconfined\nlxc.pty.max = 64\n"
+                .to_owned();
+        if unprivileged {
+            ensure_subids();
+            text.push_str("lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n");
+        }
+        std::fs::write(&conf, text).expect("write lxc conf");
+        let off = if unprivileged { UNS_BASE } else { 0 };
         let reaper_stdin = reaper(&format!(
             "lxc-stop -k -n {name} >/dev/null 2>&1; lxc-destroy -f -n {name} >/dev/null 2>&1"
         ));
@@ -81,8 +92,10 @@ impl TestContainer {
         );
         append(&rootfs.join("etc/group"), "app:x:1000:\nops:x:2000:app\n");
         std::fs::create_dir_all(rootfs.join("home/app")).expect("home");
-        std::os::unix::fs::chown(rootfs.join("home/app"), Some(1000), Some(1000)).expect("chown");
+        std::os::unix::fs::chown(rootfs.join("home/app"), Some(1000 + off), Some(1000 + off))
+            .expect("chown");
         std::fs::write(rootfs.join("etc/hostname"), format!("{name}\n")).expect("hostname");
+        std::os::unix::fs::chown(rootfs.join("etc/hostname"), Some(off), Some(off)).expect("chown");
         run(Command::new("lxc-start").args(["-n", &name]));
         let started = Instant::now();
         while init_pid_of(&name).is_none() {
@@ -127,6 +140,32 @@ impl TestContainer {
             }
         }
         found
+    }
+}
+
+/// Host uid/gid that an unprivileged test container's root maps to.
+pub const UNS_BASE: u32 = 100_000;
+
+/// Makes sure `/etc/subuid` and `/etc/subgid` give root the range
+/// 100000:65536 that unprivileged test containers use (a fresh CI machine
+/// has no such line).
+pub fn ensure_subids() {
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if !text.lines().any(|l| l.trim() == "root:100000:65536") {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .unwrap_or_else(|e| panic!("open {file}: {e}"));
+            let sep = if text.is_empty() || text.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
+            f.write_all(format!("{sep}root:100000:65536\n").as_bytes())
+                .expect("append subid");
+        }
     }
 }
 
@@ -316,6 +355,11 @@ impl TestGateway {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The gateway process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The gateway's log so far.

@@ -1,0 +1,332 @@
+//! `portcullis attach CONTAINER [--login L] [-- CMD...]`: an operator on the
+//! host enters a container through the same helper as SSH sessions, without
+//! SSH or policy (host root is already past every policy). The session is
+//! audited, gets a session row and a recording like an SSH session, with
+//! the principal `host:uid=N`.
+//!
+//! With a terminal on stdin the session gets a pty from the container's
+//! devpts (the host terminal is put in raw mode and restored); otherwise
+//! plain pipes. CMD words are joined with spaces and run by the login's
+//! shell with `-c`, as `ssh` does. The exit status is passed through
+//! (128 + N for a death by signal N).
+
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::attach::{
+    self, AttachRequest, Attached, ExitStatus, HelperBinary, InitWatch, PinnedInit, PtyRequest,
+    SessionIo,
+};
+use crate::audit::{AuditEvent, AuditLog, AuditSubject};
+use crate::config::{Config, valid_name};
+use crate::inventory::{ContainerState, Inventory};
+use crate::recording::{Header, Recorder, SessionMetadata};
+use crate::store::{NewSession, SessionEnd, Store};
+
+/// Bytes copied per read.
+const CHUNK_BYTES: usize = 32 * 1024;
+
+/// Restores the host terminal's mode when dropped.
+struct RawMode(Termios);
+
+impl RawMode {
+    fn enter() -> anyhow::Result<RawMode> {
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(stdin.as_fd()).context("cannot read the terminal mode")?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).context("cannot set raw mode")?;
+        Ok(RawMode(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &self.0);
+    }
+}
+
+/// Runs the subcommand. Ends the process itself (see below) and only
+/// returns on errors before the session started.
+pub(crate) async fn attach(
+    config: Config,
+    container: String,
+    login: Option<String>,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let login = login.unwrap_or_else(|| config.default_login.clone());
+    if !valid_name(&container) || !valid_name(&login) {
+        bail!("invalid container or login name");
+    }
+    let command = (!command.is_empty()).then(|| command.join(" "));
+    let found = Inventory::new(&config).find(&container).await?;
+    let init_pid = match found.state {
+        ContainerState::Running { init_pid } => init_pid,
+        ContainerState::NotRunning(s) => {
+            bail!(
+                "the container {container} is {} (not running)",
+                s.to_lowercase()
+            )
+        }
+    };
+    let init = PinnedInit::pin(init_pid, &found.cgroup, None)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", e.user_message()))?;
+
+    super::serve::create_private_dir(&config.state_dir)?;
+    super::serve::create_private_dir(&config.recordings_dir())?;
+    let store = Store::open(&config.database_url()).await?;
+    let audit = AuditLog::new(store.clone());
+    let principal = format!("host:uid={}", nix::unistd::getuid());
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let subject = AuditSubject {
+        session_id: Some(&session_id),
+        principal: Some(&principal),
+        client_addr: Some("local"),
+    };
+
+    let pty = std::io::stdin().is_terminal().then(|| {
+        let (cols, rows) = attach::terminal_size(std::io::stdin().as_fd()).unwrap_or((80, 24));
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        PtyRequest { term, cols, rows }
+    });
+    let recording_path = config.recordings_dir().join(format!("{session_id}.cast"));
+    let (cols, rows) = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
+    let header = Header {
+        version: 2,
+        width: u32::from(cols),
+        height: u32::from(rows),
+        timestamp: Some(crate::store::now_ms() / 1000),
+        command: command.clone(),
+        title: Some(format!("{login}@{container}")),
+        env: None,
+        portcullis: Some(SessionMetadata {
+            session_id: session_id.clone(),
+            principal: principal.clone(),
+            container: container.clone(),
+            login: login.clone(),
+            command: command.clone(),
+        }),
+    };
+    let recorder = Recorder::create(
+        &recording_path,
+        &header,
+        false,
+        config.recording.flush_interval,
+    )
+    .await?;
+    store
+        .insert_session(&NewSession {
+            id: &session_id,
+            principal: &principal,
+            email: None,
+            container: &container,
+            login: &login,
+            command: command.as_deref(),
+            client_addr: Some("local"),
+            recording_path: &recording_path.display().to_string(),
+        })
+        .await?;
+    audit
+        .record(
+            &subject,
+            &AuditEvent::SessionStarted {
+                container: container.clone(),
+                login: login.clone(),
+                command: command.clone(),
+                pty: pty.is_some(),
+            },
+        )
+        .await?;
+
+    let helper = HelperBinary::sealed_copy_of_current_exe()?;
+    let request = AttachRequest {
+        container: container.clone(),
+        login,
+        command,
+        pty,
+        env: Vec::new(),
+    };
+    let started = match init.watch() {
+        Ok(w) => attach::spawn(&helper, &init, &request)
+            .await
+            .map(|(a, io)| (w, a, io)),
+        Err(e) => Err(e),
+    };
+    let (watch, attached, io) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let digest = recorder.finish().await.ok();
+            let _ = store
+                .end_session(
+                    &session_id,
+                    &SessionEnd {
+                        status: "failed",
+                        exit_status: None,
+                        exit_signal: None,
+                        recording_bytes: digest.as_ref().map(|d| d.bytes as i64).unwrap_or(0),
+                        recording_sha256: digest.as_ref().map(|d| d.sha256.as_str()).unwrap_or(""),
+                    },
+                )
+                .await;
+            audit
+                .record(
+                    &subject,
+                    &AuditEvent::SessionFailed {
+                        container: container.clone(),
+                        reason: e.to_string(),
+                    },
+                )
+                .await?;
+            bail!("{}", e.user_message());
+        }
+    };
+
+    let (exit, recorder, stopped) = run_io(attached, io, recorder, &watch).await?;
+    if stopped {
+        eprintln!("\r\nportcullis: session ended: the container {container} stopped.\r");
+        audit
+            .record(
+                &subject,
+                &AuditEvent::ContainerStopped {
+                    container: container.clone(),
+                },
+            )
+            .await?;
+    }
+    let digest = recorder.finish().await?;
+    let (exit_status, exit_signal, code) = match exit {
+        ExitStatus::Code(c) => (Some(i64::from(c)), None, c),
+        ExitStatus::Signal { signal, .. } => (None, Some(format!("SIG{signal}")), 128 + signal),
+    };
+    store
+        .end_session(
+            &session_id,
+            &SessionEnd {
+                status: "ended",
+                exit_status,
+                exit_signal: exit_signal.as_deref(),
+                recording_bytes: digest.bytes as i64,
+                recording_sha256: &digest.sha256,
+            },
+        )
+        .await?;
+    audit
+        .record(
+            &subject,
+            &AuditEvent::SessionEnded {
+                exit_status,
+                exit_signal,
+                recording_bytes: digest.bytes as i64,
+                recording_sha256: digest.sha256.clone(),
+            },
+        )
+        .await?;
+    store.close().await;
+    // tokio's stdin reader is a blocking thread that a runtime shutdown
+    // would wait for (until the operator presses a key): leave now, with
+    // everything recorded and the terminal restored.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::process::exit(code & 0xff)
+}
+
+/// Copies the terminal or pipes to and from the session until it exits;
+/// returns its status, the recorder and whether the container stopped.
+async fn run_io(
+    mut attached: Attached,
+    io: SessionIo,
+    mut recorder: Recorder,
+    init: &InitWatch,
+) -> anyhow::Result<(ExitStatus, Recorder, bool)> {
+    let mut stdout = tokio::io::stdout();
+    let mut stderr_out = tokio::io::stderr();
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut err_buf = vec![0u8; CHUNK_BYTES];
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+    let (mut out, mut err, _raw, stdin_task): (Reader, Reader, Option<RawMode>, _) = match io {
+        SessionIo::Pty(master) => {
+            let raw = RawMode::enter()?;
+            let (r, w) = tokio::io::split(master);
+            let task = tokio::spawn(copy_stdin(w));
+            (Some(Box::new(r)), None, Some(raw), task)
+        }
+        SessionIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let task = tokio::spawn(copy_stdin(stdin));
+            (Some(Box::new(stdout)), Some(Box::new(stderr)), None, task)
+        }
+    };
+    let mut exit = None;
+    let mut stopped = false;
+    while exit.is_none() || out.is_some() || err.is_some() {
+        tokio::select! {
+            n = read_opt(&mut out, &mut buf) => match n {
+                Some(n) => {
+                    recorder.output(&buf[..n]).await?;
+                    stdout.write_all(&buf[..n]).await?;
+                    stdout.flush().await?;
+                }
+                None => out = None,
+            },
+            n = read_opt(&mut err, &mut err_buf) => match n {
+                Some(n) => {
+                    recorder.output(&err_buf[..n]).await?;
+                    stderr_out.write_all(&err_buf[..n]).await?;
+                }
+                None => err = None,
+            },
+            status = attached.wait(), if exit.is_none() => exit = Some(status?),
+            _ = winch.recv() => {
+                if let Some((c, r)) = attach::terminal_size(std::io::stdin().as_fd()) {
+                    let _ = attached.resize(c, r);
+                    recorder.resize(u32::from(c), u32::from(r)).await?;
+                }
+            }
+            _ = init.exited(), if !stopped => stopped = true,
+        }
+    }
+    stdin_task.abort();
+    let exit = exit.context("no exit status")?;
+    if !stopped && matches!(exit, ExitStatus::Signal { .. }) {
+        stopped = tokio::time::timeout(std::time::Duration::from_millis(500), init.exited())
+            .await
+            .is_ok();
+    }
+    Ok((exit, recorder, stopped))
+}
+
+type Reader = Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>;
+
+async fn read_opt(r: &mut Reader, buf: &mut [u8]) -> Option<usize> {
+    match r {
+        Some(r) => match r.read(buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Our stdin to the session until EOF (then EOF to the session).
+async fn copy_stdin<W: tokio::io::AsyncWrite + Unpin>(mut w: W) {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = w.shutdown().await;
+}

@@ -1,0 +1,150 @@
+//! The LXC backend: `lxc-info` for a container's state and init PID under
+//! the configured `lxcpath`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::{Backend, Container, ContainerState, InventoryError};
+use crate::config::{Config, valid_name};
+
+/// The LXC inventory.
+#[derive(Debug, Clone)]
+pub struct LxcInventory {
+    lxcpath: PathBuf,
+    labels: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl LxcInventory {
+    /// An inventory over `config.inventory.lxcpath` with labels from
+    /// `config.containers`.
+    pub fn new(config: &Config) -> LxcInventory {
+        LxcInventory {
+            lxcpath: config.inventory.lxcpath.clone(),
+            labels: config
+                .containers
+                .iter()
+                .map(|(name, c)| (name.clone(), c.labels.clone()))
+                .collect(),
+        }
+    }
+
+    /// Looks up `name` with `lxc-info -P LXCPATH -n NAME -s -p -H`.
+    ///
+    /// # Errors
+    /// [`InventoryError::InvalidName`], [`InventoryError::NotFound`], or a
+    /// tool failure.
+    pub async fn find(&self, name: &str) -> Result<Container, InventoryError> {
+        if !valid_name(name) {
+            return Err(InventoryError::InvalidName);
+        }
+        let output = tokio::process::Command::new("lxc-info")
+            .arg("-P")
+            .arg(&self.lxcpath)
+            .args(["-n", name, "-s", "-p", "-H"])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| InventoryError::Tool {
+                tool: "lxc-info",
+                source,
+            })?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            return Err(InventoryError::NotFound(name.to_string()));
+        }
+        let state = parse_lxc_info(&stdout).ok_or_else(|| InventoryError::Output {
+            tool: "lxc-info",
+            output: crate::audit::truncate(&stdout, 200),
+        })?;
+        Ok(Container {
+            name: name.to_string(),
+            state,
+            labels: self.labels.get(name).cloned().unwrap_or_default(),
+            cgroup: format!("/lxc.payload.{name}"),
+            backend: Backend::Lxc,
+        })
+    }
+
+    /// All containers under `lxcpath` (directories holding a `config`),
+    /// sorted by name, with their state (`UNKNOWN` for one whose lookup
+    /// failed, e.g. while it is being created or destroyed).
+    ///
+    /// # Errors
+    /// When `lxcpath` cannot be read.
+    pub async fn list(&self) -> Result<Vec<Container>, InventoryError> {
+        let entries = std::fs::read_dir(&self.lxcpath).map_err(|source| InventoryError::Tool {
+            tool: "lxcpath",
+            source,
+        })?;
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("config").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| valid_name(n))
+            .collect();
+        names.sort();
+        let mut containers = Vec::new();
+        for name in names {
+            // A container being created or destroyed right now makes
+            // lxc-info fail; list it as UNKNOWN rather than failing the list.
+            let c = match self.find(&name).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(container = %name, error = %e, "cannot look up container");
+                    Container {
+                        labels: self.labels.get(&name).cloned().unwrap_or_default(),
+                        cgroup: format!("/lxc.payload.{name}"),
+                        name,
+                        state: ContainerState::NotRunning("UNKNOWN".into()),
+                        backend: Backend::Lxc,
+                    }
+                }
+            };
+            containers.push(c);
+        }
+        Ok(containers)
+    }
+}
+
+/// Parses `lxc-info -s -p -H` output: `State: RUNNING` and `PID: 123`.
+fn parse_lxc_info(text: &str) -> Option<ContainerState> {
+    let mut state = None;
+    let mut pid = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("State:") {
+            state = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("PID:") {
+            pid = v.trim().parse::<i32>().ok().filter(|p| *p > 1);
+        }
+    }
+    match (state?.as_str(), pid) {
+        ("RUNNING", Some(init_pid)) => Some(ContainerState::Running { init_pid }),
+        ("RUNNING", None) => None,
+        (other, _) => Some(ContainerState::NotRunning(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_running_and_stopped() {
+        assert_eq!(
+            parse_lxc_info("State:          RUNNING\nPID:            3098\n"),
+            Some(ContainerState::Running { init_pid: 3098 })
+        );
+        assert_eq!(
+            parse_lxc_info("State:          STOPPED\n"),
+            Some(ContainerState::NotRunning("STOPPED".into()))
+        );
+        assert_eq!(
+            parse_lxc_info("State: FROZEN\nPID: 12\n"),
+            Some(ContainerState::NotRunning("FROZEN".into()))
+        );
+        assert_eq!(parse_lxc_info("State: RUNNING\nPID: x\n"), None);
+        assert_eq!(parse_lxc_info("garbage"), None);
+    }
+}

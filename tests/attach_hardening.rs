@@ -1,0 +1,415 @@
+//! The attach's guarantees, asserted from inside real LXC containers
+//! (privileged and unprivileged) through the real gateway, the real OpenSSH
+//! client and the real IdP, compared with what the host sees of the
+//! container's init.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::gateway::{SshResult, TestContainer, TestGateway, UNS_BASE, run_ssh};
+use common::idp::TestIdp;
+
+struct Fixture {
+    _idp: TestIdp,
+    /// Privileged container.
+    priv_c: TestContainer,
+    /// Unprivileged container (lxc.idmap 0 100000 65536).
+    uns_c: TestContainer,
+    /// Container that tests freeze.
+    frz_c: TestContainer,
+    gateway: TestGateway,
+    admin_token: String,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        std::thread::spawn(|| {
+            let idp = TestIdp::start();
+            let priv_c = TestContainer::start("hard");
+            let uns_c = TestContainer::start_with("hardu", true);
+            let frz_c = TestContainer::start("frz");
+            for c in [&priv_c, &uns_c] {
+                let mut pw = std::fs::read_to_string(c.rootfs.join("etc/passwd")).unwrap();
+                pw.push_str("noshell:x:1001:1001::/:/bin/nope\n");
+                std::fs::write(c.rootfs.join("etc/passwd"), pw).unwrap();
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let pid_file = dir.path().join("init.pid");
+            std::fs::write(&pid_file, format!("{}\n", priv_c.init_pid())).unwrap();
+            let frz_pid = dir.path().join("frz.pid");
+            std::fs::write(&frz_pid, format!("{}\n", frz_c.init_pid())).unwrap();
+            let extra = format!(
+                "[containers.proc-{p}]\npid_file = \"{}\"\nlabels = {{ env = \"dev\" }}\n\
+                 [containers.cg-{p}]\ncgroup = \"/sys/fs/cgroup/unified/lxc.payload.{p}\"\n\
+                 [containers.proc-{f}]\npid_file = \"{}\"\n",
+                pid_file.display(),
+                frz_pid.display(),
+                p = priv_c.name,
+                f = frz_c.name,
+            );
+            let gateway = TestGateway::start(&idp.issuer, &extra);
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let admin_token = rt.block_on(idp.device_flow_id_token("admin"));
+            Fixture {
+                _idp: idp,
+                priv_c,
+                uns_c,
+                frz_c,
+                gateway,
+                admin_token,
+                _dir: dir,
+            }
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+fn ssh_cmd(target: &str, args: &[&str]) -> (Command, tempfile::TempDir) {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = f.gateway.ssh(target, &f.admin_token, dir.path());
+    cmd.args(args);
+    (cmd, dir)
+}
+
+fn ssh(target: &str, args: &[&str]) -> SshResult {
+    let (mut cmd, _dir) = ssh_cmd(target, args);
+    run_ssh(&mut cmd, b"")
+}
+
+fn text(r: &SshResult) -> String {
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+fn field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn hex(s: &str) -> u64 {
+    u64::from_str_radix(s, 16).unwrap()
+}
+
+/// Everything the session sees of itself, in one exec, compared with init.
+fn inside_view_matches_init(c: &TestContainer, login: &str, home: &str) {
+    let kinds = ["mnt", "pid", "net", "uts", "ipc", "cgroup", "user"];
+    let mut script: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("readlink /proc/self/ns/{k}"))
+        .collect();
+    script.push("echo CG; cat /proc/self/cgroup; echo INITCG; cat /proc/1/cgroup".into());
+    script.push("echo ST; cat /proc/self/status; echo FD; ls /proc/self/fd".into());
+    script.push("echo PWD; pwd; echo ENV; env".into());
+    let r = ssh(&format!("{login}@{}", c.name), &[&script.join("; ")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = text(&r);
+    let init = c.init_pid();
+    let want: Vec<String> = kinds
+        .iter()
+        .map(|k| {
+            let l = std::fs::read_link(format!("/proc/{init}/ns/{k}")).unwrap();
+            l.display().to_string()
+        })
+        .collect();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..kinds.len()], want.as_slice(), "{out}");
+    let section = |from: &str, to: &str| -> String {
+        let a = out.find(&format!("{from}\n")).unwrap() + from.len() + 1;
+        let b = out[a..]
+            .find(&format!("{to}\n"))
+            .map_or(out.len(), |i| a + i);
+        out[a..b].to_owned()
+    };
+    assert_eq!(section("CG", "INITCG"), section("INITCG", "ST"));
+    let status = section("ST", "FD");
+    let init_status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    for k in ["CapBnd", "CapPrm", "CapEff"] {
+        let (mine, theirs) = (hex(&field(&status, k)), hex(&field(&init_status, k)));
+        assert_eq!(
+            mine & !theirs,
+            0,
+            "{k}: {mine:x} wider than init's {theirs:x}"
+        );
+    }
+    assert_eq!(field(&status, "CapBnd"), field(&init_status, "CapBnd"));
+    if login == "root" {
+        // Root inside ends with exactly the init's sets, not the host's.
+        for k in ["CapPrm", "CapEff"] {
+            assert_eq!(field(&status, k), field(&init_status, k), "{k}");
+        }
+    }
+    let fds: Vec<String> = section("FD", "PWD")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    // ls opens one directory fd of its own.
+    assert_eq!(fds, ["0", "1", "2", "3"], "{out}");
+    assert_eq!(section("PWD", "ENV").trim(), home);
+    let mut keys: Vec<String> = section("ENV", "\u{0}")
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned()))
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["HOME", "LOGNAME", "PATH", "PWD", "SHELL", "SHLVL", "USER"],
+        "{out}"
+    );
+}
+
+#[test]
+fn privileged_inside_view_matches_init() {
+    let f = fixture();
+    inside_view_matches_init(&f.priv_c, "root", "/root");
+    inside_view_matches_init(&f.priv_c, "app", "/home/app");
+}
+
+#[test]
+fn unprivileged_inside_view_matches_init() {
+    let f = fixture();
+    inside_view_matches_init(&f.uns_c, "root", "/root");
+    inside_view_matches_init(&f.uns_c, "app", "/home/app");
+}
+
+#[test]
+fn tty_is_a_pts_of_the_container() {
+    let f = fixture();
+    for c in [&f.priv_c, &f.uns_c] {
+        let r = ssh(
+            &format!("root@{}", c.name),
+            &["-tt", "t=$(tty); echo TTY=$t; test -c $t && echo EXISTS"],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let out = text(&r);
+        assert!(out.contains("TTY=/dev/pts/"), "{out}");
+        assert!(out.contains("EXISTS"), "{out}");
+    }
+}
+
+/// Starts `ssh TARGET COMMAND` in the background; returns it once the
+/// command printed `ready`.
+fn start_session(target: &str, command: &str) -> (std::process::Child, tempfile::TempDir) {
+    let (mut cmd, dir) = ssh_cmd(target, &[command]);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    (child, dir)
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn unprivileged_root_is_uid_0_inside_and_100000_on_the_host() {
+    let f = fixture();
+    let c = &f.uns_c;
+    let r = ssh(&format!("root@{}", c.name), &["id -u"]);
+    assert_eq!((r.code, text(&r).as_str()), (0, "0\n"), "{}", r.stderr);
+    let (mut child, _d) = start_session(&format!("root@{}", c.name), "echo ready; sleep 3011");
+    let pids = c.processes_matching("sleep 3011");
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let st = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
+    assert!(
+        field(&st, "Uid")
+            .split_whitespace()
+            .all(|u| u == UNS_BASE.to_string()),
+        "{st}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Children of `pid` that are zombies (state Z).
+fn zombie_children(pid: u32) -> Vec<String> {
+    let mut z = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(st) = std::fs::read_to_string(e.path().join("status"))
+            && field(&st, "PPid") == pid.to_string()
+            && field(&st, "State").starts_with('Z')
+        {
+            z.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    z
+}
+
+#[test]
+fn disconnect_kills_every_session_process_and_leaves_no_zombie() {
+    let f = fixture();
+    let c = &f.priv_c;
+    let target = format!("root@{}", c.name);
+    let (mut child, _d) = start_session(&target, "sleep 3012 & sleep 3013 & echo ready; wait");
+    // The two sleeps and their shell.
+    assert!(c.processes_matching("sleep 301").len() >= 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // kill_grace is 1 s in the test gateway.
+    wait_until("session processes to go", Duration::from_secs(10), || {
+        c.processes_matching("sleep 301").is_empty()
+    });
+    let r = ssh(&target, &["ps -o pid,args"]);
+    assert!(!text(&r).contains("sleep 301"), "{}", text(&r));
+    // A zombie seen twice a second apart is a leak (others are mid-reap).
+    let first = zombie_children(f.gateway.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let second = zombie_children(f.gateway.pid());
+    let leaked: Vec<&String> = first.iter().filter(|p| second.contains(p)).collect();
+    assert!(leaked.is_empty(), "zombies of the gateway: {leaked:?}");
+}
+
+#[test]
+fn refusals_are_clear_and_audited() {
+    let f = fixture();
+    let c = &f.priv_c;
+    let cases = [
+        (
+            format!("nosuch@{}", c.name),
+            "Access refused: user \"nosuch\" does not exist in the container.".to_owned(),
+        ),
+        (
+            format!("noshell@{}", c.name),
+            "Access refused: the login shell \"/bin/nope\" does not exist in the container."
+                .to_owned(),
+        ),
+    ];
+    for (target, message) in &cases {
+        let r = ssh(target, &["echo should-not-run"]);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stdout.is_empty());
+        assert!(r.stderr.contains(message), "{}", r.stderr);
+    }
+    let failures = f
+        .gateway
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "session_start" && e["outcome"] == "failure")
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>();
+    assert!(
+        failures.iter().any(|e| e.contains("nosuch")),
+        "{failures:?}"
+    );
+    assert!(
+        failures.iter().any(|e| e.contains("/bin/nope")),
+        "{failures:?}"
+    );
+
+    // Frozen: refused by the inventory state (LXC) and, for the process
+    // backend that does not know states, by the helper's freezer check.
+    let z = &f.frz_c;
+    common::gateway::run(Command::new("lxc-freeze").args(["-n", &z.name]));
+    let r = ssh(&format!("root@{}", z.name), &["true"]);
+    let r2 = ssh(&format!("root@proc-{}", z.name), &["true"]);
+    common::gateway::run(Command::new("lxc-unfreeze").args(["-n", &z.name]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let want = format!(
+        "Access refused: the container {} is frozen (not running).",
+        z.name
+    );
+    assert!(r.stderr.contains(&want), "{}", r.stderr);
+    assert_eq!(r2.code, 1, "{}", r2.stderr);
+    assert!(
+        r2.stderr
+            .contains("Access refused: the container is frozen; try again once it is thawed."),
+        "{}",
+        r2.stderr
+    );
+    let refused = f
+        .gateway
+        .audit_events()
+        .into_iter()
+        .filter(|e| e.to_string().contains("FROZEN") || e.to_string().contains("frozen"))
+        .count();
+    assert!(refused >= 2, "{refused}");
+    let r = ssh(&format!("root@{}", z.name), &["echo thawed"]);
+    assert_eq!(text(&r), "thawed\n", "{}", r.stderr);
+}
+
+#[test]
+fn process_backend_by_pid_file_and_by_cgroup() {
+    let f = fixture();
+    let c = &f.priv_c;
+    for prefix in ["proc", "cg"] {
+        let r = ssh(&format!("root@{prefix}-{}", c.name), &["cat /etc/hostname"]);
+        assert_eq!(r.code, 0, "{prefix}: {}", r.stderr);
+        assert_eq!(text(&r), format!("{}\n", c.name));
+    }
+    let out = f.gateway.cli(&["containers", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let get = |n: &str| list.iter().find(|e| e["name"] == n).cloned().unwrap();
+    let p = get(&format!("proc-{}", c.name));
+    assert_eq!(
+        (&p["backend"], &p["state"], &p["labels"]["env"]),
+        (&"process".into(), &"RUNNING".into(), &"dev".into())
+    );
+    assert_eq!(p["init_pid"], c.init_pid().to_string());
+    assert_eq!(
+        get(&format!("cg-{}", c.name))["init_pid"],
+        c.init_pid().to_string()
+    );
+    assert_eq!(get(&c.name)["backend"], "lxc");
+}
+
+#[test]
+fn container_stopping_mid_session_ends_it_with_a_message() {
+    let f = fixture();
+    let c = TestContainer::start("stop");
+    let (mut cmd, _d) = ssh_cmd(&format!("root@{}", c.name), &["echo ready; sleep 1000"]);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    common::gateway::run(Command::new("lxc-stop").args(["-k", "-n", &c.name]));
+    let started = Instant::now();
+    wait_until("the session to end", Duration::from_secs(15), || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let want = format!(
+        "Portcullis: session ended: the container {} stopped.",
+        c.name
+    );
+    assert!(err.contains(&want), "{err}");
+    wait_until("the audit event", Duration::from_secs(5), || {
+        f.gateway.audit_events().iter().any(|e| {
+            let s = e.to_string();
+            s.contains("ContainerStopped") || (e["kind"] == "session_end" && s.contains(&c.name))
+        })
+    });
+}
