@@ -64,6 +64,9 @@ pub struct Config {
     /// Session behaviour.
     #[serde(default)]
     pub session: SessionConfig,
+    /// `[forwarding]`: channel and forwarded-connection caps (issue 5).
+    #[serde(default)]
+    pub forwarding: ForwardingConfig,
     /// Audit log signing and export.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -330,6 +333,39 @@ impl Default for SessionConfig {
             kill_grace: default_kill_grace(),
             login_timeout: default_login_timeout(),
             max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// `[forwarding]`: per-connection caps on channels and forwarded TCP
+/// connections (`ssh -L`). Whether a forward is allowed at all is policy's
+/// `port_forward` action.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingConfig {
+    /// Most session channels (shell, exec, sftp) one connection may have
+    /// open at once (default 10).
+    #[serde(default = "default_max_session_channels")]
+    pub max_session_channels: usize,
+    /// Most forwarded TCP connections one connection may have open at once
+    /// (default 8).
+    #[serde(default = "default_max_forwards")]
+    pub max_forwards: usize,
+}
+
+fn default_max_session_channels() -> usize {
+    10
+}
+
+fn default_max_forwards() -> usize {
+    8
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        ForwardingConfig {
+            max_session_channels: default_max_session_channels(),
+            max_forwards: default_max_forwards(),
         }
     }
 }

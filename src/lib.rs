@@ -30,5 +30,6 @@ pub mod identity;
 pub mod inventory;
 pub mod policy;
 pub mod recording;
+pub mod sftp;
 pub mod ssh;
 pub mod store;

@@ -49,6 +49,9 @@ pub enum HelperStep {
     Exec,
     /// Waiting for the session process.
     Wait,
+    /// Connect mode: the TCP connection inside the container's network
+    /// namespace.
+    Connect,
 }
 
 /// Everything that can go wrong while attaching. Internal variants carry the
@@ -163,6 +166,10 @@ impl AttachError {
                 step: HelperStep::Exec,
                 ..
             } => "the shell could not be started in the container".to_owned(),
+            AttachError::Helper {
+                step: HelperStep::Connect,
+                source,
+            } => format!("the connection inside the container failed: {source}"),
             _ => "internal error while entering the container".to_owned(),
         }
     }

@@ -125,7 +125,7 @@ fn read_text_at(dir: BorrowedFd<'_>, path: &str) -> HResult<String> {
     })
 }
 
-fn ensure_single_threaded() -> HResult<()> {
+pub(crate) fn ensure_single_threaded() -> HResult<()> {
     let root = nix::fcntl::AT_FDCWD;
     let status = read_text_at(root, "/proc/self/status")?;
     match procfs::status_field(&status, "Threads") {
@@ -137,7 +137,7 @@ fn ensure_single_threaded() -> HResult<()> {
     }
 }
 
-fn alive(pidfd: BorrowedFd<'_>) -> HResult<()> {
+pub(crate) fn alive(pidfd: BorrowedFd<'_>) -> HResult<()> {
     sys::pidfd_send_signal(pidfd, 0, 0).map_err(|_| init_changed("init exited or pid was recycled"))
 }
 
@@ -342,6 +342,10 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
         .trim()
         .parse()
         .map_err(|_| WireError::step(s, &std::io::Error::other("bad cap_last_cap")))?;
+    if let proto::WireMode::Connect { addr } = &req.mode {
+        drop(proc_dir);
+        return super::connect::helper_connect(ctl, pidfd, ns_flags, *addr);
+    }
     let cgroups = open_cgroups(&cgroup_text)?;
     let devnull = open_host_devnull()?;
     drop(proc_dir);

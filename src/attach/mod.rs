@@ -17,6 +17,7 @@
 
 mod error;
 mod helper;
+mod connect;
 mod lsm;
 pub mod passwd;
 mod pin;
@@ -41,7 +42,7 @@ pub use error::{AttachError, HelperStep};
 pub use pin::{InitWatch, PinnedInit};
 pub use pty::{PtyMaster, terminal_size};
 
-use proto::{Control, HelperMsg, WirePty, WireRequest};
+use proto::{Control, HelperMsg, WireMode, WirePty, WireRequest};
 
 /// argv[1] that makes the binary run [`helper_main`].
 pub const HELPER_ARG: &str = "__attach-helper";
@@ -221,7 +222,55 @@ pub async fn spawn(
     init: &PinnedInit,
     req: &AttachRequest,
 ) -> Result<(Attached, SessionIo), AttachError> {
-    validate(req)?;
+    spawn_mode(helper, init, req, WireMode::Exec).await
+}
+
+/// Like [`spawn`] without a pty, but the session process does not exec:
+/// after the same attach sequence (namespaces, cgroups, the login's ids,
+/// its home) it serves SFTP on its stdin/stdout with this crate's server
+/// ([`crate::sftp`]), inside the container's mount namespace, so paths and
+/// symlinks resolve in the container and files belong to the login. Each
+/// file transfer is reported as one JSON line
+/// ([`crate::sftp::TransferRecord`]) on its stderr. `read_only` refuses
+/// every change to the filesystem. `req.command` and `req.pty` must be
+/// `None`; the login's shell is not needed.
+pub async fn spawn_sftp(
+    helper: &HelperBinary,
+    init: &PinnedInit,
+    req: &AttachRequest,
+    read_only: bool,
+) -> Result<(Attached, SessionIo), AttachError> {
+    if req.command.is_some() || req.pty.is_some() {
+        return Err(AttachError::InvalidRequest(
+            "an SFTP session takes no command and no pty".into(),
+        ));
+    }
+    spawn_mode(helper, init, req, WireMode::Sftp { read_only }).await
+}
+
+/// Opens a TCP connection to `addr` from inside the network namespace of
+/// the container whose init is `init` (so `127.0.0.1` is the container's
+/// loopback), within [`connect::CONNECT_TIMEOUT`]. The helper joins only the
+/// network namespace, connects, hands the socket back over `SCM_RIGHTS`
+/// and exits; no process runs in the container. A container that shares
+/// the host's network namespace is refused. Errors: the helper's step, e.g.
+/// [`AttachError::Step`] with `ECONNREFUSED`.
+pub async fn connect_in(
+    helper: &HelperBinary,
+    init: &PinnedInit,
+    container: &str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpStream, AttachError> {
+    connect::connect_in(helper, init, container, addr).await
+}
+
+/// Starts the helper with the pinned init's pidfd as fd 3 and the control
+/// socket as fd 4; `piped` gives it stdio pipes (else /dev/null).
+fn start_helper(
+    helper: &HelperBinary,
+    init: &PinnedInit,
+    piped: bool,
+) -> Result<(Child, Control), AttachError> {
     if !init.is_alive() {
         return Err(AttachError::InitChanged("init exited".into()));
     }
@@ -245,7 +294,7 @@ pub async fn spawn(
         .env_clear()
         .current_dir("/")
         .kill_on_drop(true);
-    if req.pty.is_some() {
+    if !piped {
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
@@ -255,12 +304,23 @@ pub async fn spawn(
             .stderr(std::process::Stdio::piped());
     }
     sys::install_fixed_fds(&mut cmd, pidfd_src.as_raw_fd(), ctl_src.as_raw_fd());
-    let mut child = cmd.spawn().map_err(AttachError::SpawnHelper)?;
+    let child = cmd.spawn().map_err(AttachError::SpawnHelper)?;
     drop(pidfd_src);
     drop(ctl_src);
     let control = Control::new(ours)?;
+    Ok((child, control))
+}
 
+async fn spawn_mode(
+    helper: &HelperBinary,
+    init: &PinnedInit,
+    req: &AttachRequest,
+    mode: WireMode,
+) -> Result<(Attached, SessionIo), AttachError> {
+    validate(req)?;
+    let (mut child, control) = start_helper(helper, init, req.pty.is_none())?;
     let wire = WireRequest {
+        mode,
         container: req.container.clone(),
         login: req.login.clone(),
         command: req.command.clone(),

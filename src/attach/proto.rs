@@ -27,9 +27,34 @@ pub(crate) struct WirePty {
     pub rows: u16,
 }
 
+/// What the session process does once it is the login inside the
+/// container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum WireMode {
+    /// Exec the login's shell (or `shell -c command`).
+    #[default]
+    Exec,
+    /// Serve SFTP on stdin/stdout ([`crate::sftp::serve_stdio`]); transfer
+    /// events go to stderr as JSON lines.
+    Sftp {
+        /// Refuse every request that would change the filesystem.
+        read_only: bool,
+    },
+    /// No session process: H joins only the container's network namespace,
+    /// connects to `addr` and sends the connected socket back (`connected`).
+    Connect {
+        /// Destination, as seen from inside the container.
+        addr: std::net::SocketAddr,
+    },
+}
+
 /// What the gateway asks the helper to do.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct WireRequest {
+    /// What to run (default: exec).
+    #[serde(default)]
+    pub mode: WireMode,
     pub container: String,
     pub login: String,
     pub command: Option<String>,
@@ -56,6 +81,8 @@ pub(crate) enum HelperMsg {
     Error(WireError),
     /// C ended.
     Exit(ExitStatus),
+    /// Connect mode: carries the connected TCP socket.
+    Connected,
 }
 
 /// Sends one message with optional fds (blocking; helper side).

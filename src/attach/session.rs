@@ -301,7 +301,13 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     )
     .map_err(step(HelperStep::ReadAccounts))?;
     let (user, groups) = resolve_user(root.as_fd(), &req.login)?;
-    check_shell(&user.shell)?;
+    let sftp = match req.mode {
+        proto::WireMode::Sftp { read_only } => Some(read_only),
+        _ => None,
+    };
+    if sftp.is_none() {
+        check_shell(&user.shell)?;
+    }
     let term = req.pty.as_ref().map(|p| p.term.as_str());
     let env = plan::build_env(&user, term, &req.env);
     let envp = plan::env_cstrings(&env).map_err(|detail| WireError::InvalidRequest { detail })?;
@@ -344,6 +350,19 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     }
     switch_user(ctx, &user, &groups)?;
     enter_home(&user.home)?;
+    if let Some(read_only) = sftp {
+        // No exec: close every fd above 2 now (the error pipe too, which
+        // tells H the session runs) and serve SFTP as the login, in the
+        // container's mount namespace. Nothing of the host is left: the
+        // binary is H's sealed memfd, the process stays non-dumpable (the
+        // credential change keeps it so), the environment is empty.
+        sys::close_range(3, u32::MAX, 0)
+            .map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
+        nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+        let fd = |n| sys::claim_inherited_fd(n).unwrap_or_else(|_| sys::exit_now(1));
+        let (input, output, events) = (fd(0), fd(1), fd(2));
+        sys::exit_now(crate::sftp::serve(input, output, events, read_only));
+    }
 
     // Only 0-2 and the (close-on-exec) error pipe remain; mark everything
     // above 2 close-on-exec anyway so nothing can leak into the shell.

@@ -139,6 +139,56 @@ pub enum AuditEvent {
         /// The container.
         container: String,
     },
+    /// One file handle of an SFTP session was closed (or left open when the
+    /// session ended), as reported by the in-container server (issue 5).
+    FileTransferred {
+        /// The path inside the container.
+        path: String,
+        /// `read` (download) or `write` (upload).
+        direction: String,
+        /// Bytes transferred.
+        bytes: i64,
+        /// SHA-256 of the bytes, lowercase hex.
+        sha256: String,
+        /// True when the bytes came in file order (the digest is exactly
+        /// the wire's); false: the digest is of the file as left.
+        sequential: bool,
+        /// False when the session ended with the file still open.
+        closed: bool,
+    },
+    /// A forwarded TCP connection (`ssh -L`) was opened inside the
+    /// container's network namespace.
+    ForwardOpened {
+        /// Target container.
+        container: String,
+        /// Destination host as asked by the client.
+        host: String,
+        /// Destination port.
+        port: i64,
+        /// Client-side originator `address:port`.
+        originator: String,
+    },
+    /// A forwarded TCP connection ended.
+    ForwardClosed {
+        /// Destination `host:port`.
+        destination: String,
+        /// Bytes from the client to the destination.
+        bytes_to_destination: i64,
+        /// Bytes from the destination to the client.
+        bytes_from_destination: i64,
+        /// How long it was open, in milliseconds.
+        duration_ms: i64,
+    },
+    /// A channel or a forwarding request was refused before policy: a
+    /// kind Portcullis does not offer (remote forwarding, X11, agent) or a
+    /// per-connection cap.
+    ChannelRefused {
+        /// What was asked: `session`, `direct-tcpip`, `tcpip-forward`,
+        /// `x11`, `auth-agent`, `subsystem`.
+        kind: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl AuditEvent {
@@ -159,6 +209,9 @@ impl AuditEvent {
             | AuditEvent::SessionTerminated { .. }
             | AuditEvent::SessionWatched { .. }
             | AuditEvent::ContainerStopped { .. } => "session_control",
+            AuditEvent::FileTransferred { .. } => "file_transfer",
+            AuditEvent::ForwardOpened { .. } | AuditEvent::ForwardClosed { .. } => "forward",
+            AuditEvent::ChannelRefused { .. } => "channel",
         }
     }
 
@@ -181,6 +234,9 @@ impl AuditEvent {
             | AuditEvent::SessionTerminated { .. }
             | AuditEvent::KeyBindingChanged { .. }
             | AuditEvent::ContainerStopped { .. } => "info",
+            AuditEvent::FileTransferred { .. } | AuditEvent::ForwardClosed { .. } => "info",
+            AuditEvent::ForwardOpened { .. } => "success",
+            AuditEvent::ChannelRefused { .. } => "deny",
         }
     }
 

@@ -7,8 +7,11 @@
 //!
 //! Entities: `User::"<subject>"` in `Group::"<name>"` for each group of the
 //! principal; `Container::"<name>"` with attribute `name` and one string tag
-//! per label. Actions: `Action::"shell"`, `Action::"exec"`. Context:
-//! `login` (string) and `command` (string, `""` for a shell).
+//! per label. Actions: `Action::"shell"`, `Action::"exec"`,
+//! `Action::"sftp"`, `Action::"port_forward"`, `Action::"agent_forward"`.
+//! Context: `login` (string) and `command` (string, `""` for a shell); for
+//! `sftp` also `access` (`"read"`/`"write"`), for `port_forward` `host`
+//! (string) and `port` (long).
 //!
 //! Deciding is pure: no I/O, everything comes in the request.
 
@@ -31,6 +34,23 @@ pub enum Action {
     Shell,
     /// A single command (`ssh target CMD`).
     Exec,
+    /// File transfer over the SFTP subsystem (`sftp`, `scp`); context
+    /// `access` is `"read"` or `"write"`.
+    Sftp,
+    /// A forwarded TCP connection (`ssh -L`) opened from inside the
+    /// container; context `host` (string) and `port` (long).
+    PortForward,
+    /// SSH agent forwarding (`ssh -A`).
+    AgentForward,
+}
+
+/// An extra context value for [`PolicyEngine::decide_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextValue {
+    /// A Cedar string.
+    Str(String),
+    /// A Cedar long.
+    Long(i64),
 }
 
 impl Action {
@@ -39,6 +59,9 @@ impl Action {
         match self {
             Action::Shell => "shell",
             Action::Exec => "exec",
+            Action::Sftp => "sftp",
+            Action::PortForward => "port_forward",
+            Action::AgentForward => "agent_forward",
         }
     }
 }
@@ -49,6 +72,9 @@ impl FromStr for Action {
         match s {
             "shell" => Ok(Action::Shell),
             "exec" => Ok(Action::Exec),
+            "sftp" => Ok(Action::Sftp),
+            "port_forward" => Ok(Action::PortForward),
+            "agent_forward" => Ok(Action::AgentForward),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
@@ -119,7 +145,7 @@ pub enum PolicyError {
     #[error("no *.cedar policy in {0}")]
     Empty(PathBuf),
     /// An action name the policy does not know.
-    #[error("unknown action {0:?} (known: shell, exec)")]
+    #[error("unknown action {0:?} (known: shell, exec, sftp, port_forward, agent_forward)")]
     UnknownAction(String),
     /// Entities or the request could not be built (bad name or label).
     #[error("cannot build the policy request: {0}")]
@@ -178,6 +204,20 @@ impl PolicyEngine {
     /// [`PolicyError::Request`] when an entity or the context cannot be
     /// built (the caller must treat it as a deny).
     pub fn decide(&self, request: &AccessRequest<'_>) -> Result<Decision, PolicyError> {
+        self.decide_with(request, &[])
+    }
+
+    /// [`PolicyEngine::decide`] with extra context entries (the schema of
+    /// the action must declare them: `access` for `sftp`, `host` and
+    /// `port` for `port_forward`).
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide`].
+    pub fn decide_with(
+        &self,
+        request: &AccessRequest<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
         let user = uid("User", request.principal)?;
         let container = uid("Container", request.container)?;
         let action = uid("Action", request.action.as_str())?;
@@ -207,7 +247,7 @@ impl PolicyEngine {
         );
         let entities = Entities::from_entities(entities, Some(&self.schema))
             .map_err(|e| PolicyError::Request(one_line(&e)))?;
-        let context = Context::from_pairs([
+        let mut pairs = vec![
             (
                 "login".to_string(),
                 RestrictedExpression::new_string(request.login.to_string()),
@@ -216,7 +256,15 @@ impl PolicyEngine {
                 "command".to_string(),
                 RestrictedExpression::new_string(request.command.unwrap_or("").to_string()),
             ),
-        ])
+        ];
+        for (k, v) in extra {
+            let value = match v {
+                ContextValue::Str(s) => RestrictedExpression::new_string(s.clone()),
+                ContextValue::Long(n) => RestrictedExpression::new_long(*n),
+            };
+            pairs.push(((*k).to_string(), value));
+        }
+        let context = Context::from_pairs(pairs)
         .map_err(|e| PolicyError::Request(one_line(&e)))?;
         let cedar_request =
             cedar_policy::Request::new(user, action, container, context, Some(&self.schema))

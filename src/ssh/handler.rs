@@ -11,16 +11,16 @@ use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, Pty, Sig};
 use tokio::sync::mpsc;
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use super::auth::AuthState;
+use super::forward::{ForwardStart, Requester};
 use super::session::{ChannelInput, SessionKind, SessionStart};
+use super::transfer::SftpStart;
+use crate::audit::{AuditEvent, truncate};
 use crate::attach::PtyRequest;
-
-/// Most session channels one connection may have open.
-const MAX_CHANNELS: usize = 10;
 
 /// Longest accepted exec command, in bytes.
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -43,6 +43,8 @@ pub struct ConnectionHandler {
     peer_text: String,
     auth: AuthState,
     channels: HashMap<ChannelId, ChannelState>,
+    /// Forwarded connections (`direct-tcpip`) this connection may still open.
+    forwards: Arc<Semaphore>,
 }
 
 impl ConnectionHandler {
@@ -56,6 +58,7 @@ impl ConnectionHandler {
     ) -> ConnectionHandler {
         ConnectionHandler {
             auth: AuthState::new(gateway.clone(), peer, unauth_permit, authenticated),
+            forwards: Arc::new(Semaphore::new(gateway.config.forwarding.max_forwards)),
             gateway,
             peer_text: peer.to_string(),
             channels: HashMap::new(),
@@ -68,6 +71,58 @@ impl ConnectionHandler {
         };
         // A gone session task means the session is ending; nothing to do.
         let _ = tx.send(input).await;
+    }
+
+    /// Who asks, once authenticated.
+    fn requester(&self) -> Option<Requester> {
+        Some(Requester {
+            gateway: self.gateway.clone(),
+            principal: self.auth.principal.clone()?,
+            user: self.auth.user.clone(),
+            client_addr: self.peer_text.clone(),
+        })
+    }
+
+    /// Audits a refused channel or request in the background (the refusal
+    /// itself does not wait for it: nothing happens either way).
+    fn audit_refusal(&self, kind: &str, reason: &str) {
+        tracing::info!(kind, reason, "refused");
+        if let Some(who) = self.requester() {
+            let event = AuditEvent::ChannelRefused {
+                kind: kind.to_string(),
+                reason: reason.to_string(),
+            };
+            self.gateway.tasks.spawn(async move {
+                let _ = who.audit(None, event).await;
+            });
+        }
+    }
+
+    /// Starts the SFTP subsystem on `channel`.
+    fn start_sftp(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), russh::Error> {
+        let Some(who) = self.requester() else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        let Some(state) = self.channels.get_mut(&channel) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        if state.input.is_some() || state.pty.is_some() {
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::channel(64);
+        state.input = Some(tx);
+        session.channel_success(channel)?;
+        let start = SftpStart {
+            who,
+            handle: session.handle(),
+            channel,
+            input: rx,
+        };
+        self.gateway.tasks.spawn(super::transfer::run(start));
+        Ok(())
     }
 
     async fn start(
@@ -151,7 +206,14 @@ impl russh::server::Handler for ConnectionHandler {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.auth.principal.is_none() || self.channels.len() >= MAX_CHANNELS {
+        let cap = self.gateway.config.forwarding.max_session_channels;
+        if self.auth.principal.is_some() && self.channels.len() >= cap {
+            self.audit_refusal(
+                "session",
+                &format!("more than {cap} session channels on one connection"),
+            );
+        }
+        if self.auth.principal.is_none() || self.channels.len() >= cap {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -242,9 +304,94 @@ impl russh::server::Handler for ConnectionHandler {
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
-        _name: &str,
+        name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if name == "sftp" {
+            return self.start_sftp(channel, session);
+        }
+        self.audit_refusal("subsystem", &format!("unknown subsystem {}", truncate(name, 64)));
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(who) = self.requester() else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let Ok(permit) = self.forwards.clone().try_acquire_owned() else {
+            let cap = self.gateway.config.forwarding.max_forwards;
+            self.audit_refusal(
+                "direct-tcpip",
+                &format!("more than {cap} forwarded connections on one connection"),
+            );
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        };
+        let start = ForwardStart {
+            who,
+            channel,
+            reply,
+            host: truncate(host_to_connect, 256),
+            port: port_to_connect,
+            originator: format!("{}:{originator_port}", truncate(originator_address, 64)),
+            permit,
+        };
+        self.gateway.tasks.spawn(super::forward::run(start));
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.audit_refusal(
+            "tcpip-forward",
+            &format!(
+                "remote forwarding (ssh -R {}:{port}) is not offered",
+                truncate(address, 64)
+            ),
+        );
+        Ok(false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let _ = channel;
+        self.audit_refusal("auth-agent", "agent forwarding (ssh -A) is not offered");
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.audit_refusal("x11", "X11 forwarding (ssh -X) is not offered");
         session.channel_failure(channel)?;
         Ok(())
     }

@@ -7,12 +7,14 @@
 //! task ([`session`]) that owns the process and its recording.
 
 mod auth;
+pub mod forward;
 mod handler;
 mod login;
 mod pump;
 mod session;
 mod target;
 mod throttle;
+pub mod transfer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

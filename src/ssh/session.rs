@@ -104,6 +104,8 @@ fn denial(action: Action, target: &Target) -> Refusal {
     let verb = match action {
         Action::Shell => "open a shell",
         Action::Exec => "run commands",
+        // Not started here (see transfer.rs and forward.rs).
+        Action::Sftp | Action::PortForward | Action::AgentForward => "do that",
     };
     Refusal(format!(
         "Access denied: you may not {verb} as {} on {}.",

@@ -1,0 +1,351 @@
+//! What SFTP sessions and forwarded connections share (who asks, policy
+//! with extra context, refusals), and local port forwarding (`ssh -L`,
+//! issue 5): a `direct-tcpip` channel allowed by the policy action
+//! `port_forward` is connected from inside the container's network
+//! namespace ([`crate::attach::connect_in`]) and pumped both ways; each
+//! connection is audited before it is opened and when it ends (bytes each
+//! way, duration).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use russh::server::{Handle, Msg};
+use russh::{Channel, ChannelId};
+
+use super::Gateway;
+use super::target::Target;
+use crate::attach::{self, PinnedInit};
+use crate::audit::{AuditEvent, AuditSubject, truncate};
+use crate::identity::Principal;
+use crate::inventory::{Container, ContainerState};
+use crate::policy::{AccessRequest, Action, ContextValue};
+
+/// Who asks, as one connection knows it.
+#[derive(Clone)]
+pub struct Requester {
+    /// Shared gateway state.
+    pub gateway: Arc<Gateway>,
+    /// The authenticated principal.
+    pub principal: Principal,
+    /// The SSH user name (the target).
+    pub user: String,
+    /// Client `ip:port`.
+    pub client_addr: String,
+}
+
+impl Requester {
+    /// Appends `event`; a failure becomes the refusal to go on.
+    pub(super) async fn audit(
+        &self,
+        session_id: Option<&str>,
+        event: AuditEvent,
+    ) -> Result<(), Refusal> {
+        let subject = AuditSubject {
+            session_id,
+            principal: Some(&self.principal.subject),
+            client_addr: Some(&self.client_addr),
+        };
+        self.gateway
+            .audit
+            .record(&subject, &event)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot write audit event; refusing");
+                Refusal("Access refused: the gateway cannot write its audit log right now.".into())
+            })
+    }
+}
+
+/// A refusal message for the user.
+pub(super) struct Refusal(pub String);
+
+/// Sends `refusal` on a session channel and closes it.
+pub(super) async fn refuse(handle: &Handle, channel: ChannelId, refusal: &Refusal) {
+    let text = format!("{}\r\n", refusal.0);
+    let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
+    let _ = handle.exit_status_request(channel, 1).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+}
+
+/// An allowed request: the target, its container and its pinned init.
+pub(super) struct Authorized {
+    pub target: Target,
+    pub container: Container,
+    pub init: PinnedInit,
+}
+
+fn label(action: Action, extra: &[(&str, ContextValue)]) -> String {
+    match extra.iter().find(|(k, _)| *k == "access") {
+        Some((_, ContextValue::Str(a))) => format!("{}_{a}", action.as_str()),
+        _ => action.as_str().to_string(),
+    }
+}
+
+/// Asks the policy and audits the decision (before anything happens).
+/// `Ok(Ok(()))` allowed, `Ok(Err(()))` denied, `Err` when it cannot audit.
+pub(super) async fn decide(
+    who: &Requester,
+    target: &Target,
+    container: &Container,
+    action: Action,
+    extra: &[(&str, ContextValue)],
+) -> Result<Result<(), ()>, Refusal> {
+    let decision = who.gateway.policy.decide_with(
+        &AccessRequest {
+            principal: &who.principal.subject,
+            groups: &who.principal.groups,
+            container: &container.name,
+            labels: &container.labels,
+            login: &target.login,
+            action,
+            command: None,
+        },
+        extra,
+    );
+    let (allowed, reasons) = match decision {
+        Ok(d) => (
+            d.allowed,
+            d.policies.into_iter().chain(d.errors).collect::<Vec<_>>(),
+        ),
+        Err(e) => (false, vec![e.to_string()]),
+    };
+    who.audit(
+        None,
+        AuditEvent::AccessDecided {
+            action: label(action, extra),
+            container: container.name.clone(),
+            login: target.login.clone(),
+            allowed,
+            reasons,
+        },
+    )
+    .await?;
+    Ok(if allowed { Ok(()) } else { Err(()) })
+}
+
+/// Resolves the target, asks the policy for `action` with `extra`
+/// context, and pins the running container's init. `verb` completes
+/// "you may not ..." in the denial.
+pub(super) async fn authorize(
+    who: &Requester,
+    action: Action,
+    extra: &[(&str, ContextValue)],
+    verb: &str,
+) -> Result<Authorized, Refusal> {
+    let refused = |reason: String| AuditEvent::TargetRefused {
+        target: truncate(&who.user, 128),
+        reason,
+    };
+    let target = match Target::parse(&who.user, &who.gateway.config.default_login) {
+        Ok(t) => t,
+        Err(e) => {
+            who.audit(None, refused(e.to_string())).await?;
+            return Err(Refusal(
+                "Access denied: the SSH user name must be [login@]container.".into(),
+            ));
+        }
+    };
+    let denial = || {
+        Refusal(format!(
+            "Access denied: you may not {verb} as {} on {}.",
+            target.login, target.container
+        ))
+    };
+    let container = match who.gateway.inventory.find(&target.container).await {
+        Ok(c) => c,
+        Err(e) => {
+            who.audit(None, refused(e.to_string())).await?;
+            return Err(denial());
+        }
+    };
+    if decide(who, &target, &container, action, extra)
+        .await?
+        .is_err()
+    {
+        return Err(denial());
+    }
+    let init_pid = match container.state {
+        ContainerState::Running { init_pid } => init_pid,
+        ContainerState::NotRunning(ref state) => {
+            who.audit(None, refused(format!("container is {state}")))
+                .await?;
+            return Err(Refusal(format!(
+                "Access refused: the container {} is {} (not running).",
+                container.name,
+                state.to_lowercase()
+            )));
+        }
+    };
+    let init = match PinnedInit::pin(init_pid, &container.cgroup, None) {
+        Ok(init) => init,
+        Err(e) => {
+            who.audit(
+                None,
+                AuditEvent::SessionFailed {
+                    container: container.name.clone(),
+                    reason: e.to_string(),
+                },
+            )
+            .await?;
+            return Err(Refusal(format!("Access refused: {}.", e.user_message())));
+        }
+    };
+    Ok(Authorized {
+        target,
+        container,
+        init,
+    })
+}
+
+/// The destination of a forward: an IP literal, or `localhost` (the
+/// container's loopback). Names are refused: resolving them would read the
+/// host's resolver configuration, not the container's.
+pub fn destination(host: &str, port: u32) -> Option<SocketAddr> {
+    let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()?
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// What a `direct-tcpip` channel asks for.
+pub struct ForwardStart {
+    /// Who.
+    pub who: Requester,
+    /// The channel (still to be accepted or rejected).
+    pub channel: Channel<Msg>,
+    /// Accepts or rejects the channel.
+    pub reply: russh::server::ChannelOpenHandle,
+    /// Host to connect to, as the client sent it.
+    pub host: String,
+    /// Port to connect to.
+    pub port: u32,
+    /// The client's originator `address:port`.
+    pub originator: String,
+    /// Held while the forward runs (the per-connection cap).
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Authorises, connects inside the container, then pumps until either
+/// side closes. The channel is accepted only once connected.
+pub async fn run(start: ForwardStart) {
+    let ForwardStart {
+        who,
+        channel,
+        reply,
+        host,
+        port,
+        originator,
+        permit,
+    } = start;
+    let reject = russh::ChannelOpenFailure::AdministrativelyProhibited;
+    let Some(addr) = destination(&host, port) else {
+        let _ = who
+            .audit(
+                None,
+                AuditEvent::ChannelRefused {
+                    kind: "direct-tcpip".into(),
+                    reason: format!(
+                        "destination {}:{port} is not an IP address or localhost",
+                        truncate(&host, 128)
+                    ),
+                },
+            )
+            .await;
+        reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+        return;
+    };
+    let extra = [
+        ("host", ContextValue::Str(addr.ip().to_string())),
+        ("port", ContextValue::Long(i64::from(addr.port()))),
+    ];
+    let auth = authorize(&who, Action::PortForward, &extra, "forward ports").await;
+    let Ok(Authorized {
+        target: _,
+        container,
+        init,
+    }) = auth
+    else {
+        reply.reject(reject).await;
+        return;
+    };
+    let opened = AuditEvent::ForwardOpened {
+        container: container.name.clone(),
+        host: addr.ip().to_string(),
+        port: i64::from(addr.port()),
+        originator: truncate(&originator, 128),
+    };
+    let forward_id = uuid::Uuid::new_v4().to_string();
+    if who.audit(Some(&forward_id), opened).await.is_err() {
+        reply.reject(reject).await;
+        return;
+    }
+    let stream = match attach::connect_in(&who.gateway.helper, &init, &container.name, addr).await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, %addr, "forward: connect inside the container failed");
+            let _ = who
+                .audit(
+                    Some(&forward_id),
+                    AuditEvent::ForwardClosed {
+                        destination: addr.to_string(),
+                        bytes_to_destination: 0,
+                        bytes_from_destination: 0,
+                        duration_ms: 0,
+                    },
+                )
+                .await;
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            return;
+        }
+    };
+    reply.accept().await;
+    let started = Instant::now();
+    let mut tcp = stream;
+    let mut chan = channel.into_stream();
+    let (to, from) = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut chan, &mut tcp) => r.unwrap_or((0, 0)),
+        _ = who.gateway.shutdown.cancelled() => (0, 0),
+    };
+    drop(chan);
+    drop(tcp);
+    let _ = who
+        .audit(
+            Some(&forward_id),
+            AuditEvent::ForwardClosed {
+                destination: addr.to_string(),
+                bytes_to_destination: i64::try_from(to).unwrap_or(i64::MAX),
+                bytes_from_destination: i64::try_from(from).unwrap_or(i64::MAX),
+                duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            },
+        )
+        .await;
+    drop(permit);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn destinations_are_ip_literals_or_localhost() {
+        assert_eq!(
+            destination("localhost", 80),
+            Some("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(destination("::1", 22), Some("[::1]:22".parse().unwrap()));
+        assert!(destination("example.com", 80).is_none());
+        assert!(destination("127.0.0.1", 0).is_none());
+        assert!(destination("127.0.0.1", 70000).is_none());
+    }
+}

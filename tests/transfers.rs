@@ -1,0 +1,408 @@
+//! Issue 5 end to end, with real parts only: the real OpenSSH `sftp`,
+//! `scp` (SFTP mode, OpenSSH 9's default) and `ssh -L` through the real
+//! gateway into a real busybox LXC container (which has no sftp-server:
+//! the gateway serves SFTP itself, inside the container, as the login).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::gateway::{TestContainer, TestGateway, run, run_ssh};
+use common::idp::TestIdp;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Size of the random round-trip file. The issue asks 50 MiB; CI runs
+/// 8 MiB to stay fast on 2 shared cores (set PORTCULLIS_TEST_TRANSFER_MIB
+/// to change it).
+const ROUND_TRIP_MIB: usize = 8;
+
+/// Marker written into the container's /etc/shadow.
+const SHADOW_MARKER: &str = "portcullis-container-shadow-marker";
+
+struct Fixture {
+    _idp: TestIdp,
+    container: TestContainer,
+    gateway: TestGateway,
+    admin_token: String,
+    alice_token: String,
+    bob_token: String,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        std::thread::spawn(|| {
+            let idp = TestIdp::start();
+            let container = TestContainer::start("xfer");
+            let shadow = container.rootfs.join("etc/shadow");
+            let mut text = std::fs::read_to_string(&shadow).unwrap_or_default();
+            text.push_str(&format!("{SHADOW_MARKER}:x:0:0:99999:7:::\n"));
+            std::fs::write(&shadow, text).unwrap();
+            // An absolute symlink in the login's home, to /etc/shadow.
+            std::os::unix::fs::symlink("/etc/shadow", container.rootfs.join("home/app/shadow"))
+                .unwrap();
+            let gateway = TestGateway::start(
+                &idp.issuer,
+                &format!(
+                    "[containers.{}]\nlabels = {{ env = \"dev\" }}\n[forwarding]\nmax_forwards = 2\n",
+                    container.name
+                ),
+            );
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let admin_token = rt.block_on(idp.device_flow_id_token("admin"));
+            let alice_token = rt.block_on(idp.device_flow_id_token("alice"));
+            let bob_token = rt.block_on(idp.device_flow_id_token("bob"));
+            Fixture {
+                _idp: idp,
+                container,
+                gateway,
+                admin_token,
+                alice_token,
+                bob_token,
+            }
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// OpenSSH options for the gateway: token at the keyboard-interactive
+/// prompt through the test askpass.
+fn client(program: &str, port_flag: &str, user: &str, token: &str, dir: &Path) -> Command {
+    let f = fixture();
+    let askpass = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/askpass.sh");
+    let mut cmd = Command::new(program);
+    cmd.args(["-F", "/dev/null", port_flag])
+        .arg(f.gateway.port.to_string())
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "PreferredAuthentications=keyboard-interactive",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+        ])
+        .arg(format!("User={user}"))
+        .env("SSH_ASKPASS", askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("PORTCULLIS_TEST_TOKEN", token)
+        .env("PORTCULLIS_TEST_DIR", dir)
+        .env_remove("SSH_AUTH_SOCK");
+    cmd
+}
+
+fn sftp_batch(user: &str, token: &str, batch: &str) -> common::gateway::SshResult {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batch");
+    std::fs::write(&file, batch).unwrap();
+    let mut cmd = client("sftp", "-P", user, token, dir.path());
+    cmd.arg("-b").arg(&file).arg("127.0.0.1");
+    run_ssh(&mut cmd, b"")
+}
+
+fn app() -> String {
+    format!("app@{}", fixture().container.name)
+}
+
+fn root() -> String {
+    format!("root@{}", fixture().container.name)
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut out)
+        .unwrap();
+    out
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn transfers() -> Vec<Value> {
+    fixture()
+        .gateway
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "file_transfer")
+        .collect()
+}
+
+fn detail(e: &Value) -> Value {
+    match &e["detail"] {
+        Value::String(s) => serde_json::from_str(s).unwrap(),
+        v => v.clone(),
+    }
+}
+
+fn transfer_of(path: &str, direction: &str) -> Option<Value> {
+    transfers()
+        .iter()
+        .map(detail)
+        .find(|d| d["path"] == path && d["direction"] == direction)
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn sftp_round_trip_is_byte_exact_owned_by_the_login_and_audited() {
+    let f = fixture();
+    let mib = std::env::var("PORTCULLIS_TEST_TRANSFER_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUND_TRIP_MIB);
+    let data = random_bytes(mib * 1024 * 1024);
+    let digest = sha(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.bin");
+    let down = dir.path().join("down.bin");
+    std::fs::write(&up, &data).unwrap();
+    let r = sftp_batch(
+        &app(),
+        &f.alice_token,
+        &format!(
+            "put {} /home/app/up.bin\nget /home/app/up.bin {}\n",
+            up.display(),
+            down.display()
+        ),
+    );
+    assert_eq!(r.code, 0, "sftp failed: {}", r.stderr);
+    // In the container: the same bytes, owned by app (uid 1000).
+    let inside = f.container.rootfs.join("home/app/up.bin");
+    assert_eq!(sha(&std::fs::read(&inside).unwrap()), digest);
+    let meta = std::fs::metadata(&inside).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    // Back out: byte-exact.
+    assert_eq!(sha(&std::fs::read(&down).unwrap()), digest);
+    // Audited with the digest, both ways.
+    for direction in ["write", "read"] {
+        let d = wait_for(direction, || transfer_of("/home/app/up.bin", direction));
+        assert_eq!(d["sha256"], digest.as_str(), "{direction}: {d}");
+        assert_eq!(d["bytes"], data.len() as u64, "{direction}: {d}");
+        assert_eq!(d["closed"], true);
+    }
+    println!("round trip of {mib} MiB: sha256 {digest} both ways");
+}
+
+#[test]
+fn scp_in_sftp_mode_uploads_and_downloads() {
+    let f = fixture();
+    let data = random_bytes(300 * 1024 + 7);
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("scp-up.bin");
+    let down = dir.path().join("scp-down.bin");
+    std::fs::write(&up, &data).unwrap();
+    let mut cmd = client("scp", "-P", &app(), &f.alice_token, dir.path());
+    cmd.arg(&up).arg("127.0.0.1:/home/app/scp.bin");
+    let r = run_ssh(&mut cmd, b"");
+    assert_eq!(r.code, 0, "scp upload failed: {}", r.stderr);
+    let inside = f.container.rootfs.join("home/app/scp.bin");
+    assert_eq!(std::fs::read(&inside).unwrap(), data);
+    assert_eq!(std::fs::metadata(&inside).unwrap().uid(), 1000);
+    let mut cmd = client("scp", "-P", &app(), &f.alice_token, dir.path());
+    cmd.arg("127.0.0.1:/home/app/scp.bin").arg(&down);
+    let r = run_ssh(&mut cmd, b"");
+    assert_eq!(r.code, 0, "scp download failed: {}", r.stderr);
+    assert_eq!(std::fs::read(&down).unwrap(), data);
+    let d = wait_for("scp write", || transfer_of("/home/app/scp.bin", "write"));
+    assert_eq!(d["sha256"], sha(&data).as_str());
+}
+
+#[test]
+fn paths_and_symlinks_resolve_inside_the_container() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let via_link = dir.path().join("via-link");
+    let via_dots = dir.path().join("via-dots");
+    // As root in the container (admins may): the absolute symlink
+    // /home/app/shadow -> /etc/shadow and a `..` climb both reach the
+    // CONTAINER's /etc/shadow (with the marker), never the host's.
+    let r = sftp_batch(
+        &root(),
+        &f.admin_token,
+        &format!(
+            "get /home/app/shadow {}\nget ../../../../../../etc/shadow {}\n",
+            via_link.display(),
+            via_dots.display()
+        ),
+    );
+    assert_eq!(r.code, 0, "sftp failed: {}", r.stderr);
+    let host_shadow = std::fs::read(Path::new("/etc/shadow")).unwrap();
+    for got in [&via_link, &via_dots] {
+        let text = std::fs::read(got).unwrap();
+        assert!(
+            String::from_utf8_lossy(&text).contains(SHADOW_MARKER),
+            "not the container's shadow"
+        );
+        assert_ne!(text, host_shadow);
+    }
+    // As app: the container's /etc/shadow is not readable and /etc not
+    // writable, whatever the path says.
+    let r = sftp_batch(
+        &app(),
+        &f.alice_token,
+        &format!("get /home/app/shadow {}\n", dir.path().join("x").display()),
+    );
+    assert_ne!(r.code, 0, "app read the shadow file: {}", r.stderr);
+    let up = dir.path().join("evil");
+    std::fs::write(&up, b"evil").unwrap();
+    let r = sftp_batch(
+        &app(),
+        &f.alice_token,
+        &format!("put {} /../../etc/evil\n", up.display()),
+    );
+    assert_ne!(r.code, 0, "app wrote into /etc: {}", r.stderr);
+    assert!(!f.container.rootfs.join("etc/evil").exists());
+    assert!(!Path::new("/etc/evil").exists());
+}
+
+#[test]
+fn sftp_is_refused_without_policy() {
+    let f = fixture();
+    let r = sftp_batch(&app(), &f.bob_token, "ls\n");
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("Access denied"), "{}", r.stderr);
+    let denied = f.gateway.audit_events().into_iter().any(|e| {
+        e["kind"] == "decision" && e["outcome"] == "deny" && detail(&e)["action"] == "sftp_read"
+    });
+    assert!(denied, "no sftp_read denial audited");
+}
+
+/// Starts busybox httpd on the container's loopback (test setup, with
+/// the runtime's own tool) and returns its port.
+fn container_httpd() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let f = fixture();
+        let www = f.container.rootfs.join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("index.html"), "hello from inside the container\n").unwrap();
+        let port = 18_000 + (std::process::id() % 1000) as u16;
+        run(Command::new("lxc-attach").args([
+            "-n",
+            &f.container.name,
+            "--",
+            "/bin/busybox",
+            "httpd",
+            "-p",
+            &format!("127.0.0.1:{port}"),
+            "-h",
+            "/www",
+        ]));
+        port
+    })
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `ssh -N -L local:127.0.0.1:remote` in the background.
+fn forward(user: &str, token: &str, remote: u16, dir: &Path) -> (std::process::Child, u16) {
+    let local = free_port();
+    let mut cmd = client("ssh", "-p", user, token, dir);
+    cmd.args(["-N", "-L", &format!("127.0.0.1:{local}:127.0.0.1:{remote}")])
+        .arg("127.0.0.1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", local)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "ssh -L did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, local)
+}
+
+fn http_get(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn local_forward_reaches_the_container_loopback_when_allowed() {
+    let f = fixture();
+    let remote = container_httpd();
+    // Nothing listens there on the host: the container's loopback is its own.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", remote)).is_err());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, local) = forward(&app(), &f.admin_token, remote, dir.path());
+    let body = http_get(local);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(body.contains("hello from inside the container"), "{body}");
+    let closed = wait_for("forward_closed", || {
+        f.gateway.audit_events().into_iter().find(|e| {
+            e["kind"] == "forward"
+                && detail(e)["destination"] == format!("127.0.0.1:{remote}")
+                && detail(e).get("bytes_from_destination").is_some()
+        })
+    });
+    let d = detail(&closed);
+    assert!(d["bytes_from_destination"].as_i64().unwrap() > 0, "{d}");
+    assert!(d["bytes_to_destination"].as_i64().unwrap() > 0, "{d}");
+}
+
+#[test]
+fn local_forward_is_refused_without_policy() {
+    let f = fixture();
+    let remote = container_httpd();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, local) = forward(&app(), &f.alice_token, remote, dir.path());
+    let body = http_get(local);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(!body.contains("hello"), "{body}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let denied = wait_for("port_forward denial", || {
+        f.gateway.audit_events().into_iter().find(|e| {
+            e["kind"] == "decision"
+                && e["outcome"] == "deny"
+                && detail(e)["action"] == "port_forward"
+        })
+    });
+    assert_eq!(detail(&denied)["login"], "app", "{stderr}");
+}
+
+#[test]
+fn remote_forwarding_is_refused() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = client("ssh", "-p", &app(), &f.admin_token, dir.path());
+    cmd.args(["-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:22"])
+        .arg("127.0.0.1")
+        .arg("true");
+    let r = run_ssh(&mut cmd, b"");
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("forwarding failed"), "{}", r.stderr);
+}
