@@ -8,12 +8,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::gateway::{TestContainer, TestGateway, run, run_ssh};
+use common::gateway::{TestContainer, TestGateway, keygen, run, run_ssh};
 use common::idp::TestIdp;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -30,9 +30,11 @@ struct Fixture {
     _idp: TestIdp,
     container: TestContainer,
     gateway: TestGateway,
-    admin_token: String,
-    alice_token: String,
-    bob_token: String,
+    /// Keys bound (by one token login each) to admin, alice and bob.
+    admin_key: PathBuf,
+    alice_key: PathBuf,
+    bob_key: PathBuf,
+    _keys: tempfile::TempDir,
 }
 
 fn fixture() -> &'static Fixture {
@@ -59,13 +61,25 @@ fn fixture() -> &'static Fixture {
             let admin_token = rt.block_on(idp.device_flow_id_token("admin"));
             let alice_token = rt.block_on(idp.device_flow_id_token("alice"));
             let bob_token = rt.block_on(idp.device_flow_id_token("bob"));
+            let keys = tempfile::tempdir().unwrap();
+            let bind = |name: &str, token: &str| {
+                let key = keys.path().join(name);
+                keygen(&key);
+                let dir = tempfile::tempdir().unwrap();
+                let user = format!("root@{}", container.name);
+                let mut cmd = gateway.ssh_with_key(&user, &key, token, dir.path());
+                cmd.arg("true");
+                let _ = run_ssh(&mut cmd, b"");
+                key
+            };
             Fixture {
+                admin_key: bind("admin", &admin_token),
+                alice_key: bind("alice", &alice_token),
+                bob_key: bind("bob", &bob_token),
                 _idp: idp,
                 container,
                 gateway,
-                admin_token,
-                alice_token,
-                bob_token,
+                _keys: keys,
             }
         })
         .join()
@@ -73,41 +87,40 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// OpenSSH options for the gateway: token at the keyboard-interactive
-/// prompt through the test askpass.
-fn client(program: &str, port_flag: &str, user: &str, token: &str, dir: &Path) -> Command {
+/// OpenSSH options for the gateway: batch mode with only `key` (bound to
+/// its principal by the fixture).
+fn client(program: &str, port_flag: &str, user: &str, key: &Path) -> Command {
     let f = fixture();
-    let askpass = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/askpass.sh");
     let mut cmd = Command::new(program);
     cmd.args(["-F", "/dev/null", port_flag])
         .arg(f.gateway.port.to_string())
         .args([
             "-o",
+            "BatchMode=yes",
+            "-o",
             "StrictHostKeyChecking=no",
             "-o",
             "UserKnownHostsFile=/dev/null",
             "-o",
-            "PreferredAuthentications=keyboard-interactive",
-            "-o",
-            "NumberOfPasswordPrompts=1",
+            "IdentitiesOnly=yes",
             "-o",
             "ConnectTimeout=20",
-            "-o",
+            "-i",
         ])
+        .arg(key)
+        .arg("-o")
         .arg(format!("User={user}"))
-        .env("SSH_ASKPASS", askpass)
-        .env("SSH_ASKPASS_REQUIRE", "force")
-        .env("PORTCULLIS_TEST_TOKEN", token)
-        .env("PORTCULLIS_TEST_DIR", dir)
-        .env_remove("SSH_AUTH_SOCK");
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_ASKPASS")
+        .env_remove("DISPLAY");
     cmd
 }
 
-fn sftp_batch(user: &str, token: &str, batch: &str) -> common::gateway::SshResult {
+fn sftp_batch(user: &str, key: &Path, batch: &str) -> common::gateway::SshResult {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("batch");
     std::fs::write(&file, batch).unwrap();
-    let mut cmd = client("sftp", "-P", user, token, dir.path());
+    let mut cmd = client("sftp", "-P", user, key);
     cmd.arg("-b").arg(&file).arg("127.0.0.1");
     run_ssh(&mut cmd, b"")
 }
@@ -182,7 +195,7 @@ fn sftp_round_trip_is_byte_exact_owned_by_the_login_and_audited() {
     std::fs::write(&up, &data).unwrap();
     let r = sftp_batch(
         &app(),
-        &f.alice_token,
+        &f.alice_key,
         &format!(
             "put {} /home/app/up.bin\nget /home/app/up.bin {}\n",
             up.display(),
@@ -215,14 +228,14 @@ fn scp_in_sftp_mode_uploads_and_downloads() {
     let up = dir.path().join("scp-up.bin");
     let down = dir.path().join("scp-down.bin");
     std::fs::write(&up, &data).unwrap();
-    let mut cmd = client("scp", "-P", &app(), &f.alice_token, dir.path());
+    let mut cmd = client("scp", "-P", &app(), &f.alice_key);
     cmd.arg(&up).arg("127.0.0.1:/home/app/scp.bin");
     let r = run_ssh(&mut cmd, b"");
     assert_eq!(r.code, 0, "scp upload failed: {}", r.stderr);
     let inside = f.container.rootfs.join("home/app/scp.bin");
     assert_eq!(std::fs::read(&inside).unwrap(), data);
     assert_eq!(std::fs::metadata(&inside).unwrap().uid(), 1000);
-    let mut cmd = client("scp", "-P", &app(), &f.alice_token, dir.path());
+    let mut cmd = client("scp", "-P", &app(), &f.alice_key);
     cmd.arg("127.0.0.1:/home/app/scp.bin").arg(&down);
     let r = run_ssh(&mut cmd, b"");
     assert_eq!(r.code, 0, "scp download failed: {}", r.stderr);
@@ -242,7 +255,7 @@ fn paths_and_symlinks_resolve_inside_the_container() {
     // CONTAINER's /etc/shadow (with the marker), never the host's.
     let r = sftp_batch(
         &root(),
-        &f.admin_token,
+        &f.admin_key,
         &format!(
             "get /home/app/shadow {}\nget ../../../../../../etc/shadow {}\n",
             via_link.display(),
@@ -263,7 +276,7 @@ fn paths_and_symlinks_resolve_inside_the_container() {
     // writable, whatever the path says.
     let r = sftp_batch(
         &app(),
-        &f.alice_token,
+        &f.alice_key,
         &format!("get /home/app/shadow {}\n", dir.path().join("x").display()),
     );
     assert_ne!(r.code, 0, "app read the shadow file: {}", r.stderr);
@@ -271,7 +284,7 @@ fn paths_and_symlinks_resolve_inside_the_container() {
     std::fs::write(&up, b"evil").unwrap();
     let r = sftp_batch(
         &app(),
-        &f.alice_token,
+        &f.alice_key,
         &format!("put {} /../../etc/evil\n", up.display()),
     );
     assert_ne!(r.code, 0, "app wrote into /etc: {}", r.stderr);
@@ -282,7 +295,7 @@ fn paths_and_symlinks_resolve_inside_the_container() {
 #[test]
 fn sftp_is_refused_without_policy() {
     let f = fixture();
-    let r = sftp_batch(&app(), &f.bob_token, "ls\n");
+    let r = sftp_batch(&app(), &f.bob_key, "ls\n");
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("Access denied"), "{}", r.stderr);
     let denied = f.gateway.audit_events().into_iter().any(|e| {
@@ -322,9 +335,9 @@ fn free_port() -> u16 {
 }
 
 /// `ssh -N -L local:127.0.0.1:remote` in the background.
-fn forward(user: &str, token: &str, remote: u16, dir: &Path) -> (std::process::Child, u16) {
+fn forward(user: &str, key: &Path, remote: u16) -> (std::process::Child, u16) {
     let local = free_port();
-    let mut cmd = client("ssh", "-p", user, token, dir);
+    let mut cmd = client("ssh", "-p", user, key);
     cmd.args(["-N", "-L", &format!("127.0.0.1:{local}:127.0.0.1:{remote}")])
         .arg("127.0.0.1")
         .stdin(Stdio::null())
@@ -355,8 +368,8 @@ fn local_forward_reaches_the_container_loopback_when_allowed() {
     let remote = container_httpd();
     // Nothing listens there on the host: the container's loopback is its own.
     assert!(std::net::TcpStream::connect(("127.0.0.1", remote)).is_err());
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, local) = forward(&app(), &f.admin_token, remote, dir.path());
+
+    let (mut child, local) = forward(&app(), &f.admin_key, remote);
     let body = http_get(local);
     let _ = child.kill();
     let _ = child.wait();
@@ -377,8 +390,8 @@ fn local_forward_reaches_the_container_loopback_when_allowed() {
 fn local_forward_is_refused_without_policy() {
     let f = fixture();
     let remote = container_httpd();
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, local) = forward(&app(), &f.alice_token, remote, dir.path());
+
+    let (mut child, local) = forward(&app(), &f.alice_key, remote);
     let body = http_get(local);
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
@@ -397,8 +410,8 @@ fn local_forward_is_refused_without_policy() {
 #[test]
 fn remote_forwarding_is_refused() {
     let f = fixture();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = client("ssh", "-p", &app(), &f.admin_token, dir.path());
+
+    let mut cmd = client("ssh", "-p", &app(), &f.admin_key);
     cmd.args(["-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:22"])
         .arg("127.0.0.1")
         .arg("true");
