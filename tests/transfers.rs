@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -47,6 +47,7 @@ fn fixture() -> &'static Fixture {
             let mut text = std::fs::read_to_string(&shadow).unwrap_or_default();
             text.push_str(&format!("{SHADOW_MARKER}:x:0:0:99999:7:::\n"));
             std::fs::write(&shadow, text).unwrap();
+            std::fs::set_permissions(&shadow, std::fs::Permissions::from_mode(0o600)).unwrap();
             // An absolute symlink in the login's home, to /etc/shadow.
             std::os::unix::fs::symlink("/etc/shadow", container.rootfs.join("home/app/shadow"))
                 .unwrap();
@@ -314,6 +315,15 @@ fn container_httpd() -> u16 {
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), "hello from inside the container\n").unwrap();
         let port = 18_000 + (std::process::id() % 1000) as u16;
+        let attach = |args: &[&str]| {
+            Command::new("lxc-attach")
+                .args(["-n", &f.container.name, "--", "/bin/busybox"])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        attach(&["ip", "link", "set", "lo", "up"]);
         run(Command::new("lxc-attach").args([
             "-n",
             &f.container.name,
@@ -325,6 +335,18 @@ fn container_httpd() -> u16 {
             "-h",
             "/www",
         ]));
+        let start = Instant::now();
+        let target = format!("{port}");
+        while !attach(&["nc", "-w", "1", "127.0.0.1", &target])
+            .status
+            .success()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "httpd did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         port
     })
 }
@@ -346,7 +368,10 @@ fn forward(user: &str, key: &Path, remote: u16) -> (std::process::Child, u16) {
     let child = cmd.spawn().unwrap();
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", local)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "ssh -L did not listen");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "ssh -L did not listen"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     (child, local)
@@ -412,9 +437,14 @@ fn remote_forwarding_is_refused() {
     let f = fixture();
 
     let mut cmd = client("ssh", "-p", &app(), &f.admin_key);
-    cmd.args(["-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:22"])
-        .arg("127.0.0.1")
-        .arg("true");
+    cmd.args([
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        "127.0.0.1:0:127.0.0.1:22",
+    ])
+    .arg("127.0.0.1")
+    .arg("true");
     let r = run_ssh(&mut cmd, b"");
     assert_ne!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("forwarding failed"), "{}", r.stderr);

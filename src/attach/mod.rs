@@ -15,9 +15,9 @@
 //!
 //! All raw syscalls live in `sys.rs`.
 
+mod connect;
 mod error;
 mod helper;
-mod connect;
 mod lsm;
 pub mod passwd;
 mod pin;

@@ -356,8 +356,7 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
         // container's mount namespace. Nothing of the host is left: the
         // binary is H's sealed memfd, the process stays non-dumpable (the
         // credential change keeps it so), the environment is empty.
-        sys::close_range(3, u32::MAX, 0)
-            .map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
+        sys::close_range(3, u32::MAX, 0).map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
         nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
         let fd = |n| sys::claim_inherited_fd(n).unwrap_or_else(|_| sys::exit_now(1));
         let (input, output, events) = (fd(0), fd(1), fd(2));

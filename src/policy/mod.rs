@@ -264,8 +264,7 @@ impl PolicyEngine {
             };
             pairs.push(((*k).to_string(), value));
         }
-        let context = Context::from_pairs(pairs)
-        .map_err(|e| PolicyError::Request(one_line(&e)))?;
+        let context = Context::from_pairs(pairs).map_err(|e| PolicyError::Request(one_line(&e)))?;
         let cedar_request =
             cedar_policy::Request::new(user, action, container, context, Some(&self.schema))
                 .map_err(|e| PolicyError::Request(one_line(&e)))?;

@@ -136,7 +136,11 @@ fn normalise(path: &str) -> PathBuf {
     out
 }
 
-fn apply_attrs(path: Option<&Path>, file: Option<&File>, a: &FileAttributes) -> std::io::Result<()> {
+fn apply_attrs(
+    path: Option<&Path>,
+    file: Option<&File>,
+    a: &FileAttributes,
+) -> std::io::Result<()> {
     let open;
     let file = match (file, path) {
         (Some(f), _) => f,
@@ -349,7 +353,10 @@ impl Handler for SftpHandler {
     ) -> Result<Data, StatusReply> {
         let f = self.file(&handle)?;
         let mut buf = vec![0u8; len.min(MAX_READ_BYTES) as usize];
-        let n = f.file.read_at(&mut buf, offset).map_err(|e| status_of(&e))?;
+        let n = f
+            .file
+            .read_at(&mut buf, offset)
+            .map_err(|e| status_of(&e))?;
         if n == 0 {
             return Err(StatusCode::Eof.into());
         }

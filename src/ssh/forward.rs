@@ -288,11 +288,10 @@ pub async fn run(start: ForwardStart) {
         reply.reject(reject).await;
         return;
     }
-    let stream = match attach::connect_in(&who.gateway.helper, &init, &container.name, addr).await
-    {
+    let stream = match attach::connect_in(&who.gateway.helper, &init, &container.name, addr).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::info!(error = %e, %addr, "forward: connect inside the container failed");
+            tracing::info!(error = ?e, %addr, "forward: connect inside the container failed");
             let _ = who
                 .audit(
                     Some(&forward_id),

@@ -19,8 +19,8 @@ use super::auth::AuthState;
 use super::forward::{ForwardStart, Requester};
 use super::session::{ChannelInput, SessionKind, SessionStart};
 use super::transfer::SftpStart;
-use crate::audit::{AuditEvent, truncate};
 use crate::attach::PtyRequest;
+use crate::audit::{AuditEvent, truncate};
 
 /// Longest accepted exec command, in bytes.
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -99,7 +99,11 @@ impl ConnectionHandler {
     }
 
     /// Starts the SFTP subsystem on `channel`.
-    fn start_sftp(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), russh::Error> {
+    fn start_sftp(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
         let Some(who) = self.requester() else {
             session.channel_failure(channel)?;
             return Ok(());
@@ -310,7 +314,10 @@ impl russh::server::Handler for ConnectionHandler {
         if name == "sftp" {
             return self.start_sftp(channel, session);
         }
-        self.audit_refusal("subsystem", &format!("unknown subsystem {}", truncate(name, 64)));
+        self.audit_refusal(
+            "subsystem",
+            &format!("unknown subsystem {}", truncate(name, 64)),
+        );
         session.channel_failure(channel)?;
         Ok(())
     }

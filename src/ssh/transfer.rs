@@ -66,7 +66,11 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
         .config
         .recordings_dir()
         .join(format!("{session_id}.cast"));
-    let command = if may_write { "sftp" } else { "sftp (read-only)" };
+    let command = if may_write {
+        "sftp"
+    } else {
+        "sftp (read-only)"
+    };
     let header = Header {
         version: 2,
         width: 80,
@@ -93,8 +97,8 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
         false,
         gateway.config.recording.flush_interval,
     )
-        .await
-        .map_err(|e| unavailable(&e))?;
+    .await
+    .map_err(|e| unavailable(&e))?;
     let recording_text = recording_path.display().to_string();
     gateway
         .store
@@ -273,7 +277,10 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
     }
     let exit = match ended_by {
         None => attached.wait().await.ok(),
-        Some(_) => attached.terminate(gateway.config.session.kill_grace).await.ok(),
+        Some(_) => attached
+            .terminate(gateway.config.session.kill_grace)
+            .await
+            .ok(),
     };
     if audit_ok {
         // Let the last reports (handles open at the end) reach the log.
