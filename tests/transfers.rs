@@ -34,6 +34,7 @@ struct Fixture {
     admin_key: PathBuf,
     alice_key: PathBuf,
     bob_key: PathBuf,
+    alice_token: String,
     _keys: tempfile::TempDir,
 }
 
@@ -77,6 +78,7 @@ fn fixture() -> &'static Fixture {
                 admin_key: bind("admin", &admin_token),
                 alice_key: bind("alice", &alice_token),
                 bob_key: bind("bob", &bob_token),
+                alice_token,
                 _idp: idp,
                 container,
                 gateway,
@@ -91,10 +93,14 @@ fn fixture() -> &'static Fixture {
 /// OpenSSH options for the gateway: batch mode with only `key` (bound to
 /// its principal by the fixture).
 fn client(program: &str, port_flag: &str, user: &str, key: &Path) -> Command {
-    let f = fixture();
+    client_on(fixture().gateway.port, program, port_flag, user, key)
+}
+
+/// [`client`] for the gateway on `port`.
+fn client_on(port: u16, program: &str, port_flag: &str, user: &str, key: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(["-F", "/dev/null", port_flag])
-        .arg(f.gateway.port.to_string())
+        .arg(port.to_string())
         .args([
             "-o",
             "BatchMode=yes",
@@ -367,7 +373,8 @@ fn forward(user: &str, key: &Path, remote: u16) -> (std::process::Child, u16) {
         .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", local)).is_err() {
+    // Poll the listening sockets (a probe connection would be forwarded).
+    while !listening(local) {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "ssh -L did not listen"
@@ -375,6 +382,18 @@ fn forward(user: &str, key: &Path, remote: u16) -> (std::process::Child, u16) {
         std::thread::sleep(Duration::from_millis(100));
     }
     (child, local)
+}
+
+/// True when something listens on 127.0.0.1:`port` (from /proc/net/tcp).
+fn listening(port: u16) -> bool {
+    let needle = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && cols[1] == needle && cols[3] == "0A"
+        })
 }
 
 fn http_get(port: u16) -> String {
@@ -402,8 +421,9 @@ fn local_forward_reaches_the_container_loopback_when_allowed() {
     let closed = wait_for("forward_closed", || {
         f.gateway.audit_events().into_iter().find(|e| {
             e["kind"] == "forward"
+                && e["principal"] == "admin"
                 && detail(e)["destination"] == format!("127.0.0.1:{remote}")
-                && detail(e).get("bytes_from_destination").is_some()
+                && detail(e)["bytes_from_destination"].as_i64().unwrap_or(0) > 0
         })
     });
     let d = detail(&closed);
@@ -448,4 +468,153 @@ fn remote_forwarding_is_refused() {
     let r = run_ssh(&mut cmd, b"");
     assert_ne!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("forwarding failed"), "{}", r.stderr);
+}
+
+/// A second gateway on the same container, labelled env=staging (where
+/// the shipped policy lets developers only read), with alice's key bound.
+fn staging_gateway() -> &'static TestGateway {
+    static GW: OnceLock<TestGateway> = OnceLock::new();
+    GW.get_or_init(|| {
+        let f = fixture();
+        let gw = TestGateway::start(
+            &f._idp.issuer,
+            &format!(
+                "[containers.{}]\nlabels = {{ env = \"staging\" }}\n",
+                f.container.name
+            ),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = gw.ssh_with_key(&app(), &f.alice_key, &f.alice_token, dir.path());
+        cmd.arg("true");
+        let _ = run_ssh(&mut cmd, b"");
+        gw
+    })
+}
+
+#[test]
+fn read_only_sftp_downloads_but_refuses_uploads() {
+    let f = fixture();
+    let gw = staging_gateway();
+    std::fs::write(
+        f.container.rootfs.join("home/app/staging.txt"),
+        b"staging data\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let down = dir.path().join("down");
+    let up = dir.path().join("up");
+    std::fs::write(&up, b"nope").unwrap();
+    let batch = dir.path().join("batch");
+    let run_batch = |text: String| {
+        std::fs::write(&batch, text).unwrap();
+        let mut c = client_on(gw.port, "sftp", "-P", &app(), &f.alice_key);
+        c.arg("-b").arg(&batch).arg("127.0.0.1");
+        run_ssh(&mut c, b"")
+    };
+    let r = run_batch(format!("get /home/app/staging.txt {}\n", down.display()));
+    assert_eq!(r.code, 0, "read-only download failed: {}", r.stderr);
+    assert_eq!(std::fs::read(&down).unwrap(), b"staging data\n");
+    let r = run_batch(format!("put {} /home/app/staging-up.txt\n", up.display()));
+    assert_ne!(r.code, 0, "upload allowed on a read-only session");
+    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    assert!(!f.container.rootfs.join("home/app/staging-up.txt").exists());
+    let decisions: Vec<Value> = gw
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "decision")
+        .map(|e| detail(&e))
+        .collect();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["action"] == "sftp_read" && d["allowed"] == true)
+    );
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["action"] == "sftp_write" && d["allowed"] == false)
+    );
+}
+
+#[test]
+fn sessions_show_lists_the_transfers_with_digests() {
+    let f = fixture();
+    let data = random_bytes(64 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("show.bin");
+    std::fs::write(&up, &data).unwrap();
+    let r = sftp_batch(
+        &app(),
+        &f.alice_key,
+        &format!("put {} /home/app/show.bin\n", up.display()),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let event = wait_for("transfer", || {
+        f.gateway
+            .audit_events()
+            .into_iter()
+            .find(|e| e["kind"] == "file_transfer" && detail(e)["path"] == "/home/app/show.bin")
+    });
+    let id = event["session_id"].as_str().unwrap();
+    let out = f.gateway.cli(&["sessions", "show", id, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &shown["transfers"][0];
+    assert_eq!(t["path"], "/home/app/show.bin");
+    assert_eq!(t["direction"], "write");
+    assert_eq!(t["sha256"], sha(&data).as_str());
+    let out = f.gateway.cli(&["sessions", "show", id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&sha(&data)), "{text}");
+}
+
+#[test]
+fn forwarded_connections_past_the_cap_are_refused() {
+    let f = fixture();
+    let remote = container_httpd();
+    let (mut child, local) = forward(&app(), &f.admin_key, remote);
+    // The fixture allows 2 at once; hold two open (httpd waits for a request).
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", local)).unwrap())
+        .collect();
+    let originators: Vec<String> = held
+        .iter()
+        .map(|s| s.local_addr().unwrap().to_string())
+        .collect();
+    wait_for("two forwards open", || {
+        let n = f
+            .gateway
+            .audit_events()
+            .iter()
+            .filter(|e| {
+                e["kind"] == "forward"
+                    && e["outcome"] == "success"
+                    && originators
+                        .iter()
+                        .any(|o| detail(e)["originator"] == o.as_str())
+            })
+            .count();
+        (n >= 2).then_some(())
+    });
+    let body = http_get(local);
+    assert!(!body.contains("hello"), "third forward served: {body}");
+    let refused = wait_for("cap refusal", || {
+        f.gateway
+            .audit_events()
+            .into_iter()
+            .find(|e| e["kind"] == "channel" && detail(e)["kind"] == "direct-tcpip")
+    });
+    assert!(
+        detail(&refused)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("more than 2")
+    );
+    drop(held);
+    let _ = child.kill();
+    let _ = child.wait();
 }

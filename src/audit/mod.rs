@@ -156,8 +156,9 @@ pub enum AuditEvent {
         /// False when the session ended with the file still open.
         closed: bool,
     },
-    /// A forwarded TCP connection (`ssh -L`) was opened inside the
-    /// container's network namespace.
+    /// A forwarded TCP connection (`ssh -L`) allowed by policy is being
+    /// opened inside the container's network namespace (written before
+    /// the connect; its `ForwardClosed` says how it went).
     ForwardOpened {
         /// Target container.
         container: String,
@@ -178,6 +179,9 @@ pub enum AuditEvent {
         bytes_from_destination: i64,
         /// How long it was open, in milliseconds.
         duration_ms: i64,
+        /// Why it failed or ended early (e.g. the connection was refused
+        /// inside the container), `None` when it simply ended.
+        error: Option<String>,
     },
     /// A channel or a forwarding request was refused before policy: a
     /// kind Portcullis does not offer (remote forwarding, X11, agent) or a

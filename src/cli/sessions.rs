@@ -251,13 +251,24 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<()> {
             .map(|(_, ev)| shell_commands(&crate::recording::transcript_lines(&ev)))
             .unwrap_or_default(),
     };
+    // File transfers (SFTP) and forwarded connections, from the audit log.
+    let transfers: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|e| e.kind == "file_transfer" || (e.kind == "forward" && e.outcome == "info"))
+        .filter_map(|e| {
+            let mut d: serde_json::Value = serde_json::from_str(&e.detail).ok()?;
+            d["at"] = e.at.into();
+            d["kind"] = e.kind.clone().into();
+            Some(d)
+        })
+        .collect();
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "session": session,
                 "commands": commands,
-                "transfers": [],
+                "transfers": transfers,
                 "approvals": [],
                 "audit_events": events,
             }))?
@@ -296,7 +307,35 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<()> {
     for c in &commands {
         println!("  {c}");
     }
-    println!("\ntransfers: none\napprovals: none (no grant was needed)");
+    if transfers.is_empty() {
+        println!("\ntransfers: none");
+    } else {
+        println!("\ntransfers:");
+        for t in &transfers {
+            let text = |k: &str| t[k].as_str().unwrap_or("-").to_string();
+            let num = |k: &str| t[k].as_i64().unwrap_or(0);
+            if t["kind"] == "file_transfer" {
+                println!(
+                    "  {}  {:<5} {:>12} bytes  sha256 {}  {}",
+                    format_time(num("at")),
+                    text("direction"),
+                    num("bytes"),
+                    text("sha256"),
+                    text("path")
+                );
+            } else {
+                println!(
+                    "  {}  forward {}  {} bytes out, {} bytes back, {} ms",
+                    format_time(num("at")),
+                    text("destination"),
+                    num("bytes_to_destination"),
+                    num("bytes_from_destination"),
+                    num("duration_ms")
+                );
+            }
+        }
+    }
+    println!("approvals: none (no grant was needed)");
     println!("\naudit events:");
     for e in &events {
         println!(

@@ -368,6 +368,69 @@ mod tests {
         assert!(ask(&["developers"], "dev", "app", Action::Exec).allowed);
     }
 
+    fn ask_with(
+        groups: &[&str],
+        login: &str,
+        action: Action,
+        extra: &[(&str, ContextValue)],
+    ) -> Decision {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let labels = BTreeMap::from([("env".to_string(), "dev".to_string())]);
+        shipped()
+            .decide_with(
+                &AccessRequest {
+                    principal: "alice",
+                    groups: &groups,
+                    container: "web1",
+                    labels: &labels,
+                    login,
+                    action,
+                    command: None,
+                },
+                extra,
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn developers_may_sftp_on_dev_but_not_forward() {
+        for access in ["read", "write"] {
+            let extra = [("access", ContextValue::Str(access.into()))];
+            let d = ask_with(&["developers"], "app", Action::Sftp, &extra);
+            assert!(d.allowed, "{access}: {d:?}");
+            assert_eq!(d.policies, ["developers-dev-sftp"]);
+            assert!(!ask_with(&["developers"], "root", Action::Sftp, &extra).allowed);
+            assert!(!ask_with(&[], "app", Action::Sftp, &extra).allowed);
+        }
+        let fwd = [
+            ("host", ContextValue::Str("127.0.0.1".into())),
+            ("port", ContextValue::Long(5432)),
+        ];
+        let d = ask_with(&["developers"], "app", Action::PortForward, &fwd);
+        assert!(!d.allowed && d.errors.is_empty(), "{d:?}");
+        assert!(ask_with(&["admins"], "app", Action::PortForward, &fwd).allowed);
+        let d = ask_with(&["developers"], "app", Action::AgentForward, &[]);
+        assert!(!d.allowed && d.errors.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn missing_context_is_a_deny_not_an_allow() {
+        // sftp without `access` does not match the schema: an error, so deny.
+        let r = shipped().decide_with(
+            &AccessRequest {
+                principal: "alice",
+                groups: &["admins".to_string()],
+                container: "web1",
+                labels: &BTreeMap::new(),
+                login: "app",
+                action: Action::Sftp,
+                command: None,
+            },
+            &[],
+        );
+        assert!(r.is_err() || !r.unwrap().allowed);
+    }
+
     #[test]
     fn admins_may_do_anything() {
         let d = ask(&["admins"], "prod", "root", Action::Shell);

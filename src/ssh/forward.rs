@@ -3,8 +3,9 @@
 //! issue 5): a `direct-tcpip` channel allowed by the policy action
 //! `port_forward` is connected from inside the container's network
 //! namespace ([`crate::attach::connect_in`]) and pumped both ways; each
-//! connection is audited before it is opened and when it ends (bytes each
-//! way, duration).
+//! connection is a session (row, header-only recording) whose audit
+//! events say where it goes before it is opened and, when it ends, the
+//! bytes each way and the duration.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -269,10 +270,18 @@ pub async fn run(start: ForwardStart) {
     ];
     let auth = authorize(&who, Action::PortForward, &extra, "forward ports").await;
     let Ok(Authorized {
-        target: _,
+        target,
         container,
         init,
     }) = auth
+    else {
+        reply.reject(reject).await;
+        return;
+    };
+    let destination_text = addr.to_string();
+    let command = format!("direct-tcpip {destination_text}");
+    let Ok((forward_id, recorder)) =
+        super::transfer::open_record(&who, &container.name, &target.login, &command).await
     else {
         reply.reject(reject).await;
         return;
@@ -283,27 +292,27 @@ pub async fn run(start: ForwardStart) {
         port: i64::from(addr.port()),
         originator: truncate(&originator, 128),
     };
-    let forward_id = uuid::Uuid::new_v4().to_string();
     if who.audit(Some(&forward_id), opened).await.is_err() {
         reply.reject(reject).await;
+        super::transfer::close_record(&who, &forward_id, recorder, None).await;
         return;
     }
+    let closed = |to: u64, from: u64, ms: u128, error: Option<String>| AuditEvent::ForwardClosed {
+        destination: destination_text.clone(),
+        bytes_to_destination: i64::try_from(to).unwrap_or(i64::MAX),
+        bytes_from_destination: i64::try_from(from).unwrap_or(i64::MAX),
+        duration_ms: i64::try_from(ms).unwrap_or(i64::MAX),
+        error,
+    };
     let stream = match attach::connect_in(&who.gateway.helper, &init, &container.name, addr).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(error = ?e, %addr, "forward: connect inside the container failed");
             let _ = who
-                .audit(
-                    Some(&forward_id),
-                    AuditEvent::ForwardClosed {
-                        destination: addr.to_string(),
-                        bytes_to_destination: 0,
-                        bytes_from_destination: 0,
-                        duration_ms: 0,
-                    },
-                )
+                .audit(Some(&forward_id), closed(0, 0, 0, Some(e.user_message())))
                 .await;
             reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            super::transfer::close_record(&who, &forward_id, recorder, None).await;
             return;
         }
     };
@@ -311,23 +320,28 @@ pub async fn run(start: ForwardStart) {
     let started = Instant::now();
     let mut tcp = stream;
     let mut chan = channel.into_stream();
-    let (to, from) = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut chan, &mut tcp) => r.unwrap_or((0, 0)),
-        _ = who.gateway.shutdown.cancelled() => (0, 0),
+    let (to, from, error) = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut chan, &mut tcp) => match r {
+            Ok((to, from)) => (to, from, None),
+            Err(e) => (0, 0, Some(e.to_string())),
+        },
+        _ = who.gateway.shutdown.cancelled() => (0, 0, Some("the gateway is shutting down".into())),
     };
     drop(chan);
     drop(tcp);
     let _ = who
         .audit(
             Some(&forward_id),
-            AuditEvent::ForwardClosed {
-                destination: addr.to_string(),
-                bytes_to_destination: i64::try_from(to).unwrap_or(i64::MAX),
-                bytes_from_destination: i64::try_from(from).unwrap_or(i64::MAX),
-                duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-            },
+            closed(to, from, started.elapsed().as_millis(), error),
         )
         .await;
+    super::transfer::close_record(
+        &who,
+        &forward_id,
+        recorder,
+        Some(crate::attach::ExitStatus::Code(0)),
+    )
+    .await;
     drop(permit);
 }
 

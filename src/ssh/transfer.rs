@@ -61,70 +61,13 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
         .await?
         .is_ok();
 
-    let session_id = uuid::Uuid::new_v4().to_string();
-    let recording_path = gateway
-        .config
-        .recordings_dir()
-        .join(format!("{session_id}.cast"));
     let command = if may_write {
         "sftp"
     } else {
         "sftp (read-only)"
     };
-    let header = Header {
-        version: 2,
-        width: 80,
-        height: 24,
-        timestamp: Some(crate::store::now_ms() / 1000),
-        command: Some(command.into()),
-        title: Some(format!("{}@{}", target.login, container.name)),
-        env: None,
-        portcullis: Some(SessionMetadata {
-            session_id: session_id.clone(),
-            principal: who.principal.subject.clone(),
-            container: container.name.clone(),
-            login: target.login.clone(),
-            command: Some(command.into()),
-        }),
-    };
-    let unavailable = |e: &dyn std::fmt::Display| {
-        tracing::error!(error = %e, "session record unavailable; refusing");
-        Refusal("Access refused: the gateway cannot record this session right now.".into())
-    };
-    let recorder = Recorder::create(
-        &recording_path,
-        &header,
-        false,
-        gateway.config.recording.flush_interval,
-    )
-    .await
-    .map_err(|e| unavailable(&e))?;
-    let recording_text = recording_path.display().to_string();
-    gateway
-        .store
-        .insert_session(&NewSession {
-            id: &session_id,
-            principal: &who.principal.subject,
-            email: who.principal.email.as_deref(),
-            container: &container.name,
-            login: &target.login,
-            command: Some(command),
-            client_addr: Some(&who.client_addr),
-            recording_path: &recording_text,
-        })
-        .await
-        .map_err(|e| unavailable(&e))?;
+    let (session_id, recorder) = open_record(&who, &container.name, &target.login, command).await?;
     let sid = Some(session_id.as_str());
-    who.audit(
-        sid,
-        AuditEvent::SessionStarted {
-            container: container.name.clone(),
-            login: target.login.clone(),
-            command: Some(command.into()),
-            pty: false,
-        },
-    )
-    .await?;
 
     let request = AttachRequest {
         container: container.name.clone(),
@@ -137,20 +80,7 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
     let (mut attached, io) = match spawned {
         Ok(pair) => pair,
         Err(e) => {
-            let digest = recorder.finish().await.ok();
-            let _ = gateway
-                .store
-                .end_session(
-                    &session_id,
-                    &SessionEnd {
-                        status: "failed",
-                        exit_status: None,
-                        exit_signal: None,
-                        recording_bytes: digest.as_ref().map(|d| d.bytes as i64).unwrap_or(0),
-                        recording_sha256: digest.as_ref().map(|d| d.sha256.as_str()).unwrap_or(""),
-                    },
-                )
-                .await;
+            close_record(&who, &session_id, recorder, None).await;
             who.audit(
                 sid,
                 AuditEvent::SessionFailed {
@@ -176,14 +106,14 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
     // Client -> server.
     let feed = tokio::spawn(async move {
         while let Some(ev) = input.recv().await {
-            match ev {
-                ChannelInput::Data(d) => {
-                    if stdin.write_all(&d).await.is_err() {
-                        break;
-                    }
+            let ChannelInput::Data(d) = ev else {
+                if matches!(ev, ChannelInput::Eof | ChannelInput::Close) {
+                    break;
                 }
-                ChannelInput::Eof | ChannelInput::Close => break,
-                _ => {}
+                continue;
+            };
+            if stdin.write_all(&d).await.is_err() {
+                break;
             }
         }
         // Dropping stdin sends EOF: the server ends.
@@ -295,6 +225,90 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
 
+    close_record(&who, &session_id, recorder, exit).await;
+    tracing::info!(%session_id, ?exit, "sftp session ended");
+    Ok(())
+}
+
+/// Opens the session row (and its header-only recording, so `sessions
+/// replay`/`verify` work alike for every session) of a channel that is not
+/// a terminal, and audits `SessionStarted`. Returns the session id.
+pub(super) async fn open_record(
+    who: &Requester,
+    container: &str,
+    login: &str,
+    command: &str,
+) -> Result<(String, Recorder), Refusal> {
+    let gateway = &who.gateway;
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let recording_path = gateway
+        .config
+        .recordings_dir()
+        .join(format!("{session_id}.cast"));
+    let header = Header {
+        version: 2,
+        width: 80,
+        height: 24,
+        timestamp: Some(crate::store::now_ms() / 1000),
+        command: Some(command.into()),
+        title: Some(format!("{login}@{container}")),
+        env: None,
+        portcullis: Some(SessionMetadata {
+            session_id: session_id.clone(),
+            principal: who.principal.subject.clone(),
+            container: container.into(),
+            login: login.into(),
+            command: Some(command.into()),
+        }),
+    };
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "session record unavailable; refusing");
+        Refusal("Access refused: the gateway cannot record this session right now.".into())
+    };
+    let recorder = Recorder::create(
+        &recording_path,
+        &header,
+        false,
+        gateway.config.recording.flush_interval,
+    )
+    .await
+    .map_err(|e| unavailable(&e))?;
+    let recording_text = recording_path.display().to_string();
+    gateway
+        .store
+        .insert_session(&NewSession {
+            id: &session_id,
+            principal: &who.principal.subject,
+            email: who.principal.email.as_deref(),
+            container,
+            login,
+            command: Some(command),
+            client_addr: Some(&who.client_addr),
+            recording_path: &recording_text,
+        })
+        .await
+        .map_err(|e| unavailable(&e))?;
+    who.audit(
+        Some(&session_id),
+        AuditEvent::SessionStarted {
+            container: container.into(),
+            login: login.into(),
+            command: Some(command.into()),
+            pty: false,
+        },
+    )
+    .await?;
+    Ok((session_id, recorder))
+}
+
+/// Finishes the recording, audits `SessionEnded` and closes the row
+/// (`failed` when `exit` is `None`).
+pub(super) async fn close_record(
+    who: &Requester,
+    session_id: &str,
+    recorder: Recorder,
+    exit: Option<ExitStatus>,
+) {
     let digest = recorder.finish().await.ok();
     let (bytes, sha256) = match &digest {
         Some(d) => (d.bytes as i64, d.sha256.clone()),
@@ -309,7 +323,7 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
     };
     let _ = who
         .audit(
-            sid,
+            Some(session_id),
             AuditEvent::SessionEnded {
                 exit_status,
                 exit_signal: exit_signal.clone(),
@@ -318,10 +332,11 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
             },
         )
         .await;
-    if let Err(e) = gateway
+    if let Err(e) = who
+        .gateway
         .store
         .end_session(
-            &session_id,
+            session_id,
             &SessionEnd {
                 status,
                 exit_status,
@@ -334,6 +349,4 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
     {
         tracing::error!(error = %e, "cannot close the session row");
     }
-    tracing::info!(%session_id, ?exit, "sftp session ended");
-    Ok(())
 }
