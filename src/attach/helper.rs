@@ -417,7 +417,11 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
         }
         let cpidfd = sys::pidfd_open(cpid).map_err(io_step(HelperStep::Fork))?;
         let aa = match &host_proc {
-            Some(p) => Some(open_apparmor_exec(p.as_fd(), cpid)?),
+            Some(p) => Some(open_apparmor_exec(
+                p.as_fd(),
+                cpid,
+                matches!(req.mode, proto::WireMode::Sftp { .. }),
+            )?),
             None => None,
         };
         proto::send_blocking(

@@ -72,7 +72,15 @@ pub(crate) fn open_host_proc() -> HResult<OwnedFd> {
 /// Opens `<host proc>/<cpid>/attr/apparmor/exec` for writing, for C to
 /// write its own exec label into (the kernel only lets a task write its own
 /// attributes; LXC does the same).
-pub(crate) fn open_apparmor_exec(host_proc: BorrowedFd<'_>, cpid: i32) -> HResult<OwnedFd> {
+/// Opens C's AppArmor `exec` attribute (the profile applied at its
+/// execve) or, with `current`, its `current` attribute (for a session
+/// process that never execs, such as the SFTP server: `changeprofile`
+/// applies at once).
+pub(crate) fn open_apparmor_exec(
+    host_proc: BorrowedFd<'_>,
+    cpid: i32,
+    current: bool,
+) -> HResult<OwnedFd> {
     let s = HelperStep::Apparmor;
     let how = OpenHow::new()
         .flags(OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
@@ -84,7 +92,11 @@ pub(crate) fn open_apparmor_exec(host_proc: BorrowedFd<'_>, cpid: i32) -> HResul
         );
     let fd = openat2(
         host_proc,
-        format!("{cpid}/attr/apparmor/exec").as_str(),
+        format!(
+            "{cpid}/attr/apparmor/{}",
+            if current { "current" } else { "exec" }
+        )
+        .as_str(),
         how,
     )
     .map_err(step(s))?;

@@ -267,9 +267,15 @@ fn await_release(ctx: &SessionCtx<'_>) -> CResult<Option<OwnedFd>> {
 
 /// Writes `exec LABEL` to the session's own exec attribute (opened by H on
 /// the host procfs), so the shell runs confined like the init.
-fn set_apparmor_exec(fd: OwnedFd, label: &str) -> CResult<()> {
+fn set_apparmor_exec(fd: OwnedFd, label: &str, now: bool) -> CResult<()> {
     let s = HelperStep::Apparmor;
-    let cmd = format!("exec {label}");
+    // `now`: the SFTP server never execs, so it changes profile at once
+    // (through its `current` attribute, opened by H).
+    let cmd = if now {
+        format!("changeprofile {label}")
+    } else {
+        format!("exec {label}")
+    };
     let n = nix::unistd::write(&fd, cmd.as_bytes()).map_err(step(s))?;
     if n != cmd.len() {
         return Err(fail(s, "short write to the AppArmor exec attribute"));
@@ -346,7 +352,7 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     drop(ctl);
 
     if let (Some(fd), Some(label)) = (apparmor_fd, ctx.apparmor) {
-        set_apparmor_exec(fd, label)?;
+        set_apparmor_exec(fd, label, sftp.is_some())?;
     }
     switch_user(ctx, &user, &groups)?;
     enter_home(&user.home)?;
