@@ -618,3 +618,60 @@ fn forwarded_connections_past_the_cap_are_refused() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn symlink_races_stay_inside_the_container() {
+    let f = fixture();
+    let home = f.container.rootfs.join("home/app");
+    std::fs::write(home.join("public.txt"), b"public\n").unwrap();
+    let link = home.join("race");
+    std::os::unix::fs::symlink("/home/app/public.txt", &link).unwrap();
+    // On the host, flip the link between the container's /etc/shadow and a
+    // public file while the downloads run.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, link, home) = (stop.clone(), link.clone(), home.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let target = if i % 2 == 0 {
+                    "/etc/shadow"
+                } else {
+                    "/home/app/public.txt"
+                };
+                let tmp = home.join(format!(".race.{i}"));
+                std::os::unix::fs::symlink(target, &tmp).unwrap();
+                std::fs::rename(&tmp, &link).unwrap();
+                i += 1;
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let batch: String = (0..30)
+        .map(|i| {
+            format!(
+                "-get /home/app/race {}\n",
+                dir.path().join(i.to_string()).display()
+            )
+        })
+        .collect();
+    let r = sftp_batch(&root(), &f.admin_key, &batch);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let host_shadow = std::fs::read("/etc/shadow").unwrap();
+    let mut seen_shadow = 0;
+    for i in 0..30 {
+        let Ok(got) = std::fs::read(dir.path().join(i.to_string())) else {
+            continue;
+        };
+        assert_ne!(got, host_shadow, "download {i} is the host's /etc/shadow");
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text == "public\n" || text.contains(SHADOW_MARKER),
+            "{i}: {text}"
+        );
+        seen_shadow += usize::from(text.contains(SHADOW_MARKER));
+    }
+    println!("{seen_shadow} of 30 racing downloads reached the container's shadow");
+}
