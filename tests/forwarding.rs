@@ -35,7 +35,7 @@ fn fixture() -> &'static Fixture {
             let gateway = TestGateway::start(
                 &idp.issuer,
                 &format!(
-                    "[containers.{}]\nlabels = {{ env = \"dev\" }}\n[forwarding]\nmax_forwards = 2\n",
+                    "[containers.{}]\nlabels = {{ env = \"dev\" }}\n[forwarding]\nmax_forwards = 2\nmax_session_channels = 2\n",
                     container.name
                 ),
             );
@@ -320,4 +320,64 @@ fn forwarded_connections_past_the_cap_are_refused() {
     drop(held);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn session_channels_past_the_cap_are_refused() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("mux");
+    // One connection (a ControlMaster), several session channels on it.
+    let mut master = client(&app(), &f.admin_key);
+    master
+        .args(["-o", "ControlMaster=yes", "-o"])
+        .arg(format!("ControlPath={}", sock.display()))
+        .args(["-N", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut master = master.spawn().unwrap();
+    wait_for("control socket", || sock.exists().then_some(()));
+    let session = |cmd: &str| {
+        let mut c = client(&app(), &f.admin_key);
+        c.args(["-o", "ControlMaster=no", "-o"])
+            .arg(format!("ControlPath={}", sock.display()))
+            .args(["127.0.0.1", cmd])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let held: Vec<std::process::Child> = (0..2)
+        .map(|_| session("sleep 8").spawn().unwrap())
+        .collect();
+    wait_for("two sessions running", || {
+        let n = f.container.processes_matching("sleep 8").len();
+        (n >= 2).then_some(())
+    });
+    let third = session("echo third").output().unwrap();
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(
+        !String::from_utf8_lossy(&third.stdout).contains("third"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refused"), "{stderr}");
+    let refused = wait_for("cap refusal", || {
+        f.gateway
+            .audit_events()
+            .into_iter()
+            .find(|e| e["kind"] == "channel" && detail(e)["kind"] == "session")
+    });
+    assert!(
+        detail(&refused)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("more than 2")
+    );
+    for mut h in held {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    let _ = master.kill();
+    let _ = master.wait();
 }
