@@ -357,11 +357,8 @@ fn session_channels_past_the_cap_are_refused() {
     });
     let third = session("echo third").output().unwrap();
     let stderr = String::from_utf8_lossy(&third.stderr);
-    assert!(
-        !String::from_utf8_lossy(&third.stdout).contains("third"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("refused"), "{stderr}");
+    // (OpenSSH then falls back to a connection of its own.)
+    assert!(stderr.contains("Session open refused by peer"), "{stderr}");
     let refused = wait_for("cap refusal", || {
         f.gateway
             .audit_events()
