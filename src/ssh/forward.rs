@@ -317,6 +317,7 @@ pub async fn run(start: ForwardStart) {
         }
     };
     reply.accept().await;
+    let mut kill = who.gateway.live.register(&forward_id);
     let started = Instant::now();
     let mut tcp = stream;
     let mut chan = channel.into_stream();
@@ -326,7 +327,9 @@ pub async fn run(start: ForwardStart) {
             Err(e) => (0, 0, Some(e.to_string())),
         },
         _ = who.gateway.shutdown.cancelled() => (0, 0, Some("the gateway is shutting down".into())),
+        Ok(reason) = &mut kill => (0, 0, Some(reason)),
     };
+    who.gateway.live.remove(&forward_id);
     drop(chan);
     drop(tcp);
     let _ = who

@@ -381,10 +381,9 @@ impl russh::server::Handler for ConnectionHandler {
 
     async fn agent_request(
         &mut self,
-        channel: ChannelId,
+        _channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let _ = channel;
         self.audit_refusal("auth-agent", "agent forwarding (ssh -A) is not offered");
         Ok(false)
     }
