@@ -67,6 +67,9 @@ pub struct Config {
     /// Audit log signing and export.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Just-in-time access: access requests and grants.
+    #[serde(default)]
+    pub grants: GrantsConfig,
 }
 
 /// What to do when a recording cannot be written.
@@ -200,8 +203,10 @@ where
 }
 
 mod auth;
+mod grants;
 
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
+pub use grants::GrantsConfig;
 
 /// `[policy]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -461,6 +466,15 @@ impl Config {
                     "the process backend needs pid_file or cgroup",
                 ));
             }
+        }
+        if let Err((key, message)) = self.grants.validate() {
+            return Err(invalid(&key, &message));
+        }
+        if self.containers.contains_key(&self.grants.broker_user) {
+            return Err(invalid(
+                &format!("containers.{}", self.grants.broker_user),
+                "this name is grants.broker_user (the broker's own commands); no container can use it",
+            ));
         }
         if self.recording.flush_interval.is_zero() {
             return Err(invalid("recording.flush_interval", "must be above zero"));

@@ -139,6 +139,87 @@ pub enum AuditEvent {
         /// The container.
         container: String,
     },
+    /// An access request was created (issue 7); approvers may now decide it.
+    AccessRequested {
+        /// The request id.
+        request_id: String,
+        /// Target container.
+        container: String,
+        /// Login asked for.
+        login: String,
+        /// Length asked for, seconds.
+        duration_seconds: i64,
+        /// Why, as given.
+        reason: String,
+        /// Policies that allowed the request.
+        policies: Vec<String>,
+    },
+    /// A workflow step (request, approve, deny, revoke) was refused: by
+    /// policy, a configured limit, or the request's state.
+    AccessRequestRefused {
+        /// `request`, `approve`, `deny` or `revoke`.
+        action: String,
+        /// The request, when one was named.
+        request_id: Option<String>,
+        /// Target container.
+        container: String,
+        /// Login.
+        login: String,
+        /// Why (policy ids, limit, state).
+        reason: String,
+    },
+    /// An access request was approved: a grant starts now.
+    GrantApproved {
+        /// The grant (and request) id.
+        grant_id: String,
+        /// Who asked for it (the grant holder).
+        requester: String,
+        /// Target container.
+        container: String,
+        /// Login granted.
+        login: String,
+        /// The grant's end, unix ms.
+        expires_at: i64,
+        /// The approver's comment.
+        comment: Option<String>,
+        /// Policies that allowed the approval.
+        policies: Vec<String>,
+    },
+    /// An access request was denied.
+    AccessRequestDenied {
+        /// The request id.
+        request_id: String,
+        /// Who asked for it.
+        requester: String,
+        /// The denial reason.
+        reason: String,
+    },
+    /// A grant was revoked before its expiry; sessions depending on it end.
+    GrantRevoked {
+        /// The grant id.
+        grant_id: String,
+        /// The grant holder.
+        requester: String,
+        /// Target container.
+        container: String,
+        /// Login.
+        login: String,
+        /// Why.
+        reason: String,
+    },
+    /// A grant reached its expiry; sessions depending on it ended.
+    GrantExpired {
+        /// The grant id.
+        grant_id: String,
+        /// The grant holder.
+        requester: String,
+        /// Target container.
+        container: String,
+        /// Login.
+        login: String,
+        /// The end, unix ms.
+        expired_at: i64,
+    },
 }
 
 impl AuditEvent {
@@ -159,6 +240,12 @@ impl AuditEvent {
             | AuditEvent::SessionTerminated { .. }
             | AuditEvent::SessionWatched { .. }
             | AuditEvent::ContainerStopped { .. } => "session_control",
+            AuditEvent::AccessRequested { .. }
+            | AuditEvent::AccessRequestRefused { .. }
+            | AuditEvent::AccessRequestDenied { .. } => "access_request",
+            AuditEvent::GrantApproved { .. }
+            | AuditEvent::GrantRevoked { .. }
+            | AuditEvent::GrantExpired { .. } => "grant",
         }
     }
 
@@ -181,6 +268,12 @@ impl AuditEvent {
             | AuditEvent::SessionTerminated { .. }
             | AuditEvent::KeyBindingChanged { .. }
             | AuditEvent::ContainerStopped { .. } => "info",
+            AuditEvent::AccessRequested { .. } => "success",
+            AuditEvent::AccessRequestRefused { .. } => "deny",
+            AuditEvent::GrantApproved { .. } => "allow",
+            AuditEvent::AccessRequestDenied { .. }
+            | AuditEvent::GrantRevoked { .. }
+            | AuditEvent::GrantExpired { .. } => "info",
         }
     }
 

@@ -148,17 +148,24 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
 }
 
 /// Until shutdown: signs the audit chain head every `audit.sign_interval`
-/// and ends live sessions whose kill was requested (checked every second).
+/// and ends live sessions whose kill was requested, and audits grants that
+/// reached their expiry (both checked every second).
 /// Returns the signer for the final signature.
 async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSigner {
     let mut sign = tokio::time::interval(gateway.config.audit.sign_interval);
     let mut kills = tokio::time::interval(Duration::from_secs(1));
+    let mut expiries = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = gateway.shutdown.cancelled() => return signer,
             _ = sign.tick() => {
                 if let Err(e) = signer.sign_head(&gateway.store).await {
                     tracing::error!(error = %e, "cannot sign the audit chain");
+                }
+            }
+            _ = expiries.tick() => {
+                if let Err(e) = crate::grants::audit_expired(&gateway.store, &gateway.audit).await {
+                    tracing::error!(error = %e, "cannot audit expired grants");
                 }
             }
             _ = kills.tick() => match gateway.store.pending_kills().await {

@@ -7,8 +7,12 @@
 //!
 //! Entities: `User::"<subject>"` in `Group::"<name>"` for each group of the
 //! principal; `Container::"<name>"` with attribute `name` and one string tag
-//! per label. Actions: `Action::"shell"`, `Action::"exec"`. Context:
-//! `login` (string) and `command` (string, `""` for a shell).
+//! per label. Actions: `Action::"shell"`, `Action::"exec"` with context
+//! `login` (string), `command` (string, `""` for a shell) and `grant` (the
+//! principal's active grant for that login: `active`, `id`, `approver`,
+//! `expires_at` in unix seconds); `Action::"request"`, `"approve"`,
+//! `"revoke"` (the access-request workflow) with context `requester`
+//! (a `User`), `login`, `duration_seconds` and `reason`.
 //!
 //! Deciding is pure: no I/O, everything comes in the request.
 
@@ -31,14 +35,23 @@ pub enum Action {
     Shell,
     /// A single command (`ssh target CMD`).
     Exec,
+    /// Ask for a time-boxed grant (`ssh portcullis@gw request ...`).
+    Request,
+    /// Approve or deny someone's access request.
+    Approve,
+    /// End a grant before its expiry.
+    Revoke,
 }
 
 impl Action {
-    /// The Cedar action id (`shell`, `exec`).
+    /// The Cedar action id (`shell`, `exec`, `request`, `approve`, `revoke`).
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Shell => "shell",
             Action::Exec => "exec",
+            Action::Request => "request",
+            Action::Approve => "approve",
+            Action::Revoke => "revoke",
         }
     }
 }
@@ -49,9 +62,51 @@ impl FromStr for Action {
         match s {
             "shell" => Ok(Action::Shell),
             "exec" => Ok(Action::Exec),
+            "request" => Ok(Action::Request),
+            "approve" => Ok(Action::Approve),
+            "revoke" => Ok(Action::Revoke),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
+}
+
+/// An active grant of the principal for the asked-for `login@container`,
+/// as `context.grant` of shell and exec decisions (`active` is false and
+/// the strings empty when there is none).
+#[derive(Debug, Clone, Copy)]
+pub struct GrantContext<'a> {
+    /// Grant id.
+    pub id: &'a str,
+    /// Who approved it.
+    pub approver: &'a str,
+    /// Its end, unix seconds.
+    pub expires_at: i64,
+}
+
+/// A question about the access-request workflow: `request`, `approve` or
+/// `revoke` of a grant for `login@container`. The request's attributes are
+/// the context: `requester` (a `User`), `login`, `duration_seconds`,
+/// `reason`.
+#[derive(Debug, Clone)]
+pub struct WorkflowRequest<'a> {
+    /// Who acts (principal subject).
+    pub principal: &'a str,
+    /// Their groups.
+    pub groups: &'a [String],
+    /// [`Action::Request`], [`Action::Approve`] or [`Action::Revoke`].
+    pub action: Action,
+    /// The container of the request.
+    pub container: &'a str,
+    /// Its labels.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Who asked for the grant.
+    pub requester: &'a str,
+    /// Login inside the container.
+    pub login: &'a str,
+    /// Length of the grant, seconds.
+    pub duration_seconds: i64,
+    /// The reason given.
+    pub reason: &'a str,
 }
 
 /// One question for the policy.
@@ -71,6 +126,8 @@ pub struct AccessRequest<'a> {
     pub action: Action,
     /// Command for exec, `None` for a shell.
     pub command: Option<&'a str>,
+    /// The principal's active grant for this login and container, if any.
+    pub grant: Option<GrantContext<'a>>,
 }
 
 /// The answer.
@@ -119,7 +176,7 @@ pub enum PolicyError {
     #[error("no *.cedar policy in {0}")]
     Empty(PathBuf),
     /// An action name the policy does not know.
-    #[error("unknown action {0:?} (known: shell, exec)")]
+    #[error("unknown action {0:?} (known: shell, exec, request, approve, revoke)")]
     UnknownAction(String),
     /// Entities or the request could not be built (bad name or label).
     #[error("cannot build the policy request: {0}")]
@@ -178,36 +235,31 @@ impl PolicyEngine {
     /// [`PolicyError::Request`] when an entity or the context cannot be
     /// built (the caller must treat it as a deny).
     pub fn decide(&self, request: &AccessRequest<'_>) -> Result<Decision, PolicyError> {
-        let user = uid("User", request.principal)?;
-        let container = uid("Container", request.container)?;
-        let action = uid("Action", request.action.as_str())?;
-        let mut groups = HashSet::new();
-        let mut entities = Vec::new();
-        for g in request.groups {
-            let group = uid("Group", g)?;
-            entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
-            groups.insert(group);
-        }
-        entities.push(Entity::new_no_attrs(user.clone(), groups));
-        let tags = request
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
-        entities.push(
-            Entity::new_with_tags(
-                container.clone(),
-                [(
-                    "name".to_string(),
-                    RestrictedExpression::new_string(request.container.to_string()),
-                )],
-                [],
-                tags,
-            )
-            .map_err(|e| PolicyError::Request(one_line(&e)))?,
-        );
-        let entities = Entities::from_entities(entities, Some(&self.schema))
-            .map_err(|e| PolicyError::Request(one_line(&e)))?;
-        let context = Context::from_pairs([
+        let grant = request.grant.unwrap_or(GrantContext {
+            id: "",
+            approver: "",
+            expires_at: 0,
+        });
+        let grant = RestrictedExpression::new_record([
+            (
+                "active".to_string(),
+                RestrictedExpression::new_bool(request.grant.is_some()),
+            ),
+            (
+                "id".to_string(),
+                RestrictedExpression::new_string(grant.id.to_string()),
+            ),
+            (
+                "approver".to_string(),
+                RestrictedExpression::new_string(grant.approver.to_string()),
+            ),
+            (
+                "expires_at".to_string(),
+                RestrictedExpression::new_long(grant.expires_at),
+            ),
+        ])
+        .map_err(|e| PolicyError::Request(one_line(&e)))?;
+        let context = [
             (
                 "login".to_string(),
                 RestrictedExpression::new_string(request.login.to_string()),
@@ -216,8 +268,92 @@ impl PolicyEngine {
                 "command".to_string(),
                 RestrictedExpression::new_string(request.command.unwrap_or("").to_string()),
             ),
-        ])
-        .map_err(|e| PolicyError::Request(one_line(&e)))?;
+            ("grant".to_string(), grant),
+        ];
+        self.evaluate(
+            request.principal,
+            request.groups,
+            request.container,
+            request.labels,
+            request.action,
+            context,
+        )
+    }
+
+    /// Decides a workflow step (request, approve, revoke). Anything that
+    /// cannot be evaluated is a deny.
+    ///
+    /// # Errors
+    /// [`PolicyError::Request`] when an entity or the context cannot be
+    /// built (the caller must treat it as a deny).
+    pub fn decide_workflow(&self, request: &WorkflowRequest<'_>) -> Result<Decision, PolicyError> {
+        let context = [
+            (
+                "requester".to_string(),
+                RestrictedExpression::new_entity_uid(uid("User", request.requester)?),
+            ),
+            (
+                "login".to_string(),
+                RestrictedExpression::new_string(request.login.to_string()),
+            ),
+            (
+                "duration_seconds".to_string(),
+                RestrictedExpression::new_long(request.duration_seconds),
+            ),
+            (
+                "reason".to_string(),
+                RestrictedExpression::new_string(request.reason.to_string()),
+            ),
+        ];
+        self.evaluate(
+            request.principal,
+            request.groups,
+            request.container,
+            request.labels,
+            request.action,
+            context,
+        )
+    }
+
+    fn evaluate(
+        &self,
+        principal: &str,
+        principal_groups: &[String],
+        container_name: &str,
+        labels: &BTreeMap<String, String>,
+        action: Action,
+        context: impl IntoIterator<Item = (String, RestrictedExpression)>,
+    ) -> Result<Decision, PolicyError> {
+        let user = uid("User", principal)?;
+        let container = uid("Container", container_name)?;
+        let action = uid("Action", action.as_str())?;
+        let mut groups = HashSet::new();
+        let mut entities = Vec::new();
+        for g in principal_groups {
+            let group = uid("Group", g)?;
+            entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
+            groups.insert(group);
+        }
+        entities.push(Entity::new_no_attrs(user.clone(), groups));
+        let tags = labels
+            .iter()
+            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+        entities.push(
+            Entity::new_with_tags(
+                container.clone(),
+                [(
+                    "name".to_string(),
+                    RestrictedExpression::new_string(container_name.to_string()),
+                )],
+                [],
+                tags,
+            )
+            .map_err(|e| PolicyError::Request(one_line(&e)))?,
+        );
+        let entities = Entities::from_entities(entities, Some(&self.schema))
+            .map_err(|e| PolicyError::Request(one_line(&e)))?;
+        let context =
+            Context::from_pairs(context).map_err(|e| PolicyError::Request(one_line(&e)))?;
         let cedar_request =
             cedar_policy::Request::new(user, action, container, context, Some(&self.schema))
                 .map_err(|e| PolicyError::Request(one_line(&e)))?;
@@ -307,6 +443,7 @@ mod tests {
                 login,
                 action,
                 command: None,
+                grant: None,
             })
             .unwrap()
     }
@@ -348,6 +485,7 @@ mod tests {
                 login: "app",
                 action: Action::Shell,
                 command: None,
+                grant: None,
             })
             .unwrap();
         assert!(!d.allowed);
