@@ -25,6 +25,7 @@ struct Fixture {
     container: TestContainer,
     alice: String,
     approver: String,
+    admin: String,
 }
 
 fn fixture() -> &'static Fixture {
@@ -36,11 +37,13 @@ fn fixture() -> &'static Fixture {
             let rt = tokio::runtime::Runtime::new().unwrap();
             let alice = rt.block_on(idp.device_flow_id_token("alice"));
             let approver = rt.block_on(idp.device_flow_id_token("approver"));
+            let admin = rt.block_on(idp.device_flow_id_token("admin"));
             Fixture {
                 idp,
                 container,
                 alice,
                 approver,
+                admin,
             }
         })
         .join()
@@ -51,12 +54,17 @@ fn fixture() -> &'static Fixture {
 /// A gateway of its own for one test: the container labelled env=dev,
 /// tickets required in reasons, a warning 1 s before a grant ends.
 fn gateway() -> TestGateway {
+    gateway_with("")
+}
+
+/// As [`gateway`], with `grants` added to its `[grants]` section.
+fn gateway_with(grants: &str) -> TestGateway {
     let f = fixture();
     TestGateway::start(
         &f.idp.issuer,
         &format!(
             "[containers.{}]\nlabels = {{ env = \"dev\" }}\n\
-             [grants]\nreason_pattern = \"[A-Z]+-[0-9]+\"\nwarn_before = [\"1s\"]\n",
+             [grants]\nreason_pattern = \"[A-Z]+-[0-9]+\"\nwarn_before = [\"1s\"]\n{grants}",
             f.container.name
         ),
     )
@@ -448,6 +456,87 @@ fn the_broker_name_is_not_a_container() {
     let help = broker(&gw, &f.alice, "help");
     assert_eq!(help.code, 0);
     assert!(String::from_utf8_lossy(&help.stdout).contains("request CONTAINER"));
+}
+
+#[test]
+fn break_glass_is_self_granted_capped_and_listed_until_reviewed() {
+    let f = fixture();
+    let gw =
+        gateway_with("break_glass_group = \"developers\"\nbreak_glass_max_duration = \"30m\"\n");
+    let c = &f.container.name;
+    // Capped, and only for the break-glass group.
+    let long = broker(
+        &gw,
+        &f.alice,
+        &format!("request {c} --login root --for 1h --reason OPS-9 --break-glass"),
+    );
+    assert_eq!(long.code, 1, "{}", long.stderr);
+    assert!(long.stderr.contains("at most 30m"), "{}", long.stderr);
+    let outsider = broker(
+        &gw,
+        &f.approver,
+        &format!("request {c} --login root --for 5m --reason OPS-9 --break-glass"),
+    );
+    assert_eq!(outsider.code, 1, "{}", outsider.stderr);
+    assert!(
+        outsider.stderr.contains("break-glass group"),
+        "{}",
+        outsider.stderr
+    );
+    // Self-granted at once; root works without an approver.
+    let g = json(
+        &broker(
+            &gw,
+            &f.alice,
+            &format!(
+                "request {c} --login root --for 5m --reason \"OPS-9 outage\" --break-glass --json"
+            ),
+        ),
+        &gw,
+    );
+    let id = g["id"].as_str().unwrap().to_string();
+    assert_eq!(g["state"], "active");
+    assert_eq!(g["break_glass"], true);
+    let r = ssh(&gw, &format!("root@{c}"), &f.alice, &["id -u"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, gw.log());
+    assert_eq!(r.stdout, b"0\n");
+    // Listed for review until a reviewer (not alice) marks it reviewed.
+    let unreviewed = json(&broker(&gw, &f.admin, "requests --unreviewed --json"), &gw);
+    assert!(
+        unreviewed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str())
+    );
+    let own = broker(&gw, &f.alice, &format!("review {id}"));
+    assert_eq!(own.code, 1, "{}", own.stderr);
+    let ok = broker(
+        &gw,
+        &f.admin,
+        &format!("review {id} --comment \"outage confirmed\""),
+    );
+    assert_eq!(ok.code, 0, "{}\n{}", ok.stderr, gw.log());
+    let unreviewed = json(&broker(&gw, &f.admin, "requests --unreviewed --json"), &gw);
+    assert!(unreviewed.as_array().unwrap().is_empty(), "{unreviewed}");
+    let kinds: Vec<String> = gw
+        .audit_events()
+        .iter()
+        .filter(|e| e["kind"] == "grant")
+        .map(|e| e["detail"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        kinds
+            .iter()
+            .any(|d| d.contains(&id) && d.contains("OPS-9 outage")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .any(|d| d.contains(&id) && d.contains("outage confirmed")),
+        "{kinds:?}"
+    );
 }
 
 /// Waits until `info` audit events of `kind` name grant `id`; returns

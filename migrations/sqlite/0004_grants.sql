@@ -23,7 +23,13 @@ CREATE TABLE access_requests (
     revoked_by       TEXT,
     revoke_reason    TEXT,
     -- 1 once the grant's expiry was audited.
-    expiry_audited   INTEGER NOT NULL DEFAULT 0
+    expiry_audited   INTEGER NOT NULL DEFAULT 0,
+    -- Break-glass: 1 when the requester granted it to themselves; such a
+    -- grant is listed for review until a reviewer marks it reviewed.
+    break_glass      INTEGER NOT NULL DEFAULT 0,
+    reviewed_by      TEXT,
+    reviewed_at      INTEGER,
+    review_comment   TEXT
 );
 CREATE INDEX access_requests_requester ON access_requests (requester);
 CREATE INDEX access_requests_status ON access_requests (status, expires_at);

@@ -207,6 +207,28 @@ pub enum AuditEvent {
         /// Why.
         reason: String,
     },
+    /// A break-glass grant was taken: self-granted, flagged for review.
+    BreakGlassGranted {
+        /// The grant id.
+        grant_id: String,
+        /// Target container.
+        container: String,
+        /// Login granted.
+        login: String,
+        /// The grant's end, unix ms.
+        expires_at: i64,
+        /// Why, as given.
+        reason: String,
+    },
+    /// A reviewer marked a break-glass grant reviewed.
+    BreakGlassReviewed {
+        /// The grant id.
+        grant_id: String,
+        /// Who took it.
+        requester: String,
+        /// The reviewer's comment.
+        comment: Option<String>,
+    },
     /// A grant reached its expiry; sessions depending on it ended.
     GrantExpired {
         /// The grant id.
@@ -245,7 +267,9 @@ impl AuditEvent {
             | AuditEvent::AccessRequestDenied { .. } => "access_request",
             AuditEvent::GrantApproved { .. }
             | AuditEvent::GrantRevoked { .. }
-            | AuditEvent::GrantExpired { .. } => "grant",
+            | AuditEvent::GrantExpired { .. }
+            | AuditEvent::BreakGlassGranted { .. }
+            | AuditEvent::BreakGlassReviewed { .. } => "grant",
         }
     }
 
@@ -270,7 +294,8 @@ impl AuditEvent {
             | AuditEvent::ContainerStopped { .. } => "info",
             AuditEvent::AccessRequested { .. } => "success",
             AuditEvent::AccessRequestRefused { .. } => "deny",
-            AuditEvent::GrantApproved { .. } => "allow",
+            AuditEvent::GrantApproved { .. } | AuditEvent::BreakGlassGranted { .. } => "allow",
+            AuditEvent::BreakGlassReviewed { .. } => "info",
             AuditEvent::AccessRequestDenied { .. }
             | AuditEvent::GrantRevoked { .. }
             | AuditEvent::GrantExpired { .. } => "info",

@@ -37,6 +37,15 @@ pub struct GrantsConfig {
     /// `-p PORT HOSTNAME`, the port left out when it is 22.
     #[serde(default)]
     pub gateway_address: Option<String>,
+    /// Members of this group may grant themselves short access with
+    /// `request ... --break-glass` (default: none may). Such grants are
+    /// flagged, audited and listed for review (`requests --unreviewed`)
+    /// until a reviewer runs `review ID`.
+    #[serde(default)]
+    pub break_glass_group: Option<String>,
+    /// Longest break-glass grant (default 1 h).
+    #[serde(default = "default_break_glass_max", with = "humantime_serde")]
+    pub break_glass_max_duration: Duration,
 }
 
 impl Default for GrantsConfig {
@@ -48,6 +57,8 @@ impl Default for GrantsConfig {
             reason_pattern: None,
             warn_before: default_warn_before(),
             gateway_address: None,
+            break_glass_group: None,
+            break_glass_max_duration: default_break_glass_max(),
         }
     }
 }
@@ -71,6 +82,12 @@ impl GrantsConfig {
             return Err((
                 "grants.broker_user".into(),
                 "must be [A-Za-z0-9_.-], at most 64 bytes".into(),
+            ));
+        }
+        if self.break_glass_max_duration.is_zero() {
+            return Err((
+                "grants.break_glass_max_duration".into(),
+                "must be above zero".into(),
             ));
         }
         if self.max_duration.is_zero() {
@@ -104,6 +121,9 @@ fn default_broker_user() -> String {
 }
 fn default_max_duration() -> Duration {
     Duration::from_secs(8 * 3600)
+}
+fn default_break_glass_max() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_warn_before() -> Vec<humantime_serde::Serde<Duration>> {
     vec![

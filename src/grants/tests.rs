@@ -67,6 +67,7 @@ async fn request_approve_and_refusals() {
         login: "root",
         duration: Duration::from_secs(secs),
         reason,
+        break_glass: false,
     };
     // Reason pattern, cap, and policy (prod) refusals.
     assert!(matches!(
@@ -156,6 +157,7 @@ async fn watch_warns_then_ends_and_expiry_is_audited_once() {
                 login: "root",
                 duration: Duration::from_secs(2),
                 reason: "OPS-3",
+                break_glass: false,
             },
         )
         .await

@@ -11,8 +11,9 @@
 //! `login` (string), `command` (string, `""` for a shell) and `grant` (the
 //! principal's active grant for that login: `active`, `id`, `approver`,
 //! `expires_at` in unix seconds); `Action::"request"`, `"approve"`,
-//! `"revoke"` (the access-request workflow) with context `requester`
-//! (a `User`), `login`, `duration_seconds` and `reason`.
+//! `"revoke"`, `"review"` (the access-request workflow) with context
+//! `requester` (a `User`), `login`, `duration_seconds`, `reason` and
+//! `break_glass`.
 //!
 //! Deciding is pure: no I/O, everything comes in the request.
 
@@ -41,6 +42,8 @@ pub enum Action {
     Approve,
     /// End a grant before its expiry.
     Revoke,
+    /// Mark a break-glass grant reviewed.
+    Review,
 }
 
 impl Action {
@@ -52,6 +55,7 @@ impl Action {
             Action::Request => "request",
             Action::Approve => "approve",
             Action::Revoke => "revoke",
+            Action::Review => "review",
         }
     }
 }
@@ -65,6 +69,7 @@ impl FromStr for Action {
             "request" => Ok(Action::Request),
             "approve" => Ok(Action::Approve),
             "revoke" => Ok(Action::Revoke),
+            "review" => Ok(Action::Review),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
@@ -107,6 +112,9 @@ pub struct WorkflowRequest<'a> {
     pub duration_seconds: i64,
     /// The reason given.
     pub reason: &'a str,
+    /// True for a break-glass request (the requester is in the configured
+    /// break-glass group and grants it to themselves).
+    pub break_glass: bool,
 }
 
 /// One question for the policy.
@@ -176,7 +184,7 @@ pub enum PolicyError {
     #[error("no *.cedar policy in {0}")]
     Empty(PathBuf),
     /// An action name the policy does not know.
-    #[error("unknown action {0:?} (known: shell, exec, request, approve, revoke)")]
+    #[error("unknown action {0:?} (known: shell, exec, request, approve, revoke, review)")]
     UnknownAction(String),
     /// Entities or the request could not be built (bad name or label).
     #[error("cannot build the policy request: {0}")]
@@ -304,6 +312,10 @@ impl PolicyEngine {
                 "reason".to_string(),
                 RestrictedExpression::new_string(request.reason.to_string()),
             ),
+            (
+                "break_glass".to_string(),
+                RestrictedExpression::new_bool(request.break_glass),
+            ),
         ];
         self.evaluate(
             request.principal,
@@ -423,198 +435,4 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    fn shipped() -> PolicyEngine {
-        PolicyEngine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap()
-    }
-
-    fn ask(groups: &[&str], env: &str, login: &str, action: Action) -> Decision {
-        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-        let labels = BTreeMap::from([("env".to_string(), env.to_string())]);
-        shipped()
-            .decide(&AccessRequest {
-                principal: "alice",
-                groups: &groups,
-                container: "web1",
-                labels: &labels,
-                login,
-                action,
-                command: None,
-                grant: None,
-            })
-            .unwrap()
-    }
-
-    #[test]
-    fn developers_get_non_root_shells_on_dev() {
-        let d = ask(&["developers"], "dev", "app", Action::Shell);
-        assert!(d.allowed);
-        assert_eq!(d.policies, ["developers-dev-non-root"]);
-        assert!(!ask(&["developers"], "dev", "root", Action::Shell).allowed);
-        assert!(!ask(&["developers"], "prod", "app", Action::Shell).allowed);
-        assert!(ask(&["developers"], "dev", "app", Action::Exec).allowed);
-    }
-
-    #[test]
-    fn admins_may_do_anything() {
-        let d = ask(&["admins"], "prod", "root", Action::Shell);
-        assert!(d.allowed);
-        assert_eq!(d.policies, ["admins-anything"]);
-    }
-
-    #[test]
-    fn nobody_else_gets_in() {
-        let d = ask(&[], "dev", "app", Action::Shell);
-        assert!(!d.allowed);
-        assert!(d.policies.is_empty());
-        assert!(!ask(&["approvers"], "dev", "app", Action::Shell).allowed);
-    }
-
-    #[test]
-    fn containers_without_labels_are_evaluated_without_errors() {
-        let labels = BTreeMap::new();
-        let d = shipped()
-            .decide(&AccessRequest {
-                principal: "alice",
-                groups: &["developers".to_string()],
-                container: "web1",
-                labels: &labels,
-                login: "app",
-                action: Action::Shell,
-                command: None,
-                grant: None,
-            })
-            .unwrap();
-        assert!(!d.allowed);
-        assert!(d.errors.is_empty(), "{:?}", d.errors);
-    }
-
-    #[test]
-    fn an_active_grant_permits_its_login_and_a_forbid_still_wins() {
-        let labels = BTreeMap::from([("env".to_string(), "dev".to_string())]);
-        let groups = ["developers".to_string()];
-        let ask = |engine: &PolicyEngine, grant: Option<GrantContext<'_>>| {
-            engine
-                .decide(&AccessRequest {
-                    principal: "alice",
-                    groups: &groups,
-                    container: "web1",
-                    labels: &labels,
-                    login: "root",
-                    action: Action::Shell,
-                    command: None,
-                    grant,
-                })
-                .unwrap()
-        };
-        let grant = GrantContext {
-            id: "g1",
-            approver: "bob",
-            expires_at: 2_000_000_000,
-        };
-        assert!(!ask(&shipped(), None).allowed);
-        let d = ask(&shipped(), Some(grant));
-        assert!(d.allowed);
-        assert_eq!(d.policies, ["grant-holders"]);
-        // A site forbid beats the grant.
-        let dir = tempfile::tempdir().unwrap();
-        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-        for f in [SCHEMA_FILE, "access.cedar", "grants.cedar"] {
-            std::fs::copy(policies.join(f), dir.path().join(f)).unwrap();
-        }
-        std::fs::write(
-            dir.path().join("zz-forbid.cedar"),
-            "@id(\"no-root-from-bob\") forbid (principal, action, resource) \
-             when { context has grant && context.grant.approver == \"bob\" };",
-        )
-        .unwrap();
-        let engine = PolicyEngine::load(dir.path()).unwrap();
-        let d = ask(&engine, Some(grant));
-        assert!(!d.allowed);
-        assert_eq!(d.policies, ["no-root-from-bob"]);
-    }
-
-    #[test]
-    fn workflow_defaults() {
-        let dev = BTreeMap::from([("env".to_string(), "dev".to_string())]);
-        let prod = BTreeMap::from([("env".to_string(), "prod".to_string())]);
-        let ask = |who: &str, groups: &[&str], action, requester: &str, labels, secs| {
-            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-            shipped()
-                .decide_workflow(&WorkflowRequest {
-                    principal: who,
-                    groups: &groups,
-                    action,
-                    container: "web1",
-                    labels,
-                    requester,
-                    login: "root",
-                    duration_seconds: secs,
-                    reason: "OPS-1",
-                })
-                .unwrap()
-        };
-        let r = ask(
-            "alice",
-            &["developers"],
-            Action::Request,
-            "alice",
-            &dev,
-            3600,
-        );
-        assert!(r.allowed);
-        assert_eq!(r.policies, ["developers-request-dev"]);
-        assert!(
-            !ask(
-                "alice",
-                &["developers"],
-                Action::Request,
-                "alice",
-                &prod,
-                60
-            )
-            .allowed
-        );
-        assert!(ask("bob", &["approvers"], Action::Approve, "alice", &dev, 3600).allowed);
-        assert!(
-            !ask(
-                "bob",
-                &["approvers"],
-                Action::Approve,
-                "alice",
-                &dev,
-                9 * 3600
-            )
-            .allowed
-        );
-        assert!(!ask("bob", &["approvers"], Action::Approve, "alice", &prod, 60).allowed);
-        let own = ask("root", &["admins"], Action::Approve, "root", &prod, 60);
-        assert!(!own.allowed);
-        assert_eq!(own.policies, ["no-self-approval"]);
-        assert!(ask("root", &["admins"], Action::Approve, "alice", &prod, 60).allowed);
-        assert!(ask("alice", &[], Action::Revoke, "alice", &prod, 60).allowed);
-        assert!(!ask("eve", &[], Action::Revoke, "alice", &dev, 60).allowed);
-    }
-
-    #[test]
-    fn bad_policy_file_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let shipped_schema = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("policies")
-            .join(SCHEMA_FILE);
-        std::fs::copy(shipped_schema, dir.path().join(SCHEMA_FILE)).unwrap();
-        std::fs::write(dir.path().join("bad.cedar"), "permit(principal, action, ").unwrap();
-        let err = PolicyEngine::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("bad.cedar"), "{err}");
-        std::fs::write(
-            dir.path().join("bad.cedar"),
-            "permit(principal, action, resource) when { resource.colour == \"red\" };",
-        )
-        .unwrap();
-        let err = PolicyEngine::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("schema"), "{err}");
-    }
-}
+mod tests;

@@ -8,6 +8,7 @@
 //! ssh portcullis@gw approve ID [--comment ...]    ssh portcullis@gw deny ID --reason ...
 //! ssh portcullis@gw grants [--mine]               ssh portcullis@gw revoke ID --reason ...
 //! ssh portcullis@gw whoami
+//! ssh portcullis@gw request CONTAINER ... --break-glass   ssh portcullis@gw review ID
 //! ```
 //!
 //! The exec command line is split like a POSIX shell would (`shlex`).
@@ -193,6 +194,10 @@ const HELP: &str = "Portcullis broker commands (ssh portcullis@GATEWAY COMMAND):
   deny ID --reason TEXT                                          deny a request
   grants [--mine]                                                active grants
   revoke ID --reason TEXT                                        end a grant now
+  request CONTAINER --login LOGIN --for DURATION --reason TEXT --break-glass
+                                            emergency self-granted access (break-glass group)
+  requests --unreviewed                                          break-glass grants to review
+  review ID [--comment TEXT]                                     mark a break-glass grant reviewed
   whoami                                                         you, your groups and grants
 Add --json for machine-readable output.
 ";
@@ -226,7 +231,7 @@ async fn execute(start: &BrokerStart) -> Reply {
         }
         "request" => request(gateway, &wf, &actor, rest).await,
         "requests" => list_requests(&wf, &actor, rest).await,
-        "approve" | "deny" | "revoke" => decide(gateway, &wf, &actor, verb, rest).await,
+        "approve" | "deny" | "revoke" | "review" => decide(gateway, &wf, &actor, verb, rest).await,
         "grants" => list_grants(&wf, &actor, rest).await,
         other => {
             return Reply::usage(&format!(
@@ -294,14 +299,7 @@ fn time_text(ms: Option<i64>) -> String {
 }
 
 fn status_of(r: &AccessRequestRecord) -> &'static str {
-    let now = now_ms();
-    match r.status.as_str() {
-        "pending" => "pending",
-        "denied" => "denied",
-        _ if r.revoked_at.is_some() => "revoked",
-        _ if r.active_at(now) => "active",
-        _ => "expired",
-    }
+    r.state_at(now_ms())
 }
 
 fn record_json(r: &AccessRequestRecord) -> serde_json::Value {
@@ -318,8 +316,13 @@ fn line(r: &AccessRequestRecord) -> String {
         "active" => format!(" until {}", time_text(r.expires_at)),
         _ => String::new(),
     };
+    let flag = match (r.break_glass, r.reviewed_at) {
+        (true, None) => " [BREAK-GLASS, unreviewed]",
+        (true, Some(_)) => " [break-glass, reviewed]",
+        _ => "",
+    };
     format!(
-        "{}  {:<8} {} wants {}@{} for {}{}: {}\n",
+        "{}  {:<8} {} wants {}@{} for {}{}{flag}: {}\n",
         r.id,
         status_of(r),
         r.requester,
@@ -341,7 +344,9 @@ async fn request(
     actor: &Actor<'_>,
     rest: &[String],
 ) -> Result<Reply, Failure> {
-    let args = Args::parse(rest, &["login", "for", "reason"], &["json"]).map_err(usage)?;
+    let args =
+        Args::parse(rest, &["login", "for", "reason"], &["json", "break-glass"]).map_err(usage)?;
+    let break_glass = args.flags.contains("break-glass");
     let [container] = args.positional.as_slice() else {
         return Err(usage(
             "usage: request CONTAINER --login LOGIN --for DURATION --reason TEXT".into(),
@@ -381,11 +386,20 @@ async fn request(
                 login: &login,
                 duration,
                 reason: &reason,
+                break_glass,
             },
         )
         .await?;
     if args.flags.contains("json") {
         return Ok(Reply::ok(json_text(&record_json(&r))));
+    }
+    if break_glass {
+        return Ok(Reply::ok(format!(
+            "Break-glass grant {id}: {login}@{container} for {dur}, from now. It is flagged \
+             and will be reviewed.\n",
+            id = r.id,
+            dur = format_duration(duration),
+        )));
     }
     Ok(Reply::ok(format!(
         "Request {id} is pending: {login}@{container} for {dur}.\nAn approver may run: {line}\n",
@@ -434,16 +448,22 @@ async fn list_requests(
     actor: &Actor<'_>,
     rest: &[String],
 ) -> Result<Reply, Failure> {
-    let args = Args::parse(rest, &[], &["pending", "mine", "json"]).map_err(usage)?;
+    let args = Args::parse(rest, &[], &["pending", "mine", "unreviewed", "json"]).map_err(usage)?;
     if !args.positional.is_empty() {
-        return Err(usage("usage: requests [--pending|--mine] [--json]".into()));
+        return Err(usage(
+            "usage: requests [--pending|--mine|--unreviewed] [--json]".into(),
+        ));
     }
     let status = args.flags.contains("pending").then_some("pending");
     let mine = args
         .flags
         .contains("mine")
         .then_some(actor.principal.subject.as_str());
-    let list = wf.store.access_requests(status, mine, LIST_LIMIT).await?;
+    let list = if args.flags.contains("unreviewed") {
+        wf.store.unreviewed_break_glass().await?
+    } else {
+        wf.store.access_requests(status, mine, LIST_LIMIT).await?
+    };
     if args.flags.contains("json") {
         let v: Vec<_> = list.iter().map(record_json).collect();
         return Ok(Reply::ok(json_text(&json!(v))));
@@ -495,6 +515,11 @@ async fn decide(
             let comment = args.values.get("comment").map(String::as_str);
             wf.approve(actor, &r, &labels, comment).await?
         }
+        "review" => {
+            let comment = args.values.get("comment").map(String::as_str);
+            wf.review(actor, &r, &labels, comment).await?;
+            wf.get(id).await?
+        }
         "deny" => {
             let reason = reason.ok_or_else(|| usage("deny needs --reason TEXT".into()))?;
             wf.deny(actor, &r, &labels, reason).await?;
@@ -519,6 +544,7 @@ async fn decide(
             time_text(r.expires_at)
         ),
         "deny" => format!("Denied {}.\n", r.id),
+        "review" => format!("Reviewed break-glass grant {}.\n", r.id),
         _ => format!("Revoked {}; its sessions end now.\n", r.id),
     };
     Ok(Reply::ok(text))

@@ -44,9 +44,29 @@ pub struct AccessRequestRecord {
     pub revoked_by: Option<String>,
     /// Why it was revoked.
     pub revoke_reason: Option<String>,
+    /// True for a break-glass grant (self-granted, to be reviewed).
+    pub break_glass: bool,
+    /// Who reviewed the break-glass grant.
+    pub reviewed_by: Option<String>,
+    /// When it was reviewed, unix ms.
+    pub reviewed_at: Option<i64>,
+    /// The reviewer's comment.
+    pub review_comment: Option<String>,
 }
 
 impl AccessRequestRecord {
+    /// `pending`, `denied`, `active`, `revoked` or `expired` at `now`
+    /// (unix ms).
+    pub fn state_at(&self, now: i64) -> &'static str {
+        match self.status.as_str() {
+            "pending" => "pending",
+            "denied" => "denied",
+            _ if self.revoked_at.is_some() => "revoked",
+            _ if self.active_at(now) => "active",
+            _ => "expired",
+        }
+    }
+
     /// True when this is a grant in force at `now` (unix ms).
     pub fn active_at(&self, now: i64) -> bool {
         self.status == "approved"
@@ -71,11 +91,13 @@ pub struct NewAccessRequest<'a> {
     pub duration_seconds: i64,
     /// Why.
     pub reason: &'a str,
+    /// True for a break-glass request (approved by its requester at once).
+    pub break_glass: bool,
 }
 
 const COLUMNS: &str = "id, requester, container, login, duration_seconds, reason, status, \
      created_at, decided_by, decided_at, decision_comment, starts_at, expires_at, revoked_at, \
-     revoked_by, revoke_reason";
+     revoked_by, revoke_reason, break_glass, reviewed_by, reviewed_at, review_comment";
 
 fn from_row(r: &AnyRow) -> AccessRequestRecord {
     AccessRequestRecord {
@@ -95,6 +117,10 @@ fn from_row(r: &AnyRow) -> AccessRequestRecord {
         revoked_at: r.get("revoked_at"),
         revoked_by: r.get("revoked_by"),
         revoke_reason: r.get("revoke_reason"),
+        break_glass: r.get::<i64, _>("break_glass") != 0,
+        reviewed_by: r.get("reviewed_by"),
+        reviewed_at: r.get("reviewed_at"),
+        review_comment: r.get("review_comment"),
     }
 }
 
@@ -106,7 +132,8 @@ impl Store {
     pub async fn insert_access_request(&self, r: &NewAccessRequest<'_>) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO access_requests (id, requester, container, login, duration_seconds, \
-             reason, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
+             reason, status, created_at, break_glass) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8)",
         )
         .bind(r.id)
         .bind(r.requester)
@@ -115,6 +142,7 @@ impl Store {
         .bind(r.duration_seconds)
         .bind(r.reason)
         .bind(now_ms())
+        .bind(i64::from(r.break_glass))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -324,6 +352,45 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Break-glass grants not reviewed yet, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn unreviewed_break_glass(&self) -> Result<Vec<AccessRequestRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM access_requests WHERE break_glass = 1 \
+             AND status = 'approved' AND reviewed_at IS NULL ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(from_row).collect())
+    }
+
+    /// Marks break-glass grant `id` reviewed. False when it is not an
+    /// unreviewed break-glass grant.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn review_break_glass(
+        &self,
+        id: &str,
+        reviewer: &str,
+        comment: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE access_requests SET reviewed_by = $1, reviewed_at = $2, review_comment = $3 \
+             WHERE id = $4 AND break_glass = 1 AND status = 'approved' AND reviewed_at IS NULL",
+        )
+        .bind(reviewer)
+        .bind(now_ms())
+        .bind(comment)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Records that session `session_id` depends on grant `grant_id`.
     ///
     /// # Errors
@@ -371,6 +438,7 @@ mod tests {
             login: "root",
             duration_seconds: 60,
             reason: "OPS-1",
+            break_glass: false,
         };
         store.insert_access_request(&new("a")).await.unwrap();
         store.insert_access_request(&new("b")).await.unwrap();
