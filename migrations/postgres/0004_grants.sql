@@ -35,3 +35,16 @@ CREATE INDEX access_requests_status ON access_requests (status, expires_at);
 
 -- The grant a session depended on, when it did.
 ALTER TABLE sessions ADD COLUMN grant_id TEXT;
+
+-- Webhook outbox (see migrations/sqlite/0004).
+CREATE TABLE webhook_outbox (
+    id              BIGSERIAL PRIMARY KEY,
+    url             TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    created_at      BIGINT NOT NULL,
+    attempts        BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    delivered_at    BIGINT,
+    last_error      TEXT
+);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (delivered_at, next_attempt_at);

@@ -36,3 +36,18 @@ CREATE INDEX access_requests_status ON access_requests (status, expires_at);
 
 -- The grant a session depended on, when it did.
 ALTER TABLE sessions ADD COLUMN grant_id TEXT;
+
+-- Webhook outbox: one row per event and URL, written with the step it
+-- reports and delivered (with retries and backoff) by a background task, so
+-- a webhook that is down never blocks or loses an event.
+CREATE TABLE webhook_outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    url             TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (delivered_at, next_attempt_at);

@@ -113,6 +113,9 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
         live: Default::default(),
     });
     let background = tokio::spawn(background_work(gateway.clone(), signer));
+    if !config.grants.webhooks.is_empty() {
+        tokio::spawn(deliver_webhooks(gateway.clone()));
+    }
     // Warm the discovery cache; a failure here only means logins fail until
     // the issuer answers.
     for warm in gateway.issuers.all() {
@@ -164,7 +167,10 @@ async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSig
                 }
             }
             _ = expiries.tick() => {
-                if let Err(e) = crate::grants::audit_expired(&gateway.store, &gateway.audit).await {
+                let grants = &gateway.config.grants;
+                if let Err(e) =
+                    crate::grants::audit_expired(&gateway.store, &gateway.audit, grants).await
+                {
                     tracing::error!(error = %e, "cannot audit expired grants");
                 }
             }
@@ -176,6 +182,27 @@ async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSig
                 }
                 Err(e) => tracing::error!(error = %e, "cannot read kill requests"),
             },
+        }
+    }
+}
+
+/// Until shutdown: delivers due webhook notifications from the outbox,
+/// once a second (apart from the other background work, so a slow webhook
+/// never delays it).
+async fn deliver_webhooks(gateway: Arc<Gateway>) {
+    let client = reqwest::Client::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = gateway.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let grants = &gateway.config.grants;
+                if let Err(e) =
+                    crate::grants::notify::deliver_due(&gateway.store, grants, &client).await
+                {
+                    tracing::error!(error = %e, "cannot deliver webhooks");
+                }
+            }
         }
     }
 }

@@ -43,6 +43,19 @@ pub struct GrantsConfig {
     /// until a reviewer runs `review ID`.
     #[serde(default)]
     pub break_glass_group: Option<String>,
+    /// Webhook URLs that receive a JSON body (with a Slack-compatible
+    /// `text`) on request created, approved, denied, revoked, expired and
+    /// break-glass (default none). Delivered from an outbox with retries.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    /// Secret for the `X-Portcullis-Signature: sha256=HEX` header, the
+    /// HMAC-SHA256 (RFC 2104) of the body (default: unsigned).
+    #[serde(default)]
+    pub webhook_secret: Option<super::Secret>,
+    /// Longest wait between two delivery attempts (default 5 min); waits
+    /// double from 1 s.
+    #[serde(default = "default_webhook_backoff_max", with = "humantime_serde")]
+    pub webhook_backoff_max: Duration,
     /// Longest break-glass grant (default 1 h).
     #[serde(default = "default_break_glass_max", with = "humantime_serde")]
     pub break_glass_max_duration: Duration,
@@ -58,6 +71,9 @@ impl Default for GrantsConfig {
             warn_before: default_warn_before(),
             gateway_address: None,
             break_glass_group: None,
+            webhooks: Vec::new(),
+            webhook_secret: None,
+            webhook_backoff_max: default_webhook_backoff_max(),
             break_glass_max_duration: default_break_glass_max(),
         }
     }
@@ -88,6 +104,20 @@ impl GrantsConfig {
             return Err((
                 "grants.break_glass_max_duration".into(),
                 "must be above zero".into(),
+            ));
+        }
+        for (i, url) in self.webhooks.iter().enumerate() {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err((
+                    format!("grants.webhooks[{i}]"),
+                    "must be an http:// or https:// URL".into(),
+                ));
+            }
+        }
+        if self.webhook_backoff_max < Duration::from_secs(1) {
+            return Err((
+                "grants.webhook_backoff_max".into(),
+                "must be at least 1s".into(),
             ));
         }
         if self.max_duration.is_zero() {
@@ -121,6 +151,9 @@ fn default_broker_user() -> String {
 }
 fn default_max_duration() -> Duration {
     Duration::from_secs(8 * 3600)
+}
+fn default_webhook_backoff_max() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_break_glass_max() -> Duration {
     Duration::from_secs(3600)

@@ -14,6 +14,7 @@
 //! audit event cannot be written does not happen. This module knows
 //! nothing of SSH: the broker commands live in `ssh::broker`.
 
+pub mod notify;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -278,7 +279,18 @@ impl Workflow<'_> {
                 .approve_access_request(&id, &actor.principal.subject, Some("break-glass"), now)
                 .await?;
         }
-        self.get(&id).await
+        let r = self.get(&id).await?;
+        let event = if spec.break_glass {
+            "break_glass"
+        } else {
+            "request_created"
+        };
+        self.notify(event, &r, actor).await;
+        Ok(r)
+    }
+
+    async fn notify(&self, event: &str, r: &AccessRequestRecord, actor: &Actor<'_>) {
+        notify::notify(self.store, self.config, event, r, &actor.principal.subject).await;
     }
 
     /// Marks break-glass grant `r` reviewed (policy action `review`).
@@ -432,7 +444,9 @@ impl Workflow<'_> {
                 r.id
             )));
         }
-        self.get(&r.id).await
+        let g = self.get(&r.id).await?;
+        self.notify("approved", &g, actor).await;
+        Ok(g)
     }
 
     /// Denies pending request `r` (policy action `approve`).
@@ -469,6 +483,7 @@ impl Workflow<'_> {
                 r.id
             )));
         }
+        self.notify("denied", r, actor).await;
         Ok(())
     }
 
@@ -525,6 +540,7 @@ impl Workflow<'_> {
         {
             return Err(GrantError::State(format!("{} ended meanwhile", r.id)));
         }
+        self.notify("revoked", r, actor).await;
         Ok(())
     }
 }
@@ -534,7 +550,11 @@ impl Workflow<'_> {
 ///
 /// # Errors
 /// [`StoreError`] when the database cannot be read or written.
-pub async fn audit_expired(store: &Store, audit: &AuditLog) -> Result<usize, StoreError> {
+pub async fn audit_expired(
+    store: &Store,
+    audit: &AuditLog,
+    config: &GrantsConfig,
+) -> Result<usize, StoreError> {
     let mut done = 0;
     for g in store.unaudited_expired_grants(now_ms()).await? {
         if !store.set_expiry_audited(&g.id, true).await? {
@@ -557,6 +577,7 @@ pub async fn audit_expired(store: &Store, audit: &AuditLog) -> Result<usize, Sto
             let _ = store.set_expiry_audited(&g.id, false).await;
             return Err(e);
         }
+        notify::notify(store, config, "expired", &g, "portcullis").await;
         done += 1;
     }
     Ok(done)

@@ -185,6 +185,12 @@ async fn watch_warns_then_ends_and_expiry_is_audited_once() {
     assert!(now_ms() >= expires_at);
     assert!(now_ms() < expires_at + 100);
     assert!(matches!(ended, GrantEvent::Ended { reason } if reason.contains("expired")));
-    assert_eq!(audit_expired(&e.store, &e.audit).await.unwrap(), 1);
-    assert_eq!(audit_expired(&e.store, &e.audit).await.unwrap(), 0);
+    assert_eq!(
+        audit_expired(&e.store, &e.audit, &e.config).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        audit_expired(&e.store, &e.audit, &e.config).await.unwrap(),
+        0
+    );
 }

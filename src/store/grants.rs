@@ -391,6 +391,88 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Queues `body` for each of `urls` (the webhook outbox), due now.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn enqueue_webhooks(&self, urls: &[String], body: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        for url in urls {
+            sqlx::query(
+                "INSERT INTO webhook_outbox (url, body, created_at, next_attempt_at) \
+                 VALUES ($1, $2, $3, $3)",
+            )
+            .bind(url)
+            .bind(body)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Undelivered webhook rows due at `now`, oldest first, at most
+    /// `limit`: `(id, url, body, attempts)`.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn due_webhooks(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, url, body, attempts FROM webhook_outbox \
+             WHERE delivered_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("id"), r.get("url"), r.get("body"), r.get("attempts")))
+            .collect())
+    }
+
+    /// Marks webhook row `id` delivered.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn webhook_delivered(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE webhook_outbox SET delivered_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a failed delivery of webhook row `id`: `attempts` so far and
+    /// the next try at `next_attempt_at` (unix ms).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn webhook_failed(
+        &self,
+        id: i64,
+        attempts: i64,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE webhook_outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 \
+             WHERE id = $4",
+        )
+        .bind(attempts)
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Records that session `session_id` depends on grant `grant_id`.
     ///
     /// # Errors
