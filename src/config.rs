@@ -320,10 +320,6 @@ pub struct SessionConfig {
     /// processes (default 2 s).
     #[serde(default = "default_kill_grace", with = "humantime_serde")]
     pub kill_grace: Duration,
-    /// Longest time a device-flow login may take before it is abandoned, on
-    /// top of the issuer's own `expires_in` (default 10 min).
-    #[serde(default = "default_login_timeout", with = "humantime_serde")]
-    pub login_timeout: Duration,
     /// Most connections served at once (default 1024).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -333,7 +329,6 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             kill_grace: default_kill_grace(),
-            login_timeout: default_login_timeout(),
             max_connections: default_max_connections(),
         }
     }
@@ -715,9 +710,6 @@ fn default_sign_interval() -> Duration {
 }
 fn default_kill_grace() -> Duration {
     Duration::from_secs(2)
-}
-fn default_login_timeout() -> Duration {
-    Duration::from_secs(600)
 }
 fn default_max_connections() -> usize {
     1024

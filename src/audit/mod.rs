@@ -12,7 +12,10 @@
 //! and every recording's SHA-256 against its session row and its
 //! `SessionEnded` event.
 
+pub mod export;
 mod verify;
+
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::json;
@@ -330,12 +333,26 @@ pub struct AuditSubject<'a> {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     store: Store,
+    export: Option<Arc<export::Export>>,
 }
 
 impl AuditLog {
     /// An audit log on `store`.
     pub fn new(store: Store) -> AuditLog {
-        AuditLog { store }
+        AuditLog {
+            store,
+            export: None,
+        }
+    }
+
+    /// Also writes every event as a JSON line to `target` (a file path,
+    /// appended to, or `-` for stdout); see [`export`] for the schema.
+    ///
+    /// # Errors
+    /// The file cannot be opened for appending.
+    pub fn with_export(mut self, target: &str) -> std::io::Result<AuditLog> {
+        self.export = Some(Arc::new(export::Export::open(target)?));
+        Ok(self)
     }
 
     /// Appends `event`; returns its sequence number. Callers must not go on
@@ -349,7 +366,7 @@ impl AuditLog {
         event: &AuditEvent,
     ) -> Result<i64, StoreError> {
         let detail = event.detail().to_string();
-        let id = self
+        let row = self
             .store
             .append_audit(&NewAuditRow {
                 kind: event.kind(),
@@ -360,6 +377,14 @@ impl AuditLog {
                 detail: &detail,
             })
             .await?;
+        let id = row.id;
+        if let Some(export) = &self.export {
+            // The database is the record; a failed export is logged, never
+            // a reason to lose or refuse the event.
+            if let Err(e) = export.write(&row) {
+                tracing::error!(error = %e, "cannot export audit event {id}");
+            }
+        }
         tracing::info!(
             audit_id = id,
             kind = event.kind(),

@@ -62,7 +62,12 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.database_url())
         .await?
         .for_gateway(&config.gateway_id());
-    let audit = AuditLog::new(store.clone());
+    let audit = match &config.audit.export {
+        Some(target) => AuditLog::new(store.clone())
+            .with_export(target)
+            .with_context(|| format!("audit.export: cannot open {target}"))?,
+        None => AuditLog::new(store.clone()),
+    };
     // Sessions a previous run of this gateway left running: digest what was
     // flushed, audit, then mark them interrupted.
     for session in store.running_sessions_of_gateway().await? {
