@@ -46,7 +46,9 @@ async fn main() {
             .map(|j| {
                 (
                     j as f64 * 0.5,
-                    format!("~ $ ls -l /var/log/app-{j} total {i} drwxr-xr-x build output line {j}"),
+                    format!(
+                        "~ $ ls -l /var/log/app-{j} total {i} drwxr-xr-x build output line {j}"
+                    ),
                 )
             })
             .collect();
@@ -64,7 +66,11 @@ async fn main() {
     );
     println!("| query | hits | median ms | worst ms |");
     println!("| --- | --- | --- | --- |");
-    for query in ["unique-needle", "systemctl restart payments", "never-printed-anywhere"] {
+    for query in [
+        "unique-needle",
+        "systemctl restart payments",
+        "never-printed-anywhere",
+    ] {
         let mut times = Vec::new();
         let mut hits = 0;
         for _ in 0..20 {

@@ -329,6 +329,14 @@ fn refused_then_requested_approved_and_used() {
     );
     assert!(kinds.contains(&"access_request:deny".into()), "{kinds:?}");
     assert!(kinds.contains(&"grant:allow".into()), "{kinds:?}");
+    assert!(
+        events.iter().any(|e| e["kind"] == "access_request"
+            && e["detail"]
+                .as_str()
+                .unwrap()
+                .contains("\"container\":\"nosuch\"")),
+        "the request for an unknown container is audited"
+    );
 }
 
 #[test]

@@ -136,6 +136,20 @@ impl Workflow<'_> {
         }
     }
 
+    /// Audits and returns the refusal of a request for `container`, which
+    /// the inventory does not know.
+    pub async fn refuse_unknown_container(
+        &self,
+        actor: &Actor<'_>,
+        container: &str,
+        login: &str,
+        detail: String,
+    ) -> GrantError {
+        let e = GrantError::NotFound(format!("for an unknown container ({container})"));
+        self.refuse(actor, "request", (None, container, login), e, detail)
+            .await
+    }
+
     fn check_reason(&self, reason: &str) -> Result<(), GrantError> {
         if reason.trim().is_empty() {
             return Err(GrantError::Reason("a reason is required (--reason)".into()));

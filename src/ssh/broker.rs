@@ -15,7 +15,7 @@
 //! `--json` prints JSON for tools. Exit status 0 on success, 1 when the
 //! step is refused, 2 on a usage error; messages go to stderr as one line.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ use super::Gateway;
 use crate::grants::{Actor, GrantError, RequestSpec, Workflow, format_duration};
 use crate::identity::Principal;
 use crate::store::{AccessRequestRecord, now_ms};
+use args::Args;
+
+mod args;
 
 /// Most requests listed by `requests`.
 const LIST_LIMIT: i64 = 200;
@@ -102,66 +105,6 @@ pub(super) async fn run(start: BrokerStart) {
     let _ = handle.exit_status_request(channel, reply.code).await;
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
-}
-
-/// Parsed words: positionals, `--name value` options and `--flag`s.
-struct Args {
-    positional: Vec<String>,
-    values: HashMap<&'static str, String>,
-    flags: HashSet<&'static str>,
-}
-
-impl Args {
-    fn parse(
-        words: &[String],
-        value_opts: &[&'static str],
-        flag_opts: &[&'static str],
-    ) -> Result<Args, String> {
-        let mut args = Args {
-            positional: Vec::new(),
-            values: HashMap::new(),
-            flags: HashSet::new(),
-        };
-        let mut it = words.iter();
-        while let Some(word) = it.next() {
-            let Some(name) = word.strip_prefix("--") else {
-                args.positional.push(word.clone());
-                continue;
-            };
-            let (name, inline) = match name.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (name, None),
-            };
-            if let Some(opt) = value_opts.iter().find(|o| **o == name) {
-                let value = match inline {
-                    Some(v) => v,
-                    None => it
-                        .next()
-                        .cloned()
-                        .ok_or_else(|| format!("--{name} needs a value"))?,
-                };
-                args.values.insert(opt, value);
-            } else if let Some(flag) = flag_opts.iter().find(|o| **o == name) {
-                if inline.is_some() {
-                    return Err(format!("--{name} takes no value"));
-                }
-                args.flags.insert(flag);
-            } else {
-                return Err(format!(
-                    "unknown option --{}",
-                    crate::audit::truncate(name, 32)
-                ));
-            }
-        }
-        Ok(args)
-    }
-
-    fn one_id(&self) -> Result<&str, String> {
-        match self.positional.as_slice() {
-            [id] => Ok(id),
-            _ => Err("expected one request id".into()),
-        }
-    }
 }
 
 /// How users reach the gateway in printed `ssh` lines: `[grants]
@@ -371,10 +314,11 @@ async fn request(
     }
     let labels = match gateway.inventory.find(container).await {
         Ok(c) => c.labels,
-        Err(_) => {
-            return Err(Failure::Refused(GrantError::NotFound(format!(
-                "for an unknown container ({container})"
-            ))));
+        Err(e) => {
+            let e = wf
+                .refuse_unknown_container(actor, container, &login, e.to_string())
+                .await;
+            return Err(Failure::Refused(e));
         }
     };
     let r = wf
@@ -594,32 +538,4 @@ async fn whoami(
         }
     }
     Ok(Reply::ok(text))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    fn words(s: &str) -> Vec<String> {
-        shlex::split(s).unwrap()
-    }
-
-    #[test]
-    fn options_values_and_flags() {
-        let a = Args::parse(
-            &words("web1 --login root --for=2h --reason \"OPS-1 fix it\" --json"),
-            &["login", "for", "reason"],
-            &["json"],
-        )
-        .unwrap();
-        assert_eq!(a.positional, ["web1"]);
-        assert_eq!(a.values["login"], "root");
-        assert_eq!(a.values["for"], "2h");
-        assert_eq!(a.values["reason"], "OPS-1 fix it");
-        assert!(a.flags.contains("json"));
-        assert!(Args::parse(&words("--bogus"), &[], &[]).is_err());
-        assert!(Args::parse(&words("--login"), &["login"], &[]).is_err());
-        assert!(Args::parse(&words("--json=1"), &[], &["json"]).is_err());
-    }
 }
