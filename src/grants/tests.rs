@@ -194,3 +194,37 @@ async fn watch_warns_then_ends_and_expiry_is_audited_once() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_database_that_is_down_refuses_every_step() {
+    let e = env().await;
+    let wf = Workflow {
+        store: &e.store,
+        audit: &e.audit,
+        policy: &e.policy,
+        config: &e.config,
+    };
+    let alice = principal("alice", &["developers"]);
+    let a = Actor {
+        principal: &alice,
+        client_addr: "c",
+    };
+    let labels = dev();
+    e.store.close().await;
+    let r = wf
+        .request(
+            &a,
+            &RequestSpec {
+                container: "web1",
+                labels: &labels,
+                login: "root",
+                duration: Duration::from_secs(60),
+                reason: "OPS-4",
+                break_glass: false,
+            },
+        )
+        .await;
+    assert!(matches!(r, Err(GrantError::Audit(_))), "{r:?}");
+    assert!(matches!(wf.get("x").await, Err(GrantError::Store(_))));
+    assert!(audit_expired(&e.store, &e.audit, &e.config).await.is_err());
+}
