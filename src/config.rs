@@ -70,6 +70,9 @@ pub struct Config {
     /// Audit log signing and export.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Just-in-time access: access requests and grants.
+    #[serde(default)]
+    pub grants: GrantsConfig,
 }
 
 /// What to do when a recording cannot be written.
@@ -203,8 +206,10 @@ where
 }
 
 mod auth;
+mod grants;
 
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
+pub use grants::GrantsConfig;
 
 /// `[policy]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -318,10 +323,6 @@ pub struct SessionConfig {
     /// processes (default 2 s).
     #[serde(default = "default_kill_grace", with = "humantime_serde")]
     pub kill_grace: Duration,
-    /// Longest time a device-flow login may take before it is abandoned, on
-    /// top of the issuer's own `expires_in` (default 10 min).
-    #[serde(default = "default_login_timeout", with = "humantime_serde")]
-    pub login_timeout: Duration,
     /// Most connections served at once (default 1024).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -331,7 +332,6 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             kill_grace: default_kill_grace(),
-            login_timeout: default_login_timeout(),
             max_connections: default_max_connections(),
         }
     }
@@ -497,6 +497,15 @@ impl Config {
                     "the process backend needs pid_file or cgroup",
                 ));
             }
+        }
+        if let Err((key, message)) = self.grants.validate() {
+            return Err(invalid(&key, &message));
+        }
+        if self.containers.contains_key(&self.grants.broker_user) {
+            return Err(invalid(
+                &format!("containers.{}", self.grants.broker_user),
+                "this name is grants.broker_user (the broker's own commands); no container can use it",
+            ));
         }
         if self.recording.flush_interval.is_zero() {
             return Err(invalid("recording.flush_interval", "must be above zero"));
@@ -737,9 +746,6 @@ fn default_sign_interval() -> Duration {
 }
 fn default_kill_grace() -> Duration {
     Duration::from_secs(2)
-}
-fn default_login_timeout() -> Duration {
-    Duration::from_secs(600)
 }
 fn default_max_connections() -> usize {
     1024

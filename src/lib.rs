@@ -18,6 +18,7 @@
 //! | [`inventory`] | finding containers and their init process |
 //! | [`policy`] | Cedar schema, entities, decisions with reasons |
 //! | [`recording`] | the asciicast v2 writer and player |
+//! | [`grants`] | access requests, approvals, time-boxed grants, expiry |
 //! | [`attach`] | the helper that enters a container; PTY; exit status |
 //! | [`ssh`] | the russh server: auth, channels, wiring the above |
 //! | [`cli`] | the `portcullis` command |
@@ -26,6 +27,7 @@ pub mod attach;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod grants;
 pub mod identity;
 pub mod inventory;
 pub mod policy;

@@ -113,6 +113,11 @@ fn make_container(unprivileged: bool) -> Container {
     }
 }
 
+/// The tests of this file check that the test process has no child left;
+/// run them one at a time so one test's live helpers are not taken for the
+/// other's leftovers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn helper() -> &'static HelperBinary {
     static H: OnceLock<HelperBinary> = OnceLock::new();
     H.get_or_init(|| HelperBinary::from_path(env!("CARGO_BIN_EXE_portcullis")).unwrap())
@@ -168,6 +173,7 @@ async fn exec(c: &Container, command: &str, stdin: &[u8]) -> (String, String, Ex
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_against_lxc() {
+    let _serial = SERIAL.lock().await;
     let container = make_container(false);
     let c = &container;
 
@@ -486,6 +492,7 @@ async fn hardening(c: &Container) {
 /// The same checks against an unprivileged (user-namespaced) container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_unprivileged_lxc() {
+    let _serial = SERIAL.lock().await;
     let container = make_container(true);
     let c = &container;
     let map = std::fs::read_to_string(format!("/proc/{}/uid_map", c.pid)).unwrap();

@@ -546,3 +546,37 @@ fn two_gateways_on_one_postgres_share_sessions_and_one_unforked_chain() {
     assert_eq!(code, 0, "{report}");
     assert!(report["events"].as_u64().unwrap() >= 6 * 4);
 }
+
+#[test]
+fn audit_events_are_exported_as_json_lines_for_the_siem() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("audit.jsonl");
+    let gw = gateway(&format!("[audit]\nexport = \"{}\"\n", export.display()));
+    let r = ssh(&gw, &["echo exported"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = gw.audit_events();
+    let mut lines: Vec<Value> = Vec::new();
+    wait_until("the exported session_end", Duration::from_secs(10), || {
+        lines = std::fs::read_to_string(&export)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        lines.len() == gw.audit_events().len()
+    });
+    let rows = if rows.len() == lines.len() {
+        rows
+    } else {
+        gw.audit_events()
+    };
+    for (line, row) in lines.iter().zip(&rows) {
+        assert_eq!(line["schema"], "portcullis.audit.v1");
+        assert_eq!(line["id"], row["id"]);
+        assert_eq!(line["hash"], row["hash"]);
+        assert_eq!(line["kind"], row["kind"]);
+        let detail: Value = serde_json::from_str(row["detail"].as_str().unwrap()).unwrap();
+        assert_eq!(line["detail"], detail);
+        assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    }
+    assert!(lines.iter().any(|l| l["kind"] == "session_end"));
+}

@@ -12,7 +12,10 @@
 //! and every recording's SHA-256 against its session row and its
 //! `SessionEnded` event.
 
+pub mod export;
 mod verify;
+
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::json;
@@ -193,6 +196,109 @@ pub enum AuditEvent {
         /// Why.
         reason: String,
     },
+    /// An access request was created (issue 7); approvers may now decide it.
+    AccessRequested {
+        /// The request id.
+        request_id: String,
+        /// Target container.
+        container: String,
+        /// Login asked for.
+        login: String,
+        /// Length asked for, seconds.
+        duration_seconds: i64,
+        /// Why, as given.
+        reason: String,
+        /// Policies that allowed the request.
+        policies: Vec<String>,
+    },
+    /// A workflow step (request, approve, deny, revoke) was refused: by
+    /// policy, a configured limit, or the request's state.
+    AccessRequestRefused {
+        /// `request`, `approve`, `deny` or `revoke`.
+        action: String,
+        /// The request, when one was named.
+        request_id: Option<String>,
+        /// Target container.
+        container: String,
+        /// Login.
+        login: String,
+        /// Why (policy ids, limit, state).
+        reason: String,
+    },
+    /// An access request was approved: a grant starts now.
+    GrantApproved {
+        /// The grant (and request) id.
+        grant_id: String,
+        /// Who asked for it (the grant holder).
+        requester: String,
+        /// Target container.
+        container: String,
+        /// Login granted.
+        login: String,
+        /// The grant's end, unix ms.
+        expires_at: i64,
+        /// The approver's comment.
+        comment: Option<String>,
+        /// Policies that allowed the approval.
+        policies: Vec<String>,
+    },
+    /// An access request was denied.
+    AccessRequestDenied {
+        /// The request id.
+        request_id: String,
+        /// Who asked for it.
+        requester: String,
+        /// The denial reason.
+        reason: String,
+    },
+    /// A grant was revoked before its expiry; sessions depending on it end.
+    GrantRevoked {
+        /// The grant id.
+        grant_id: String,
+        /// The grant holder.
+        requester: String,
+        /// Target container.
+        container: String,
+        /// Login.
+        login: String,
+        /// Why.
+        reason: String,
+    },
+    /// A break-glass grant was taken: self-granted, flagged for review.
+    BreakGlassGranted {
+        /// The grant id.
+        grant_id: String,
+        /// Target container.
+        container: String,
+        /// Login granted.
+        login: String,
+        /// The grant's end, unix ms.
+        expires_at: i64,
+        /// Why, as given.
+        reason: String,
+    },
+    /// A reviewer marked a break-glass grant reviewed.
+    BreakGlassReviewed {
+        /// The grant id.
+        grant_id: String,
+        /// Who took it.
+        requester: String,
+        /// The reviewer's comment.
+        comment: Option<String>,
+    },
+    /// A grant reached its expiry; sessions depending on it ended.
+    GrantExpired {
+        /// The grant id.
+        grant_id: String,
+        /// The grant holder.
+        requester: String,
+        /// Target container.
+        container: String,
+        /// Login.
+        login: String,
+        /// The end, unix ms.
+        expired_at: i64,
+    },
 }
 
 impl AuditEvent {
@@ -216,6 +322,14 @@ impl AuditEvent {
             AuditEvent::FileTransferred { .. } => "file_transfer",
             AuditEvent::ForwardOpened { .. } | AuditEvent::ForwardClosed { .. } => "forward",
             AuditEvent::ChannelRefused { .. } => "channel",
+            AuditEvent::AccessRequested { .. }
+            | AuditEvent::AccessRequestRefused { .. }
+            | AuditEvent::AccessRequestDenied { .. } => "access_request",
+            AuditEvent::GrantApproved { .. }
+            | AuditEvent::GrantRevoked { .. }
+            | AuditEvent::GrantExpired { .. }
+            | AuditEvent::BreakGlassGranted { .. }
+            | AuditEvent::BreakGlassReviewed { .. } => "grant",
         }
     }
 
@@ -241,6 +355,13 @@ impl AuditEvent {
             AuditEvent::FileTransferred { .. } | AuditEvent::ForwardClosed { .. } => "info",
             AuditEvent::ForwardOpened { .. } => "success",
             AuditEvent::ChannelRefused { .. } => "deny",
+            AuditEvent::AccessRequested { .. } => "success",
+            AuditEvent::AccessRequestRefused { .. } => "deny",
+            AuditEvent::GrantApproved { .. } | AuditEvent::BreakGlassGranted { .. } => "allow",
+            AuditEvent::BreakGlassReviewed { .. } => "info",
+            AuditEvent::AccessRequestDenied { .. }
+            | AuditEvent::GrantRevoked { .. }
+            | AuditEvent::GrantExpired { .. } => "info",
         }
     }
 
@@ -272,12 +393,26 @@ pub struct AuditSubject<'a> {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     store: Store,
+    export: Option<Arc<export::Export>>,
 }
 
 impl AuditLog {
     /// An audit log on `store`.
     pub fn new(store: Store) -> AuditLog {
-        AuditLog { store }
+        AuditLog {
+            store,
+            export: None,
+        }
+    }
+
+    /// Also writes every event as a JSON line to `target` (a file path,
+    /// appended to, or `-` for stdout); see [`export`] for the schema.
+    ///
+    /// # Errors
+    /// The file cannot be opened for appending.
+    pub fn with_export(mut self, target: &str) -> std::io::Result<AuditLog> {
+        self.export = Some(Arc::new(export::Export::open(target)?));
+        Ok(self)
     }
 
     /// Appends `event`; returns its sequence number. Callers must not go on
@@ -291,7 +426,7 @@ impl AuditLog {
         event: &AuditEvent,
     ) -> Result<i64, StoreError> {
         let detail = event.detail().to_string();
-        let id = self
+        let row = self
             .store
             .append_audit(&NewAuditRow {
                 kind: event.kind(),
@@ -302,6 +437,14 @@ impl AuditLog {
                 detail: &detail,
             })
             .await?;
+        let id = row.id;
+        if let Some(export) = &self.export {
+            // The database is the record; a failed export is logged, never
+            // a reason to lose or refuse the event.
+            if let Err(e) = export.write(&row) {
+                tracing::error!(error = %e, "cannot export audit event {id}");
+            }
+        }
         tracing::info!(
             audit_id = id,
             kind = event.kind(),

@@ -32,6 +32,7 @@ pub(crate) fn policy(config: Config, command: PolicyCommand) -> anyhow::Result<E
         login: &login,
         action,
         command: command.as_deref(),
+        grant: None,
     })?;
     if json {
         println!(

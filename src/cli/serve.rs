@@ -62,7 +62,12 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.database_url())
         .await?
         .for_gateway(&config.gateway_id());
-    let audit = AuditLog::new(store.clone());
+    let audit = match &config.audit.export {
+        Some(target) => AuditLog::new(store.clone())
+            .with_export(target)
+            .with_context(|| format!("audit.export: cannot open {target}"))?,
+        None => AuditLog::new(store.clone()),
+    };
     // Sessions a previous run of this gateway left running: digest what was
     // flushed, audit, then mark them interrupted.
     for session in store.running_sessions_of_gateway().await? {
@@ -113,6 +118,9 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
         live: Default::default(),
     });
     let background = tokio::spawn(background_work(gateway.clone(), signer));
+    if !config.grants.webhooks.is_empty() {
+        tokio::spawn(deliver_webhooks(gateway.clone()));
+    }
     // Warm the discovery cache; a failure here only means logins fail until
     // the issuer answers.
     for warm in gateway.issuers.all() {
@@ -148,17 +156,27 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
 }
 
 /// Until shutdown: signs the audit chain head every `audit.sign_interval`
-/// and ends live sessions whose kill was requested (checked every second).
+/// and ends live sessions whose kill was requested, and audits grants that
+/// reached their expiry (both checked every second).
 /// Returns the signer for the final signature.
 async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSigner {
     let mut sign = tokio::time::interval(gateway.config.audit.sign_interval);
     let mut kills = tokio::time::interval(Duration::from_secs(1));
+    let mut expiries = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = gateway.shutdown.cancelled() => return signer,
             _ = sign.tick() => {
                 if let Err(e) = signer.sign_head(&gateway.store).await {
                     tracing::error!(error = %e, "cannot sign the audit chain");
+                }
+            }
+            _ = expiries.tick() => {
+                let grants = &gateway.config.grants;
+                if let Err(e) =
+                    crate::grants::audit_expired(&gateway.store, &gateway.audit, grants).await
+                {
+                    tracing::error!(error = %e, "cannot audit expired grants");
                 }
             }
             _ = kills.tick() => match gateway.store.pending_kills().await {
@@ -169,6 +187,27 @@ async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSig
                 }
                 Err(e) => tracing::error!(error = %e, "cannot read kill requests"),
             },
+        }
+    }
+}
+
+/// Until shutdown: delivers due webhook notifications from the outbox,
+/// once a second (apart from the other background work, so a slow webhook
+/// never delays it).
+async fn deliver_webhooks(gateway: Arc<Gateway>) {
+    let client = reqwest::Client::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = gateway.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let grants = &gateway.config.grants;
+                if let Err(e) =
+                    crate::grants::notify::deliver_due(&gateway.store, grants, &client).await
+                {
+                    tracing::error!(error = %e, "cannot deliver webhooks");
+                }
+            }
         }
     }
 }

@@ -7,11 +7,15 @@
 //!
 //! Entities: `User::"<subject>"` in `Group::"<name>"` for each group of the
 //! principal; `Container::"<name>"` with attribute `name` and one string tag
-//! per label. Actions: `Action::"shell"`, `Action::"exec"`,
-//! `Action::"sftp"`, `Action::"port_forward"`, `Action::"agent_forward"`.
-//! Context: `login` (string) and `command` (string, `""` for a shell); for
-//! `sftp` also `access` (`"read"`/`"write"`), for `port_forward` `host`
-//! (string) and `port` (long).
+//! per label. Actions: `Action::"shell"`, `Action::"exec"` with context
+//! `login` (string), `command` (string, `""` for a shell) and `grant` (the
+//! principal's active grant for that login: `active`, `id`, `approver`,
+//! `expires_at` in unix seconds); `Action::"request"`, `"approve"`,
+//! `"revoke"`, `"review"` (the access-request workflow) with context
+//! `requester` (a `User`), `login`, `duration_seconds`, `reason` and
+//! `break_glass`; `Action::"sftp"` (context as exec plus `access`,
+//! `"read"`/`"write"`), `"port_forward"` (plus `host`, string, and `port`,
+//! long) and `"agent_forward"` (issue 5).
 //!
 //! Deciding is pure: no I/O, everything comes in the request.
 
@@ -34,6 +38,14 @@ pub enum Action {
     Shell,
     /// A single command (`ssh target CMD`).
     Exec,
+    /// Ask for a time-boxed grant (`ssh portcullis@gw request ...`).
+    Request,
+    /// Approve or deny someone's access request.
+    Approve,
+    /// End a grant before its expiry.
+    Revoke,
+    /// Mark a break-glass grant reviewed.
+    Review,
     /// File transfer over the SFTP subsystem (`sftp`, `scp`); context
     /// `access` is `"read"` or `"write"`.
     Sftp,
@@ -54,11 +66,15 @@ pub enum ContextValue {
 }
 
 impl Action {
-    /// The Cedar action id (`shell`, `exec`).
+    /// The Cedar action id (`shell`, `exec`, `request`, `approve`, `revoke`).
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Shell => "shell",
             Action::Exec => "exec",
+            Action::Request => "request",
+            Action::Approve => "approve",
+            Action::Revoke => "revoke",
+            Action::Review => "review",
             Action::Sftp => "sftp",
             Action::PortForward => "port_forward",
             Action::AgentForward => "agent_forward",
@@ -72,12 +88,58 @@ impl FromStr for Action {
         match s {
             "shell" => Ok(Action::Shell),
             "exec" => Ok(Action::Exec),
+            "request" => Ok(Action::Request),
+            "approve" => Ok(Action::Approve),
+            "revoke" => Ok(Action::Revoke),
+            "review" => Ok(Action::Review),
             "sftp" => Ok(Action::Sftp),
             "port_forward" => Ok(Action::PortForward),
             "agent_forward" => Ok(Action::AgentForward),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
+}
+
+/// An active grant of the principal for the asked-for `login@container`,
+/// as `context.grant` of shell and exec decisions (`active` is false and
+/// the strings empty when there is none).
+#[derive(Debug, Clone, Copy)]
+pub struct GrantContext<'a> {
+    /// Grant id.
+    pub id: &'a str,
+    /// Who approved it.
+    pub approver: &'a str,
+    /// Its end, unix seconds.
+    pub expires_at: i64,
+}
+
+/// A question about the access-request workflow: `request`, `approve` or
+/// `revoke` of a grant for `login@container`. The request's attributes are
+/// the context: `requester` (a `User`), `login`, `duration_seconds`,
+/// `reason`.
+#[derive(Debug, Clone)]
+pub struct WorkflowRequest<'a> {
+    /// Who acts (principal subject).
+    pub principal: &'a str,
+    /// Their groups.
+    pub groups: &'a [String],
+    /// [`Action::Request`], [`Action::Approve`] or [`Action::Revoke`].
+    pub action: Action,
+    /// The container of the request.
+    pub container: &'a str,
+    /// Its labels.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Who asked for the grant.
+    pub requester: &'a str,
+    /// Login inside the container.
+    pub login: &'a str,
+    /// Length of the grant, seconds.
+    pub duration_seconds: i64,
+    /// The reason given.
+    pub reason: &'a str,
+    /// True for a break-glass request (the requester is in the configured
+    /// break-glass group and grants it to themselves).
+    pub break_glass: bool,
 }
 
 /// One question for the policy.
@@ -97,6 +159,8 @@ pub struct AccessRequest<'a> {
     pub action: Action,
     /// Command for exec, `None` for a shell.
     pub command: Option<&'a str>,
+    /// The principal's active grant for this login and container, if any.
+    pub grant: Option<GrantContext<'a>>,
 }
 
 /// The answer.
@@ -145,7 +209,9 @@ pub enum PolicyError {
     #[error("no *.cedar policy in {0}")]
     Empty(PathBuf),
     /// An action name the policy does not know.
-    #[error("unknown action {0:?} (known: shell, exec, sftp, port_forward, agent_forward)")]
+    #[error(
+        "unknown action {0:?} (known: shell, exec, request, approve, revoke, review, sftp, port_forward, agent_forward)"
+    )]
     UnknownAction(String),
     /// Entities or the request could not be built (bad name or label).
     #[error("cannot build the policy request: {0}")]
@@ -218,36 +284,31 @@ impl PolicyEngine {
         request: &AccessRequest<'_>,
         extra: &[(&str, ContextValue)],
     ) -> Result<Decision, PolicyError> {
-        let user = uid("User", request.principal)?;
-        let container = uid("Container", request.container)?;
-        let action = uid("Action", request.action.as_str())?;
-        let mut groups = HashSet::new();
-        let mut entities = Vec::new();
-        for g in request.groups {
-            let group = uid("Group", g)?;
-            entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
-            groups.insert(group);
-        }
-        entities.push(Entity::new_no_attrs(user.clone(), groups));
-        let tags = request
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
-        entities.push(
-            Entity::new_with_tags(
-                container.clone(),
-                [(
-                    "name".to_string(),
-                    RestrictedExpression::new_string(request.container.to_string()),
-                )],
-                [],
-                tags,
-            )
-            .map_err(|e| PolicyError::Request(one_line(&e)))?,
-        );
-        let entities = Entities::from_entities(entities, Some(&self.schema))
-            .map_err(|e| PolicyError::Request(one_line(&e)))?;
-        let mut pairs = vec![
+        let grant = request.grant.unwrap_or(GrantContext {
+            id: "",
+            approver: "",
+            expires_at: 0,
+        });
+        let grant = RestrictedExpression::new_record([
+            (
+                "active".to_string(),
+                RestrictedExpression::new_bool(request.grant.is_some()),
+            ),
+            (
+                "id".to_string(),
+                RestrictedExpression::new_string(grant.id.to_string()),
+            ),
+            (
+                "approver".to_string(),
+                RestrictedExpression::new_string(grant.approver.to_string()),
+            ),
+            (
+                "expires_at".to_string(),
+                RestrictedExpression::new_long(grant.expires_at),
+            ),
+        ])
+        .map_err(|e| PolicyError::Request(one_line(&e)))?;
+        let context = [
             (
                 "login".to_string(),
                 RestrictedExpression::new_string(request.login.to_string()),
@@ -256,15 +317,103 @@ impl PolicyEngine {
                 "command".to_string(),
                 RestrictedExpression::new_string(request.command.unwrap_or("").to_string()),
             ),
+            ("grant".to_string(), grant),
         ];
-        for (k, v) in extra {
+        let extra = extra.iter().map(|(k, v)| {
             let value = match v {
                 ContextValue::Str(s) => RestrictedExpression::new_string(s.clone()),
                 ContextValue::Long(n) => RestrictedExpression::new_long(*n),
             };
-            pairs.push(((*k).to_string(), value));
+            ((*k).to_string(), value)
+        });
+        self.evaluate(
+            request.principal,
+            request.groups,
+            request.container,
+            request.labels,
+            request.action,
+            context.into_iter().chain(extra),
+        )
+    }
+
+    /// Decides a workflow step (request, approve, revoke). Anything that
+    /// cannot be evaluated is a deny.
+    ///
+    /// # Errors
+    /// [`PolicyError::Request`] when an entity or the context cannot be
+    /// built (the caller must treat it as a deny).
+    pub fn decide_workflow(&self, request: &WorkflowRequest<'_>) -> Result<Decision, PolicyError> {
+        let context = [
+            (
+                "requester".to_string(),
+                RestrictedExpression::new_entity_uid(uid("User", request.requester)?),
+            ),
+            (
+                "login".to_string(),
+                RestrictedExpression::new_string(request.login.to_string()),
+            ),
+            (
+                "duration_seconds".to_string(),
+                RestrictedExpression::new_long(request.duration_seconds),
+            ),
+            (
+                "reason".to_string(),
+                RestrictedExpression::new_string(request.reason.to_string()),
+            ),
+            (
+                "break_glass".to_string(),
+                RestrictedExpression::new_bool(request.break_glass),
+            ),
+        ];
+        self.evaluate(
+            request.principal,
+            request.groups,
+            request.container,
+            request.labels,
+            request.action,
+            context,
+        )
+    }
+
+    fn evaluate(
+        &self,
+        principal: &str,
+        principal_groups: &[String],
+        container_name: &str,
+        labels: &BTreeMap<String, String>,
+        action: Action,
+        context: impl IntoIterator<Item = (String, RestrictedExpression)>,
+    ) -> Result<Decision, PolicyError> {
+        let user = uid("User", principal)?;
+        let container = uid("Container", container_name)?;
+        let action = uid("Action", action.as_str())?;
+        let mut groups = HashSet::new();
+        let mut entities = Vec::new();
+        for g in principal_groups {
+            let group = uid("Group", g)?;
+            entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
+            groups.insert(group);
         }
-        let context = Context::from_pairs(pairs).map_err(|e| PolicyError::Request(one_line(&e)))?;
+        entities.push(Entity::new_no_attrs(user.clone(), groups));
+        let tags = labels
+            .iter()
+            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+        entities.push(
+            Entity::new_with_tags(
+                container.clone(),
+                [(
+                    "name".to_string(),
+                    RestrictedExpression::new_string(container_name.to_string()),
+                )],
+                [],
+                tags,
+            )
+            .map_err(|e| PolicyError::Request(one_line(&e)))?,
+        );
+        let entities = Entities::from_entities(entities, Some(&self.schema))
+            .map_err(|e| PolicyError::Request(one_line(&e)))?;
+        let context =
+            Context::from_pairs(context).map_err(|e| PolicyError::Request(one_line(&e)))?;
         let cedar_request =
             cedar_policy::Request::new(user, action, container, context, Some(&self.schema))
                 .map_err(|e| PolicyError::Request(one_line(&e)))?;
@@ -334,152 +483,4 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    fn shipped() -> PolicyEngine {
-        PolicyEngine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap()
-    }
-
-    fn ask(groups: &[&str], env: &str, login: &str, action: Action) -> Decision {
-        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-        let labels = BTreeMap::from([("env".to_string(), env.to_string())]);
-        shipped()
-            .decide(&AccessRequest {
-                principal: "alice",
-                groups: &groups,
-                container: "web1",
-                labels: &labels,
-                login,
-                action,
-                command: None,
-            })
-            .unwrap()
-    }
-
-    #[test]
-    fn developers_get_non_root_shells_on_dev() {
-        let d = ask(&["developers"], "dev", "app", Action::Shell);
-        assert!(d.allowed);
-        assert_eq!(d.policies, ["developers-dev-non-root"]);
-        assert!(!ask(&["developers"], "dev", "root", Action::Shell).allowed);
-        assert!(!ask(&["developers"], "prod", "app", Action::Shell).allowed);
-        assert!(ask(&["developers"], "dev", "app", Action::Exec).allowed);
-    }
-
-    fn ask_with(
-        groups: &[&str],
-        login: &str,
-        action: Action,
-        extra: &[(&str, ContextValue)],
-    ) -> Decision {
-        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-        let labels = BTreeMap::from([("env".to_string(), "dev".to_string())]);
-        shipped()
-            .decide_with(
-                &AccessRequest {
-                    principal: "alice",
-                    groups: &groups,
-                    container: "web1",
-                    labels: &labels,
-                    login,
-                    action,
-                    command: None,
-                },
-                extra,
-            )
-            .unwrap()
-    }
-
-    #[test]
-    fn developers_may_sftp_on_dev_but_not_forward() {
-        for access in ["read", "write"] {
-            let extra = [("access", ContextValue::Str(access.into()))];
-            let d = ask_with(&["developers"], "app", Action::Sftp, &extra);
-            assert!(d.allowed, "{access}: {d:?}");
-            assert_eq!(d.policies, ["developers-dev-sftp"]);
-            assert!(!ask_with(&["developers"], "root", Action::Sftp, &extra).allowed);
-            assert!(!ask_with(&[], "app", Action::Sftp, &extra).allowed);
-        }
-        let fwd = [
-            ("host", ContextValue::Str("127.0.0.1".into())),
-            ("port", ContextValue::Long(5432)),
-        ];
-        let d = ask_with(&["developers"], "app", Action::PortForward, &fwd);
-        assert!(!d.allowed && d.errors.is_empty(), "{d:?}");
-        assert!(ask_with(&["admins"], "app", Action::PortForward, &fwd).allowed);
-        let d = ask_with(&["developers"], "app", Action::AgentForward, &[]);
-        assert!(!d.allowed && d.errors.is_empty(), "{d:?}");
-    }
-
-    #[test]
-    fn missing_context_is_a_deny_not_an_allow() {
-        // sftp without `access` does not match the schema: an error, so deny.
-        let r = shipped().decide_with(
-            &AccessRequest {
-                principal: "alice",
-                groups: &["admins".to_string()],
-                container: "web1",
-                labels: &BTreeMap::new(),
-                login: "app",
-                action: Action::Sftp,
-                command: None,
-            },
-            &[],
-        );
-        assert!(r.is_err() || !r.unwrap().allowed);
-    }
-
-    #[test]
-    fn admins_may_do_anything() {
-        let d = ask(&["admins"], "prod", "root", Action::Shell);
-        assert!(d.allowed);
-        assert_eq!(d.policies, ["admins-anything"]);
-    }
-
-    #[test]
-    fn nobody_else_gets_in() {
-        let d = ask(&[], "dev", "app", Action::Shell);
-        assert!(!d.allowed);
-        assert!(d.policies.is_empty());
-        assert!(!ask(&["approvers"], "dev", "app", Action::Shell).allowed);
-    }
-
-    #[test]
-    fn containers_without_labels_are_evaluated_without_errors() {
-        let labels = BTreeMap::new();
-        let d = shipped()
-            .decide(&AccessRequest {
-                principal: "alice",
-                groups: &["developers".to_string()],
-                container: "web1",
-                labels: &labels,
-                login: "app",
-                action: Action::Shell,
-                command: None,
-            })
-            .unwrap();
-        assert!(!d.allowed);
-        assert!(d.errors.is_empty(), "{:?}", d.errors);
-    }
-
-    #[test]
-    fn bad_policy_file_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let shipped_schema = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("policies")
-            .join(SCHEMA_FILE);
-        std::fs::copy(shipped_schema, dir.path().join(SCHEMA_FILE)).unwrap();
-        std::fs::write(dir.path().join("bad.cedar"), "permit(principal, action, ").unwrap();
-        let err = PolicyEngine::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("bad.cedar"), "{err}");
-        std::fs::write(
-            dir.path().join("bad.cedar"),
-            "permit(principal, action, resource) when { resource.colour == \"red\" };",
-        )
-        .unwrap();
-        let err = PolicyEngine::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("schema"), "{err}");
-    }
-}
+mod tests;

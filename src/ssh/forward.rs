@@ -103,6 +103,9 @@ pub(super) async fn decide(
             login: &target.login,
             action,
             command: None,
+            // Grants (issue 7) are for shells and commands; transfers and
+            // forwards are decided on their own.
+            grant: None,
         },
         extra,
     );

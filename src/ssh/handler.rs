@@ -151,6 +151,24 @@ impl ConnectionHandler {
         let (tx, rx) = mpsc::channel(64);
         state.input = Some(tx);
         session.channel_success(channel)?;
+        if self.auth.user == self.gateway.config.grants.broker_user {
+            // The reserved name reaches the broker's own commands (issue 7).
+            let start = super::broker::BrokerStart {
+                gateway: self.gateway.clone(),
+                handle: session.handle(),
+                channel,
+                principal,
+                client_addr: self.peer_text.clone(),
+                command: match kind {
+                    SessionKind::Exec(c) => Some(c),
+                    SessionKind::Shell => None,
+                },
+                pty: state.pty.is_some(),
+            };
+            drop(rx);
+            self.gateway.tasks.spawn(super::broker::run(start));
+            return Ok(());
+        }
         let start = SessionStart {
             gateway: self.gateway.clone(),
             handle: session.handle(),

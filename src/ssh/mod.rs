@@ -7,6 +7,7 @@
 //! task ([`session`]) that owns the process and its recording.
 
 mod auth;
+mod broker;
 pub mod forward;
 mod handler;
 mod login;

@@ -15,9 +15,10 @@ use super::Gateway;
 use super::target::Target;
 use crate::attach::{self, AttachRequest, ExitStatus, PtyRequest};
 use crate::audit::{AuditEvent, AuditSubject, truncate};
+use crate::grants::{GrantEvent, GrantWatch};
 use crate::identity::Principal;
 use crate::inventory::ContainerState;
-use crate::policy::{AccessRequest, Action};
+use crate::policy::{AccessRequest, Action, GrantContext};
 use crate::recording::{Header, Recorder, SessionMetadata};
 use crate::store::{NewSession, SessionEnd};
 
@@ -100,15 +101,22 @@ async fn refuse(handle: &Handle, channel: ChannelId, refusal: &Refusal) {
     let _ = handle.close(channel).await;
 }
 
-fn denial(action: Action, target: &Target) -> Refusal {
+/// The refusal of a shell or exec, with the exact broker line that asks
+/// for it (issue 7).
+fn denial(gateway: &Gateway, action: Action, target: &Target) -> Refusal {
     let verb = match action {
-        Action::Shell => "open a shell",
         Action::Exec => "run commands",
-        // Not started here (see transfer.rs and forward.rs).
-        Action::Sftp | Action::PortForward | Action::AgentForward => "do that",
+        _ => "open a shell",
     };
+    let ask = super::broker::ssh_line(
+        gateway,
+        &format!(
+            "request {} --login {} --for 1h --reason \"...\"",
+            target.container, target.login
+        ),
+    );
     Refusal(format!(
-        "Access denied: you may not {verb} as {} on {}.",
+        "Access denied: you may not {verb} as {} on {}.\r\nTo ask for access: {ask}",
         target.login, target.container
     ))
 }
@@ -164,6 +172,20 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
             ));
         }
     };
+    if target.container == gateway.config.grants.broker_user {
+        audit(
+            None,
+            AuditEvent::TargetRefused {
+                target: truncate(&user, 128),
+                reason: "the broker's reserved name is not a container".into(),
+            },
+        )
+        .await?;
+        return Err(Refusal(format!(
+            "Access denied: {} is the gateway's own commands, not a container (ssh {}@GATEWAY help).",
+            target.container, target.container
+        )));
+    }
     let container = match gateway.inventory.find(&target.container).await {
         Ok(c) => c,
         Err(e) => {
@@ -175,20 +197,49 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
                 },
             )
             .await?;
-            return Err(denial(action, &target));
+            return Err(denial(&gateway, action, &target));
         }
     };
 
-    // May they.
-    let decision = gateway.policy.decide(&AccessRequest {
-        principal: &principal.subject,
-        groups: &principal.groups,
-        container: &container.name,
-        labels: &container.labels,
-        login: &target.login,
-        action,
-        command: command.as_deref(),
-    });
+    // May they. An active grant for this login enters the decision; the
+    // session depends on it when the policy would refuse without it.
+    let grant = gateway
+        .store
+        .active_grant_for(
+            &principal.subject,
+            &container.name,
+            &target.login,
+            crate::store::now_ms(),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read grants; refusing");
+            Refusal("Access refused: the gateway cannot reach its database right now.".into())
+        })?;
+    let ask = |grant: Option<GrantContext<'_>>| {
+        gateway.policy.decide(&AccessRequest {
+            principal: &principal.subject,
+            groups: &principal.groups,
+            container: &container.name,
+            labels: &container.labels,
+            login: &target.login,
+            action,
+            command: command.as_deref(),
+            grant,
+        })
+    };
+    let decision = ask(grant.as_ref().map(|g| GrantContext {
+        id: &g.id,
+        approver: g.decided_by.as_deref().unwrap_or(""),
+        expires_at: g.expires_at.unwrap_or(0) / 1000,
+    }));
+    let depends_on = match (&decision, &grant) {
+        (Ok(d), Some(g)) if d.allowed => match ask(None) {
+            Ok(without) if without.allowed => None,
+            _ => Some(g.clone()),
+        },
+        _ => None,
+    };
     let (allowed, reasons) = match decision {
         Ok(d) => (
             d.allowed,
@@ -208,7 +259,7 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
     )
     .await?;
     if !allowed {
-        return Err(denial(action, &target));
+        return Err(denial(&gateway, action, &target));
     }
     let init_pid = match container.state {
         ContainerState::Running { init_pid } => init_pid,
@@ -296,6 +347,13 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
         })
         .await
         .map_err(|e| recording_failed(&e))?;
+    if let Some(g) = &depends_on {
+        gateway
+            .store
+            .set_session_grant(&session_id, &g.id)
+            .await
+            .map_err(|e| recording_failed(&e))?;
+    }
     audit(
         Some(session_id.clone()),
         AuditEvent::SessionStarted {
@@ -357,16 +415,24 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
         principal: principal.subject.clone(),
         client_addr: client_addr.clone(),
     };
+    let kill = gateway.live.register(&session_id);
+    let grant_watch = depends_on.as_ref().map(|g| {
+        let what = format!("{}@{}", target.login, container.name);
+        watch_grant(&gateway, &handle, channel, &session_id, g, what)
+    });
     let ends = super::pump::Ends {
         handle: &handle,
         channel,
         container: &container.name,
         init: &watch,
         audit: &session_audit,
-        kill: gateway.live.register(&session_id),
+        kill,
     };
     let outcome = super::pump::pump(&gateway, ends, attached, io, recorder, input).await;
     gateway.live.remove(&session_id);
+    if let Some(task) = grant_watch {
+        task.abort();
+    }
     if outcome.container_stopped {
         let _ = audit(
             Some(session_id.clone()),
@@ -419,6 +485,57 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
     tracing::info!(%session_id, ?outcome.exit, "session ended");
     index_transcript(&gateway, &session_id, &recording_path).await;
     Ok(())
+}
+
+/// Follows the grant session `session_id` depends on: warns on the
+/// client's stderr (`[grants] warn_before`) and ends the session with the
+/// reason when the grant expires or is revoked. Aborted when the session
+/// ends first.
+fn watch_grant(
+    gateway: &Arc<Gateway>,
+    handle: &Handle,
+    channel: ChannelId,
+    session_id: &str,
+    grant: &crate::store::AccessRequestRecord,
+    what: String,
+) -> tokio::task::JoinHandle<()> {
+    let warn: Vec<std::time::Duration> = gateway
+        .config
+        .grants
+        .warn_before
+        .iter()
+        .map(|d| **d)
+        .collect();
+    let mut watch = GrantWatch::new(
+        gateway.store.clone(),
+        &grant.id,
+        grant.expires_at.unwrap_or(0),
+        &warn,
+    );
+    let (gateway, handle, session_id, id) = (
+        gateway.clone(),
+        handle.clone(),
+        session_id.to_string(),
+        grant.id.clone(),
+    );
+    tokio::spawn(async move {
+        loop {
+            match watch.next().await {
+                GrantEvent::Warning { remaining } => {
+                    let text = format!(
+                        "\r\nPortcullis: your access to {what} (grant {id}) ends in {}.\r\n",
+                        crate::grants::format_duration(remaining)
+                    );
+                    let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
+                }
+                GrantEvent::Ended { reason } => {
+                    tracing::info!(%session_id, grant = %id, %reason, "grant ended; ending its session");
+                    gateway.end_live_session(&session_id, &reason);
+                    return;
+                }
+            }
+        }
+    })
 }
 
 /// Adds the session's transcript text to the search index. A failure is

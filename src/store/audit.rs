@@ -151,11 +151,11 @@ fn audit_from_row(r: &sqlx::any::AnyRow) -> AuditRow {
 
 impl Store {
     /// Appends an audit event at now, chained to the newest one; returns
-    /// its sequence number.
+    /// the row as written (sequence number, time, hashes).
     ///
     /// # Errors
     /// [`StoreError::Query`]; nothing is written then.
-    pub async fn append_audit(&self, e: &NewAuditRow<'_>) -> Result<i64, StoreError> {
+    pub async fn append_audit(&self, e: &NewAuditRow<'_>) -> Result<AuditRow, StoreError> {
         let mut tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => {
@@ -204,7 +204,18 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(id)
+        Ok(AuditRow {
+            id,
+            at,
+            kind: e.kind.to_string(),
+            outcome: e.outcome.to_string(),
+            session_id: e.session_id.map(str::to_string),
+            principal: e.principal.map(str::to_string),
+            client_addr: e.client_addr.map(str::to_string),
+            detail: e.detail.to_string(),
+            prev_hash,
+            hash,
+        })
     }
 
     /// Every audit event in sequence order.
@@ -346,7 +357,7 @@ mod tests {
         let tasks: Vec<_> = (0..40)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.append_audit(&row("x", None)).await.unwrap() })
+                tokio::spawn(async move { store.append_audit(&row("x", None)).await.unwrap().id })
             })
             .collect();
         for t in tasks {

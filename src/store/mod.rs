@@ -15,8 +15,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, Pool};
 
 mod bindings;
+mod grants;
 
 pub use bindings::{KeyBinding, NewKeyBinding, RefreshedBinding};
+pub use grants::{AccessRequestRecord, NewAccessRequest};
 
 /// A failed database step.
 #[derive(Debug, thiserror::Error)]

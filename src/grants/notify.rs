@@ -1,0 +1,180 @@
+//! Webhook notifications of workflow events (issue 7, item 5) through an
+//! outbox: each event is written to `webhook_outbox` (one row per URL)
+//! right after the step it reports, and [`deliver_due`] posts due rows,
+//! retrying with doubling waits (1 s up to `[grants] webhook_backoff_max`).
+//! A webhook that is down never blocks a step and loses nothing.
+//!
+//! Body: JSON with `event` (`request_created`, `approved`, `denied`,
+//! `revoked`, `expired`, `break_glass`), the request's fields, `actor`,
+//! `at` (unix ms) and a Slack-compatible `text`. With
+//! `[grants] webhook_secret`, the header `X-Portcullis-Signature:
+//! sha256=HEX` carries the HMAC-SHA256 (RFC 2104) of the body.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::config::GrantsConfig;
+use crate::store::{AccessRequestRecord, Store, StoreError, now_ms};
+
+/// Most outbox rows posted per round.
+const BATCH: i64 = 50;
+
+/// Timeout of one delivery attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The header that carries the body's HMAC-SHA256.
+pub const SIGNATURE_HEADER: &str = "X-Portcullis-Signature";
+
+/// Queues `event` about request `r` by `actor` for every configured
+/// webhook. A database failure is logged: the step itself already
+/// happened and is in the audit log.
+pub async fn notify(
+    store: &Store,
+    config: &GrantsConfig,
+    event: &str,
+    r: &AccessRequestRecord,
+    actor: &str,
+) {
+    if config.webhooks.is_empty() {
+        return;
+    }
+    let what = format!("{}@{}", r.login, r.container);
+    let text = match event {
+        "request_created" => format!(
+            "{} asks for {what} for {}s: {} (request {})",
+            r.requester, r.duration_seconds, r.reason, r.id
+        ),
+        "approved" => format!(
+            "{actor} approved {}'s access to {what} ({})",
+            r.requester, r.id
+        ),
+        "denied" => format!(
+            "{actor} denied {}'s request for {what} ({})",
+            r.requester, r.id
+        ),
+        "revoked" => format!(
+            "{actor} revoked {}'s access to {what} ({})",
+            r.requester, r.id
+        ),
+        "expired" => format!("{}'s access to {what} expired ({})", r.requester, r.id),
+        "break_glass" => format!(
+            ":rotating_light: BREAK-GLASS: {} took {what} for {}s: {} ({})",
+            r.requester, r.duration_seconds, r.reason, r.id
+        ),
+        other => format!("{other}: {} {what} ({})", r.requester, r.id),
+    };
+    let body = json!({
+        "event": event,
+        "id": r.id,
+        "requester": r.requester,
+        "container": r.container,
+        "login": r.login,
+        "duration_seconds": r.duration_seconds,
+        "reason": r.reason,
+        "break_glass": r.break_glass,
+        "expires_at": r.expires_at,
+        "actor": actor,
+        "at": now_ms(),
+        "text": text,
+    })
+    .to_string();
+    if let Err(e) = store.enqueue_webhooks(&config.webhooks, &body).await {
+        tracing::error!(error = %e, %event, id = %r.id, "cannot queue webhook notification");
+    }
+}
+
+/// Posts every due outbox row once; failures are rescheduled with a
+/// doubling wait. Returns how many were delivered.
+///
+/// # Errors
+/// [`StoreError`] when the outbox cannot be read or updated.
+pub async fn deliver_due(
+    store: &Store,
+    config: &GrantsConfig,
+    client: &reqwest::Client,
+) -> Result<usize, StoreError> {
+    let mut delivered = 0;
+    for (id, url, body, attempts) in store.due_webhooks(now_ms(), BATCH).await? {
+        let mut request = client
+            .post(&url)
+            .timeout(ATTEMPT_TIMEOUT)
+            .header("Content-Type", "application/json")
+            .body(body.clone());
+        if let Some(secret) = &config.webhook_secret {
+            let mac = hmac_sha256(secret.expose().as_bytes(), body.as_bytes());
+            request = request.header(SIGNATURE_HEADER, format!("sha256={}", hex::encode(mac)));
+        }
+        let outcome = match request.send().await {
+            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) => Err(format!("HTTP {}", resp.status().as_u16())),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                store.webhook_delivered(id).await?;
+                delivered += 1;
+            }
+            Err(error) => {
+                let attempts = attempts.saturating_add(1);
+                let wait = backoff(attempts, config.webhook_backoff_max);
+                tracing::warn!(%url, attempts, %error, "webhook delivery failed; will retry");
+                store
+                    .webhook_failed(id, attempts, now_ms() + wait.as_millis() as i64, &error)
+                    .await?;
+            }
+        }
+    }
+    Ok(delivered)
+}
+
+/// The wait after `attempts` failures: 1 s, 2 s, 4 s, ... up to `max`.
+pub fn backoff(attempts: i64, max: Duration) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    Duration::from_secs(1u64 << exp).min(max)
+}
+
+/// HMAC-SHA256 of `message` under `key` (RFC 2104).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let max = Duration::from_secs(10);
+        assert_eq!(backoff(1, max), Duration::from_secs(1));
+        assert_eq!(backoff(3, max), Duration::from_secs(4));
+        assert_eq!(backoff(60, max), max);
+    }
+}

@@ -1,0 +1,258 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use super::*;
+
+fn shipped() -> PolicyEngine {
+    PolicyEngine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap()
+}
+
+fn ask(groups: &[&str], env: &str, login: &str, action: Action) -> Decision {
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    let labels = BTreeMap::from([("env".to_string(), env.to_string())]);
+    shipped()
+        .decide(&AccessRequest {
+            principal: "alice",
+            groups: &groups,
+            container: "web1",
+            labels: &labels,
+            login,
+            action,
+            command: None,
+            grant: None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn developers_get_non_root_shells_on_dev() {
+    let d = ask(&["developers"], "dev", "app", Action::Shell);
+    assert!(d.allowed);
+    assert_eq!(d.policies, ["developers-dev-non-root"]);
+    assert!(!ask(&["developers"], "dev", "root", Action::Shell).allowed);
+    assert!(!ask(&["developers"], "prod", "app", Action::Shell).allowed);
+    assert!(ask(&["developers"], "dev", "app", Action::Exec).allowed);
+}
+
+#[test]
+fn admins_may_do_anything() {
+    let d = ask(&["admins"], "prod", "root", Action::Shell);
+    assert!(d.allowed);
+    assert_eq!(d.policies, ["admins-anything"]);
+}
+
+#[test]
+fn nobody_else_gets_in() {
+    let d = ask(&[], "dev", "app", Action::Shell);
+    assert!(!d.allowed);
+    assert!(d.policies.is_empty());
+    assert!(!ask(&["approvers"], "dev", "app", Action::Shell).allowed);
+}
+
+#[test]
+fn containers_without_labels_are_evaluated_without_errors() {
+    let labels = BTreeMap::new();
+    let d = shipped()
+        .decide(&AccessRequest {
+            principal: "alice",
+            groups: &["developers".to_string()],
+            container: "web1",
+            labels: &labels,
+            login: "app",
+            action: Action::Shell,
+            command: None,
+            grant: None,
+        })
+        .unwrap();
+    assert!(!d.allowed);
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+}
+
+#[test]
+fn an_active_grant_permits_its_login_and_a_forbid_still_wins() {
+    let labels = BTreeMap::from([("env".to_string(), "dev".to_string())]);
+    let groups = ["developers".to_string()];
+    let ask = |engine: &PolicyEngine, grant: Option<GrantContext<'_>>| {
+        engine
+            .decide(&AccessRequest {
+                principal: "alice",
+                groups: &groups,
+                container: "web1",
+                labels: &labels,
+                login: "root",
+                action: Action::Shell,
+                command: None,
+                grant,
+            })
+            .unwrap()
+    };
+    let grant = GrantContext {
+        id: "g1",
+        approver: "bob",
+        expires_at: 2_000_000_000,
+    };
+    assert!(!ask(&shipped(), None).allowed);
+    let d = ask(&shipped(), Some(grant));
+    assert!(d.allowed);
+    assert_eq!(d.policies, ["grant-holders"]);
+    // A site forbid beats the grant.
+    let dir = tempfile::tempdir().unwrap();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for f in [SCHEMA_FILE, "access.cedar", "grants.cedar"] {
+        std::fs::copy(policies.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("zz-forbid.cedar"),
+        "@id(\"no-root-from-bob\") forbid (principal, action, resource) \
+         when { context has grant && context.grant.approver == \"bob\" };",
+    )
+    .unwrap();
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    let d = ask(&engine, Some(grant));
+    assert!(!d.allowed);
+    assert_eq!(d.policies, ["no-root-from-bob"]);
+}
+
+#[test]
+fn workflow_defaults() {
+    let dev = BTreeMap::from([("env".to_string(), "dev".to_string())]);
+    let prod = BTreeMap::from([("env".to_string(), "prod".to_string())]);
+    let ask = |who: &str, groups: &[&str], action, requester: &str, labels, secs| {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        shipped()
+            .decide_workflow(&WorkflowRequest {
+                principal: who,
+                groups: &groups,
+                action,
+                container: "web1",
+                labels,
+                requester,
+                login: "root",
+                duration_seconds: secs,
+                reason: "OPS-1",
+                break_glass: false,
+            })
+            .unwrap()
+    };
+    let r = ask(
+        "alice",
+        &["developers"],
+        Action::Request,
+        "alice",
+        &dev,
+        3600,
+    );
+    assert!(r.allowed);
+    assert_eq!(r.policies, ["developers-request-dev"]);
+    assert!(
+        !ask(
+            "alice",
+            &["developers"],
+            Action::Request,
+            "alice",
+            &prod,
+            60
+        )
+        .allowed
+    );
+    assert!(ask("bob", &["approvers"], Action::Approve, "alice", &dev, 3600).allowed);
+    assert!(
+        !ask(
+            "bob",
+            &["approvers"],
+            Action::Approve,
+            "alice",
+            &dev,
+            9 * 3600
+        )
+        .allowed
+    );
+    assert!(!ask("bob", &["approvers"], Action::Approve, "alice", &prod, 60).allowed);
+    let own = ask("root", &["admins"], Action::Approve, "root", &prod, 60);
+    assert!(!own.allowed);
+    assert_eq!(own.policies, ["no-self-approval"]);
+    assert!(ask("root", &["admins"], Action::Approve, "alice", &prod, 60).allowed);
+    assert!(ask("alice", &[], Action::Revoke, "alice", &prod, 60).allowed);
+    assert!(!ask("eve", &[], Action::Revoke, "alice", &dev, 60).allowed);
+}
+
+#[test]
+fn bad_policy_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped_schema = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("policies")
+        .join(SCHEMA_FILE);
+    std::fs::copy(shipped_schema, dir.path().join(SCHEMA_FILE)).unwrap();
+    std::fs::write(dir.path().join("bad.cedar"), "permit(principal, action, ").unwrap();
+    let err = PolicyEngine::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("bad.cedar"), "{err}");
+    std::fs::write(
+        dir.path().join("bad.cedar"),
+        "permit(principal, action, resource) when { resource.colour == \"red\" };",
+    )
+    .unwrap();
+    let err = PolicyEngine::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("schema"), "{err}");
+}
+
+fn ask_with(
+    groups: &[&str],
+    login: &str,
+    action: Action,
+    extra: &[(&str, ContextValue)],
+) -> Decision {
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    let labels = BTreeMap::from([("env".to_string(), "dev".to_string())]);
+    shipped()
+        .decide_with(
+            &AccessRequest {
+                principal: "alice",
+                groups: &groups,
+                container: "web1",
+                labels: &labels,
+                login,
+                action,
+                command: None,
+                grant: None,
+            },
+            extra,
+        )
+        .unwrap()
+}
+
+#[test]
+fn developers_may_sftp_on_dev_but_not_forward() {
+    for access in ["read", "write"] {
+        let extra = [("access", ContextValue::Str(access.into()))];
+        let d = ask_with(&["developers"], "app", Action::Sftp, &extra);
+        assert!(d.allowed, "{access}: {d:?}");
+        assert_eq!(d.policies, ["developers-dev-sftp"]);
+        assert!(!ask_with(&["developers"], "root", Action::Sftp, &extra).allowed);
+        assert!(!ask_with(&[], "app", Action::Sftp, &extra).allowed);
+    }
+    let fwd = [
+        ("host", ContextValue::Str("127.0.0.1".into())),
+        ("port", ContextValue::Long(5432)),
+    ];
+    let d = ask_with(&["developers"], "app", Action::PortForward, &fwd);
+    assert!(!d.allowed && d.errors.is_empty(), "{d:?}");
+    assert!(ask_with(&["admins"], "app", Action::PortForward, &fwd).allowed);
+    let d = ask_with(&["developers"], "app", Action::AgentForward, &[]);
+    assert!(!d.allowed && d.errors.is_empty(), "{d:?}");
+}
+
+#[test]
+fn sftp_without_its_context_is_a_deny() {
+    let r = shipped().decide_with(
+        &AccessRequest {
+            principal: "alice",
+            groups: &["admins".to_string()],
+            container: "web1",
+            labels: &BTreeMap::new(),
+            login: "app",
+            action: Action::Sftp,
+            command: None,
+            grant: None,
+        },
+        &[],
+    );
+    assert!(r.is_err() || !r.unwrap().allowed);
+}
