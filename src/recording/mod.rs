@@ -30,6 +30,13 @@ pub use utf8::Utf8Decoder;
 /// Largest batch kept in memory before it is written, in bytes.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
+/// Set only when building the recording-off binary of
+/// `benches/vs_openssh.sh` (`PORTCULLIS_BENCH_NO_RECORDING=1 cargo build`):
+/// such a build writes each recording's header and no events, so the
+/// benchmark can measure what recording costs. A compile-time switch, so no
+/// configuration or environment can turn recording off in a normal build.
+const BENCH_NO_RECORDING: bool = option_env!("PORTCULLIS_BENCH_NO_RECORDING").is_some();
+
 /// Events queued between the session and the writer task. Full queue means
 /// the session waits (back-pressure), never that events are dropped.
 const QUEUE_DEPTH: usize = 256;
@@ -207,6 +214,9 @@ impl Recorder {
     /// [`RecordingError::WriterGone`] when the writer failed (it names the
     /// I/O error, e.g. no space left on device).
     pub async fn output(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
+        if BENCH_NO_RECORDING {
+            return Ok(());
+        }
         let text = self.output.decode(bytes);
         self.event("o", &text).await
     }
@@ -216,7 +226,7 @@ impl Recorder {
     /// # Errors
     /// [`RecordingError::WriterGone`] when the writer failed.
     pub async fn input(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
-        if !self.record_input {
+        if !self.record_input || BENCH_NO_RECORDING {
             return Ok(());
         }
         let text = self.input.decode(bytes);
