@@ -28,7 +28,7 @@ REPS = int(os.environ.get("REPS", "3"))  # throughput repetitions
 SESSIONS = int(os.environ.get("SESSIONS", "500"))
 HOLD = int(os.environ.get("HOLD", "10"))  # seconds of echoing
 TTFB_N = int(os.environ.get("TTFB_N", "20"))
-CIPHER = os.environ.get("CIPHER", "aes128-gcm@openssh.com")
+CIPHER = os.environ.get("CIPHER", "aes256-gcm@openssh.com")
 KEX = "curve25519-sha256"
 BIN = os.environ.get("PORTCULLIS", os.path.join(ROOT, "target/release/portcullis"))
 BIN_NOREC = os.environ.get("PORTCULLIS_NOREC", os.path.join(ROOT, "target/bench-norec/portcullis"))
@@ -60,10 +60,16 @@ def cleanup():
             p.wait(timeout=20)
         except Exception:
             p.kill()
+    if sys.exc_info()[0] is not None:  # failing: show the servers' logs
+        for log in ("sshd.log", "gateway-B.log", "gateway-B0.log"):
+            path = os.path.join(tmp, log)
+            if os.path.exists(path):
+                print(f"--- {log}\n" + open(path).read()[-3000:], file=sys.stderr)
     if created:
         sh("lxc-stop", "-k", "-n", NAME, check=False)
         sh("lxc-destroy", "-f", "-n", NAME, check=False)
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not os.environ.get("KEEP"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def keygen(path):
@@ -143,7 +149,7 @@ def start_gateway(binary, tag):
         )
     log = open(os.path.join(tmp, f"gateway-{tag}.log"), "w")
     p = subprocess.Popen([binary, "serve", "--config", cfg], stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=log, env=dict(os.environ, PORTCULLIS_LOG="warn"))
+                         stdout=log, stderr=log, env=dict(os.environ, PORTCULLIS_LOG=os.environ.get("PORTCULLIS_LOG", "warn")))
     procs.append(p)
     wait_port(port)
     return p, port, state
@@ -162,7 +168,7 @@ def wait_port(port):
 def ssh_cmd(target, *args, tty=False):
     base = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
-            "-o", "LogLevel=ERROR", "-o", f"KexAlgorithms={KEX}",
+            "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=30", "-o", f"KexAlgorithms={KEX}",
             "-o", "HostKeyAlgorithms=ssh-ed25519", "-c", CIPHER,
             "-i", os.path.join(tmp, "client"), "-p", str(target["port"]), "-l", target["user"]]
     if target.get("cert"):
@@ -208,7 +214,7 @@ def bench_out(targets, tty):
     res = {t["tag"]: [] for t in targets}
     for _ in range(REPS):
         for t in targets:
-            dt = timed(ssh_cmd(t, f"head -c {OUT_MB}M /dev/zero", tty=tty))
+            dt = timed(ssh_cmd(t, f"head -c {OUT_MB * 1048576} /dev/zero", tty=tty))
             res[t["tag"]].append(OUT_MB / dt)
             clear_recordings(t)
     return {k: statistics.median(v) for k, v in res.items()}
@@ -218,7 +224,7 @@ def bench_in(targets):
     res = {t["tag"]: [] for t in targets}
     for _ in range(REPS):
         for t in targets:
-            src = subprocess.Popen(["head", "-c", f"{IN_MB}M", "/dev/zero"], stdout=subprocess.PIPE)
+            src = subprocess.Popen(["head", "-c", str(IN_MB * 1048576), "/dev/zero"], stdout=subprocess.PIPE)
             dt = timed(ssh_cmd(t, "cat >/dev/null"), stdin=src.stdout)
             src.stdout.close()
             src.wait()
@@ -371,7 +377,8 @@ def version(cmd):
 
 
 def main():
-    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
     keygen(os.path.join(tmp, "client"))
     keygen(os.path.join(tmp, "ca"))
     sh("ssh-keygen", "-q", "-s", os.path.join(tmp, "ca"), "-I", "bench", "-n", "admin",
@@ -409,7 +416,7 @@ def main():
     if "outtt" in ONLY:
         row(f"output with `-tt`, {OUT_MB} MiB, MiB/s", bench_out(targets, True), True)
     if "in" in ONLY:
-        row(f"input `head -c {IN_MB}M /dev/zero | ssh t 'cat >/dev/null'`, MiB/s", bench_in(targets), True)
+        row(f"input `head -c {IN_MB}M /dev/zero \\| ssh t 'cat >/dev/null'`, MiB/s", bench_in(targets), True)
     if "ttfb" in ONLY:
         s = bench_ttfb(targets)
         row(f"time to first prompt byte over PTY, median ms (n={TTFB_N})", {k: v[0] for k, v in s.items()}, False)

@@ -20,5 +20,5 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     cp target/release/portcullis target/bench-norec/portcullis
     cargo build --release --bin portcullis
 fi
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec python3 benches/vs_openssh.py "$@"
