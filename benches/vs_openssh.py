@@ -268,11 +268,13 @@ def bench_ttfb(targets):
 
 
 def rss_kib(pids):
+    """Proportional set size (shared pages split between the processes
+    sharing them), summed: fair to sshd's many processes."""
     total = 0
     for pid in pids:
         try:
-            for line in open(f"/proc/{pid}/status"):
-                if line.startswith("VmRSS:"):
+            for line in open(f"/proc/{pid}/smaps_rollup"):
+                if line.startswith("Pss:"):
                     total += int(line.split()[1])
         except OSError:
             pass
@@ -424,8 +426,8 @@ def main():
         c = {t["tag"]: bench_conc(t) for t in targets}
         row(f"{SESSIONS} PTY sessions echoing 1/s for {HOLD}s: p50 echo ms", {k: v["p50"] for k, v in c.items()}, False)
         row(f"{SESSIONS} PTY sessions: p99 echo ms", {k: v["p99"] for k, v in c.items()}, False)
-        row(f"{SESSIONS} PTY sessions: server RSS growth KiB/session", {k: v["per_session"] for k, v in c.items()}, False, "{:.0f}")
-        row(f"{SESSIONS} PTY sessions: server RSS total MiB", {k: v["total"] / 1024 for k, v in c.items()}, False)
+        row(f"{SESSIONS} PTY sessions: server memory (PSS) growth KiB/session", {k: v["per_session"] for k, v in c.items()}, False, "{:.0f}")
+        row(f"{SESSIONS} PTY sessions: server memory (PSS) total MiB", {k: v["total"] / 1024 for k, v in c.items()}, False)
     mem = open("/proc/meminfo").readline().split()[1]
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     load = open("/proc/loadavg").read().split()[:3]
