@@ -317,7 +317,8 @@ fn text_line(
     bytes: &[u8],
 ) -> Result<Option<Vec<u8>>, RecordingError> {
     let time = start.elapsed().as_secs_f64();
-    let mut line = Vec::with_capacity(bytes.len() + bytes.len() / 4 + 40);
+    // Escaping may grow the text; `escape_json` reserves what it needs.
+    let mut line = Vec::with_capacity(bytes.len() + 48);
     line.push(b'[');
     serde_json::to_writer(&mut line, &Time(time)).map_err(|e| RecordingError::Write(e.into()))?;
     line.extend_from_slice(b",");
@@ -332,35 +333,63 @@ fn text_line(
     Ok(Some(line))
 }
 
+/// How each byte is written inside a JSON string, as serde_json does:
+/// 0 = as is, `u` = `\u00XX`, else the letter after a backslash.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// Length of `bytes` JSON-escaped, to size the line once.
+fn escaped_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .map(|&b| match ESCAPE[usize::from(b)] {
+            0 => 1,
+            b'u' => 6,
+            _ => 2,
+        })
+        .sum()
+}
+
 /// Appends `text` JSON-escaped (without quotes), byte for byte as
 /// serde_json writes strings: `\"`, `\\`, the short escapes of control
 /// characters that have one and `\u00XX` for the others.
 fn escape_json(out: &mut Vec<u8>, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
+    out.reserve(escaped_len(bytes));
     let mut plain = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
+        let escape = ESCAPE[usize::from(b)];
+        if escape == 0 {
             continue;
         }
         out.extend_from_slice(&bytes[plain..i]);
         plain = i + 1;
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x09 => out.extend_from_slice(b"\\t"),
-            0x0a => out.extend_from_slice(b"\\n"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            0x0d => out.extend_from_slice(b"\\r"),
-            _ => out.extend_from_slice(&[
+        if escape == b'u' {
+            out.extend_from_slice(&[
                 b'\\',
                 b'u',
                 b'0',
                 b'0',
                 HEX[usize::from(b >> 4)],
                 HEX[usize::from(b & 0xf)],
-            ]),
+            ]);
+        } else {
+            out.extend_from_slice(&[b'\\', escape]);
         }
     }
     out.extend_from_slice(&bytes[plain..]);
