@@ -372,13 +372,19 @@ fn escape_json(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     out.reserve(escaped_len(bytes));
     let mut plain = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
         let escape = ESCAPE[usize::from(b)];
         if escape == 0 {
+            i += 1;
             continue;
         }
         out.extend_from_slice(&bytes[plain..i]);
-        plain = i + 1;
+        // A run of one escaped byte (NUL padding, `/dev/zero`): write its
+        // escape once, then copy what is written, doubling.
+        let run = bytes[i..].iter().take_while(|&&c| c == b).count();
+        let at = out.len();
         if escape == b'u' {
             out.extend_from_slice(&[
                 b'\\',
@@ -391,6 +397,13 @@ fn escape_json(out: &mut Vec<u8>, text: &str) {
         } else {
             out.extend_from_slice(&[b'\\', escape]);
         }
+        let total = (out.len() - at) * run;
+        while out.len() - at < total {
+            let have = out.len() - at;
+            out.extend_from_within(at..at + have.min(total - have));
+        }
+        i += run;
+        plain = i;
     }
     out.extend_from_slice(&bytes[plain..]);
 }
@@ -739,7 +752,8 @@ mod tests {
     fn event_lines_are_what_serde_json_writes() {
         let mut all: String = (0u8..0x80).map(char::from).collect();
         all.push_str("é€😀\u{FFFD}\u{7f}\"\\");
-        for text in [all.as_str(), "", "plain", "\0\0\0", "a\"b\\c\r\n"] {
+        let runs = "\0".repeat(1000) + "x" + &"\n".repeat(7) + "\u{1}\u{1}\"\"";
+        for text in [all.as_str(), "", "plain", "\0\0\0", "a\"b\\c\r\n", &runs] {
             let mut mine = Vec::new();
             escape_json(&mut mine, text);
             let theirs = serde_json::to_vec(text).unwrap();
