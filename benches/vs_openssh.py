@@ -33,7 +33,7 @@ KEX = "curve25519-sha256"
 BIN = os.environ.get("PORTCULLIS", os.path.join(ROOT, "target/release/portcullis"))
 BIN_NOREC = os.environ.get("PORTCULLIS_NOREC", os.path.join(ROOT, "target/bench-norec/portcullis"))
 OUT = os.environ.get("OUT", os.path.join(ROOT, "benches/RESULTS.md"))
-ONLY = os.environ.get("ONLY", "setup,out,outtt,in,ttfb,conc").split(",")
+ONLY = os.environ.get("ONLY", "setup,out,text,outtt,in,ttfb,conc").split(",")
 
 tmp = tempfile.mkdtemp(prefix="portcullis-bench-")
 NAME = f"portcullis-bench-{os.getpid()}"
@@ -210,11 +210,14 @@ def bench_setup(targets):
     return {k: (statistics.median(v), pct(v, 99)) for k, v in res.items()}
 
 
-def bench_out(targets, tty):
+def bench_out(targets, tty, text=False):
     res = {t["tag"]: [] for t in targets}
+    cmd = f"head -c {OUT_MB * 1048576} /dev/zero"
+    if text:  # printable bytes: what the recording stores one for one
+        cmd += " | tr '\\0' a"
     for _ in range(REPS):
         for t in targets:
-            dt = timed(ssh_cmd(t, f"head -c {OUT_MB * 1048576} /dev/zero", tty=tty))
+            dt = timed(ssh_cmd(t, cmd, tty=tty))
             res[t["tag"]].append(OUT_MB / dt)
             clear_recordings(t)
     return {k: statistics.median(v) for k, v in res.items()}
@@ -415,6 +418,8 @@ def main():
         row(f"setup `ssh t true`, p99 ms (N={N})", {k: v[1] for k, v in s.items()}, False)
     if "out" in ONLY:
         row(f"output `head -c {OUT_MB}M /dev/zero`, MiB/s", bench_out(targets, False), True)
+    if "text" in ONLY:
+        row(f"output of text `head -c {OUT_MB}M /dev/zero \\| tr '\\0' a`, MiB/s", bench_out(targets, False, True), True)
     if "outtt" in ONLY:
         row(f"output with `-tt`, {OUT_MB} MiB, MiB/s", bench_out(targets, True), True)
     if "in" in ONLY:
