@@ -441,7 +441,7 @@ def main():
         f"N={N} OUT_MB={OUT_MB} IN_MB={IN_MB} REPS={REPS} SESSIONS={SESSIONS} HOLD={HOLD} TTFB_N={TTFB_N}.",
         "",
         f"Machine: {os.cpu_count()} cores ({cpu}), {int(mem) // 1024} MiB RAM, kernel {os.uname().release}, "
-        f"load before the run {' '.join(load)} (shared with other work: expect noise). "
+        f"load at the end of the run {' '.join(load)} (shared with other work: expect noise). "
         f"{version(['ssh', '-V'])}; sshd {version([shutil.which('sshd') or '/usr/sbin/sshd', '-V'])}; "
         f"{version([BIN, '--version'])}; {version(['lxc-start', '--version'])} (LXC).",
         "",
