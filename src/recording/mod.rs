@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::io::Write as _;
+
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -28,7 +30,18 @@ use tokio::time::Instant;
 pub use utf8::Utf8Decoder;
 
 /// Largest batch kept in memory before it is written, in bytes.
-const MAX_BATCH_BYTES: usize = 64 * 1024;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Capacity a session's batch buffer keeps between writes; a larger one
+/// (after a burst of output) is given back so idle sessions stay small.
+const KEEP_BATCH_BYTES: usize = 16 * 1024;
+
+/// Set only when building the recording-off binary of
+/// `benches/vs_openssh.sh` (`PORTCULLIS_BENCH_NO_RECORDING=1 cargo build`):
+/// such a build writes each recording's header and no events, so the
+/// benchmark can measure what recording costs. A compile-time switch, so no
+/// configuration or environment can turn recording off in a normal build.
+const BENCH_NO_RECORDING: bool = option_env!("PORTCULLIS_BENCH_NO_RECORDING").is_some();
 
 /// Events queued between the session and the writer task. Full queue means
 /// the session waits (back-pressure), never that events are dropped.
@@ -176,10 +189,12 @@ impl Recorder {
         let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
         let mut writer = Writer {
             failure: failure.clone(),
-            file,
-            hasher: Sha256::new(),
-            bytes: 0,
-            batch: Vec::with_capacity(MAX_BATCH_BYTES),
+            sink: Some(Sink {
+                file: file.into_std().await,
+                hasher: Sha256::new(),
+                bytes: 0,
+            }),
+            batch: Vec::new(),
         };
         writer.batch.extend_from_slice(&line);
         writer.write_batch().await?;
@@ -201,14 +216,23 @@ impl Recorder {
         &self.path
     }
 
+    /// True when [`Recorder::input`] records anything: callers may skip
+    /// handing it input otherwise.
+    pub fn records_input(&self) -> bool {
+        self.record_input && !BENCH_NO_RECORDING
+    }
+
     /// Records output bytes (`o`).
     ///
     /// # Errors
     /// [`RecordingError::WriterGone`] when the writer failed (it names the
     /// I/O error, e.g. no space left on device).
     pub async fn output(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
-        let text = self.output.decode(bytes);
-        self.event("o", &text).await
+        if BENCH_NO_RECORDING {
+            return Ok(());
+        }
+        let line = text_line(self.start, "o", &mut self.output, bytes)?;
+        self.send(line).await
     }
 
     /// Records input bytes (`i`) when input recording is on; else nothing.
@@ -216,11 +240,11 @@ impl Recorder {
     /// # Errors
     /// [`RecordingError::WriterGone`] when the writer failed.
     pub async fn input(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
-        if !self.record_input {
+        if !self.record_input || BENCH_NO_RECORDING {
             return Ok(());
         }
-        let text = self.input.decode(bytes);
-        self.event("i", &text).await
+        let line = text_line(self.start, "i", &mut self.input, bytes)?;
+        self.send(line).await
     }
 
     /// Records a terminal resize (`r`, data `COLSxROWS`).
@@ -239,6 +263,13 @@ impl Recorder {
         let mut line = serde_json::to_vec(&(Time(time), code, data))
             .map_err(|e| RecordingError::Write(e.into()))?;
         line.push(b'\n');
+        self.send(Some(line)).await
+    }
+
+    async fn send(&mut self, line: Option<Vec<u8>>) -> Result<(), RecordingError> {
+        let Some(line) = line else {
+            return Ok(());
+        };
         self.tx
             .send(Command::Line(line))
             .await
@@ -276,6 +307,107 @@ impl Recorder {
     }
 }
 
+/// The event line `[time, "CODE", "TEXT"]\n` of `bytes` decoded by
+/// `decoder` and JSON-escaped straight into the line (as serde_json
+/// escapes strings), or `None` when they hold no complete character yet.
+fn text_line(
+    start: Instant,
+    code: &str,
+    decoder: &mut Utf8Decoder,
+    bytes: &[u8],
+) -> Result<Option<Vec<u8>>, RecordingError> {
+    let time = start.elapsed().as_secs_f64();
+    // Escaping may grow the text; `escape_json` reserves what it needs.
+    let mut line = Vec::with_capacity(bytes.len() + 48);
+    line.push(b'[');
+    serde_json::to_writer(&mut line, &Time(time)).map_err(|e| RecordingError::Write(e.into()))?;
+    line.extend_from_slice(b",");
+    serde_json::to_writer(&mut line, code).map_err(|e| RecordingError::Write(e.into()))?;
+    line.extend_from_slice(b",\"");
+    let text_at = line.len();
+    decoder.decode_into(bytes, |text| escape_json(&mut line, text));
+    if line.len() == text_at {
+        return Ok(None);
+    }
+    line.extend_from_slice(b"\"]\n");
+    Ok(Some(line))
+}
+
+/// How each byte is written inside a JSON string, as serde_json does:
+/// 0 = as is, `u` = `\u00XX`, else the letter after a backslash.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// Length of `bytes` JSON-escaped, to size the line once.
+fn escaped_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .map(|&b| match ESCAPE[usize::from(b)] {
+            0 => 1,
+            b'u' => 6,
+            _ => 2,
+        })
+        .sum()
+}
+
+/// Appends `text` JSON-escaped (without quotes), byte for byte as
+/// serde_json writes strings: `\"`, `\\`, the short escapes of control
+/// characters that have one and `\u00XX` for the others.
+fn escape_json(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
+    out.reserve(escaped_len(bytes));
+    let mut plain = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let escape = ESCAPE[usize::from(b)];
+        if escape == 0 {
+            i += 1;
+            continue;
+        }
+        out.extend_from_slice(&bytes[plain..i]);
+        // A run of one escaped byte (NUL padding, `/dev/zero`): write its
+        // escape once, then copy what is written, doubling.
+        let run = bytes[i..].iter().take_while(|&&c| c == b).count();
+        let at = out.len();
+        if escape == b'u' {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+        } else {
+            out.extend_from_slice(&[b'\\', escape]);
+        }
+        let total = (out.len() - at) * run;
+        while out.len() - at < total {
+            let have = out.len() - at;
+            out.extend_from_within(at..at + have.min(total - have));
+        }
+        i += run;
+        plain = i;
+    }
+    out.extend_from_slice(&bytes[plain..]);
+}
+
 /// Event times with microsecond precision, as asciinema writes them.
 struct Time(f64);
 
@@ -287,10 +419,17 @@ impl Serialize for Time {
 
 struct Writer {
     failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-    file: tokio::fs::File,
+    /// The file and its running digest; away on a blocking thread while a
+    /// batch is written (`None` after a writer thread died).
+    sink: Option<Sink>,
+    batch: Vec<u8>,
+}
+
+/// The file, with the SHA-256 and size of what was written to it.
+struct Sink {
+    file: std::fs::File,
     hasher: Sha256,
     bytes: u64,
-    batch: Vec<u8>,
 }
 
 impl Writer {
@@ -301,7 +440,12 @@ impl Writer {
             tokio::select! {
                 command = rx.recv() => match command {
                     Some(Command::Line(line)) => {
-                        self.batch.extend_from_slice(&line);
+                        if self.batch.is_empty() && line.len() >= KEEP_BATCH_BYTES {
+                            // A big event: take it as the batch, no copy.
+                            self.batch = line;
+                        } else {
+                            self.batch.extend_from_slice(&line);
+                        }
                         if self.batch.len() >= MAX_BATCH_BYTES && self.write_batch().await.is_err() {
                             return;
                         }
@@ -326,33 +470,75 @@ impl Writer {
         }
     }
 
+    /// Writes the batch and hashes it on a blocking thread (one hand-off
+    /// per batch, no copy), so neither blocks the runtime.
     async fn write_batch(&mut self) -> Result<(), RecordingError> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let written = match self.file.write_all(&self.batch).await {
-            Ok(()) => self.file.flush().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            if let Ok(mut slot) = self.failure.lock() {
-                *slot = Some(e.to_string());
+        let batch = std::mem::take(&mut self.batch);
+        let written = self
+            .with_sink(move |sink| {
+                let result = sink.file.write_all(&batch);
+                if result.is_ok() {
+                    sink.hasher.update(&batch);
+                    sink.bytes += batch.len() as u64;
+                }
+                (result, batch)
+            })
+            .await;
+        match written {
+            Ok((Ok(()), mut batch)) => {
+                batch.clear();
+                if batch.capacity() > KEEP_BATCH_BYTES {
+                    batch = Vec::new();
+                }
+                self.batch = batch;
+                Ok(())
             }
-            return Err(RecordingError::Write(e));
+            Ok((Err(e), _)) | Err(e) => Err(self.failed(e)),
         }
-        self.hasher.update(&self.batch);
-        self.bytes += self.batch.len() as u64;
-        self.batch.clear();
-        Ok(())
+    }
+
+    /// Runs `work` on the sink on a blocking thread.
+    async fn with_sink<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Sink) -> T + Send + 'static,
+    ) -> Result<T, std::io::Error> {
+        let Some(mut sink) = self.sink.take() else {
+            return Err(std::io::Error::other("the recording file was lost"));
+        };
+        let (sink, out) = tokio::task::spawn_blocking(move || {
+            let out = work(&mut sink);
+            (sink, out)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.sink = Some(sink);
+        Ok(out)
+    }
+
+    fn failed(&self, e: std::io::Error) -> RecordingError {
+        if let Ok(mut slot) = self.failure.lock() {
+            *slot = Some(e.to_string());
+        }
+        RecordingError::Write(e)
     }
 
     async fn finish(&mut self) -> Result<Digest256, RecordingError> {
         self.write_batch().await?;
-        self.file.sync_all().await.map_err(RecordingError::Write)?;
-        Ok(Digest256 {
-            bytes: self.bytes,
-            sha256: hex::encode(self.hasher.clone().finalize()),
-        })
+        let synced = self
+            .with_sink(|sink| {
+                sink.file.sync_all().map(|()| Digest256 {
+                    bytes: sink.bytes,
+                    sha256: hex::encode(sink.hasher.clone().finalize()),
+                })
+            })
+            .await;
+        match synced {
+            Ok(Ok(digest)) => Ok(digest),
+            Ok(Err(e)) | Err(e) => Err(RecordingError::Write(e)),
+        }
     }
 }
 
@@ -560,6 +746,36 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn event_lines_are_what_serde_json_writes() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é€😀\u{FFFD}\u{7f}\"\\");
+        let runs = "\0".repeat(1000) + "x" + &"\n".repeat(7) + "\u{1}\u{1}\"\"";
+        for text in [all.as_str(), "", "plain", "\0\0\0", "a\"b\\c\r\n", &runs] {
+            let mut mine = Vec::new();
+            escape_json(&mut mine, text);
+            let theirs = serde_json::to_vec(text).unwrap();
+            assert_eq!(mine, theirs[1..theirs.len() - 1], "{text:?}");
+        }
+        let mut decoder = Utf8Decoder::default();
+        let line = text_line(Instant::now(), "o", &mut decoder, b"x\x00\xc3")
+            .unwrap()
+            .unwrap();
+        let (_, code, data): (f64, String, String) = serde_json::from_slice(&line).unwrap();
+        assert_eq!((code.as_str(), data.as_str()), ("o", "x\0"));
+        assert!(line.ends_with(b"]\n"));
+        assert!(
+            text_line(Instant::now(), "o", &mut decoder, b"")
+                .unwrap()
+                .is_none()
+        );
+        let line = text_line(Instant::now(), "o", &mut decoder, b"\xa9")
+            .unwrap()
+            .unwrap();
+        let (_, _, data): (f64, String, String) = serde_json::from_slice(&line).unwrap();
+        assert_eq!(data, "é");
     }
 
     #[tokio::test]

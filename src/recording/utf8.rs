@@ -12,36 +12,36 @@ impl Utf8Decoder {
     /// Decodes `bytes` (after whatever was pending) and returns the complete
     /// text; an incomplete sequence at the end is kept for the next call.
     pub fn decode(&mut self, bytes: &[u8]) -> String {
-        self.pending.extend_from_slice(bytes);
-        let mut out = String::with_capacity(self.pending.len());
-        let mut rest: &[u8] = &self.pending;
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(text) => {
-                    out.push_str(text);
-                    rest = &[];
-                    break;
-                }
-                Err(e) => {
-                    let (valid, after) = rest.split_at(e.valid_up_to());
-                    // SAFETY-free: `valid` was checked by from_utf8.
-                    out.push_str(std::str::from_utf8(valid).unwrap_or_default());
-                    match e.error_len() {
-                        Some(n) => {
-                            out.push('\u{FFFD}');
-                            rest = &after[n..];
-                        }
-                        None => {
-                            rest = after;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        let keep = rest.to_vec();
-        self.pending = keep;
+        let mut out = String::with_capacity(self.pending.len() + bytes.len());
+        self.decode_into(bytes, |text| out.push_str(text));
         out
+    }
+
+    /// Like [`Utf8Decoder::decode`], handing the text to `sink` in pieces
+    /// instead of collecting it: no copy of the input when nothing is
+    /// pending (the usual case).
+    pub fn decode_into(&mut self, bytes: &[u8], mut sink: impl FnMut(&str)) {
+        if self.pending.is_empty() {
+            let rest = decode_valid(bytes, &mut sink);
+            self.pending.extend_from_slice(rest);
+            return;
+        }
+        // Complete the pending sequence with at most 3 more bytes, then go
+        // on from where that sequence ended.
+        let take = bytes.len().min(4 - self.pending.len().min(3));
+        let mut head = std::mem::take(&mut self.pending);
+        let joined = head.len();
+        head.extend_from_slice(&bytes[..take]);
+        let rest = decode_valid(&head, &mut sink);
+        if rest.len() == head.len() && take == bytes.len() {
+            // Still incomplete: keep it all for the next chunk.
+            self.pending = head;
+            return;
+        }
+        // Bytes of `head` consumed beyond the old pending ones.
+        let consumed = (head.len() - rest.len()).saturating_sub(joined);
+        let tail = decode_valid(&bytes[consumed..], &mut sink);
+        self.pending.extend_from_slice(tail);
     }
 
     /// Flushes what is pending at the end of the stream (lossily).
@@ -49,6 +49,36 @@ impl Utf8Decoder {
         let text = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         text
+    }
+}
+
+/// Hands the valid text of `bytes` to `sink`, U+FFFD for each invalid
+/// sequence, and returns the incomplete sequence at the end (if any).
+fn decode_valid<'a>(mut rest: &'a [u8], sink: &mut impl FnMut(&str)) -> &'a [u8] {
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(text) => {
+                if !text.is_empty() {
+                    sink(text);
+                }
+                return &[];
+            }
+            Err(e) => {
+                let (valid, after) = rest.split_at(e.valid_up_to());
+                if let Ok(text) = std::str::from_utf8(valid)
+                    && !text.is_empty()
+                {
+                    sink(text);
+                }
+                match e.error_len() {
+                    Some(n) => {
+                        sink("\u{FFFD}");
+                        rest = &after[n..];
+                    }
+                    None => return after,
+                }
+            }
+        }
     }
 }
 

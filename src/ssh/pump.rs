@@ -77,6 +77,7 @@ pub(super) async fn pump(
     recorder: Recorder,
     input: mpsc::Receiver<ChannelInput>,
 ) -> Outcome {
+    let (record_tx, mut record_input) = mpsc::unbounded_channel::<Vec<u8>>();
     let Ends {
         handle,
         channel,
@@ -85,6 +86,10 @@ pub(super) async fn pump(
         audit,
         mut kill,
     } = ends;
+    // Input goes to the recorder only when it records input: no copy of
+    // every keystroke (or upload) otherwise.
+    let mut recording_input = recorder.records_input();
+    let record_tx = recording_input.then_some(record_tx);
     let mut recorder = Recording {
         path: recorder.path().to_path_buf(),
         recorder: Some(recorder),
@@ -103,7 +108,6 @@ pub(super) async fn pump(
         } => (Box::new(stdout), Some(Box::new(stderr)), Box::new(stdin)),
     };
     let (control_tx, mut control) = mpsc::unbounded_channel();
-    let (record_tx, mut record_input) = mpsc::unbounded_channel::<Vec<u8>>();
     let stdin_task = tokio::spawn(feed_stdin(input, stdin, control_tx, record_tx));
 
     let mut stdout = Some(stdout);
@@ -146,14 +150,16 @@ pub(super) async fn pump(
                 }
                 None => stderr = None,
             },
-            bytes = record_input.recv() => {
-                if let Some(bytes) = bytes
-                    && recorder.input(&bytes).await.is_err()
-                {
-                    ended_by = Some(RECORDING_FAILED.into());
-                    break;
+            bytes = record_input.recv(), if recording_input => match bytes {
+                Some(bytes) => {
+                    if recorder.input(&bytes).await.is_err() {
+                        ended_by = Some(RECORDING_FAILED.into());
+                        break;
+                    }
                 }
-            }
+                // The stdin task ended: nothing more to record.
+                None => recording_input = false,
+            },
             event = control.recv() => match event {
                 Some(Control::Resize { cols, rows }) => {
                     let _ = attached.resize(cols, rows);
@@ -374,14 +380,16 @@ async fn feed_stdin(
     mut input: mpsc::Receiver<ChannelInput>,
     stdin: Writer,
     control: mpsc::UnboundedSender<Control>,
-    record: mpsc::UnboundedSender<Vec<u8>>,
+    record: Option<mpsc::UnboundedSender<Vec<u8>>>,
 ) {
     let mut stdin = Some(stdin);
     while let Some(event) = input.recv().await {
         match event {
             ChannelInput::Data(bytes) => {
                 if let Some(w) = stdin.as_mut() {
-                    let _ = record.send(bytes.clone());
+                    if let Some(record) = &record {
+                        let _ = record.send(bytes.clone());
+                    }
                     if w.write_all(&bytes).await.is_err() || w.flush().await.is_err() {
                         stdin = None;
                     }

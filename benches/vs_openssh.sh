@@ -1,0 +1,24 @@
+#!/bin/sh
+# Portcullis against OpenSSH sshd + `ForceCommand nsenter`, on one real
+# busybox LXC container created (and destroyed) for the run. A benchmark,
+# not a test; needs root, lxc, openssh-server and python3; loopback only.
+#
+#   sudo benches/vs_openssh.sh          # full sizes, writes benches/RESULTS.md
+#   N=20 OUT_MB=64 IN_MB=64 SESSIONS=50 HOLD=3 REPS=1 sudo -E benches/vs_openssh.sh
+#
+# Builds target/release/portcullis (recording on) and
+# target/bench-norec/portcullis (recording off, PORTCULLIS_BENCH_NO_RECORDING=1)
+# unless PORTCULLIS / PORTCULLIS_NOREC name binaries, or SKIP_BUILD=1.
+# Knobs (env): N REPS OUT_MB IN_MB SESSIONS HOLD TTFB_N CIPHER ONLY OUT.
+set -eu
+cd "$(dirname "$0")/.."
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y openssh-server >/dev/null
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    PORTCULLIS_BENCH_NO_RECORDING=1 cargo build --release --bin portcullis
+    mkdir -p target/bench-norec
+    cp target/release/portcullis target/bench-norec/portcullis
+    cargo build --release --bin portcullis
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+exec python3 benches/vs_openssh.py "$@"
