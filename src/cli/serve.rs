@@ -58,6 +58,12 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
         path = %config.host_key_path().display(),
         "host key"
     );
+    if crate::recording::BENCH_NO_RECORDING {
+        tracing::error!(
+            "this binary was built with PORTCULLIS_BENCH_NO_RECORDING: sessions are NOT recorded; \
+             it is for benchmarks only"
+        );
+    }
     let policy = PolicyEngine::load(&config.policy.dir)?;
     let store = Store::open(&config.database_url())
         .await?

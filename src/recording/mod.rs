@@ -41,7 +41,7 @@ const KEEP_BATCH_BYTES: usize = 16 * 1024;
 /// such a build writes each recording's header and no events, so the
 /// benchmark can measure what recording costs. A compile-time switch, so no
 /// configuration or environment can turn recording off in a normal build.
-const BENCH_NO_RECORDING: bool = option_env!("PORTCULLIS_BENCH_NO_RECORDING").is_some();
+pub const BENCH_NO_RECORDING: bool = option_env!("PORTCULLIS_BENCH_NO_RECORDING").is_some();
 
 /// Events queued between the session and the writer task. Full queue means
 /// the session waits (back-pressure), never that events are dropped.
