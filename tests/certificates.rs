@@ -190,3 +190,94 @@ fn a_certificate_with_a_critical_option_is_refused() {
     assert_eq!(r.code, 255, "{}", r.stderr);
     assert!(certificate_failures("critical option force-command") >= 1);
 }
+
+/// rsync over the gateway (issue 4's "ssh, scp and rsync without prompts",
+/// issue 5 item 2): the container gets the host's rsync binary (its
+/// libraries come from the busybox template's read-only /lib bind mounts),
+/// and `rsync -e ssh` runs `rsync --server` through an ordinary exec
+/// session, authenticated by a certificate with `BatchMode=yes`.
+#[test]
+fn rsync_copies_files_both_ways_without_a_prompt() {
+    let f = fixture();
+    let rsync = Path::new("/usr/bin/rsync");
+    assert!(
+        rsync.exists(),
+        "rsync is not installed on the host (.ci/run installs it)"
+    );
+    std::fs::copy(rsync, f.container.rootfs.join("usr/bin/rsync")).unwrap();
+    let key = signed_key(
+        "rsync-admin",
+        "ca",
+        "admin",
+        "-5m:+1h",
+        &["-O", "extension:groups@portcullis=admins"],
+    );
+    let wrapper = f.dir.path().join("rsync-ssh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec ssh -F /dev/null -p {} -o BatchMode=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -i {} \
+             -o CertificateFile={} -l root@{} \"$@\"\n",
+            f.gateway.port,
+            key.display(),
+            cert_of(&key).display(),
+            f.container.name
+        ),
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("755").arg(&wrapper));
+    let src = f.dir.path().join("rsync-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let payload: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(src.join("blob.bin"), &payload).unwrap();
+    std::fs::write(src.join("note.txt"), "hello over rsync\n").unwrap();
+    let rsync_run = |args: &[&str]| {
+        let out = Command::new("rsync")
+            .arg("-a")
+            .arg("-e")
+            .arg(&wrapper)
+            .args(args)
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("SSH_ASKPASS")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rsync {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            f.gateway.log()
+        );
+    };
+    // Up into the container, then back down into a fresh directory.
+    rsync_run(&[&format!("{}/", src.display()), "127.0.0.1:/tmp/rsync-dst/"]);
+    let inside = f.container.rootfs.join("tmp/rsync-dst");
+    assert_eq!(std::fs::read(inside.join("blob.bin")).unwrap(), payload);
+    assert_eq!(
+        std::fs::read_to_string(inside.join("note.txt")).unwrap(),
+        "hello over rsync\n"
+    );
+    let back = f.dir.path().join("rsync-back");
+    rsync_run(&["127.0.0.1:/tmp/rsync-dst/", &format!("{}/", back.display())]);
+    assert_eq!(std::fs::read(back.join("blob.bin")).unwrap(), payload);
+    // Both transfers were sessions of the certificate's principal.
+    let sessions: Vec<Value> = f
+        .gateway
+        .sessions()
+        .into_iter()
+        .filter(|s| {
+            s["command"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("rsync --server")
+        })
+        .collect();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s["principal"] == "admin" && s["exit_status"] == 0)
+    );
+}
