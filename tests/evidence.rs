@@ -545,6 +545,22 @@ fn two_gateways_on_one_postgres_share_sessions_and_one_unforked_chain() {
     let (code, report) = verify(&a);
     assert_eq!(code, 0, "{report}");
     assert!(report["events"].as_u64().unwrap() >= 6 * 4);
+
+    // A key bound through gateway A passes gateway B with no prompt at all.
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("shared-key");
+    common::gateway::keygen(&key);
+    let user = format!("root@{}", f.container.name);
+    let ask = tempfile::tempdir().unwrap();
+    let mut bind = a.ssh_with_key(&user, &key, &f.admin_token, ask.path());
+    bind.arg("echo bound-on-a");
+    let r = run_ssh(&mut bind, b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut batch = b.ssh_batch(&user, &key, None);
+    batch.arg("echo passed-on-b");
+    let r = run_ssh(&mut batch, b"");
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, b.log());
+    assert_eq!(r.stdout, b"passed-on-b\n");
 }
 
 #[test]
