@@ -538,9 +538,24 @@ fn watch_grant(
     })
 }
 
+/// Largest recording indexed for `sessions search`, in bytes (64 MiB).
+const MAX_INDEXED_RECORDING_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Adds the session's transcript text to the search index. A failure is
 /// logged: the recording itself is the evidence, the index only finds it.
 async fn index_transcript(gateway: &Gateway, session_id: &str, path: &std::path::Path) {
+    // Indexing parses the whole recording in memory: a huge one (a 512 MiB
+    // binary dump is a 3 GiB file) is left unindexed rather than risk the
+    // gateway's memory. It is still the evidence, and `export` reads it.
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    if size > MAX_INDEXED_RECORDING_BYTES {
+        tracing::warn!(
+            bytes = size,
+            limit = MAX_INDEXED_RECORDING_BYTES,
+            "recording too large to index for search"
+        );
+        return;
+    }
     let path = path.to_path_buf();
     let lines = tokio::task::spawn_blocking(move || {
         crate::recording::read(&path).map(|(_, events)| crate::recording::transcript_lines(&events))
