@@ -229,8 +229,13 @@ fn unprivileged_root_is_uid_0_inside_and_100000_on_the_host() {
     let r = ssh(&format!("root@{}", c.name), &["id -u"]);
     assert_eq!((r.code, text(&r).as_str()), (0, "0\n"), "{}", r.stderr);
     let (mut child, _d) = start_session(&format!("root@{}", c.name), "echo ready; sleep 3011");
-    let pids = c.processes_matching("sleep 3011");
-    assert_eq!(pids.len(), 1, "{pids:?}");
+    // `ready` is printed just before the shell execs `sleep`; while a process
+    // is inside execve its cmdline reads empty, so poll until it settles.
+    let mut pids = Vec::new();
+    wait_until("the session's sleep", Duration::from_secs(10), || {
+        pids = c.processes_matching("sleep 3011");
+        pids.len() == 1
+    });
     let st = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
     assert!(
         field(&st, "Uid")
@@ -263,7 +268,9 @@ fn disconnect_kills_every_session_process_and_leaves_no_zombie() {
     let target = format!("root@{}", c.name);
     let (mut child, _d) = start_session(&target, "sleep 3012 & sleep 3013 & echo ready; wait");
     // The two sleeps and their shell.
-    assert!(c.processes_matching("sleep 301").len() >= 2);
+    wait_until("the two sleeps", Duration::from_secs(10), || {
+        c.processes_matching("sleep 301").len() >= 2
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     // kill_grace is 1 s in the test gateway.

@@ -118,7 +118,8 @@ impl TestContainer {
     }
 
     /// Host PIDs of processes in the container whose command line contains
-    /// `needle`.
+    /// `needle`. A process in the middle of execve reads an empty command
+    /// line, so callers poll rather than read once.
     pub fn processes_matching(&self, needle: &str) -> Vec<i32> {
         let cgroup = format!("/lxc.payload.{}", self.name);
         let mut found = Vec::new();
