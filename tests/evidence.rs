@@ -18,6 +18,10 @@ struct Fixture {
     idp: TestIdp,
     container: TestContainer,
     admin_token: String,
+    /// In group `reviewers`: may watch, not kill.
+    reviewer_token: String,
+    /// A developer: may neither.
+    alice_token: String,
 }
 
 fn fixture() -> &'static Fixture {
@@ -28,10 +32,14 @@ fn fixture() -> &'static Fixture {
             let container = TestContainer::start("evid");
             let rt = tokio::runtime::Runtime::new().unwrap();
             let admin_token = rt.block_on(idp.device_flow_id_token("admin"));
+            let reviewer_token = rt.block_on(idp.device_flow_id_token("reviewer"));
+            let alice_token = rt.block_on(idp.device_flow_id_token("alice"));
             Fixture {
                 idp,
                 container,
                 admin_token,
+                reviewer_token,
+                alice_token,
             }
         })
         .join()
@@ -595,4 +603,135 @@ fn audit_events_are_exported_as_json_lines_for_the_siem() {
         assert!(line["time"].as_str().unwrap().ends_with('Z'));
     }
     assert!(lines.iter().any(|l| l["kind"] == "session_end"));
+}
+
+/// `ssh portcullis@gw COMMAND_LINE` as the holder of `token`.
+fn broker(gw: &TestGateway, token: &str, line: &str) -> SshResult {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = gw.ssh("portcullis", token, dir.path());
+    cmd.arg(line);
+    run_ssh(&mut cmd, b"")
+}
+
+#[test]
+fn over_ssh_a_reviewer_watches_a_live_session_and_an_admin_kills_it() {
+    let f = fixture();
+    let gw = gateway("");
+    let dir = tempfile::tempdir().unwrap();
+    let command = "echo first-words; sleep 2; echo later-words; sleep 60";
+    let mut client = ssh_background(&gw, &["-tt", command], dir.path());
+    let session = running_session(&gw, command);
+    let id = session["id"].as_str().unwrap();
+
+    // A developer may not watch; an unknown id reads the same.
+    let refused = broker(&gw, &f.alice_token, &format!("sessions watch {id}"));
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    // (ssh's own lines come first.)
+    assert!(
+        refused
+            .stderr
+            .ends_with(&format!("\nportcullis: refused: you may not watch session {id}.\n")),
+        "{}",
+        refused.stderr
+    );
+    let unknown = broker(&gw, &f.reviewer_token, "sessions watch 0000-nope");
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown
+            .stderr
+            .ends_with("\nportcullis: refused: you may not watch session 0000-nope.\n"),
+        "{}",
+        unknown.stderr
+    );
+
+    // The reviewer follows it from the start, read-only.
+    let watch_dir = tempfile::tempdir().unwrap();
+    let mut watch = gw.ssh("portcullis", &f.reviewer_token, watch_dir.path());
+    watch
+        .arg(format!("sessions watch {id}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let watcher = watch.spawn().unwrap();
+
+    // A reviewer may not kill.
+    let no_kill = broker(
+        &gw,
+        &f.reviewer_token,
+        &format!("sessions kill {id} --reason \"not mine\""),
+    );
+    assert_eq!(no_kill.code, 1, "{}", no_kill.stderr);
+    assert_eq!(
+        gw.sessions()
+            .iter()
+            .filter(|s| s["id"] == id && s["status"] == "running")
+            .count(),
+        1
+    );
+
+    // Wait until the second line was written (and flushed, 1 s).
+    std::thread::sleep(Duration::from_millis(3500));
+    let killed = broker(
+        &gw,
+        &f.admin_token,
+        &format!("sessions kill {id} --reason \"change freeze\""),
+    );
+    assert_eq!(
+        (
+            killed.code,
+            String::from_utf8_lossy(&killed.stdout).into_owned()
+        ),
+        (0, format!("Session {id} ended.\n")),
+        "{}",
+        killed.stderr
+    );
+    let started = Instant::now();
+    while client.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "ssh did not end"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stderr = std::fs::read_to_string(dir.path().join("err")).unwrap();
+    assert!(stderr.contains("session ended: change freeze."), "{stderr}");
+
+    let watched = watcher.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&watched.stdout);
+    assert_eq!(watched.status.code(), Some(0), "{out}");
+    assert!(out.starts_with("first-words\r\nlater-words\r\n"), "{out:?}");
+    let watch_err = String::from_utf8_lossy(&watched.stderr);
+    assert!(
+        watch_err.ends_with(&format!("\n\nportcullis: session {id} ended.\n")),
+        "{watch_err}"
+    );
+
+    let events: Vec<(String, String, Value)> = gw
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["session_id"] == id)
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["principal"].as_str().unwrap_or("").to_string(),
+                serde_json::from_str(e["detail"].as_str().unwrap_or("null")).unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    let decided = |who: &str, action: &str, allowed: bool| {
+        events.iter().any(|(k, p, d)| {
+            k == "decision" && p == who && d["action"] == action && d["allowed"] == allowed
+        })
+    };
+    assert!(decided("alice", "watch", false), "{events:?}");
+    assert!(decided("reviewer", "watch", true), "{events:?}");
+    assert!(decided("reviewer", "kill", false), "{events:?}");
+    assert!(decided("admin", "kill", true), "{events:?}");
+    let control = |who: &str, key: &str| {
+        events
+            .iter()
+            .any(|(k, p, d)| k == "session_control" && p == who && !d[key].is_null())
+    };
+    assert!(control("reviewer", "reviewer"), "{events:?}");
+    assert!(control("admin", "reason"), "{events:?}");
 }

@@ -381,25 +381,17 @@ async fn watch(store: &Store, id: &str, reviewer: Option<String>) -> anyhow::Res
         )
         .await?;
     let path = Path::new(&session.recording_path);
+    let mut follower = crate::recording::Follower::open(path)
+        .await
+        .with_context(|| format!("cannot watch session {id}"))?;
     let mut out = tokio::io::stdout();
-    let mut offset = 0usize;
-    let mut pending = String::new();
     loop {
-        // The recording is flushed at least every recording.flush_interval.
+        // Asked before reading: the recording is complete once the session
+        // is no longer running, so the last read takes all of it.
         let running = store.session(id).await?.status == "running";
-        let text =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        if text.len() > offset {
-            pending.push_str(&String::from_utf8_lossy(&text[offset..]));
-            offset = text.len();
-            while let Some(end) = pending.find('\n') {
-                let line: String = pending.drain(..=end).collect();
-                if let Ok((_, code, data)) = serde_json::from_str::<(f64, String, String)>(&line)
-                    && code == "o"
-                {
-                    out.write_all(data.as_bytes()).await?;
-                }
-            }
+        let text = follower.next_output().await?;
+        if !text.is_empty() {
+            out.write_all(text.as_bytes()).await?;
             out.flush().await?;
         }
         if !running {

@@ -54,6 +54,11 @@ pub enum Action {
     PortForward,
     /// SSH agent forwarding (`ssh -A`).
     AgentForward,
+    /// Follow a live session read-only (`sessions watch ID`); context
+    /// `session_id` and `owner` (the session's principal).
+    Watch,
+    /// End a live session (`sessions kill ID`); context as [`Action::Watch`].
+    Kill,
 }
 
 /// An extra context value for [`PolicyEngine::decide_with`].
@@ -78,6 +83,8 @@ impl Action {
             Action::Sftp => "sftp",
             Action::PortForward => "port_forward",
             Action::AgentForward => "agent_forward",
+            Action::Watch => "watch",
+            Action::Kill => "kill",
         }
     }
 }
@@ -95,6 +102,8 @@ impl FromStr for Action {
             "sftp" => Ok(Action::Sftp),
             "port_forward" => Ok(Action::PortForward),
             "agent_forward" => Ok(Action::AgentForward),
+            "watch" => Ok(Action::Watch),
+            "kill" => Ok(Action::Kill),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
@@ -210,7 +219,7 @@ pub enum PolicyError {
     Empty(PathBuf),
     /// An action name the policy does not know.
     #[error(
-        "unknown action {0:?} (known: shell, exec, request, approve, revoke, review, sftp, port_forward, agent_forward)"
+        "unknown action {0:?} (known: shell, exec, request, approve, revoke, review, sftp, port_forward, agent_forward, watch, kill)"
     )]
     UnknownAction(String),
     /// Entities or the request could not be built (bad name or label).

@@ -664,6 +664,73 @@ pub fn transcript_lines(events: &[Event]) -> Vec<(f64, String)> {
     lines
 }
 
+/// Largest line a [`Follower`] buffers while waiting for its end, in bytes:
+/// a longer one (never written by [`Recorder`], whose events hold at most
+/// one read of output escaped) is skipped.
+const MAX_FOLLOW_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads a recording while it is being written, for live watching
+/// (`sessions watch`): each [`Follower::next_output`] returns the output
+/// (`o`) text of the complete event lines written since the last call.
+/// The writer flushes at least every `recording.flush_interval`, so a
+/// watcher lags the session by at most that much.
+pub struct Follower {
+    file: tokio::fs::File,
+    pending: Vec<u8>,
+}
+
+impl Follower {
+    /// Opens the recording at `path` from its start.
+    ///
+    /// # Errors
+    /// [`RecordingError::Read`] when it cannot be opened.
+    pub async fn open(path: &Path) -> Result<Follower, RecordingError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| RecordingError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Follower {
+            file,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The output text of the event lines completed since the last call
+    /// (empty when none). The header, input and resize events are skipped,
+    /// and so is a line that is not an event; a partial last line waits
+    /// for its end.
+    ///
+    /// # Errors
+    /// [`RecordingError::Write`] wrapping a read error.
+    pub async fn next_output(&mut self) -> Result<String, RecordingError> {
+        use tokio::io::AsyncReadExt;
+        let mut fresh = Vec::new();
+        self.file
+            .read_to_end(&mut fresh)
+            .await
+            .map_err(RecordingError::Write)?;
+        self.pending.extend_from_slice(&fresh);
+        let mut text = String::new();
+        let mut start = 0;
+        while let Some(end) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            let line = &self.pending[start..start + end];
+            start += end + 1;
+            if let Ok((_, code, data)) = serde_json::from_slice::<(f64, &str, String)>(line)
+                && code == "o"
+            {
+                text.push_str(&data);
+            }
+        }
+        self.pending.drain(..start);
+        if self.pending.len() > MAX_FOLLOW_LINE_BYTES {
+            self.pending.clear();
+        }
+        Ok(text)
+    }
+}
+
 /// Replays `events` to `out` with their timing, like `asciinema play`:
 /// waits are divided by `speed` and capped at `idle_limit` seconds.
 ///
@@ -846,6 +913,26 @@ mod tests {
                 (0.2, "last".to_string())
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn follower_returns_output_of_complete_lines_as_they_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.cast");
+        std::fs::write(
+            &path,
+            "{\"version\":2,\"width\":80,\"height\":24}\n[0.1,\"o\",\"a\\u0000b\"]\n[0.2,\"i\",\"x\"]\n[0.3,\"o\",\"c",
+        )
+        .unwrap();
+        let mut follower = Follower::open(&path).await.unwrap();
+        assert_eq!(follower.next_output().await.unwrap(), "a\0b");
+        assert_eq!(follower.next_output().await.unwrap(), "");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"d\"]\n[0.4,\"r\",\"10x5\"]\n").unwrap();
+        assert_eq!(follower.next_output().await.unwrap(), "cd");
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 //! ssh portcullis@gw grants [--mine]               ssh portcullis@gw revoke ID --reason ...
 //! ssh portcullis@gw whoami
 //! ssh portcullis@gw request CONTAINER ... --break-glass   ssh portcullis@gw review ID
+//! ssh portcullis@gw sessions watch ID             ssh portcullis@gw sessions kill ID --reason ...
 //! ```
 //!
 //! The exec command line is split like a POSIX shell would (`shlex`).
@@ -30,6 +31,7 @@ use crate::store::{AccessRequestRecord, now_ms};
 use args::Args;
 
 mod args;
+mod sessions;
 
 /// Most requests listed by `requests`.
 const LIST_LIMIT: i64 = 200;
@@ -72,6 +74,13 @@ impl Reply {
             code: 2,
             stdout: String::new(),
             stderr: format!("portcullis: {message} (try: help)\n"),
+        }
+    }
+    fn refused_text(message: &str) -> Reply {
+        Reply {
+            code: 1,
+            stdout: String::new(),
+            stderr: format!("portcullis: refused: {message}.\n"),
         }
     }
     fn refused(e: &GrantError) -> Reply {
@@ -142,6 +151,8 @@ const HELP: &str = "Portcullis broker commands (ssh portcullis@GATEWAY COMMAND):
   requests --unreviewed                                          break-glass grants to review
   review ID [--comment TEXT]                                     mark a break-glass grant reviewed
   whoami                                                         you, your groups and grants
+  sessions watch ID                                              follow a live session read-only
+  sessions kill ID --reason TEXT                                 end a live session (the user sees why)
 Add --json for machine-readable output.
 ";
 
@@ -168,6 +179,7 @@ async fn execute(start: &BrokerStart) -> Reply {
     };
     let result = match verb.as_str() {
         "help" | "--help" => return Reply::ok(HELP.to_string()),
+        "sessions" => return sessions::run(start, rest).await,
         "whoami" => whoami(gateway, &wf, &actor, rest).await,
         "request" if rest.first().is_some_and(|w| w == "show") => {
             show(&wf, rest.get(1..).unwrap_or_default()).await
