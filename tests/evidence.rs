@@ -628,9 +628,9 @@ fn over_ssh_a_reviewer_watches_a_live_session_and_an_admin_kills_it() {
     assert_eq!(refused.code, 1, "{}", refused.stderr);
     // (ssh's own lines come first.)
     assert!(
-        refused
-            .stderr
-            .ends_with(&format!("\nportcullis: refused: you may not watch session {id}.\n")),
+        refused.stderr.ends_with(&format!(
+            "\nportcullis: refused: you may not watch session {id}.\n"
+        )),
         "{}",
         refused.stderr
     );

@@ -105,6 +105,11 @@ pub enum AuditEvent {
         recording_bytes: i64,
         /// Recording SHA-256, lowercase hex.
         recording_sha256: String,
+        /// Bytes the session printed (stdout and stderr); the recording
+        /// leaves NULs out, this counts them. Absent in events written
+        /// before it was added.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        output_bytes: Option<u64>,
     },
     /// At start, a session left running by a previous gateway process was
     /// marked interrupted; its recording as found is digested.

@@ -223,6 +223,7 @@ pub(crate) async fn attach(
                 exit_signal,
                 recording_bytes: digest.bytes as i64,
                 recording_sha256: digest.sha256.clone(),
+                output_bytes: Some(digest.output_bytes),
             },
         )
         .await?;

@@ -9,6 +9,15 @@
 //! decoded as UTF-8 incrementally per stream, so a multibyte sequence split
 //! across reads is never split across events (§4.4 of the research brief).
 //!
+//! NUL bytes are left out of output (`o`) events: ECMA-48 §8.3.88 defines
+//! NUL as media-fill that "may be inserted into, or removed from, a data
+//! stream without affecting the information content", terminals ignore it,
+//! and JSON can only write it as the six bytes `\u0000`, so `cat
+//! /dev/zero` would cost six bytes of recording per byte shown. How many
+//! output bytes a session printed, NULs included, is counted
+//! ([`Digest256::output_bytes`]) and goes in its `session_end` audit event.
+//! Input (`i`) events keep NUL (Ctrl-@ is a keystroke).
+//!
 //! Events are batched in memory and written at least every
 //! `flush_interval` (default 1 s) and at the end, so a crash of the gateway
 //! loses at most that much. The SHA-256 of the file is computed as it is
@@ -148,6 +157,9 @@ pub struct Digest256 {
     pub bytes: u64,
     /// Lowercase hex SHA-256 of the whole file.
     pub sha256: String,
+    /// Output bytes the session printed (all [`Recorder::output`] calls,
+    /// NULs included); 0 when digesting a file found on disk.
+    pub output_bytes: u64,
 }
 
 /// The writing end of one session's recording. Dropping it without
@@ -160,6 +172,7 @@ pub struct Recorder {
     input: Utf8Decoder,
     record_input: bool,
     path: PathBuf,
+    output_bytes: u64,
 }
 
 impl Recorder {
@@ -208,6 +221,7 @@ impl Recorder {
             input: Utf8Decoder::default(),
             record_input,
             path: path.to_path_buf(),
+            output_bytes: 0,
         })
     }
 
@@ -222,16 +236,17 @@ impl Recorder {
         self.record_input && !BENCH_NO_RECORDING
     }
 
-    /// Records output bytes (`o`).
+    /// Records output bytes (`o`), NULs left out (module docs).
     ///
     /// # Errors
     /// [`RecordingError::WriterGone`] when the writer failed (it names the
     /// I/O error, e.g. no space left on device).
     pub async fn output(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
+        self.output_bytes += bytes.len() as u64;
         if BENCH_NO_RECORDING {
             return Ok(());
         }
-        let line = text_line(self.start, "o", &mut self.output, bytes)?;
+        let line = text_line(self.start, "o", &mut self.output, bytes, true)?;
         self.send(line).await
     }
 
@@ -243,7 +258,7 @@ impl Recorder {
         if !self.record_input || BENCH_NO_RECORDING {
             return Ok(());
         }
-        let line = text_line(self.start, "i", &mut self.input, bytes)?;
+        let line = text_line(self.start, "i", &mut self.input, bytes, false)?;
         self.send(line).await
     }
 
@@ -292,7 +307,7 @@ impl Recorder {
     /// # Errors
     /// [`RecordingError::Write`] or [`RecordingError::WriterGone`].
     pub async fn finish(mut self) -> Result<Digest256, RecordingError> {
-        let rest = self.output.finish();
+        let rest = self.output.finish().replace('\0', "");
         self.event("o", &rest).await?;
         let rest = self.input.finish();
         if self.record_input {
@@ -303,20 +318,27 @@ impl Recorder {
             .send(Command::Finish(tx))
             .await
             .map_err(|_| self.gone())?;
-        rx.await.map_err(|_| self.gone())?
+        let mut digest = rx.await.map_err(|_| self.gone())??;
+        digest.output_bytes = self.output_bytes;
+        Ok(digest)
     }
 }
 
 /// The event line `[time, "CODE", "TEXT"]\n` of `bytes` decoded by
 /// `decoder` and JSON-escaped straight into the line (as serde_json
-/// escapes strings), or `None` when they hold no complete character yet.
+/// escapes strings), NULs left out when `drop_nul`; `None` when that
+/// leaves no text (no complete character yet, or only NULs).
 fn text_line(
     start: Instant,
     code: &str,
     decoder: &mut Utf8Decoder,
     bytes: &[u8],
+    drop_nul: bool,
 ) -> Result<Option<Vec<u8>>, RecordingError> {
     let time = start.elapsed().as_secs_f64();
+    if drop_nul && !decoder.has_pending() && bytes.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
     // Escaping may grow the text; `escape_json` reserves what it needs.
     let mut line = Vec::with_capacity(bytes.len() + 48);
     line.push(b'[');
@@ -325,7 +347,7 @@ fn text_line(
     serde_json::to_writer(&mut line, code).map_err(|e| RecordingError::Write(e.into()))?;
     line.extend_from_slice(b",\"");
     let text_at = line.len();
-    decoder.decode_into(bytes, |text| escape_json(&mut line, text));
+    decoder.decode_into(bytes, |text| escape_json(&mut line, text, drop_nul));
     if line.len() == text_at {
         return Ok(None);
     }
@@ -352,12 +374,14 @@ const ESCAPE: [u8; 256] = {
     table
 };
 
-/// Length of `bytes` JSON-escaped, to size the line once.
-fn escaped_len(bytes: &[u8]) -> usize {
+/// Length of `bytes` JSON-escaped (NULs counted as nothing when
+/// `drop_nul`), to size the line once.
+fn escaped_len(bytes: &[u8], drop_nul: bool) -> usize {
     bytes
         .iter()
         .map(|&b| match ESCAPE[usize::from(b)] {
             0 => 1,
+            b'u' if b == 0 && drop_nul => 0,
             b'u' => 6,
             _ => 2,
         })
@@ -366,11 +390,12 @@ fn escaped_len(bytes: &[u8]) -> usize {
 
 /// Appends `text` JSON-escaped (without quotes), byte for byte as
 /// serde_json writes strings: `\"`, `\\`, the short escapes of control
-/// characters that have one and `\u00XX` for the others.
-fn escape_json(out: &mut Vec<u8>, text: &str) {
+/// characters that have one and `\u00XX` for the others; NULs are left
+/// out when `drop_nul`.
+fn escape_json(out: &mut Vec<u8>, text: &str, drop_nul: bool) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
-    out.reserve(escaped_len(bytes));
+    out.reserve(escaped_len(bytes, drop_nul));
     let mut plain = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -381,6 +406,11 @@ fn escape_json(out: &mut Vec<u8>, text: &str) {
             continue;
         }
         out.extend_from_slice(&bytes[plain..i]);
+        if b == 0 && drop_nul {
+            i += bytes[i..].iter().take_while(|&&c| c == 0).count();
+            plain = i;
+            continue;
+        }
         // A run of one escaped byte (NUL padding, `/dev/zero`): write its
         // escape once, then copy what is written, doubling.
         let run = bytes[i..].iter().take_while(|&&c| c == b).count();
@@ -532,6 +562,7 @@ impl Writer {
                 sink.file.sync_all().map(|()| Digest256 {
                     bytes: sink.bytes,
                     sha256: hex::encode(sink.hasher.clone().finalize()),
+                    output_bytes: 0,
                 })
             })
             .await;
@@ -605,6 +636,7 @@ pub fn digest_file(path: &Path) -> Result<Digest256, RecordingError> {
     Ok(Digest256 {
         bytes: bytes.len() as u64,
         sha256: hex::encode(Sha256::digest(&bytes)),
+        output_bytes: 0,
     })
 }
 
@@ -798,7 +830,14 @@ mod tests {
         rec.resize(100, 50).await.unwrap();
         let digest = rec.finish().await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(digest, digest_file(&path).unwrap());
+        assert_eq!(digest.output_bytes, 14);
+        assert_eq!(
+            Digest256 {
+                output_bytes: 0,
+                ..digest
+            },
+            digest_file(&path).unwrap()
+        );
         let (h, events) = parse(&text).unwrap();
         assert_eq!(h, header());
         let codes: Vec<_> = events
@@ -815,6 +854,32 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    #[tokio::test]
+    async fn output_nuls_are_left_out_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z.cast");
+        let mut rec = Recorder::create(&path, &header(), true, Duration::from_secs(1))
+            .await
+            .unwrap();
+        rec.output(&[0; 65536]).await.unwrap();
+        rec.output(b"a\0b\0\0").await.unwrap();
+        rec.input(b"\0q").await.unwrap();
+        rec.output(b"\xc3").await.unwrap();
+        let digest = rec.finish().await.unwrap();
+        assert_eq!(digest.output_bytes, 65536 + 5 + 1);
+        let (_, events) = read(&path).unwrap();
+        let codes: Vec<_> = events
+            .iter()
+            .map(|e| (e.code.as_str(), e.data.as_str()))
+            .collect();
+        assert_eq!(codes, [("o", "ab"), ("i", "\0q"), ("o", "\u{FFFD}")]);
+        let on_disk = digest_file(&path).unwrap();
+        assert_eq!(
+            (on_disk.bytes, on_disk.sha256),
+            (digest.bytes, digest.sha256)
+        );
+    }
+
     #[test]
     fn event_lines_are_what_serde_json_writes() {
         let mut all: String = (0u8..0x80).map(char::from).collect();
@@ -822,23 +887,41 @@ mod tests {
         let runs = "\0".repeat(1000) + "x" + &"\n".repeat(7) + "\u{1}\u{1}\"\"";
         for text in [all.as_str(), "", "plain", "\0\0\0", "a\"b\\c\r\n", &runs] {
             let mut mine = Vec::new();
-            escape_json(&mut mine, text);
+            escape_json(&mut mine, text, false);
             let theirs = serde_json::to_vec(text).unwrap();
             assert_eq!(mine, theirs[1..theirs.len() - 1], "{text:?}");
+            let mut without_nul = Vec::new();
+            escape_json(&mut without_nul, text, true);
+            let theirs = serde_json::to_vec(&text.replace('\0', "")).unwrap();
+            assert_eq!(without_nul, theirs[1..theirs.len() - 1], "{text:?}");
+            assert_eq!(escaped_len(text.as_bytes(), true), without_nul.len());
         }
         let mut decoder = Utf8Decoder::default();
-        let line = text_line(Instant::now(), "o", &mut decoder, b"x\x00\xc3")
+        let line = text_line(Instant::now(), "i", &mut decoder, b"x\x00\xc3", false)
             .unwrap()
             .unwrap();
         let (_, code, data): (f64, String, String) = serde_json::from_slice(&line).unwrap();
-        assert_eq!((code.as_str(), data.as_str()), ("o", "x\0"));
+        assert_eq!((code.as_str(), data.as_str()), ("i", "x\0"));
         assert!(line.ends_with(b"]\n"));
         assert!(
-            text_line(Instant::now(), "o", &mut decoder, b"")
+            text_line(Instant::now(), "o", &mut decoder, b"", true)
                 .unwrap()
                 .is_none()
         );
-        let line = text_line(Instant::now(), "o", &mut decoder, b"\xa9")
+        // NULs after a pending partial character still end it (U+FFFD);
+        // only NULs give no event.
+        let line = text_line(Instant::now(), "o", &mut decoder, b"\0\0", true)
+            .unwrap()
+            .unwrap();
+        let (_, _, data): (f64, String, String) = serde_json::from_slice(&line).unwrap();
+        assert_eq!(data, "\u{FFFD}");
+        assert!(
+            text_line(Instant::now(), "o", &mut decoder, &[0; 4096], true)
+                .unwrap()
+                .is_none()
+        );
+        let _ = text_line(Instant::now(), "o", &mut decoder, b"\xc3", true).unwrap();
+        let line = text_line(Instant::now(), "o", &mut decoder, b"\xa9", true)
             .unwrap()
             .unwrap();
         let (_, _, data): (f64, String, String) = serde_json::from_slice(&line).unwrap();

@@ -95,6 +95,7 @@ pub(super) async fn pump(
         recorder: Some(recorder),
         on_failure: gateway.config.recording.on_failure,
         audit,
+        output_bytes: 0,
     };
     let (stdout, stderr, stdin): (Reader, Option<Reader>, Writer) = match io {
         SessionIo::Pty(master) => {
@@ -290,10 +291,13 @@ struct Recording<'a> {
     path: std::path::PathBuf,
     on_failure: RecordingFailure,
     audit: &'a SessionAudit,
+    /// Output bytes of the session (stdout and stderr), recorded or not.
+    output_bytes: u64,
 }
 
 impl Recording<'_> {
     async fn output(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        self.output_bytes += bytes.len() as u64;
         let Some(r) = self.recorder.as_mut() else {
             return Ok(());
         };
@@ -341,9 +345,11 @@ impl Recording<'_> {
     }
 
     /// Finishes the recording; after a failure, digests what reached the
-    /// file so the session row matches it.
+    /// file so the session row matches it. The output count is the
+    /// session's either way.
     async fn finish(self) -> Option<Digest256> {
-        match self.recorder {
+        let output_bytes = self.output_bytes;
+        let digest = match self.recorder {
             Some(r) => match r.finish().await {
                 Ok(d) => Some(d),
                 Err(e) => {
@@ -352,7 +358,8 @@ impl Recording<'_> {
                 }
             },
             None => crate::recording::digest_file(&self.path).ok(),
-        }
+        };
+        digest.map(|d| Digest256 { output_bytes, ..d })
     }
 }
 

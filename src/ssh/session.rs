@@ -463,6 +463,7 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
             exit_signal: exit_signal.clone(),
             recording_bytes: bytes,
             recording_sha256: sha256.clone(),
+            output_bytes: outcome.digest.as_ref().map(|d| d.output_bytes),
         },
     )
     .await;

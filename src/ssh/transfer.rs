@@ -329,6 +329,7 @@ pub(super) async fn close_record(
                 exit_signal: exit_signal.clone(),
                 recording_bytes: bytes,
                 recording_sha256: sha256.clone(),
+                output_bytes: digest.as_ref().map(|d| d.output_bytes),
             },
         )
         .await;
