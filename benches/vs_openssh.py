@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = int(os.environ.get("N", "200"))  # setup latency connections
 OUT_MB = int(os.environ.get("OUT_MB", "512"))
 IN_MB = int(os.environ.get("IN_MB", "256"))
+TTY_MB = int(os.environ.get("TTY_MB", "256"))
 REPS = int(os.environ.get("REPS", "3"))  # throughput repetitions
 SESSIONS = int(os.environ.get("SESSIONS", "500"))
 HOLD = int(os.environ.get("HOLD", "10"))  # seconds of echoing
@@ -33,7 +34,7 @@ KEX = "curve25519-sha256"
 BIN = os.environ.get("PORTCULLIS", os.path.join(ROOT, "target/release/portcullis"))
 BIN_NOREC = os.environ.get("PORTCULLIS_NOREC", os.path.join(ROOT, "target/bench-norec/portcullis"))
 OUT = os.environ.get("OUT", os.path.join(ROOT, "benches/RESULTS.md"))
-ONLY = os.environ.get("ONLY", "setup,out,text,outtt,in,ttfb,conc").split(",")
+ONLY = os.environ.get("ONLY", "setup,out,text,outtt,texttt,in,ttfb,conc").split(",")
 
 tmp = tempfile.mkdtemp(prefix="portcullis-bench-")
 NAME = f"portcullis-bench-{os.getpid()}"
@@ -210,15 +211,18 @@ def bench_setup(targets):
     return {k: (statistics.median(v), pct(v, 99)) for k, v in res.items()}
 
 
-def bench_out(targets, tty, text=False):
+def bench_out(targets, tty, text=False, lines_mb=0):
     res = {t["tag"]: [] for t in targets}
+    mb = lines_mb or OUT_MB
     cmd = f"head -c {OUT_MB * 1048576} /dev/zero"
     if text:  # printable bytes: what the recording stores one for one
         cmd += " | tr '\\0' a"
+    if lines_mb:  # lines of text, as a terminal session prints them (issue 6)
+        cmd = f"yes 'the quick brown fox jumps over the lazy dog 0123456789 ABCDEFGHIJ' | head -c {lines_mb * 1048576}"
     for _ in range(REPS):
         for t in targets:
             dt = timed(ssh_cmd(t, cmd, tty=tty))
-            res[t["tag"]].append(OUT_MB / dt)
+            res[t["tag"]].append(mb / dt)
             clear_recordings(t)
     return {k: statistics.median(v) for k, v in res.items()}
 
@@ -422,6 +426,8 @@ def main():
         row(f"output of text `head -c {OUT_MB}M /dev/zero \\| tr '\\0' a`, MiB/s", bench_out(targets, False, True), True)
     if "outtt" in ONLY:
         row(f"output with `-tt`, {OUT_MB} MiB, MiB/s", bench_out(targets, True), True)
+    if "texttt" in ONLY:
+        row(f"PTY session (`-tt`) printing {TTY_MB} MiB of text lines, MiB/s", bench_out(targets, True, lines_mb=TTY_MB), True)
     if "in" in ONLY:
         row(f"input `head -c {IN_MB}M /dev/zero \\| ssh t 'cat >/dev/null'`, MiB/s", bench_in(targets), True)
     if "ttfb" in ONLY:

@@ -9,7 +9,7 @@
 # Builds target/release/portcullis (recording on) and
 # target/bench-norec/portcullis (recording off, PORTCULLIS_BENCH_NO_RECORDING=1)
 # unless PORTCULLIS / PORTCULLIS_NOREC name binaries, or SKIP_BUILD=1.
-# Knobs (env): N REPS OUT_MB IN_MB SESSIONS HOLD TTFB_N CIPHER ONLY OUT.
+# Knobs (env): N REPS OUT_MB IN_MB TTY_MB SESSIONS HOLD TTFB_N CIPHER ONLY OUT.
 set -eu
 cd "$(dirname "$0")/.."
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || \
