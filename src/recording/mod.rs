@@ -374,46 +374,64 @@ const ESCAPE: [u8; 256] = {
     table
 };
 
-/// Length of `bytes` JSON-escaped (NULs counted as nothing when
-/// `drop_nul`), to size the line once.
-fn escaped_len(bytes: &[u8], drop_nul: bool) -> usize {
-    bytes
+/// Length of the start of `bytes` that JSON writes as is (up to the first
+/// control character, `"` or `\\`), eight bytes at a time: a word holds
+/// such a byte when it has a byte below 0x20 or a zero byte after XOR with
+/// `"` or `\\` (the "has less" and "has zero byte" tests of Sean Eron
+/// Anderson's Bit Twiddling Hacks); only such a word is looked at byte by
+/// byte.
+fn plain_prefix_len(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let needs_escape = |b: &u8| ESCAPE[usize::from(*b)] != 0;
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        let x = u64::from_le_bytes(word);
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+        let found = below_space
+            | has_zero(x ^ (ONES * u64::from(b'"')))
+            | has_zero(x ^ (ONES * u64::from(b'\\')));
+        if found != 0
+            && let Some(p) = word.iter().position(needs_escape)
+        {
+            return at + p;
+        }
+        at += 8;
+    }
+    at + bytes[at..]
         .iter()
-        .map(|&b| match ESCAPE[usize::from(b)] {
-            0 => 1,
-            b'u' if b == 0 && drop_nul => 0,
-            b'u' => 6,
-            _ => 2,
-        })
-        .sum()
+        .position(needs_escape)
+        .unwrap_or(bytes.len() - at)
 }
 
 /// Appends `text` JSON-escaped (without quotes), byte for byte as
 /// serde_json writes strings: `\"`, `\\`, the short escapes of control
 /// characters that have one and `\u00XX` for the others; NULs are left
-/// out when `drop_nul`.
+/// out when `drop_nul`. Plain stretches are found a word at a time
+/// ([`plain_prefix_len`]) and copied whole.
 fn escape_json(out: &mut Vec<u8>, text: &str, drop_nul: bool) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
-    out.reserve(escaped_len(bytes, drop_nul));
-    let mut plain = 0;
+    out.reserve(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let b = bytes[i];
+        let plain = plain_prefix_len(&bytes[i..]);
+        out.extend_from_slice(&bytes[i..i + plain]);
+        i += plain;
+        let Some(&b) = bytes.get(i) else {
+            break;
+        };
         let escape = ESCAPE[usize::from(b)];
-        if escape == 0 {
-            i += 1;
-            continue;
-        }
-        out.extend_from_slice(&bytes[plain..i]);
-        if b == 0 && drop_nul {
-            i += bytes[i..].iter().take_while(|&&c| c == 0).count();
-            plain = i;
-            continue;
-        }
-        // A run of one escaped byte (NUL padding, `/dev/zero`): write its
-        // escape once, then copy what is written, doubling.
+        // A run of one escaped byte (NUL padding, `/dev/zero`): dropped,
+        // or its escape written once, then what is written copied, doubling.
         let run = bytes[i..].iter().take_while(|&&c| c == b).count();
+        i += run;
+        if b == 0 && drop_nul {
+            continue;
+        }
         let at = out.len();
         if escape == b'u' {
             out.extend_from_slice(&[
@@ -432,10 +450,7 @@ fn escape_json(out: &mut Vec<u8>, text: &str, drop_nul: bool) {
             let have = out.len() - at;
             out.extend_from_within(at..at + have.min(total - have));
         }
-        i += run;
-        plain = i;
     }
-    out.extend_from_slice(&bytes[plain..]);
 }
 
 /// Event times with microsecond precision, as asciinema writes them.
@@ -854,6 +869,48 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    #[test]
+    fn escaping_matches_serde_json_on_random_text() {
+        // A fixed xorshift sequence: characters biased towards the escaped
+        // ones and multibyte ones, at every alignment, up to 40 of them.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const PICK: &[char] = &[
+            '\0', '\u{1}', '\u{1f}', ' ', '"', '\\', '\n', '\r', '\u{7f}', 'a', '~', 'é', '€',
+            '😀', '\u{80}', '\u{a0}', '\u{ffff}',
+        ];
+        for _ in 0..20_000 {
+            let len = (next() % 41) as usize;
+            let text: String = (0..len)
+                .map(|_| match next() % 4 {
+                    0 => char::from((next() % 128) as u8),
+                    _ => PICK[(next() % PICK.len() as u64) as usize],
+                })
+                .collect();
+            let bytes = text.as_bytes();
+            let len = bytes.len();
+            let text = text.as_str();
+            for drop_nul in [false, true] {
+                let mut mine = Vec::new();
+                escape_json(&mut mine, text, drop_nul);
+                let expect = if drop_nul {
+                    text.replace('\0', "")
+                } else {
+                    text.to_string()
+                };
+                let theirs = serde_json::to_vec(&expect).unwrap();
+                assert_eq!(mine, theirs[1..theirs.len() - 1], "{text:?}");
+            }
+            let first = bytes.iter().position(|&b| ESCAPE[usize::from(b)] != 0);
+            assert_eq!(plain_prefix_len(&bytes), first.unwrap_or(len), "{bytes:?}");
+        }
+    }
+
     #[tokio::test]
     async fn output_nuls_are_left_out_and_counted() {
         let dir = tempfile::tempdir().unwrap();
@@ -894,7 +951,6 @@ mod tests {
             escape_json(&mut without_nul, text, true);
             let theirs = serde_json::to_vec(&text.replace('\0', "")).unwrap();
             assert_eq!(without_nul, theirs[1..theirs.len() - 1], "{text:?}");
-            assert_eq!(escaped_len(text.as_bytes(), true), without_nul.len());
         }
         let mut decoder = Utf8Decoder::default();
         let line = text_line(Instant::now(), "i", &mut decoder, b"x\x00\xc3", false)
