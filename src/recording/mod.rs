@@ -907,7 +907,7 @@ mod tests {
                 assert_eq!(mine, theirs[1..theirs.len() - 1], "{text:?}");
             }
             let first = bytes.iter().position(|&b| ESCAPE[usize::from(b)] != 0);
-            assert_eq!(plain_prefix_len(&bytes), first.unwrap_or(len), "{bytes:?}");
+            assert_eq!(plain_prefix_len(bytes), first.unwrap_or(len), "{bytes:?}");
         }
     }
 
