@@ -225,7 +225,27 @@ pub enum AuditEvent {
         /// Why (policy ids, limit, state).
         reason: String,
     },
-    /// An access request was approved: a grant starts now.
+    /// One approver approved an access request (one event per approval).
+    /// The grant starts only once the policy permits `activate`
+    /// ([`AuditEvent::GrantApproved`] records that step).
+    AccessRequestApproved {
+        /// The request id.
+        request_id: String,
+        /// Who asked for it.
+        requester: String,
+        /// Target container.
+        container: String,
+        /// Login asked for.
+        login: String,
+        /// Distinct approvals of the request, this one included.
+        approvals: i64,
+        /// The approver's comment.
+        comment: Option<String>,
+        /// Policies that allowed the approval.
+        policies: Vec<String>,
+    },
+    /// An access request was activated (the policy permitted `activate`
+    /// after its approvals): a grant starts now.
     GrantApproved {
         /// The grant (and request) id.
         grant_id: String,
@@ -237,9 +257,11 @@ pub enum AuditEvent {
         login: String,
         /// The grant's end, unix ms.
         expires_at: i64,
-        /// The approver's comment.
+        /// The comment of the approval that activated it.
         comment: Option<String>,
-        /// Policies that allowed the approval.
+        /// Everyone who approved it, in order.
+        approvers: Vec<String>,
+        /// Policies that permitted `activate`.
         policies: Vec<String>,
     },
     /// An access request was denied.
@@ -324,6 +346,7 @@ impl AuditEvent {
             AuditEvent::ChannelRefused { .. } => "channel",
             AuditEvent::AccessRequested { .. }
             | AuditEvent::AccessRequestRefused { .. }
+            | AuditEvent::AccessRequestApproved { .. }
             | AuditEvent::AccessRequestDenied { .. } => "access_request",
             AuditEvent::GrantApproved { .. }
             | AuditEvent::GrantRevoked { .. }
@@ -356,6 +379,7 @@ impl AuditEvent {
             AuditEvent::ForwardOpened { .. } => "success",
             AuditEvent::ChannelRefused { .. } => "deny",
             AuditEvent::AccessRequested { .. } => "success",
+            AuditEvent::AccessRequestApproved { .. } => "allow",
             AuditEvent::AccessRequestRefused { .. } => "deny",
             AuditEvent::GrantApproved { .. } | AuditEvent::BreakGlassGranted { .. } => "allow",
             AuditEvent::BreakGlassReviewed { .. } => "info",

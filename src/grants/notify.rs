@@ -5,8 +5,11 @@
 //! A webhook that is down never blocks a step and loses nothing.
 //!
 //! Body: JSON with `event` (`request_created`, `approved`, `denied`,
-//! `revoked`, `expired`, `break_glass`), the request's fields, `actor`,
-//! `at` (unix ms) and a Slack-compatible `text`. With
+//! `revoked`, `expired`, `break_glass`), the request's fields, `state`
+//! (`pending`, `active`, ...), `approvers` (everyone who approved it so
+//! far, in order), `actor`, `at` (unix ms) and a Slack-compatible `text`.
+//! `approved` is sent for each approval: `state` is `active` for the one
+//! that started the grant, `pending` while the policy wants more. With
 //! `[grants] webhook_secret`, the header `X-Portcullis-Signature:
 //! sha256=HEX` carries the HMAC-SHA256 (RFC 2104) of the body.
 
@@ -16,7 +19,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::config::GrantsConfig;
-use crate::store::{AccessRequestRecord, Store, StoreError, now_ms};
+use crate::store::{AccessRequestRecord, ApprovalRecord, Store, StoreError, now_ms};
 
 /// Most outbox rows posted per round.
 const BATCH: i64 = 50;
@@ -27,14 +30,16 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The header that carries the body's HMAC-SHA256.
 pub const SIGNATURE_HEADER: &str = "X-Portcullis-Signature";
 
-/// Queues `event` about request `r` by `actor` for every configured
-/// webhook. A database failure is logged: the step itself already
-/// happened and is in the audit log.
+/// Queues `event` about request `r` (with its `approvals` so far, empty
+/// when they do not matter) by `actor` for every configured webhook. A
+/// database failure is logged: the step itself already happened and is in
+/// the audit log.
 pub async fn notify(
     store: &Store,
     config: &GrantsConfig,
     event: &str,
     r: &AccessRequestRecord,
+    approvals: &[ApprovalRecord],
     actor: &str,
 ) {
     if config.webhooks.is_empty() {
@@ -45,6 +50,13 @@ pub async fn notify(
         "request_created" => format!(
             "{} asks for {what} for {}s: {} (request {})",
             r.requester, r.duration_seconds, r.reason, r.id
+        ),
+        "approved" if r.status == "pending" => format!(
+            "{actor} approved {}'s request for {what} ({}): {} approval(s) so far, \
+             still pending",
+            r.requester,
+            r.id,
+            approvals.len()
         ),
         "approved" => format!(
             "{actor} approved {}'s access to {what} ({})",
@@ -75,6 +87,8 @@ pub async fn notify(
         "reason": r.reason,
         "break_glass": r.break_glass,
         "expires_at": r.expires_at,
+        "state": r.state_at(now_ms()),
+        "approvers": approvals.iter().map(|a| a.approver.as_str()).collect::<Vec<_>>(),
         "actor": actor,
         "at": now_ms(),
         "text": text,
