@@ -2,7 +2,9 @@
 //! outbox: each event is written to `webhook_outbox` (one row per URL)
 //! right after the step it reports, and [`deliver_due`] posts due rows,
 //! retrying with doubling waits (1 s up to `[grants] webhook_backoff_max`).
-//! A webhook that is down never blocks a step and loses nothing.
+//! A webhook that is down never blocks a step and loses nothing. Gateways
+//! sharing one database claim each row before posting it (a lease of
+//! [`CLAIM_LEASE`]), so every event is posted by one of them only.
 //!
 //! Body: JSON with `event` (`request_created`, `approved`, `denied`,
 //! `revoked`, `expired`, `break_glass`), the request's fields, `state`
@@ -26,6 +28,12 @@ const BATCH: i64 = 50;
 
 /// Timeout of one delivery attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a claim on an outbox row holds: well above one attempt, so a
+/// row is never posted by two gateways at once; a gateway that dies
+/// mid-delivery frees its row when the lease runs out. Gateways sharing a
+/// database must keep their clocks within this of each other.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
 
 /// The header that carries the body's HMAC-SHA256.
 pub const SIGNATURE_HEADER: &str = "X-Portcullis-Signature";
@@ -99,8 +107,12 @@ pub async fn notify(
     }
 }
 
-/// Posts every due outbox row once; failures are rescheduled with a
-/// doubling wait. Returns how many were delivered.
+/// Posts every due outbox row once, each after claiming it for `claimer`
+/// (a name unique to this delivery worker: gateway id and a per-process
+/// random part) with a lease of [`CLAIM_LEASE`]; a row another gateway
+/// claimed is left to it, so gateways sharing a database never post the
+/// same row twice. Failures are rescheduled with a doubling wait. Returns
+/// how many were delivered.
 ///
 /// # Errors
 /// [`StoreError`] when the outbox cannot be read or updated.
@@ -108,9 +120,19 @@ pub async fn deliver_due(
     store: &Store,
     config: &GrantsConfig,
     client: &reqwest::Client,
+    claimer: &str,
 ) -> Result<usize, StoreError> {
     let mut delivered = 0;
+    let lease = i64::try_from(CLAIM_LEASE.as_millis()).unwrap_or(i64::MAX);
     for (id, url, body, attempts) in store.due_webhooks(now_ms(), BATCH).await? {
+        let now = now_ms();
+        if !store
+            .claim_webhook(id, claimer, now, now.saturating_add(lease))
+            .await?
+        {
+            tracing::debug!(id, "webhook row claimed by another gateway");
+            continue;
+        }
         let mut request = client
             .post(&url)
             .timeout(ATTEMPT_TIMEOUT)
@@ -135,7 +157,13 @@ pub async fn deliver_due(
                 let wait = backoff(attempts, config.webhook_backoff_max);
                 tracing::warn!(%url, attempts, %error, "webhook delivery failed; will retry");
                 store
-                    .webhook_failed(id, attempts, now_ms() + wait.as_millis() as i64, &error)
+                    .webhook_failed(
+                        id,
+                        claimer,
+                        attempts,
+                        now_ms() + wait.as_millis() as i64,
+                        &error,
+                    )
                     .await?;
             }
         }
