@@ -273,7 +273,7 @@ fn approvals_text(approvals: &[ApprovalRecord]) -> String {
     )
 }
 
-/// Lists of requests with the approvals of each.
+/// The approvals of each request of `list`, by request id.
 async fn with_approvals(
     wf: &Workflow<'_>,
     list: &[AccessRequestRecord],
@@ -538,13 +538,15 @@ async fn decide(
         }
         let so_far = approvals_text(&done.approvals);
         let text = if done.activated() {
+            let names: Vec<&str> = done.approvals.iter().map(|a| a.approver.as_str()).collect();
             format!(
-                "Approved {}: {} may use {}@{} until {} ({so_far}).\n",
+                "Approved {}: {} may use {}@{} until {} (approved by {}).\n",
                 r.id,
                 r.requester,
                 r.login,
                 r.container,
-                time_text(r.expires_at)
+                time_text(r.expires_at),
+                names.join(", ")
             )
         } else {
             format!(
