@@ -211,10 +211,12 @@ pub enum AuditEvent {
         /// Policies that allowed the request.
         policies: Vec<String>,
     },
-    /// A workflow step (request, approve, deny, revoke) was refused: by
-    /// policy, a configured limit, or the request's state.
+    /// A workflow step (request, approve, deny, activate, revoke, review)
+    /// was refused: by policy, a configured limit, or the request's state
+    /// (e.g. a second approval by the same approver).
     AccessRequestRefused {
-        /// `request`, `approve`, `deny` or `revoke`.
+        /// `request`, `break-glass`, `approve`, `deny`, `activate`,
+        /// `revoke` or `review`.
         action: String,
         /// The request, when one was named.
         request_id: Option<String>,

@@ -536,8 +536,11 @@ impl Workflow<'_> {
         )
         .await?;
         if !self.store.add_approval(&r.id, me, comment, now).await? {
+            // A concurrent approval of theirs (another gateway) came first.
             let count = self.approvals(&r.id).await?.len();
-            return Err(already_approved(&r.id, count));
+            let e = already_approved(&r.id, count);
+            let detail = "already approved by them (concurrently)".to_string();
+            return Err(self.refuse(actor, "approve", what, e, detail).await);
         }
         let approvals = self.approvals(&r.id).await?;
         let activate = self.policy.decide_workflow(&Self::question(

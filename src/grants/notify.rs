@@ -219,4 +219,52 @@ mod tests {
         assert_eq!(backoff(3, max), Duration::from_secs(4));
         assert_eq!(backoff(60, max), max);
     }
+
+    #[tokio::test]
+    async fn an_approval_that_leaves_the_request_pending_says_so() {
+        let (_dir, store) = crate::store::tests::temp_store().await;
+        let config = GrantsConfig {
+            webhooks: vec!["http://127.0.0.1:9/hook".into()],
+            ..Default::default()
+        };
+        let r = AccessRequestRecord {
+            id: "r1".into(),
+            requester: "alice".into(),
+            container: "db1".into(),
+            login: "root".into(),
+            duration_seconds: 600,
+            reason: "OPS-1".into(),
+            status: "pending".into(),
+            created_at: 1,
+            decided_by: None,
+            decided_at: None,
+            decision_comment: None,
+            starts_at: None,
+            expires_at: None,
+            revoked_at: None,
+            revoked_by: None,
+            revoke_reason: None,
+            break_glass: false,
+            reviewed_by: None,
+            reviewed_at: None,
+            review_comment: None,
+        };
+        let approvals = [ApprovalRecord {
+            request_id: "r1".into(),
+            approver: "bob".into(),
+            comment: None,
+            approved_at: 2,
+        }];
+        notify(&store, &config, "approved", &r, &approvals, "bob").await;
+        let due = store.due_webhooks(now_ms(), 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        let body: serde_json::Value = serde_json::from_str(&due[0].2).unwrap();
+        assert_eq!(body["event"], "approved");
+        assert_eq!(body["state"], "pending");
+        assert_eq!(body["approvers"], json!(["bob"]));
+        assert_eq!(
+            body["text"],
+            "bob approved alice's request for root@db1 (r1): 1 approval(s) so far, still pending"
+        );
+    }
 }
