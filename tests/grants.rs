@@ -1,6 +1,7 @@
 //! Just-in-time access end to end (issue 7), with real parts only: the real
-//! test OpenID provider (principals alice = developers, approver =
-//! approvers), a real busybox LXC container labelled env=dev, the real
+//! test OpenID provider (principals alice = developers, approver and
+//! carol = approvers), a real busybox LXC container labelled env=dev (or
+//! env=prod, where the shipped policies want two approvals), the real
 //! `portcullis` binary and the real OpenSSH client, talking to the broker
 //! as `ssh portcullis@gw COMMAND`.
 //!
@@ -25,6 +26,7 @@ struct Fixture {
     container: TestContainer,
     alice: String,
     approver: String,
+    carol: String,
     admin: String,
 }
 
@@ -37,12 +39,14 @@ fn fixture() -> &'static Fixture {
             let rt = tokio::runtime::Runtime::new().unwrap();
             let alice = rt.block_on(idp.device_flow_id_token("alice"));
             let approver = rt.block_on(idp.device_flow_id_token("approver"));
+            let carol = rt.block_on(idp.device_flow_id_token("carol"));
             let admin = rt.block_on(idp.device_flow_id_token("admin"));
             Fixture {
                 idp,
                 container,
                 alice,
                 approver,
+                carol,
                 admin,
             }
         })
@@ -59,11 +63,16 @@ fn gateway() -> TestGateway {
 
 /// As [`gateway`], with `grants` added to its `[grants]` section.
 fn gateway_with(grants: &str) -> TestGateway {
+    gateway_labelled("dev", grants)
+}
+
+/// As [`gateway_with`], the container labelled env=`env`.
+fn gateway_labelled(env: &str, grants: &str) -> TestGateway {
     let f = fixture();
     TestGateway::start(
         &f.idp.issuer,
         &format!(
-            "[containers.{}]\nlabels = {{ env = \"dev\" }}\n\
+            "[containers.{}]\nlabels = {{ env = \"{env}\" }}\n\
              [grants]\nreason_pattern = \"[A-Z]+-[0-9]+\"\nwarn_before = [\"1s\"]\n{grants}",
             f.container.name
         ),
@@ -545,6 +554,222 @@ fn break_glass_is_self_granted_capped_and_listed_until_reviewed() {
             .any(|d| d.contains(&id) && d.contains("outage confirmed")),
         "{kinds:?}"
     );
+}
+
+#[test]
+fn prod_needs_two_approvers_and_each_counts_once() {
+    let f = fixture();
+    let gw = gateway_labelled("prod", "");
+    let c = &f.container.name;
+    let target = format!("root@{c}");
+    let req = json(
+        &broker(
+            &gw,
+            &f.alice,
+            &format!("request {c} --login root --for 10m --reason \"OPS-77 prod fix\" --json"),
+        ),
+        &gw,
+    );
+    let id = req["id"].as_str().unwrap().to_string();
+    assert_eq!(req["status"], "pending");
+    assert_eq!(req["approval_count"], 0);
+
+    // The first approval is recorded; the request stays pending and
+    // alice's root shell is still refused.
+    let first = broker(
+        &gw,
+        &f.approver,
+        &format!("approve {id} --comment \"first look\""),
+    );
+    assert_eq!(first.code, 0, "{}\n{}", first.stderr, gw.log());
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout),
+        format!(
+            "Approval recorded for {id}: 1 approval (approver) so far. The request stays \
+             pending: the policy wants another approver before the grant starts.\n"
+        )
+    );
+    let shown = json(
+        &broker(&gw, &f.alice, &format!("request show {id} --json")),
+        &gw,
+    );
+    assert_eq!(shown["state"], "pending");
+    assert_eq!(shown["approval_count"], 1);
+    assert_eq!(shown["approvals"][0]["approver"], "approver");
+    assert_eq!(shown["approvals"][0]["comment"], "first look");
+    let text = broker(&gw, &f.alice, &format!("request show {id}"));
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("pending"), "{text}");
+    assert!(text.contains("[1 approval (approver)]"), "{text}");
+    assert!(text.contains("  approved by approver at "), "{text}");
+    let pending = json(&broker(&gw, &f.carol, "requests --pending --json"), &gw);
+    let listed = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .expect("listed")
+        .clone();
+    assert_eq!(listed["approval_count"], 1);
+    let r = ssh(&gw, &target, &f.alice, &["id -u"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("Access denied"), "{}", r.stderr);
+
+    // The same approver again: refused, not counted.
+    let again = broker(&gw, &f.approver, &format!("approve {id}"));
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert_eq!(
+        refusal(&again),
+        format!(
+            "portcullis: refused: you already approved request {id}; each approver counts \
+             once (approvals so far: 1), another approver must approve it.\n"
+        )
+    );
+    assert_eq!(ssh(&gw, &target, &f.alice, &["id -u"]).code, 1);
+
+    // A second approver: the grant starts and alice's shell works.
+    let second = json(&broker(&gw, &f.carol, &format!("approve {id} --json")), &gw);
+    assert_eq!(second["state"], "active");
+    assert_eq!(second["decided_by"], "carol");
+    assert_eq!(second["approval_count"], 2);
+    let names: Vec<&str> = second["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["approver"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["approver", "carol"]);
+    let r = ssh(&gw, &target, &f.alice, &["id -u"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, gw.log());
+    assert_eq!(r.stdout, b"0\n");
+
+    // Audit: both approvals (who, how many, why), the refused repeat, and
+    // the activation naming both approvers, in that order.
+    let events: Vec<(String, Option<String>, Value)> = gw
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "access_request" || e["kind"] == "grant")
+        .map(|e| {
+            (
+                format!(
+                    "{}:{}",
+                    e["kind"].as_str().unwrap(),
+                    e["outcome"].as_str().unwrap()
+                ),
+                e["principal"].as_str().map(str::to_string),
+                serde_json::from_str::<Value>(e["detail"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .filter(|(_, _, d)| d["request_id"] == id.as_str() || d["grant_id"] == id.as_str())
+        .collect();
+    let summary: Vec<(&str, &str)> = events
+        .iter()
+        .map(|(k, p, _)| (k.as_str(), p.as_deref().unwrap_or("-")))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("access_request:success", "alice"),
+            ("access_request:allow", "approver"),
+            ("access_request:deny", "approver"),
+            ("access_request:allow", "carol"),
+            ("grant:allow", "carol"),
+        ]
+    );
+    assert_eq!(events[1].2["approvals"], 1);
+    assert_eq!(events[1].2["comment"], "first look");
+    assert_eq!(events[2].2["action"], "approve");
+    assert_eq!(events[3].2["approvals"], 2);
+    assert_eq!(
+        events[4].2["approvers"],
+        serde_json::json!(["approver", "carol"])
+    );
+    assert_eq!(
+        events[4].2["policies"],
+        serde_json::json!(["one-approval-activates"])
+    );
+
+    // An operator can ask the same question with `policy check`.
+    let check = |approvals: &str| {
+        gw.cli(&[
+            "policy",
+            "check",
+            "--principal",
+            "carol",
+            "--group",
+            "approvers",
+            "--container",
+            c,
+            "--login",
+            "root",
+            "--action",
+            "activate",
+            "--requester",
+            "alice",
+            "--for",
+            "10m",
+            "--approvals",
+            approvals,
+        ])
+    };
+    let one = check("1");
+    assert_eq!(one.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&one.stdout),
+        format!("DENY: carol activate as root on {c}\ndecided by: prod-two-approvals\n")
+    );
+    let two = check("2");
+    assert_eq!(two.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&two.stdout),
+        format!("ALLOW: carol activate as root on {c}\ndecided by: one-approval-activates\n")
+    );
+}
+
+#[test]
+fn a_prod_request_denied_after_one_approval_stays_denied() {
+    let f = fixture();
+    let gw = gateway_labelled("prod", "");
+    let c = &f.container.name;
+    let req = json(
+        &broker(
+            &gw,
+            &f.alice,
+            &format!("request {c} --login root --for 10m --reason OPS-78 --json"),
+        ),
+        &gw,
+    );
+    let id = req["id"].as_str().unwrap().to_string();
+    let first = json(
+        &broker(&gw, &f.approver, &format!("approve {id} --json")),
+        &gw,
+    );
+    assert_eq!(first["state"], "pending");
+    let denied = json(
+        &broker(
+            &gw,
+            &f.carol,
+            &format!("deny {id} --reason \"not today\" --json"),
+        ),
+        &gw,
+    );
+    assert_eq!(denied["state"], "denied");
+    assert_eq!(denied["decision_comment"], "not today");
+    assert_eq!(denied["approval_count"], 1);
+    let late = broker(&gw, &f.carol, &format!("approve {id}"));
+    assert_eq!(late.code, 1, "{}", late.stderr);
+    assert_eq!(
+        refusal(&late),
+        format!("portcullis: refused: request {id} is already denied.\n")
+    );
+    assert_eq!(ssh(&gw, &format!("root@{c}"), &f.alice, &["true"]).code, 1);
+}
+
+/// The broker's refusal: the last line of stderr (ssh prints its own
+/// lines before it), with its newline.
+fn refusal(r: &SshResult) -> String {
+    let line = r.stderr.trim_end().rsplit('\n').next().unwrap_or("");
+    format!("{line}\n")
 }
 
 /// Waits until `info` audit events of `kind` name grant `id`; returns

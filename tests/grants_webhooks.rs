@@ -59,6 +59,12 @@ struct Receiver {
 
 impl Receiver {
     fn start(down: bool) -> Receiver {
+        Receiver::start_with(down, Duration::ZERO)
+    }
+
+    /// A receiver that answers each request `delay` after reading it (each
+    /// connection on its own thread, so slow answers never queue).
+    fn start_with(down: bool, delay: Duration) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let down = Arc::new(AtomicBool::new(down));
@@ -68,37 +74,43 @@ impl Receiver {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut length = 0usize;
-                let mut signature = String::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
+                let (d, g, r) = (d.clone(), g.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut length = 0usize;
+                    let mut signature = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if lower.starts_with("x-portcullis-signature:") {
+                            signature = line.split_once(':').unwrap().1.trim().to_string();
+                        }
                     }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    if lower.starts_with("x-portcullis-signature:") {
-                        signature = line.split_once(':').unwrap().1.trim().to_string();
-                    }
-                }
-                let mut body = vec![0u8; length];
-                let _ = reader.read_exact(&mut body);
-                let status = if d.load(Ordering::SeqCst) {
-                    *r.lock().unwrap() += 1;
-                    "503 Service Unavailable"
-                } else {
-                    g.lock()
-                        .unwrap()
-                        .push((signature, String::from_utf8(body).unwrap()));
-                    "200 OK"
-                };
-                let _ = stream.write_all(
-                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    let mut body = vec![0u8; length];
+                    let _ = reader.read_exact(&mut body);
+                    std::thread::sleep(delay);
+                    let status = if d.load(Ordering::SeqCst) {
+                        *r.lock().unwrap() += 1;
+                        "503 Service Unavailable"
+                    } else {
+                        g.lock()
+                            .unwrap()
+                            .push((signature, String::from_utf8(body).unwrap()));
+                        "200 OK"
+                    };
+                    let _ = stream.write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
                         .as_bytes(),
-                );
+                    );
+                });
             }
         });
         Receiver {
@@ -217,7 +229,13 @@ fn every_workflow_event_reaches_the_webhook_signed() {
     for id in [&revoked, &denied, &expiring] {
         assert!(ids.contains(&id.as_str()), "{ids:?}");
     }
-    assert_eq!(receiver.wait_for("approved", 2).len(), 2);
+    let approved = receiver.wait_for("approved", 2);
+    assert_eq!(approved.len(), 2);
+    for e in &approved {
+        // One approval starts a dev grant: the event says so.
+        assert_eq!(e["state"], "active", "{e}");
+        assert_eq!(e["approvers"], serde_json::json!(["approver"]), "{e}");
+    }
     assert_eq!(receiver.wait_for("revoked", 1)[0]["id"], revoked.as_str());
     assert_eq!(receiver.wait_for("denied", 1)[0]["id"], denied.as_str());
     assert_eq!(receiver.wait_for("expired", 1)[0]["id"], expiring.as_str());
@@ -255,4 +273,58 @@ fn a_dead_webhook_loses_nothing_once_it_comes_back() {
     // Delivered once each.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(receiver.events().len(), 2, "{:?}", receiver.events());
+}
+
+#[test]
+fn two_gateways_on_one_database_deliver_each_event_once() {
+    let f = fixture();
+    // A slow receiver (0.8 s per answer), so both gateways see the same
+    // rows due while one of them is still posting.
+    let receiver = Receiver::start_with(false, Duration::from_millis(800));
+    let shared_dir = tempfile::tempdir().unwrap();
+    let url = match std::env::var("PORTCULLIS_TEST_DATABASE").as_deref() {
+        Ok("postgres") => common::postgres::server().new_database(),
+        _ => format!("sqlite://{}/shared.db", shared_dir.path().display()),
+    };
+    let config = |id: &str| {
+        format!(
+            "gateway_id = \"{id}\"\n[containers.{}]\nlabels = {{ env = \"dev\" }}\n\
+             [grants]\nwebhooks = [\"{}\"]\nwebhook_secret = \"{SECRET}\"\n\
+             webhook_backoff_max = \"2s\"\n",
+            f.container.name, receiver.url
+        )
+    };
+    let a = TestGateway::start_with_database(&f.idp.issuer, &config("gw-a"), Some(&url));
+    let b = TestGateway::start_with_database(&f.idp.issuer, &config("gw-b"), Some(&url));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (asked, approving) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let id = request(asked, "10m", "");
+        ok(
+            broker(approving, &f.approver, &format!("approve {id}")),
+            approving,
+        );
+        ids.push(id);
+    }
+    let created = receiver.wait_for("request_created", 3);
+    let approved = receiver.wait_for("approved", 3);
+    // Long enough for a second delivery by the other gateway to arrive.
+    std::thread::sleep(Duration::from_secs(4));
+    let events = receiver.events();
+    let mut bodies: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    bodies.sort();
+    let total = bodies.len();
+    bodies.dedup();
+    assert_eq!(
+        total,
+        bodies.len(),
+        "an event was delivered twice: {events:?}"
+    );
+    assert_eq!(total, 6, "{events:?}\n{}\n{}", a.log(), b.log());
+    for id in &ids {
+        for (kind, got) in [("request_created", &created), ("approved", &approved)] {
+            let n = got.iter().filter(|e| e["id"] == id.as_str()).count();
+            assert_eq!(n, 1, "{kind} {id}: {events:?}");
+        }
+    }
 }

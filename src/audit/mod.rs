@@ -216,10 +216,12 @@ pub enum AuditEvent {
         /// Policies that allowed the request.
         policies: Vec<String>,
     },
-    /// A workflow step (request, approve, deny, revoke) was refused: by
-    /// policy, a configured limit, or the request's state.
+    /// A workflow step (request, approve, deny, activate, revoke, review)
+    /// was refused: by policy, a configured limit, or the request's state
+    /// (e.g. a second approval by the same approver).
     AccessRequestRefused {
-        /// `request`, `approve`, `deny` or `revoke`.
+        /// `request`, `break-glass`, `approve`, `deny`, `activate`,
+        /// `revoke` or `review`.
         action: String,
         /// The request, when one was named.
         request_id: Option<String>,
@@ -230,7 +232,27 @@ pub enum AuditEvent {
         /// Why (policy ids, limit, state).
         reason: String,
     },
-    /// An access request was approved: a grant starts now.
+    /// One approver approved an access request (one event per approval).
+    /// The grant starts only once the policy permits `activate`
+    /// ([`AuditEvent::GrantApproved`] records that step).
+    AccessRequestApproved {
+        /// The request id.
+        request_id: String,
+        /// Who asked for it.
+        requester: String,
+        /// Target container.
+        container: String,
+        /// Login asked for.
+        login: String,
+        /// Distinct approvals of the request, this one included.
+        approvals: i64,
+        /// The approver's comment.
+        comment: Option<String>,
+        /// Policies that allowed the approval.
+        policies: Vec<String>,
+    },
+    /// An access request was activated (the policy permitted `activate`
+    /// after its approvals): a grant starts now.
     GrantApproved {
         /// The grant (and request) id.
         grant_id: String,
@@ -242,9 +264,11 @@ pub enum AuditEvent {
         login: String,
         /// The grant's end, unix ms.
         expires_at: i64,
-        /// The approver's comment.
+        /// The comment of the approval that activated it.
         comment: Option<String>,
-        /// Policies that allowed the approval.
+        /// Everyone who approved it, in order.
+        approvers: Vec<String>,
+        /// Policies that permitted `activate`.
         policies: Vec<String>,
     },
     /// An access request was denied.
@@ -329,6 +353,7 @@ impl AuditEvent {
             AuditEvent::ChannelRefused { .. } => "channel",
             AuditEvent::AccessRequested { .. }
             | AuditEvent::AccessRequestRefused { .. }
+            | AuditEvent::AccessRequestApproved { .. }
             | AuditEvent::AccessRequestDenied { .. } => "access_request",
             AuditEvent::GrantApproved { .. }
             | AuditEvent::GrantRevoked { .. }
@@ -361,6 +386,7 @@ impl AuditEvent {
             AuditEvent::ForwardOpened { .. } => "success",
             AuditEvent::ChannelRefused { .. } => "deny",
             AuditEvent::AccessRequested { .. } => "success",
+            AuditEvent::AccessRequestApproved { .. } => "allow",
             AuditEvent::AccessRequestRefused { .. } => "deny",
             AuditEvent::GrantApproved { .. } | AuditEvent::BreakGlassGranted { .. } => "allow",
             AuditEvent::BreakGlassReviewed { .. } => "info",

@@ -88,12 +88,44 @@ enum PolicyCommand {
         /// Login inside the container.
         #[arg(long)]
         login: String,
-        /// `shell` or `exec`.
+        /// `shell`, `exec`, `sftp`, `port_forward`, `agent_forward`, or a
+        /// workflow action: `request`, `approve` (also deny), `activate`,
+        /// `revoke`, `review`.
         #[arg(long, default_value = "shell")]
         action: String,
         /// Command, for `exec`.
         #[arg(long)]
         command: Option<String>,
+        /// A label of the container, `KEY=VALUE` (repeat for several); adds
+        /// to or replaces the labels of its `[containers.NAME]` section.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// `sftp`: `read` or `write`.
+        #[arg(long, default_value = "read")]
+        access: String,
+        /// `port_forward`: destination address inside the container.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// `port_forward`: destination port.
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+        /// Workflow actions: who asked for the grant (default: the
+        /// principal, i.e. their own request).
+        #[arg(long)]
+        requester: Option<String>,
+        /// Workflow actions: the grant's length (e.g. `2h`).
+        #[arg(long = "for", value_name = "DURATION", default_value = "1h")]
+        duration: String,
+        /// Workflow actions: the request's reason.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Workflow actions: approvals so far (for `activate`, counting the
+        /// one just given).
+        #[arg(long, default_value_t = 0)]
+        approvals: i64,
+        /// Workflow actions: a break-glass request.
+        #[arg(long)]
+        break_glass: bool,
         /// JSON output.
         #[arg(long)]
         json: bool,

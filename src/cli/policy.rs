@@ -1,11 +1,15 @@
-//! `portcullis policy check`: one decision and the policies behind it.
+//! `portcullis policy check`: one decision and the policies behind it, for
+//! session actions (shell, exec, sftp, port_forward, agent_forward) and
+//! workflow actions (request, approve, activate, revoke, review).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+
 use super::PolicyCommand;
 use crate::config::Config;
-use crate::policy::{AccessRequest, Action, PolicyEngine};
+use crate::policy::{AccessRequest, Action, ContextValue, PolicyEngine, WorkflowRequest};
 
 pub(crate) fn policy(config: Config, command: PolicyCommand) -> anyhow::Result<ExitCode> {
     let PolicyCommand::Check {
@@ -15,25 +19,73 @@ pub(crate) fn policy(config: Config, command: PolicyCommand) -> anyhow::Result<E
         login,
         action,
         command,
+        labels: label_args,
+        access,
+        host,
+        port,
+        requester,
+        duration,
+        reason,
+        approvals,
+        break_glass,
         json,
     } = command;
     let engine = PolicyEngine::load(&config.policy.dir)?;
     let action: Action = action.parse()?;
-    let labels: BTreeMap<String, String> = config
+    let mut labels: BTreeMap<String, String> = config
         .containers
         .get(&container)
         .map(|c| c.labels.clone())
         .unwrap_or_default();
-    let decision = engine.decide(&AccessRequest {
-        principal: &principal,
-        groups: &groups,
-        container: &container,
-        labels: &labels,
-        login: &login,
-        action,
-        command: command.as_deref(),
-        grant: None,
-    })?;
+    for l in &label_args {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let decision = match action {
+        Action::Request | Action::Approve | Action::Activate | Action::Revoke | Action::Review => {
+            let seconds = humantime::parse_duration(&duration)
+                .with_context(|| format!("--for {duration:?} is not a duration (e.g. 2h)"))?
+                .as_secs();
+            engine.decide_workflow(&WorkflowRequest {
+                principal: &principal,
+                groups: &groups,
+                action,
+                container: &container,
+                labels: &labels,
+                requester: requester.as_deref().unwrap_or(&principal),
+                login: &login,
+                duration_seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
+                reason: &reason,
+                break_glass,
+                approvals,
+            })?
+        }
+        _ => {
+            let extra: Vec<(&str, ContextValue)> = match action {
+                Action::Sftp => vec![("access", ContextValue::Str(access))],
+                Action::PortForward => vec![
+                    ("host", ContextValue::Str(host)),
+                    ("port", ContextValue::Long(i64::from(port))),
+                ],
+                _ => Vec::new(),
+            };
+            engine.decide_with(
+                &AccessRequest {
+                    principal: &principal,
+                    groups: &groups,
+                    container: &container,
+                    labels: &labels,
+                    login: &login,
+                    action,
+                    command: command.as_deref(),
+                    grant: None,
+                },
+                &extra,
+            )?
+        }
+    };
     if json {
         println!(
             "{}",

@@ -202,6 +202,13 @@ async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSig
 /// never delays it).
 async fn deliver_webhooks(gateway: Arc<Gateway>) {
     let client = reqwest::Client::new();
+    // Unique to this process: two gateways sharing a database (even with
+    // the same gateway_id) never hold the same claim.
+    let claimer = format!(
+        "{}/{}",
+        gateway.config.gateway_id(),
+        uuid::Uuid::new_v4().simple()
+    );
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -209,7 +216,8 @@ async fn deliver_webhooks(gateway: Arc<Gateway>) {
             _ = tick.tick() => {
                 let grants = &gateway.config.grants;
                 if let Err(e) =
-                    crate::grants::notify::deliver_due(&gateway.store, grants, &client).await
+                    crate::grants::notify::deliver_due(&gateway.store, grants, &client, &claimer)
+                        .await
                 {
                     tracing::error!(error = %e, "cannot deliver webhooks");
                 }

@@ -4,13 +4,15 @@
 //! Nobody holds privileged access by default: a principal asks for
 //! `login@container` for a while with a reason ([`Workflow::request`]);
 //! principals the policy allows approve or deny it ([`Workflow::approve`],
-//! [`Workflow::deny`]); the approval starts a grant that ends at its expiry
-//! or when revoked ([`Workflow::revoke`]). Grants live in the database, so
+//! [`Workflow::deny`]); each approval is recorded (one per approver), and
+//! once the policy permits `activate` with the approvals so far (one on
+//! dev, two on prod with the shipped policies) the request becomes a grant
+//! that ends at its expiry or when revoked ([`Workflow::revoke`]). Grants live in the database, so
 //! a restarted gateway keeps them; [`GrantWatch`] follows one grant for a
 //! live session and [`audit_expired`] audits expiries.
 //!
 //! Every step is decided by the Cedar policy (actions `request`,
-//! `approve`, `revoke`) and audited before it takes effect; a step whose
+//! `approve`, `activate`, `revoke`, `review`) and audited before it takes effect; a step whose
 //! audit event cannot be written does not happen. This module knows
 //! nothing of SSH: the broker commands live in `ssh::broker`.
 
@@ -24,7 +26,9 @@ use crate::audit::{AuditEvent, AuditLog, AuditSubject, truncate};
 use crate::config::{GrantsConfig, valid_name};
 use crate::identity::Principal;
 use crate::policy::{Action, PolicyEngine, WorkflowRequest};
-use crate::store::{AccessRequestRecord, NewAccessRequest, Store, StoreError, now_ms};
+use crate::store::{
+    AccessRequestRecord, ApprovalRecord, NewAccessRequest, Store, StoreError, now_ms,
+};
 
 pub use watch::{GrantEvent, GrantWatch};
 
@@ -58,6 +62,33 @@ pub enum GrantError {
     /// The request is not in a state this step applies to.
     #[error("{0}")]
     State(String),
+}
+
+/// What [`Workflow::approve`] did: the request as it is now (`status`
+/// `approved` once it became a grant, still `pending` when the policy
+/// wants more approvals) and its approvals so far, oldest first.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    /// The request (and grant) now.
+    pub request: AccessRequestRecord,
+    /// Its approvals so far, this one included.
+    pub approvals: Vec<ApprovalRecord>,
+}
+
+impl Approval {
+    /// True when the request became (or already was) a grant.
+    pub fn activated(&self) -> bool {
+        self.request.status == "approved"
+    }
+}
+
+/// The refusal of a second approval by the same approver; `so_far` is
+/// the request's approvals count, theirs included.
+fn already_approved(id: &str, so_far: usize) -> GrantError {
+    GrantError::State(format!(
+        "you already approved request {id}; each approver counts once \
+         (approvals so far: {so_far}), another approver must approve it"
+    ))
 }
 
 /// Who acts, and from where.
@@ -229,6 +260,7 @@ impl Workflow<'_> {
             duration_seconds,
             reason: spec.reason,
             break_glass: spec.break_glass,
+            approvals: 0,
         });
         let policies = match decision {
             Ok(d) if d.allowed => d.policies,
@@ -299,12 +331,26 @@ impl Workflow<'_> {
         } else {
             "request_created"
         };
-        self.notify(event, &r, actor).await;
+        self.notify(event, &r, &[], actor).await;
         Ok(r)
     }
 
-    async fn notify(&self, event: &str, r: &AccessRequestRecord, actor: &Actor<'_>) {
-        notify::notify(self.store, self.config, event, r, &actor.principal.subject).await;
+    async fn notify(
+        &self,
+        event: &str,
+        r: &AccessRequestRecord,
+        approvals: &[ApprovalRecord],
+        actor: &Actor<'_>,
+    ) {
+        notify::notify(
+            self.store,
+            self.config,
+            event,
+            r,
+            approvals,
+            &actor.principal.subject,
+        )
+        .await;
     }
 
     /// Marks break-glass grant `r` reviewed (policy action `review`).
@@ -325,7 +371,8 @@ impl Workflow<'_> {
                 .refuse(actor, "review", what, e, "nothing to review".into())
                 .await);
         }
-        self.allowed(actor, "review", Action::Review, r, labels)
+        let approvals = self.approvals(&r.id).await?.len();
+        self.allowed(actor, "review", Action::Review, r, labels, approvals)
             .await?;
         self.record(
             actor,
@@ -360,16 +407,16 @@ impl Workflow<'_> {
             .ok_or_else(|| GrantError::NotFound(truncate(id, 64)))
     }
 
-    /// Asks the policy whether `actor` may take `action` on request `r`.
-    async fn allowed(
-        &self,
-        actor: &Actor<'_>,
-        verb: &str,
+    /// The workflow question for `actor` taking `action` on request `r`,
+    /// with `approvals` approvals so far.
+    fn question<'q>(
+        actor: &'q Actor<'_>,
         action: Action,
-        r: &AccessRequestRecord,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<Vec<String>, GrantError> {
-        let decision = self.policy.decide_workflow(&WorkflowRequest {
+        r: &'q AccessRequestRecord,
+        labels: &'q BTreeMap<String, String>,
+        approvals: usize,
+    ) -> WorkflowRequest<'q> {
+        WorkflowRequest {
             principal: &actor.principal.subject,
             groups: &actor.principal.groups,
             action,
@@ -380,7 +427,24 @@ impl Workflow<'_> {
             duration_seconds: r.duration_seconds,
             reason: &r.reason,
             break_glass: r.break_glass,
-        });
+            approvals: i64::try_from(approvals).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Asks the policy whether `actor` may take `action` on request `r`,
+    /// which has `approvals` approvals so far.
+    async fn allowed(
+        &self,
+        actor: &Actor<'_>,
+        verb: &str,
+        action: Action,
+        r: &AccessRequestRecord,
+        labels: &BTreeMap<String, String>,
+        approvals: usize,
+    ) -> Result<Vec<String>, GrantError> {
+        let decision = self
+            .policy
+            .decide_workflow(&Self::question(actor, action, r, labels, approvals));
         let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
         let detail = match decision {
             Ok(d) if d.allowed => return Ok(d.policies),
@@ -394,6 +458,14 @@ impl Workflow<'_> {
             format!("{verb} request {}", r.id)
         });
         Err(self.refuse(actor, verb, what, e, detail).await)
+    }
+
+    /// The approvals of request `id` so far, oldest first.
+    ///
+    /// # Errors
+    /// [`GrantError::Store`].
+    pub async fn approvals(&self, id: &str) -> Result<Vec<ApprovalRecord>, GrantError> {
+        Ok(self.store.approvals_of(id).await?)
     }
 
     async fn pending(
@@ -411,8 +483,14 @@ impl Workflow<'_> {
         Err(self.refuse(actor, verb, what, e, detail).await)
     }
 
-    /// Approves pending request `r` (policy action `approve`); the grant
-    /// starts now and lasts the asked-for duration.
+    /// Records `actor`'s approval of pending request `r` (policy action
+    /// `approve`, context `approvals` = the approvals before this one),
+    /// then asks the policy whether the request may become a grant (action
+    /// `activate`, context `approvals` counting this one). When it may,
+    /// the grant starts now and lasts the asked-for duration; else the
+    /// request stays pending for more approvers. Each approver counts
+    /// once: approving twice is refused. The approval and the activation
+    /// are audited, each before it takes effect.
     ///
     /// # Errors
     /// [`GrantError`]; every refusal is audited.
@@ -422,7 +500,7 @@ impl Workflow<'_> {
         r: &AccessRequestRecord,
         labels: &BTreeMap<String, String>,
         comment: Option<&str>,
-    ) -> Result<AccessRequestRecord, GrantError> {
+    ) -> Result<Approval, GrantError> {
         self.pending(actor, "approve", r).await?;
         if let Some(c) = comment
             && (c.len() > MAX_REASON_BYTES || c.chars().any(char::is_control))
@@ -431,36 +509,101 @@ impl Workflow<'_> {
                 "the comment must be one line of at most {MAX_REASON_BYTES} bytes"
             )));
         }
+        let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
+        let me = actor.principal.subject.as_str();
+        let before = self.approvals(&r.id).await?;
+        if before.iter().any(|a| a.approver == me) {
+            let e = already_approved(&r.id, before.len());
+            return Err(self
+                .refuse(actor, "approve", what, e, "already approved by them".into())
+                .await);
+        }
         let policies = self
-            .allowed(actor, "approve", Action::Approve, r, labels)
+            .allowed(actor, "approve", Action::Approve, r, labels, before.len())
             .await?;
         let now = now_ms();
         self.record(
             actor,
-            AuditEvent::GrantApproved {
-                grant_id: r.id.clone(),
+            AuditEvent::AccessRequestApproved {
+                request_id: r.id.clone(),
                 requester: r.requester.clone(),
                 container: r.container.clone(),
                 login: r.login.clone(),
-                expires_at: now.saturating_add(r.duration_seconds.saturating_mul(1000)),
+                approvals: i64::try_from(before.len().saturating_add(1)).unwrap_or(i64::MAX),
                 comment: comment.map(str::to_string),
                 policies,
             },
         )
         .await?;
-        if !self
-            .store
-            .approve_access_request(&r.id, &actor.principal.subject, comment, now)
-            .await?
-        {
-            return Err(GrantError::State(format!(
-                "request {} was decided meanwhile",
-                r.id
-            )));
+        if !self.store.add_approval(&r.id, me, comment, now).await? {
+            // A concurrent approval of theirs (another gateway) came first.
+            let count = self.approvals(&r.id).await?.len();
+            let e = already_approved(&r.id, count);
+            let detail = "already approved by them (concurrently)".to_string();
+            return Err(self.refuse(actor, "approve", what, e, detail).await);
         }
-        let g = self.get(&r.id).await?;
-        self.notify("approved", &g, actor).await;
-        Ok(g)
+        let approvals = self.approvals(&r.id).await?;
+        let activate = self.policy.decide_workflow(&Self::question(
+            actor,
+            Action::Activate,
+            r,
+            labels,
+            approvals.len(),
+        ));
+        let activation = match activate {
+            Ok(d) if d.allowed => Some(d.policies),
+            Ok(d) => {
+                tracing::debug!(
+                    id = %r.id,
+                    approvals = approvals.len(),
+                    policies = ?d.policies,
+                    "approval recorded; activate not permitted yet"
+                );
+                None
+            }
+            Err(e) => {
+                let detail = format!("activate: {e}");
+                let e = GrantError::Denied(format!(
+                    "start grant {} (the policy cannot decide `activate`; your approval \
+                     is recorded)",
+                    r.id
+                ));
+                return Err(self.refuse(actor, "activate", what, e, detail).await);
+            }
+        };
+        if let Some(policies) = activation {
+            self.record(
+                actor,
+                AuditEvent::GrantApproved {
+                    grant_id: r.id.clone(),
+                    requester: r.requester.clone(),
+                    container: r.container.clone(),
+                    login: r.login.clone(),
+                    expires_at: now.saturating_add(r.duration_seconds.saturating_mul(1000)),
+                    comment: comment.map(str::to_string),
+                    approvers: approvals.iter().map(|a| a.approver.clone()).collect(),
+                    policies,
+                },
+            )
+            .await?;
+            let won = self
+                .store
+                .approve_access_request(&r.id, me, comment, now)
+                .await?;
+            if !won {
+                // Another approver's activation (or a denial) came first.
+                let current = self.get(&r.id).await?;
+                if current.status != "approved" {
+                    return Err(GrantError::State(format!(
+                        "request {} was decided meanwhile",
+                        r.id
+                    )));
+                }
+            }
+        }
+        let request = self.get(&r.id).await?;
+        self.notify("approved", &request, &approvals, actor).await;
+        Ok(Approval { request, approvals })
     }
 
     /// Denies pending request `r` (policy action `approve`).
@@ -476,7 +619,8 @@ impl Workflow<'_> {
     ) -> Result<(), GrantError> {
         self.pending(actor, "deny", r).await?;
         self.check_reason_plain(reason)?;
-        self.allowed(actor, "deny", Action::Approve, r, labels)
+        let approvals = self.approvals(&r.id).await?.len();
+        self.allowed(actor, "deny", Action::Approve, r, labels, approvals)
             .await?;
         self.record(
             actor,
@@ -497,7 +641,7 @@ impl Workflow<'_> {
                 r.id
             )));
         }
-        self.notify("denied", r, actor).await;
+        self.notify("denied", r, &[], actor).await;
         Ok(())
     }
 
@@ -534,7 +678,8 @@ impl Workflow<'_> {
                 .await);
         }
         self.check_reason_plain(reason)?;
-        self.allowed(actor, "revoke", Action::Revoke, r, labels)
+        let approvals = self.approvals(&r.id).await?;
+        self.allowed(actor, "revoke", Action::Revoke, r, labels, approvals.len())
             .await?;
         self.record(
             actor,
@@ -554,7 +699,7 @@ impl Workflow<'_> {
         {
             return Err(GrantError::State(format!("{} ended meanwhile", r.id)));
         }
-        self.notify("revoked", r, actor).await;
+        self.notify("revoked", r, &approvals, actor).await;
         Ok(())
     }
 }
@@ -591,7 +736,7 @@ pub async fn audit_expired(
             let _ = store.set_expiry_audited(&g.id, false).await;
             return Err(e);
         }
-        notify::notify(store, config, "expired", &g, "portcullis").await;
+        notify::notify(store, config, "expired", &g, &[], "portcullis").await;
         done += 1;
     }
     Ok(done)

@@ -2,11 +2,16 @@
 //! outbox: each event is written to `webhook_outbox` (one row per URL)
 //! right after the step it reports, and [`deliver_due`] posts due rows,
 //! retrying with doubling waits (1 s up to `[grants] webhook_backoff_max`).
-//! A webhook that is down never blocks a step and loses nothing.
+//! A webhook that is down never blocks a step and loses nothing. Gateways
+//! sharing one database claim each row before posting it (a lease of
+//! [`CLAIM_LEASE`]), so every event is posted by one of them only.
 //!
 //! Body: JSON with `event` (`request_created`, `approved`, `denied`,
-//! `revoked`, `expired`, `break_glass`), the request's fields, `actor`,
-//! `at` (unix ms) and a Slack-compatible `text`. With
+//! `revoked`, `expired`, `break_glass`), the request's fields, `state`
+//! (`pending`, `active`, ...), `approvers` (everyone who approved it so
+//! far, in order), `actor`, `at` (unix ms) and a Slack-compatible `text`.
+//! `approved` is sent for each approval: `state` is `active` for the one
+//! that started the grant, `pending` while the policy wants more. With
 //! `[grants] webhook_secret`, the header `X-Portcullis-Signature:
 //! sha256=HEX` carries the HMAC-SHA256 (RFC 2104) of the body.
 
@@ -16,7 +21,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::config::GrantsConfig;
-use crate::store::{AccessRequestRecord, Store, StoreError, now_ms};
+use crate::store::{AccessRequestRecord, ApprovalRecord, Store, StoreError, now_ms};
 
 /// Most outbox rows posted per round.
 const BATCH: i64 = 50;
@@ -24,17 +29,25 @@ const BATCH: i64 = 50;
 /// Timeout of one delivery attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a claim on an outbox row holds: well above one attempt, so a
+/// row is never posted by two gateways at once; a gateway that dies
+/// mid-delivery frees its row when the lease runs out. Gateways sharing a
+/// database must keep their clocks within this of each other.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
+
 /// The header that carries the body's HMAC-SHA256.
 pub const SIGNATURE_HEADER: &str = "X-Portcullis-Signature";
 
-/// Queues `event` about request `r` by `actor` for every configured
-/// webhook. A database failure is logged: the step itself already
-/// happened and is in the audit log.
+/// Queues `event` about request `r` (with its `approvals` so far, empty
+/// when they do not matter) by `actor` for every configured webhook. A
+/// database failure is logged: the step itself already happened and is in
+/// the audit log.
 pub async fn notify(
     store: &Store,
     config: &GrantsConfig,
     event: &str,
     r: &AccessRequestRecord,
+    approvals: &[ApprovalRecord],
     actor: &str,
 ) {
     if config.webhooks.is_empty() {
@@ -45,6 +58,13 @@ pub async fn notify(
         "request_created" => format!(
             "{} asks for {what} for {}s: {} (request {})",
             r.requester, r.duration_seconds, r.reason, r.id
+        ),
+        "approved" if r.status == "pending" => format!(
+            "{actor} approved {}'s request for {what} ({}): {} approval(s) so far, \
+             still pending",
+            r.requester,
+            r.id,
+            approvals.len()
         ),
         "approved" => format!(
             "{actor} approved {}'s access to {what} ({})",
@@ -75,6 +95,8 @@ pub async fn notify(
         "reason": r.reason,
         "break_glass": r.break_glass,
         "expires_at": r.expires_at,
+        "state": r.state_at(now_ms()),
+        "approvers": approvals.iter().map(|a| a.approver.as_str()).collect::<Vec<_>>(),
         "actor": actor,
         "at": now_ms(),
         "text": text,
@@ -85,8 +107,12 @@ pub async fn notify(
     }
 }
 
-/// Posts every due outbox row once; failures are rescheduled with a
-/// doubling wait. Returns how many were delivered.
+/// Posts every due outbox row once, each after claiming it for `claimer`
+/// (a name unique to this delivery worker: gateway id and a per-process
+/// random part) with a lease of [`CLAIM_LEASE`]; a row another gateway
+/// claimed is left to it, so gateways sharing a database never post the
+/// same row twice. Failures are rescheduled with a doubling wait. Returns
+/// how many were delivered.
 ///
 /// # Errors
 /// [`StoreError`] when the outbox cannot be read or updated.
@@ -94,9 +120,19 @@ pub async fn deliver_due(
     store: &Store,
     config: &GrantsConfig,
     client: &reqwest::Client,
+    claimer: &str,
 ) -> Result<usize, StoreError> {
     let mut delivered = 0;
+    let lease = i64::try_from(CLAIM_LEASE.as_millis()).unwrap_or(i64::MAX);
     for (id, url, body, attempts) in store.due_webhooks(now_ms(), BATCH).await? {
+        let now = now_ms();
+        if !store
+            .claim_webhook(id, claimer, now, now.saturating_add(lease))
+            .await?
+        {
+            tracing::debug!(id, "webhook row claimed by another gateway");
+            continue;
+        }
         let mut request = client
             .post(&url)
             .timeout(ATTEMPT_TIMEOUT)
@@ -121,7 +157,13 @@ pub async fn deliver_due(
                 let wait = backoff(attempts, config.webhook_backoff_max);
                 tracing::warn!(%url, attempts, %error, "webhook delivery failed; will retry");
                 store
-                    .webhook_failed(id, attempts, now_ms() + wait.as_millis() as i64, &error)
+                    .webhook_failed(
+                        id,
+                        claimer,
+                        attempts,
+                        now_ms() + wait.as_millis() as i64,
+                        &error,
+                    )
                     .await?;
             }
         }
@@ -176,5 +218,53 @@ mod tests {
         assert_eq!(backoff(1, max), Duration::from_secs(1));
         assert_eq!(backoff(3, max), Duration::from_secs(4));
         assert_eq!(backoff(60, max), max);
+    }
+
+    #[tokio::test]
+    async fn an_approval_that_leaves_the_request_pending_says_so() {
+        let (_dir, store) = crate::store::tests::temp_store().await;
+        let config = GrantsConfig {
+            webhooks: vec!["http://127.0.0.1:9/hook".into()],
+            ..Default::default()
+        };
+        let r = AccessRequestRecord {
+            id: "r1".into(),
+            requester: "alice".into(),
+            container: "db1".into(),
+            login: "root".into(),
+            duration_seconds: 600,
+            reason: "OPS-1".into(),
+            status: "pending".into(),
+            created_at: 1,
+            decided_by: None,
+            decided_at: None,
+            decision_comment: None,
+            starts_at: None,
+            expires_at: None,
+            revoked_at: None,
+            revoked_by: None,
+            revoke_reason: None,
+            break_glass: false,
+            reviewed_by: None,
+            reviewed_at: None,
+            review_comment: None,
+        };
+        let approvals = [ApprovalRecord {
+            request_id: "r1".into(),
+            approver: "bob".into(),
+            comment: None,
+            approved_at: 2,
+        }];
+        notify(&store, &config, "approved", &r, &approvals, "bob").await;
+        let due = store.due_webhooks(now_ms(), 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        let body: serde_json::Value = serde_json::from_str(&due[0].2).unwrap();
+        assert_eq!(body["event"], "approved");
+        assert_eq!(body["state"], "pending");
+        assert_eq!(body["approvers"], json!(["bob"]));
+        assert_eq!(
+            body["text"],
+            "bob approved alice's request for root@db1 (r1): 1 approval(s) so far, still pending"
+        );
     }
 }

@@ -11,9 +11,11 @@
 //! `login` (string), `command` (string, `""` for a shell) and `grant` (the
 //! principal's active grant for that login: `active`, `id`, `approver`,
 //! `expires_at` in unix seconds); `Action::"request"`, `"approve"`,
-//! `"revoke"`, `"review"` (the access-request workflow) with context
-//! `requester` (a `User`), `login`, `duration_seconds`, `reason` and
-//! `break_glass`; `Action::"sftp"` (context as exec plus `access`,
+//! `"activate"`, `"revoke"`, `"review"` (the access-request workflow) with
+//! context `requester` (a `User`), `login`, `duration_seconds`, `reason`,
+//! `break_glass` and `approvals` (long: approvals recorded so far;
+//! `activate` is asked after each approval, counting it, and the request
+//! becomes a grant only when it is permitted); `Action::"sftp"` (context as exec plus `access`,
 //! `"read"`/`"write"`), `"port_forward"` (plus `host`, string, and `port`,
 //! long) and `"agent_forward"` (issue 5).
 //!
@@ -42,6 +44,10 @@ pub enum Action {
     Request,
     /// Approve or deny someone's access request.
     Approve,
+    /// Turn an approved access request into a grant: asked after each
+    /// approval, with context `approvals` counting it; the request stays
+    /// pending until this is permitted (e.g. "prod needs two approvals").
+    Activate,
     /// End a grant before its expiry.
     Revoke,
     /// Mark a break-glass grant reviewed.
@@ -71,13 +77,15 @@ pub enum ContextValue {
 }
 
 impl Action {
-    /// The Cedar action id (`shell`, `exec`, `request`, `approve`, `revoke`).
+    /// The Cedar action id (`shell`, `exec`, `request`, `approve`,
+    /// `activate`, `revoke`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Shell => "shell",
             Action::Exec => "exec",
             Action::Request => "request",
             Action::Approve => "approve",
+            Action::Activate => "activate",
             Action::Revoke => "revoke",
             Action::Review => "review",
             Action::Sftp => "sftp",
@@ -97,6 +105,7 @@ impl FromStr for Action {
             "exec" => Ok(Action::Exec),
             "request" => Ok(Action::Request),
             "approve" => Ok(Action::Approve),
+            "activate" => Ok(Action::Activate),
             "revoke" => Ok(Action::Revoke),
             "review" => Ok(Action::Review),
             "sftp" => Ok(Action::Sftp),
@@ -122,17 +131,18 @@ pub struct GrantContext<'a> {
     pub expires_at: i64,
 }
 
-/// A question about the access-request workflow: `request`, `approve` or
-/// `revoke` of a grant for `login@container`. The request's attributes are
-/// the context: `requester` (a `User`), `login`, `duration_seconds`,
-/// `reason`.
+/// A question about the access-request workflow: `request`, `approve`,
+/// `activate`, `revoke` or `review` of a grant for `login@container`. The
+/// request's attributes are the context: `requester` (a `User`), `login`,
+/// `duration_seconds`, `reason`, `break_glass`, `approvals`.
 #[derive(Debug, Clone)]
 pub struct WorkflowRequest<'a> {
     /// Who acts (principal subject).
     pub principal: &'a str,
     /// Their groups.
     pub groups: &'a [String],
-    /// [`Action::Request`], [`Action::Approve`] or [`Action::Revoke`].
+    /// [`Action::Request`], [`Action::Approve`], [`Action::Activate`],
+    /// [`Action::Revoke`] or [`Action::Review`].
     pub action: Action,
     /// The container of the request.
     pub container: &'a str,
@@ -149,6 +159,10 @@ pub struct WorkflowRequest<'a> {
     /// True for a break-glass request (the requester is in the configured
     /// break-glass group and grants it to themselves).
     pub break_glass: bool,
+    /// Distinct approvals recorded so far: 0 for `request`; for `approve`
+    /// those before this one; for `activate` those including the one just
+    /// recorded.
+    pub approvals: i64,
 }
 
 /// One question for the policy.
@@ -219,7 +233,7 @@ pub enum PolicyError {
     Empty(PathBuf),
     /// An action name the policy does not know.
     #[error(
-        "unknown action {0:?} (known: shell, exec, request, approve, revoke, review, sftp, port_forward, agent_forward, watch, kill)"
+        "unknown action {0:?} (known: shell, exec, request, approve, activate, revoke, review, sftp, port_forward, agent_forward, watch, kill)"
     )]
     UnknownAction(String),
     /// Entities or the request could not be built (bad name or label).
@@ -345,7 +359,8 @@ impl PolicyEngine {
         )
     }
 
-    /// Decides a workflow step (request, approve, revoke). Anything that
+    /// Decides a workflow step (request, approve, activate, revoke,
+    /// review). Anything that
     /// cannot be evaluated is a deny.
     ///
     /// # Errors
@@ -372,6 +387,10 @@ impl PolicyEngine {
             (
                 "break_glass".to_string(),
                 RestrictedExpression::new_bool(request.break_glass),
+            ),
+            (
+                "approvals".to_string(),
+                RestrictedExpression::new_long(request.approvals),
             ),
         ];
         self.evaluate(

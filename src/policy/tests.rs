@@ -129,6 +129,7 @@ fn workflow_defaults() {
                 duration_seconds: secs,
                 reason: "OPS-1",
                 break_glass: false,
+                approvals: 0,
             })
             .unwrap()
     };
@@ -142,17 +143,37 @@ fn workflow_defaults() {
     );
     assert!(r.allowed);
     assert_eq!(r.policies, ["developers-request-dev"]);
-    assert!(
-        !ask(
-            "alice",
-            &["developers"],
-            Action::Request,
-            "alice",
-            &prod,
-            60
-        )
-        .allowed
+    let staging = BTreeMap::from([("env".to_string(), "staging".to_string())]);
+    let d = ask(
+        "alice",
+        &["developers"],
+        Action::Request,
+        "alice",
+        &staging,
+        60,
     );
+    assert!(!d.allowed);
+    assert!(d.policies.is_empty(), "{d:?}");
+    // Prod: requests up to 4 h.
+    let d = ask(
+        "alice",
+        &["developers"],
+        Action::Request,
+        "alice",
+        &prod,
+        4 * 3600,
+    );
+    assert!(d.allowed);
+    assert_eq!(d.policies, ["developers-request-prod"]);
+    let d = ask(
+        "alice",
+        &["developers"],
+        Action::Request,
+        "alice",
+        &prod,
+        4 * 3600 + 1,
+    );
+    assert!(!d.allowed);
     assert!(ask("bob", &["approvers"], Action::Approve, "alice", &dev, 3600).allowed);
     assert!(
         !ask(
@@ -165,7 +186,20 @@ fn workflow_defaults() {
         )
         .allowed
     );
-    assert!(!ask("bob", &["approvers"], Action::Approve, "alice", &prod, 60).allowed);
+    let d = ask("bob", &["approvers"], Action::Approve, "alice", &prod, 60);
+    assert!(d.allowed);
+    assert_eq!(d.policies, ["approvers-approve-prod"]);
+    assert!(
+        !ask(
+            "bob",
+            &["approvers"],
+            Action::Approve,
+            "alice",
+            &staging,
+            60
+        )
+        .allowed
+    );
     let own = ask("root", &["admins"], Action::Approve, "root", &prod, 60);
     assert!(!own.allowed);
     assert_eq!(own.policies, ["no-self-approval"]);
@@ -255,4 +289,96 @@ fn sftp_without_its_context_is_a_deny() {
         &[],
     );
     assert!(r.is_err() || !r.unwrap().allowed);
+}
+
+/// `activate` on the shipped policies for a request by alice on a container
+/// labelled env=`env`, asked for `approver` with `approvals` so far.
+fn activate(env: &str, approver: &str, groups: &[&str], approvals: i64) -> Decision {
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    let labels = BTreeMap::from([("env".to_string(), env.to_string())]);
+    shipped()
+        .decide_workflow(&WorkflowRequest {
+            principal: approver,
+            groups: &groups,
+            action: Action::Activate,
+            container: "db1",
+            labels: &labels,
+            requester: "alice",
+            login: "root",
+            duration_seconds: 600,
+            reason: "OPS-1",
+            break_glass: false,
+            approvals,
+        })
+        .unwrap()
+}
+
+#[test]
+fn one_approval_activates_on_dev_and_prod_needs_two() {
+    let d = activate("dev", "bob", &["approvers"], 1);
+    assert!(d.allowed);
+    assert_eq!(d.policies, ["one-approval-activates"]);
+    assert!(d.errors.is_empty(), "{d:?}");
+    // No approval yet: nothing permits it (default deny).
+    let d = activate("dev", "bob", &["approvers"], 0);
+    assert!(!d.allowed);
+    assert!(d.policies.is_empty(), "{d:?}");
+    // Prod: one approval is not enough, admins included; two are.
+    let d = activate("prod", "bob", &["approvers"], 1);
+    assert!(!d.allowed);
+    assert_eq!(d.policies, ["prod-two-approvals"]);
+    let d = activate("prod", "root", &["admins"], 1);
+    assert!(!d.allowed);
+    assert_eq!(d.policies, ["prod-two-approvals"]);
+    let d = activate("prod", "carol", &["approvers"], 2);
+    assert!(d.allowed);
+    assert_eq!(d.policies, ["one-approval-activates"]);
+    // A container without labels needs one approval, and evaluates cleanly.
+    let d = activate("", "bob", &[], 1);
+    assert!(d.allowed);
+    assert!(d.errors.is_empty(), "{d:?}");
+}
+
+#[test]
+fn approve_sees_the_approvals_so_far() {
+    // A site policy: the second approval of a prod request must come from
+    // the security group.
+    let dir = tempfile::tempdir().unwrap();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for f in [SCHEMA_FILE, "access.cedar", "grants.cedar"] {
+        std::fs::copy(policies.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("zz-second-from-security.cedar"),
+        "@id(\"second-from-security\") forbid (principal, action == Action::\"approve\", \
+         resource) when { context.approvals >= 1 } unless { principal in Group::\"security\" };",
+    )
+    .unwrap();
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    let prod = BTreeMap::from([("env".to_string(), "prod".to_string())]);
+    let ask = |groups: &[&str], approvals: i64| {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        engine
+            .decide_workflow(&WorkflowRequest {
+                principal: "carol",
+                groups: &groups,
+                action: Action::Approve,
+                container: "db1",
+                labels: &prod,
+                requester: "alice",
+                login: "root",
+                duration_seconds: 600,
+                reason: "OPS-1",
+                break_glass: false,
+                approvals,
+            })
+            .unwrap()
+    };
+    assert_eq!(ask(&["approvers"], 0).policies, ["approvers-approve-prod"]);
+    let d = ask(&["approvers"], 1);
+    assert!(!d.allowed);
+    assert_eq!(d.policies, ["second-from-security"]);
+    let d = ask(&["approvers", "security"], 1);
+    assert!(d.allowed);
+    assert_eq!(d.policies, ["approvers-approve-prod"]);
 }

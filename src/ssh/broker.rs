@@ -27,7 +27,7 @@ use serde_json::json;
 use super::Gateway;
 use crate::grants::{Actor, GrantError, RequestSpec, Workflow, format_duration};
 use crate::identity::Principal;
-use crate::store::{AccessRequestRecord, now_ms};
+use crate::store::{AccessRequestRecord, ApprovalRecord, now_ms};
 use args::Args;
 
 mod args;
@@ -257,15 +257,74 @@ fn status_of(r: &AccessRequestRecord) -> &'static str {
     r.state_at(now_ms())
 }
 
-fn record_json(r: &AccessRequestRecord) -> serde_json::Value {
+/// `r` as JSON: its stored fields, `state`, `approvals` (objects with
+/// `approver`, `comment`, `approved_at` in unix ms, oldest first) and
+/// `approval_count`.
+fn record_json(r: &AccessRequestRecord, approvals: &[ApprovalRecord]) -> serde_json::Value {
     let mut v = serde_json::to_value(r).unwrap_or_else(|_| json!({}));
     if let Some(map) = v.as_object_mut() {
         map.insert("state".into(), json!(status_of(r)));
+        map.insert("approvals".into(), json!(approvals));
+        map.insert("approval_count".into(), json!(approvals.len()));
     }
     v
 }
 
-fn line(r: &AccessRequestRecord) -> String {
+/// `approvals` as people read them: `1 approval (bob)`, `2 approvals
+/// (bob, carol)`; empty when there are none.
+fn approvals_text(approvals: &[ApprovalRecord]) -> String {
+    if approvals.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = approvals.iter().map(|a| a.approver.as_str()).collect();
+    let plural = if approvals.len() == 1 { "" } else { "s" };
+    format!(
+        "{} approval{plural} ({})",
+        approvals.len(),
+        names.join(", ")
+    )
+}
+
+/// The approvals of each request of `list`, by request id.
+async fn with_approvals(
+    wf: &Workflow<'_>,
+    list: &[AccessRequestRecord],
+) -> Result<BTreeMap<String, Vec<ApprovalRecord>>, Failure> {
+    let ids: Vec<String> = list.iter().map(|r| r.id.clone()).collect();
+    Ok(wf.store.approvals_of_many(&ids).await?)
+}
+
+fn list_text(
+    list: &[AccessRequestRecord],
+    approvals: &BTreeMap<String, Vec<ApprovalRecord>>,
+) -> String {
+    list.iter()
+        .map(|r| {
+            line(
+                r,
+                approvals.get(&r.id).map(Vec::as_slice).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn list_json(
+    list: &[AccessRequestRecord],
+    approvals: &BTreeMap<String, Vec<ApprovalRecord>>,
+) -> String {
+    let v: Vec<_> = list
+        .iter()
+        .map(|r| {
+            record_json(
+                r,
+                approvals.get(&r.id).map(Vec::as_slice).unwrap_or_default(),
+            )
+        })
+        .collect();
+    json_text(&json!(v))
+}
+
+fn line(r: &AccessRequestRecord, approvals: &[ApprovalRecord]) -> String {
     let secs = u64::try_from(r.duration_seconds).unwrap_or(0);
     let until = match status_of(r) {
         "active" => format!(" until {}", time_text(r.expires_at)),
@@ -276,8 +335,12 @@ fn line(r: &AccessRequestRecord) -> String {
         (true, Some(_)) => " [break-glass, reviewed]",
         _ => "",
     };
+    let approved = match approvals_text(approvals) {
+        t if t.is_empty() => t,
+        t => format!(" [{t}]"),
+    };
     format!(
-        "{}  {:<8} {} wants {}@{} for {}{}{flag}: {}\n",
+        "{}  {:<8} {} wants {}@{} for {}{}{flag}{approved}: {}\n",
         r.id,
         status_of(r),
         r.requester,
@@ -347,7 +410,7 @@ async fn request(
         )
         .await?;
     if args.flags.contains("json") {
-        return Ok(Reply::ok(json_text(&record_json(&r))));
+        return Ok(Reply::ok(json_text(&record_json(&r, &[]))));
     }
     if break_glass {
         return Ok(Reply::ok(format!(
@@ -369,14 +432,26 @@ async fn show(wf: &Workflow<'_>, rest: &[String]) -> Result<Reply, Failure> {
     let args = Args::parse(rest, &[], &["json"]).map_err(usage)?;
     let r = wf.get(args.one_id().map_err(usage)?).await?;
     let sessions = wf.store.sessions_of_grant(&r.id).await?;
+    let approvals = wf.approvals(&r.id).await?;
     if args.flags.contains("json") {
-        let mut v = record_json(&r);
+        let mut v = record_json(&r, &approvals);
         if let Some(map) = v.as_object_mut() {
             map.insert("sessions".into(), json!(sessions));
         }
         return Ok(Reply::ok(json_text(&v)));
     }
-    let mut text = line(&r);
+    let mut text = line(&r, &approvals);
+    for a in &approvals {
+        text.push_str(&format!(
+            "  approved by {} at {}{}\n",
+            a.approver,
+            time_text(Some(a.approved_at)),
+            a.comment
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default()
+        ));
+    }
     text.push_str(&format!(
         "  asked {}; decided by {} at {} ({}); grant {} to {}\n",
         time_text(Some(r.created_at)),
@@ -420,14 +495,14 @@ async fn list_requests(
     } else {
         wf.store.access_requests(status, mine, LIST_LIMIT).await?
     };
+    let approvals = with_approvals(wf, &list).await?;
     if args.flags.contains("json") {
-        let v: Vec<_> = list.iter().map(record_json).collect();
-        return Ok(Reply::ok(json_text(&json!(v))));
+        return Ok(Reply::ok(list_json(&list, &approvals)));
     }
     if list.is_empty() {
         return Ok(Reply::ok("No access requests.\n".into()));
     }
-    Ok(Reply::ok(list.iter().map(line).collect()))
+    Ok(Reply::ok(list_text(&list, &approvals)))
 }
 
 async fn list_grants(
@@ -444,14 +519,14 @@ async fn list_grants(
         .contains("mine")
         .then_some(actor.principal.subject.as_str());
     let list = wf.store.active_grants(mine, now_ms()).await?;
+    let approvals = with_approvals(wf, &list).await?;
     if args.flags.contains("json") {
-        let v: Vec<_> = list.iter().map(record_json).collect();
-        return Ok(Reply::ok(json_text(&json!(v))));
+        return Ok(Reply::ok(list_json(&list, &approvals)));
     }
     if list.is_empty() {
         return Ok(Reply::ok("No active grants.\n".into()));
     }
-    Ok(Reply::ok(list.iter().map(line).collect()))
+    Ok(Reply::ok(list_text(&list, &approvals)))
 }
 
 async fn decide(
@@ -466,39 +541,54 @@ async fn decide(
     let r = wf.get(id).await?;
     let labels = labels_of(gateway, &r.container).await;
     let reason = args.values.get("reason").map(String::as_str);
-    let r = match verb {
-        "approve" => {
-            let comment = args.values.get("comment").map(String::as_str);
-            wf.approve(actor, &r, &labels, comment).await?
+    if verb == "approve" {
+        let comment = args.values.get("comment").map(String::as_str);
+        let done = wf.approve(actor, &r, &labels, comment).await?;
+        let r = &done.request;
+        if args.flags.contains("json") {
+            return Ok(Reply::ok(json_text(&record_json(r, &done.approvals))));
         }
+        let so_far = approvals_text(&done.approvals);
+        let text = if done.activated() {
+            let names: Vec<&str> = done.approvals.iter().map(|a| a.approver.as_str()).collect();
+            format!(
+                "Approved {}: {} may use {}@{} until {} (approved by {}).\n",
+                r.id,
+                r.requester,
+                r.login,
+                r.container,
+                time_text(r.expires_at),
+                names.join(", ")
+            )
+        } else {
+            format!(
+                "Approval recorded for {}: {so_far} so far. The request stays pending: \
+                 the policy wants another approver before the grant starts.\n",
+                r.id
+            )
+        };
+        return Ok(Reply::ok(text));
+    }
+    match verb {
         "review" => {
             let comment = args.values.get("comment").map(String::as_str);
             wf.review(actor, &r, &labels, comment).await?;
-            wf.get(id).await?
         }
         "deny" => {
             let reason = reason.ok_or_else(|| usage("deny needs --reason TEXT".into()))?;
             wf.deny(actor, &r, &labels, reason).await?;
-            wf.get(id).await?
         }
         _ => {
             let reason = reason.ok_or_else(|| usage("revoke needs --reason TEXT".into()))?;
             wf.revoke(actor, &r, &labels, reason).await?;
-            wf.get(id).await?
         }
-    };
+    }
+    let r = wf.get(id).await?;
     if args.flags.contains("json") {
-        return Ok(Reply::ok(json_text(&record_json(&r))));
+        let approvals = wf.approvals(id).await?;
+        return Ok(Reply::ok(json_text(&record_json(&r, &approvals))));
     }
     let text = match verb {
-        "approve" => format!(
-            "Approved {}: {} may use {}@{} until {}.\n",
-            r.id,
-            r.requester,
-            r.login,
-            r.container,
-            time_text(r.expires_at)
-        ),
         "deny" => format!("Denied {}.\n", r.id),
         "review" => format!("Reviewed break-glass grant {}.\n", r.id),
         _ => format!("Revoked {}; its sessions end now.\n", r.id),
@@ -516,7 +606,16 @@ async fn whoami(
     let p = actor.principal;
     let grants = wf.store.active_grants(Some(&p.subject), now_ms()).await?;
     if args.flags.contains("json") {
-        let v: Vec<_> = grants.iter().map(record_json).collect();
+        let approvals = with_approvals(wf, &grants).await?;
+        let v: Vec<_> = grants
+            .iter()
+            .map(|r| {
+                record_json(
+                    r,
+                    approvals.get(&r.id).map(Vec::as_slice).unwrap_or_default(),
+                )
+            })
+            .collect();
         return Ok(Reply::ok(json_text(&json!({
             "principal": p.subject,
             "email": p.email,

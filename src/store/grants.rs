@@ -3,6 +3,8 @@
 //! `expires_at` (unix ms) unless `revoked_at` is set. Every state change is
 //! a conditional `UPDATE`, so two approvers racing cannot both win.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -93,6 +95,29 @@ pub struct NewAccessRequest<'a> {
     pub reason: &'a str,
     /// True for a break-glass request (approved by its requester at once).
     pub break_glass: bool,
+}
+
+/// One approval of an access request: who approved, when, with what
+/// comment. One per approver per request.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ApprovalRecord {
+    /// The request approved.
+    pub request_id: String,
+    /// Who approved (principal subject).
+    pub approver: String,
+    /// The approver's comment.
+    pub comment: Option<String>,
+    /// When, unix ms.
+    pub approved_at: i64,
+}
+
+fn approval_from_row(r: &AnyRow) -> ApprovalRecord {
+    ApprovalRecord {
+        request_id: r.get("request_id"),
+        approver: r.get("approver"),
+        comment: r.get("comment"),
+        approved_at: r.get("approved_at"),
+    }
 }
 
 const COLUMNS: &str = "id, requester, container, login, duration_seconds, reason, status, \
@@ -265,6 +290,77 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Records `approver`'s approval of request `id` at `now` (unix ms).
+    /// False when `approver` already approved it (one approval per
+    /// approver per request, also when two gateways race).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn add_approval(
+        &self,
+        id: &str,
+        approver: &str,
+        comment: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO access_approvals (request_id, approver, comment, approved_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (request_id, approver) DO NOTHING",
+        )
+        .bind(id)
+        .bind(approver)
+        .bind(comment)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The approvals of request `id`, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn approvals_of(&self, id: &str) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT request_id, approver, comment, approved_at FROM access_approvals \
+             WHERE request_id = $1 ORDER BY approved_at, approver",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(approval_from_row).collect())
+    }
+
+    /// The approvals of each of the requests `ids` (oldest first; requests
+    /// without approvals are left out).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn approvals_of_many(
+        &self,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, Vec<ApprovalRecord>>, StoreError> {
+        let mut all: BTreeMap<String, Vec<ApprovalRecord>> = BTreeMap::new();
+        // A bounded number of placeholders per query.
+        for chunk in ids.chunks(100) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT request_id, approver, comment, approved_at FROM access_approvals \
+                 WHERE request_id IN ({}) ORDER BY approved_at, approver",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let a = approval_from_row(&row);
+                all.entry(a.request_id.clone()).or_default().push(a);
+            }
+        }
+        Ok(all)
+    }
+
     /// Denies pending request `id`. False when it is no longer pending.
     ///
     /// # Errors
@@ -411,8 +507,10 @@ impl Store {
         Ok(())
     }
 
-    /// Undelivered webhook rows due at `now`, oldest first, at most
-    /// `limit`: `(id, url, body, attempts)`.
+    /// Undelivered webhook rows due at `now` (unix ms) and not under
+    /// another claim's lease, oldest first, at most `limit`: `(id, url,
+    /// body, attempts)`. Claim each with [`Store::claim_webhook`] before
+    /// posting it.
     ///
     /// # Errors
     /// [`StoreError::Query`].
@@ -423,7 +521,8 @@ impl Store {
     ) -> Result<Vec<(i64, String, String, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, url, body, attempts FROM webhook_outbox \
-             WHERE delivered_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
+             WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
+             AND (claimed_until IS NULL OR claimed_until < $1) ORDER BY id LIMIT $2",
         )
         .bind(now)
         .bind(limit)
@@ -435,39 +534,76 @@ impl Store {
             .collect())
     }
 
-    /// Marks webhook row `id` delivered.
+    /// Claims undelivered webhook row `id` for `claimer` (one delivery
+    /// worker of one gateway) until `until` (unix ms), when no other claim
+    /// holds it at `now`. True when this call won the row: of several
+    /// gateways sharing the database exactly one does, until the lease
+    /// runs out.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn claim_webhook(
+        &self,
+        id: i64,
+        claimer: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE webhook_outbox SET claimed_by = $1, claimed_until = $2 \
+             WHERE id = $3 AND delivered_at IS NULL \
+             AND (claimed_until IS NULL OR claimed_until < $4)",
+        )
+        .bind(claimer)
+        .bind(until)
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks webhook row `id` delivered and ends its claim.
     ///
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn webhook_delivered(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE webhook_outbox SET delivered_at = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE webhook_outbox SET delivered_at = $1, claimed_by = NULL, \
+             claimed_until = NULL WHERE id = $2",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    /// Records a failed delivery of webhook row `id`: `attempts` so far and
-    /// the next try at `next_attempt_at` (unix ms).
+    /// Records a failed delivery of webhook row `id` by `claimer`:
+    /// `attempts` so far and the next try at `next_attempt_at` (unix ms);
+    /// ends the claim. Does nothing when the row is no longer `claimer`'s
+    /// (its lease ran out and another gateway took it).
     ///
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn webhook_failed(
         &self,
         id: i64,
+        claimer: &str,
         attempts: i64,
         next_attempt_at: i64,
         error: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE webhook_outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 \
-             WHERE id = $4",
+            "UPDATE webhook_outbox SET attempts = $1, next_attempt_at = $2, last_error = $3, \
+             claimed_by = NULL, claimed_until = NULL \
+             WHERE id = $4 AND claimed_by = $5 AND delivered_at IS NULL",
         )
         .bind(attempts)
         .bind(next_attempt_at)
         .bind(error)
         .bind(id)
+        .bind(claimer)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -590,6 +726,118 @@ mod tests {
                 .await
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn one_approval_per_approver_per_request() {
+        let (_dir, store) = temp_store().await;
+        assert!(
+            store
+                .add_approval("r1", "bob", Some("ok"), 10)
+                .await
+                .unwrap()
+        );
+        assert!(!store.add_approval("r1", "bob", None, 11).await.unwrap());
+        assert!(store.add_approval("r1", "carol", None, 12).await.unwrap());
+        assert!(store.add_approval("r2", "bob", None, 13).await.unwrap());
+        let r1 = store.approvals_of("r1").await.unwrap();
+        assert_eq!(
+            r1,
+            vec![
+                ApprovalRecord {
+                    request_id: "r1".into(),
+                    approver: "bob".into(),
+                    comment: Some("ok".into()),
+                    approved_at: 10,
+                },
+                ApprovalRecord {
+                    request_id: "r1".into(),
+                    approver: "carol".into(),
+                    comment: None,
+                    approved_at: 12,
+                },
+            ]
+        );
+        let many = store
+            .approvals_of_many(&["r1".into(), "r2".into(), "r3".into()])
+            .await
+            .unwrap();
+        assert_eq!(many.len(), 2);
+        assert_eq!(many["r1"], r1);
+        assert_eq!(many["r2"].len(), 1);
+        assert_eq!(many["r2"][0].approver, "bob");
+    }
+
+    #[tokio::test]
+    async fn a_webhook_row_is_claimed_by_one_worker_until_its_lease_ends() {
+        let (_dir, store) = temp_store().await;
+        store
+            .enqueue_webhooks(&["http://h/1".to_string()], "{}")
+            .await
+            .unwrap();
+        let now = now_ms();
+        let due = store.due_webhooks(now, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        let id = due[0].0;
+        assert!(
+            store
+                .claim_webhook(id, "gw-a/1", now, now + 30_000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .claim_webhook(id, "gw-b/1", now, now + 30_000)
+                .await
+                .unwrap()
+        );
+        // Claimed rows are not due for others while the lease lasts.
+        assert!(store.due_webhooks(now + 1, 10).await.unwrap().is_empty());
+        // A failure reported by someone else's worker changes nothing.
+        store
+            .webhook_failed(id, "gw-b/1", 1, now, "x")
+            .await
+            .unwrap();
+        assert!(store.due_webhooks(now + 1, 10).await.unwrap().is_empty());
+        // The lease runs out: another worker may take it.
+        let later = now + 30_001;
+        assert_eq!(store.due_webhooks(later, 10).await.unwrap().len(), 1);
+        assert!(
+            store
+                .claim_webhook(id, "gw-b/1", later, later + 30_000)
+                .await
+                .unwrap()
+        );
+        // The owner's failure frees it for the next attempt.
+        store
+            .webhook_failed(id, "gw-b/1", 1, later, "HTTP 503")
+            .await
+            .unwrap();
+        let due = store.due_webhooks(later, 10).await.unwrap();
+        assert_eq!(
+            due,
+            vec![(id, "http://h/1".to_string(), "{}".to_string(), 1)]
+        );
+        assert!(
+            store
+                .claim_webhook(id, "gw-a/1", later, later + 30_000)
+                .await
+                .unwrap()
+        );
+        store.webhook_delivered(id).await.unwrap();
+        assert!(
+            store
+                .due_webhooks(later + 60_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            !store
+                .claim_webhook(id, "gw-b/1", later + 60_000, later + 90_000)
+                .await
+                .unwrap()
         );
     }
 }

@@ -18,7 +18,7 @@ mod bindings;
 mod grants;
 
 pub use bindings::{KeyBinding, NewKeyBinding, RefreshedBinding};
-pub use grants::{AccessRequestRecord, NewAccessRequest};
+pub use grants::{AccessRequestRecord, ApprovalRecord, NewAccessRequest};
 
 /// A failed database step.
 #[derive(Debug, thiserror::Error)]
