@@ -448,7 +448,10 @@ fn source<R: Read, W: Write, F: FnMut(&TransferRecord)>(
 fn send_name(path: &Path) -> Option<String> {
     let name = match path.file_name() {
         Some(n) => n.to_os_string(),
-        None => std::fs::canonicalize(path).ok()?.file_name()?.to_os_string(),
+        None => std::fs::canonicalize(path)
+            .ok()?
+            .file_name()?
+            .to_os_string(),
     };
     let name = name.into_string().ok()?;
     (name != "." && name != ".." && !name.contains('\n')).then_some(name)

@@ -29,7 +29,9 @@ fn openssh_invocations_are_recognised() {
         ScpCommand::parse("scp -f x.bin"),
         Some(Ok(cmd(ScpMode::Source, "x.bin")))
     );
-    let full = ScpCommand::parse("scp -v -r -p -d -t -- -odd").unwrap().unwrap();
+    let full = ScpCommand::parse("scp -v -r -p -d -t -- -odd")
+        .unwrap()
+        .unwrap();
     assert_eq!(
         full,
         ScpCommand {
@@ -49,7 +51,10 @@ fn openssh_invocations_are_recognised() {
         "a b"
     );
     assert_eq!(
-        ScpCommand::parse(r#"scp -t "x\"y" "#).unwrap().unwrap().path,
+        ScpCommand::parse(r#"scp -t "x\"y" "#)
+            .unwrap()
+            .unwrap()
+            .path,
         "x\"y"
     );
     assert_eq!(
@@ -121,10 +126,7 @@ fn scp_invocations_needing_a_shell_are_refused() {
     );
     assert_eq!(refused("scp -f a b"), ScpCommandError::PathCount(2));
     assert_eq!(refused("scp -t"), ScpCommandError::PathCount(0));
-    assert_eq!(
-        refused("scp -t -x y"),
-        ScpCommandError::Option("-x".into())
-    );
+    assert_eq!(refused("scp -t -x y"), ScpCommandError::Option("-x".into()));
     assert_eq!(
         refused("scp -t -f y"),
         ScpCommandError::Option("-t with -f".into())
@@ -227,10 +229,7 @@ fn hostile_records_are_refused() {
         );
     }
     let long_name = format!("C0644 1 {}\n", "n".repeat(MAX_NAME_BYTES + 1));
-    assert_eq!(
-        parse_record(long_name.as_bytes()),
-        Err(RecordError::Name)
-    );
+    assert_eq!(parse_record(long_name.as_bytes()), Err(RecordError::Name));
     let long_line = format!("\x01{}\n", "m".repeat(MAX_LINE_BYTES));
     assert_eq!(
         parse_record(long_line.as_bytes()),
@@ -295,13 +294,20 @@ fn sink_into_a_directory_with_times_and_modes() {
     let a = dir.path().join("a.txt");
     // (Before reading it: relatime would move an old atime.)
     let m = std::fs::metadata(&a).unwrap();
-    assert_eq!((m.mode() & 0o7777, m.mtime(), m.atime()), (0o600, 1_600_000_000, 1_600_000_001));
+    assert_eq!(
+        (m.mode() & 0o7777, m.mtime(), m.atime()),
+        (0o600, 1_600_000_000, 1_600_000_001)
+    );
     assert_eq!(std::fs::read(&a).unwrap(), b"abc");
     let sub = dir.path().join("sub");
     assert_eq!(std::fs::metadata(&sub).unwrap().mode() & 0o7777, 0o750);
     assert_eq!(std::fs::read(sub.join("empty")).unwrap(), b"");
     assert_eq!(
-        std::fs::metadata(sub.join("empty")).unwrap().permissions().mode() & 0o7777,
+        std::fs::metadata(sub.join("empty"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
         0o604
     );
     assert_eq!(records.len(), 2);
