@@ -588,7 +588,19 @@ fn send_dir<R: Read, W: Write, F: FnMut(&TransferRecord)>(
             c.warn(&format!("{shown}/?: skipping, the name holds a newline"))?;
             continue;
         }
-        send_path(c, command, &path.join(&entry), depth + 1)?;
+        let child = path.join(&entry);
+        // A symlink to a directory inside the tree is not followed: it
+        // could loop (OpenSSH's scp follows it; the depth limit would end
+        // that, after exponentially many paths).
+        let is_link = std::fs::symlink_metadata(&child).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && std::fs::metadata(&child).is_ok_and(|m| m.is_dir()) {
+            c.warn(&format!(
+                "{}: symbolic link to a directory, not followed",
+                child.display()
+            ))?;
+            continue;
+        }
+        send_path(c, command, &child, depth + 1)?;
     }
     c.send(b"E\n")?;
     c.response()?;

@@ -333,6 +333,20 @@ fn sink_refuses_escaping_names_and_directories_without_r() {
         b"\0\x02scp: protocol error: received directory without -r\n"
     );
     assert!(!inner.join("sub").exists());
+    // An endless record is cut at MAX_LINE_BYTES and refused.
+    let mut endless = b"C0644 1 ".to_vec();
+    endless.extend(std::iter::repeat_n(b'a', 3 * MAX_LINE_BYTES));
+    let (code, out, _) = run(&c, &endless);
+    assert_eq!(code, 1);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "\0\x02scp: protocol error: record not terminated by a newline within 2048 bytes\n"
+    );
+    // An oversized length is a protocol error before any byte is written.
+    let (code, out, _) = run(&c, b"C0644 99999999999999999999 big\n");
+    assert_eq!(code, 1);
+    assert_eq!(out, b"\0\x02scp: protocol error: bad size\n");
+    assert!(!inner.join("big").exists());
     // A record without its newline, then EOF: the connection is lost.
     let (code, out, _) = run(&c, b"C0644 4 x");
     assert_eq!((code, out.as_slice()), (1, &b"\0"[..]));
@@ -459,4 +473,26 @@ fn source_stops_at_a_fatal_answer() {
     assert_eq!(code, 1);
     assert_eq!(out, b"C0644 4 f\n");
     assert!(records.is_empty());
+}
+
+#[test]
+fn source_does_not_follow_directory_symlinks_inside_a_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("loop");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(tree.join("f"), b"F").unwrap();
+    std::fs::set_permissions(tree.join("f"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::symlink(".", tree.join("self")).unwrap();
+    std::os::unix::fs::symlink("f", tree.join("to-file")).unwrap();
+    let mut c = cmd(ScpMode::Source, tree.to_str().unwrap());
+    c.recursive = true;
+    let (code, out, records) = run(&c, &[0u8; 16]);
+    assert_eq!(code, 1);
+    let want = format!(
+        "D0755 0 loop\nC0644 1 f\nF\0\x01scp: {}/self: symbolic link to a directory, not followed\nC0644 1 to-file\nF\0E\n",
+        tree.display()
+    );
+    assert_eq!(String::from_utf8_lossy(&out), want);
+    assert_eq!(records.len(), 2);
 }
