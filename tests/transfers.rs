@@ -674,6 +674,25 @@ fn legacy_scp_paths_and_symlinks_resolve_inside_the_container() {
         b"climbed\n"
     );
     assert!(!Path::new("/tmp").join(&name).exists());
+    // An upload through an absolute symlink writes where the link points
+    // in the container: its /etc, not the host's.
+    let target = format!("portcullis-scp-link-{}", std::process::id());
+    std::os::unix::fs::symlink(
+        format!("/etc/{target}"),
+        f.container.rootfs.join("root").join(&target),
+    )
+    .unwrap();
+    let r = scp_legacy(
+        &root(),
+        &f.admin_key,
+        &[up.as_os_str(), os(&format!("127.0.0.1:/root/{target}"))],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(f.container.rootfs.join("etc").join(&target)).unwrap(),
+        b"climbed\n"
+    );
+    assert!(!Path::new("/etc").join(&target).exists());
     // As app: the container's /etc is not writable and its shadow not
     // readable, whatever the path says; the refusal comes through scp.
     let evil = dir.path().join("evil");
@@ -796,29 +815,14 @@ fn legacy_scp_paths_needing_a_shell_are_refused_clearly() {
     assert!(refused, "no refusal audited");
 }
 
-/// Installs the host's OpenSSH sftp-server (and the two libraries it
-/// needs) into the fixture container at /usr/lib/openssh/sftp-server (test
-/// setup: the busybox container has none), and starts a gateway with
-/// `[sftp] server = "container"`.
+/// A gateway with `[sftp] server = "container"` on the fixture container.
+/// The container has a real OpenSSH sftp-server: the busybox template
+/// bind-mounts the host's `/usr/lib` (read-only), so the host's
+/// `/usr/lib/openssh/sftp-server` is there, with its libraries.
 fn container_sftp_gateway() -> &'static TestGateway {
     static GW: OnceLock<TestGateway> = OnceLock::new();
     GW.get_or_init(|| {
-        let f = fixture();
-        for (from, to) in [
-            (
-                "/usr/lib/openssh/sftp-server",
-                "usr/lib/openssh/sftp-server",
-            ),
-            (
-                "/lib/x86_64-linux-gnu/libc.so.6",
-                "lib/x86_64-linux-gnu/libc.so.6",
-            ),
-            ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
-        ] {
-            let dest = f.container.rootfs.join(to);
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            std::fs::copy(std::fs::canonicalize(from).unwrap(), &dest).unwrap();
-        }
+        assert!(Path::new("/usr/lib/openssh/sftp-server").exists());
         container_gateway("/usr/lib/openssh/sftp-server")
     })
 }
