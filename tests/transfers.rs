@@ -1,7 +1,10 @@
-//! Issue 5 end to end, with real parts only: the real OpenSSH `sftp`,
-//! `scp` (SFTP mode, OpenSSH 9's default) and `ssh -L` through the real
-//! gateway into a real busybox LXC container (which has no sftp-server:
-//! the gateway serves SFTP itself, inside the container, as the login).
+//! Issue 5 end to end, with real parts only: the real OpenSSH `sftp` and
+//! `scp` (SFTP mode, OpenSSH 9's default, and legacy `scp -O`) through the
+//! real gateway into a real busybox LXC container (which has no `scp`:
+//! the gateway serves SFTP and the rcp protocol itself, inside the
+//! container, as the login). The container-mode tests use the OpenSSH
+//! sftp-server the container sees through the template's `/usr/lib` bind
+//! mount.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
