@@ -942,3 +942,60 @@ fn container_sftp_server_missing_is_refused_clearly() {
     });
     assert!(failed, "no failure audited");
 }
+
+#[test]
+fn legacy_scp_symlink_races_stay_inside_the_container() {
+    let f = fixture();
+    let home = f.container.rootfs.join("home/app");
+    std::fs::write(home.join("scp-public.txt"), b"public\n").unwrap();
+    let link = home.join("scp-race");
+    std::os::unix::fs::symlink("/home/app/scp-public.txt", &link).unwrap();
+    // On the host, flip the link between the container's /etc/shadow and a
+    // public file while the downloads run.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, link, home) = (stop.clone(), link.clone(), home.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let target = if i.is_multiple_of(2) {
+                    "/etc/shadow"
+                } else {
+                    "/home/app/scp-public.txt"
+                };
+                let tmp = home.join(format!(".scp-race.{i}"));
+                std::os::unix::fs::symlink(target, &tmp).unwrap();
+                std::fs::rename(&tmp, &link).unwrap();
+                i += 1;
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..12 {
+        let out = dir.path().join(i.to_string());
+        let _ = scp_legacy(
+            &root(),
+            &f.admin_key,
+            &[os("127.0.0.1:/home/app/scp-race"), out.as_os_str()],
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    let host_shadow = std::fs::read("/etc/shadow").unwrap();
+    let (mut seen_shadow, mut seen_public) = (0, 0);
+    for i in 0..12 {
+        let Ok(got) = std::fs::read(dir.path().join(i.to_string())) else {
+            continue;
+        };
+        assert_ne!(got, host_shadow, "download {i} is the host's /etc/shadow");
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text == "public\n" || text.contains(SHADOW_MARKER),
+            "{i}: {text}"
+        );
+        seen_shadow += usize::from(text.contains(SHADOW_MARKER));
+        seen_public += usize::from(text == "public\n");
+    }
+    assert!(seen_shadow + seen_public > 0, "no download went through");
+    println!("scp -O race: {seen_shadow} container shadow, {seen_public} public of 12");
+}
