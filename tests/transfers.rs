@@ -832,11 +832,16 @@ fn container_sftp_gateway() -> &'static TestGateway {
 
 /// A gateway for the fixture container using its own sftp-server at `path`.
 fn container_gateway(path: &str) -> TestGateway {
+    container_gateway_with(path, "dev")
+}
+
+/// [`container_gateway`] with the container labelled `env = ENV`.
+fn container_gateway_with(path: &str, env: &str) -> TestGateway {
     let f = fixture();
     let gw = TestGateway::start(
         &f._idp.issuer,
         &format!(
-            "[containers.{}]\nlabels = {{ env = \"dev\" }}\n[sftp]\nserver = \"container\"\ncontainer_path = \"{path}\"\n",
+            "[containers.{}]\nlabels = {{ env = \"{env}\" }}\n[sftp]\nserver = \"container\"\ncontainer_path = \"{path}\"\n",
             f.container.name
         ),
     );
@@ -998,4 +1003,45 @@ fn legacy_scp_symlink_races_stay_inside_the_container() {
     }
     assert!(seen_shadow + seen_public > 0, "no download went through");
     println!("scp -O race: {seen_shadow} container shadow, {seen_public} public of 12");
+}
+
+#[test]
+fn container_sftp_server_runs_read_only_where_policy_says() {
+    let f = fixture();
+    // env=staging: developers may only read, so the server runs with -R.
+    let gw = container_gateway_with("/usr/lib/openssh/sftp-server", "staging");
+    std::fs::write(
+        f.container.rootfs.join("home/app/c-staging.txt"),
+        b"container staging\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let down = dir.path().join("down");
+    let batch = dir.path().join("batch");
+    let run_batch = |text: String| {
+        std::fs::write(&batch, text).unwrap();
+        let mut c = client_on(gw.port, "sftp", "-P", &app(), &f.alice_key);
+        c.arg("-b").arg(&batch).arg("127.0.0.1");
+        run_ssh(&mut c, b"")
+    };
+    let r = run_batch(format!("get /home/app/c-staging.txt {}\n", down.display()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(&down).unwrap(), b"container staging\n");
+    let r = run_batch(format!(
+        "put {} /home/app/c-staging-up.txt\n",
+        down.display()
+    ));
+    assert_ne!(r.code, 0, "upload allowed by a read-only sftp-server");
+    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    assert!(
+        !f.container
+            .rootfs
+            .join("home/app/c-staging-up.txt")
+            .exists()
+    );
+    let started = gw
+        .sessions()
+        .into_iter()
+        .any(|s| s["command"] == "sftp via /usr/lib/openssh/sftp-server (read-only)");
+    assert!(started, "no read-only session row");
 }
