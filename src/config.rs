@@ -67,6 +67,9 @@ pub struct Config {
     /// `[forwarding]`: channel and forwarded-connection caps (issue 5).
     #[serde(default)]
     pub forwarding: ForwardingConfig,
+    /// `[sftp]`: who serves the `sftp` subsystem (issue 5).
+    #[serde(default)]
+    pub sftp: SftpConfig,
     /// Audit log signing and export.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -370,6 +373,56 @@ impl Default for ForwardingConfig {
     }
 }
 
+/// Who serves the `sftp` subsystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SftpServer {
+    /// The gateway's own server, run inside the container as the login
+    /// (default): works in containers without an sftp-server, and audits
+    /// every file with its SHA-256.
+    Builtin,
+    /// The container's own `sftp-server` at `container_path`, exec'd as the
+    /// login. The gateway sees only the SFTP byte stream: it audits the
+    /// session's start and end with the bytes each way, not each file. A
+    /// container without that program is refused with a clear message (no
+    /// fallback to `builtin`).
+    Container,
+}
+
+/// `[sftp]`: who serves the `sftp` subsystem. Whether SFTP (and legacy
+/// `scp -O`, always served by the gateway) is allowed at all is policy's
+/// `sftp` action.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftpConfig {
+    /// `builtin` (default) or `container`.
+    #[serde(default = "default_sftp_server")]
+    pub server: SftpServer,
+    /// The sftp-server inside the container, for `server = "container"`
+    /// (an absolute path without `..`; default
+    /// `/usr/lib/openssh/sftp-server`, Debian's and Ubuntu's). A read-only
+    /// decision runs it with `-R`.
+    #[serde(default = "default_sftp_container_path")]
+    pub container_path: String,
+}
+
+fn default_sftp_server() -> SftpServer {
+    SftpServer::Builtin
+}
+
+fn default_sftp_container_path() -> String {
+    "/usr/lib/openssh/sftp-server".into()
+}
+
+impl Default for SftpConfig {
+    fn default() -> Self {
+        SftpConfig {
+            server: default_sftp_server(),
+            container_path: default_sftp_container_path(),
+        }
+    }
+}
+
 /// A secret string (client secret, database URL with password): its `Debug`
 /// is redacted so it never reaches a log.
 #[derive(Clone, Deserialize)]
@@ -505,6 +558,18 @@ impl Config {
             return Err(invalid(
                 &format!("containers.{}", self.grants.broker_user),
                 "this name is grants.broker_user (the broker's own commands); no container can use it",
+            ));
+        }
+        let sftp_path = Path::new(&self.sftp.container_path);
+        if !sftp_path.is_absolute()
+            || sftp_path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            || self.sftp.container_path.len() > 4096
+        {
+            return Err(invalid(
+                "sftp.container_path",
+                "must be an absolute path without '..'",
             ));
         }
         if self.recording.flush_interval.is_zero() {

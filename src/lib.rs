@@ -20,6 +20,7 @@
 //! | [`recording`] | the asciicast v2 writer and player |
 //! | [`grants`] | access requests, approvals, time-boxed grants, expiry |
 //! | [`attach`] | the helper that enters a container; PTY; exit status |
+//! | [`sftp`], [`scp`] | file transfers served inside a container, as the login |
 //! | [`ssh`] | the russh server: auth, channels, wiring the above |
 //! | [`cli`] | the `portcullis` command |
 
@@ -32,6 +33,7 @@ pub mod identity;
 pub mod inventory;
 pub mod policy;
 pub mod recording;
+pub mod scp;
 pub mod sftp;
 pub mod ssh;
 pub mod store;

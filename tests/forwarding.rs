@@ -378,3 +378,99 @@ fn session_channels_past_the_cap_are_refused() {
     let _ = master.kill();
     let _ = master.wait();
 }
+
+/// Starts a busybox `nc` echo server (`-e cat`) on the container's own
+/// network namespace (test setup, with the runtime's own tool) and
+/// returns its port.
+fn container_echo() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let f = fixture();
+        container_httpd(); // brings the container's loopback up
+        let port = 19_000 + (std::process::id() % 1000) as u16;
+        run(Command::new("lxc-attach").args([
+            "-n",
+            &f.container.name,
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            &format!("/bin/busybox nc -ll -p {port} -e /bin/busybox cat >/dev/null 2>&1 &"),
+        ]));
+        let start = Instant::now();
+        let busy = |args: &[&str]| {
+            Command::new("lxc-attach")
+                .args(["-n", &f.container.name, "--", "/bin/busybox"])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        while !busy(&["sh", "-c", &format!("netstat -ltn | grep -q ':{port} '")])
+            .status
+            .success()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "echo server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        port
+    })
+}
+
+/// Regression (session 1): a forward ended by `sessions kill` recorded 0
+/// bytes each way, because the totals were only known when the copy
+/// finished by itself.
+#[test]
+fn a_killed_forward_records_the_bytes_it_carried() {
+    let f = fixture();
+    let echo = container_echo();
+    let (mut child, local) = forward(&app(), &f.admin_key, echo);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let sent: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    s.write_all(&sent).unwrap();
+    let mut back = vec![0u8; sent.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, sent);
+    let originator = s.local_addr().unwrap().to_string();
+    let opened = wait_for("forward opened", || {
+        f.gateway.audit_events().into_iter().find(|e| {
+            e["kind"] == "forward"
+                && e["outcome"] == "success"
+                && detail(e)["originator"] == originator.as_str()
+        })
+    });
+    let id = opened["session_id"].as_str().unwrap().to_string();
+    let out = f.gateway.cli(&[
+        "sessions",
+        "kill",
+        &id,
+        "--reason",
+        "forward kill test",
+        "--admin",
+        "ops-admin",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let closed = wait_for("forward closed", || {
+        f.gateway.audit_events().into_iter().find(|e| {
+            e["kind"] == "forward"
+                && e["session_id"] == id.as_str()
+                && detail(e).get("bytes_to_destination").is_some()
+        })
+    });
+    let d = detail(&closed);
+    assert_eq!(d["destination"], format!("127.0.0.1:{echo}"), "{d}");
+    assert_eq!(d["bytes_to_destination"], 3000, "{d}");
+    assert_eq!(d["bytes_from_destination"], 3000, "{d}");
+    assert_eq!(d["error"], "forward kill test", "{d}");
+    drop(s);
+    let _ = child.kill();
+    let _ = child.wait();
+}

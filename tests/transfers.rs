@@ -1,7 +1,10 @@
-//! Issue 5 end to end, with real parts only: the real OpenSSH `sftp`,
-//! `scp` (SFTP mode, OpenSSH 9's default) and `ssh -L` through the real
-//! gateway into a real busybox LXC container (which has no sftp-server:
-//! the gateway serves SFTP itself, inside the container, as the login).
+//! Issue 5 end to end, with real parts only: the real OpenSSH `sftp` and
+//! `scp` (SFTP mode, OpenSSH 9's default, and legacy `scp -O`) through the
+//! real gateway into a real busybox LXC container (which has no `scp`:
+//! the gateway serves SFTP and the rcp protocol itself, inside the
+//! container, as the login). The container-mode tests use the OpenSSH
+//! sftp-server the container sees through the template's `/usr/lib` bind
+//! mount.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -468,4 +471,577 @@ fn symlink_races_stay_inside_the_container() {
         seen_shadow += usize::from(text.contains(SHADOW_MARKER));
     }
     println!("{seen_shadow} of 30 racing downloads reached the container's shadow");
+}
+
+/// `scp -O` (the legacy rcp protocol: `scp -t`/`scp -f` exec'd on the
+/// server) as `user` with `key`, with `args` (sources and target).
+fn scp_legacy(user: &str, key: &Path, args: &[&std::ffi::OsStr]) -> common::gateway::SshResult {
+    let mut cmd = client("scp", "-P", user, key);
+    cmd.arg("-O").args(args);
+    run_ssh(&mut cmd, b"")
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+#[test]
+fn legacy_scp_round_trip_is_byte_exact_owned_by_the_login_and_audited() {
+    let f = fixture();
+    // The container has no scp: the gateway speaks the protocol itself.
+    for p in ["bin/scp", "usr/bin/scp"] {
+        assert!(!f.container.rootfs.join(p).exists(), "{p} exists");
+    }
+    let mib = std::env::var("PORTCULLIS_TEST_TRANSFER_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUND_TRIP_MIB);
+    let data = random_bytes(mib * 1024 * 1024 + 13);
+    let digest = sha(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("legacy-up.bin");
+    let down = dir.path().join("legacy-down.bin");
+    std::fs::write(&up, &data).unwrap();
+    let started = Instant::now();
+    let r = scp_legacy(
+        &app(),
+        &f.alice_key,
+        &[up.as_os_str(), os("127.0.0.1:/home/app/legacy.bin")],
+    );
+    assert_eq!(r.code, 0, "scp -O upload failed: {}", r.stderr);
+    let inside = f.container.rootfs.join("home/app/legacy.bin");
+    assert_eq!(sha(&std::fs::read(&inside).unwrap()), digest);
+    let meta = std::fs::metadata(&inside).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    assert_eq!(meta.len(), data.len() as u64);
+    let r = scp_legacy(
+        &app(),
+        &f.alice_key,
+        &[os("127.0.0.1:/home/app/legacy.bin"), down.as_os_str()],
+    );
+    assert_eq!(r.code, 0, "scp -O download failed: {}", r.stderr);
+    assert_eq!(sha(&std::fs::read(&down).unwrap()), digest);
+    let took = started.elapsed();
+    for direction in ["write", "read"] {
+        let d = wait_for(direction, || transfer_of("/home/app/legacy.bin", direction));
+        assert_eq!(d["sha256"], digest.as_str(), "{direction}: {d}");
+        assert_eq!(d["bytes"], data.len() as u64, "{direction}: {d}");
+        assert_eq!(d["sequential"], true, "{direction}: {d}");
+        assert_eq!(d["closed"], true, "{direction}: {d}");
+    }
+    // The session row names the command; `sessions show` lists the file.
+    let event = wait_for("legacy transfer event", || {
+        f.gateway.audit_events().into_iter().find(|e| {
+            e["kind"] == "file_transfer"
+                && detail(e)["path"] == "/home/app/legacy.bin"
+                && detail(e)["direction"] == "write"
+        })
+    });
+    let id = event["session_id"].as_str().unwrap();
+    let out = f.gateway.cli(&["sessions", "show", id, "--json"]);
+    assert!(out.status.success());
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["session"]["command"], "scp -t /home/app/legacy.bin");
+    assert_eq!(shown["transfers"][0]["sha256"], digest.as_str());
+    assert_eq!(shown["transfers"].as_array().unwrap().len(), 1);
+    println!(
+        "scp -O round trip of {mib} MiB in {:.1} s: sha256 {digest} both ways",
+        took.as_secs_f64()
+    );
+}
+
+/// A small tree: `top/a.txt`, `top/sub/b.bin`, `top/sub/deeper/c` (empty).
+fn make_tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let files = vec![
+        (PathBuf::from("a.txt"), b"alpha\n".to_vec()),
+        (PathBuf::from("sub/b.bin"), random_bytes(70_000)),
+        (PathBuf::from("sub/deeper/c"), Vec::new()),
+    ];
+    for (p, data) in &files {
+        let full = root.join(p);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(&full, data).unwrap();
+    }
+    std::fs::set_permissions(root.join("a.txt"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(root.join("sub/b.bin"))
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+    files
+}
+
+#[test]
+fn legacy_scp_copies_directories_recursively_with_times_and_modes() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().join("tree");
+    let files = make_tree(&top);
+    let r = scp_legacy(
+        &app(),
+        &f.alice_key,
+        &[
+            os("-r"),
+            os("-p"),
+            top.as_os_str(),
+            os("127.0.0.1:/home/app/"),
+        ],
+    );
+    assert_eq!(r.code, 0, "scp -O -r upload failed: {}", r.stderr);
+    let inside = f.container.rootfs.join("home/app/tree");
+    for (p, data) in &files {
+        let got = inside.join(p);
+        assert_eq!(&std::fs::read(&got).unwrap(), data, "{}", p.display());
+        assert_eq!(std::fs::metadata(&got).unwrap().uid(), 1000);
+    }
+    for d in ["", "sub", "sub/deeper"] {
+        let m = std::fs::metadata(inside.join(d)).unwrap();
+        assert!(m.is_dir());
+        assert_eq!((m.uid(), m.gid()), (1000, 1000), "{d}");
+    }
+    // -p: mode and modification time kept.
+    let a = std::fs::metadata(inside.join("a.txt")).unwrap();
+    assert_eq!(a.mode() & 0o7777, 0o640);
+    let b = std::fs::metadata(inside.join("sub/b.bin")).unwrap();
+    assert_eq!(b.mtime(), 1_600_000_000);
+    for (p, data) in &files {
+        let path = format!("/home/app/tree/{}", p.display());
+        let d = wait_for(&path, || transfer_of(&path, "write"));
+        assert_eq!(d["sha256"], sha(data).as_str(), "{path}");
+        assert_eq!(d["bytes"], data.len() as u64, "{path}");
+    }
+    // And back out, recursively.
+    let back = dir.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    let r = scp_legacy(
+        &app(),
+        &f.alice_key,
+        &[os("-r"), os("127.0.0.1:/home/app/tree"), back.as_os_str()],
+    );
+    assert_eq!(r.code, 0, "scp -O -r download failed: {}", r.stderr);
+    for (p, data) in &files {
+        assert_eq!(
+            &std::fs::read(back.join("tree").join(p)).unwrap(),
+            data,
+            "{}",
+            p.display()
+        );
+        let path = format!("/home/app/tree/{}", p.display());
+        let d = wait_for(&path, || transfer_of(&path, "read"));
+        assert_eq!(d["sha256"], sha(data).as_str(), "{path}");
+    }
+}
+
+#[test]
+fn legacy_scp_paths_and_symlinks_resolve_inside_the_container() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let host_shadow = std::fs::read(Path::new("/etc/shadow")).unwrap();
+    // As root (admins may): the absolute symlink /home/app/shadow ->
+    // /etc/shadow and a `..` climb reach the CONTAINER's /etc/shadow.
+    for (i, src) in [
+        "127.0.0.1:/home/app/shadow",
+        "127.0.0.1:../../../../../../etc/shadow",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = dir.path().join(format!("shadow-{i}"));
+        let r = scp_legacy(&root(), &f.admin_key, &[os(src), out.as_os_str()]);
+        assert_eq!(r.code, 0, "{src}: {}", r.stderr);
+        let got = std::fs::read(&out).unwrap();
+        assert!(
+            String::from_utf8_lossy(&got).contains(SHADOW_MARKER),
+            "{src}: not the container's shadow"
+        );
+        assert_ne!(got, host_shadow);
+    }
+    // An upload that climbs out of root's home lands in the container's
+    // /tmp, never the host's.
+    let up = dir.path().join("climb");
+    std::fs::write(&up, b"climbed\n").unwrap();
+    let name = format!("portcullis-scp-climb-{}", std::process::id());
+    let r = scp_legacy(
+        &root(),
+        &f.admin_key,
+        &[
+            up.as_os_str(),
+            os(&format!("127.0.0.1:../../../../tmp/{name}")),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(f.container.rootfs.join("tmp").join(&name)).unwrap(),
+        b"climbed\n"
+    );
+    assert!(!Path::new("/tmp").join(&name).exists());
+    // An upload through an absolute symlink writes where the link points
+    // in the container: its /etc, not the host's.
+    let target = format!("portcullis-scp-link-{}", std::process::id());
+    std::os::unix::fs::symlink(
+        format!("/etc/{target}"),
+        f.container.rootfs.join("root").join(&target),
+    )
+    .unwrap();
+    let r = scp_legacy(
+        &root(),
+        &f.admin_key,
+        &[up.as_os_str(), os(&format!("127.0.0.1:/root/{target}"))],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(f.container.rootfs.join("etc").join(&target)).unwrap(),
+        b"climbed\n"
+    );
+    assert!(!Path::new("/etc").join(&target).exists());
+    // As app: the container's /etc is not writable and its shadow not
+    // readable, whatever the path says; the refusal comes through scp.
+    let evil = dir.path().join("evil");
+    std::fs::write(&evil, b"evil").unwrap();
+    let r = scp_legacy(
+        &app(),
+        &f.alice_key,
+        &[evil.as_os_str(), os("127.0.0.1:../../etc/evil")],
+    );
+    assert_ne!(r.code, 0, "app wrote into /etc");
+    assert!(
+        r.stderr
+            .contains("scp: ../../etc/evil: Permission denied (os error 13)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!f.container.rootfs.join("etc/evil").exists());
+    assert!(!Path::new("/etc/evil").exists());
+    let r = scp_legacy(
+        &app(),
+        &f.alice_key,
+        &[
+            os("127.0.0.1:/home/app/shadow"),
+            dir.path().join("x").as_os_str(),
+        ],
+    );
+    assert_ne!(r.code, 0, "app read the shadow file");
+    assert!(
+        r.stderr
+            .contains("scp: /home/app/shadow: Permission denied (os error 13)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!dir.path().join("x").exists());
+}
+
+#[test]
+fn legacy_scp_is_refused_without_policy_and_read_only_where_policy_says() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = scp_legacy(
+        &app(),
+        &f.bob_key,
+        &[os("127.0.0.1:/etc/hostname"), out.as_os_str()],
+    );
+    assert_ne!(r.code, 0);
+    let want = format!(
+        "Access denied: you may not transfer files as app on {}.",
+        f.container.name
+    );
+    assert!(r.stderr.contains(&want), "{}", r.stderr);
+    assert!(!out.exists());
+    let denied = f.gateway.audit_events().into_iter().any(|e| {
+        e["kind"] == "decision"
+            && e["principal"] == "bob"
+            && e["outcome"] == "deny"
+            && detail(&e)["action"] == "sftp_read"
+    });
+    assert!(denied, "no sftp_read denial audited for bob");
+
+    // Staging (developers may only read): download yes, upload no.
+    let gw = staging_gateway();
+    std::fs::write(
+        f.container.rootfs.join("home/app/staging-scp.txt"),
+        b"staging scp\n",
+    )
+    .unwrap();
+    let legacy = |args: &[&std::ffi::OsStr]| {
+        let mut c = client_on(gw.port, "scp", "-P", &app(), &f.alice_key);
+        c.arg("-O").args(args);
+        run_ssh(&mut c, b"")
+    };
+    let r = legacy(&[os("127.0.0.1:/home/app/staging-scp.txt"), out.as_os_str()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(&out).unwrap(), b"staging scp\n");
+    let r = legacy(&[
+        out.as_os_str(),
+        os("127.0.0.1:/home/app/staging-scp-up.txt"),
+    ]);
+    assert_ne!(r.code, 0, "upload allowed on a read-only target");
+    assert!(r.stderr.contains(&want), "{}", r.stderr);
+    assert!(
+        !f.container
+            .rootfs
+            .join("home/app/staging-scp-up.txt")
+            .exists()
+    );
+    let write_denied = gw.audit_events().into_iter().any(|e| {
+        e["kind"] == "decision" && e["outcome"] == "deny" && detail(&e)["action"] == "sftp_write"
+    });
+    assert!(write_denied, "no sftp_write denial audited");
+}
+
+#[test]
+fn legacy_scp_paths_needing_a_shell_are_refused_clearly() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let r = scp_legacy(
+        &app(),
+        &f.alice_key,
+        &[os("127.0.0.1:/home/app/*.bin"), dir.path().as_os_str()],
+    );
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("scp -O: the remote path uses wildcards, which this gateway does not expand"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let refused = f.gateway.audit_events().into_iter().any(|e| {
+        e["kind"] == "channel"
+            && detail(&e)["kind"] == "exec"
+            && detail(&e)["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("wildcards")
+    });
+    assert!(refused, "no refusal audited");
+}
+
+/// A gateway with `[sftp] server = "container"` on the fixture container.
+/// The container has a real OpenSSH sftp-server: the busybox template
+/// bind-mounts the host's `/usr/lib` (read-only), so the host's
+/// `/usr/lib/openssh/sftp-server` is there, with its libraries.
+fn container_sftp_gateway() -> &'static TestGateway {
+    static GW: OnceLock<TestGateway> = OnceLock::new();
+    GW.get_or_init(|| {
+        assert!(Path::new("/usr/lib/openssh/sftp-server").exists());
+        container_gateway("/usr/lib/openssh/sftp-server")
+    })
+}
+
+/// A gateway for the fixture container using its own sftp-server at `path`.
+fn container_gateway(path: &str) -> TestGateway {
+    container_gateway_with(path, "dev")
+}
+
+/// [`container_gateway`] with the container labelled `env = ENV`.
+fn container_gateway_with(path: &str, env: &str) -> TestGateway {
+    let f = fixture();
+    let gw = TestGateway::start(
+        &f._idp.issuer,
+        &format!(
+            "[containers.{}]\nlabels = {{ env = \"{env}\" }}\n[sftp]\nserver = \"container\"\ncontainer_path = \"{path}\"\n",
+            f.container.name
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = gw.ssh_with_key(&app(), &f.alice_key, &f.alice_token, dir.path());
+    cmd.arg("true");
+    let _ = run_ssh(&mut cmd, b"");
+    gw
+}
+
+#[test]
+fn container_sftp_server_serves_the_subsystem_and_its_totals_are_audited() {
+    let f = fixture();
+    let gw = container_sftp_gateway();
+    let data = random_bytes(256 * 1024 + 5);
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("c-up.bin");
+    let down = dir.path().join("c-down.bin");
+    std::fs::write(&up, &data).unwrap();
+    let batch = dir.path().join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} /home/app/container-sftp.bin\nget /home/app/container-sftp.bin {}\n",
+            up.display(),
+            down.display()
+        ),
+    )
+    .unwrap();
+    let mut c = client_on(gw.port, "sftp", "-P", &app(), &f.alice_key);
+    c.arg("-b").arg(&batch).arg("127.0.0.1");
+    let r = run_ssh(&mut c, b"");
+    assert_eq!(
+        r.code, 0,
+        "sftp via the container's server failed: {}",
+        r.stderr
+    );
+    let inside = f.container.rootfs.join("home/app/container-sftp.bin");
+    assert_eq!(std::fs::read(&inside).unwrap(), data);
+    assert_eq!(std::fs::metadata(&inside).unwrap().uid(), 1000);
+    assert_eq!(std::fs::read(&down).unwrap(), data);
+    let ended = wait_for("sftp_stream event", || {
+        gw.audit_events()
+            .into_iter()
+            .find(|e| e["kind"] == "sftp_stream")
+    });
+    let d = detail(&ended);
+    assert_eq!(d["server"], "/usr/lib/openssh/sftp-server");
+    // The stream carried the file each way, plus the protocol's framing.
+    let (from, to) = (
+        d["bytes_from_client"].as_u64().unwrap(),
+        d["bytes_to_client"].as_u64().unwrap(),
+    );
+    assert!(
+        from > data.len() as u64 && from < data.len() as u64 + 64 * 1024,
+        "{d}"
+    );
+    assert!(
+        to > data.len() as u64 && to < data.len() as u64 + 64 * 1024,
+        "{d}"
+    );
+    // No per-file events in this mode (the gateway cannot digest them).
+    assert!(
+        !gw.audit_events()
+            .iter()
+            .any(|e| e["kind"] == "file_transfer")
+    );
+    let id = ended["session_id"].as_str().unwrap();
+    let out = gw.cli(&["sessions", "show", id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("sftp via /usr/lib/openssh/sftp-server"),
+        "{text}"
+    );
+}
+
+#[test]
+fn container_sftp_server_missing_is_refused_clearly() {
+    let f = fixture();
+    let gw = container_gateway("/usr/lib/openssh/no-such-sftp-server");
+    let dir = tempfile::tempdir().unwrap();
+    let batch = dir.path().join("batch");
+    std::fs::write(&batch, "ls\n").unwrap();
+    let mut c = client_on(gw.port, "sftp", "-P", &app(), &f.alice_key);
+    c.arg("-b").arg(&batch).arg("127.0.0.1");
+    let r = run_ssh(&mut c, b"");
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains(
+            "Access refused: the container has no executable \"/usr/lib/openssh/no-such-sftp-server\"."
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("server = \"builtin\""), "{}", r.stderr);
+    let failed = gw.audit_events().into_iter().any(|e| {
+        e["kind"] == "session_start"
+            && e["outcome"] == "failure"
+            && detail(&e)["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no-such-sftp-server")
+    });
+    assert!(failed, "no failure audited");
+}
+
+#[test]
+fn legacy_scp_symlink_races_stay_inside_the_container() {
+    let f = fixture();
+    let home = f.container.rootfs.join("home/app");
+    std::fs::write(home.join("scp-public.txt"), b"public\n").unwrap();
+    let link = home.join("scp-race");
+    std::os::unix::fs::symlink("/home/app/scp-public.txt", &link).unwrap();
+    // On the host, flip the link between the container's /etc/shadow and a
+    // public file while the downloads run.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, link, home) = (stop.clone(), link.clone(), home.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let target = if i.is_multiple_of(2) {
+                    "/etc/shadow"
+                } else {
+                    "/home/app/scp-public.txt"
+                };
+                let tmp = home.join(format!(".scp-race.{i}"));
+                std::os::unix::fs::symlink(target, &tmp).unwrap();
+                std::fs::rename(&tmp, &link).unwrap();
+                i += 1;
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..12 {
+        let out = dir.path().join(i.to_string());
+        let _ = scp_legacy(
+            &root(),
+            &f.admin_key,
+            &[os("127.0.0.1:/home/app/scp-race"), out.as_os_str()],
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    let host_shadow = std::fs::read("/etc/shadow").unwrap();
+    let (mut seen_shadow, mut seen_public) = (0, 0);
+    for i in 0..12 {
+        let Ok(got) = std::fs::read(dir.path().join(i.to_string())) else {
+            continue;
+        };
+        assert_ne!(got, host_shadow, "download {i} is the host's /etc/shadow");
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text == "public\n" || text.contains(SHADOW_MARKER),
+            "{i}: {text}"
+        );
+        seen_shadow += usize::from(text.contains(SHADOW_MARKER));
+        seen_public += usize::from(text == "public\n");
+    }
+    assert!(seen_shadow + seen_public > 0, "no download went through");
+    println!("scp -O race: {seen_shadow} container shadow, {seen_public} public of 12");
+}
+
+#[test]
+fn container_sftp_server_runs_read_only_where_policy_says() {
+    let f = fixture();
+    // env=staging: developers may only read, so the server runs with -R.
+    let gw = container_gateway_with("/usr/lib/openssh/sftp-server", "staging");
+    std::fs::write(
+        f.container.rootfs.join("home/app/c-staging.txt"),
+        b"container staging\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let down = dir.path().join("down");
+    let batch = dir.path().join("batch");
+    let run_batch = |text: String| {
+        std::fs::write(&batch, text).unwrap();
+        let mut c = client_on(gw.port, "sftp", "-P", &app(), &f.alice_key);
+        c.arg("-b").arg(&batch).arg("127.0.0.1");
+        run_ssh(&mut c, b"")
+    };
+    let r = run_batch(format!("get /home/app/c-staging.txt {}\n", down.display()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(&down).unwrap(), b"container staging\n");
+    let r = run_batch(format!(
+        "put {} /home/app/c-staging-up.txt\n",
+        down.display()
+    ));
+    assert_ne!(r.code, 0, "upload allowed by a read-only sftp-server");
+    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    assert!(
+        !f.container
+            .rootfs
+            .join("home/app/c-staging-up.txt")
+            .exists()
+    );
+    let started = gw
+        .sessions()
+        .into_iter()
+        .any(|s| s["command"] == "sftp via /usr/lib/openssh/sftp-server (read-only)");
+    assert!(started, "no read-only session row");
 }

@@ -121,6 +121,13 @@ pub enum AttachError {
         /// The shell path from `/etc/passwd`.
         path: String,
     },
+    /// The program to run (e.g. the container's own `sftp-server`) does
+    /// not exist or is not executable in the container.
+    #[error("program {path:?} not found in the container")]
+    ProgramNotFound {
+        /// The path inside the container.
+        path: String,
+    },
     /// The login's uid or gid has no mapping in the container's user namespace.
     #[error("uid/gid {id} of the login is not mapped in the container")]
     IdNotMapped {
@@ -150,6 +157,9 @@ impl AttachError {
             }
             AttachError::ShellNotFound { path } => {
                 format!("the login shell {path:?} does not exist in the container")
+            }
+            AttachError::ProgramNotFound { path } => {
+                format!("the container has no executable {path:?}")
             }
             AttachError::IdNotMapped { .. } => {
                 "the user's ids are not mapped in the container".to_owned()
@@ -189,6 +199,9 @@ pub(crate) enum WireError {
         login: String,
     },
     ShellNotFound {
+        path: String,
+    },
+    ProgramNotFound {
         path: String,
     },
     IdNotMapped {
@@ -240,6 +253,7 @@ impl From<WireError> for AttachError {
             }
             WireError::LoginNotFound { login } => AttachError::LoginNotFound { login },
             WireError::ShellNotFound { path } => AttachError::ShellNotFound { path },
+            WireError::ProgramNotFound { path } => AttachError::ProgramNotFound { path },
             WireError::IdNotMapped { id } => AttachError::IdNotMapped { id },
             WireError::InitChanged { detail } => AttachError::InitChanged(detail),
             WireError::InvalidRequest { detail } => AttachError::InvalidRequest(detail),

@@ -420,7 +420,10 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
             Some(p) => Some(open_apparmor_exec(
                 p.as_fd(),
                 cpid,
-                matches!(req.mode, proto::WireMode::Sftp { .. }),
+                matches!(
+                    req.mode,
+                    proto::WireMode::Sftp { .. } | proto::WireMode::Scp { .. }
+                ),
             )?),
             None => None,
         };

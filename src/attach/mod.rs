@@ -248,6 +248,58 @@ pub async fn spawn_sftp(
     spawn_mode(helper, init, req, WireMode::Sftp { read_only }).await
 }
 
+/// Like [`spawn_sftp`], but the session process serves legacy scp
+/// (`scp -t`/`scp -f`, [`crate::scp`]) for `command` on its stdin/stdout,
+/// with the same confinement, and reports each file as one
+/// [`crate::sftp::TransferRecord`] JSON line on its stderr. `req.command`
+/// and `req.pty` must be `None`.
+pub async fn spawn_scp(
+    helper: &HelperBinary,
+    init: &PinnedInit,
+    req: &AttachRequest,
+    command: &crate::scp::ScpCommand,
+) -> Result<(Attached, SessionIo), AttachError> {
+    if req.command.is_some() || req.pty.is_some() {
+        return Err(AttachError::InvalidRequest(
+            "an scp session takes no command and no pty".into(),
+        ));
+    }
+    let mode = WireMode::Scp {
+        command: command.clone(),
+    };
+    spawn_mode(helper, init, req, mode).await
+}
+
+/// Like [`spawn`] without a pty, but execs the program at `path` (an
+/// absolute path inside the container) with `args` directly as the login,
+/// not through the login's shell: used for the container's own
+/// `sftp-server`. Errors: [`AttachError::ProgramNotFound`] when `path` is
+/// not an executable regular file in the container. `req.command` and
+/// `req.pty` must be `None`.
+pub async fn spawn_program(
+    helper: &HelperBinary,
+    init: &PinnedInit,
+    req: &AttachRequest,
+    path: &str,
+    args: &[String],
+) -> Result<(Attached, SessionIo), AttachError> {
+    if req.command.is_some() || req.pty.is_some() {
+        return Err(AttachError::InvalidRequest(
+            "a program session takes no command and no pty".into(),
+        ));
+    }
+    if !path.starts_with('/') || path.len() > 4096 || path.contains('\0') {
+        return Err(AttachError::InvalidRequest(
+            "the program path must be absolute".into(),
+        ));
+    }
+    let mode = WireMode::Program {
+        path: path.to_owned(),
+        args: args.to_vec(),
+    };
+    spawn_mode(helper, init, req, mode).await
+}
+
 /// Opens a TCP connection to `addr` from inside the network namespace of
 /// the container whose init is `init` (so `127.0.0.1` is the container's
 /// loopback), within [`connect::CONNECT_TIMEOUT`]. The helper joins only the

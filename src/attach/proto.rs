@@ -41,6 +41,21 @@ pub(crate) enum WireMode {
         /// Refuse every request that would change the filesystem.
         read_only: bool,
     },
+    /// Serve legacy scp (`scp -t`/`scp -f`, [`crate::scp::serve`]) on
+    /// stdin/stdout; transfer events go to stderr as JSON lines.
+    Scp {
+        /// The parsed invocation.
+        command: crate::scp::ScpCommand,
+    },
+    /// Exec `path` itself (argv `[path, args...]`) as the login, not
+    /// through the login's shell; refused with `program_not_found` when
+    /// it is not an executable regular file in the container.
+    Program {
+        /// Absolute path inside the container.
+        path: String,
+        /// Arguments after argv[0].
+        args: Vec<String>,
+    },
     /// No session process: H joins only the container's network namespace,
     /// connects to `addr` and sends the connected socket back (`connected`).
     Connect {

@@ -162,6 +162,30 @@ fn check_shell(shell: &str) -> CResult<()> {
     Ok(())
 }
 
+/// A program to exec directly: an absolute path to an executable regular
+/// file, looked up in the container (C is in its mount namespace).
+fn check_program(path: &str) -> CResult<()> {
+    let missing = || WireError::ProgramNotFound {
+        path: path.to_owned(),
+    };
+    if !path.starts_with('/') {
+        return Err(missing());
+    }
+    let st = nix::sys::stat::stat(path).map_err(|_| missing())?;
+    if !is_kind(&st, SFlag::S_IFREG) || st.st_mode & 0o111 == 0 {
+        return Err(missing());
+    }
+    Ok(())
+}
+
+/// What the session process serves itself instead of exec'ing.
+enum InProcess<'a> {
+    /// SFTP; `true` = read-only.
+    Sftp(bool),
+    /// Legacy scp.
+    Scp(&'a crate::scp::ScpCommand),
+}
+
 fn drop_bounding_set(cap_bnd: u64, cap_last: u32) -> CResult<()> {
     for cap in 0..=cap_last.min(63) {
         if cap_bnd & (1u64 << cap) == 0 && sys::capbset_read(cap).unwrap_or(false) {
@@ -307,22 +331,39 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     )
     .map_err(step(HelperStep::ReadAccounts))?;
     let (user, groups) = resolve_user(root.as_fd(), &req.login)?;
-    let sftp = match req.mode {
-        proto::WireMode::Sftp { read_only } => Some(read_only),
+    // Served by this process (no exec), or a program exec'd directly.
+    let in_process = match &req.mode {
+        proto::WireMode::Sftp { read_only } => Some(InProcess::Sftp(*read_only)),
+        proto::WireMode::Scp { command } => Some(InProcess::Scp(command)),
         _ => None,
     };
-    if sftp.is_none() {
-        check_shell(&user.shell)?;
+    let program = match &req.mode {
+        proto::WireMode::Program { path, args } => Some((path.as_str(), args.as_slice())),
+        _ => None,
+    };
+    match program {
+        Some((path, _)) => check_program(path)?,
+        None if in_process.is_none() => check_shell(&user.shell)?,
+        None => {}
     }
     let term = req.pty.as_ref().map(|p| p.term.as_str());
     let env = plan::build_env(&user, term, &req.env);
     let envp = plan::env_cstrings(&env).map_err(|detail| WireError::InvalidRequest { detail })?;
-    let argv = plan::build_argv(&user.shell, req.command.as_deref())
-        .map_err(|detail| WireError::InvalidRequest { detail })?;
-    let shell =
-        std::ffi::CString::new(user.shell.as_str()).map_err(|_| WireError::InvalidRequest {
-            detail: "NUL in shell".into(),
-        })?;
+    let invalid = |detail: String| WireError::InvalidRequest { detail };
+    let (exe_path, argv) = match program {
+        Some((path, args)) => {
+            let argv = std::iter::once(path)
+                .chain(args.iter().map(String::as_str))
+                .map(|a| std::ffi::CString::new(a).map_err(|_| invalid("NUL in argument".into())))
+                .collect::<Result<Vec<_>, _>>()?;
+            (path, argv)
+        }
+        None => (
+            user.shell.as_str(),
+            plan::build_argv(&user.shell, req.command.as_deref()).map_err(invalid)?,
+        ),
+    };
+    let shell = std::ffi::CString::new(exe_path).map_err(|_| invalid("NUL in shell".into()))?;
 
     if let Some(p) = &req.pty {
         let (master, slave) = open_pty(root.as_fd())?;
@@ -352,11 +393,11 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     drop(ctl);
 
     if let (Some(fd), Some(label)) = (apparmor_fd, ctx.apparmor) {
-        set_apparmor_exec(fd, label, sftp.is_some())?;
+        set_apparmor_exec(fd, label, in_process.is_some())?;
     }
     switch_user(ctx, &user, &groups)?;
     enter_home(&user.home)?;
-    if let Some(read_only) = sftp {
+    if let Some(serve) = in_process {
         // No exec: close every fd above 2 now (the error pipe too, which
         // tells H the session runs) and serve SFTP as the login, in the
         // container's mount namespace. Nothing of the host is left: the
@@ -366,7 +407,10 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
         nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
         let fd = |n| sys::claim_inherited_fd(n).unwrap_or_else(|_| sys::exit_now(1));
         let (input, output, events) = (fd(0), fd(1), fd(2));
-        sys::exit_now(crate::sftp::serve(input, output, events, read_only));
+        sys::exit_now(match serve {
+            InProcess::Sftp(read_only) => crate::sftp::serve(input, output, events, read_only),
+            InProcess::Scp(command) => crate::scp::serve(input, output, events, command),
+        });
     }
 
     // Only 0-2 and the (close-on-exec) error pipe remain; mark everything
@@ -379,8 +423,11 @@ fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
         Ok(never) => match never {},
     };
     if e == Errno::ENOENT {
-        return Err(WireError::ShellNotFound {
-            path: user.shell.clone(),
+        return Err(match program {
+            Some((path, _)) => WireError::ProgramNotFound { path: path.into() },
+            None => WireError::ShellNotFound {
+                path: user.shell.clone(),
+            },
         });
     }
     Err(WireError::errno(HelperStep::Exec, e))

@@ -191,6 +191,20 @@ pub enum AuditEvent {
         /// inside the container), `None` when it simply ended.
         error: Option<String>,
     },
+    /// An `sftp` subsystem served by the container's own sftp-server
+    /// (`[sftp] server = "container"`) ended. The gateway saw only the SFTP
+    /// byte stream, so files are not listed one by one nor digested; this
+    /// event carries the stream's totals.
+    SftpStreamEnded {
+        /// The program that served it, inside the container.
+        server: String,
+        /// Bytes from the client to the server (requests and uploads).
+        bytes_from_client: i64,
+        /// Bytes from the server to the client (replies and downloads).
+        bytes_to_client: i64,
+        /// How long it ran, in milliseconds.
+        duration_ms: i64,
+    },
     /// A channel or a forwarding request was refused before policy: a
     /// kind Portcullis does not offer (remote forwarding, X11, agent) or a
     /// per-connection cap.
@@ -349,6 +363,7 @@ impl AuditEvent {
             | AuditEvent::SessionWatched { .. }
             | AuditEvent::ContainerStopped { .. } => "session_control",
             AuditEvent::FileTransferred { .. } => "file_transfer",
+            AuditEvent::SftpStreamEnded { .. } => "sftp_stream",
             AuditEvent::ForwardOpened { .. } | AuditEvent::ForwardClosed { .. } => "forward",
             AuditEvent::ChannelRefused { .. } => "channel",
             AuditEvent::AccessRequested { .. }
@@ -382,7 +397,9 @@ impl AuditEvent {
             | AuditEvent::SessionTerminated { .. }
             | AuditEvent::KeyBindingChanged { .. }
             | AuditEvent::ContainerStopped { .. } => "info",
-            AuditEvent::FileTransferred { .. } | AuditEvent::ForwardClosed { .. } => "info",
+            AuditEvent::FileTransferred { .. }
+            | AuditEvent::SftpStreamEnded { .. }
+            | AuditEvent::ForwardClosed { .. } => "info",
             AuditEvent::ForwardOpened { .. } => "success",
             AuditEvent::ChannelRefused { .. } => "deny",
             AuditEvent::AccessRequested { .. } => "success",

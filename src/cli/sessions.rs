@@ -251,10 +251,15 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<()> {
             .map(|(_, ev)| shell_commands(&crate::recording::transcript_lines(&ev)))
             .unwrap_or_default(),
     };
-    // File transfers (SFTP) and forwarded connections, from the audit log.
+    // File transfers (SFTP, scp), container sftp-server streams and
+    // forwarded connections, from the audit log.
     let transfers: Vec<serde_json::Value> = events
         .iter()
-        .filter(|e| e.kind == "file_transfer" || (e.kind == "forward" && e.outcome == "info"))
+        .filter(|e| {
+            e.kind == "file_transfer"
+                || e.kind == "sftp_stream"
+                || (e.kind == "forward" && e.outcome == "info")
+        })
         .filter_map(|e| {
             let mut d: serde_json::Value = serde_json::from_str(&e.detail).ok()?;
             d["at"] = e.at.into();
@@ -322,6 +327,15 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<()> {
                     num("bytes"),
                     text("sha256"),
                     text("path")
+                );
+            } else if t["kind"] == "sftp_stream" {
+                println!(
+                    "  {}  sftp via {}  {} bytes in, {} bytes out, {} ms (files not digested)",
+                    format_time(num("at")),
+                    text("server"),
+                    num("bytes_from_client"),
+                    num("bytes_to_client"),
+                    num("duration_ms")
                 );
             } else {
                 println!(

@@ -176,3 +176,30 @@ fn process_backend_keys() {
         assert!(err.contains("containers.a"), "{err}");
     }
 }
+
+#[test]
+fn sftp_server_defaults_and_is_checked() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.sftp.server, SftpServer::Builtin);
+    assert_eq!(c.sftp.container_path, "/usr/lib/openssh/sftp-server");
+    let c = parse(&format!(
+        "{MINIMAL}\n[sftp]\nserver = \"container\"\ncontainer_path = \"/usr/libexec/sftp-server\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.sftp.server, SftpServer::Container);
+    assert_eq!(c.sftp.container_path, "/usr/libexec/sftp-server");
+    let err = parse(&format!(
+        "{MINIMAL}\n[sftp]\ncontainer_path = \"sftp-server\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("sftp.container_path"), "{err}");
+    let err = parse(&format!("{MINIMAL}\n[sftp]\nserver = \"openssh\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("openssh"), "{err}");
+    let err = parse(&format!("{MINIMAL}\n[sftp]\nsevrer = \"builtin\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sevrer"), "{err}");
+}

@@ -85,7 +85,13 @@ pub(crate) struct EventSink {
 }
 
 impl EventSink {
-    fn emit(&mut self, record: &TransferRecord) {
+    /// A sink writing to `out` (the events fd).
+    pub(crate) fn new(out: std::fs::File) -> EventSink {
+        EventSink { out }
+    }
+
+    /// Writes one record line; a failure is dropped (see the body).
+    pub(crate) fn emit(&mut self, record: &TransferRecord) {
         if let Ok(mut line) = serde_json::to_vec(record) {
             line.push(b'\n');
             // Nobody to tell if this fails: the gateway then sees no record
@@ -93,6 +99,28 @@ impl EventSink {
             let _ = self.out.write_all(&line);
         }
     }
+}
+
+/// `path` made absolute against the cwd and normalised lexically (`.`,
+/// `..`; `..` at the root stays at the root, as the kernel does).
+pub(crate) fn normalise(path: &str) -> String {
+    let base = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("/"));
+    let joined = if path.is_empty() {
+        base
+    } else {
+        base.join(path)
+    };
+    let mut out = std::path::PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out.to_string_lossy().into_owned()
 }
 
 /// Serves SFTP on `input`/`output` (pipes) until the client goes away,

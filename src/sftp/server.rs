@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use russh_sftp::protocol::{
     Attrs, Data, File as DirEntry, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode,
@@ -14,7 +14,7 @@ use russh_sftp::server::{Handler, StatusReply};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use super::{Direction, EventSink, TransferRecord};
+use super::{Direction, EventSink, TransferRecord, normalise};
 
 /// Largest client packet accepted (a 256 KiB write plus headers).
 pub(crate) const MAX_PACKET_BYTES: u32 = 256 * 1024 + 1024;
@@ -112,28 +112,6 @@ fn attrs_of(m: &std::fs::Metadata) -> FileAttributes {
         mtime: Some(m.mtime().clamp(0, i64::from(u32::MAX)) as u32),
         ..Default::default()
     }
-}
-
-/// `path` made absolute against the cwd and normalised lexically (`.`,
-/// `..`; `..` at the root stays at the root, as the kernel does).
-fn normalise(path: &str) -> PathBuf {
-    let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let joined = if path.is_empty() {
-        base
-    } else {
-        base.join(path)
-    };
-    let mut out = PathBuf::from("/");
-    for c in joined.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(n) => out.push(n),
-            _ => {}
-        }
-    }
-    out
 }
 
 fn apply_attrs(
@@ -327,7 +305,7 @@ impl Handler for SftpHandler {
         }
         let handle = self.insert(Open::File(Box::new(OpenFile {
             file,
-            path: normalise(&filename).to_string_lossy().into_owned(),
+            path: normalise(&filename),
             wants_write: write,
             read: Stream::new(),
             write: Stream::new(),
@@ -487,10 +465,11 @@ impl Handler for SftpHandler {
 
     async fn realpath(&mut self, id: u32, path: String) -> Result<Name, StatusReply> {
         let p = std::fs::canonicalize(if path.is_empty() { "." } else { &path })
+            .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|_| normalise(&path));
         Ok(Name {
             id,
-            files: vec![DirEntry::dummy(p.to_string_lossy())],
+            files: vec![DirEntry::dummy(p)],
         })
     }
 

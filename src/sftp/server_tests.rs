@@ -77,8 +77,8 @@ async fn read_only_refuses_every_change() {
 
 #[test]
 fn normalise_never_climbs_above_root() {
-    assert_eq!(normalise("/../../etc/shadow"), PathBuf::from("/etc/shadow"));
-    assert_eq!(normalise("/a/./b/../c"), PathBuf::from("/a/c"));
+    assert_eq!(normalise("/../../etc/shadow"), "/etc/shadow");
+    assert_eq!(normalise("/a/./b/../c"), "/a/c");
 }
 
 #[test]

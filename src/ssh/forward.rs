@@ -8,11 +8,15 @@
 //! bytes each way and the duration.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelId};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Gateway;
 use super::target::Target;
@@ -322,16 +326,21 @@ pub async fn run(start: ForwardStart) {
     reply.accept().await;
     let mut kill = who.gateway.live.register(&forward_id);
     let started = Instant::now();
-    let mut tcp = stream;
-    let mut chan = channel.into_stream();
-    let (to, from, error) = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut chan, &mut tcp) => match r {
-            Ok((to, from)) => (to, from, None),
-            Err(e) => (0, 0, Some(e.to_string())),
-        },
-        _ = who.gateway.shutdown.cancelled() => (0, 0, Some("the gateway is shutting down".into())),
-        Ok(reason) = &mut kill => (0, 0, Some(reason)),
+    // Bytes are counted as they are written on each side, so a forward
+    // cut short (kill, shutdown, an error) still reports what crossed:
+    // `copy_bidirectional` only returns its totals when it finishes.
+    let mut tcp = Counted::new(stream);
+    let mut chan = Counted::new(channel.into_stream());
+    let (to_destination, from_destination) = (tcp.written.clone(), chan.written.clone());
+    let error = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut chan, &mut tcp) => r.err().map(|e| e.to_string()),
+        _ = who.gateway.shutdown.cancelled() => Some("the gateway is shutting down".into()),
+        Ok(reason) = &mut kill => Some(reason),
     };
+    let (to, from) = (
+        to_destination.load(Ordering::Relaxed),
+        from_destination.load(Ordering::Relaxed),
+    );
     who.gateway.live.remove(&forward_id);
     drop(chan);
     drop(tcp);
@@ -349,6 +358,54 @@ pub async fn run(start: ForwardStart) {
     )
     .await;
     drop(permit);
+}
+
+/// A stream that counts the bytes written into it (shared, so they can be
+/// read after the copy using it was dropped mid-way).
+struct Counted<S> {
+    inner: S,
+    written: Arc<AtomicU64>,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            written: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use super::Gateway;
 use super::auth::AuthState;
 use super::forward::{ForwardStart, Requester};
 use super::session::{ChannelInput, SessionKind, SessionStart};
-use super::transfer::SftpStart;
+use super::transfer::{TransferKind, TransferStart};
 use crate::attach::PtyRequest;
 use crate::audit::{AuditEvent, truncate};
 
@@ -98,10 +98,12 @@ impl ConnectionHandler {
         }
     }
 
-    /// Starts the SFTP subsystem on `channel`.
-    fn start_sftp(
+    /// Starts a file-transfer session on `channel`: the SFTP subsystem, or
+    /// legacy scp (an exec of `scp -t`/`scp -f`).
+    fn start_transfer(
         &mut self,
         channel: ChannelId,
+        kind: TransferKind,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
         let Some(who) = self.requester() else {
@@ -119,11 +121,12 @@ impl ConnectionHandler {
         let (tx, rx) = mpsc::channel(64);
         state.input = Some(tx);
         session.channel_success(channel)?;
-        let start = SftpStart {
+        let start = TransferStart {
             who,
             handle: session.handle(),
             channel,
             input: rx,
+            kind,
         };
         self.gateway.tasks.spawn(super::transfer::run(start));
         Ok(())
@@ -319,6 +322,17 @@ impl russh::server::Handler for ConnectionHandler {
                 return Ok(());
             }
         };
+        // Legacy `scp -O` runs `scp -t`/`scp -f`: served by the gateway
+        // itself (the broker's reserved name keeps its own commands).
+        if self.auth.user != self.gateway.config.grants.broker_user
+            && let Some(parsed) = crate::scp::ScpCommand::parse(&command)
+        {
+            let kind = TransferKind::Scp {
+                raw: command,
+                command: parsed,
+            };
+            return self.start_transfer(channel, kind, session);
+        }
         self.start(channel, SessionKind::Exec(command), session)
             .await
     }
@@ -330,7 +344,7 @@ impl russh::server::Handler for ConnectionHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         if name == "sftp" {
-            return self.start_sftp(channel, session);
+            return self.start_transfer(channel, TransferKind::Sftp, session);
         }
         self.audit_refusal(
             "subsystem",

@@ -1,10 +1,19 @@
-//! SFTP sessions (issue 5): the channel's `sftp` subsystem is served by
-//! this binary inside the container ([`crate::attach::spawn_sftp`]); this
-//! side authorises (policy action `sftp`, asked for `read` and `write`),
-//! keeps a session row (with a header-only recording: the binary SFTP
-//! stream is not a terminal and is not recorded), pumps the channel to the
-//! server's pipes, and turns the server's per-file reports into
-//! `FileTransferred` audit events.
+//! File-transfer sessions (issue 5): the `sftp` subsystem and legacy
+//! `scp -O` (an exec of `scp -t`/`scp -f`, recognised by
+//! [`crate::scp::ScpCommand::parse`]) are served by this binary inside the
+//! container ([`crate::attach::spawn_sftp`], [`crate::attach::spawn_scp`]),
+//! or, with `[sftp] server = "container"`, the subsystem by the
+//! container's own sftp-server ([`crate::attach::spawn_program`]). This side
+//! authorises (policy action `sftp`, asked for `read` and `write`), keeps
+//! a session row (with a header-only recording: the binary stream is not a
+//! terminal and is not recorded), pumps the channel to the server's pipes,
+//! and turns the server's per-file reports into `FileTransferred` audit
+//! events (or, for a container's sftp-server, audits the stream's totals
+//! as `SftpStreamEnded`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use russh::ChannelId;
 use russh::server::Handle;
@@ -15,13 +24,31 @@ use super::forward::{Authorized, Refusal, Requester, authorize, refuse};
 use super::session::ChannelInput;
 use crate::attach::{self, AttachRequest, ExitStatus, SessionIo};
 use crate::audit::{AuditEvent, truncate};
+use crate::config::SftpServer;
 use crate::policy::{Action, ContextValue};
 use crate::recording::{Header, Recorder, SessionMetadata};
+use crate::scp::{ScpCommand, ScpCommandError};
 use crate::sftp::{MAX_RECORD_BYTES, TransferRecord};
 use crate::store::{NewSession, SessionEnd};
 
-/// Everything an SFTP session task starts with.
-pub struct SftpStart {
+/// What a transfer session serves.
+#[derive(Debug, Clone)]
+pub enum TransferKind {
+    /// The `sftp` subsystem (by the builtin server or the container's own,
+    /// as `[sftp] server` says).
+    Sftp,
+    /// Legacy scp: the exec command `raw`, recognised as `command`, or
+    /// refused with the reason when it needs a shell to mean anything.
+    Scp {
+        /// The exec command as the client sent it.
+        raw: String,
+        /// The parsed invocation, or why it is refused.
+        command: Result<ScpCommand, ScpCommandError>,
+    },
+}
+
+/// Everything a transfer session task starts with.
+pub struct TransferStart {
     /// Who, from where, as which SSH user.
     pub who: Requester,
     /// Handle to send data back to the client.
@@ -30,43 +57,111 @@ pub struct SftpStart {
     pub channel: ChannelId,
     /// Channel events from the handler.
     pub input: mpsc::Receiver<ChannelInput>,
+    /// SFTP or scp.
+    pub kind: TransferKind,
 }
 
-/// Runs one SFTP session to its end; every outcome is audited.
-pub async fn run(start: SftpStart) {
+/// Runs one transfer session to its end; every outcome is audited. A
+/// refusal of scp goes through the rcp protocol (a `\x02` line, which
+/// OpenSSH's scp prints), one of SFTP on the channel's stderr.
+pub async fn run(start: TransferStart) {
     let handle = start.handle.clone();
     let channel = start.channel;
-    if let Err(refusal) = run_sftp(start).await {
-        refuse(&handle, channel, &refusal).await;
+    let scp = matches!(start.kind, TransferKind::Scp { .. });
+    if let Err(refusal) = run_transfer(start).await {
+        if scp {
+            refuse_scp(&handle, channel, &refusal).await;
+        } else {
+            refuse(&handle, channel, &refusal).await;
+        }
     }
 }
 
-async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
-    let SftpStart {
+/// Sends `refusal` as an rcp fatal error (`\x02MESSAGE\n`, OpenSSH scp.c
+/// `response()`/`sink()` print it and stop), exit status 1, and closes.
+async fn refuse_scp(handle: &Handle, channel: ChannelId, refusal: &Refusal) {
+    let text = format!("\x02{}\n", refusal.0.replace(['\r', '\n'], " "));
+    let _ = handle.data(channel, text.into_bytes()).await;
+    let _ = handle.exit_status_request(channel, 1).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+}
+
+/// How the server side is started, once authorised.
+enum Serve {
+    Builtin { read_only: bool },
+    Scp(ScpCommand),
+    Container { path: String, read_only: bool },
+}
+
+async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
+    let TransferStart {
         who,
         handle,
         channel,
         mut input,
+        kind,
     } = start;
     let gateway = who.gateway.clone();
-    let read = [("access", ContextValue::Str("read".into()))];
-    let write = [("access", ContextValue::Str("write".into()))];
     let verb = "transfer files";
+    let access = |a: &str| [("access", ContextValue::Str(a.into()))];
+    let (authorized, serve, command) = match kind {
+        TransferKind::Scp { raw, command } => {
+            let command = match command {
+                Ok(c) => c,
+                Err(e) => {
+                    who.audit(
+                        None,
+                        AuditEvent::ChannelRefused {
+                            kind: "exec".into(),
+                            reason: e.to_string(),
+                        },
+                    )
+                    .await?;
+                    return Err(Refusal(e.to_string()));
+                }
+            };
+            let a = if command.is_upload() { "write" } else { "read" };
+            let authorized = authorize(&who, Action::Sftp, &access(a), verb).await?;
+            (authorized, Serve::Scp(command), truncate(&raw, 1024))
+        }
+        TransferKind::Sftp => {
+            let authorized = authorize(&who, Action::Sftp, &access("read"), verb).await?;
+            let Authorized {
+                target, container, ..
+            } = &authorized;
+            let may_write =
+                super::forward::decide(&who, target, container, Action::Sftp, &access("write"))
+                    .await?
+                    .is_ok();
+            let suffix = if may_write { "" } else { " (read-only)" };
+            match gateway.config.sftp.server {
+                SftpServer::Builtin => (
+                    authorized,
+                    Serve::Builtin {
+                        read_only: !may_write,
+                    },
+                    format!("sftp{suffix}"),
+                ),
+                SftpServer::Container => {
+                    let path = gateway.config.sftp.container_path.clone();
+                    let command = format!("sftp via {path}{suffix}");
+                    let serve = Serve::Container {
+                        path,
+                        read_only: !may_write,
+                    };
+                    (authorized, serve, command)
+                }
+            }
+        }
+    };
     let Authorized {
         target,
         container,
         init,
-    } = authorize(&who, Action::Sftp, &read, verb).await?;
-    let may_write = super::forward::decide(&who, &target, &container, Action::Sftp, &write)
-        .await?
-        .is_ok();
-
-    let command = if may_write {
-        "sftp"
-    } else {
-        "sftp (read-only)"
-    };
-    let (session_id, recorder) = open_record(&who, &container.name, &target.login, command).await?;
+    } = authorized;
+    let (session_id, recorder) =
+        open_record(&who, &container.name, &target.login, &command).await?;
     let sid = Some(session_id.as_str());
 
     let request = AttachRequest {
@@ -76,7 +171,21 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
         pty: None,
         env: Vec::new(),
     };
-    let spawned = attach::spawn_sftp(&gateway.helper, &init, &request, !may_write).await;
+    let spawned = match &serve {
+        Serve::Builtin { read_only } => {
+            attach::spawn_sftp(&gateway.helper, &init, &request, *read_only).await
+        }
+        Serve::Scp(c) => attach::spawn_scp(&gateway.helper, &init, &request, c).await,
+        Serve::Container { path, read_only } => {
+            // OpenSSH sftp-server: -R refuses every change.
+            let args: Vec<String> = if *read_only {
+                vec!["-R".into()]
+            } else {
+                Vec::new()
+            };
+            attach::spawn_program(&gateway.helper, &init, &request, path, &args).await
+        }
+    };
     let (mut attached, io) = match spawned {
         Ok(pair) => pair,
         Err(e) => {
@@ -89,7 +198,18 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
                 },
             )
             .await?;
-            return Err(Refusal(format!("Access refused: {}.", e.user_message())));
+            let hint = match (&serve, &e) {
+                (Serve::Container { .. }, attach::AttachError::ProgramNotFound { .. }) => {
+                    " The gateway is set to use the container's own sftp-server \
+                     ([sftp] server = \"container\"); install it there or ask the \
+                     operator to use server = \"builtin\"."
+                }
+                _ => "",
+            };
+            return Err(Refusal(format!(
+                "Access refused: {}.{hint}",
+                e.user_message()
+            )));
         }
     };
     let SessionIo::Pipes {
@@ -100,25 +220,33 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
     else {
         return Err(Refusal("Access refused: internal error.".into()));
     };
-    tracing::info!(%session_id, container = %container.name, login = %target.login, may_write, "sftp session started");
+    let reports_files = !matches!(serve, Serve::Container { .. });
+    tracing::info!(%session_id, container = %container.name, login = %target.login, %command, "transfer session started");
 
+    let started = Instant::now();
+    let from_client = Arc::new(AtomicU64::new(0));
     let kill = gateway.live.register(&session_id);
     // Client -> server.
-    let feed = tokio::spawn(async move {
-        while let Some(ev) = input.recv().await {
-            let ChannelInput::Data(d) = ev else {
-                if matches!(ev, ChannelInput::Eof | ChannelInput::Close) {
+    let feed = {
+        let from_client = from_client.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = input.recv().await {
+                let ChannelInput::Data(d) = ev else {
+                    if matches!(ev, ChannelInput::Eof | ChannelInput::Close) {
+                        break;
+                    }
+                    continue;
+                };
+                if stdin.write_all(&d).await.is_err() {
                     break;
                 }
-                continue;
-            };
-            if stdin.write_all(&d).await.is_err() {
-                break;
+                from_client.fetch_add(d.len() as u64, Ordering::Relaxed);
             }
-        }
-        // Dropping stdin sends EOF: the server ends.
-    });
-    // Server reports -> audit.
+            // Dropping stdin sends EOF: the server ends.
+        })
+    };
+    // Server reports -> audit (a container's sftp-server's stderr is its
+    // own log: drained, not trusted as reports).
     let reporter = {
         let who = who.clone();
         let session_id = session_id.clone();
@@ -135,6 +263,9 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
+                if !reports_files {
+                    continue;
+                }
                 let event = match TransferRecord::parse(line.trim_ascii_end()) {
                     Some(r) => AuditEvent::FileTransferred {
                         path: truncate(&r.path, 4096),
@@ -145,7 +276,7 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
                         closed: r.closed,
                     },
                     None => {
-                        tracing::warn!("malformed transfer report from the sftp server");
+                        tracing::warn!("malformed transfer report from the transfer server");
                         continue;
                     }
                 };
@@ -158,6 +289,7 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
         })
     };
     let mut buf = vec![0u8; 64 * 1024];
+    let mut to_client = 0u64;
     let mut ended_by: Option<String> = None;
     let mut kill = kill;
     let mut reporter = reporter;
@@ -171,6 +303,7 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
                         ended_by = Some("disconnected".into());
                         break;
                     }
+                    to_client += n as u64;
                 }
             },
             r = &mut reporter => {
@@ -219,6 +352,20 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
         reporter.abort();
     }
     gateway.live.remove(&session_id);
+    if let Serve::Container { path, .. } = &serve {
+        let _ = who
+            .audit(
+                sid,
+                AuditEvent::SftpStreamEnded {
+                    server: path.clone(),
+                    bytes_from_client: i64::try_from(from_client.load(Ordering::Relaxed))
+                        .unwrap_or(i64::MAX),
+                    bytes_to_client: i64::try_from(to_client).unwrap_or(i64::MAX),
+                    duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+                },
+            )
+            .await;
+    }
     if let Some(ExitStatus::Code(c)) = exit {
         let _ = handle.exit_status_request(channel, c as u32).await;
     }
@@ -226,7 +373,7 @@ async fn run_sftp(start: SftpStart) -> Result<(), Refusal> {
     let _ = handle.close(channel).await;
 
     close_record(&who, &session_id, recorder, exit).await;
-    tracing::info!(%session_id, ?exit, "sftp session ended");
+    tracing::info!(%session_id, ?exit, "transfer session ended");
     Ok(())
 }
 
