@@ -211,8 +211,16 @@ def bench_setup(targets):
     return {k: (statistics.median(v), pct(v, 99)) for k, v in res.items()}
 
 
-def bench_out(targets, tty, text=False, lines_mb=0):
+def cpu_seconds(proc):
+    """User + system CPU of the server process and its reaped children
+    (sshd's per-connection processes; the gateway's helpers), seconds."""
+    fields = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_out(targets, tty, text=False, lines_mb=0, cpu=None):
     res = {t["tag"]: [] for t in targets}
+    cpu_ms = {t["tag"]: [] for t in targets}
     mb = lines_mb or OUT_MB
     cmd = f"head -c {OUT_MB * 1048576} /dev/zero"
     if text:  # printable bytes: what the recording stores one for one
@@ -221,9 +229,13 @@ def bench_out(targets, tty, text=False, lines_mb=0):
         cmd = f"yes 'the quick brown fox jumps over the lazy dog 0123456789 ABCDEFGHIJ' | head -c {lines_mb * 1048576}"
     for _ in range(REPS):
         for t in targets:
+            c0 = cpu_seconds(t["proc"])
             dt = timed(ssh_cmd(t, cmd, tty=tty))
             res[t["tag"]].append(mb / dt)
+            cpu_ms[t["tag"]].append((cpu_seconds(t["proc"]) - c0) * 1000 / mb)
             clear_recordings(t)
+    if cpu is not None:
+        cpu.update({k: statistics.median(v) for k, v in cpu_ms.items()})
     return {k: statistics.median(v) for k, v in res.items()}
 
 
@@ -420,14 +432,19 @@ def main():
         s = bench_setup(targets)
         row(f"setup `ssh t true`, median ms (N={N})", {k: v[0] for k, v in s.items()}, False)
         row(f"setup `ssh t true`, p99 ms (N={N})", {k: v[1] for k, v in s.items()}, False)
+    def throughput(name, **kw):
+        cpu = {}
+        row(f"{name}, MiB/s", bench_out(targets, cpu=cpu, **kw), True)
+        row(f"{name}: server CPU ms per MiB", cpu, False, "{:.2f}")
+
     if "out" in ONLY:
-        row(f"output `head -c {OUT_MB}M /dev/zero`, MiB/s", bench_out(targets, False), True)
+        throughput(f"output `head -c {OUT_MB}M /dev/zero`", tty=False)
     if "text" in ONLY:
-        row(f"output of text `head -c {OUT_MB}M /dev/zero \\| tr '\\0' a`, MiB/s", bench_out(targets, False, True), True)
+        throughput(f"output of text `head -c {OUT_MB}M /dev/zero \\| tr '\\0' a`", tty=False, text=True)
     if "outtt" in ONLY:
-        row(f"output with `-tt`, {OUT_MB} MiB, MiB/s", bench_out(targets, True), True)
+        throughput(f"output with `-tt`, {OUT_MB} MiB", tty=True)
     if "texttt" in ONLY:
-        row(f"PTY session (`-tt`) printing {TTY_MB} MiB of text lines, MiB/s", bench_out(targets, True, lines_mb=TTY_MB), True)
+        throughput(f"PTY session (`-tt`) printing {TTY_MB} MiB of text lines", tty=True, lines_mb=TTY_MB)
     if "in" in ONLY:
         row(f"input `head -c {IN_MB}M /dev/zero \\| ssh t 'cat >/dev/null'`, MiB/s", bench_in(targets), True)
     if "ttfb" in ONLY:
@@ -455,7 +472,10 @@ def main():
         "an ed25519 user certificate). A = `sshd` + `ForceCommand nsenter -t PID -a`; B = Portcullis "
         "recording on (default config, SQLite); B0 = Portcullis built with "
         "`PORTCULLIS_BENCH_NO_RECORDING=1` (recording off). Throughput: median of REPS runs, "
-        "wall time of the whole `ssh` command (includes setup). Same busybox LXC container "
+        "wall time of the whole `ssh` command (includes setup); \"server CPU ms per MiB\": user+system "
+        "CPU of the server process and its reaped children (sshd's per-connection processes, "
+        "the gateway's helpers) per MiB moved, median of the same runs, which machine noise moves "
+        "less than wall time. Same busybox LXC container "
         f"(`lxc.pty.max = 1024`), A/B/B0 interleaved per iteration (concurrency: one after the other).",
         "",
         "| figure | A sshd+nsenter | B Portcullis | B/A | B recording off | on vs off |",
