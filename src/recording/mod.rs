@@ -18,6 +18,12 @@
 //! ([`Digest256::output_bytes`]) and goes in its `session_end` audit event.
 //! Input (`i`) events keep NUL (Ctrl-@ is a keystroke).
 //!
+//! The session writes event lines straight into a batch it shares with a
+//! writer task, which swaps it for an empty buffer and writes and hashes it
+//! on a blocking thread: no copy and no hand-off per read. Output of one
+//! stream arriving within 10 ms of its event's start joins that event
+//! while it is in memory (a PTY gives a few hundred bytes per read).
+//!
 //! Events are batched in memory and written at least every
 //! `flush_interval` (default 1 s) and at the end, so a crash of the gateway
 //! loses at most that much. The SHA-256 of the file is computed as it is
@@ -38,12 +44,22 @@ use tokio::time::Instant;
 
 pub use utf8::Utf8Decoder;
 
-/// Largest batch kept in memory before it is written, in bytes.
-const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Pending bytes that wake the writer before its next tick, in bytes.
+const WRITE_AT_BYTES: usize = 256 * 1024;
+
+/// Pending bytes past which the session waits for the writer
+/// (back-pressure: events are never dropped), in bytes.
+const MAX_PENDING_BYTES: usize = 1024 * 1024;
 
 /// Capacity a session's batch buffer keeps between writes; a larger one
 /// (after a burst of output) is given back so idle sessions stay small.
 const KEEP_BATCH_BYTES: usize = 16 * 1024;
+
+/// Output of one stream that arrives within this many seconds of its
+/// event's start joins that event, while the event is still in memory:
+/// a PTY gives a few hundred bytes per read, and one event per read would
+/// cost more than the bytes. Replay shows them at most this much early.
+const COALESCE_SECONDS: f64 = 0.010;
 
 /// Set only when building the recording-off binary of
 /// `benches/vs_openssh.sh` (`PORTCULLIS_BENCH_NO_RECORDING=1 cargo build`):
@@ -51,10 +67,6 @@ const KEEP_BATCH_BYTES: usize = 16 * 1024;
 /// benchmark can measure what recording costs. A compile-time switch, so no
 /// configuration or environment can turn recording off in a normal build.
 pub const BENCH_NO_RECORDING: bool = option_env!("PORTCULLIS_BENCH_NO_RECORDING").is_some();
-
-/// Events queued between the session and the writer task. Full queue means
-/// the session waits (back-pressure), never that events are dropped.
-const QUEUE_DEPTH: usize = 256;
 
 /// A failed recording step.
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +157,40 @@ pub struct Event {
     pub data: String,
 }
 
+/// What the recorder tells the writer task besides "bytes are pending".
 enum Command {
-    Line(Vec<u8>),
     Finish(tokio::sync::oneshot::Sender<Result<Digest256, RecordingError>>),
+}
+
+/// The batch shared by a session's [`Recorder`] (which writes events
+/// straight into it) and its writer task (which swaps it for an empty one
+/// and writes it out): no copy and no hand-off per event.
+struct Shared {
+    pending: std::sync::Mutex<Pending>,
+    /// Wakes the writer: the batch passed [`WRITE_AT_BYTES`].
+    wake_writer: tokio::sync::Notify,
+    /// Wakes a recorder waiting for room, or to learn the writer failed.
+    room: tokio::sync::Notify,
+}
+
+/// Event lines not yet written.
+#[derive(Default)]
+struct Pending {
+    batch: Vec<u8>,
+    /// The last event of `batch` still takes data (its closing `"]` and
+    /// newline are not written yet): its code and time in seconds.
+    open: Option<(u8, f64)>,
+    /// The I/O error that stopped the writer.
+    failed: Option<String>,
+}
+
+impl Pending {
+    /// Ends the open event, if any, so `batch` holds whole lines.
+    fn close_event(&mut self) {
+        if self.open.take().is_some() {
+            self.batch.extend_from_slice(b"\"]\n");
+        }
+    }
 }
 
 /// Size and SHA-256 of a finished recording.
@@ -163,11 +206,11 @@ pub struct Digest256 {
 }
 
 /// The writing end of one session's recording. Dropping it without
-/// [`Recorder::finish`] still flushes what was queued.
+/// [`Recorder::finish`] still writes what is pending.
 pub struct Recorder {
-    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    shared: std::sync::Arc<Shared>,
     start: Instant,
-    tx: mpsc::Sender<Command>,
+    control: mpsc::Sender<Command>,
     output: Utf8Decoder,
     input: Utf8Decoder,
     record_input: bool,
@@ -199,24 +242,30 @@ impl Recorder {
             })?;
         let mut line = serde_json::to_vec(header).map_err(|e| RecordingError::Write(e.into()))?;
         line.push(b'\n');
-        let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let shared = std::sync::Arc::new(Shared {
+            pending: std::sync::Mutex::new(Pending {
+                batch: line,
+                ..Pending::default()
+            }),
+            wake_writer: tokio::sync::Notify::new(),
+            room: tokio::sync::Notify::new(),
+        });
         let mut writer = Writer {
-            failure: failure.clone(),
+            shared: shared.clone(),
             sink: Some(Sink {
                 file: file.into_std().await,
                 hasher: Sha256::new(),
                 bytes: 0,
             }),
-            batch: Vec::new(),
+            spare: Vec::new(),
         };
-        writer.batch.extend_from_slice(&line);
-        writer.write_batch().await?;
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        writer.write_pending().await?;
+        let (control, rx) = mpsc::channel(1);
         tokio::spawn(writer.run(rx, flush_interval));
         Ok(Recorder {
-            failure,
+            shared,
             start: Instant::now(),
-            tx,
+            control,
             output: Utf8Decoder::default(),
             input: Utf8Decoder::default(),
             record_input,
@@ -236,7 +285,8 @@ impl Recorder {
         self.record_input && !BENCH_NO_RECORDING
     }
 
-    /// Records output bytes (`o`), NULs left out (module docs).
+    /// Records output bytes (`o`), NULs left out (module docs). Output
+    /// within [`COALESCE_SECONDS`] of the last output event joins it.
     ///
     /// # Errors
     /// [`RecordingError::WriterGone`] when the writer failed (it names the
@@ -246,8 +296,14 @@ impl Recorder {
         if BENCH_NO_RECORDING {
             return Ok(());
         }
-        let line = text_line(self.start, "o", &mut self.output, bytes, true)?;
-        self.send(line).await
+        self.wait_for_room().await?;
+        let time = self.now();
+        let mut pending = lock(&self.shared)?;
+        let wrote = append_text(&mut pending, b'o', time, |batch| {
+            self.output
+                .decode_into(bytes, |text| escape_json(batch, text, true));
+        });
+        self.after_append(pending, wrote)
     }
 
     /// Records input bytes (`i`) when input recording is on; else nothing.
@@ -258,101 +314,160 @@ impl Recorder {
         if !self.record_input || BENCH_NO_RECORDING {
             return Ok(());
         }
-        let line = text_line(self.start, "i", &mut self.input, bytes, false)?;
-        self.send(line).await
+        self.wait_for_room().await?;
+        let time = self.now();
+        let mut pending = lock(&self.shared)?;
+        let wrote = append_text(&mut pending, b'i', time, |batch| {
+            self.input
+                .decode_into(bytes, |text| escape_json(batch, text, false));
+        });
+        self.after_append(pending, wrote)
     }
 
-    /// Records a terminal resize (`r`, data `COLSxROWS`).
+    /// Records a terminal resize (`r`, data `COLSxROWS`), as an event of
+    /// its own.
     ///
     /// # Errors
     /// [`RecordingError::WriterGone`] when the writer failed.
     pub async fn resize(&mut self, cols: u32, rows: u32) -> Result<(), RecordingError> {
-        self.event("r", &format!("{cols}x{rows}")).await
+        self.wait_for_room().await?;
+        let time = self.now();
+        let mut pending = lock(&self.shared)?;
+        let wrote = append_text(&mut pending, b'r', time, |batch| {
+            batch.extend_from_slice(format!("{cols}x{rows}").as_bytes());
+        });
+        pending.close_event();
+        self.after_append(pending, wrote)
     }
 
-    async fn event(&mut self, code: &str, data: &str) -> Result<(), RecordingError> {
-        if data.is_empty() {
-            return Ok(());
+    /// Seconds since the start, rounded to microseconds as asciinema does.
+    fn now(&self) -> f64 {
+        (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6
+    }
+
+    /// Waits while the batch is over [`MAX_PENDING_BYTES`] (the writer is
+    /// behind), or fails when the writer stopped.
+    async fn wait_for_room(&self) -> Result<(), RecordingError> {
+        loop {
+            // Armed before the check: a wake-up in between is kept.
+            let room = self.shared.room.notified();
+            {
+                let pending = lock(&self.shared)?;
+                if let Some(reason) = &pending.failed {
+                    return Err(RecordingError::WriterGone(reason.clone()));
+                }
+                if pending.batch.len() < MAX_PENDING_BYTES {
+                    return Ok(());
+                }
+            }
+            room.await;
         }
-        let time = self.start.elapsed().as_secs_f64();
-        let mut line = serde_json::to_vec(&(Time(time), code, data))
-            .map_err(|e| RecordingError::Write(e.into()))?;
-        line.push(b'\n');
-        self.send(Some(line)).await
     }
 
-    async fn send(&mut self, line: Option<Vec<u8>>) -> Result<(), RecordingError> {
-        let Some(line) = line else {
-            return Ok(());
-        };
-        self.tx
-            .send(Command::Line(line))
-            .await
-            .map_err(|_| self.gone())
-    }
-
-    fn gone(&self) -> RecordingError {
-        let reason = self
-            .failure
-            .lock()
-            .ok()
-            .and_then(|slot| slot.clone())
-            .unwrap_or_else(|| "unknown error".to_string());
-        RecordingError::WriterGone(reason)
+    fn after_append(
+        &self,
+        pending: std::sync::MutexGuard<'_, Pending>,
+        wrote: bool,
+    ) -> Result<(), RecordingError> {
+        let wake = wrote && pending.batch.len() >= WRITE_AT_BYTES;
+        drop(pending);
+        if wake {
+            self.shared.wake_writer.notify_one();
+        }
+        Ok(())
     }
 
     /// Writes what the decoders still hold, flushes, fsyncs and returns the
-    /// file's size and SHA-256.
+    /// file's size and SHA-256, and the output byte count.
     ///
     /// # Errors
     /// [`RecordingError::Write`] or [`RecordingError::WriterGone`].
     pub async fn finish(mut self) -> Result<Digest256, RecordingError> {
-        let rest = self.output.finish().replace('\0', "");
-        self.event("o", &rest).await?;
-        let rest = self.input.finish();
-        if self.record_input {
-            self.event("i", &rest).await?;
+        let rest = self.output.finish();
+        let rest_input = self.input.finish();
+        {
+            let time = self.now();
+            let mut pending = lock(&self.shared)?;
+            if let Some(reason) = &pending.failed {
+                return Err(RecordingError::WriterGone(reason.clone()));
+            }
+            append_text(&mut pending, b'o', time, |batch| {
+                escape_json(batch, &rest, true);
+            });
+            if self.record_input {
+                append_text(&mut pending, b'i', time, |batch| {
+                    escape_json(batch, &rest_input, false);
+                });
+            }
+            pending.close_event();
         }
+        let gone = |shared: &Shared| {
+            let reason = shared
+                .pending
+                .lock()
+                .ok()
+                .and_then(|p| p.failed.clone())
+                .unwrap_or_else(|| "unknown error".to_string());
+            RecordingError::WriterGone(reason)
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Command::Finish(tx))
-            .await
-            .map_err(|_| self.gone())?;
-        let mut digest = rx.await.map_err(|_| self.gone())??;
+        if self.control.send(Command::Finish(tx)).await.is_err() {
+            return Err(gone(&self.shared));
+        }
+        let mut digest = rx.await.map_err(|_| gone(&self.shared))??;
         digest.output_bytes = self.output_bytes;
         Ok(digest)
     }
 }
 
-/// The event line `[time, "CODE", "TEXT"]\n` of `bytes` decoded by
-/// `decoder` and JSON-escaped straight into the line (as serde_json
-/// escapes strings), NULs left out when `drop_nul`; `None` when that
-/// leaves no text (no complete character yet, or only NULs).
-fn text_line(
-    start: Instant,
-    code: &str,
-    decoder: &mut Utf8Decoder,
-    bytes: &[u8],
-    drop_nul: bool,
-) -> Result<Option<Vec<u8>>, RecordingError> {
-    let time = start.elapsed().as_secs_f64();
-    if drop_nul && !decoder.has_pending() && bytes.iter().all(|&b| b == 0) {
-        return Ok(None);
+fn lock(shared: &Shared) -> Result<std::sync::MutexGuard<'_, Pending>, RecordingError> {
+    shared
+        .pending
+        .lock()
+        .map_err(|_| RecordingError::WriterGone("the writer panicked".into()))
+}
+
+/// Appends to `pending` an event of `code` at `time` whose JSON-escaped
+/// text `fill` writes into the batch: into the open event when it has the
+/// same code and began less than [`COALESCE_SECONDS`] before, else as a
+/// new `[time, "CODE", "` line (the open one, if any, closed first).
+/// Nothing is left when `fill` writes nothing. Returns true when it wrote.
+fn append_text(
+    pending: &mut Pending,
+    code: u8,
+    time: f64,
+    fill: impl FnOnce(&mut Vec<u8>),
+) -> bool {
+    let joins = matches!(pending.open, Some((c, t)) if c == code && time - t < COALESCE_SECONDS);
+    let mark = pending.batch.len();
+    let reopened = if joins {
+        None
+    } else {
+        let before = pending.open;
+        pending.close_event();
+        let batch = &mut pending.batch;
+        batch.push(b'[');
+        // Into a Vec this cannot fail (a non-finite time would be `null`).
+        let _ = serde_json::to_writer(&mut *batch, &time);
+        batch.extend_from_slice(b",\"");
+        batch.push(code);
+        batch.extend_from_slice(b"\",\"");
+        Some(before)
+    };
+    let text_at = pending.batch.len();
+    fill(&mut pending.batch);
+    if pending.batch.len() == text_at {
+        // Nothing to record: undo the new line and reopen what it closed.
+        if let Some(before) = reopened {
+            pending.batch.truncate(mark);
+            pending.open = before;
+        }
+        return false;
     }
-    // Escaping may grow the text; `escape_json` reserves what it needs.
-    let mut line = Vec::with_capacity(bytes.len() + 48);
-    line.push(b'[');
-    serde_json::to_writer(&mut line, &Time(time)).map_err(|e| RecordingError::Write(e.into()))?;
-    line.extend_from_slice(b",");
-    serde_json::to_writer(&mut line, code).map_err(|e| RecordingError::Write(e.into()))?;
-    line.extend_from_slice(b",\"");
-    let text_at = line.len();
-    decoder.decode_into(bytes, |text| escape_json(&mut line, text, drop_nul));
-    if line.len() == text_at {
-        return Ok(None);
+    if reopened.is_some() {
+        pending.open = Some((code, time));
     }
-    line.extend_from_slice(b"\"]\n");
-    Ok(Some(line))
+    true
 }
 
 /// How each byte is written inside a JSON string, as serde_json does:
@@ -453,21 +568,14 @@ fn escape_json(out: &mut Vec<u8>, text: &str, drop_nul: bool) {
     }
 }
 
-/// Event times with microsecond precision, as asciinema writes them.
-struct Time(f64);
-
-impl Serialize for Time {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64((self.0 * 1e6).round() / 1e6)
-    }
-}
-
+/// The writer task's side: the file, and the spare batch buffer it swaps
+/// in for the full one.
 struct Writer {
-    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    shared: std::sync::Arc<Shared>,
     /// The file and its running digest; away on a blocking thread while a
     /// batch is written (`None` after a writer thread died).
     sink: Option<Sink>,
-    batch: Vec<u8>,
+    spare: Vec<u8>,
 }
 
 /// The file, with the SHA-256 and size of what was written to it.
@@ -478,36 +586,27 @@ struct Sink {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, flush_interval: Duration) {
+    async fn run(mut self, mut control: mpsc::Receiver<Command>, flush_interval: Duration) {
         let mut tick = tokio::time::interval(flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                command = rx.recv() => match command {
-                    Some(Command::Line(line)) => {
-                        if self.batch.is_empty() && line.len() >= KEEP_BATCH_BYTES {
-                            // A big event: take it as the batch, no copy.
-                            self.batch = line;
-                        } else {
-                            self.batch.extend_from_slice(&line);
-                        }
-                        if self.batch.len() >= MAX_BATCH_BYTES && self.write_batch().await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Command::Finish(reply)) => {
-                        let result = self.finish().await;
+                command = control.recv() => {
+                    let result = self.finish().await;
+                    if let Some(Command::Finish(reply)) = command {
                         let _ = reply.send(result);
+                    }
+                    // Else the recorder was dropped without finish: what
+                    // it left is written all the same.
+                    return;
+                }
+                _ = self.shared.wake_writer.notified() => {
+                    if self.write_pending().await.is_err() {
                         return;
                     }
-                    None => {
-                        // Recorder dropped without finish: keep what we have.
-                        let _ = self.finish().await;
-                        return;
-                    }
-                },
+                }
                 _ = tick.tick() => {
-                    if self.write_batch().await.is_err() {
+                    if self.write_pending().await.is_err() {
                         return;
                     }
                 }
@@ -515,13 +614,21 @@ impl Writer {
         }
     }
 
-    /// Writes the batch and hashes it on a blocking thread (one hand-off
-    /// per batch, no copy), so neither blocks the runtime.
-    async fn write_batch(&mut self) -> Result<(), RecordingError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
+    /// Takes the pending batch (closing its open event, so the file only
+    /// ever gets whole lines), then writes and hashes it on a blocking
+    /// thread while the session fills the spare buffer.
+    async fn write_pending(&mut self) -> Result<(), RecordingError> {
+        let batch = {
+            let Ok(mut pending) = self.shared.pending.lock() else {
+                return Err(self.failed(std::io::Error::other("the recorder panicked")));
+            };
+            if pending.batch.is_empty() {
+                return Ok(());
+            }
+            pending.close_event();
+            std::mem::replace(&mut pending.batch, std::mem::take(&mut self.spare))
+        };
+        self.shared.room.notify_one();
         let written = self
             .with_sink(move |sink| {
                 let result = sink.file.write_all(&batch);
@@ -538,7 +645,7 @@ impl Writer {
                 if batch.capacity() > KEEP_BATCH_BYTES {
                     batch = Vec::new();
                 }
-                self.batch = batch;
+                self.spare = batch;
                 Ok(())
             }
             Ok((Err(e), _)) | Err(e) => Err(self.failed(e)),
@@ -563,15 +670,18 @@ impl Writer {
         Ok(out)
     }
 
+    /// Records the writer's failure for the recorder (which then gets
+    /// [`RecordingError::WriterGone`]) and wakes it.
     fn failed(&self, e: std::io::Error) -> RecordingError {
-        if let Ok(mut slot) = self.failure.lock() {
-            *slot = Some(e.to_string());
+        if let Ok(mut pending) = self.shared.pending.lock() {
+            pending.failed = Some(e.to_string());
         }
+        self.shared.room.notify_one();
         RecordingError::Write(e)
     }
 
     async fn finish(&mut self) -> Result<Digest256, RecordingError> {
-        self.write_batch().await?;
+        self.write_pending().await?;
         let synced = self
             .with_sink(|sink| {
                 sink.file.sync_all().map(|()| Digest256 {
@@ -859,10 +969,8 @@ mod tests {
             .iter()
             .map(|e| (e.code.as_str(), e.data.as_str()))
             .collect();
-        assert_eq!(
-            codes,
-            [("o", "hello "), ("o", "é\u{1b}[0m\r\n"), ("r", "100x50")]
-        );
+        // The two outputs came within COALESCE_SECONDS: one event.
+        assert_eq!(codes, [("o", "hello é\u{1b}[0m\r\n"), ("r", "100x50")]);
         assert!(!text.contains("secret"));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
@@ -952,36 +1060,88 @@ mod tests {
             let theirs = serde_json::to_vec(&text.replace('\0', "")).unwrap();
             assert_eq!(without_nul, theirs[1..theirs.len() - 1], "{text:?}");
         }
+        // Whole event lines, byte for byte.
         let mut decoder = Utf8Decoder::default();
-        let line = text_line(Instant::now(), "i", &mut decoder, b"x\x00\xc3", false)
-            .unwrap()
-            .unwrap();
-        let (_, code, data): (f64, String, String) = serde_json::from_slice(&line).unwrap();
-        assert_eq!((code.as_str(), data.as_str()), ("i", "x\0"));
-        assert!(line.ends_with(b"]\n"));
-        assert!(
-            text_line(Instant::now(), "o", &mut decoder, b"", true)
-                .unwrap()
-                .is_none()
+        let mut line = |code: u8, time: f64, bytes: &[u8], drop_nul: bool| {
+            let mut pending = Pending::default();
+            let wrote = append_text(&mut pending, code, time, |batch| {
+                decoder.decode_into(bytes, |text| escape_json(batch, text, drop_nul));
+            });
+            pending.close_event();
+            assert_eq!(wrote, !pending.batch.is_empty());
+            String::from_utf8(pending.batch).unwrap()
+        };
+        assert_eq!(
+            line(b'i', 0.5, b"x\x00\xc3", false),
+            "[0.5,\"i\",\"x\\u0000\"]\n"
         );
+        assert_eq!(line(b'o', 1.0, b"", true), "");
         // NULs after a pending partial character still end it (U+FFFD);
         // only NULs give no event.
-        let line = text_line(Instant::now(), "o", &mut decoder, b"\0\0", true)
-            .unwrap()
-            .unwrap();
-        let (_, _, data): (f64, String, String) = serde_json::from_slice(&line).unwrap();
-        assert_eq!(data, "\u{FFFD}");
-        assert!(
-            text_line(Instant::now(), "o", &mut decoder, &[0; 4096], true)
-                .unwrap()
-                .is_none()
+        assert_eq!(
+            line(b'o', 1.25, b"\0\0", true),
+            "[1.25,\"o\",\"\u{FFFD}\"]\n"
         );
-        let _ = text_line(Instant::now(), "o", &mut decoder, b"\xc3", true).unwrap();
-        let line = text_line(Instant::now(), "o", &mut decoder, b"\xa9", true)
-            .unwrap()
+        assert_eq!(line(b'o', 2.0, &[0; 4096], true), "");
+        assert_eq!(line(b'o', 3.0, b"\xc3", true), "");
+        assert_eq!(
+            line(b'o', 3.000001, b"\xa9", true),
+            "[3.000001,\"o\",\"é\"]\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_burst_past_the_pending_limit_waits_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.cast");
+        let mut rec = Recorder::create(&path, &header(), false, Duration::from_secs(60))
+            .await
             .unwrap();
-        let (_, _, data): (f64, String, String) = serde_json::from_slice(&line).unwrap();
-        assert_eq!(data, "é");
+        // 8 MiB in 32 KiB reads: eight times the pending limit, so the
+        // session must wait for the writer (woken at WRITE_AT_BYTES, not
+        // by the 60 s tick) several times over.
+        let mut sent = String::new();
+        for i in 0..256u32 {
+            let chunk = format!("{i:05}\"").repeat(32 * 1024 / 6);
+            rec.output(chunk.as_bytes()).await.unwrap();
+            sent.push_str(&chunk);
+        }
+        let digest = rec.finish().await.unwrap();
+        assert_eq!(digest.output_bytes, sent.len() as u64);
+        let (_, events) = read(&path).unwrap();
+        let got: String = events.iter().map(|e| e.data.as_str()).collect();
+        assert!(
+            got == sent,
+            "{} of {} bytes came back",
+            got.len(),
+            sent.len()
+        );
+        assert_eq!(digest_file(&path).unwrap().sha256, digest.sha256);
+    }
+
+    #[test]
+    fn events_of_one_stream_within_the_window_are_joined() {
+        let mut pending = Pending::default();
+        let mut put = |code: u8, time: f64, text: &str| {
+            append_text(&mut pending, code, time, |batch| {
+                escape_json(batch, text, true)
+            })
+        };
+        assert!(put(b'o', 0.1, "ab"));
+        assert!(put(b'o', 0.105, "c\n"));
+        // Input closes the output event; nothing to add changes nothing.
+        assert!(put(b'i', 0.106, "q"));
+        assert!(!put(b'i', 0.107, ""));
+        assert!(put(b'i', 0.108, "w"));
+        assert!(!put(b'o', 0.2, "\0"));
+        assert!(put(b'o', 0.2, "d"));
+        // Past the window: a new event.
+        assert!(put(b'o', 0.211, "e"));
+        pending.close_event();
+        assert_eq!(
+            String::from_utf8(pending.batch).unwrap(),
+            "[0.1,\"o\",\"abc\\n\"]\n[0.106,\"i\",\"qw\"]\n[0.2,\"o\",\"d\"]\n[0.211,\"o\",\"e\"]\n"
+        );
     }
 
     #[tokio::test]
