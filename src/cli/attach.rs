@@ -98,6 +98,10 @@ pub(crate) async fn attach(
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         PtyRequest { term, cols, rows }
     });
+    // The sealed copy of the helper (a few MB, ~1 ms) has no side effect:
+    // make it on a blocking thread while the recording and the audit rows
+    // are written.
+    let helper = tokio::task::spawn_blocking(HelperBinary::sealed_copy_of_helper);
     let recording_path = config.recordings_dir().join(format!("{session_id}.cast"));
     let (cols, rows) = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
     let header = Header {
@@ -147,7 +151,7 @@ pub(crate) async fn attach(
         )
         .await?;
 
-    let helper = HelperBinary::sealed_copy_of_helper()?;
+    let helper = helper.await.context("helper copy task")??;
     let request = AttachRequest {
         container: container.clone(),
         login,
