@@ -120,36 +120,60 @@ pub(crate) async fn attach(
             command: command.clone(),
         }),
     };
-    let recorder = Recorder::create(
-        &recording_path,
-        &header,
-        false,
-        config.recording.flush_interval,
-    )
-    .await?;
     // Audit before the action: the session row and its start event are
-    // committed (one transaction) before the helper exists.
-    audit
-        .record_session_start(
-            &subject,
-            &AuditEvent::SessionStarted {
-                container: container.clone(),
-                login: login.clone(),
-                command: command.clone(),
-                pty: pty.is_some(),
-            },
-            &NewSession {
-                id: &session_id,
-                principal: &principal,
-                email: None,
-                container: &container,
-                login: &login,
-                command: command.as_deref(),
-                client_addr: Some("local"),
-                recording_path: &recording_path.display().to_string(),
-            },
-        )
-        .await?;
+    // committed (one transaction) before the helper exists. The recording
+    // file is created meanwhile (independent I/O).
+    let recording_path_text = recording_path.display().to_string();
+    let started_event = AuditEvent::SessionStarted {
+        container: container.clone(),
+        login: login.clone(),
+        command: command.clone(),
+        pty: pty.is_some(),
+    };
+    let new_session = NewSession {
+        id: &session_id,
+        principal: &principal,
+        email: None,
+        container: &container,
+        login: &login,
+        command: command.as_deref(),
+        client_addr: Some("local"),
+        recording_path: &recording_path_text,
+    };
+    let (recorder, recorded) = tokio::join!(
+        Recorder::create(
+            &recording_path,
+            &header,
+            false,
+            config.recording.flush_interval,
+        ),
+        audit.record_session_start(&subject, &started_event, &new_session)
+    );
+    recorded?;
+    let recorder = match recorder {
+        Ok(r) => r,
+        Err(e) => {
+            // The session row exists: close it as failed, with its reason.
+            audit
+                .record_session_end(
+                    &subject,
+                    &AuditEvent::SessionFailed {
+                        container: container.clone(),
+                        reason: e.to_string(),
+                    },
+                    &session_id,
+                    &SessionEnd {
+                        status: "failed",
+                        exit_status: None,
+                        exit_signal: None,
+                        recording_bytes: 0,
+                        recording_sha256: "",
+                    },
+                )
+                .await?;
+            bail!("cannot create the recording: {e}");
+        }
+    };
 
     let helper = helper.await.context("helper copy task")??;
     let request = AttachRequest {
