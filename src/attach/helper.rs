@@ -380,6 +380,9 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
     }
     // "We can't risk leaking file descriptors into the container."
     drop(pidfd);
+    // Inherited by C and all it starts; needs CAP_SYS_ADMIN (no
+    // no_new_privs), so before the capabilities are narrowed.
+    super::seccomp::install_denylist()?;
     // C is visible in the container's /proc from the moment it is forked
     // (to container root with CAP_SYS_PTRACE in a privileged container):
     // it must never hold more than the init, so confine H before forking.

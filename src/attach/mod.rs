@@ -8,10 +8,11 @@
 //! (CapBnd, id maps, cgroups, namespaces), joins the namespaces of the
 //! pinned init ([`PinnedInit`]) with one `setns(pidfd)`, forks the session
 //! process (C), moves C into the container's cgroup in every hierarchy and
-//! relays C's exit status. C allocates its pty from the container's devpts,
-//! resolves the login with a bounded parser (never NSS), drops the bounding
-//! set and its ids, builds the environment from nothing, closes every fd
-//! above 2 and execs the login's shell.
+//! relays C's exit status; before the fork it installs the gateway's
+//! seccomp deny-list ([`seccomp`]), which C inherits. C allocates its pty
+//! from the container's devpts, resolves the login with a bounded parser
+//! (never NSS), drops the bounding set and its ids, builds the environment
+//! from nothing, closes every fd above 2 and execs the login's shell.
 //!
 //! All raw syscalls live in `sys.rs`.
 
@@ -25,6 +26,7 @@ pub mod plan;
 pub mod procfs;
 mod proto;
 mod pty;
+pub mod seccomp;
 mod session;
 mod sys;
 
