@@ -470,3 +470,81 @@ fn the_seccomp_deny_list_confines_the_session_and_not_the_init() {
         .unwrap();
     assert_eq!(st.code(), Some(14));
 }
+
+/// `portcullis attach` on the host: the same helper without SSH, audited
+/// (session row and start event before the session, end event after),
+/// exit status passed through, the seccomp deny-list applied; an unknown
+/// container (no monitor socket: the `lxc-info` fallback) is refused
+/// without a session.
+#[test]
+fn the_attach_command_is_audited_and_passes_the_exit_status() {
+    let f = fixture();
+    let attach = |container: &str, cmd: &str| {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("attach")
+            .arg("--config")
+            .arg(&f.gateway.config_path)
+            .args([container, "--", cmd])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = attach(
+        &f.priv_c.name,
+        "cat /etc/hostname; grep Seccomp: /proc/self/status; exit 3",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("{}\n", f.priv_c.name)),
+        "{stdout}"
+    );
+    assert_eq!(field(&stdout, "Seccomp"), "2", "{stdout}");
+
+    let session = f
+        .gateway
+        .sessions()
+        .into_iter()
+        .find(|s| s["container"] == f.priv_c.name.as_str() && s["principal"] == "host:uid=0")
+        .expect("session row of the attach");
+    assert_eq!(session["status"], "ended", "{session}");
+    assert_eq!(session["exit_status"], 3, "{session}");
+    assert_eq!(session["recording_sha256"].as_str().unwrap().len(), 64);
+    let id = session["id"].as_str().unwrap();
+    let kinds: Vec<(String, String)> = f
+        .gateway
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["session_id"] == id)
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("session_start".to_owned(), "success".to_owned()),
+            ("session_end".to_owned(), "info".to_owned())
+        ],
+        "{kinds:?}"
+    );
+
+    let out = attach("portcullis-test-no-such-container", "true");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no such container"), "{stderr}");
+    assert!(
+        !f.gateway
+            .sessions()
+            .iter()
+            .any(|s| s["container"] == "portcullis-test-no-such-container")
+    );
+}
