@@ -112,7 +112,7 @@ pub const HELPER_BINARY_NAME: &str = "portcullis-helper";
 /// runc's `exeseal` and LXC's "rexec" do the same. The copy is made per
 /// process that spawns helpers: once per gateway start, once per
 /// `portcullis attach` run; [`HelperBinary::sealed_copy_of_helper`] copies
-/// the small helper-only binary (about 2 MB, not the 28 MB gateway) to keep
+/// the small helper-only binary (about 4 MB, not the 33 MB gateway) to keep
 /// that cheap.
 ///
 /// The fd is close-on-exec and numbered >= 10; the helper is exec'd through

@@ -2,7 +2,7 @@
 //! `portcullis::attach::HelperBinary::sealed_copy_of_helper`).
 //!
 //! The gateway and `portcullis attach` exec the helper from a sealed memfd
-//! copy (CVE-2019-5736). This binary holds only the helper's code (a few MB
+//! copy (CVE-2019-5736). This binary holds only the helper's code (about 4 MB
 //! instead of the whole gateway), so the copy made for every
 //! `portcullis attach` run is small and its exec is quick. It is never run by
 //! hand: without the helper's argv and inherited fds it exits with status 2.
