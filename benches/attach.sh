@@ -1,10 +1,13 @@
 #!/bin/sh
 # Times `portcullis attach C -- true` against `lxc-attach -n C -- true` and
 # `nsenter -t PID -a true` on the same running LXC container: RUNS runs each
-# (default 200), median and p99 wall-clock time in milliseconds. A benchmark,
-# not a test. Needs root.
+# (default 200, interleaved), median and p99 wall-clock time in
+# milliseconds. A benchmark, not a test. Needs root.
 #
 #   sudo benches/attach.sh CONTAINER [RUNS]     # writes benches/ATTACH.md
+#
+# The table replaces the top of benches/ATTACH.md; everything from the line
+# `<!-- analysis -->` on is kept.
 #
 # PORTCULLIS=path/to/portcullis overrides the binary (default
 # target/release/portcullis; build it with `cargo build --release`).
@@ -24,34 +27,59 @@ issuer = "https://idp.invalid"
 client_id = "bench"
 CONF
 
-# run LABEL CMD...: N timed runs; prints "LABEL median p99".
-run() {
-    label=$1; shift
-    "$@" </dev/null >/dev/null 2>&1 || { echo "$label: '$*' fails" >&2; exit 1; }
-    i=0
-    while [ "$i" -lt "$N" ]; do
-        t0=$(date +%s%N)
-        "$@" </dev/null >/dev/null 2>&1
-        t1=$(date +%s%N)
-        echo $(( (t1 - t0) / 1000 ))
-        i=$((i + 1))
-    done | sort -n > "$tmp/t"
-    med=$(sed -n "$(( (N + 1) / 2 ))p" "$tmp/t")
-    p99=$(sed -n "$(( (N * 99 + 99) / 100 ))p" "$tmp/t")
-    printf '| %s | %d.%03d | %d.%03d |\n' "$label" $((med / 1000)) $((med % 1000)) \
+# time FILE CMD...: one timed run of CMD, its wall-clock microseconds
+# appended to FILE.
+time_one() {
+    f=$1; shift
+    t0=$(date +%s%N)
+    "$@" </dev/null >/dev/null 2>&1
+    t1=$(date +%s%N)
+    echo $(( (t1 - t0) / 1000 )) >> "$f"
+}
+
+# row LABEL FILE: prints "| LABEL | median | p99 |" of the times in FILE.
+row() {
+    sort -n "$2" > "$2.sorted"
+    med=$(sed -n "$(( (N + 1) / 2 ))p" "$2.sorted")
+    p99=$(sed -n "$(( (N * 99 + 99) / 100 ))p" "$2.sorted")
+    printf '| %s | %d.%03d | %d.%03d |\n' "$1" $((med / 1000)) $((med % 1000)) \
         $((p99 / 1000)) $((p99 % 1000))
 }
+
+P="$BIN attach --config $tmp/portcullis.toml $C -- true"
+L="lxc-attach -n $C -- true"
+S="nsenter -t $PID -a true"
+for cmd in "$P" "$L" "$S"; do
+    $cmd </dev/null >/dev/null 2>&1 || { echo "'$cmd' fails" >&2; exit 1; }
+done
+# Interleaved (one run of each per round, the order rotating), so that
+# the load of a shared machine and the kernel's warm state (caches, the
+# cgroup lock's RCU state after a recent migration) fall on all three alike.
+i=0
+while [ "$i" -lt "$N" ]; do
+    case $((i % 3)) in
+    0) time_one "$tmp/p" $P; time_one "$tmp/l" $L; time_one "$tmp/s" $S ;;
+    1) time_one "$tmp/l" $L; time_one "$tmp/s" $S; time_one "$tmp/p" $P ;;
+    2) time_one "$tmp/s" $S; time_one "$tmp/p" $P; time_one "$tmp/l" $L ;;
+    esac
+    i=$((i + 1))
+done
 
 {
     echo "# Attach benchmark"
     echo
-    echo "\`benches/attach.sh $C $N\` on $(uname -r), $(nproc) cores, $(date -u +%Y-%m-%d)."
-    echo "Wall-clock time of one complete run of \`true\` in the container, $N runs each."
+    echo "\`benches/attach.sh $C $N\` on $(uname -r), $(nproc) cores, $(date -u +%Y-%m-%d), load average $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "Wall-clock time of one complete run of \`true\` in the container, $N runs each, interleaved."
     echo
     echo "| command | median (ms) | p99 (ms) |"
     echo "| --- | --- | --- |"
-    run "portcullis attach $C -- true" "$BIN" attach --config "$tmp/portcullis.toml" "$C" -- true
-    run "lxc-attach -n $C -- true" lxc-attach -n "$C" -- true
-    run "nsenter -t PID -a true" nsenter -t "$PID" -a true
+    row "portcullis attach $C -- true" "$tmp/p"
+    row "lxc-attach -n $C -- true" "$tmp/l"
+    row "nsenter -t PID -a true" "$tmp/s"
 } | tee "$tmp/result"
+# Keep the hand-written analysis below the marker line of an existing file.
+if [ -f "$OUT" ] && grep -q '^<!-- analysis -->$' "$OUT"; then
+    echo >> "$tmp/result"
+    sed -n '/^<!-- analysis -->$/,$p' "$OUT" >> "$tmp/result"
+fi
 cp "$tmp/result" "$OUT"

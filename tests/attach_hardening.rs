@@ -420,3 +420,131 @@ fn container_stopping_mid_session_ends_it_with_a_message() {
         })
     });
 }
+
+/// A 147-byte static x86_64 ELF: `open_by_handle_at(AT_FDCWD, NULL, 0)`,
+/// then `exit(-result)`, so its exit status is the errno: EFAULT (14) for
+/// root in a privileged container without seccomp (the capability check
+/// passes, the NULL handle faults), EPERM (1) when a filter denies the call.
+const OPEN_BY_HANDLE_ELF: &str = "7f454c4602010100000000000000000002003e00010000007800400000000000\
+4000000000000000000000000000000000000000400038000100000000000000\
+0100000005000000000000000000000000004000000000000000400000000000\
+9300000000000000930000000000000000100000000000\
+00b830010000bf9cffffff31f631d20f05f7d889c7b83c0000000f05";
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn the_seccomp_deny_list_confines_the_session_and_not_the_init() {
+    let f = fixture();
+    for c in [&f.priv_c, &f.uns_c] {
+        let bin = c.rootfs.join("bin/open-by-handle");
+        std::fs::write(&bin, hex::decode(OPEN_BY_HANDLE_ELF).unwrap()).unwrap();
+        std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let init = c.init_pid();
+        let init_status = || std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+        let before = init_status();
+        let r = ssh(
+            &format!("root@{}", c.name),
+            &["grep Seccomp /proc/self/status; /bin/open-by-handle; echo RC=$?"],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let out = text(&r);
+        // The session is filtered: one filter more than the init has.
+        assert_eq!(field(&out, "Seccomp"), "2", "{out}");
+        let filters = |s: &str| field(s, "Seccomp_filters").parse::<u32>().unwrap();
+        assert_eq!(filters(&out), filters(&before) + 1, "{out}");
+        // The denied call fails with EPERM inside the session.
+        assert!(out.contains("RC=1\n"), "{out}");
+        // The init is untouched.
+        let after = init_status();
+        assert_eq!(field(&after, "Seccomp"), field(&before, "Seccomp"));
+        assert_eq!(filters(&after), filters(&before));
+    }
+    // Reference for the privileged container: entered without Portcullis
+    // (nsenter applies no filter), the same call gets past the capability
+    // check (EFAULT), so the EPERM above is the deny-list's.
+    let init = f.priv_c.init_pid().to_string();
+    let st = Command::new("nsenter")
+        .args(["-t", &init, "-a", "/bin/open-by-handle"])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(14));
+}
+
+/// `portcullis attach` on the host: the same helper without SSH, audited
+/// (session row and start event before the session, end event after),
+/// exit status passed through, the seccomp deny-list applied; an unknown
+/// container (no monitor socket: the `lxc-info` fallback) is refused
+/// without a session.
+#[test]
+fn the_attach_command_is_audited_and_passes_the_exit_status() {
+    let f = fixture();
+    let attach = |container: &str, cmd: &str| {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("attach")
+            .arg("--config")
+            .arg(&f.gateway.config_path)
+            .args([container, "--", cmd])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = attach(
+        &f.priv_c.name,
+        "cat /etc/hostname; grep Seccomp: /proc/self/status; exit 3",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("{}\n", f.priv_c.name)),
+        "{stdout}"
+    );
+    assert_eq!(field(&stdout, "Seccomp"), "2", "{stdout}");
+
+    let session = f
+        .gateway
+        .sessions()
+        .into_iter()
+        .find(|s| s["container"] == f.priv_c.name.as_str() && s["principal"] == "host:uid=0")
+        .expect("session row of the attach");
+    assert_eq!(session["status"], "ended", "{session}");
+    assert_eq!(session["exit_status"], 3, "{session}");
+    assert_eq!(session["recording_sha256"].as_str().unwrap().len(), 64);
+    let id = session["id"].as_str().unwrap();
+    let kinds: Vec<(String, String)> = f
+        .gateway
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["session_id"] == id)
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("session_start".to_owned(), "success".to_owned()),
+            ("session_end".to_owned(), "info".to_owned())
+        ],
+        "{kinds:?}"
+    );
+
+    let out = attach("portcullis-test-no-such-container", "true");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no such container"), "{stderr}");
+    assert!(
+        !f.gateway
+            .sessions()
+            .iter()
+            .any(|s| s["container"] == "portcullis-test-no-such-container")
+    );
+}

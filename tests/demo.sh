@@ -76,6 +76,8 @@ busybox=$(command -v busybox || true)
 if [ -z "$busybox" ] || ldd "$busybox" >/dev/null 2>&1; then need+=(busybox-static); fi
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v rsync >/dev/null || need+=(rsync)
+# The build links libseccomp (the attach helper's seccomp deny-list).
+ls /usr/lib/*/libseccomp.so >/dev/null 2>&1 || need+=(libseccomp-dev)
 command -v node >/dev/null || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing: ${need[*]}"

@@ -25,8 +25,10 @@ pub enum HelperStep {
     Setns,
     /// `fork()` of the session process.
     Fork,
-    /// Writing the session pid to `cgroup.procs`.
+    /// Moving the session process into the container's cgroups.
     JoinCgroup,
+    /// Installing the gateway's seccomp deny-list ([`super::seccomp`]).
+    Seccomp,
     /// Sending a message or fd to the gateway.
     Report,
     /// Resetting signal dispositions, `setsid`.

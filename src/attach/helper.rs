@@ -141,10 +141,22 @@ pub(crate) fn alive(pidfd: BorrowedFd<'_>) -> HResult<()> {
     sys::pidfd_send_signal(pidfd, 0, 0).map_err(|_| init_changed("init exited or pid was recycled"))
 }
 
-/// One cgroup.procs file of the container, opened on the host before setns
-/// (the kernel checks permissions and the cgroup namespace at open time).
+/// One hierarchy of the container's cgroups, opened on the host before
+/// setns (the kernel checks permissions and the cgroup namespace with the
+/// opener's credentials).
+///
+/// Moving a process with a `cgroup.procs` write takes the kernel's
+/// threadgroup lock for writing, which waits for an RCU grace period (7-8
+/// ms measured here, the largest part of an attach). Two migrations avoid
+/// it: on cgroup2, C is created in the cgroup (`clone3(CLONE_INTO_CGROUP)`
+/// with `dir`); on cgroup v1, C moves itself by writing `0` to the `tasks`
+/// file (`fd`), which moves only the calling thread (C has one) and takes
+/// no such lock. `cgroup.procs` stays the fallback on cgroup2.
 struct CgroupProcs {
+    /// cgroup2: `cgroup.procs`; v1: `tasks` (written `0` by C itself).
     fd: OwnedFd,
+    /// cgroup2: the directory, for `CLONE_INTO_CGROUP`.
+    dir: Option<OwnedFd>,
     where_: String,
 }
 
@@ -224,13 +236,14 @@ fn open_cgroups(cgroup_text: &str) -> HResult<Vec<CgroupProcs>> {
         refuse_if_frozen(dir.as_fd(), &t)?;
         let fd = openat(
             dir.as_fd(),
-            "cgroup.procs",
+            if t.v2 { "cgroup.procs" } else { "tasks" },
             OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
             Mode::empty(),
         )
         .map_err(step(s))?;
         out.push(CgroupProcs {
             fd,
+            dir: t.v2.then_some(dir),
             where_: format!("{}/{}", t.mount_point, t.rel),
         });
     }
@@ -367,6 +380,9 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
     }
     // "We can't risk leaking file descriptors into the container."
     drop(pidfd);
+    // Inherited by C and all it starts; needs CAP_SYS_ADMIN (no
+    // no_new_privs), so before the capabilities are narrowed.
+    super::seccomp::install_denylist()?;
     // C is visible in the container's /proc from the moment it is forked
     // (to container root with CAP_SYS_PTRACE in a privileged container):
     // it must never hold more than the init, so confine H before forking.
@@ -383,8 +399,16 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
     )
     .map_err(step(HelperStep::Fork))?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(step(HelperStep::Fork))?;
+    // C moves itself into every v1 hierarchy (see `CgroupProcs`).
+    let v1_tasks: Vec<(RawFd, &str)> = cgroups
+        .iter()
+        .filter(|c| c.dir.is_none())
+        .map(|c| (c.fd.as_raw_fd(), c.where_.as_str()))
+        .collect();
+    let v2 = cgroups.iter().find_map(|c| c.dir.as_ref().map(|d| (d, c)));
     let ctx = SessionCtx {
         ctl: CTL_FD,
+        cgroup_tasks: &v1_tasks,
         release: release_r.as_raw_fd(),
         err: err_w.as_raw_fd(),
         req: &req,
@@ -394,7 +418,21 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
         uid_map: &uid_map,
         gid_map: &gid_map,
     };
-    let cpid = match sys::fork_single_threaded().map_err(io_step(HelperStep::Fork))? {
+    // On cgroup2, create C inside the container's cgroup; when the kernel
+    // refuses (too old, namespace delegation rules), fork and write
+    // cgroup.procs below.
+    let (forked, v2_pending) = match v2.map(|(dir, _)| sys::clone3_into_cgroup(dir.as_fd())) {
+        Some(Ok(f)) => (f, None),
+        Some(Err(_)) => (
+            sys::fork_single_threaded().map_err(io_step(HelperStep::Fork))?,
+            v2.map(|(_, c)| c),
+        ),
+        None => (
+            sys::fork_single_threaded().map_err(io_step(HelperStep::Fork))?,
+            None,
+        ),
+    };
+    let cpid = match forked {
         Forked::Child => session::child_main(&ctx),
         Forked::Parent(pid) => pid,
     };
@@ -407,13 +445,28 @@ fn run(ctl: BorrowedFd<'_>, parent: Pid) -> HResult<()> {
     drop(devnull);
 
     let parent_steps = || -> HResult<(OwnedFd, Option<OwnedFd>)> {
-        for cg in &cgroups {
+        if let Some(cg) = v2_pending {
             let pid = cpid.to_string();
             nix::unistd::write(cg.fd.as_fd(), pid.as_bytes()).map_err(|e| WireError::Step {
                 step: HelperStep::JoinCgroup,
                 errno: e as i32,
                 detail: format!("{}: {}", cg.where_, e.desc()),
             })?;
+        }
+        // C reports `m` once it is in every v1 hierarchy; on failure it
+        // writes its error to the error pipe and exits instead.
+        let mut b = [0u8; 8];
+        match proto::recv_bytes_blocking(release_w.as_fd(), &mut b) {
+            Ok((1, _)) if b[0] == b'm' => {}
+            _ => {
+                let report = read_bounded(err_r.as_fd(), 64 * 1024).unwrap_or_default();
+                return Err(serde_json::from_slice(&report).unwrap_or_else(|_| {
+                    WireError::step(
+                        HelperStep::JoinCgroup,
+                        &std::io::Error::other("session process could not join the cgroups"),
+                    )
+                }));
+            }
         }
         let cpidfd = sys::pidfd_open(cpid).map_err(io_step(HelperStep::Fork))?;
         let aa = match &host_proc {

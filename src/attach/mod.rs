@@ -8,10 +8,11 @@
 //! (CapBnd, id maps, cgroups, namespaces), joins the namespaces of the
 //! pinned init ([`PinnedInit`]) with one `setns(pidfd)`, forks the session
 //! process (C), moves C into the container's cgroup in every hierarchy and
-//! relays C's exit status. C allocates its pty from the container's devpts,
-//! resolves the login with a bounded parser (never NSS), drops the bounding
-//! set and its ids, builds the environment from nothing, closes every fd
-//! above 2 and execs the login's shell.
+//! relays C's exit status; before the fork it installs the gateway's
+//! seccomp deny-list ([`seccomp`]), which C inherits. C allocates its pty
+//! from the container's devpts, resolves the login with a bounded parser
+//! (never NSS), drops the bounding set and its ids, builds the environment
+//! from nothing, closes every fd above 2 and execs the login's shell.
 //!
 //! All raw syscalls live in `sys.rs`.
 
@@ -25,6 +26,7 @@ pub mod plan;
 pub mod procfs;
 mod proto;
 mod pty;
+pub mod seccomp;
 mod session;
 mod sys;
 
@@ -95,8 +97,24 @@ pub enum ExitStatus {
     },
 }
 
+/// File name of the helper-only binary that [`HelperBinary::sealed_copy_of_helper`]
+/// looks for next to the running executable (`src/bin/portcullis-helper.rs`).
+pub const HELPER_BINARY_NAME: &str = "portcullis-helper";
+
 /// The helper executable: a sealed memfd copy of a binary (CVE-2019-5736: a
 /// container can never reach or overwrite the gateway's binary on disk).
+///
+/// The attack: container root opens `/proc/<pid>/exe` of a host process
+/// that has joined the container (or of its child), and later writes the
+/// host binary through that handle. Here that handle can only ever name the
+/// memfd: H and C run from it, never from a file on disk, and its seals
+/// (`F_SEAL_WRITE|GROW|SHRINK|SEAL`) make every write fail, for root too.
+/// runc's `exeseal` and LXC's "rexec" do the same. The copy is made per
+/// process that spawns helpers: once per gateway start, once per
+/// `portcullis attach` run; [`HelperBinary::sealed_copy_of_helper`] copies
+/// the small helper-only binary (about 4 MB, not the 33 MB gateway) to keep
+/// that cheap.
+///
 /// The fd is close-on-exec and numbered >= 10; the helper is exec'd through
 /// `/proc/self/fd/<n>` (checked: works for ELF binaries; scripts would not).
 #[derive(Debug)]
@@ -105,19 +123,62 @@ pub struct HelperBinary {
 }
 
 impl HelperBinary {
-    /// Copies `/proc/self/exe` into a sealed memfd. Call once at gateway
-    /// start. Errors: [`AttachError::HelperBinary`].
+    /// Copies `/proc/self/exe` into a sealed memfd. Errors:
+    /// [`AttachError::HelperBinary`].
     pub fn sealed_copy_of_current_exe() -> Result<HelperBinary, AttachError> {
         Self::from_path("/proc/self/exe")
     }
 
-    /// Copies the ELF binary at `path` (which must be this crate's
-    /// `portcullis` binary, whose `main` calls [`helper_main`]) into a sealed
-    /// memfd (`F_SEAL_SEAL|SHRINK|GROW|WRITE`, plus `F_SEAL_EXEC` when the
-    /// kernel has it). Errors: [`AttachError::HelperBinary`].
-    pub fn from_path(path: impl AsRef<Path>) -> Result<HelperBinary, AttachError> {
+    /// The helper for this process: a sealed copy of [`HELPER_BINARY_NAME`]
+    /// in the running executable's directory (as `cargo build` and an
+    /// install put it), or of the running executable itself (which also
+    /// contains the helper) when that file does not exist. The helper file
+    /// must be a regular file (not a symlink) with the running executable's
+    /// owner and no write permission for group or others; anything else is
+    /// refused rather than skipped, since it means the installation was
+    /// tampered with. Call once per process (gateway start, CLI run).
+    ///
+    /// # Errors
+    /// [`AttachError::HelperBinary`].
+    pub fn sealed_copy_of_helper() -> Result<HelperBinary, AttachError> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let err = AttachError::HelperBinary;
-        let mut src = std::fs::File::open(path.as_ref()).map_err(err)?;
+        let exe = std::fs::read_link("/proc/self/exe").map_err(err)?;
+        let path = exe.with_file_name(HELPER_BINARY_NAME);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Self::sealed_copy_of_current_exe();
+            }
+            Err(e) => return Err(err(e)),
+        };
+        let meta = file.metadata().map_err(err)?;
+        let owner = std::fs::metadata("/proc/self/exe").map_err(err)?.uid();
+        if !meta.file_type().is_file() || meta.mode() & 0o022 != 0 || meta.uid() != owner {
+            return Err(err(std::io::Error::other(format!(
+                "{} is not a regular file of uid {owner} without group/other write permission",
+                path.display()
+            ))));
+        }
+        Self::from_file(file)
+    }
+
+    /// Copies the ELF binary at `path` (which must be this crate's
+    /// `portcullis` or `portcullis-helper` binary, whose `main` calls
+    /// [`helper_main`]) into a sealed memfd (`F_SEAL_SEAL|SHRINK|GROW|WRITE`,
+    /// plus `F_SEAL_EXEC` when the kernel has it). Errors:
+    /// [`AttachError::HelperBinary`].
+    pub fn from_path(path: impl AsRef<Path>) -> Result<HelperBinary, AttachError> {
+        let src = std::fs::File::open(path.as_ref()).map_err(AttachError::HelperBinary)?;
+        Self::from_file(src)
+    }
+
+    fn from_file(mut src: std::fs::File) -> Result<HelperBinary, AttachError> {
+        let err = AttachError::HelperBinary;
         let base = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
         let memfd = memfd_create(
             "portcullis-helper",

@@ -23,6 +23,10 @@ use super::sys;
 /// What C inherits from H (by reference; C never returns to H's code).
 pub(crate) struct SessionCtx<'a> {
     pub ctl: RawFd,
+    /// The container's v1 `tasks` files (opened by H on the host) and where
+    /// they are, for messages: C writes `0` to each to move itself.
+    pub cgroup_tasks: &'a [(RawFd, &'a str)],
+    /// H <-> C: C sends `m` once in its cgroups, H sends the release.
     pub release: RawFd,
     pub err: RawFd,
     pub req: &'a WireRequest,
@@ -270,9 +274,7 @@ pub(crate) fn confine_caps(mask: u64, cap_last: u32) -> CResult<()> {
 /// Waits for H's release (sent once C is in the container's cgroups) and
 /// takes the AppArmor exec attribute fd that comes with it when the init
 /// has a label.
-fn await_release(ctx: &SessionCtx<'_>) -> CResult<Option<OwnedFd>> {
-    let release = sys::claim_inherited_fd(ctx.release)
-        .map_err(|e| WireError::step(HelperStep::JoinCgroup, &e))?;
+fn await_release(ctx: &SessionCtx<'_>, release: OwnedFd) -> CResult<Option<OwnedFd>> {
     let mut b = [0u8; 8];
     let (n, mut fds) = match proto::recv_bytes_blocking(release.as_fd(), &mut b) {
         Ok(r) => r,
@@ -307,14 +309,35 @@ fn set_apparmor_exec(fd: OwnedFd, label: &str, now: bool) -> CResult<()> {
     Ok(())
 }
 
+/// Moves C into each v1 hierarchy of the container (`0` to `tasks` moves
+/// the calling thread; C is single-threaded), then tells H (`m`).
+fn join_v1_cgroups(ctx: &SessionCtx<'_>, release: BorrowedFd<'_>) -> CResult<()> {
+    for &(fd, where_) in ctx.cgroup_tasks {
+        let fd =
+            sys::claim_inherited_fd(fd).map_err(|e| WireError::step(HelperStep::JoinCgroup, &e))?;
+        nix::unistd::write(&fd, b"0").map_err(|e| WireError::Step {
+            step: HelperStep::JoinCgroup,
+            errno: e as i32,
+            detail: format!("{where_}: {}", e.desc()),
+        })?;
+    }
+    proto::send_bytes_blocking(release, b"m", &[])
+        .map_err(|e| WireError::step(HelperStep::JoinCgroup, &e))
+}
+
 fn run(ctx: &SessionCtx<'_>) -> CResult<Infallible> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(step(HelperStep::Prctl))?;
+    let release = sys::claim_inherited_fd(ctx.release)
+        .map_err(|e| WireError::step(HelperStep::JoinCgroup, &e))?;
+    // First of all, into the container's cgroups (cgroup2: already, by
+    // clone3 or H's write).
+    join_v1_cgroups(ctx, release.as_fd())?;
     // Drop every host fd H holds (cgroup files, /dev/null) at once.
     sys::close_fds_except(&[ctx.ctl, ctx.release, ctx.err])
         .map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
     confine_caps(ctx.cap_mask, ctx.cap_last)?;
-    // Wait until H has moved us into the container's cgroups.
-    let apparmor_fd = await_release(ctx)?;
+    // Wait until H has checked the cgroups and sent the release.
+    let apparmor_fd = await_release(ctx, release)?;
     let ctl =
         sys::claim_inherited_fd(ctx.ctl).map_err(|e| WireError::step(HelperStep::Report, &e))?;
 

@@ -139,6 +139,69 @@ pub(crate) fn fork_single_threaded() -> io::Result<Forked> {
     }
 }
 
+/// `CLONE_INTO_CGROUP` (`0x200000000`; libc's constant is an `int` that
+/// overflows).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` of `clone3(2)` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`,
+/// 88 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3({flags: CLONE_INTO_CGROUP, exit_signal: SIGCHLD, cgroup})`: a
+/// `fork()` whose child starts in the cgroup2 directory `cgroup` (Linux
+/// 5.7+), so no `cgroup.procs` write (which costs an RCU grace period,
+/// several ms, per migration) is needed on the unified hierarchy. Only for
+/// the single-threaded helper, like [`fork_single_threaded`]. Fails (and
+/// creates nothing) e.g. with ENOSYS/E2BIG on older kernels or ENOENT when
+/// the cgroup namespace delegation rules forbid it; callers fall back to
+/// `fork` + `cgroup.procs`.
+///
+/// Unlike glibc's `fork`, the raw syscall leaves glibc's cached thread id
+/// of the parent in the child: the child must not use `raise`, `abort` or
+/// `pthread_kill` (it exits with `_exit` on every path, see `session.rs`).
+pub(crate) fn clone3_into_cgroup(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
+    let fd =
+        u64::try_from(cgroup.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: fd,
+        ..CloneArgs::default()
+    };
+    // SAFETY: no CLONE_VM and no stack: the kernel duplicates the address
+    // space as fork does, and the child returns 0 from this same call; the
+    // caller is single-threaded (checked), so the child's heap and locks are
+    // consistent. `args` is a valid `clone_args` of the size passed.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match pid {
+        p if p < 0 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        p => Ok(Forked::Parent(
+            i32::try_from(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        )),
+    }
+}
+
 /// `_exit(code)`: leaves without running destructors or atexit handlers.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and is always safe to call.

@@ -24,7 +24,7 @@ pub use verify::{
     AuditSigner, RecordingProblem, SIGNATURE_NAMESPACE, SignatureProblem, VerifyReport, verify,
 };
 
-use crate::store::{NewAuditRow, Store, StoreError};
+use crate::store::{AuditRow, NewAuditRow, NewSession, SessionEnd, Store, StoreError};
 
 /// What happened. Past tense; one variant per kind of event.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -476,15 +476,56 @@ impl AuditLog {
         let detail = event.detail().to_string();
         let row = self
             .store
-            .append_audit(&NewAuditRow {
-                kind: event.kind(),
-                outcome: event.outcome(),
-                session_id: subject.session_id,
-                principal: subject.principal,
-                client_addr: subject.client_addr,
-                detail: &detail,
-            })
+            .append_audit(&new_row(subject, event, &detail))
             .await?;
+        Ok(self.published(row, subject, event))
+    }
+
+    /// Inserts the `running` row of a new session and appends `event` (its
+    /// start) in one transaction ([`Store::insert_session_audited`]), so
+    /// both are committed before the caller starts the session; returns the
+    /// event's sequence number. Callers must not start the session when
+    /// this fails.
+    ///
+    /// # Errors
+    /// [`StoreError`]; then neither the row nor the event was written.
+    pub async fn record_session_start(
+        &self,
+        subject: &AuditSubject<'_>,
+        event: &AuditEvent,
+        session: &NewSession<'_>,
+    ) -> Result<i64, StoreError> {
+        let detail = event.detail().to_string();
+        let row = self
+            .store
+            .insert_session_audited(session, &new_row(subject, event, &detail))
+            .await?;
+        Ok(self.published(row, subject, event))
+    }
+
+    /// Closes the session row `id` with `end` and appends `event` (its end)
+    /// in one transaction ([`Store::end_session_audited`]); returns the
+    /// event's sequence number.
+    ///
+    /// # Errors
+    /// [`StoreError`]; then neither change was written.
+    pub async fn record_session_end(
+        &self,
+        subject: &AuditSubject<'_>,
+        event: &AuditEvent,
+        id: &str,
+        end: &SessionEnd<'_>,
+    ) -> Result<i64, StoreError> {
+        let detail = event.detail().to_string();
+        let row = self
+            .store
+            .end_session_audited(id, end, &new_row(subject, event, &detail))
+            .await?;
+        Ok(self.published(row, subject, event))
+    }
+
+    /// Exports and logs a row just written; returns its sequence number.
+    fn published(&self, row: AuditRow, subject: &AuditSubject<'_>, event: &AuditEvent) -> i64 {
         let id = row.id;
         if let Some(export) = &self.export {
             // The database is the record; a failed export is logged, never
@@ -499,10 +540,26 @@ impl AuditLog {
             outcome = event.outcome(),
             session_id = subject.session_id,
             principal = subject.principal,
-            detail = %detail,
+            detail = %row.detail,
             "audit"
         );
-        Ok(id)
+        id
+    }
+}
+
+/// The store row of `event` about `subject`, with `detail` its JSON text.
+fn new_row<'a>(
+    subject: &AuditSubject<'a>,
+    event: &'a AuditEvent,
+    detail: &'a str,
+) -> NewAuditRow<'a> {
+    NewAuditRow {
+        kind: event.kind(),
+        outcome: event.outcome(),
+        session_id: subject.session_id,
+        principal: subject.principal,
+        client_addr: subject.client_addr,
+        detail,
     }
 }
 

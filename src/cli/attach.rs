@@ -64,7 +64,14 @@ pub(crate) async fn attach(
         bail!("invalid container or login name");
     }
     let command = (!command.is_empty()).then(|| command.join(" "));
-    let found = Inventory::new(&config).find(&container).await?;
+    super::serve::create_private_dir(&config.state_dir)?;
+    super::serve::create_private_dir(&config.recordings_dir())?;
+    // The lookup (the LXC monitor's socket) and opening the store (a
+    // connection, the schema check) are independent: overlap them.
+    let inventory = Inventory::new(&config);
+    let database_url = config.database_url();
+    let (found, store) = tokio::join!(inventory.find(&container), Store::open(&database_url));
+    let (found, store) = (found?, store?);
     let init_pid = match found.state {
         ContainerState::Running { init_pid } => init_pid,
         ContainerState::NotRunning(s) => {
@@ -77,9 +84,6 @@ pub(crate) async fn attach(
     let init = PinnedInit::pin(init_pid, &found.cgroup, None)
         .map_err(|e| anyhow::anyhow!("{}: {e}", e.user_message()))?;
 
-    super::serve::create_private_dir(&config.state_dir)?;
-    super::serve::create_private_dir(&config.recordings_dir())?;
-    let store = Store::open(&config.database_url()).await?;
     let audit = AuditLog::new(store.clone());
     let principal = format!("host:uid={}", nix::unistd::getuid());
     let session_id = uuid::Uuid::new_v4().to_string();
@@ -94,6 +98,10 @@ pub(crate) async fn attach(
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         PtyRequest { term, cols, rows }
     });
+    // The sealed copy of the helper (a few MB, ~1 ms) has no side effect:
+    // make it on a blocking thread while the recording and the audit rows
+    // are written.
+    let helper = tokio::task::spawn_blocking(HelperBinary::sealed_copy_of_helper);
     let recording_path = config.recordings_dir().join(format!("{session_id}.cast"));
     let (cols, rows) = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
     let header = Header {
@@ -112,38 +120,62 @@ pub(crate) async fn attach(
             command: command.clone(),
         }),
     };
-    let recorder = Recorder::create(
-        &recording_path,
-        &header,
-        false,
-        config.recording.flush_interval,
-    )
-    .await?;
-    store
-        .insert_session(&NewSession {
-            id: &session_id,
-            principal: &principal,
-            email: None,
-            container: &container,
-            login: &login,
-            command: command.as_deref(),
-            client_addr: Some("local"),
-            recording_path: &recording_path.display().to_string(),
-        })
-        .await?;
-    audit
-        .record(
-            &subject,
-            &AuditEvent::SessionStarted {
-                container: container.clone(),
-                login: login.clone(),
-                command: command.clone(),
-                pty: pty.is_some(),
-            },
-        )
-        .await?;
+    // Audit before the action: the session row and its start event are
+    // committed (one transaction) before the helper exists. The recording
+    // file is created meanwhile (independent I/O).
+    let recording_path_text = recording_path.display().to_string();
+    let started_event = AuditEvent::SessionStarted {
+        container: container.clone(),
+        login: login.clone(),
+        command: command.clone(),
+        pty: pty.is_some(),
+    };
+    let new_session = NewSession {
+        id: &session_id,
+        principal: &principal,
+        email: None,
+        container: &container,
+        login: &login,
+        command: command.as_deref(),
+        client_addr: Some("local"),
+        recording_path: &recording_path_text,
+    };
+    let (recorder, recorded) = tokio::join!(
+        Recorder::create(
+            &recording_path,
+            &header,
+            false,
+            config.recording.flush_interval,
+        ),
+        audit.record_session_start(&subject, &started_event, &new_session)
+    );
+    recorded?;
+    let recorder = match recorder {
+        Ok(r) => r,
+        Err(e) => {
+            // The session row exists: close it as failed, with its reason.
+            audit
+                .record_session_end(
+                    &subject,
+                    &AuditEvent::SessionFailed {
+                        container: container.clone(),
+                        reason: e.to_string(),
+                    },
+                    &session_id,
+                    &SessionEnd {
+                        status: "failed",
+                        exit_status: None,
+                        exit_signal: None,
+                        recording_bytes: 0,
+                        recording_sha256: "",
+                    },
+                )
+                .await?;
+            bail!("cannot create the recording: {e}");
+        }
+    };
 
-    let helper = HelperBinary::sealed_copy_of_current_exe()?;
+    let helper = helper.await.context("helper copy task")??;
     let request = AttachRequest {
         container: container.clone(),
         login,
@@ -161,8 +193,13 @@ pub(crate) async fn attach(
         Ok(s) => s,
         Err(e) => {
             let digest = recorder.finish().await.ok();
-            let _ = store
-                .end_session(
+            audit
+                .record_session_end(
+                    &subject,
+                    &AuditEvent::SessionFailed {
+                        container: container.clone(),
+                        reason: e.to_string(),
+                    },
                     &session_id,
                     &SessionEnd {
                         status: "failed",
@@ -170,15 +207,6 @@ pub(crate) async fn attach(
                         exit_signal: None,
                         recording_bytes: digest.as_ref().map(|d| d.bytes as i64).unwrap_or(0),
                         recording_sha256: digest.as_ref().map(|d| d.sha256.as_str()).unwrap_or(""),
-                    },
-                )
-                .await;
-            audit
-                .record(
-                    &subject,
-                    &AuditEvent::SessionFailed {
-                        container: container.clone(),
-                        reason: e.to_string(),
                     },
                 )
                 .await?;
@@ -203,8 +231,16 @@ pub(crate) async fn attach(
         ExitStatus::Code(c) => (Some(i64::from(c)), None, c),
         ExitStatus::Signal { signal, .. } => (None, Some(format!("SIG{signal}")), 128 + signal),
     };
-    store
-        .end_session(
+    audit
+        .record_session_end(
+            &subject,
+            &AuditEvent::SessionEnded {
+                exit_status,
+                exit_signal: exit_signal.clone(),
+                recording_bytes: digest.bytes as i64,
+                recording_sha256: digest.sha256.clone(),
+                output_bytes: Some(digest.output_bytes),
+            },
             &session_id,
             &SessionEnd {
                 status: "ended",
@@ -215,19 +251,13 @@ pub(crate) async fn attach(
             },
         )
         .await?;
-    audit
-        .record(
-            &subject,
-            &AuditEvent::SessionEnded {
-                exit_status,
-                exit_signal,
-                recording_bytes: digest.bytes as i64,
-                recording_sha256: digest.sha256.clone(),
-                output_bytes: Some(digest.output_bytes),
-            },
-        )
-        .await?;
-    store.close().await;
+    // No `store.close()`: every write above is committed (SQLite WAL), and
+    // closing the last connection would checkpoint the WAL into the
+    // database file and delete it (two fsyncs now, and a fresh WAL with
+    // another fsync on the next run: ~10 ms per run). The WAL is
+    // checkpointed by later writers (automatically at 1000 pages) and by
+    // the gateway.
+    drop(store);
     // tokio's stdin reader is a blocking thread that a runtime shutdown
     // would wait for (until the operator presses a key): leave now, with
     // everything recorded and the terminal restored.

@@ -102,7 +102,7 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
     signer.sign_head(&store).await?;
     let issuers = Arc::new(Issuers::from_config(&config)?);
     let cas = CertificateAuthorities::from_config(&config.certificates)?;
-    let helper = HelperBinary::sealed_copy_of_current_exe()?;
+    let helper = HelperBinary::sealed_copy_of_helper()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

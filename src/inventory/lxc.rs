@@ -1,5 +1,6 @@
-//! The LXC backend: `lxc-info` for a container's state and init PID under
-//! the configured `lxcpath`.
+//! The LXC backend: a container's state and init PID under the configured
+//! `lxcpath`, asked of its monitor's command socket ([`super::lxc_monitor`],
+//! about 0.2 ms) and, when that is not conclusive, of `lxc-info` (3-5 ms).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,7 +29,11 @@ impl LxcInventory {
         }
     }
 
-    /// Looks up `name` with `lxc-info -P LXCPATH -n NAME -s -p -H`.
+    /// Looks up `name`: its state and init PID from the container's
+    /// monitor (the same answer `lxc-info -s -p` prints), or, when the
+    /// monitor cannot be asked (no monitor: the container is stopped or does
+    /// not exist; anything unexpected), from `lxc-info -P LXCPATH -n NAME -s
+    /// -p -H`.
     ///
     /// # Errors
     /// [`InventoryError::InvalidName`], [`InventoryError::NotFound`], or a
@@ -37,6 +42,21 @@ impl LxcInventory {
         if !valid_name(name) {
             return Err(InventoryError::InvalidName);
         }
+        let state = match super::lxc_monitor::query(&self.lxcpath, name).await {
+            Some(state) => state,
+            None => self.lxc_info(name).await?,
+        };
+        Ok(Container {
+            name: name.to_string(),
+            state,
+            labels: self.labels.get(name).cloned().unwrap_or_default(),
+            cgroup: format!("/lxc.payload.{name}"),
+            backend: Backend::Lxc,
+        })
+    }
+
+    /// The state of `name` from `lxc-info -P LXCPATH -n NAME -s -p -H`.
+    async fn lxc_info(&self, name: &str) -> Result<ContainerState, InventoryError> {
         let output = tokio::process::Command::new("lxc-info")
             .arg("-P")
             .arg(&self.lxcpath)
@@ -54,16 +74,9 @@ impl LxcInventory {
         if !output.status.success() {
             return Err(InventoryError::NotFound(name.to_string()));
         }
-        let state = parse_lxc_info(&stdout).ok_or_else(|| InventoryError::Output {
+        parse_lxc_info(&stdout).ok_or_else(|| InventoryError::Output {
             tool: "lxc-info",
             output: crate::audit::truncate(&stdout, 200),
-        })?;
-        Ok(Container {
-            name: name.to_string(),
-            state,
-            labels: self.labels.get(name).cloned().unwrap_or_default(),
-            cgroup: format!("/lxc.payload.{name}"),
-            backend: Backend::Lxc,
         })
     }
 

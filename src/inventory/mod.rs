@@ -1,6 +1,7 @@
-//! Finding containers. Two backends: `lxc` ([`LxcInventory`], `lxc-info`
-//! under `lxcpath`) and `process` ([`ProcessInventory`]: a pid file or a
-//! cgroup directory per `[containers.NAME]`, for any runtime). A container
+//! Finding containers. Two backends: `lxc` ([`LxcInventory`]: the
+//! container's monitor socket or `lxc-info`, under `lxcpath`) and
+//! `process` ([`ProcessInventory`]: a pid file or a cgroup directory per
+//! `[containers.NAME]`, for any runtime). A container
 //! section with `pid_file` or `cgroup` always uses the process backend;
 //! others use LXC unless `[inventory] backend = "process"`. Labels come
 //! from the config file.
@@ -9,6 +10,7 @@
 //! [`crate::config::valid_name`] before it reaches any command line.
 
 mod lxc;
+mod lxc_monitor;
 mod process;
 
 use std::collections::BTreeMap;
@@ -21,7 +23,7 @@ use crate::config::{Config, InventoryBackend};
 /// Which backend found a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// `lxc-info`.
+    /// LXC (its monitor socket or `lxc-info`).
     Lxc,
     /// A pid file or a cgroup directory from the config.
     Process,

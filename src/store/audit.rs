@@ -156,7 +156,52 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`]; nothing is written then.
     pub async fn append_audit(&self, e: &NewAuditRow<'_>) -> Result<AuditRow, StoreError> {
-        let mut tx = match self.backend {
+        let mut tx = self.begin_audit().await?;
+        let row = append_in(&mut tx, e).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Inserts the `running` row of a new session and appends its audit
+    /// event `e` in one transaction (one commit instead of two): both are
+    /// durable before this returns, or neither is written.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`]; nothing is written then.
+    pub async fn insert_session_audited(
+        &self,
+        s: &super::NewSession<'_>,
+        e: &NewAuditRow<'_>,
+    ) -> Result<AuditRow, StoreError> {
+        let mut tx = self.begin_audit().await?;
+        self.insert_session_query(s).execute(&mut *tx).await?;
+        let row = append_in(&mut tx, e).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Closes session `id` ([`Store::end_session`]) and appends its audit
+    /// event `e` in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`]; nothing is written then.
+    pub async fn end_session_audited(
+        &self,
+        id: &str,
+        end: &super::SessionEnd<'_>,
+        e: &NewAuditRow<'_>,
+    ) -> Result<AuditRow, StoreError> {
+        let mut tx = self.begin_audit().await?;
+        super::end_session_query(id, end).execute(&mut *tx).await?;
+        let row = append_in(&mut tx, e).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// A transaction that holds the audit append lock (SQLite `BEGIN
+    /// IMMEDIATE`, PostgreSQL advisory lock) until it ends.
+    async fn begin_audit(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
@@ -166,55 +211,6 @@ impl Store {
                     .await?;
                 tx
             }
-        };
-        let last = sqlx::query("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (prev_id, prev_hash) = match last {
-            Some(r) => (r.get::<i64, _>("id"), r.get::<String, _>("hash")),
-            None => (0, GENESIS_HASH.to_string()),
-        };
-        let id = prev_id + 1;
-        let at = now_ms();
-        let hash = chain_hash(
-            id,
-            at,
-            e.kind,
-            e.outcome,
-            e.session_id,
-            e.principal,
-            e.client_addr,
-            e.detail,
-            &prev_hash,
-        );
-        sqlx::query(
-            "INSERT INTO audit_events (id, at, kind, outcome, session_id, principal, client_addr, \
-             detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(id)
-        .bind(at)
-        .bind(e.kind)
-        .bind(e.outcome)
-        .bind(e.session_id)
-        .bind(e.principal)
-        .bind(e.client_addr)
-        .bind(e.detail)
-        .bind(&prev_hash)
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(AuditRow {
-            id,
-            at,
-            kind: e.kind.to_string(),
-            outcome: e.outcome.to_string(),
-            session_id: e.session_id.map(str::to_string),
-            principal: e.principal.map(str::to_string),
-            client_addr: e.client_addr.map(str::to_string),
-            detail: e.detail.to_string(),
-            prev_hash,
-            hash,
         })
     }
 
@@ -307,6 +303,62 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Appends `e` inside `tx` (which holds the append lock, see
+/// [`Store::begin_audit`]).
+async fn append_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    e: &NewAuditRow<'_>,
+) -> Result<AuditRow, StoreError> {
+    let last = sqlx::query("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    let (prev_id, prev_hash) = match last {
+        Some(r) => (r.get::<i64, _>("id"), r.get::<String, _>("hash")),
+        None => (0, GENESIS_HASH.to_string()),
+    };
+    let id = prev_id + 1;
+    let at = now_ms();
+    let hash = chain_hash(
+        id,
+        at,
+        e.kind,
+        e.outcome,
+        e.session_id,
+        e.principal,
+        e.client_addr,
+        e.detail,
+        &prev_hash,
+    );
+    sqlx::query(
+        "INSERT INTO audit_events (id, at, kind, outcome, session_id, principal, client_addr, \
+             detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(id)
+    .bind(at)
+    .bind(e.kind)
+    .bind(e.outcome)
+    .bind(e.session_id)
+    .bind(e.principal)
+    .bind(e.client_addr)
+    .bind(e.detail)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut **tx)
+    .await?;
+    Ok(AuditRow {
+        id,
+        at,
+        kind: e.kind.to_string(),
+        outcome: e.outcome.to_string(),
+        session_id: e.session_id.map(str::to_string),
+        principal: e.principal.map(str::to_string),
+        client_addr: e.client_addr.map(str::to_string),
+        detail: e.detail.to_string(),
+        prev_hash,
+        hash,
+    })
 }
 
 #[cfg(test)]

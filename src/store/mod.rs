@@ -144,6 +144,49 @@ pub(crate) const SESSION_COLUMNS: &str = "id, principal, email, container, login
      client_addr, started_at, ended_at, status, exit_status, exit_signal, recording_path, \
      recording_bytes, recording_sha256, kill_reason";
 
+/// The `UPDATE` of [`Store::end_session`], to run on any executor.
+pub(crate) fn end_session_query<'q>(
+    id: &'q str,
+    end: &SessionEnd<'q>,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "UPDATE sessions SET ended_at = $1, status = $2, exit_status = $3, exit_signal = $4, \
+         recording_bytes = $5, recording_sha256 = $6 WHERE id = $7",
+    )
+    .bind(now_ms())
+    .bind(end.status)
+    .bind(end.exit_status)
+    .bind(end.exit_signal)
+    .bind(end.recording_bytes)
+    .bind(end.recording_sha256)
+    .bind(id)
+}
+
+/// True when `_sqlx_migrations` lists exactly the migrations of `migrator`
+/// (same versions, same checksums, all successful), so `run` has nothing to
+/// do; any doubt (no table yet, a failed or unknown migration, a query
+/// error) is `false` and the migrator runs and decides as usual.
+async fn schema_is_current(pool: &Pool<Any>, migrator: &sqlx::migrate::Migrator) -> bool {
+    let Ok(rows) = sqlx::query(
+        "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await
+    else {
+        return false;
+    };
+    let applied: Option<Vec<(i64, Vec<u8>)>> = rows
+        .iter()
+        .map(|r| Some((r.try_get("version").ok()?, r.try_get("checksum").ok()?)))
+        .collect();
+    let wanted: Vec<(i64, Vec<u8>)> = migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| (m.version, m.checksum.to_vec()))
+        .collect();
+    applied.is_some_and(|a| a == wanted)
+}
+
 /// Now as unix milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -180,9 +223,12 @@ impl Store {
             Backend::Sqlite => options.after_connect(|conn, _meta| {
                 Box::pin(async move {
                     use sqlx::Executor;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    // One round trip to the connection's thread for all three.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                         PRAGMA synchronous = NORMAL;",
+                    )
+                    .await?;
                     Ok(())
                 })
             }),
@@ -201,7 +247,9 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("migrations/postgres"),
         };
-        migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+        if !schema_is_current(&pool, &migrator).await {
+            migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+        }
         Ok(Store {
             pool,
             backend,
@@ -224,6 +272,15 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn insert_session(&self, s: &NewSession<'_>) -> Result<(), StoreError> {
+        self.insert_session_query(s).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The `INSERT` of [`Store::insert_session`], to run on any executor.
+    pub(crate) fn insert_session_query<'q>(
+        &self,
+        s: &NewSession<'q>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
         sqlx::query(
             "INSERT INTO sessions (id, principal, email, container, login, command, client_addr, \
              started_at, status, recording_path, gateway) \
@@ -238,10 +295,7 @@ impl Store {
         .bind(s.client_addr)
         .bind(now_ms())
         .bind(s.recording_path)
-        .bind(&self.gateway_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(self.gateway_id.clone())
     }
 
     /// Closes a session row: end time now, status, exit and recording digest.
@@ -249,19 +303,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn end_session(&self, id: &str, end: &SessionEnd<'_>) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE sessions SET ended_at = $1, status = $2, exit_status = $3, exit_signal = $4, \
-             recording_bytes = $5, recording_sha256 = $6 WHERE id = $7",
-        )
-        .bind(now_ms())
-        .bind(end.status)
-        .bind(end.exit_status)
-        .bind(end.exit_signal)
-        .bind(end.recording_bytes)
-        .bind(end.recording_sha256)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        end_session_query(id, end).execute(&self.pool).await?;
         Ok(())
     }
 
