@@ -190,7 +190,10 @@ fn pty_session_is_recorded_as_asciicast() {
     let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(header["version"], 2);
     // ssh -tt without a terminal on stdin asks for 0x0: the gateway's 80x24.
-    assert_eq!((header["width"].as_u64(), header["height"].as_u64()), (Some(80), Some(24)));
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(80), Some(24))
+    );
     assert_eq!(header["portcullis"]["principal"], "admin");
     assert_eq!(header["portcullis"]["container"], f.container.name.as_str());
     assert_eq!(header["portcullis"]["login"], "root");
