@@ -400,6 +400,28 @@ impl TestGateway {
         serde_json::from_slice(&out.stdout).expect("sessions json")
     }
 
+    /// Waits (at most 30 s) until at least `count` sessions match `which`
+    /// and none of them is still running, and returns the matching rows.
+    /// The gateway closes a session's row (after its recording and its
+    /// `session_end` audit event) only after the client got the exit
+    /// status, so a client that has exited does not mean the row is closed.
+    pub fn wait_sessions_ended(
+        &self,
+        count: usize,
+        which: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut found = Vec::new();
+        super::wait_until(
+            &format!("{count} ended sessions"),
+            Duration::from_secs(30),
+            || {
+                found = self.sessions().into_iter().filter(|s| which(s)).collect();
+                found.len() >= count && found.iter().all(|s| s["status"] != "running")
+            },
+        );
+        found
+    }
+
     /// The OpenSSH client, set up to log in to this gateway as `user` by
     /// answering the token prompt with `token` ("" = device flow, with
     /// prompts exchanged through `askpass_dir`).
