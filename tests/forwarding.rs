@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::gateway::{TestContainer, TestGateway, keygen, run, run_ssh};
+use common::gateway::{TestContainer, TestGateway, free_port, keygen, run, run_ssh};
 use common::idp::TestIdp;
 use serde_json::Value;
 
@@ -160,11 +160,6 @@ fn container_httpd() -> u16 {
         }
         port
     })
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// `ssh -N -L local:127.0.0.1:remote` in the background.

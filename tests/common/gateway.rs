@@ -549,9 +549,23 @@ fn oidc_section(issuer: &str) -> String {
     format!("[oidc]\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\n")
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+/// A free loopback port, never one this test process handed out before.
+///
+/// The port is only probed (bound and released): whoever uses it binds it
+/// later (a gateway after its startup, `ssh -L`, PostgreSQL), and until
+/// then the kernel may give the same port to another `bind(0)` of a test
+/// running in parallel, which would then fail to listen.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Output of one ssh run.
