@@ -263,17 +263,13 @@ fn rsync_copies_files_both_ways_without_a_prompt() {
     rsync_run(&["127.0.0.1:/tmp/rsync-dst/", &format!("{}/", back.display())]);
     assert_eq!(std::fs::read(back.join("blob.bin")).unwrap(), payload);
     // Both transfers were sessions of the certificate's principal.
-    let sessions: Vec<Value> = f
-        .gateway
-        .sessions()
-        .into_iter()
-        .filter(|s| {
-            s["command"]
-                .as_str()
-                .unwrap_or("")
-                .starts_with("rsync --server")
-        })
-        .collect();
+    // (rsync exits on the exit status; the gateway closes the rows after.)
+    let sessions: Vec<Value> = f.gateway.wait_sessions_ended(2, |s| {
+        s["command"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("rsync --server")
+    });
     assert_eq!(sessions.len(), 2, "{sessions:?}");
     assert!(
         sessions

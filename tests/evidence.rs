@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{SshResult, TestContainer, TestGateway, run_ssh};
 use common::idp::TestIdp;
+use common::wait_until;
 use serde_json::Value;
 
 struct Fixture {
@@ -90,12 +91,27 @@ fn cli(gw: &TestGateway, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// True once the output events of the recording at `path` (flushed every
+/// `flush_interval`, 1 s by default) hold `text`. Only output counts: the
+/// header names the command, which holds the text too.
+fn recording_holds(path: &str, text: &str) -> bool {
+    let output: String = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<(f64, String, String)>(l).ok())
+        .filter(|(_, kind, _)| kind == "o")
+        .map(|(_, _, data)| data)
+        .collect();
+    output.contains(text)
+}
+
+/// True once `gw` audited a `session_control` event of session `id` by
+/// `principal`.
+fn controlled_by(gw: &TestGateway, id: &str, principal: &str) -> bool {
+    gw.audit_events().iter().any(|e| {
+        e["session_id"] == id && e["kind"] == "session_control" && e["principal"] == principal
+    })
 }
 
 fn running_session(gw: &TestGateway, command: &str) -> Value {
@@ -388,7 +404,18 @@ fn an_admin_kills_a_live_session_and_the_user_is_told_why() {
         .spawn()
         .unwrap();
 
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill only once "started" is in the recording the watcher replays and
+    // the watcher is attached (its session_control event), not after a
+    // fixed pause: a loaded machine may take longer for either.
+    let path = session["recording_path"].as_str().unwrap();
+    wait_until(
+        "\"started\" in the recording",
+        Duration::from_secs(20),
+        || recording_holds(path, "started"),
+    );
+    wait_until("the watcher to attach", Duration::from_secs(20), || {
+        controlled_by(&gw, id, "rita")
+    });
     let (code, out, err) = cli(
         &gw,
         &[
@@ -492,6 +519,11 @@ fn a_full_recording_disk_ends_the_session_or_goes_on_as_configured() {
                 r.stderr
             );
         }
+        // The session's audit events are all written once its row is
+        // closed, which comes after the client got its exit status.
+        gw.wait_sessions_ended(1, |s| {
+            s["command"].as_str().unwrap_or("").contains("line-$i")
+        });
         let failures: Vec<Value> = gw
             .audit_events()
             .into_iter()
@@ -536,6 +568,14 @@ fn two_gateways_on_one_postgres_share_sessions_and_one_unforked_chain() {
             });
         }
     });
+    // The clients are done, but their gateways close the rows (after the
+    // session_end events the chain count below includes) a moment later.
+    a.wait_sessions_ended(6, |s| {
+        s["command"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("echo shared-")
+    });
     // Each gateway sees all six sessions.
     for gw in [&a, &b] {
         let shared = gw
@@ -578,6 +618,8 @@ fn audit_events_are_exported_as_json_lines_for_the_siem() {
     let gw = gateway(&format!("[audit]\nexport = \"{}\"\n", export.display()));
     let r = ssh(&gw, &["echo exported"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // Its session_end is written after the client got the exit status.
+    gw.wait_sessions_ended(1, |s| s["command"] == "echo exported");
     let rows = gw.audit_events();
     let mut lines: Vec<Value> = Vec::new();
     wait_until("the exported session_end", Duration::from_secs(10), || {
@@ -669,8 +711,17 @@ fn over_ssh_a_reviewer_watches_a_live_session_and_an_admin_kills_it() {
         1
     );
 
-    // Wait until the second line was written (and flushed, 1 s).
-    std::thread::sleep(Duration::from_millis(3500));
+    // Wait until the second line was written (and flushed, 1 s) and the
+    // watcher is attached, however long a loaded machine takes.
+    let path = session["recording_path"].as_str().unwrap();
+    wait_until(
+        "\"later-words\" in the recording",
+        Duration::from_secs(20),
+        || recording_holds(path, "later-words"),
+    );
+    wait_until("the watcher to attach", Duration::from_secs(20), || {
+        controlled_by(&gw, id, "reviewer")
+    });
     let killed = broker(
         &gw,
         &f.admin_token,

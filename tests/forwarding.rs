@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::gateway::{TestContainer, TestGateway, keygen, run, run_ssh};
+use common::gateway::{TestContainer, TestGateway, free_port, keygen, run, run_ssh};
 use common::idp::TestIdp;
 use serde_json::Value;
 
@@ -160,11 +160,6 @@ fn container_httpd() -> u16 {
         }
         port
     })
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// `ssh -N -L local:127.0.0.1:remote` in the background.
@@ -351,9 +346,17 @@ fn session_channels_past_the_cap_are_refused() {
     let held: Vec<std::process::Child> = (0..2)
         .map(|_| session("sleep 8").spawn().unwrap())
         .collect();
+    // Count session rows, not processes: one session's `sh -c "sleep 8"`
+    // and its `sleep 8` both match "sleep 8", so two processes may still be
+    // a single open channel.
     wait_for("two sessions running", || {
-        let n = f.container.processes_matching("sleep 8").len();
-        (n >= 2).then_some(())
+        let n = f
+            .gateway
+            .sessions()
+            .iter()
+            .filter(|s| s["command"] == "sleep 8" && s["status"] == "running")
+            .count();
+        (n == 2).then_some(())
     });
     let third = session("echo third").output().unwrap();
     let stderr = String::from_utf8_lossy(&third.stderr);

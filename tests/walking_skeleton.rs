@@ -460,8 +460,21 @@ fn disconnecting_ends_every_process_of_the_session() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Both sleeps, each matched by its exact command line: the shell
+    // running `MARKER & MARKER; wait` matches the marker too, so two
+    // matches could be the shell and only the first sleep.
+    let sleeps = || {
+        f.container
+            .processes_matching(&marker)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == marker)
+            })
+            .count()
+    };
     let started = Instant::now();
-    while f.container.processes_matching(&marker).len() < 2 {
+    while sleeps() < 2 {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "session did not start"

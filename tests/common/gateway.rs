@@ -400,6 +400,28 @@ impl TestGateway {
         serde_json::from_slice(&out.stdout).expect("sessions json")
     }
 
+    /// Waits (at most 30 s) until at least `count` sessions match `which`
+    /// and none of them is still running, and returns the matching rows.
+    /// The gateway closes a session's row (after its recording and its
+    /// `session_end` audit event) only after the client got the exit
+    /// status, so a client that has exited does not mean the row is closed.
+    pub fn wait_sessions_ended(
+        &self,
+        count: usize,
+        which: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut found = Vec::new();
+        super::wait_until(
+            &format!("{count} ended sessions"),
+            Duration::from_secs(30),
+            || {
+                found = self.sessions().into_iter().filter(|s| which(s)).collect();
+                found.len() >= count && found.iter().all(|s| s["status"] != "running")
+            },
+        );
+        found
+    }
+
     /// The OpenSSH client, set up to log in to this gateway as `user` by
     /// answering the token prompt with `token` ("" = device flow, with
     /// prompts exchanged through `askpass_dir`).
@@ -527,9 +549,23 @@ fn oidc_section(issuer: &str) -> String {
     format!("[oidc]\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\n")
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+/// A free loopback port, never one this test process handed out before.
+///
+/// The port is only probed (bound and released): whoever uses it binds it
+/// later (a gateway after its startup, `ssh -L`, PostgreSQL), and until
+/// then the kernel may give the same port to another `bind(0)` of a test
+/// running in parallel, which would then fail to listen.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Output of one ssh run.

@@ -6,3 +6,16 @@
 pub mod gateway;
 pub mod idp;
 pub mod postgres;
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 100 ms until it holds; panics naming `what` after
+/// `limit`. For state that settles after an asynchronous event (a session
+/// row closed after the client saw its exit, an audit event, a file).
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

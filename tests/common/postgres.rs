@@ -51,10 +51,6 @@ fn start() -> TestPostgres {
         .status()
         .expect("chown");
     assert!(owner.success(), "chown postgres {}", dir.display());
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let init = Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(bin("initdb"))
@@ -67,6 +63,9 @@ fn start() -> TestPostgres {
         "initdb failed: {}",
         String::from_utf8_lossy(&init.stderr)
     );
+    // Picked after initdb (seconds on a loaded machine), right before the
+    // server binds it, from the same registry as the gateways' ports.
+    let port = super::gateway::free_port();
     let log = std::fs::File::create(dir.join("postgres.log")).unwrap();
     let server = Command::new("runuser")
         .args(["-u", "postgres", "--"])
