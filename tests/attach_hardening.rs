@@ -413,7 +413,7 @@ fn container_stopping_mid_session_ends_it_with_a_message() {
         c.name
     );
     assert!(err.contains(&want), "{err}");
-    wait_until("the audit event", Duration::from_secs(5), || {
+    wait_until("the audit event", Duration::from_secs(20), || {
         f.gateway.audit_events().iter().any(|e| {
             e["kind"] == "session_control"
                 && e["detail"].as_str().unwrap_or("") == format!("{{\"container\":\"{}\"}}", c.name)

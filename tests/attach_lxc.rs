@@ -472,20 +472,31 @@ async fn hardening(c: &Container) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(a);
     drop(io);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (out, _, _) = exec(c, "ps -o pid,args", b"").await;
-    assert!(!out.contains("sleep 100"), "{out}");
-    let left = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    assert!(left.is_empty(), "{left}");
-
-    // No helper left behind as a zombie or otherwise.
+    // The kill and the reaping are asynchronous: poll (10 s) until the
+    // session's processes, the session process and any child of ours
+    // (a helper, a zombie) are gone, then assert that exactly.
     let me = std::process::id().to_string();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(st) = std::fs::read_to_string(e.path().join("status"))
-            && status_field(&st, "PPid") == me
-        {
-            panic!("leftover child: {st}");
+    let children = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+            .filter(|st| status_field(st, "PPid") == me)
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let (out, _, _) = exec(c, "ps -o pid,args", b"").await;
+        let left = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kids = children();
+        if !out.contains("sleep 100") && left.is_empty() && kids.is_empty() {
+            break;
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "left behind: {out}\n{left}\n{kids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
