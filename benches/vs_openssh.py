@@ -420,6 +420,10 @@ def main():
     for t in targets:  # warm up, and fail early
         timed(ssh_cmd(t, "true"))
     rows = []
+    # Sessions first, on fresh servers: after the throughput runs the
+    # allocator holds freed buffers, which would hide per-session memory
+    # in the baseline.
+    c = {t["tag"]: bench_conc(t) for t in targets} if "conc" in ONLY else {}
 
     def row(name, vals, higher_better, fmt="{:.1f}"):
         a, b = vals["A"], vals["B"]
@@ -456,7 +460,6 @@ def main():
         s = bench_ttfb(targets)
         row(f"time to first prompt byte over PTY, median ms (n={TTFB_N})", {k: v[0] for k, v in s.items()}, False)
     if "conc" in ONLY:
-        c = {t["tag"]: bench_conc(t) for t in targets}
         row(f"{SESSIONS} PTY sessions echoing 1/s for {HOLD}s: p50 echo ms", {k: v["p50"] for k, v in c.items()}, False)
         row(f"{SESSIONS} PTY sessions: p99 echo ms", {k: v["p99"] for k, v in c.items()}, False)
         row(f"{SESSIONS} PTY sessions: server memory (PSS) growth KiB/session", {k: v["per_session"] for k, v in c.items()}, False, "{:.0f}")

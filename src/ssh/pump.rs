@@ -114,7 +114,12 @@ pub(super) async fn pump(
     let mut stdout = Some(stdout);
     let mut stderr = stderr;
     let mut out_buf = vec![0u8; CHUNK_BYTES];
-    let mut err_buf = vec![0u8; CHUNK_BYTES];
+    // A PTY session has no separate stderr: no buffer for it.
+    let mut err_buf = if stderr.is_some() {
+        vec![0u8; CHUNK_BYTES]
+    } else {
+        Vec::new()
+    };
     let mut exit: Option<ExitStatus> = None;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut ended_by: Option<String> = None;
