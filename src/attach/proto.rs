@@ -217,14 +217,22 @@ impl Control {
 
     /// Receives the next message; `Ok(None)` when the helper side closed.
     /// Cancel-safe: a message is either fully returned or left queued.
+    ///
+    /// The receive buffer ([`MAX_MSG_BYTES`]) is allocated only once a
+    /// message is ready: a live session waits here for its whole life, and
+    /// a buffer held while waiting would be 256 KiB of every session's
+    /// memory.
     pub(crate) async fn recv(&self) -> Result<Option<(HelperMsg, Vec<OwnedFd>)>, AttachError> {
-        let mut buf = vec![0u8; MAX_MSG_BYTES];
+        let mut buf = Vec::new();
         let (n, fds) = loop {
             let mut guard = self
                 .fd
                 .readable()
                 .await
                 .map_err(AttachError::ControlChannel)?;
+            if buf.is_empty() {
+                buf = vec![0u8; MAX_MSG_BYTES];
+            }
             match guard
                 .try_io(|fd| recv_raw(fd.get_ref().as_fd(), &mut buf, MsgFlags::MSG_DONTWAIT))
             {

@@ -18,8 +18,13 @@ use crate::audit::AuditEvent;
 use crate::config::RecordingFailure;
 use crate::recording::{Digest256, Recorder, RecordingError};
 
-/// Bytes read from the process per chunk.
+/// Bytes read from the process's pipes per chunk.
 const CHUNK_BYTES: usize = 32 * 1024;
+
+/// Bytes read from a PTY master per chunk: Linux's line discipline hands
+/// out at most its 4 KiB buffer (`N_TTY_BUF_SIZE`) per read, so a larger
+/// buffer would only hold idle memory in every interactive session.
+const PTY_CHUNK_BYTES: usize = 4 * 1024;
 
 /// After the process exits, how long to keep reading output that
 /// background processes may still write.
@@ -113,7 +118,14 @@ pub(super) async fn pump(
 
     let mut stdout = Some(stdout);
     let mut stderr = stderr;
-    let mut out_buf = vec![0u8; CHUNK_BYTES];
+    let mut out_buf = vec![
+        0u8;
+        if stderr.is_some() {
+            CHUNK_BYTES
+        } else {
+            PTY_CHUNK_BYTES
+        }
+    ];
     // A PTY session has no separate stderr: no buffer for it.
     let mut err_buf = if stderr.is_some() {
         vec![0u8; CHUNK_BYTES]
