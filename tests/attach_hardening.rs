@@ -548,3 +548,52 @@ fn the_attach_command_is_audited_and_passes_the_exit_status() {
             .any(|s| s["container"] == "portcullis-test-no-such-container")
     );
 }
+
+/// A container whose old cgroup was left behind (by a crash, or a process
+/// that outlived its stop) gets `lxc.payload.NAME-1` from LXC at its next
+/// start; it must still be entered, into that cgroup (before the fix the
+/// pin check refused it: "pid N is not in cgroup /lxc.payload.NAME").
+#[test]
+fn a_container_whose_cgroup_lxc_had_to_suffix_is_entered() {
+    let _f = fixture();
+    let c = TestContainer::start("sfx");
+    common::gateway::run(Command::new("lxc-stop").args(["-k", "-n", &c.name]));
+    // An empty cgroup of the container's name in every hierarchy.
+    let stale: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("cgroup.procs").exists())
+        .map(|p| p.join(format!("lxc.payload.{}", c.name)))
+        .collect();
+    for dir in &stale {
+        let _ = std::fs::create_dir(dir);
+    }
+    common::gateway::run(Command::new("lxc-start").args(["-n", &c.name]));
+    let mut init_cgroup = String::new();
+    wait_until("the restarted init", Duration::from_secs(20), || {
+        let out = Command::new("lxc-info")
+            .args(["-n", &c.name, "-p", "-H"])
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        init_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        !pid.is_empty() && !init_cgroup.is_empty()
+    });
+    let suffixed = format!("/lxc.payload.{}-1", c.name);
+    assert!(init_cgroup.contains(&suffixed), "{init_cgroup}");
+
+    let r = ssh(
+        &format!("root@{}", c.name),
+        &["id -u; cat /proc/self/cgroup"],
+    );
+    let out = text(&r);
+    common::gateway::run(Command::new("lxc-stop").args(["-k", "-n", &c.name]));
+    for dir in &stale {
+        let _ = std::fs::remove_dir(dir);
+    }
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Inside, the container's cgroup namespace shows its own root, as for init.
+    let inside = out.strip_prefix("0\n").unwrap_or_else(|| panic!("{out}"));
+    assert!(inside.lines().all(|l| l.ends_with(":/")), "{inside}");
+}

@@ -46,11 +46,16 @@ impl LxcInventory {
             Some(state) => state,
             None => self.lxc_info(name).await?,
         };
+        let cgroup = match &state {
+            ContainerState::Running { init_pid } => payload_cgroup(&self.lxcpath, name, *init_pid),
+            ContainerState::NotRunning(_) => None,
+        }
+        .unwrap_or_else(|| format!("/lxc.payload.{name}"));
         Ok(Container {
             name: name.to_string(),
             state,
             labels: self.labels.get(name).cloned().unwrap_or_default(),
-            cgroup: format!("/lxc.payload.{name}"),
+            cgroup,
             backend: Backend::Lxc,
         })
     }
@@ -121,6 +126,51 @@ impl LxcInventory {
     }
 }
 
+/// The payload cgroup LXC gave `name`'s running init `pid`: normally
+/// `/lxc.payload.NAME`, but `/lxc.payload.NAME-N` when a cgroup of that
+/// name was left behind by an earlier run (LXC then appends `-1`, `-2`,
+/// ...). The suffixed form is taken only when the init's parent is this
+/// container's own monitor (`[lxc monitor] LXCPATH NAME`), so a container
+/// really named `NAME-1` is never mistaken for `NAME`. `None` (the caller
+/// then expects `/lxc.payload.NAME`, and the attach's pin check refuses a
+/// mismatch) when the files cannot be read or say anything else.
+fn payload_cgroup(lxcpath: &std::path::Path, name: &str, pid: i32) -> Option<String> {
+    let lines = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let top = lines
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .filter_map(|path| path.trim_start_matches('/').split('/').next())
+        .find(|first| first.starts_with("lxc.payload."))?;
+    match payload_suffix(top, name)? {
+        false => Some(format!("/{top}")),
+        true => {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: i32 = stat
+                .get(stat.rfind(')')? + 1..)?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).ok()?;
+            let monitor = format!("[lxc monitor] {} {name}", lxcpath.display());
+            (String::from_utf8_lossy(&cmdline).trim_end_matches('\0') == monitor)
+                .then(|| format!("/{top}"))
+        }
+    }
+}
+
+/// For a cgroup directory name: `Some(false)` when it is `lxc.payload.NAME`,
+/// `Some(true)` when it is `lxc.payload.NAME-DIGITS` (LXC's suffix for a
+/// name taken), `None` otherwise.
+fn payload_suffix(dir: &str, name: &str) -> Option<bool> {
+    let rest = dir.strip_prefix("lxc.payload.")?.strip_prefix(name)?;
+    if rest.is_empty() {
+        return Some(false);
+    }
+    let digits = rest.strip_prefix('-')?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(true)
+}
+
 /// Parses `lxc-info -s -p -H` output: `State: RUNNING` and `PID: 123`.
 fn parse_lxc_info(text: &str) -> Option<ContainerState> {
     let mut state = None;
@@ -142,6 +192,18 @@ fn parse_lxc_info(text: &str) -> Option<ContainerState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_cgroups_with_lxc_suffix_are_recognised() {
+        assert_eq!(payload_suffix("lxc.payload.web1", "web1"), Some(false));
+        assert_eq!(payload_suffix("lxc.payload.web1-1", "web1"), Some(true));
+        assert_eq!(payload_suffix("lxc.payload.web1-12", "web1"), Some(true));
+        assert_eq!(payload_suffix("lxc.payload.web1-", "web1"), None);
+        assert_eq!(payload_suffix("lxc.payload.web1-x", "web1"), None);
+        assert_eq!(payload_suffix("lxc.payload.web12", "web1"), None);
+        assert_eq!(payload_suffix("lxc.payload.web", "web1"), None);
+        assert_eq!(payload_suffix("lxc.monitor.web1", "web1"), None);
+    }
 
     #[test]
     fn parses_running_and_stopped() {
