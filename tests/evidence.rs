@@ -775,6 +775,15 @@ fn over_ssh_a_reviewer_watches_a_live_session_and_an_admin_kills_it() {
         })
     };
     assert!(decided("alice", "watch", false), "{events:?}");
+    assert!(
+        gw.audit_events().iter().any(|e| e["kind"] == "decision"
+            && e["principal"] == "reviewer"
+            && e["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no session 0000-nope")),
+        "the unknown id is audited"
+    );
     assert!(decided("reviewer", "watch", true), "{events:?}");
     assert!(decided("reviewer", "kill", false), "{events:?}");
     assert!(decided("admin", "kill", true), "{events:?}");

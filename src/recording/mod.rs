@@ -1111,15 +1111,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_burst_past_the_pending_limit_waits_and_loses_nothing() {
+    async fn a_burst_eight_times_the_pending_limit_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.cast");
         let mut rec = Recorder::create(&path, &header(), false, Duration::from_secs(60))
             .await
             .unwrap();
         // 8 MiB in 32 KiB reads: eight times the pending limit, so the
-        // session must wait for the writer (woken at WRITE_AT_BYTES, not
-        // by the 60 s tick) several times over.
+        // session waits for the writer (woken at WRITE_AT_BYTES, not by the
+        // 60 s tick) several times over; every byte must come back, in order.
         let mut sent = String::new();
         for i in 0..256u32 {
             let chunk = format!("{i:05}\"").repeat(32 * 1024 / 6);

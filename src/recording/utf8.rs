@@ -44,11 +44,6 @@ impl Utf8Decoder {
         self.pending.extend_from_slice(tail);
     }
 
-    /// True when an incomplete sequence waits for the next chunk.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
     /// Flushes what is pending at the end of the stream (lossily).
     pub fn finish(&mut self) -> String {
         let text = String::from_utf8_lossy(&self.pending).into_owned();

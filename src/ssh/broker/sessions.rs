@@ -55,7 +55,27 @@ async fn authorized(start: &BrokerStart, action: Action, id: &str) -> Result<Ses
     };
     let session = match gateway.store.session(id).await {
         Ok(s) => s,
-        Err(crate::store::StoreError::SessionNotFound(_)) => return Err(refused()),
+        Err(crate::store::StoreError::SessionNotFound(_)) => {
+            // Audited like a denial (the id, cut to 64 bytes, in reasons).
+            let _ = gateway
+                .audit
+                .record(
+                    &AuditSubject {
+                        session_id: None,
+                        principal: Some(&start.principal.subject),
+                        client_addr: Some(&start.client_addr),
+                    },
+                    &AuditEvent::AccessDecided {
+                        action: action.as_str().to_string(),
+                        container: String::new(),
+                        login: String::new(),
+                        allowed: false,
+                        reasons: vec![format!("no session {}", crate::audit::truncate(id, 64))],
+                    },
+                )
+                .await;
+            return Err(refused());
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot read the session; refusing");
             return Err(Reply {
