@@ -181,15 +181,10 @@ impl Workflow<'_> {
             .await
     }
 
+    /// A request's reason: [`Workflow::check_reason_plain`], and the
+    /// configured ticket pattern.
     fn check_reason(&self, reason: &str) -> Result<(), GrantError> {
-        if reason.trim().is_empty() {
-            return Err(GrantError::Reason("a reason is required (--reason)".into()));
-        }
-        if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
-            return Err(GrantError::Reason(format!(
-                "the reason must be one line of at most {MAX_REASON_BYTES} bytes"
-            )));
-        }
+        self.check_reason_plain(reason)?;
         if let Some(pattern) = &self.config.reason_pattern {
             let ok = regex::Regex::new(pattern).is_ok_and(|re| re.is_match(reason));
             if !ok {
@@ -645,6 +640,8 @@ impl Workflow<'_> {
         Ok(())
     }
 
+    /// Any reason (requests, denials, revocations): one non-empty line of
+    /// at most [`MAX_REASON_BYTES`] bytes.
     fn check_reason_plain(&self, reason: &str) -> Result<(), GrantError> {
         if reason.trim().is_empty()
             || reason.len() > MAX_REASON_BYTES
