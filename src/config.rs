@@ -41,7 +41,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// The OpenID Connect issuers that authenticate users (required): one
     /// `[oidc]` table or several `[[oidc]]` entries.
-    #[serde(deserialize_with = "one_or_many")]
+    #[serde(deserialize_with = "oidc::one_or_many")]
     pub oidc: Vec<OidcConfig>,
     /// Authentication limits and key binding.
     #[serde(default)]
@@ -78,38 +78,6 @@ pub struct Config {
     pub grants: GrantsConfig,
 }
 
-/// What to do when a recording cannot be written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RecordingFailure {
-    /// End the session with a clear message (default).
-    Terminate,
-    /// Go on unrecorded; the failure is audited.
-    Continue,
-}
-
-/// `[audit]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    /// How often the chain head is signed (default 60 s; also at shutdown).
-    #[serde(default = "default_sign_interval", with = "humantime_serde")]
-    pub sign_interval: Duration,
-    /// Where audit events also go as JSON lines: a file path, `"-"` for
-    /// stdout, or unset for nowhere (default).
-    #[serde(default)]
-    pub export: Option<String>,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        AuditConfig {
-            sign_interval: default_sign_interval(),
-            export: None,
-        }
-    }
-}
-
 /// `[database]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,309 +87,19 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
 }
 
-/// `[oidc]` or one `[[oidc]]` entry: an OpenID Connect issuer.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OidcConfig {
-    /// Issuer URL; discovery is `{issuer}/.well-known/openid-configuration`.
-    pub issuer: String,
-    /// OAuth 2.0 client id used for the device authorization grant.
-    pub client_id: String,
-    /// Client secret, for confidential clients (optional).
-    pub client_secret: Option<Secret>,
-    /// Expected `aud` of ID tokens; defaults to `client_id`.
-    pub audience: Option<String>,
-    /// Claim that holds the principal's groups (default `groups`).
-    #[serde(default = "default_groups_claim")]
-    pub groups_claim: String,
-    /// Scopes asked for in the device flow (default `openid email groups`).
-    #[serde(default = "default_scopes")]
-    pub scopes: String,
-    /// Clock leeway for `exp`/`nbf`/`iat`, e.g. `"30s"` (default 30 s).
-    #[serde(default = "default_leeway", with = "humantime_serde")]
-    pub leeway: Duration,
-    /// Timeout of each HTTP request to the issuer (default 10 s).
-    #[serde(default = "default_http_timeout", with = "humantime_serde")]
-    pub http_timeout: Duration,
-    /// Prepended to the subject to make the principal, e.g. `"ci:"`, so
-    /// two issuers' subjects never collide (default empty; required and
-    /// prefix-free when several issuers are configured).
-    #[serde(default)]
-    pub principal_prefix: String,
-    /// Claim that holds the subject (default `sub`).
-    #[serde(default = "default_subject_claim")]
-    pub subject_claim: String,
-    /// Claim that holds the email (default `email`).
-    #[serde(default = "default_email_claim")]
-    pub email_claim: String,
-    /// Accepted values of the `azp` (authorized party) claim; a token that
-    /// names another party is refused (OpenID Connect Core 1.0 §2). Default:
-    /// `client_id` only.
-    #[serde(default)]
-    pub allowed_azp: Vec<String>,
-    /// True for the issuer the device flow uses (default: the first one).
-    #[serde(default)]
-    pub default: bool,
-    /// Least time between two JWKS fetches caused by an unknown `kid`
-    /// (default 30 s), so bad tokens cannot make the gateway hammer the
-    /// issuer.
-    #[serde(default = "default_jwks_refetch_interval", with = "humantime_serde")]
-    pub jwks_refetch_interval: Duration,
-    /// The cached JWKS is fetched again when older than this (default 1 h);
-    /// a failed fetch keeps the cached keys.
-    #[serde(default = "default_jwks_max_age", with = "humantime_serde")]
-    pub jwks_max_age: Duration,
-}
-
-impl OidcConfig {
-    /// The audience ID tokens must carry: `audience`, else `client_id`.
-    pub fn expected_audience(&self) -> &str {
-        self.audience.as_deref().unwrap_or(&self.client_id)
-    }
-
-    /// True when a token whose `azp` is `azp` may be used here:
-    /// `allowed_azp`, else only `client_id`.
-    pub fn azp_allowed(&self, azp: &str) -> bool {
-        if self.allowed_azp.is_empty() {
-            azp == self.client_id
-        } else {
-            self.allowed_azp.iter().any(|a| a == azp)
-        }
-    }
-}
-
-/// Reads `[oidc]` (one table) or `[[oidc]]` (an array of tables).
-fn one_or_many<'de, D>(deserializer: D) -> Result<Vec<OidcConfig>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    use serde::de::Error;
-    match toml::Value::deserialize(deserializer)? {
-        v @ toml::Value::Table(_) => Ok(vec![v.try_into().map_err(D::Error::custom)?]),
-        toml::Value::Array(items) => items
-            .into_iter()
-            .map(|v| v.try_into().map_err(D::Error::custom))
-            .collect(),
-        _ => Err(D::Error::custom(
-            "`oidc` must be a table or an array of tables",
-        )),
-    }
-}
-
 mod auth;
 mod grants;
+mod inventory;
+mod oidc;
+mod recording;
+mod session;
 
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 pub use grants::GrantsConfig;
-
-/// `[policy]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// Directory holding `*.cedar` policies and `portcullis.cedarschema`
-    /// (default `./policies`).
-    #[serde(default = "default_policy_dir")]
-    pub dir: PathBuf,
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        PolicyConfig {
-            dir: default_policy_dir(),
-        }
-    }
-}
-
-/// Which inventory backend finds containers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InventoryBackend {
-    /// LXC containers under `lxcpath`, found with `lxc-info`; a
-    /// `[containers.NAME]` with `pid_file` or `cgroup` is still found by the
-    /// process backend (mixing).
-    Lxc,
-    /// Only the `[containers.NAME]` sections, each with `pid_file` or
-    /// `cgroup` (any runtime: systemd-nspawn, runc, podman...).
-    Process,
-}
-
-/// `[inventory]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InventoryConfig {
-    /// Backend (default `lxc`).
-    #[serde(default = "default_backend")]
-    pub backend: InventoryBackend,
-    /// LXC's container directory (default `/var/lib/lxc`).
-    #[serde(default = "default_lxcpath")]
-    pub lxcpath: PathBuf,
-}
-
-impl Default for InventoryConfig {
-    fn default() -> Self {
-        InventoryConfig {
-            backend: default_backend(),
-            lxcpath: default_lxcpath(),
-        }
-    }
-}
-
-/// `[containers.NAME]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContainerConfig {
-    /// Labels the policy sees as the container's tags, e.g. `env = "dev"`.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Process backend: a file holding the host PID of the container's init
-    /// (decimal, at most 64 bytes), e.g. `/run/web1.pid`. Absolute.
-    pub pid_file: Option<PathBuf>,
-    /// Process backend: the container's cgroup directory on the host, e.g.
-    /// `/sys/fs/cgroup/unified/machine.slice/web1`; the init is the lowest
-    /// PID of its `cgroup.procs` that is PID 1 of its own PID namespace.
-    /// Absolute, no `..`.
-    pub cgroup: Option<PathBuf>,
-}
-
-impl ContainerConfig {
-    /// True when this container is found by the process backend.
-    pub fn is_process(&self) -> bool {
-        self.pid_file.is_some() || self.cgroup.is_some()
-    }
-}
-
-/// `[recording]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecordingConfig {
-    /// Record keystrokes as asciicast `i` events (default false: input can
-    /// hold passwords typed at no-echo prompts).
-    #[serde(default)]
-    pub record_input: bool,
-    /// Longest time output waits in memory before it is written to the file
-    /// (default 1 s).
-    #[serde(default = "default_flush_interval", with = "humantime_serde")]
-    pub flush_interval: Duration,
-    /// When writing fails (disk full, permissions): `terminate` (default)
-    /// or `continue`.
-    #[serde(default = "default_on_failure")]
-    pub on_failure: RecordingFailure,
-}
-
-impl Default for RecordingConfig {
-    fn default() -> Self {
-        RecordingConfig {
-            record_input: false,
-            flush_interval: default_flush_interval(),
-            on_failure: default_on_failure(),
-        }
-    }
-}
-
-/// `[session]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SessionConfig {
-    /// After a disconnect, time between SIGHUP and SIGKILL of the session's
-    /// processes (default 2 s).
-    #[serde(default = "default_kill_grace", with = "humantime_serde")]
-    pub kill_grace: Duration,
-    /// Most connections served at once (default 1024).
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        SessionConfig {
-            kill_grace: default_kill_grace(),
-            max_connections: default_max_connections(),
-        }
-    }
-}
-
-/// `[forwarding]`: per-connection caps on channels and forwarded TCP
-/// connections (`ssh -L`). Whether a forward is allowed at all is policy's
-/// `port_forward` action.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForwardingConfig {
-    /// Most session channels (shell, exec, sftp) one connection may have
-    /// open at once (default 10).
-    #[serde(default = "default_max_session_channels")]
-    pub max_session_channels: usize,
-    /// Most forwarded TCP connections one connection may have open at once
-    /// (default 8).
-    #[serde(default = "default_max_forwards")]
-    pub max_forwards: usize,
-}
-
-fn default_max_session_channels() -> usize {
-    10
-}
-
-fn default_max_forwards() -> usize {
-    8
-}
-
-impl Default for ForwardingConfig {
-    fn default() -> Self {
-        ForwardingConfig {
-            max_session_channels: default_max_session_channels(),
-            max_forwards: default_max_forwards(),
-        }
-    }
-}
-
-/// Who serves the `sftp` subsystem.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SftpServer {
-    /// The gateway's own server, run inside the container as the login
-    /// (default): works in containers without an sftp-server, and audits
-    /// every file with its SHA-256.
-    Builtin,
-    /// The container's own `sftp-server` at `container_path`, exec'd as the
-    /// login. The gateway sees only the SFTP byte stream: it audits the
-    /// session's start and end with the bytes each way, not each file. A
-    /// container without that program is refused with a clear message (no
-    /// fallback to `builtin`).
-    Container,
-}
-
-/// `[sftp]`: who serves the `sftp` subsystem. Whether SFTP (and legacy
-/// `scp -O`, always served by the gateway) is allowed at all is policy's
-/// `sftp` action.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SftpConfig {
-    /// `builtin` (default) or `container`.
-    #[serde(default = "default_sftp_server")]
-    pub server: SftpServer,
-    /// The sftp-server inside the container, for `server = "container"`
-    /// (an absolute path without `..`; default
-    /// `/usr/lib/openssh/sftp-server`, Debian's and Ubuntu's). A read-only
-    /// decision runs it with `-R`.
-    #[serde(default = "default_sftp_container_path")]
-    pub container_path: String,
-}
-
-fn default_sftp_server() -> SftpServer {
-    SftpServer::Builtin
-}
-
-fn default_sftp_container_path() -> String {
-    "/usr/lib/openssh/sftp-server".into()
-}
-
-impl Default for SftpConfig {
-    fn default() -> Self {
-        SftpConfig {
-            server: default_sftp_server(),
-            container_path: default_sftp_container_path(),
-        }
-    }
-}
+pub use inventory::{ContainerConfig, InventoryBackend, InventoryConfig, PolicyConfig};
+pub use oidc::OidcConfig;
+pub use recording::{AuditConfig, RecordingConfig, RecordingFailure};
+pub use session::{ForwardingConfig, SessionConfig, SftpConfig, SftpServer};
 
 /// A secret string (client secret, database URL with password): its `Debug`
 /// is redacted so it never reaches a log.
@@ -520,37 +198,7 @@ impl Config {
         }
         self.validate_oidc(path)?;
         self.validate_auth(path)?;
-        for (name, c) in &self.containers {
-            if !valid_name(name) {
-                return Err(invalid(
-                    &format!("containers.{name}"),
-                    "container names are [A-Za-z0-9_.-], at most 64 bytes",
-                ));
-            }
-            if c.pid_file.is_some() && c.cgroup.is_some() {
-                return Err(invalid(
-                    &format!("containers.{name}"),
-                    "set pid_file or cgroup, not both",
-                ));
-            }
-            for (key, p) in [("pid_file", &c.pid_file), ("cgroup", &c.cgroup)] {
-                if let Some(p) = p
-                    && (!p.is_absolute()
-                        || p.components().any(|c| c == std::path::Component::ParentDir))
-                {
-                    return Err(invalid(
-                        &format!("containers.{name}.{key}"),
-                        "must be an absolute path without '..'",
-                    ));
-                }
-            }
-            if self.inventory.backend == InventoryBackend::Process && !c.is_process() {
-                return Err(invalid(
-                    &format!("containers.{name}"),
-                    "the process backend needs pid_file or cgroup",
-                ));
-            }
-        }
+        self.validate_containers(path)?;
         if let Err((key, message)) = self.grants.validate() {
             return Err(invalid(&key, &message));
         }
@@ -590,107 +238,6 @@ impl Config {
                 "database.url",
                 "must be a sqlite:// or postgres:// URL",
             ));
-        }
-        Ok(())
-    }
-
-    fn validate_oidc(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            message: message.to_string(),
-        };
-        if self.oidc.is_empty() {
-            return Err(invalid("oidc", "at least one issuer is required"));
-        }
-        let several = self.oidc.len() > 1;
-        for (i, o) in self.oidc.iter().enumerate() {
-            let key = |k: &str| {
-                if several {
-                    format!("oidc[{i}].{k}")
-                } else {
-                    format!("oidc.{k}")
-                }
-            };
-            let issuer = o.issuer.trim_end_matches('/');
-            if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
-                return Err(invalid(
-                    &key("issuer"),
-                    "must be an http:// or https:// URL",
-                ));
-            }
-            if o.client_id.is_empty() {
-                return Err(invalid(&key("client_id"), "must not be empty"));
-            }
-            for (k, v) in [
-                ("groups_claim", &o.groups_claim),
-                ("subject_claim", &o.subject_claim),
-                ("email_claim", &o.email_claim),
-            ] {
-                if v.is_empty() {
-                    return Err(invalid(&key(k), "must not be empty"));
-                }
-            }
-            if o.jwks_refetch_interval.is_zero() {
-                return Err(invalid(&key("jwks_refetch_interval"), "must be above zero"));
-            }
-            for (j, other) in self.oidc.iter().enumerate().skip(i + 1) {
-                if other.issuer.trim_end_matches('/') == issuer {
-                    return Err(invalid(
-                        &format!("oidc[{j}].issuer"),
-                        "the same issuer is configured twice",
-                    ));
-                }
-                if several
-                    && (o.principal_prefix.starts_with(&other.principal_prefix)
-                        || other.principal_prefix.starts_with(&o.principal_prefix))
-                {
-                    return Err(invalid(
-                        &format!("oidc[{j}].principal_prefix"),
-                        "with several issuers every principal_prefix must be non-empty and none \
-                         may start another, so subjects never collide",
-                    ));
-                }
-            }
-        }
-        if self.oidc.iter().filter(|o| o.default).count() > 1 {
-            return Err(invalid(
-                "oidc.default",
-                "at most one issuer may be the default",
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_auth(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            message: message.to_string(),
-        };
-        let a = &self.auth;
-        if a.max_auth_attempts == 0 {
-            return Err(invalid("auth.max_auth_attempts", "must be above zero"));
-        }
-        if a.max_unauthenticated == 0 {
-            return Err(invalid("auth.max_unauthenticated", "must be above zero"));
-        }
-        if a.login_grace_time.is_zero() {
-            return Err(invalid("auth.login_grace_time", "must be above zero"));
-        }
-        if a.failure_delay > a.failure_delay_max {
-            return Err(invalid(
-                "auth.failure_delay",
-                "must not be above auth.failure_delay_max",
-            ));
-        }
-        for (i, ca) in self.certificates.ca.iter().enumerate() {
-            if russh::keys::ssh_key::PublicKey::from_openssh(ca.public_key.trim()).is_err() {
-                return Err(invalid(
-                    &format!("certificates.ca[{i}].public_key"),
-                    "is not an OpenSSH public key (`ssh-ed25519 AAAA...`)",
-                ));
-            }
         }
         Ok(())
     }
@@ -766,54 +313,6 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_login() -> String {
     "root".to_string()
-}
-fn default_groups_claim() -> String {
-    "groups".to_string()
-}
-fn default_scopes() -> String {
-    "openid email groups".to_string()
-}
-fn default_leeway() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_http_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_subject_claim() -> String {
-    "sub".to_string()
-}
-fn default_email_claim() -> String {
-    "email".to_string()
-}
-fn default_jwks_refetch_interval() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_jwks_max_age() -> Duration {
-    Duration::from_secs(3600)
-}
-fn default_policy_dir() -> PathBuf {
-    PathBuf::from("./policies")
-}
-fn default_backend() -> InventoryBackend {
-    InventoryBackend::Lxc
-}
-fn default_lxcpath() -> PathBuf {
-    PathBuf::from("/var/lib/lxc")
-}
-fn default_flush_interval() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_on_failure() -> RecordingFailure {
-    RecordingFailure::Terminate
-}
-fn default_sign_interval() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_kill_grace() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_max_connections() -> usize {
-    1024
 }
 
 #[cfg(test)]

@@ -103,3 +103,38 @@ fn default_failure_delay_max() -> Duration {
 fn default_failure_forget_after() -> Duration {
     Duration::from_secs(15 * 60)
 }
+
+impl super::Config {
+    pub(super) fn validate_auth(&self, path: &std::path::Path) -> Result<(), super::ConfigError> {
+        let invalid = |key: &str, message: &str| super::ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message: message.to_string(),
+        };
+        let a = &self.auth;
+        if a.max_auth_attempts == 0 {
+            return Err(invalid("auth.max_auth_attempts", "must be above zero"));
+        }
+        if a.max_unauthenticated == 0 {
+            return Err(invalid("auth.max_unauthenticated", "must be above zero"));
+        }
+        if a.login_grace_time.is_zero() {
+            return Err(invalid("auth.login_grace_time", "must be above zero"));
+        }
+        if a.failure_delay > a.failure_delay_max {
+            return Err(invalid(
+                "auth.failure_delay",
+                "must not be above auth.failure_delay_max",
+            ));
+        }
+        for (i, ca) in self.certificates.ca.iter().enumerate() {
+            if russh::keys::ssh_key::PublicKey::from_openssh(ca.public_key.trim()).is_err() {
+                return Err(invalid(
+                    &format!("certificates.ca[{i}].public_key"),
+                    "is not an OpenSSH public key (`ssh-ed25519 AAAA...`)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
