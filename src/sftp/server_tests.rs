@@ -144,6 +144,7 @@ async fn openssh_extensions_are_announced_and_answered() {
         ("fsync@openssh.com", "1"),
         ("limits@openssh.com", "1"),
         ("expand-path@openssh.com", "1"),
+        ("copy-data", "1"),
     ] {
         assert_eq!(
             version.extensions.get(name).map(String::as_str),
@@ -196,6 +197,31 @@ async fn openssh_extensions_are_announced_and_answered() {
     assert_eq!(name.files[0].filename, home);
     let name = raw.expand_path("~/src").await.unwrap();
     assert_eq!(name.files[0].filename, format!("{home}/src"));
+    // copy-data (OpenSSH 9's `sftp cp`): server-side, from handle to handle.
+    let src = raw
+        .open(d("b"), OpenFlags::READ, FileAttributes::empty())
+        .await
+        .unwrap()
+        .handle;
+    let dst = raw
+        .open(
+            d("c"),
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+            FileAttributes::empty(),
+        )
+        .await
+        .unwrap()
+        .handle;
+    let mut req = sftp_string(&src);
+    req.extend(0u64.to_be_bytes());
+    req.extend(0u64.to_be_bytes());
+    req.extend(sftp_string(&dst));
+    req.extend(0u64.to_be_bytes());
+    let p = raw.extended("copy-data", req).await.unwrap();
+    assert_eq!(status_code(&p), StatusCode::Ok);
+    raw.close(src).await.unwrap();
+    raw.close(dst).await.unwrap();
+    assert_eq!(std::fs::read(d("c")).unwrap(), b"one");
     // Unknown extensions are unsupported.
     let p = raw.extended("nope@example.com", Vec::new()).await.unwrap();
     assert_eq!(status_code(&p), StatusCode::OpUnsupported);
