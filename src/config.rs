@@ -76,6 +76,12 @@ pub struct Config {
     /// Just-in-time access: access requests and grants.
     #[serde(default)]
     pub grants: GrantsConfig,
+    /// `[fleet]`: edge and node roles (issue 16).
+    #[serde(default)]
+    pub fleet: FleetConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// `[database]`.
@@ -88,6 +94,7 @@ pub struct DatabaseConfig {
 }
 
 mod auth;
+mod fleet;
 mod grants;
 mod inventory;
 mod oidc;
@@ -95,6 +102,7 @@ mod recording;
 mod session;
 
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
+pub use fleet::{FleetConfig, MAX_USER_CERTIFICATE_TTL, MetricsConfig};
 pub use grants::GrantsConfig;
 pub use inventory::{ContainerConfig, InventoryBackend, InventoryConfig, PolicyConfig};
 pub use oidc::OidcConfig;
@@ -199,6 +207,9 @@ impl Config {
         self.validate_oidc(path)?;
         self.validate_auth(path)?;
         self.validate_containers(path)?;
+        if let Err((key, message)) = self.fleet.validate() {
+            return Err(invalid(&key, &message));
+        }
         if let Err((key, message)) = self.grants.validate() {
             return Err(invalid(&key, &message));
         }

@@ -22,15 +22,19 @@
 //! | [`attach`] | the helper that enters a container; PTY; exit status |
 //! | [`sftp`], [`scp`] | file transfers served inside a container, as the login |
 //! | [`ssh`] | the russh server: auth, channels, wiring the above |
+//! | [`fleet`] | edge and node roles: CA, join, tunnel, relay, fan-out |
+//! | [`metrics`] | the Prometheus registry and endpoint |
 //! | [`cli`] | the `portcullis` command |
 
 pub mod attach;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod grants;
 pub mod identity;
 pub mod inventory;
+pub mod metrics;
 pub mod policy;
 pub mod recording;
 pub mod scp;
