@@ -196,7 +196,9 @@ impl Metrics {
     /// One policy decision: `allow` or `deny`.
     pub fn decision(&self, allowed: bool) {
         let outcome = if allowed { "allow" } else { "deny" };
-        self.decisions.get_or_create(&label("outcome", outcome)).inc();
+        self.decisions
+            .get_or_create(&label("outcome", outcome))
+            .inc();
     }
 
     /// How long an attach took.

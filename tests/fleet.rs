@@ -138,28 +138,39 @@ async fn join_tokens_are_one_time_named_and_expiring_and_removal_is_immediate() 
     let (_identity, _stop) = edge.join_node(dir3.path(), "n2", acceptor).await;
     let nodes = edge.store.list_fleet_nodes(10_000).await.unwrap();
     let n2 = nodes.iter().find(|n| n.name == "n2").unwrap();
-    assert_eq!((n2.state.as_str(), n2.edges.clone()), ("active", vec!["edge-a".to_string()]));
+    assert_eq!(
+        (n2.state.as_str(), n2.edges.clone()),
+        ("active", vec!["edge-a".to_string()])
+    );
     join::remove_node(&edge.store, &edge.audit, "n2", "host:test")
         .await
         .unwrap();
     let tunnels = edge.tunnels.clone();
-    poll_until("the removed node's tunnel closed", Duration::from_secs(10), || {
-        let up = tunnels.is_connected("n2");
-        async move { !up }
-    })
+    poll_until(
+        "the removed node's tunnel closed",
+        Duration::from_secs(10),
+        || {
+            let up = tunnels.is_connected("n2");
+            async move { !up }
+        },
+    )
     .await;
     // The node keeps redialling with its certificate: refused and audited.
     let store = edge.store.clone();
-    poll_until("a refused login of the removed node", Duration::from_secs(10), || {
-        let store = store.clone();
-        async move {
-            store.audit_events(None).await.unwrap().iter().any(|r| {
-                r.kind == "fleet"
-                    && r.detail.contains(r#""node":"n2""#)
-                    && r.detail.contains("node is removed")
-            })
-        }
-    })
+    poll_until(
+        "a refused login of the removed node",
+        Duration::from_secs(10),
+        || {
+            let store = store.clone();
+            async move {
+                store.audit_events(None).await.unwrap().iter().any(|r| {
+                    r.kind == "fleet"
+                        && r.detail.contains(r#""node":"n2""#)
+                        && r.detail.contains("node is removed")
+                })
+            }
+        },
+    )
     .await;
     assert!(!edge.tunnels.is_connected("n2"));
 }
@@ -170,7 +181,12 @@ async fn relay_passes_every_request_and_the_node_refuses_what_the_certificate_do
 
     // exec with pty-req and env: every request reaches the node.
     let g = grant("web1", RelayAction::Session);
-    let mut s = relay(&edge, &g).await.unwrap().open_session().await.unwrap();
+    let mut s = relay(&edge, &g)
+        .await
+        .unwrap()
+        .open_session()
+        .await
+        .unwrap();
     let pty = RelayRequest::Pty {
         term: "xterm-256color".into(),
         cols: 120,
@@ -186,7 +202,11 @@ async fn relay_passes_every_request_and_the_node_refuses_what_the_certificate_do
     };
     assert!(s.request(env("LANG")).await.unwrap());
     assert!(!s.request(env("REFUSE_ME")).await.unwrap());
-    assert!(s.request(RelayRequest::Exec(b"uname -a".to_vec())).await.unwrap());
+    assert!(
+        s.request(RelayRequest::Exec(b"uname -a".to_vec()))
+            .await
+            .unwrap()
+    );
     let (mut out, mut events) = (Vec::new(), Vec::new());
     while let Some(e) = s.next_event().await {
         match e {
@@ -251,7 +271,11 @@ async fn relay_passes_every_request_and_the_node_refuses_what_the_certificate_do
         .await
         .unwrap();
     assert!(s.request(RelayRequest::Shell).await.unwrap());
-    assert!(s.request(RelayRequest::Signal("TERM".into())).await.unwrap());
+    assert!(
+        s.request(RelayRequest::Signal("TERM".into()))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         s.next_event().await,
         Some(RelayEvent::ExitSignal {
@@ -268,8 +292,16 @@ async fn relay_passes_every_request_and_the_node_refuses_what_the_certificate_do
         .open_session()
         .await
         .unwrap();
-    assert!(!s.request(RelayRequest::Subsystem("nope".into())).await.unwrap());
-    assert!(s.request(RelayRequest::Subsystem("sftp".into())).await.unwrap());
+    assert!(
+        !s.request(RelayRequest::Subsystem("nope".into()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.request(RelayRequest::Subsystem("sftp".into()))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         s.next_event().await,
         Some(RelayEvent::Data("sftp subsystem\n".into()))
@@ -284,9 +316,13 @@ async fn relay_passes_every_request_and_the_node_refuses_what_the_certificate_do
         .open_direct_tcpip("127.0.0.1", 8080, "192.0.2.7", 50022)
         .await
         .unwrap();
-    let mut greeting = [0u8; 32];
+    let mut greeting = [0u8; 28];
     fwd.read_exact(&mut greeting).await.unwrap();
-    assert_eq!(&greeting, b"forwarded to 127.0.0.1:8080\n\0\0\0\0");
+    assert_eq!(&greeting, b"forwarded to 127.0.0.1:8080\n");
+    fwd.write_all(b"ping").await.unwrap();
+    let mut pong = [0u8; 4];
+    fwd.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"ping");
     let client = relay(&edge, &grant("web1", RelayAction::Session))
         .await
         .unwrap();
@@ -304,7 +340,11 @@ async fn relay_passes_every_request_and_the_node_refuses_what_the_certificate_do
     // A certificate minted for web1 used for web2: refused by the node.
     let minted = edge
         .ca
-        .mint_user_certificate(&grant("web1", RelayAction::Session), now_secs(), Duration::from_secs(60))
+        .mint_user_certificate(
+            &grant("web1", RelayAction::Session),
+            now_secs(),
+            Duration::from_secs(60),
+        )
         .unwrap();
     let stolen = portcullis::fleet::MintedCertificate {
         user: "app@web2".into(),
@@ -322,17 +362,31 @@ async fn relay_passes_every_request_and_the_node_refuses_what_the_certificate_do
     assert_eq!(err.to_string(), "node n1 refused the relay certificate");
     // Another CA's certificate: refused too.
     let rogue = EdgeCa::from_key(new_key().unwrap())
-        .mint_user_certificate(&grant("web1", RelayAction::Session), now_secs(), Duration::from_secs(60))
+        .mint_user_certificate(
+            &grant("web1", RelayAction::Session),
+            now_secs(),
+            Duration::from_secs(60),
+        )
         .unwrap();
     let stream = edge.tunnels.open_stream("n1", None).await.unwrap();
     let check = NodeHostCheck {
         node: "n1".into(),
         ca: edge.ca.fingerprint(),
     };
-    assert!(RelayClient::connect(stream, &rogue, check, None).await.is_err());
+    assert!(
+        RelayClient::connect(stream, &rogue, check, None)
+            .await
+            .is_err()
+    );
     let refused = refused.lock().unwrap().clone();
-    assert!(refused[0].contains("target app@web1 used as user app@web2"), "{refused:?}");
-    assert!(refused[1].starts_with("certificate signed by an untrusted CA"), "{refused:?}");
+    assert!(
+        refused[0].contains("target app@web1 used as user app@web2"),
+        "{refused:?}"
+    );
+    assert!(
+        refused[1].starts_with("certificate signed by an untrusted CA"),
+        "{refused:?}"
+    );
     // The edge checks the node's host certificate too: n1 is not n2.
     let stream = edge.tunnels.open_stream("n1", None).await.unwrap();
     let check = NodeHostCheck {
@@ -341,7 +395,11 @@ async fn relay_passes_every_request_and_the_node_refuses_what_the_certificate_do
     };
     let minted = edge
         .ca
-        .mint_user_certificate(&grant("web1", RelayAction::Session), now_secs(), Duration::from_secs(60))
+        .mint_user_certificate(
+            &grant("web1", RelayAction::Session),
+            now_secs(),
+            Duration::from_secs(60),
+        )
         .unwrap();
     assert!(matches!(
         RelayClient::connect(stream, &minted, check, None).await,
@@ -465,7 +523,10 @@ labels = {{ env = "prod" }}
         .await
         .unwrap();
         assert_eq!(conflicts.len(), 1);
-        assert_eq!((conflicts[0].name.as_str(), conflicts[0].owner.as_str()), ("web1", "n1"));
+        assert_eq!(
+            (conflicts[0].name.as_str(), conflicts[0].owner.as_str()),
+            ("web1", "n1")
+        );
     }
     let claims: Vec<serde_json::Value> = edge
         .fleet_audit()
@@ -490,16 +551,27 @@ labels = {{ env = "prod" }}
         all,
         [
             ("web1".into(), "n1".into(), "RUNNING".into(), "{}".into()),
-            ("web2".into(), "n2".into(), "INVALID".into(), r#"{"env":"prod"}"#.into()),
+            (
+                "web2".into(),
+                "n2".into(),
+                "STOPPED".into(),
+                r#"{"env":"prod"}"#.into()
+            ),
         ]
     );
     // n1 no longer lists web1: the name is free, and n2 gets it.
     edge.store.push_inventory("n1", "0.1.0", &[]).await.unwrap();
     assert!(
-        portcullis::fleet::heartbeat::push_once(&edge.store, &edge.audit, &inventory, "n2", &mut reported)
-            .await
-            .unwrap()
-            .is_empty()
+        portcullis::fleet::heartbeat::push_once(
+            &edge.store,
+            &edge.audit,
+            &inventory,
+            "n2",
+            &mut reported
+        )
+        .await
+        .unwrap()
+        .is_empty()
     );
 }
 
@@ -585,7 +657,11 @@ async fn a_second_edge_needs_the_first_edges_ca_file() {
     let err = portcullis::fleet::roles::edge_ca(&config(b.path()), &store)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("was created by another edge; copy its key file to"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("was created by another edge; copy its key file to"),
+        "{err}"
+    );
     // A different key file: refused as a second CA.
     EdgeCa::load_or_create(&b.path().join("fleet/edge_ca"), true).unwrap();
     let err = portcullis::fleet::roles::edge_ca(&config(b.path()), &store)
@@ -593,7 +669,11 @@ async fn a_second_edge_needs_the_first_edges_ca_file() {
         .unwrap_err();
     assert!(err.to_string().starts_with("edge CA mismatch"), "{err}");
     // The first edge's file, copied: the same CA.
-    std::fs::copy(a.path().join("fleet/edge_ca"), b.path().join("fleet/edge_ca")).unwrap();
+    std::fs::copy(
+        a.path().join("fleet/edge_ca"),
+        b.path().join("fleet/edge_ca"),
+    )
+    .unwrap();
     let second = portcullis::fleet::roles::edge_ca(&config(b.path()), &store)
         .await
         .unwrap();
@@ -616,8 +696,14 @@ async fn metrics_endpoint_is_scraped() {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(portcullis::metrics::serve(metrics, listener, shutdown.clone()));
-    let response = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
+    tokio::spawn(portcullis::metrics::serve(
+        metrics,
+        listener,
+        shutdown.clone(),
+    ));
+    let response = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"],
@@ -640,7 +726,10 @@ async fn metrics_endpoint_is_scraped() {
         "portcullis_spool_bytes 0",
         "portcullis_upload_failures_total 0",
     ] {
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
     }
     let missing = reqwest::get(format!("http://{addr}/other")).await.unwrap();
     assert_eq!(missing.status(), 404);

@@ -147,7 +147,8 @@ pub(crate) async fn serve_gateway(
     if let Some(notices) = fleet.notices {
         let gw = gateway.clone();
         let end = move |id: &str, reason: &str| gw.end_live_session(id, reason);
-        let consume = crate::fleet::roles::consume_notices(notices, fleet.tunnels, Some(metrics), end, || {});
+        let consume =
+            crate::fleet::roles::consume_notices(notices, fleet.tunnels, Some(metrics), end, || {});
         tokio::spawn(consume);
     }
     let background = tokio::spawn(background_work(gateway.clone(), signer));

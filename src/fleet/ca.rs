@@ -247,7 +247,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// # Errors
 /// [`CaError::Sign`] when the system's random source fails.
 pub fn new_key() -> Result<PrivateKey, CaError> {
-    PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| CaError::Sign(e.to_string()))
+    PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+        .map_err(|e| CaError::Sign(e.to_string()))
+}
+
+/// russh's preferred algorithms with ed25519 host certificates asked for
+/// first, for a client that accepts only a certified server (an edge's
+/// fleet listener, a node's relay server).
+pub fn certificate_host_keys() -> russh::Preferred {
+    russh::Preferred {
+        host_key_certificates: std::borrow::Cow::Owned(vec![Algorithm::Ed25519]),
+        ..Default::default()
+    }
 }
 
 /// Parses a `SHA256:...` fingerprint.

@@ -76,11 +76,7 @@ pub async fn push_once(
         audit.record(&AuditSubject::default(), &event).await?;
     }
     // Conflicts that went away may be reported again if they come back.
-    reported.retain(|r| {
-        conflicts
-            .iter()
-            .any(|c| c.name == r.0 && c.owner == r.1)
-    });
+    reported.retain(|r| conflicts.iter().any(|c| c.name == r.0 && c.owner == r.1));
     Ok(conflicts)
 }
 

@@ -214,6 +214,7 @@ impl RelayClient {
         let config = Arc::new(russh::client::Config {
             window_size: RELAY_WINDOW_BYTES,
             inactivity_timeout: None,
+            preferred: crate::fleet::ca::certificate_host_keys(),
             ..Default::default()
         });
         let mut handle = russh::client::connect_stream(config, stream, RelayHandler { check })
@@ -242,14 +243,14 @@ impl RelayClient {
     /// # Errors
     /// [`RelayError::Channel`].
     pub async fn open_session(self) -> Result<RelaySession, RelayError> {
-        let channel = self
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| RelayError::Channel {
-                node: self.node.clone(),
-                message: e.to_string(),
-            })?;
+        let channel =
+            self.handle
+                .channel_open_session()
+                .await
+                .map_err(|e| RelayError::Channel {
+                    node: self.node.clone(),
+                    message: e.to_string(),
+                })?;
         Ok(RelaySession::start(channel, self))
     }
 
@@ -411,9 +412,11 @@ impl RelaySession {
             }
             RelayRequest::Shell => self.write.request_shell(true).await.map_err(lost)?,
             RelayRequest::Exec(command) => self.write.exec(true, command).await.map_err(lost)?,
-            RelayRequest::Subsystem(name) => {
-                self.write.request_subsystem(true, name).await.map_err(lost)?
-            }
+            RelayRequest::Subsystem(name) => self
+                .write
+                .request_subsystem(true, name)
+                .await
+                .map_err(lost)?,
             RelayRequest::WindowChange {
                 cols,
                 rows,
@@ -427,7 +430,10 @@ impl RelaySession {
                 return Ok(true);
             }
             RelayRequest::Signal(name) => {
-                self.write.signal(signal_of_name(&name)).await.map_err(lost)?;
+                self.write
+                    .signal(signal_of_name(&name))
+                    .await
+                    .map_err(lost)?;
                 return Ok(true);
             }
         }
@@ -478,7 +484,7 @@ impl RelaySession {
         let _ = self
             .client
             .handle
-            .disconnect(russh::Disconnect::ByApplication, "".into(), "en".into())
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
 }

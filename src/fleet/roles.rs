@@ -204,7 +204,10 @@ pub async fn start(
             ..Default::default()
         });
     }
-    let name = fleet.node_name.clone().ok_or(RoleError::Missing("node_name"))?;
+    let name = fleet
+        .node_name
+        .clone()
+        .ok_or(RoleError::Missing("node_name"))?;
     if fleet.edges.is_empty() {
         return Err(RoleError::Missing("edges"));
     }

@@ -193,11 +193,13 @@ impl Store {
                 .await?;
             }
         }
-        sqlx::query("UPDATE fleet_join_tokens SET used_at = $1 WHERE node = $2 AND used_at IS NULL")
-            .bind(now)
-            .bind(node)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE fleet_join_tokens SET used_at = $1 WHERE node = $2 AND used_at IS NULL",
+        )
+        .bind(now)
+        .bind(node)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO fleet_join_tokens (token_sha256, node, created_at, expires_at, created_by) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -430,11 +432,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 0 {
-                let owner: String = sqlx::query("SELECT node FROM fleet_containers WHERE name = $1")
-                    .bind(name)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .get("node");
+                let owner: String =
+                    sqlx::query("SELECT node FROM fleet_containers WHERE name = $1")
+                        .bind(name)
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .get("node");
                 conflicts.push(ContainerConflict {
                     name: name.clone(),
                     owner,

@@ -152,11 +152,14 @@ impl TestEdge {
     }
 }
 
+/// A `pty-req` as seen: term, columns, rows, modes.
+pub type PtySeen = (String, u32, u32, Vec<(Pty, u32)>);
+
 /// What the stand-in node server saw, for assertions.
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
     pub identity: Option<RelayedIdentity>,
-    pub pty: Option<(String, u32, u32, Vec<(Pty, u32)>)>,
+    pub pty: Option<PtySeen>,
     pub env: Vec<(String, String)>,
 }
 
@@ -373,7 +376,10 @@ impl russh::server::Handler for NodeServer {
         _pix_height: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.data(channel, format!("winch {col_width}x{row_height}\n").into_bytes())
+        session.data(
+            channel,
+            format!("winch {col_width}x{row_height}\n").into_bytes(),
+        )
     }
 
     async fn signal(
@@ -382,7 +388,7 @@ impl russh::server::Handler for NodeServer {
         signal: Sig,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.exit_signal_request(channel, signal, false, "signalled".into(), "en".into())?;
+        session.exit_signal_request(channel, signal, false, "signalled", "en")?;
         session.eof(channel)?;
         session.close(channel)
     }

@@ -111,7 +111,10 @@ impl NodeIdentity {
             .and_then(|t| PublicKey::from_openssh(t.trim()).map_err(|e| identity_err(&ca_path, e)))?
             .fingerprint(HashAlg::Sha256);
         if cert.valid_principals() != [name.to_string()] {
-            return Err(identity_err(&cert_path, format!("not a certificate of {name}")));
+            return Err(identity_err(
+                &cert_path,
+                format!("not a certificate of {name}"),
+            ));
         }
         if cert.public_key() != key.public_key().key_data() {
             return Err(identity_err(&cert_path, "not a certificate of node_key"));
@@ -190,7 +193,7 @@ impl NodeIdentity {
         }
         check_own_certificate(&cert, name, &key, ca_pin).map_err(err)?;
         let _ = handle
-            .disconnect(russh::Disconnect::ByApplication, "joined".into(), "en".into())
+            .disconnect(russh::Disconnect::ByApplication, "joined", "en")
             .await;
         let ca_text = ca.to_openssh().map_err(|e| err(e.to_string()))?;
         replace_file(&dir.join(CA_FILE), &format!("{ca_text}\n"))?;
@@ -341,7 +344,14 @@ impl russh::client::Handler for EdgeClient {
             return Ok(false);
         };
         match verify_host_certificate(cert, &[self.ca], None, now_secs()) {
-            Ok(()) if cert.valid_principals().iter().all(|p| p.starts_with("edge:")) => Ok(true),
+            Ok(())
+                if cert
+                    .valid_principals()
+                    .iter()
+                    .all(|p| p.starts_with("edge:")) =>
+            {
+                Ok(true)
+            }
             Ok(()) => {
                 tracing::warn!(edge = %self.edge, "edge certificate does not name an edge");
                 Ok(false)
@@ -466,6 +476,7 @@ async fn dial(
         keepalive_max: 3,
         inactivity_timeout: None,
         nodelay: true,
+        preferred: crate::fleet::ca::certificate_host_keys(),
         ..Default::default()
     });
     let connect = russh::client::connect(config, edge, handler);
@@ -528,8 +539,8 @@ async fn keep_up(s: TunnelSettings, edge: String, shutdown: CancellationToken) {
                         _ = shutdown.cancelled() => {
                             let _ = handle.disconnect(
                                 russh::Disconnect::ByApplication,
-                                "the node is shutting down".into(),
-                                "en".into(),
+                                "the node is shutting down",
+                                "en",
                             ).await;
                             return;
                         }
