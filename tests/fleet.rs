@@ -735,3 +735,106 @@ async fn metrics_endpoint_is_scraped() {
     assert_eq!(missing.status(), 404);
     shutdown.cancel();
 }
+
+#[test]
+fn edge_and_node_run_as_processes_join_list_scrape_and_remove() {
+    use common::fleet::RoleProcess;
+    use common::gateway::free_port;
+    use common::wait_until;
+    let url = common::postgres::server().new_database();
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, metrics) = (free_port(), free_port());
+    let common_config = |name: &str| {
+        format!(
+            "listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\ngateway_id = \"{name}\"\n\
+             [database]\nurl = \"{url}\"\n\
+             [oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"portcullis\"\n",
+            free_port(),
+            dir.path().join(name).display()
+        )
+    };
+    let edge = RoleProcess::start(
+        dir.path(),
+        "edge",
+        &format!(
+            "{}[fleet]\nlisten = \"127.0.0.1:{fleet}\"\nheartbeat = \"1s\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+            common_config("edge-a")
+        ),
+    );
+    wait_until("the fleet listener", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", fleet)).is_ok()
+    });
+    let ca_key = dir.path().join("edge-a/fleet/edge_ca");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&ca_key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let added = edge.cli(&["nodes", "add", "n1", "--ttl", "10m"]);
+    let field = |name: &str| {
+        added
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (token, pin) = (field("join token:"), field("CA pin:"));
+    assert!(token.starts_with("pcj_"), "{added}");
+    let node = RoleProcess::start(
+        dir.path(),
+        "node",
+        &format!(
+            "{}[fleet]\nnode_name = \"n1\"\nedges = [\"127.0.0.1:{fleet}\"]\n\
+             join_token = \"{token}\"\nca_pin = \"{pin}\"\nheartbeat = \"1s\"\n\
+             [inventory]\nbackend = \"process\"\n\
+             [containers.web1]\npid_file = \"/nonexistent/web1.pid\"\n",
+            common_config("n1")
+        ),
+    );
+    let listed = || -> serde_json::Value {
+        serde_json::from_str(&edge.cli(&["nodes", "list", "--json"])).unwrap()
+    };
+    wait_until(
+        "n1 joined, connected and reporting",
+        Duration::from_secs(60),
+        || {
+            let l = listed();
+            l[0]["state"] == "active"
+                && l[0]["edges"] == serde_json::json!(["edge-a"])
+                && l[0]["containers"] == 1
+        },
+    );
+    let l = listed();
+    assert_eq!(l[0]["name"], "n1");
+    assert_eq!(l[0]["version"], "0.1.0");
+    let scrape = || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", &format!("http://127.0.0.1:{metrics}/metrics")])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    wait_until("the tunnel in the metrics", Duration::from_secs(20), || {
+        scrape().contains("portcullis_tunnel_up{node=\"n1\",edge=\"edge-a\"} 1")
+    });
+    assert!(scrape().contains("portcullis_build_info{version=\"0.1.0\",role=\"edge\"} 1"));
+    // Removal: the tunnel closes and the node's redials are refused.
+    let removed = edge.cli(&["nodes", "remove", "n1"]);
+    assert_eq!(
+        removed,
+        "node n1 removed: its certificate is refused from now on\n"
+    );
+    wait_until("the tunnel closed", Duration::from_secs(20), || {
+        scrape().contains("portcullis_tunnel_up{node=\"n1\",edge=\"edge-a\"} 0")
+    });
+    wait_until(
+        "the node told it is refused",
+        Duration::from_secs(30),
+        || node.log().contains("the edge refused the node certificate"),
+    );
+    assert_eq!(listed()[0]["state"], "removed");
+    assert_eq!(listed()[0]["edges"], serde_json::json!([]));
+}

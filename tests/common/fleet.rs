@@ -399,3 +399,68 @@ impl NodeServer {
         self.seen.identity.as_ref().map(|i| i.action)
     }
 }
+
+/// A `portcullis serve --role ROLE` process, killed when dropped.
+pub struct RoleProcess {
+    pub child: std::process::Child,
+    pub config: std::path::PathBuf,
+    pub log: std::path::PathBuf,
+}
+
+impl RoleProcess {
+    /// Writes `config` (TOML, plus the repository's policies) to
+    /// `dir/ROLE.toml` and starts the role.
+    pub fn start(dir: &Path, role: &str, config: &str) -> RoleProcess {
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let path = dir.join(format!("{role}.toml"));
+        std::fs::write(
+            &path,
+            format!("{config}\n[policy]\ndir = \"{}\"\n", policies.display()),
+        )
+        .unwrap();
+        let log = dir.join(format!("{role}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["serve", "--role", role, "--config"])
+            .arg(&path)
+            .env("PORTCULLIS_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        RoleProcess {
+            child,
+            config: path,
+            log,
+        }
+    }
+
+    /// Runs `portcullis --config CONFIG ARGS`; its stdout (panics on failure).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "portcullis {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

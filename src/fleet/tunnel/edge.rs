@@ -117,12 +117,17 @@ impl Tunnels {
         Ok(TunnelStream::new(channel))
     }
 
-    /// Closes `node`'s tunnel here (removal), telling it `reason`.
+    /// Closes `node`'s tunnel here (removal), telling it `reason`; it is
+    /// forgotten (and `portcullis_tunnel_up` falls to 0) when its
+    /// connection has ended.
     pub async fn disconnect(&self, node: &str, reason: &str) {
-        let removed = self.0.lock().ok().and_then(|mut m| m.remove(node));
-        if let Some(r) = removed {
-            let _ = r
-                .handle
+        let handle = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(node).map(|r| r.handle.clone()));
+        if let Some(handle) = handle {
+            let _ = handle
                 .disconnect(
                     russh::Disconnect::ByApplication,
                     reason.to_string(),
