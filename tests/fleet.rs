@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::fleet::{TestEdge, node_server_acceptor, poll_until};
 use portcullis::fleet::ca::{EdgeCa, new_key, now_secs};
+use portcullis::fleet::locate::locate;
 use portcullis::fleet::relay::{NodeHostCheck, RelayClient, RelayEvent, RelayRequest};
 use portcullis::fleet::tunnel::{NodeIdentity, RelayAcceptor, TunnelStream};
 use portcullis::fleet::{RelayAction, RelayGrant, join};
@@ -142,6 +143,31 @@ async fn join_tokens_are_one_time_named_and_expiring_and_removal_is_immediate() 
         (n2.state.as_str(), n2.edges.clone()),
         ("active", vec!["edge-a".to_string()])
     );
+    // Where containers run: n2 is connected here, n1 joined but has no
+    // tunnel, web7 is nowhere.
+    let row = |name: &str| (name.to_string(), "RUNNING".to_string(), "{}".to_string());
+    edge.store
+        .push_inventory("n2", "0.1.0", &[row("web9")])
+        .await
+        .unwrap();
+    edge.store
+        .push_inventory("n1", "0.1.0", &[row("web8")])
+        .await
+        .unwrap();
+    let at = locate(&edge.store, &edge.tunnels, "web9").await.unwrap();
+    assert_eq!((at.node.as_str(), at.state.as_str()), ("n2", "RUNNING"));
+    let offline = locate(&edge.store, &edge.tunnels, "web8")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        offline.starts_with("container web8 is on node n1, which is offline (last heartbeat 20"),
+        "{offline}"
+    );
+    let unknown = locate(&edge.store, &edge.tunnels, "web7")
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.to_string(), "no container named web7 in the fleet");
     join::remove_node(&edge.store, &edge.audit, "n2", "host:test")
         .await
         .unwrap();
@@ -230,6 +256,14 @@ async fn relay_passes_every_request_and_the_node_refuses_what_the_certificate_do
     let all = [expected.as_bytes(), b"to stderr\n"].concat();
     assert_eq!(w.bytes(), all.len() as u64);
     assert_eq!(w.sha256(), hex::encode(Sha256::digest(&all)));
+    w.record(&edge.store, &g.session_id, "edge-a", "n1")
+        .await
+        .unwrap();
+    let stored = edge.store.witness(&g.session_id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.output_bytes, stored.output_sha256, stored.node),
+        (all.len() as i64, w.sha256(), "n1".to_string())
+    );
 
     // A shell: input echoed byte-exact (1 MiB), window-change, EOF, exit 0.
     let mut s = relay(&edge, &grant("web1", RelayAction::Session))

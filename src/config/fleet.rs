@@ -153,3 +153,69 @@ fn default_reconnect_max() -> Duration {
 fn default_heartbeat() -> Duration {
     Duration::from_secs(5)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        let text =
+            format!("[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"p\"\n{extra}");
+        Config::parse(&text, Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fleet_and_metrics_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.fleet.listen, "0.0.0.0:2223".parse().unwrap());
+        assert_eq!(c.fleet.user_certificate_ttl.as_secs(), 120);
+        assert_eq!(c.fleet.node_certificate_ttl.as_secs(), 86400);
+        assert_eq!(c.fleet.keepalive.as_secs(), 10);
+        assert_eq!(c.fleet.reconnect_max.as_secs(), 10);
+        assert_eq!(c.fleet.heartbeat.as_secs(), 5);
+        assert!(c.fleet.edges.is_empty() && c.fleet.node_name.is_none());
+        assert_eq!(c.metrics.listen, None);
+        let c = parse(
+            "[fleet]\nnode_name = \"n1\"\nedges = [\"e1:2223\"]\njoin_token = \"pcj_x\"\n\
+             ca_pin = \"SHA256:abc\"\n[metrics]\nlisten = \"127.0.0.1:9100\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.fleet.join_token.unwrap().expose(), "pcj_x");
+        assert_eq!(format!("{:?}", c.fleet.ca_pin), "Some(\"SHA256:abc\")");
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9100".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_fleet_values_name_their_key() {
+        for (extra, key) in [
+            (
+                "[fleet]\nuser_certificate_ttl = \"1h\"",
+                "fleet.user_certificate_ttl",
+            ),
+            (
+                "[fleet]\nnode_certificate_ttl = \"1m\"",
+                "fleet.node_certificate_ttl",
+            ),
+            ("[fleet]\nnode_name = \"-n\"", "fleet.node_name"),
+            ("[fleet]\nedges = [\" \"]", "fleet.edges"),
+            ("[fleet]\nca_pin = \"abc\"", "fleet.ca_pin"),
+            ("[fleet]\nkeepalive = \"0s\"", "fleet.keepalive"),
+            ("[fleet]\nheartbeat = \"10ms\"", "fleet.heartbeat"),
+        ] {
+            let err = parse(extra).unwrap_err();
+            assert!(err.contains(&format!("key `{key}`")), "{extra}: {err}");
+        }
+        let err = parse("[fleet]\nnodes = []").unwrap_err();
+        assert!(err.contains("unknown field `nodes`"), "{err}");
+        assert!(
+            format!(
+                "{:?}",
+                parse("[fleet]\njoin_token = \"pcj_secret\"").unwrap().fleet
+            )
+            .contains("<redacted>")
+        );
+    }
+}

@@ -3,10 +3,11 @@
 //!
 //! Owns: the edge CA and the certificates it signs ([`ca`]), joining and
 //! leaving ([`join`]), the node → edge SSH tunnel ([`tunnel`]), the edge's
-//! relay client to a node ([`relay`]), the node's inventory push
-//! ([`heartbeat`]), the fan-out of kills, locks and revocations through
-//! PostgreSQL LISTEN/NOTIFY ([`fanout`]) and the edge's second witness
-//! ([`witness`]).
+//! relay client to a node and its second witness of each session
+//! ([`relay`]), where a container runs ([`locate`]), the node's inventory
+//! push ([`heartbeat`]), the fan-out of kills, locks and revocations
+//! through PostgreSQL LISTEN/NOTIFY ([`fanout`]) and the start of each role
+//! ([`roles`]).
 //!
 //! It must never decide policy or attach to a container itself: the edge
 //! relays what the session core decided, and the node's session core decides

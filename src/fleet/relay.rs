@@ -154,6 +154,33 @@ impl Witness {
     }
 }
 
+impl Witness {
+    /// Writes this witness of `session_id`, relayed by `edge` to `node`, to
+    /// `fleet_witness` (once, when the session ended), for `audit verify`
+    /// to compare with the node's own count and digest.
+    ///
+    /// # Errors
+    /// [`crate::store::StoreError`].
+    pub async fn record(
+        &self,
+        store: &crate::store::Store,
+        session_id: &str,
+        edge: &str,
+        node: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        store
+            .insert_witness(&crate::store::WitnessRecord {
+                session_id: session_id.to_string(),
+                edge: edge.to_string(),
+                node: node.to_string(),
+                output_bytes: self.bytes as i64,
+                output_sha256: self.sha256(),
+                ended_at: crate::store::now_ms(),
+            })
+            .await
+    }
+}
+
 /// The check of the node's host certificate: the CA, and the node's name.
 #[derive(Debug, Clone)]
 pub struct NodeHostCheck {
