@@ -844,12 +844,15 @@ fn edge_and_node_run_as_processes_join_list_scrape_and_remove() {
     let l = listed();
     assert_eq!(l[0]["name"], "n1");
     assert_eq!(l[0]["version"], "0.1.0");
+    // A plain HTTP/1.0 GET (no curl on a fresh CI machine).
     let scrape = || {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", &format!("http://127.0.0.1:{metrics}/metrics")])
-            .output()
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             .unwrap();
-        String::from_utf8(out.stdout).unwrap()
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
     };
     wait_until("the tunnel in the metrics", Duration::from_secs(20), || {
         scrape().contains("portcullis_tunnel_up{node=\"n1\",edge=\"edge-a\"} 1")
