@@ -447,8 +447,11 @@ async fn a_stalled_stream_does_not_stall_its_tunnel() {
     let dir = tempfile::tempdir().unwrap();
     // Node side: originator port 1 floods 8 MiB (more than a stream may
     // hold); port 2 echoes.
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flooded = written.clone();
     let acceptor: Arc<dyn RelayAcceptor> = Arc::new(
-        |mut stream: TunnelStream, origin: portcullis::fleet::tunnel::RelayOrigin| {
+        move |mut stream: TunnelStream, origin: portcullis::fleet::tunnel::RelayOrigin| {
+            let flooded = flooded.clone();
             tokio::spawn(async move {
                 if origin.originator.ends_with(":1") {
                     let chunk = vec![b'x'; 64 * 1024];
@@ -456,6 +459,7 @@ async fn a_stalled_stream_does_not_stall_its_tunnel() {
                         if stream.write_all(&chunk).await.is_err() {
                             return;
                         }
+                        flooded.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
                     }
                     std::future::pending::<()>().await;
                 } else {
@@ -477,29 +481,32 @@ async fn a_stalled_stream_does_not_stall_its_tunnel() {
         .await
         .unwrap();
     // Nobody reads `stalled` while the node floods it.
-    let floodgate = &stalled;
-    poll_until("the flood to arrive", Duration::from_secs(20), || {
-        let n = floodgate.buffered();
-        async move { n > 4 * 1024 * 1024 }
+    poll_until("the node to flood 3 MiB", Duration::from_secs(20), || {
+        let n = written.load(std::sync::atomic::Ordering::SeqCst);
+        async move { n >= 3 * 1024 * 1024 }
     })
     .await;
-    // Its neighbour on the same tunnel still round-trips 2 MiB byte-exact.
-    let echo = edge
-        .tunnels
-        .open_stream("n1", Some("192.0.2.1:2".parse().unwrap()))
+    // Its neighbour on the same tunnel still opens and round-trips 2 MiB
+    // byte-exact (with a stream that waited on its reader, the tunnel's
+    // loop would be stuck and this would time out).
+    let neighbour = async {
+        let echo = edge
+            .tunnels
+            .open_stream("n1", Some("192.0.2.1:2".parse().unwrap()))
+            .await
+            .unwrap();
+        let payload: Vec<u8> = (0..2 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+        let (mut r, mut w) = tokio::io::split(echo);
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move { w.write_all(&sent).await.unwrap() });
+        let mut back = vec![0u8; payload.len()];
+        r.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, payload);
+        writer.await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(30), neighbour)
         .await
-        .unwrap();
-    let payload: Vec<u8> = (0..2 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
-    let (mut r, mut w) = tokio::io::split(echo);
-    let sent = payload.clone();
-    let writer = tokio::spawn(async move { w.write_all(&sent).await.unwrap() });
-    let mut back = vec![0u8; payload.len()];
-    tokio::time::timeout(Duration::from_secs(30), r.read_exact(&mut back))
-        .await
-        .expect("the neighbour stream stalled")
-        .unwrap();
-    assert_eq!(back, payload);
-    writer.await.unwrap();
+        .expect("the neighbour stream stalled behind the flooded one");
     // The flooded stream overflowed: it fails, alone.
     let mut sink = Vec::new();
     let err = stalled.read_to_end(&mut sink).await.unwrap_err();
