@@ -662,13 +662,15 @@ async fn fan_out_reaches_listeners_within_a_second_and_resyncs_after_reconnect()
     shutdown.cancel();
 }
 
-/// Ends every backend that is LISTENing (the fan-out listener).
+/// Ends every backend LISTENing on this test's database (the fan-out
+/// listener; other tests' gateways listen on their own databases).
 async fn sqlx_terminate_listeners(url: &str) {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
     let ended: Vec<(bool,)> = sqlx::query_as(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid() \
+         AND datname = current_database()",
     )
     .fetch_all(&mut conn)
     .await
