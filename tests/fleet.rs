@@ -884,3 +884,50 @@ fn edge_and_node_run_as_processes_join_list_scrape_and_remove() {
     assert_eq!(listed()[0]["state"], "removed");
     assert_eq!(listed()[0]["edges"], serde_json::json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_renews_its_certificate_over_its_tunnel() {
+    // Certificates valid 30 s before to 20 s after minting: past half
+    // their life at once, so the node renews as soon as its tunnel is up.
+    let edge = TestEdge::start_with_node_ttl(Duration::from_secs(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = edge.token("n1", Duration::from_secs(600)).await;
+    let identity = NodeIdentity::join(dir.path(), "n1", &edge.addr, &token, edge.ca.fingerprint())
+        .await
+        .unwrap();
+    let first = identity.certificate().unwrap().serial();
+    let identity = Arc::new(identity);
+    let settings = portcullis::fleet::tunnel::node::TunnelSettings {
+        identity: identity.clone(),
+        keepalive: Duration::from_secs(2),
+        reconnect_max: Duration::from_millis(500),
+        acceptor: node_server_acceptor(Arc::new(OnceLock::new()), Arc::new(Mutex::new(Vec::new()))),
+        metrics: None,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    portcullis::fleet::tunnel::TunnelClient::start(
+        settings,
+        std::slice::from_ref(&edge.addr),
+        stop.clone(),
+    );
+    poll_until("a renewed certificate", Duration::from_secs(20), || {
+        let now = identity.certificate().unwrap().serial();
+        async move { now != first }
+    })
+    .await;
+    stop.cancel();
+    // Renewed on disk too, for the same key, signed by the same CA.
+    let reloaded = NodeIdentity::load(dir.path(), "n1").unwrap().unwrap();
+    let cert = reloaded.certificate().unwrap();
+    assert_ne!(cert.serial(), first);
+    assert_eq!(cert.valid_principals(), ["n1"]);
+    portcullis::fleet::verify_host_certificate(
+        &cert,
+        &[edge.ca.fingerprint()],
+        Some("n1"),
+        now_secs(),
+    )
+    .unwrap();
+    let row = edge.store.fleet_node("n1").await.unwrap().unwrap();
+    assert_eq!(row.cert_valid_before, Some(cert.valid_before() as i64));
+}

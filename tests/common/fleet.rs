@@ -59,6 +59,11 @@ impl TestEdge {
     /// An edge named `edge-a` on a fresh database; re-checks its nodes every
     /// second.
     pub async fn start() -> TestEdge {
+        Self::start_with_node_ttl(Duration::from_secs(3600)).await
+    }
+
+    /// As [`TestEdge::start`], minting node certificates valid for `ttl`.
+    pub async fn start_with_node_ttl(ttl: Duration) -> TestEdge {
         let url = super::postgres::server().new_database();
         let store = Store::open(&url).await.unwrap().for_gateway("edge-a");
         let audit = AuditLog::new(store.clone());
@@ -77,7 +82,7 @@ impl TestEdge {
             audit: audit.clone(),
             ca: ca.clone(),
             edge_id: "edge-a".into(),
-            node_certificate_ttl: Duration::from_secs(3600),
+            node_certificate_ttl: ttl,
             keepalive: Duration::from_secs(2),
             heartbeat: Duration::from_secs(1),
             tunnels: tunnels.clone(),
