@@ -214,8 +214,15 @@ impl IncusInventory {
     /// An inventory over the daemon listening on `socket`, each request
     /// bounded by `timeout` (connecting included).
     pub fn at(socket: &Path, timeout: Duration) -> IncusInventory {
+        // No connection pool: LXD 5.0's socket listener peeks at the first
+        // bytes of each new connection inside its accept loop, so one
+        // connection that stays silent (a pooled spare, which hyper opens
+        // when a request races an idle connection) stops the daemon from
+        // accepting anything until it closes (90 s, the pool's idle
+        // timeout). A fresh connection per request costs ~0.1 ms here.
         let client = reqwest::Client::builder()
             .unix_socket(socket)
+            .pool_max_idle_per_host(0)
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
