@@ -73,7 +73,8 @@ fn fixture() -> &'static Fixture {
             let gateway = TestGateway::start(
                 &idp.issuer,
                 &format!(
-                    "[containers.{}]\ncgroup = \"{dir}\"\nlabels = {{ env = \"dev\" }}\n",
+                    "[containers.{}]\ncgroup = \"{dir}\"\nlabels = {{ env = \"dev\" }}\n\
+                     owner = \"alice\"\npurpose = \"nested pid test\"\n",
                     container.name
                 ),
             );
@@ -216,4 +217,115 @@ fn the_real_init_is_listed_with_its_namespace_depth() {
     let init = f.container.init_pid();
     assert_eq!(nspid(init).len(), 2);
     assert_eq!(listed_init_pid(f), init.to_string());
+}
+
+#[test]
+fn the_listing_has_owner_purpose_and_the_newest_session() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = f.gateway.ssh(
+        &format!("root@{}", f.container.name),
+        &f.admin_token,
+        dir.path(),
+    );
+    cmd.arg("true");
+    let r = run_ssh(&mut cmd, b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The newest session row of this container, as `sessions list` has it
+    // (the other tests of this file log in too).
+    let newest = || {
+        f.gateway
+            .sessions()
+            .into_iter()
+            .filter(|s| s["container"] == f.container.name.as_str())
+            .max_by_key(|s| (s["started_at"].as_i64(), s["id"].as_str().map(String::from)))
+            .unwrap()
+    };
+    let mut row = serde_json::Value::Null;
+    common::wait_until(
+        "the listing's last session",
+        Duration::from_secs(20),
+        || {
+            let out = f.gateway.cli(&["containers", "list", "--json"]);
+            let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+            row = rows
+                .into_iter()
+                .find(|r| r["name"] == f.container.name.as_str())
+                .unwrap();
+            row["last_session"]["session_id"] == newest()["id"]
+        },
+    );
+    assert_eq!(row["backend"], "process");
+    assert_eq!(row["owner"], "alice");
+    assert_eq!(row["purpose"], "nested pid test");
+    assert_eq!(row["labels"], serde_json::json!({"env": "dev"}));
+    assert_eq!(row["unowned"], false);
+    let s = newest();
+    assert_eq!(row["last_session"]["principal"], s["principal"]);
+    assert_eq!(row["last_session"]["login"], s["login"]);
+    assert_eq!(row["last_session"]["started_at"], s["started_at"]);
+}
+
+#[test]
+fn the_lxc_backend_lists_owner_purpose_and_a_checked_init() {
+    // The same container found by the LXC backend, with a config of its own.
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lxc.toml");
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[oidc]\nissuer = \"https://i.example\"\nclient_id = \"c\"\n\
+             [containers.{}]\nowner = \"bob\"\npurpose = \"lxc listing\"\n",
+            dir.path().join("state").display(),
+            f.container.name
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["containers", "list", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["name"] == f.container.name.as_str())
+        .unwrap();
+    assert_eq!(
+        (
+            &row["backend"],
+            &row["state"],
+            &row["owner"],
+            &row["purpose"]
+        ),
+        (
+            &"lxc".into(),
+            &"RUNNING".into(),
+            &"bob".into(),
+            &"lxc listing".into()
+        )
+    );
+    assert_eq!(row["init_pid"], f.container.init_pid().to_string());
+    assert_eq!(row["last_session"], serde_json::Value::Null);
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["containers", "list", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&f.container.name))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("bob") && line.contains("lxc listing"),
+        "{line}"
+    );
 }
