@@ -311,6 +311,15 @@ fn ssh_lands_in_every_namespace_of_the_lxd_container() {
         expected.push_str(&format!("{}\n", link.display()));
     }
     assert_eq!(String::from_utf8_lossy(&r.stdout), expected);
+    // The init PID came from the instance's liblxc monitor, not from the
+    // slower state endpoint.
+    assert!(
+        f.gateway
+            .log()
+            .contains("init PID from the instance's liblxc monitor"),
+        "{}",
+        f.gateway.log()
+    );
     // An unprivileged container: root inside is not root on the host.
     let uid_map = std::fs::read_to_string(format!("/proc/{init}/uid_map")).unwrap();
     assert_ne!(uid_map.split_whitespace().nth(1), Some("0"), "{uid_map}");

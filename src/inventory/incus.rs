@@ -7,8 +7,11 @@
 //!   (its own keys and its profiles'): `user.portcullis.owner`,
 //!   `user.portcullis.purpose`, and `user.portcullis.label.KEY` for each
 //!   label the policy sees as a tag;
-//! - `GET /1.0/instances/NAME/state`: `status` and `pid`, the init's host
-//!   PID;
+//! - the init's host PID: from the instance's liblxc monitor (the same
+//!   answer the daemon gets from it, in ~0.2 ms; [`super::lxc_monitor`]),
+//!   else from `GET /1.0/instances/NAME/state` (`status` and `pid`; the
+//!   daemon gathers memory, disk and network usage first: 40-140 ms on a
+//!   loaded host);
 //! - `GET /1.0/instances?recursion=2`: all instances with their state, for
 //!   the listing.
 //!
@@ -72,6 +75,9 @@ struct Instance {
     name: String,
     #[serde(rename = "type", default)]
     kind: String,
+    /// `Running`, `Stopped`, `Frozen`...
+    #[serde(default)]
+    status: String,
     #[serde(default)]
     config: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
@@ -292,13 +298,20 @@ impl IncusInventory {
                 crate::audit::truncate(&instance.kind, 32)
             )));
         }
+        if instance.status == "Running"
+            && let Some(state @ ContainerState::Running { .. }) =
+                super::lxc_monitor::query(&self.lxcpath, name).await
+        {
+            tracing::debug!(container = %name, "init PID from the instance's liblxc monitor");
+            return self.container(name, &instance, state);
+        }
         let path = format!("/1.0/instances/{name}/state");
         let (status, body) = self.get(&path, MAX_INSTANCE_BYTES).await?;
         if status == 404 {
             return Err(InventoryError::NotFound(name.to_string()));
         }
         let state: InstanceState = parse(&path, status, &body)?;
-        self.container(name, &instance, &state)
+        self.container(name, &instance, container_state(name, &state)?)
     }
 
     /// The container of `instance` in `state`, its init checked.
@@ -306,9 +319,8 @@ impl IncusInventory {
         &self,
         name: &str,
         instance: &Instance,
-        state: &InstanceState,
+        state: ContainerState,
     ) -> Result<Container, InventoryError> {
-        let state = container_state(name, state)?;
         let start_time = super::lxc::verify_init("Incus/LXD", name, &state)?;
         let cgroup = match &state {
             ContainerState::Running { init_pid } => {
@@ -372,23 +384,23 @@ impl IncusInventory {
                 status: "Unknown".into(),
                 pid: 0,
             });
-            let c = self
-                .container(&name, &instance, &state)
-                .unwrap_or_else(|e| {
-                    tracing::warn!(container = %name, error = %e, "cannot look up instance");
-                    let keys = instance.keys();
-                    Container {
-                        labels: keys.labels,
-                        owner: keys.owner,
-                        purpose: keys.purpose,
-                        ..Container::new(
-                            &name,
-                            ContainerState::NotRunning("UNKNOWN".into()),
-                            format!("/lxc.payload.{name}"),
-                            Backend::Incus,
-                        )
-                    }
-                });
+            let checked =
+                container_state(&name, &state).and_then(|s| self.container(&name, &instance, s));
+            let c = checked.unwrap_or_else(|e| {
+                tracing::warn!(container = %name, error = %e, "cannot look up instance");
+                let keys = instance.keys();
+                Container {
+                    labels: keys.labels,
+                    owner: keys.owner,
+                    purpose: keys.purpose,
+                    ..Container::new(
+                        &name,
+                        ContainerState::NotRunning("UNKNOWN".into()),
+                        format!("/lxc.payload.{name}"),
+                        Backend::Incus,
+                    )
+                }
+            });
             containers.push(c);
         }
         containers.sort_by(|a, b| a.name.cmp(&b.name));

@@ -189,6 +189,11 @@ fn invalid_keys_and_answers() {
 #[tokio::test]
 async fn find_and_list_over_the_socket() {
     let (_dir, socket) = stand_in(replies(&[
+        ("/1.0/instances/c1", Reply::Body(200, recorded("c1.json"))),
+        (
+            "/1.0/instances/c1/state",
+            Reply::Body(200, recorded("c1-state.json")),
+        ),
         ("/1.0/instances/c2", Reply::Body(200, recorded("c2.json"))),
         (
             "/1.0/instances/c2/state",
@@ -216,6 +221,13 @@ async fn find_and_list_over_the_socket() {
         inv.find("../1.0").await,
         Err(InventoryError::InvalidName)
     ));
+    // c1 is Running, with no liblxc monitor here: its PID comes from the
+    // state endpoint, and the recorded PID is no live init.
+    let err = inv.find("c1").await.unwrap_err();
+    assert!(
+        matches!(&err, InventoryError::NotAContainer(m) if m.contains("named PID 9031 as the init of c1")),
+        "{err}"
+    );
     // c1's recorded init PID is not a live init any more: listed, but as
     // UNKNOWN (its PID fails the init checks), with its keys.
     let list = inv.list().await.unwrap();
