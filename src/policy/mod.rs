@@ -6,8 +6,10 @@
 //! `FILE.cedar#N`), and decisions cite those names.
 //!
 //! Entities: `User::"<subject>"` in `Group::"<name>"` for each group of the
-//! principal; `Container::"<name>"` with attribute `name` and one string tag
-//! per label. Actions: `Action::"shell"`, `Action::"exec"` with context
+//! principal; `Container::"<name>"` with attribute `name`, the optional
+//! attributes `owner` and `purpose` (given through
+//! [`ContainerAttributes`]; absent otherwise), and one string tag per
+//! label. Actions: `Action::"shell"`, `Action::"exec"` with context
 //! `login` (string), `command` (string, `""` for a shell) and `grant` (the
 //! principal's active grant for that login: `active`, `id`, `approver`,
 //! `expires_at` in unix seconds); `Action::"request"`, `"approve"`,
@@ -186,6 +188,35 @@ pub struct AccessRequest<'a> {
     pub grant: Option<GrantContext<'a>>,
 }
 
+/// The container entity's optional attributes `owner` and `purpose`
+/// (schema: `owner?: String, purpose?: String`), for
+/// [`PolicyEngine::decide_with_container`] and
+/// [`PolicyEngine::decide_workflow_with_container`]; the other `decide*`
+/// methods leave both absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerAttributes<'a> {
+    /// Who answers for the container.
+    pub owner: Option<&'a str>,
+    /// What it is for.
+    pub purpose: Option<&'a str>,
+}
+
+impl<'a> From<&'a crate::inventory::Container> for ContainerAttributes<'a> {
+    fn from(c: &'a crate::inventory::Container) -> ContainerAttributes<'a> {
+        ContainerAttributes {
+            owner: c.owner.as_deref(),
+            purpose: c.purpose.as_deref(),
+        }
+    }
+}
+
+/// The container entity of one decision.
+struct Resource<'a> {
+    name: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    attributes: ContainerAttributes<'a>,
+}
+
 /// The answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -307,6 +338,21 @@ impl PolicyEngine {
         request: &AccessRequest<'_>,
         extra: &[(&str, ContextValue)],
     ) -> Result<Decision, PolicyError> {
+        self.decide_with_container(request, ContainerAttributes::default(), extra)
+    }
+
+    /// [`PolicyEngine::decide_with`] with the container's `owner` and
+    /// `purpose` as entity attributes (e.g.
+    /// `ContainerAttributes::from(&container)`).
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide`].
+    pub fn decide_with_container(
+        &self,
+        request: &AccessRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
         let grant = request.grant.unwrap_or(GrantContext {
             id: "",
             approver: "",
@@ -352,8 +398,11 @@ impl PolicyEngine {
         self.evaluate(
             request.principal,
             request.groups,
-            request.container,
-            request.labels,
+            Resource {
+                name: request.container,
+                labels: request.labels,
+                attributes,
+            },
             request.action,
             context.into_iter().chain(extra),
         )
@@ -367,6 +416,19 @@ impl PolicyEngine {
     /// [`PolicyError::Request`] when an entity or the context cannot be
     /// built (the caller must treat it as a deny).
     pub fn decide_workflow(&self, request: &WorkflowRequest<'_>) -> Result<Decision, PolicyError> {
+        self.decide_workflow_with_container(request, ContainerAttributes::default())
+    }
+
+    /// [`PolicyEngine::decide_workflow`] with the container's `owner` and
+    /// `purpose` as entity attributes.
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide_workflow`].
+    pub fn decide_workflow_with_container(
+        &self,
+        request: &WorkflowRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+    ) -> Result<Decision, PolicyError> {
         let context = [
             (
                 "requester".to_string(),
@@ -396,8 +458,11 @@ impl PolicyEngine {
         self.evaluate(
             request.principal,
             request.groups,
-            request.container,
-            request.labels,
+            Resource {
+                name: request.container,
+                labels: request.labels,
+                attributes,
+            },
             request.action,
             context,
         )
@@ -407,11 +472,15 @@ impl PolicyEngine {
         &self,
         principal: &str,
         principal_groups: &[String],
-        container_name: &str,
-        labels: &BTreeMap<String, String>,
+        resource: Resource<'_>,
         action: Action,
         context: impl IntoIterator<Item = (String, RestrictedExpression)>,
     ) -> Result<Decision, PolicyError> {
+        let Resource {
+            name: container_name,
+            labels,
+            attributes,
+        } = resource;
         let user = uid("User", principal)?;
         let container = uid("Container", container_name)?;
         let action = uid("Action", action.as_str())?;
@@ -426,17 +495,23 @@ impl PolicyEngine {
         let tags = labels
             .iter()
             .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+        let attrs = [
+            ("name", Some(container_name)),
+            ("owner", attributes.owner),
+            ("purpose", attributes.purpose),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            v.map(|v| {
+                (
+                    k.to_string(),
+                    RestrictedExpression::new_string(v.to_string()),
+                )
+            })
+        });
         entities.push(
-            Entity::new_with_tags(
-                container.clone(),
-                [(
-                    "name".to_string(),
-                    RestrictedExpression::new_string(container_name.to_string()),
-                )],
-                [],
-                tags,
-            )
-            .map_err(|e| PolicyError::Request(one_line(&e)))?,
+            Entity::new_with_tags(container.clone(), attrs, [], tags)
+                .map_err(|e| PolicyError::Request(one_line(&e)))?,
         );
         let entities = Entities::from_entities(entities, Some(&self.schema))
             .map_err(|e| PolicyError::Request(one_line(&e)))?;
