@@ -8,12 +8,14 @@
 //!
 //! Serves nothing from the file system at run time.
 
-use axum::extract::{Path, Request};
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::WebError;
+use super::{Console, WebError};
 
 /// The Content-Security-Policy of every response.
 pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
@@ -67,9 +69,13 @@ pub(crate) async fn serve(Path(file): Path<String>) -> Result<Response, WebError
 }
 
 /// Adds the security headers to every response; pages are not cached.
-pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
+pub(crate) async fn security_headers(
+    State(console): State<Arc<Console>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let is_static = request.uri().path().starts_with("/static/");
-    let https = request.uri().scheme_str().is_some_and(|s| s == "https");
+    let https = console.web.secure_cookies();
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     for (name, value) in [

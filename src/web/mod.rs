@@ -252,7 +252,10 @@ pub fn router(console: Arc<Console>) -> Router {
             console.clone(),
             auth::cross_site_guard,
         ))
-        .layer(axum::middleware::from_fn(assets::security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            assets::security_headers,
+        ))
         .with_state(console)
 }
 

@@ -182,6 +182,8 @@ impl SshLoginWaiter {
         };
         match row.status.as_str() {
             "refused" => return Err(SshLoginError::Refused),
+            // Another waiter (or an earlier call) took it.
+            "taken" => return Err(SshLoginError::Expired),
             "confirmed" => {}
             _ if now >= row.expires_at => return Err(SshLoginError::Expired),
             _ => return Ok(None),
