@@ -319,6 +319,13 @@ fn a_principal_the_policy_does_not_allow_is_refused() {
         // No session is visible to bob.
         b.goto(&format!("{}/sessions", f.web)).await;
         b.wait_for("#empty", Duration::from_secs(10)).await;
+        // The CSRF token of his console session (the logout form).
+        let csrf = b
+            .script(
+                "const i = document.querySelector('input[name=csrf]'); return i ? i.value : '';",
+                json!([]),
+            )
+            .await;
         // The audit log is not for bob.
         b.goto(&format!("{}/audit", f.web)).await;
         let m = b.wait_for("#message", Duration::from_secs(10)).await;
@@ -328,12 +335,6 @@ fn a_principal_the_policy_does_not_allow_is_refused() {
         b.goto(&format!("{}/requests/{id}", f.web)).await;
         let m = b.wait_for("#message", Duration::from_secs(10)).await;
         assert!(b.text(&m).await.contains("Refused"));
-        let csrf = b
-            .script(
-                "const i = document.querySelector('input[name=csrf]'); return i ? i.value : '';",
-                json!([]),
-            )
-            .await;
         let posted = b
             .script(
                 "const f = document.createElement('form'); f.method = 'post'; \
