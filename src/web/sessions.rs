@@ -387,8 +387,10 @@ pub(crate) async fn page_of(
         },
         may_play,
         running: s.status == "running",
+        // A millisecond past the hit: the hit's line is on screen from the
+        // time of the event that completed it.
         start_at: finite(query.t)
-            .map(|t| format!("{t:.3}"))
+            .map(|t| format!("{:.3}", t + 0.001))
             .unwrap_or_default(),
         speed: finite(query.speed)
             .map(|v| v.min(16.0).to_string())
