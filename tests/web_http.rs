@@ -93,17 +93,18 @@ fn action(html: &str, base: &Url) -> Url {
 /// Plays the user at the test IdP from `first` (a redirect to it) until
 /// it sends the browser back to the console's callback; returns that URL.
 async fn through_idp(c: &Client, first: Response, login: &str) -> Url {
-    let f = fixture();
+    through_idp_at(c, first, login, &fixture().web).await
+}
+
+/// [`through_idp`] for the console at `web`.
+async fn through_idp_at(c: &Client, first: Response, login: &str, web: &str) -> Url {
     let mut resp = first;
-    let mut url: Url = f.web.parse().unwrap();
+    let mut url: Url = web.parse().unwrap();
     for _ in 0..20 {
         if resp.status().is_redirection() {
             let loc = resp.headers()[LOCATION].to_str().unwrap().to_string();
             url = url.join(&loc).unwrap();
-            if url
-                .as_str()
-                .starts_with(&format!("{}/auth/callback", f.web))
-            {
+            if url.as_str().starts_with(&format!("{web}/auth/callback")) {
                 return url;
             }
             resp = c.get(url.clone()).send().await.unwrap();
@@ -481,4 +482,120 @@ fn the_console_serves_tls_with_secure_cookies_and_hsts() {
             .await;
         assert!(plain.is_err() || !plain.unwrap().status().is_redirection());
     });
+}
+
+#[test]
+fn approving_needs_a_fresh_login_at_the_issuer() {
+    let f = fixture();
+    let port = free_port();
+    let web = format!("http://127.0.0.1:{port}");
+    let gw = TestGateway::start(
+        &f.idp.issuer,
+        &format!(
+            "[containers.webfresh]\nlabels = {{ env = \"dev\" }}\n\
+             [web]\nlisten = \"127.0.0.1:{port}\"\nfresh_login_max_age = \"1s\"\n"
+        ),
+    );
+    let config = portcullis::config::Config::load(&gw.config_path).unwrap();
+    rt().block_on(async {
+        // A pending request, as `ssh portcullis@gw request` leaves it.
+        let store = portcullis::store::Store::open(&config.database_url())
+            .await
+            .unwrap();
+        store
+            .insert_access_request(&portcullis::store::NewAccessRequest {
+                id: "f00dfacef00d",
+                requester: "alice",
+                container: "webfresh",
+                login: "root",
+                duration_seconds: 600,
+                reason: "OPS-9 fresh login test",
+                break_glass: false,
+            })
+            .await
+            .unwrap();
+        let c = client();
+        let start = c
+            .get(format!("{web}/login?return_to=/requests/f00dfacef00d"))
+            .send()
+            .await
+            .unwrap();
+        let logged_in_at = std::time::Instant::now();
+        let back = through_idp_at(&c, start, "approver", &web).await;
+        assert_eq!(c.get(back).send().await.unwrap().status(), StatusCode::OK);
+        let page = c
+            .get(format!("{web}/requests/f00dfacef00d"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let csrf = hidden(&page, "csrf").unwrap();
+        // Wait out fresh_login_max_age (a fixed threshold, not an event).
+        tokio::time::sleep(Duration::from_millis(1500).saturating_sub(logged_in_at.elapsed()))
+            .await;
+        let approve = format!("{web}/requests/f00dfacef00d/approve");
+        let stale = c
+            .post(&approve)
+            .header("origin", &web)
+            .form(&[("csrf", csrf.as_str()), ("comment", "ok")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+        let body = stale.text().await.unwrap();
+        let link = body
+            .split("href=\"")
+            .find(|s| s.starts_with("/login?fresh=1"))
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("no fresh-login link:\n{body}"))
+            .replace("&amp;", "&");
+        assert_eq!(
+            store
+                .access_request("f00dfacef00d")
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            "pending",
+            "nothing was done before the fresh login"
+        );
+        let again = c.get(format!("{web}{link}")).send().await.unwrap();
+        let to: Url = again.headers()[LOCATION].to_str().unwrap().parse().unwrap();
+        let q: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
+        assert_eq!(q["prompt"], "login");
+        assert_eq!(q["max_age"], "0");
+        let back = through_idp_at(&c, again, "approver", &web).await;
+        assert_eq!(c.get(back).send().await.unwrap().status(), StatusCode::OK);
+        let done = c
+            .post(&approve)
+            .header("origin", &web)
+            .form(&[("csrf", csrf.as_str()), ("comment", "ok")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), StatusCode::OK);
+        assert!(done.text().await.unwrap().contains("is approved"));
+        assert_eq!(
+            store
+                .access_request("f00dfacef00d")
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            "approved"
+        );
+    });
+    let fresh = gw
+        .audit_events()
+        .into_iter()
+        .filter(|e| {
+            e["kind"] == "authentication"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("web_fresh"))
+        })
+        .count();
+    assert_eq!(fresh, 1);
 }

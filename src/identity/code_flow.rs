@@ -232,7 +232,7 @@ mod tests {
     fn the_pkce_challenge_is_rfc_7636s_example() {
         // RFC 7636 Appendix B.
         assert_eq!(
-            pkce_challenge("dBjftJeZ4CVP-1mB5j0rEHRMI5nFqX3Ftz7H2L0-O-0"),
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }

@@ -305,15 +305,11 @@ impl Browser {
                     self.type_into(&p, "x").await;
                 }
                 self.click_on("button[type=submit]").await;
-            } else if self
-                .find("input[name=prompt][value=consent]")
-                .await
-                .is_some()
-                || url.contains("/interaction/")
+            } else if url.contains("/interaction/")
+                && let Some(b) = self.find("button[type=submit]").await
             {
-                if let Some(b) = self.find("button[type=submit]").await {
-                    self.click(&b).await;
-                }
+                // The consent page.
+                self.click(&b).await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
