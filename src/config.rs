@@ -76,6 +76,10 @@ pub struct Config {
     /// Just-in-time access: access requests and grants.
     #[serde(default)]
     pub grants: GrantsConfig,
+    /// `[web]`: the console for reviewers and approvers (issue 17); off
+    /// when absent.
+    #[serde(default)]
+    pub web: Option<WebConfig>,
 }
 
 /// `[database]`.
@@ -93,6 +97,7 @@ mod inventory;
 mod oidc;
 mod recording;
 mod session;
+mod web;
 
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 pub use grants::GrantsConfig;
@@ -103,6 +108,7 @@ pub use inventory::{
 pub use oidc::OidcConfig;
 pub use recording::{AuditConfig, RecordingConfig, RecordingFailure};
 pub use session::{ForwardingConfig, SessionConfig, SftpConfig, SftpServer};
+pub use web::WebConfig;
 
 /// A secret string (client secret, database URL with password): its `Debug`
 /// is redacted so it never reaches a log.
@@ -202,6 +208,9 @@ impl Config {
         self.validate_oidc(path)?;
         self.validate_auth(path)?;
         self.validate_containers(path)?;
+        if let Some(web) = &self.web {
+            web.validate(path)?;
+        }
         if let Err((key, message)) = self.grants.validate() {
             return Err(invalid(&key, &message));
         }

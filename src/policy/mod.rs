@@ -67,6 +67,21 @@ pub enum Action {
     Watch,
     /// End a live session (`sessions kill ID`); context as [`Action::Watch`].
     Kill,
+    /// See a session in the web console's lists and its page (metadata,
+    /// commands, transfers, audit events); context as [`Action::Watch`].
+    ViewSessions,
+    /// Play or download a session's recording in the web console; context
+    /// as [`Action::Watch`].
+    ViewRecording,
+    /// Read the audit log and its verification in the web console
+    /// (resource `Console::"console"`, see [`PolicyEngine::decide_console`]).
+    ViewAudit,
+    /// Read access requests and grants in the web console (resource
+    /// `Console::"console"`).
+    ViewRequests,
+    /// Read the container inventory in the web console (resource
+    /// `Console::"console"`).
+    ViewContainers,
 }
 
 /// An extra context value for [`PolicyEngine::decide_with`].
@@ -95,6 +110,11 @@ impl Action {
             Action::AgentForward => "agent_forward",
             Action::Watch => "watch",
             Action::Kill => "kill",
+            Action::ViewSessions => "view_sessions",
+            Action::ViewRecording => "view_recording",
+            Action::ViewAudit => "view_audit",
+            Action::ViewRequests => "view_requests",
+            Action::ViewContainers => "view_containers",
         }
     }
 }
@@ -115,6 +135,11 @@ impl FromStr for Action {
             "agent_forward" => Ok(Action::AgentForward),
             "watch" => Ok(Action::Watch),
             "kill" => Ok(Action::Kill),
+            "view_sessions" => Ok(Action::ViewSessions),
+            "view_recording" => Ok(Action::ViewRecording),
+            "view_audit" => Ok(Action::ViewAudit),
+            "view_requests" => Ok(Action::ViewRequests),
+            "view_containers" => Ok(Action::ViewContainers),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
@@ -264,7 +289,7 @@ pub enum PolicyError {
     Empty(PathBuf),
     /// An action name the policy does not know.
     #[error(
-        "unknown action {0:?} (known: shell, exec, request, approve, activate, revoke, review, sftp, port_forward, agent_forward, watch, kill)"
+        "unknown action {0:?} (known: shell, exec, request, approve, activate, revoke, review, sftp, port_forward, agent_forward, watch, kill, view_sessions, view_recording, view_audit, view_requests, view_containers)"
     )]
     UnknownAction(String),
     /// Entities or the request could not be built (bad name or label).
@@ -584,6 +609,8 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+mod console;
 
 #[cfg(test)]
 mod tests;

@@ -197,11 +197,13 @@ pub fn now_ms() -> i64 {
 
 mod audit;
 mod inventory;
+mod console;
 mod review;
 mod transcripts;
 
 pub use audit::{AuditRow, ChainHead, GENESIS_HASH, NewAuditRow, SignedHead, chain_hash};
 pub use inventory::LastSession;
+pub use console::{AuditFilter, LoginStateRecord, SshWebLoginRecord, WebSessionRecord};
 pub use review::SessionFilter;
 pub use transcripts::TranscriptHit;
 

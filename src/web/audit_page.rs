@@ -1,0 +1,169 @@
+//! The audit log in the console: events filterable by kind, outcome,
+//! principal, session and time, newest first and paged; and the chain's
+//! verification, as [`crate::audit::verify`] reports it (the evidence
+//! module owns what is checked; this page shows its report).
+//!
+//! `view_audit` decides both. Verification reads the whole log and every
+//! recording, so it runs on request (a POST, rate-limited), not on every
+//! page view.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::auth::Viewer;
+use super::sessions::AuditLine;
+use super::views::{Nav, page, parse_time};
+use super::{Console, WebError};
+use crate::audit::VerifyReport;
+use crate::policy::Action;
+use crate::store::AuditFilter;
+
+/// Events per page.
+const PAGE: i64 = 100;
+
+/// The filters of `/audit`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AuditQuery {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    outcome: String,
+    #[serde(default)]
+    principal: String,
+    #[serde(default)]
+    session: String,
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+    /// Older than this event id (the next page).
+    #[serde(default)]
+    before: Option<i64>,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    nav: Option<Nav>,
+    csrf: String,
+    query: AuditQuery,
+    events: Vec<AuditLine>,
+    next: Option<String>,
+    report: Option<Report>,
+}
+
+/// A verification report as shown.
+struct Report {
+    ok: bool,
+    summary: String,
+    problems: Vec<String>,
+}
+
+impl Report {
+    fn of(r: &VerifyReport) -> Report {
+        let mut problems = Vec::new();
+        if let Some((id, problem)) = &r.first_bad_event {
+            problems.push(format!("event {id}: {problem}"));
+        }
+        for s in &r.bad_signatures {
+            problems.push(format!("signed head {}: {}", s.signature_id, s.problem));
+        }
+        for rec in &r.bad_recordings {
+            problems.push(format!(
+                "recording of session {}: {}",
+                rec.session_id, rec.problem
+            ));
+        }
+        Report {
+            ok: r.ok(),
+            summary: format!(
+                "{} events, {} signed heads, {} recordings checked",
+                r.events, r.signatures, r.recordings
+            ),
+            problems,
+        }
+    }
+}
+
+async fn render(
+    console: &Console,
+    viewer: &Viewer,
+    query: AuditQuery,
+    report: Option<Report>,
+) -> Result<Response, WebError> {
+    let filter = AuditFilter {
+        kind: query.kind.trim().to_string(),
+        outcome: query.outcome.trim().to_string(),
+        principal: query.principal.trim().to_string(),
+        session_id: query.session.trim().to_string(),
+        since_ms: parse_time("since", &query.since)?,
+        until_ms: parse_time("until", &query.until)?,
+        before_id: query.before,
+        limit: PAGE,
+    };
+    let rows = console.store.audit_page(&filter).await?;
+    let next = (rows.len() as i64 == PAGE)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten()
+        .map(|before| {
+            serde_urlencoded::to_string([
+                ("kind", filter.kind.as_str()),
+                ("outcome", filter.outcome.as_str()),
+                ("principal", filter.principal.as_str()),
+                ("session", filter.session_id.as_str()),
+                ("since", query.since.as_str()),
+                ("until", query.until.as_str()),
+                ("before", before.to_string().as_str()),
+            ])
+            .unwrap_or_default()
+        });
+    page(&AuditPage {
+        nav: Nav::of(viewer),
+        csrf: viewer.csrf.clone(),
+        query,
+        events: rows.iter().map(AuditLine::of).collect(),
+        next,
+        report,
+    })
+}
+
+/// `GET /audit`.
+pub(crate) async fn list(
+    State(console): State<Arc<Console>>,
+    viewer: Viewer,
+    Query(query): Query<AuditQuery>,
+) -> Result<Response, WebError> {
+    console
+        .authorize_page(&viewer, Action::ViewAudit, "read the audit log")
+        .await?;
+    render(&console, &viewer, query, None).await
+}
+
+/// `POST /audit/verify`: runs the verification now and shows its report
+/// above the newest events.
+pub(crate) async fn verify(
+    State(console): State<Arc<Console>>,
+    viewer: Viewer,
+) -> Result<Response, WebError> {
+    console
+        .authorize_page(&viewer, Action::ViewAudit, "verify the audit log")
+        .await?;
+    viewer.count_action(&console)?;
+    // The gateway's own key, when this host has it: signatures by any
+    // other key are reported (as `portcullis audit verify` does).
+    let gateway_key = russh::keys::load_secret_key(console.config.host_key_path(), None)
+        .ok()
+        .map(|k| k.public_key().clone());
+    let report = crate::audit::verify(&console.store, gateway_key.as_ref()).await?;
+    render(
+        &console,
+        &viewer,
+        AuditQuery::default(),
+        Some(Report::of(&report)),
+    )
+    .await
+}
