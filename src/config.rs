@@ -98,7 +98,7 @@ pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 pub use grants::GrantsConfig;
 pub use inventory::{ContainerConfig, InventoryBackend, InventoryConfig, PolicyConfig};
 pub use oidc::OidcConfig;
-pub use recording::{AuditConfig, RecordingConfig, RecordingFailure};
+pub use recording::{AuditConfig, MIN_PART_BYTES, RecordingConfig, RecordingFailure, SpoolFull};
 pub use session::{ForwardingConfig, SessionConfig, SftpConfig, SftpServer};
 
 /// A secret string (client secret, database URL with password): its `Debug`
@@ -220,8 +220,8 @@ impl Config {
                 "must be an absolute path without '..'",
             ));
         }
-        if self.recording.flush_interval.is_zero() {
-            return Err(invalid("recording.flush_interval", "must be above zero"));
+        if let Err((key, message)) = self.recording.validate() {
+            return Err(invalid(&key, &message));
         }
         if self.audit.sign_interval < Duration::from_secs(1) {
             return Err(invalid("audit.sign_interval", "must be at least 1s"));
@@ -262,9 +262,10 @@ impl Config {
         }
     }
 
-    /// Directory of session recordings: `{state_dir}/recordings`.
+    /// Directory of session recordings: `recording.dir`, else
+    /// `{state_dir}/recordings`.
     pub fn recordings_dir(&self) -> PathBuf {
-        self.state_dir.join("recordings")
+        self.recording.dir_in(&self.state_dir)
     }
 
     /// `gateway_id`, else the host name, else `portcullis`.

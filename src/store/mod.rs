@@ -198,10 +198,12 @@ pub fn now_ms() -> i64 {
 mod audit;
 mod review;
 mod transcripts;
+mod uploads;
 
 pub use audit::{AuditRow, ChainHead, GENESIS_HASH, NewAuditRow, SignedHead, chain_hash};
 pub use review::SessionFilter;
 pub use transcripts::TranscriptHit;
+pub use uploads::UploadRecord;
 
 impl Store {
     /// Opens the database at `url` (`sqlite://PATH?mode=rwc` creates the

@@ -6,6 +6,7 @@
 pub mod gateway;
 pub mod idp;
 pub mod postgres;
+pub mod s3;
 
 use std::time::{Duration, Instant};
 
