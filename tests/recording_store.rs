@@ -328,7 +328,8 @@ async fn a_recording_of_several_mib_uploads_in_parts_and_review_reads_it_from_th
     let shown: serde_json::Value =
         serde_json::from_slice(&cli(&["sessions", "show", id, "--json"])).unwrap();
     assert_eq!(shown["markers"][0]["label"], "exec: dump");
-    assert_eq!(shown["markers"][0]["offset_seconds"], 0.0);
+    let offset = shown["markers"][0]["offset_seconds"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&offset), "{offset}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,9 @@ pub struct TestS3 {
     ports: Vec<u16>,
     child: Option<Child>,
     reaper: Option<ChildStdin>,
+    /// Removes `dir` when this process exits (a static server is never
+    /// dropped).
+    _dir_reaper: ChildStdin,
 }
 
 impl TestS3 {
@@ -42,12 +45,23 @@ impl TestS3 {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         // master, volume, filer, s3 (each http + grpc), admin (http + grpc).
         let ports: Vec<u16> = (0..10).map(|_| super::gateway::free_port()).collect();
+        let mut dir_reaper = Command::new("sh")
+            .arg("-c")
+            .arg(format!("read _ignored; sleep 5; rm -rf '{}'", dir.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("reaper");
+        let dir_reaper_stdin = dir_reaper.stdin.take().unwrap();
+        std::mem::forget(dir_reaper);
         let mut s3 = TestS3 {
             endpoint: format!("http://127.0.0.1:{}", ports[6]),
             dir,
             ports,
             child: None,
             reaper: None,
+            _dir_reaper: dir_reaper_stdin,
         };
         s3.start_again();
         s3
