@@ -182,7 +182,11 @@ async fn a_recording_of_several_mib_uploads_in_parts_and_review_reads_it_from_th
         .await
         .unwrap();
     node.recordings.may_start().await.unwrap();
-    let mut recorder = node.recordings.create(id, &header(id)).await.unwrap();
+    let mut recorder = node
+        .recordings
+        .create(id, &header(id), false)
+        .await
+        .unwrap();
     recorder
         .marker(&Marker::Exec { command: "dump" })
         .await
@@ -341,7 +345,11 @@ async fn a_manifest_is_written_once_and_a_foreign_one_is_never_replaced() {
         .unwrap();
     // A small recording: one PUT, no parts.
     let id = "s-once";
-    let mut recorder = node.recordings.create(id, &header(id)).await.unwrap();
+    let mut recorder = node
+        .recordings
+        .create(id, &header(id), false)
+        .await
+        .unwrap();
     recorder.output(b"hello\r\n").await.unwrap();
     let digest = recorder.finish().await.unwrap();
     wait_for("the upload", Duration::from_secs(60), async || {
@@ -373,7 +381,11 @@ async fn a_manifest_is_written_once_and_a_foreign_one_is_never_replaced() {
             .await
             .unwrap()
     );
-    let mut recorder = node.recordings.create(id, &header(id)).await.unwrap();
+    let mut recorder = node
+        .recordings
+        .create(id, &header(id), false)
+        .await
+        .unwrap();
     recorder.output(b"mine\r\n").await.unwrap();
     recorder.finish().await.unwrap();
     wait_for("the refusal", Duration::from_secs(60), async || {
@@ -405,7 +417,11 @@ async fn the_store_down_keeps_recordings_in_a_bounded_spool_until_it_returns() {
     let node = node(&s3, "down", &format!("spool_max_bytes = {}\n", MIB)).await;
     let id = "s-down";
     node.recordings.may_start().await.unwrap();
-    let mut recorder = node.recordings.create(id, &header(id)).await.unwrap();
+    let mut recorder = node
+        .recordings
+        .create(id, &header(id), false)
+        .await
+        .unwrap();
     for chunk in output(2) {
         recorder.output(&chunk).await.unwrap();
     }
@@ -473,7 +489,11 @@ async fn an_upload_cut_by_a_restart_resumes_with_its_parts() {
     let s3 = shared_s3();
     let first = node(s3, "resume", "").await;
     let id = "s-resume";
-    let mut recorder = first.recordings.create(id, &header(id)).await.unwrap();
+    let mut recorder = first
+        .recordings
+        .create(id, &header(id), false)
+        .await
+        .unwrap();
     for chunk in output(11) {
         recorder.output(&chunk).await.unwrap();
     }
@@ -536,7 +556,11 @@ async fn upload_throughput_of_a_64_mib_recording() {
     let s3 = shared_s3();
     let node = node(s3, "speed", "").await;
     let id = "s-speed";
-    let mut recorder = node.recordings.create(id, &header(id)).await.unwrap();
+    let mut recorder = node
+        .recordings
+        .create(id, &header(id), false)
+        .await
+        .unwrap();
     let started = Instant::now();
     for chunk in output(64) {
         recorder.output(&chunk).await.unwrap();

@@ -291,7 +291,11 @@ impl Archive {
 /// Maps an object_store error of `step` on `key`.
 fn object(step: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> RecordingError {
     let key = key.to_string();
-    move |source| RecordingError::Object { step, key, source }
+    move |source| RecordingError::Object {
+        step,
+        key: key.into(),
+        source: Box::new(source),
+    }
 }
 
 /// True when `error` says the multipart upload is unknown to the store
@@ -299,10 +303,8 @@ fn object(step: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> 
 pub(super) fn upload_is_gone(error: &RecordingError) -> bool {
     matches!(
         error,
-        RecordingError::Object {
-            source: object_store::Error::NotFound { .. },
-            ..
-        }
+        RecordingError::Object { source, .. }
+            if matches!(**source, object_store::Error::NotFound { .. })
     )
 }
 

@@ -73,19 +73,16 @@ impl Manifest {
     /// # Errors
     /// [`RecordingError::Manifest`] when it is not a version 1 manifest.
     pub fn parse(session_id: &str, bytes: &[u8]) -> Result<Manifest, RecordingError> {
-        let manifest: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| RecordingError::Manifest {
-                session_id: session_id.to_string(),
-                message: format!("not a manifest: {e}"),
-            })?;
+        let manifest: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| RecordingError::manifest(session_id, format!("not a manifest: {e}")))?;
         if manifest.version != 1 || manifest.session_id != session_id {
-            return Err(RecordingError::Manifest {
-                session_id: session_id.to_string(),
-                message: format!(
+            return Err(RecordingError::manifest(
+                session_id,
+                format!(
                     "version {} of session {}, expected version 1 of this session",
                     manifest.version, manifest.session_id
                 ),
-            });
+            ));
         }
         Ok(manifest)
     }
@@ -109,10 +106,7 @@ impl Manifest {
         } else {
             return Ok(());
         };
-        Err(RecordingError::Manifest {
-            session_id: self.session_id.clone(),
-            message,
-        })
+        Err(RecordingError::manifest(&self.session_id, message))
     }
 }
 

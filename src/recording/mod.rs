@@ -48,9 +48,10 @@
 //! - `spool`: [`Recordings`], the node's recordings directory: where a
 //!   recording is created, whether a new one may start (free space, spool
 //!   bound), and opening one for review wherever it is.
-//! - `archive`, `manifest`, `upload`: object storage (issue 16): the
-//!   bucket and its keys, the signed write-once manifest, and the upload
-//!   queue with retries that resumes after a restart.
+//! - `archive`, `manifest`, `upload`, `upload_event`: object storage
+//!   (issue 16): the bucket and its keys, the signed write-once manifest,
+//!   the upload queue with retries that resumes after a restart, and what
+//!   it reports to the audit log.
 
 mod archive;
 mod batch;
@@ -61,6 +62,7 @@ mod marker;
 mod reader;
 mod spool;
 mod upload;
+mod upload_event;
 mod utf8;
 mod writer;
 
@@ -74,7 +76,8 @@ pub use manifest::{MANIFEST_NAMESPACE, Manifest};
 pub use marker::{Marker, TransferDirection};
 pub use reader::{digest_bytes, digest_file, markers, parse, read, search_lines, transcript_lines};
 pub use spool::{OpenedRecording, RecordingSource, Recordings, StartRefused, open};
-pub use upload::{ManifestSigner, RecordingAudit, UploadEvent, UploadQueue};
+pub use upload::UploadQueue;
+pub use upload_event::{ManifestSigner, RecordingAudit, UploadEvent};
 pub use utf8::Utf8Decoder;
 pub use writer::{InputTap, Recorder, RecorderLimits};
 
@@ -144,31 +147,43 @@ pub enum RecordingError {
     /// An object store request failed.
     #[error("object store: cannot {step} {key}: {source}")]
     Object {
-        /// What was being done (`put part of`, `read`, ...).
+        /// What was being done (`upload a part of`, `read`, ...).
         step: &'static str,
         /// The object's key.
-        key: String,
-        /// object_store's error.
+        key: Box<str>,
+        /// object_store's error (boxed: this enum stays small on the
+        /// recorder's hot path).
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
-    /// A manifest or the object it describes does not check out.
-    #[error("manifest of session {session_id}: {message}")]
-    Manifest {
-        /// The session.
-        session_id: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// A manifest or the object it describes does not check out: "manifest
+    /// of session ID: what is wrong" ([`RecordingError::manifest`]).
+    #[error("{0}")]
+    Manifest(String),
+    /// The audit log could not take an upload event (the step it records
+    /// does not go ahead).
+    #[error("cannot write the upload's audit event: {0}")]
+    Audit(String),
     /// The database holding upload state failed.
     #[error("recording upload state: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[source] Box<crate::store::StoreError>),
     /// The recording is neither on local disk nor in the object store.
     #[error("the recording of session {0} is neither on disk nor in the object store")]
     NotFound(String),
 }
 
+impl From<crate::store::StoreError> for RecordingError {
+    fn from(e: crate::store::StoreError) -> Self {
+        RecordingError::Store(Box::new(e))
+    }
+}
+
 impl RecordingError {
+    /// [`RecordingError::Manifest`] about session `session_id`.
+    pub fn manifest(session_id: &str, message: impl std::fmt::Display) -> RecordingError {
+        RecordingError::Manifest(format!("manifest of session {session_id}: {message}"))
+    }
+
     /// A sentence for the user whose session ends because of this error
     /// (no paths, no internals), without a final period.
     pub fn user_message(&self) -> String {

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::archive::Archive;
 use super::manifest::Manifest;
 use super::reader::digest_bytes;
-use super::upload::{ManifestSigner, RecordingAudit, UploadEvent, UploadQueue};
+use super::upload::UploadQueue;
+use super::upload_event::{ManifestSigner, RecordingAudit, UploadEvent};
 use super::writer::{Recorder, RecorderLimits};
 use super::{Header, RecordingError, human_bytes};
 use crate::config::{Config, RecordingConfig, SpoolFull};
@@ -254,8 +255,10 @@ impl Recordings {
 
     /// Creates session `session_id`'s recording at [`Recordings::path_of`]
     /// with `recording.max_bytes`, the live floor of half of
-    /// `recording.min_free_bytes`, `record_input` and `flush_interval`, and
-    /// registers its upload when object storage is configured.
+    /// `recording.min_free_bytes` and `flush_interval`, recording input
+    /// when `record_input` (pass `recording.record_input` for terminals,
+    /// false for SFTP and scp, whose input is file data), and registers its
+    /// upload when object storage is configured.
     ///
     /// # Errors
     /// As [`Recorder::create_limited`]; [`RecordingError::Store`] when the
@@ -264,6 +267,7 @@ impl Recordings {
         &self,
         session_id: &str,
         header: &Header,
+        record_input: bool,
     ) -> Result<Recorder, RecordingError> {
         let path = self.path_of(session_id);
         let limits = RecorderLimits {
@@ -273,7 +277,7 @@ impl Recordings {
         let (recorder, ended) = Recorder::start(
             &path,
             header,
-            self.config.record_input,
+            record_input,
             self.config.flush_interval,
             limits,
         )
@@ -382,13 +386,12 @@ pub async fn open(
         return Err(RecordingError::NotFound(session_id.to_string()));
     };
     let manifest = Manifest::parse(session_id, &manifest)?;
-    let bytes = archive
-        .get(&manifest.object)
-        .await?
-        .ok_or_else(|| RecordingError::Manifest {
-            session_id: session_id.to_string(),
-            message: format!("its recording {} is missing", manifest.object),
-        })?;
+    let bytes = archive.get(&manifest.object).await?.ok_or_else(|| {
+        RecordingError::manifest(
+            session_id,
+            format!("its recording {} is missing", manifest.object),
+        )
+    })?;
     manifest.check(&digest_bytes(&bytes))?;
     Ok(OpenedRecording {
         bytes,

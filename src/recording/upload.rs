@@ -18,13 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::archive::{Archive, upload_is_gone};
 use super::manifest::Manifest;
 use super::reader::digest_file;
+use super::upload_event::{ManifestSigner, RecordingAudit, UploadEvent};
 use super::writer::WriterEnd;
 use super::{Digest256, RecordingError};
 use crate::store::{Store, UploadRecord, now_ms};
@@ -35,86 +35,6 @@ const STREAM_POLL: Duration = Duration::from_secs(1);
 /// Longest sleep of the worker when nothing is due (it is also woken when
 /// a session ends).
 const IDLE_POLL: Duration = Duration::from_secs(60);
-
-/// What the upload reports to the audit log; the audit module maps each
-/// to an `AuditEvent` (past tense, written before the step it records).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UploadEvent {
-    /// An attempt at finishing a recording's upload is about to begin.
-    Attempted {
-        /// 1 for the first attempt.
-        attempt: u32,
-        /// `s3://BUCKET/KEY` of the recording.
-        object: String,
-        /// Its size, in bytes.
-        bytes: u64,
-        /// Its SHA-256, lowercase hex.
-        sha256: String,
-    },
-    /// An attempt failed.
-    Failed {
-        /// Which attempt.
-        attempt: u32,
-        /// The full reason.
-        reason: String,
-        /// When the next attempt is due, in ms from now; `None` when it
-        /// will not be retried (the local copy is kept).
-        retry_in_ms: Option<u64>,
-    },
-    /// The recording and its manifest were uploaded and read back equal;
-    /// the local copy is deleted next.
-    Uploaded {
-        /// `s3://BUCKET/KEY` of the recording.
-        object: String,
-        /// `s3://BUCKET/KEY` of the manifest.
-        manifest: String,
-        /// Size, in bytes.
-        bytes: u64,
-        /// SHA-256, lowercase hex.
-        sha256: String,
-        /// Attempts it took.
-        attempts: u32,
-    },
-    /// A new session was accepted while the spool was over
-    /// `recording.spool_max_bytes` (`on_spool_full = "continue"`).
-    SpoolOverflowed {
-        /// Bytes of local recordings not yet uploaded.
-        spool_bytes: u64,
-        /// The bound.
-        spool_max_bytes: u64,
-    },
-}
-
-/// Where the upload writes its audit events (the audit log implements it).
-pub trait RecordingAudit: Send + Sync {
-    /// Appends `event` about `session_id`. The step it records goes ahead
-    /// only when this succeeds.
-    ///
-    /// # Errors
-    /// The reason the event could not be written.
-    fn record<'a>(
-        &'a self,
-        session_id: Option<&'a str>,
-        event: &'a UploadEvent,
-    ) -> BoxFuture<'a, Result<(), String>>;
-}
-
-/// Signs manifests as SSHSIGs with the node's host key, and checks them
-/// (the audit module's SSHSIG code implements it).
-pub trait ManifestSigner: Send + Sync {
-    /// Signs `message` in [`super::MANIFEST_NAMESPACE`]; returns the
-    /// public key (OpenSSH format) and the armored signature.
-    ///
-    /// # Errors
-    /// Why signing failed.
-    fn sign(&self, message: &[u8]) -> Result<(String, String), String>;
-
-    /// Checks `signature` over `message` by `public_key`.
-    ///
-    /// # Errors
-    /// Why it does not verify.
-    fn check(&self, public_key: &str, message: &[u8], signature: &str) -> Result<(), String>;
-}
 
 /// The node's queue of recordings to upload. Cheap to clone.
 #[derive(Clone)]
@@ -436,10 +356,7 @@ impl UploadQueue {
         };
         let result = match self.inner.audit.record(Some(&session_id), &started).await {
             Ok(()) => self.finish(&row).await,
-            Err(e) => Err(Failure::Retry(RecordingError::Manifest {
-                session_id: session_id.clone(),
-                message: format!("cannot audit the upload attempt: {e}"),
-            })),
+            Err(e) => Err(Failure::Retry(RecordingError::Audit(e))),
         };
         let failure = match result {
             Ok(manifest) => match self.uploaded(&row, &manifest, attempt).await {
@@ -483,12 +400,8 @@ impl UploadQueue {
 
     /// The steps of one attempt, up to a manifest read back and checked.
     async fn finish(&self, row: &UploadRecord) -> Result<Manifest, Failure> {
-        let give_up = |message: String| {
-            Failure::GiveUp(RecordingError::Manifest {
-                session_id: row.session_id.clone(),
-                message,
-            })
-        };
+        let give_up =
+            |message: String| Failure::GiveUp(RecordingError::manifest(&row.session_id, message));
         let (Some(bytes), Some(sha256)) = (row.bytes, row.sha256.clone()) else {
             return Err(give_up("the recording's final digest is unknown".into()));
         };
@@ -594,18 +507,14 @@ impl UploadQueue {
         row: &UploadRecord,
         wrote: Option<&Manifest>,
     ) -> Result<Manifest, Failure> {
-        let give_up = |message: String| {
-            Failure::GiveUp(RecordingError::Manifest {
-                session_id: row.session_id.clone(),
-                message,
-            })
-        };
+        let give_up =
+            |message: String| Failure::GiveUp(RecordingError::manifest(&row.session_id, message));
         let archive = &self.inner.archive;
         let Some(stored) = archive.get(&row.manifest_key).await? else {
-            return Err(Failure::Retry(RecordingError::Manifest {
-                session_id: row.session_id.clone(),
-                message: "the manifest just written cannot be read back".into(),
-            }));
+            return Err(Failure::Retry(RecordingError::manifest(
+                &row.session_id,
+                "the manifest just written cannot be read back",
+            )));
         };
         let manifest = Manifest::parse(&row.session_id, &stored).map_err(Failure::GiveUp)?;
         match wrote {
@@ -658,10 +567,7 @@ impl UploadQueue {
             .audit
             .record(Some(&row.session_id), &event)
             .await
-            .map_err(|e| RecordingError::Manifest {
-                session_id: row.session_id.clone(),
-                message: format!("cannot audit the upload: {e}"),
-            })?;
+            .map_err(RecordingError::Audit)?;
         match tokio::fs::remove_file(&row.local_path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -47,7 +47,10 @@ impl TestS3 {
         let ports: Vec<u16> = (0..10).map(|_| super::gateway::free_port()).collect();
         let mut dir_reaper = Command::new("sh")
             .arg("-c")
-            .arg(format!("read _ignored; sleep 5; rm -rf '{}'", dir.display()))
+            .arg(format!(
+                "read _ignored; sleep 5; rm -rf '{}'",
+                dir.display()
+            ))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
