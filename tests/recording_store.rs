@@ -334,6 +334,18 @@ async fn a_recording_of_several_mib_uploads_in_parts_and_review_reads_it_from_th
     assert_eq!(shown["markers"][0]["label"], "exec: dump");
     let offset = shown["markers"][0]["offset_seconds"].as_f64().unwrap();
     assert!((0.0..1.0).contains(&offset), "{offset}");
+    // Search finds the marker at its offset (the session core indexes
+    // `search_lines` at session end; here the test indexes the markers,
+    // not 12 MiB of lines).
+    node.store
+        .index_transcript(id, &portcullis::recording::markers(&events))
+        .await
+        .unwrap();
+    let hits: serde_json::Value =
+        serde_json::from_slice(&cli(&["sessions", "search", "exec: dump", "--json"])).unwrap();
+    assert_eq!(hits[0]["session_id"], id);
+    assert_eq!(hits[0]["text"], "exec: dump");
+    assert_eq!(hits[0]["offset_seconds"].as_f64(), Some(offset));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

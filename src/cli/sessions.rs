@@ -163,6 +163,12 @@ pub(crate) async fn sessions(config: Config, command: SessionsCommand) -> anyhow
                     })
                     .collect();
                 print_table(&["SESSION", "OFFSET", "TEXT"], &rows);
+                if let Some(hit) = hits.first() {
+                    println!(
+                        "\nreplay from a hit: portcullis sessions play {} --at {:.3}",
+                        hit.session_id, hit.offset_seconds
+                    );
+                }
             }
             if hits.is_empty() {
                 return Ok(ExitCode::from(1));
