@@ -404,3 +404,57 @@ async fn the_writer_stops_before_eating_into_the_reserve() {
         Err(RecordingError::DiskReserve { .. })
     ));
 }
+
+#[tokio::test]
+async fn new_sessions_are_refused_before_the_disk_of_the_database_or_recordings_fills() {
+    let small = Tmpfs::mount("8m");
+    let roomy = tempfile::tempdir().unwrap();
+    let config = |state: &std::path::Path, recordings: &std::path::Path, min_free: u64| {
+        let text = format!(
+            "state_dir = \"{}\"\n[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"p\"\n\
+             [recording]\ndir = \"{}\"\nmin_free_bytes = {min_free}\n",
+            state.display(),
+            recordings.display()
+        );
+        crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap()
+    };
+    // The SQLite database (in state_dir) on the small filesystem.
+    let c = config(small.path(), roomy.path(), 16 << 20);
+    let store = crate::store::Store::open(&c.database_url()).await.unwrap();
+    let refused = Recordings::local(&c, store.clone())
+        .may_start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StartRefused::LowDisk { path, free_bytes, min_free_bytes }
+            if path == small.path() && *free_bytes < 8 << 20 && *min_free_bytes == 16 << 20),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.to_string(),
+        "the gateway is low on disk space; new sessions are refused until space is freed"
+    );
+    assert!(
+        refused
+            .detail()
+            .ends_with("under recording.min_free_bytes (16 MiB)")
+    );
+    // The recordings on it, the database elsewhere: refused too.
+    let c = config(roomy.path(), small.path(), 16 << 20);
+    let store = crate::store::Store::open(&c.database_url()).await.unwrap();
+    let refused = Recordings::local(&c, store.clone())
+        .may_start()
+        .await
+        .unwrap_err();
+    assert!(matches!(&refused, StartRefused::LowDisk { path, .. } if path == small.path()));
+    // With room for the reserve, sessions may start.
+    let c = config(small.path(), roomy.path(), 1 << 20);
+    assert_eq!(Recordings::local(&c, store).may_start().await, Ok(()));
+    // A directory whose space cannot be read: refused (fail closed).
+    let c = config(roomy.path(), &roomy.path().join("missing"), 1 << 20);
+    let store = crate::store::Store::open(&c.database_url()).await.unwrap();
+    assert!(matches!(
+        Recordings::local(&c, store).may_start().await,
+        Err(StartRefused::Unknown(_))
+    ));
+}
