@@ -106,7 +106,7 @@ pub use inventory::{
     MAX_OWNER_PURPOSE_BYTES, PolicyConfig,
 };
 pub use oidc::OidcConfig;
-pub use recording::{AuditConfig, RecordingConfig, RecordingFailure};
+pub use recording::{AuditConfig, MIN_PART_BYTES, RecordingConfig, RecordingFailure, SpoolFull};
 pub use session::{ForwardingConfig, SessionConfig, SftpConfig, SftpServer};
 pub use web::WebConfig;
 
@@ -232,8 +232,8 @@ impl Config {
                 "must be an absolute path without '..'",
             ));
         }
-        if self.recording.flush_interval.is_zero() {
-            return Err(invalid("recording.flush_interval", "must be above zero"));
+        if let Err((key, message)) = self.recording.validate() {
+            return Err(invalid(&key, &message));
         }
         if self.audit.sign_interval < Duration::from_secs(1) {
             return Err(invalid("audit.sign_interval", "must be at least 1s"));
@@ -274,9 +274,10 @@ impl Config {
         }
     }
 
-    /// Directory of session recordings: `{state_dir}/recordings`.
+    /// Directory of session recordings: `recording.dir`, else
+    /// `{state_dir}/recordings`.
     pub fn recordings_dir(&self) -> PathBuf {
-        self.state_dir.join("recordings")
+        self.recording.dir_in(&self.state_dir)
     }
 
     /// `gateway_id`, else the host name, else `portcullis`.

@@ -54,13 +54,7 @@ impl AuditSigner {
             return Ok(Some(head.event_id));
         }
         let signature = self
-            .key
-            .sign(
-                SIGNATURE_NAMESPACE,
-                HashAlg::Sha512,
-                head_message(&head).as_bytes(),
-            )
-            .and_then(|sig| sig.to_pem(LineEnding::LF))
+            .sign_message(SIGNATURE_NAMESPACE, head_message(&head).as_bytes())
             .map_err(|e| {
                 StoreError::Query(sqlx::Error::Protocol(format!("signing failed: {e}")))
             })?;
@@ -69,6 +63,43 @@ impl AuditSigner {
             .await?;
         Ok(Some(head.event_id))
     }
+
+    /// Signs `message` as an armored SSHSIG (OpenSSH `PROTOCOL.sshsig`,
+    /// SHA-512) in `namespace`: chain heads, recording manifests.
+    ///
+    /// # Errors
+    /// ssh-key's signing or encoding error.
+    pub fn sign_message(
+        &self,
+        namespace: &str,
+        message: &[u8],
+    ) -> Result<String, russh::keys::ssh_key::Error> {
+        self.key
+            .sign(namespace, HashAlg::Sha512, message)
+            .and_then(|sig| sig.to_pem(LineEnding::LF))
+    }
+
+    /// The signing key, OpenSSH public key format.
+    pub fn public_key(&self) -> &str {
+        &self.public_key
+    }
+}
+
+/// Checks an armored SSHSIG over `message` in `namespace` by `public_key`
+/// (OpenSSH format).
+///
+/// # Errors
+/// What is wrong: the key, the signature's encoding, or the signature.
+pub fn check_sshsig(
+    public_key: &str,
+    namespace: &str,
+    message: &[u8],
+    signature: &str,
+) -> Result<(), String> {
+    let key = PublicKey::from_openssh(public_key).map_err(|e| format!("bad public key: {e}"))?;
+    let sig = SshSig::from_pem(signature).map_err(|e| format!("bad signature encoding: {e}"))?;
+    key.verify(namespace, message, &sig)
+        .map_err(|e| format!("signature does not verify: {e}"))
 }
 
 /// A recording that does not match its records.
@@ -227,20 +258,20 @@ fn check_signature(
     head: &ChainHead,
     gateway_key: Option<&PublicKey>,
 ) -> Option<String> {
-    let key = match PublicKey::from_openssh(public_key) {
-        Ok(k) => k,
-        Err(e) => return Some(format!("bad public key: {e}")),
-    };
-    if let Some(gateway) = gateway_key
-        && gateway.key_data() != key.key_data()
-    {
-        return Some("signed with a key that is not the gateway's".to_string());
+    if let Some(gateway) = gateway_key {
+        match PublicKey::from_openssh(public_key) {
+            Err(e) => return Some(format!("bad public key: {e}")),
+            Ok(key) if gateway.key_data() != key.key_data() => {
+                return Some("signed with a key that is not the gateway's".to_string());
+            }
+            Ok(_) => {}
+        }
     }
-    let sig = match SshSig::from_pem(signature) {
-        Ok(s) => s,
-        Err(e) => return Some(format!("bad signature encoding: {e}")),
-    };
-    key.verify(SIGNATURE_NAMESPACE, head_message(head).as_bytes(), &sig)
-        .err()
-        .map(|e| format!("signature does not verify: {e}"))
+    check_sshsig(
+        public_key,
+        SIGNATURE_NAMESPACE,
+        head_message(head).as_bytes(),
+        signature,
+    )
+    .err()
 }

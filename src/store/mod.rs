@@ -200,12 +200,14 @@ mod inventory;
 mod console;
 mod review;
 mod transcripts;
+mod uploads;
 
 pub use audit::{AuditRow, ChainHead, GENESIS_HASH, NewAuditRow, SignedHead, chain_hash};
 pub use inventory::LastSession;
 pub use console::{AuditFilter, LoginStateRecord, SshWebLoginRecord, WebSessionRecord};
 pub use review::SessionFilter;
 pub use transcripts::TranscriptHit;
+pub use uploads::UploadRecord;
 
 impl Store {
     /// Opens the database at `url` (`sqlite://PATH?mode=rwc` creates the

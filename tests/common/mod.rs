@@ -7,6 +7,7 @@ pub mod browser;
 pub mod gateway;
 pub mod idp;
 pub mod postgres;
+pub mod s3;
 
 use std::time::{Duration, Instant};
 
