@@ -22,6 +22,8 @@
 //! | [`attach`] | the helper that enters a container; PTY; exit status |
 //! | [`sftp`], [`scp`] | file transfers served inside a container, as the login |
 //! | [`ssh`] | the russh server: auth, channels, wiring the above |
+//! | [`text`] | display-safe text: hidden characters, Slack escaping, terminal output |
+//! | [`throttle`] | per-source limits before authentication |
 //! | [`cli`] | the `portcullis` command |
 
 pub mod attach;
@@ -37,3 +39,5 @@ pub mod scp;
 pub mod sftp;
 pub mod ssh;
 pub mod store;
+pub mod text;
+pub mod throttle;
