@@ -9,6 +9,7 @@
 
 mod binding;
 mod certificate;
+mod claims;
 mod device;
 #[cfg(test)]
 mod hostile_tests;
@@ -19,7 +20,7 @@ pub use binding::{BindingCheck, KeyBindings, key_fingerprint};
 pub use certificate::{CertificateAuthorities, CertificateError};
 pub use device::{DeviceAuthorization, DeviceFlowError};
 pub use issuers::Issuers;
-pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, VerifiedIdToken};
+pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, TokenSource, VerifiedIdToken};
 
 /// OpenSSH reads at most this many bytes per keyboard-interactive prompt
 /// (`readpassphrase` with a 1024-byte buffer); an answer this long was
@@ -84,6 +85,15 @@ pub enum IdentityError {
     /// A required claim is missing or has the wrong type.
     #[error("bad claims: {0}")]
     Claims(String),
+    /// The token is typed as another kind of JWT (an access token, RFC
+    /// 9068 `at+jwt`; Keycloak's `typ` claim other than `ID`), RFC 8725
+    /// §3.11.
+    #[error("not an ID token: {0}")]
+    NotAnIdToken(String),
+    /// `iat` is further in the future than the leeway (OpenID Connect
+    /// Core 1.0 §3.1.3.7).
+    #[error("token issued in the future")]
+    IssuedInTheFuture,
     /// The device flow failed.
     #[error(transparent)]
     DeviceFlow(#[from] DeviceFlowError),
@@ -101,7 +111,13 @@ impl IdentityError {
                  this token was cut; press Enter at the prompt to log in with your browser instead."
             ),
             IdentityError::Expired => "Login failed: the token has expired.".into(),
-            IdentityError::NotYetValid => "Login failed: the token is not valid yet.".into(),
+            IdentityError::NotYetValid | IdentityError::IssuedInTheFuture => {
+                "Login failed: the token is not valid yet (check the clocks).".into()
+            }
+            IdentityError::NotAnIdToken(_) => {
+                "Login failed: this is not an ID token (an access token?); paste the ID token."
+                    .into()
+            }
             IdentityError::WrongIssuer => {
                 "Login failed: the token was issued by another identity provider.".into()
             }
