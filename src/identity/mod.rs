@@ -14,12 +14,16 @@ mod device;
 #[cfg(test)]
 mod hostile_tests;
 mod issuers;
+mod krl;
 mod oidc;
 
 pub use binding::{BindingCheck, KeyBindings, key_fingerprint};
-pub use certificate::{CertificateAuthorities, CertificateError};
+pub use certificate::{
+    CertificateAuthorities, CertificateError, CertificatePermits, CertifiedPrincipal,
+};
 pub use device::{DeviceAuthorization, DeviceFlowError};
 pub use issuers::Issuers;
+pub use krl::{Krl, KrlError, RevokedKeys};
 pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, TokenSource, VerifiedIdToken};
 
 /// OpenSSH reads at most this many bytes per keyboard-interactive prompt
