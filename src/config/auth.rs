@@ -303,9 +303,11 @@ impl super::Config {
         };
         let several = self.oidc.len() > 1;
         for (j, o) in self.oidc.iter().enumerate() {
-            if overlap(&ca.principal_prefix, &o.principal_prefix)
-                && !(o.principal_prefix.is_empty() && !ca.principal_prefix.is_empty())
-            {
+            // An issuer without a prefix owns what no other source's prefix
+            // claims: it may sit beside a CA with one (its names are kept
+            // out of the CA's prefix when tokens are validated).
+            let beside = o.principal_prefix.is_empty() && !ca.principal_prefix.is_empty();
+            if !beside && overlap(&ca.principal_prefix, &o.principal_prefix) {
                 let key = if several {
                     format!("oidc[{j}].principal_prefix")
                 } else {

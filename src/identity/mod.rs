@@ -16,8 +16,13 @@ mod hostile_tests;
 mod issuers;
 mod krl;
 mod oidc;
+mod own_keys;
+mod sealing;
 
-pub use binding::{BindingCheck, KeyBindings, key_fingerprint};
+pub use binding::{
+    BindingCheck, BindingError, BindingOrigin, KeyBindings, REFRESH_CLAIM, REFRESH_WAIT,
+    key_fingerprint,
+};
 pub use certificate::{
     CertificateAuthorities, CertificateError, CertificatePermits, CertifiedPrincipal,
 };
@@ -25,6 +30,8 @@ pub use device::{DeviceAuthorization, DeviceFlowError};
 pub use issuers::Issuers;
 pub use krl::{Krl, KrlError, RevokedKeys};
 pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, TokenSource, VerifiedIdToken};
+pub use own_keys::BindingNotice;
+pub use sealing::{RefreshTokenKey, SealedFor, SealingError};
 
 /// OpenSSH reads at most this many bytes per keyboard-interactive prompt
 /// (`readpassphrase` with a 1024-byte buffer); an answer this long was
