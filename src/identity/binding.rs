@@ -517,7 +517,7 @@ impl KeyBindings {
                 .await
                 .map_err(BindingError::Audit)?;
         }
-        let body = super::own_keys::key_bound_body(
+        let body = super::announce::key_bound_body(
             &fingerprint,
             principal,
             client_addr,

@@ -7,6 +7,7 @@
 //! a certificate into a [`Principal`]. It never decides access (that is
 //! [`crate::policy`]) and never logs tokens.
 
+mod announce;
 mod binding;
 mod certificate;
 mod claims;
@@ -19,6 +20,7 @@ mod oidc;
 mod own_keys;
 mod sealing;
 
+pub use announce::BindingNotice;
 pub use binding::{
     BindingCheck, BindingError, BindingOrigin, KeyBindings, REFRESH_CLAIM, REFRESH_WAIT,
     key_fingerprint,
@@ -30,7 +32,6 @@ pub use device::{DeviceAuthorization, DeviceFlowError};
 pub use issuers::Issuers;
 pub use krl::{Krl, KrlError, RevokedKeys};
 pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, TokenSource, VerifiedIdToken};
-pub use own_keys::BindingNotice;
 pub use sealing::{RefreshTokenKey, SealedFor, SealingError};
 
 /// OpenSSH reads at most this many bytes per keyboard-interactive prompt
