@@ -6,7 +6,10 @@
 //! `FILE.cedar#N`), and decisions cite those names.
 //!
 //! Entities: `User::"<subject>"` in `Group::"<name>"` for each group of the
-//! principal; `Container::"<name>"` with attribute `name` and one string tag
+//! principal, with the optional attribute `issuer` (who vouched: the OIDC
+//! issuer URL or `ssh-ca:SHA256:...`; present when the caller uses
+//! [`PolicyEngine::decide_as`] / [`PolicyEngine::decide_workflow_as`]);
+//! `Container::"<name>"` with attribute `name` and one string tag
 //! per label. Actions: `Action::"shell"`, `Action::"exec"` with context
 //! `login` (string), `command` (string, `""` for a shell) and `grant` (the
 //! principal's active grant for that login: `active`, `id`, `approver`,
@@ -17,7 +20,8 @@
 //! `activate` is asked after each approval, counting it, and the request
 //! becomes a grant only when it is permitted); `Action::"sftp"` (context as exec plus `access`,
 //! `"read"`/`"write"`), `"port_forward"` (plus `host`, string, and `port`,
-//! long) and `"agent_forward"` (issue 5).
+//! long) and `"agent_forward"` (issue 5); `Action::"view"` (see an access
+//! request or grant in listings, workflow context; [`visibility`]).
 //!
 //! Deciding is pure: no I/O, everything comes in the request.
 
@@ -65,6 +69,10 @@ pub enum Action {
     Watch,
     /// End a live session (`sessions kill ID`); context as [`Action::Watch`].
     Kill,
+    /// See someone else's access request or grant in `requests`,
+    /// `request show` and `grants` (issue 14); workflow context. One's own
+    /// are always shown; see [`visibility`].
+    View,
 }
 
 /// An extra context value for [`PolicyEngine::decide_with`].
@@ -93,6 +101,7 @@ impl Action {
             Action::AgentForward => "agent_forward",
             Action::Watch => "watch",
             Action::Kill => "kill",
+            Action::View => "view",
         }
     }
 }
@@ -113,6 +122,7 @@ impl FromStr for Action {
             "agent_forward" => Ok(Action::AgentForward),
             "watch" => Ok(Action::Watch),
             "kill" => Ok(Action::Kill),
+            "view" => Ok(Action::View),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
@@ -233,7 +243,7 @@ pub enum PolicyError {
     Empty(PathBuf),
     /// An action name the policy does not know.
     #[error(
-        "unknown action {0:?} (known: shell, exec, request, approve, activate, revoke, review, sftp, port_forward, agent_forward, watch, kill)"
+        "unknown action {0:?} (known: shell, exec, request, approve, activate, revoke, review, sftp, port_forward, agent_forward, watch, kill, view)"
     )]
     UnknownAction(String),
     /// Entities or the request could not be built (bad name or label).
@@ -307,6 +317,31 @@ impl PolicyEngine {
         request: &AccessRequest<'_>,
         extra: &[(&str, ContextValue)],
     ) -> Result<Decision, PolicyError> {
+        self.decide_for(None, request, extra)
+    }
+
+    /// [`PolicyEngine::decide_with`] with the principal's `issuer` as the
+    /// `User` entity's `issuer` attribute (review finding M1), so a policy
+    /// can tell sources apart: `principal has issuer && principal.issuer
+    /// == "https://idp.example.com"`.
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide`].
+    pub fn decide_as(
+        &self,
+        issuer: &str,
+        request: &AccessRequest<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
+        self.decide_for(Some(issuer), request, extra)
+    }
+
+    fn decide_for(
+        &self,
+        issuer: Option<&str>,
+        request: &AccessRequest<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
         let grant = request.grant.unwrap_or(GrantContext {
             id: "",
             approver: "",
@@ -350,7 +385,7 @@ impl PolicyEngine {
             ((*k).to_string(), value)
         });
         self.evaluate(
-            request.principal,
+            (request.principal, issuer),
             request.groups,
             request.container,
             request.labels,
@@ -367,6 +402,27 @@ impl PolicyEngine {
     /// [`PolicyError::Request`] when an entity or the context cannot be
     /// built (the caller must treat it as a deny).
     pub fn decide_workflow(&self, request: &WorkflowRequest<'_>) -> Result<Decision, PolicyError> {
+        self.decide_workflow_for(None, request)
+    }
+
+    /// [`PolicyEngine::decide_workflow`] with the principal's `issuer` on
+    /// the `User` entity (see [`PolicyEngine::decide_as`]).
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide_workflow`].
+    pub fn decide_workflow_as(
+        &self,
+        issuer: &str,
+        request: &WorkflowRequest<'_>,
+    ) -> Result<Decision, PolicyError> {
+        self.decide_workflow_for(Some(issuer), request)
+    }
+
+    fn decide_workflow_for(
+        &self,
+        issuer: Option<&str>,
+        request: &WorkflowRequest<'_>,
+    ) -> Result<Decision, PolicyError> {
         let context = [
             (
                 "requester".to_string(),
@@ -394,7 +450,7 @@ impl PolicyEngine {
             ),
         ];
         self.evaluate(
-            request.principal,
+            (request.principal, issuer),
             request.groups,
             request.container,
             request.labels,
@@ -405,7 +461,7 @@ impl PolicyEngine {
 
     fn evaluate(
         &self,
-        principal: &str,
+        (principal, issuer): (&str, Option<&str>),
         principal_groups: &[String],
         container_name: &str,
         labels: &BTreeMap<String, String>,
@@ -422,7 +478,16 @@ impl PolicyEngine {
             entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
             groups.insert(group);
         }
-        entities.push(Entity::new_no_attrs(user.clone(), groups));
+        let attrs = issuer.map(|i| {
+            (
+                "issuer".to_string(),
+                RestrictedExpression::new_string(i.to_string()),
+            )
+        });
+        entities.push(
+            Entity::new(user.clone(), attrs.into_iter().collect(), groups)
+                .map_err(|e| PolicyError::Request(one_line(&e)))?,
+        );
         let tags = labels
             .iter()
             .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
@@ -509,6 +574,8 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+pub mod visibility;
 
 #[cfg(test)]
 mod tests;
