@@ -395,8 +395,8 @@ impl RevokedKeys {
     }
 
     /// The current list (`None` when none is configured), read again
-    /// when the file changed since the last look (at most once per
-    /// [`RECHECK_INTERVAL`]).
+    /// when the file changed since the last look (looked at once a second
+    /// at most).
     ///
     /// # Errors
     /// [`KrlError::Read`] / [`KrlError::Parse`] while the file is missing,

@@ -4,7 +4,11 @@
 //! PROTOCOL.certkeys).
 //!
 //! Owns talking to the issuers and turning a valid ID token, a bound key or
-//! a certificate into a [`Principal`]. It never decides access (that is
+//! a certificate into a [`Principal`]: the claim checks of RFC 8725 and
+//! OpenID Connect Core (`claims.rs`), groups namespaced per source, refresh
+//! tokens sealed at rest (`sealing.rs`), what a principal sees of their own
+//! key bindings (`own_keys.rs`, `announce.rs`) and revoked keys (OpenSSH
+//! PROTOCOL.krl, `krl.rs`). It never decides access (that is
 //! [`crate::policy`]) and never logs tokens.
 
 mod announce;
@@ -46,10 +50,13 @@ pub struct Principal {
     pub subject: String,
     /// The `email` claim, when present.
     pub email: Option<String>,
-    /// The groups claim (configurable name), empty when absent.
+    /// The groups claim (configurable name), namespaced per source (an
+    /// issuer's or CA's `principal_prefix` unless in its `allowed_groups`);
+    /// empty when absent.
     pub groups: Vec<String>,
     /// Who vouched: the issuer URL, or `ssh-ca:SHA256:...` for a
-    /// certificate.
+    /// certificate (the Cedar `User` entity's `issuer`, via
+    /// [`crate::policy::PolicyEngine::decide_as`]).
     pub issuer: String,
 }
 
