@@ -96,7 +96,10 @@ mod session;
 
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 pub use grants::GrantsConfig;
-pub use inventory::{ContainerConfig, InventoryBackend, InventoryConfig, PolicyConfig};
+pub use inventory::{
+    ContainerConfig, INCUS_SOCKET, InventoryBackend, InventoryConfig, LXD_SOCKET,
+    MAX_OWNER_PURPOSE_BYTES, PolicyConfig,
+};
 pub use oidc::OidcConfig;
 pub use recording::{AuditConfig, RecordingConfig, RecordingFailure};
 pub use session::{ForwardingConfig, SessionConfig, SftpConfig, SftpServer};

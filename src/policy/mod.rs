@@ -8,9 +8,11 @@
 //! Entities: `User::"<subject>"` in `Group::"<name>"` for each group of the
 //! principal, with the optional attribute `issuer` (who vouched: the OIDC
 //! issuer URL or `ssh-ca:SHA256:...`; present when the caller uses
-//! [`PolicyEngine::decide_as`] / [`PolicyEngine::decide_workflow_as`]);
-//! `Container::"<name>"` with attribute `name` and one string tag
-//! per label. Actions: `Action::"shell"`, `Action::"exec"` with context
+//! [`PolicyEngine::decide_as`] and the other `*_as*` methods);
+//! `Container::"<name>"` with attribute `name`, the optional
+//! attributes `owner` and `purpose` (given through
+//! [`ContainerAttributes`]; absent otherwise), and one string tag per
+//! label. Actions: `Action::"shell"`, `Action::"exec"` with context
 //! `login` (string), `command` (string, `""` for a shell) and `grant` (the
 //! principal's active grant for that login: `active`, `id`, `approver`,
 //! `expires_at` in unix seconds); `Action::"request"`, `"approve"`,
@@ -20,8 +22,7 @@
 //! `activate` is asked after each approval, counting it, and the request
 //! becomes a grant only when it is permitted); `Action::"sftp"` (context as exec plus `access`,
 //! `"read"`/`"write"`), `"port_forward"` (plus `host`, string, and `port`,
-//! long) and `"agent_forward"` (issue 5); `Action::"view"` (see an access
-//! request or grant in listings, workflow context; [`visibility`]).
+//! long) and `"agent_forward"` (issue 5).
 //!
 //! Deciding is pure: no I/O, everything comes in the request.
 
@@ -196,6 +197,36 @@ pub struct AccessRequest<'a> {
     pub grant: Option<GrantContext<'a>>,
 }
 
+/// The container entity's optional attributes `owner` and `purpose`
+/// (schema: `owner?: String, purpose?: String`), for
+/// [`PolicyEngine::decide_with_container`] and
+/// [`PolicyEngine::decide_workflow_with_container`] (and their `*_as_*`
+/// forms, which add the principal's issuer); the other `decide*` methods
+/// leave both absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerAttributes<'a> {
+    /// Who answers for the container.
+    pub owner: Option<&'a str>,
+    /// What it is for.
+    pub purpose: Option<&'a str>,
+}
+
+impl<'a> From<&'a crate::inventory::Container> for ContainerAttributes<'a> {
+    fn from(c: &'a crate::inventory::Container) -> ContainerAttributes<'a> {
+        ContainerAttributes {
+            owner: c.owner.as_deref(),
+            purpose: c.purpose.as_deref(),
+        }
+    }
+}
+
+/// The container entity of one decision.
+struct Resource<'a> {
+    name: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    attributes: ContainerAttributes<'a>,
+}
+
 /// The answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -317,7 +348,22 @@ impl PolicyEngine {
         request: &AccessRequest<'_>,
         extra: &[(&str, ContextValue)],
     ) -> Result<Decision, PolicyError> {
-        self.decide_for(None, request, extra)
+        self.decide_with_container(request, ContainerAttributes::default(), extra)
+    }
+
+    /// [`PolicyEngine::decide_with`] with the container's `owner` and
+    /// `purpose` as entity attributes (e.g.
+    /// `ContainerAttributes::from(&container)`).
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide`].
+    pub fn decide_with_container(
+        &self,
+        request: &AccessRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
+        self.decide_for(None, request, attributes, extra)
     }
 
     /// [`PolicyEngine::decide_with`] with the principal's `issuer` as the
@@ -333,13 +379,30 @@ impl PolicyEngine {
         request: &AccessRequest<'_>,
         extra: &[(&str, ContextValue)],
     ) -> Result<Decision, PolicyError> {
-        self.decide_for(Some(issuer), request, extra)
+        self.decide_for(Some(issuer), request, ContainerAttributes::default(), extra)
+    }
+
+    /// [`PolicyEngine::decide_with_container`] with the principal's
+    /// `issuer` (see [`PolicyEngine::decide_as`]): what the session core
+    /// calls for every shell, exec, sftp and forward decision.
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide`].
+    pub fn decide_as_with_container(
+        &self,
+        issuer: &str,
+        request: &AccessRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
+        self.decide_for(Some(issuer), request, attributes, extra)
     }
 
     fn decide_for(
         &self,
         issuer: Option<&str>,
         request: &AccessRequest<'_>,
+        attributes: ContainerAttributes<'_>,
         extra: &[(&str, ContextValue)],
     ) -> Result<Decision, PolicyError> {
         let grant = request.grant.unwrap_or(GrantContext {
@@ -387,8 +450,11 @@ impl PolicyEngine {
         self.evaluate(
             (request.principal, issuer),
             request.groups,
-            request.container,
-            request.labels,
+            Resource {
+                name: request.container,
+                labels: request.labels,
+                attributes,
+            },
             request.action,
             context.into_iter().chain(extra),
         )
@@ -402,7 +468,20 @@ impl PolicyEngine {
     /// [`PolicyError::Request`] when an entity or the context cannot be
     /// built (the caller must treat it as a deny).
     pub fn decide_workflow(&self, request: &WorkflowRequest<'_>) -> Result<Decision, PolicyError> {
-        self.decide_workflow_for(None, request)
+        self.decide_workflow_with_container(request, ContainerAttributes::default())
+    }
+
+    /// [`PolicyEngine::decide_workflow`] with the container's `owner` and
+    /// `purpose` as entity attributes.
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide_workflow`].
+    pub fn decide_workflow_with_container(
+        &self,
+        request: &WorkflowRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+    ) -> Result<Decision, PolicyError> {
+        self.decide_workflow_for(None, request, attributes)
     }
 
     /// [`PolicyEngine::decide_workflow`] with the principal's `issuer` on
@@ -415,13 +494,28 @@ impl PolicyEngine {
         issuer: &str,
         request: &WorkflowRequest<'_>,
     ) -> Result<Decision, PolicyError> {
-        self.decide_workflow_for(Some(issuer), request)
+        self.decide_workflow_for(Some(issuer), request, ContainerAttributes::default())
+    }
+
+    /// [`PolicyEngine::decide_workflow_with_container`] with the
+    /// principal's `issuer` (see [`PolicyEngine::decide_as`]).
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide_workflow`].
+    pub fn decide_workflow_as_with_container(
+        &self,
+        issuer: &str,
+        request: &WorkflowRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+    ) -> Result<Decision, PolicyError> {
+        self.decide_workflow_for(Some(issuer), request, attributes)
     }
 
     fn decide_workflow_for(
         &self,
         issuer: Option<&str>,
         request: &WorkflowRequest<'_>,
+        attributes: ContainerAttributes<'_>,
     ) -> Result<Decision, PolicyError> {
         let context = [
             (
@@ -452,8 +546,11 @@ impl PolicyEngine {
         self.evaluate(
             (request.principal, issuer),
             request.groups,
-            request.container,
-            request.labels,
+            Resource {
+                name: request.container,
+                labels: request.labels,
+                attributes,
+            },
             request.action,
             context,
         )
@@ -463,11 +560,15 @@ impl PolicyEngine {
         &self,
         (principal, issuer): (&str, Option<&str>),
         principal_groups: &[String],
-        container_name: &str,
-        labels: &BTreeMap<String, String>,
+        resource: Resource<'_>,
         action: Action,
         context: impl IntoIterator<Item = (String, RestrictedExpression)>,
     ) -> Result<Decision, PolicyError> {
+        let Resource {
+            name: container_name,
+            labels,
+            attributes,
+        } = resource;
         let user = uid("User", principal)?;
         let container = uid("Container", container_name)?;
         let action = uid("Action", action.as_str())?;
@@ -478,30 +579,36 @@ impl PolicyEngine {
             entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
             groups.insert(group);
         }
-        let attrs = issuer.map(|i| {
+        let user_attrs = issuer.map(|i| {
             (
                 "issuer".to_string(),
                 RestrictedExpression::new_string(i.to_string()),
             )
         });
         entities.push(
-            Entity::new(user.clone(), attrs.into_iter().collect(), groups)
+            Entity::new(user.clone(), user_attrs.into_iter().collect(), groups)
                 .map_err(|e| PolicyError::Request(one_line(&e)))?,
         );
         let tags = labels
             .iter()
             .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+        let attrs = [
+            ("name", Some(container_name)),
+            ("owner", attributes.owner),
+            ("purpose", attributes.purpose),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            v.map(|v| {
+                (
+                    k.to_string(),
+                    RestrictedExpression::new_string(v.to_string()),
+                )
+            })
+        });
         entities.push(
-            Entity::new_with_tags(
-                container.clone(),
-                [(
-                    "name".to_string(),
-                    RestrictedExpression::new_string(container_name.to_string()),
-                )],
-                [],
-                tags,
-            )
-            .map_err(|e| PolicyError::Request(one_line(&e)))?,
+            Entity::new_with_tags(container.clone(), attrs, [], tags)
+                .map_err(|e| PolicyError::Request(one_line(&e)))?,
         );
         let entities = Entities::from_entities(entities, Some(&self.schema))
             .map_err(|e| PolicyError::Request(one_line(&e)))?;

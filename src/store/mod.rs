@@ -196,10 +196,12 @@ pub fn now_ms() -> i64 {
 }
 
 mod audit;
+mod inventory;
 mod review;
 mod transcripts;
 
 pub use audit::{AuditRow, ChainHead, GENESIS_HASH, NewAuditRow, SignedHead, chain_hash};
+pub use inventory::LastSession;
 pub use review::SessionFilter;
 pub use transcripts::TranscriptHit;
 
