@@ -23,6 +23,8 @@
 //! | [`sftp`], [`scp`] | file transfers served inside a container, as the login |
 //! | [`ssh`] | the russh server: auth, channels, wiring the above |
 //! | [`web`] | the console for reviewers and approvers (axum, askama) |
+//! | [`text`] | display-safe text: hidden characters, Slack escaping, terminal output |
+//! | [`throttle`] | per-source limits before authentication |
 //! | [`cli`] | the `portcullis` command |
 
 pub mod attach;
@@ -38,4 +40,6 @@ pub mod scp;
 pub mod sftp;
 pub mod ssh;
 pub mod store;
+pub mod text;
+pub mod throttle;
 pub mod web;

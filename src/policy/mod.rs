@@ -6,7 +6,10 @@
 //! `FILE.cedar#N`), and decisions cite those names.
 //!
 //! Entities: `User::"<subject>"` in `Group::"<name>"` for each group of the
-//! principal; `Container::"<name>"` with attribute `name`, the optional
+//! principal, with the optional attribute `issuer` (who vouched: the OIDC
+//! issuer URL or `ssh-ca:SHA256:...`; present when the caller uses
+//! [`PolicyEngine::decide_as`] and the other `*_as*` methods);
+//! `Container::"<name>"` with attribute `name`, the optional
 //! attributes `owner` and `purpose` (given through
 //! [`ContainerAttributes`]; absent otherwise), and one string tag per
 //! label. Actions: `Action::"shell"`, `Action::"exec"` with context
@@ -82,6 +85,10 @@ pub enum Action {
     /// Read the container inventory in the web console (resource
     /// `Console::"console"`).
     ViewContainers,
+    /// See someone else's access request or grant in `requests`,
+    /// `request show` and `grants` (issue 14); workflow context. One's own
+    /// are always shown; see [`visibility`].
+    View,
 }
 
 /// An extra context value for [`PolicyEngine::decide_with`].
@@ -115,6 +122,7 @@ impl Action {
             Action::ViewAudit => "view_audit",
             Action::ViewRequests => "view_requests",
             Action::ViewContainers => "view_containers",
+            Action::View => "view",
         }
     }
 }
@@ -140,6 +148,7 @@ impl FromStr for Action {
             "view_audit" => Ok(Action::ViewAudit),
             "view_requests" => Ok(Action::ViewRequests),
             "view_containers" => Ok(Action::ViewContainers),
+            "view" => Ok(Action::View),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
@@ -216,8 +225,9 @@ pub struct AccessRequest<'a> {
 /// The container entity's optional attributes `owner` and `purpose`
 /// (schema: `owner?: String, purpose?: String`), for
 /// [`PolicyEngine::decide_with_container`] and
-/// [`PolicyEngine::decide_workflow_with_container`]; the other `decide*`
-/// methods leave both absent.
+/// [`PolicyEngine::decide_workflow_with_container`] (and their `*_as_*`
+/// forms, which add the principal's issuer); the other `decide*` methods
+/// leave both absent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ContainerAttributes<'a> {
     /// Who answers for the container.
@@ -289,7 +299,7 @@ pub enum PolicyError {
     Empty(PathBuf),
     /// An action name the policy does not know.
     #[error(
-        "unknown action {0:?} (known: shell, exec, request, approve, activate, revoke, review, sftp, port_forward, agent_forward, watch, kill, view_sessions, view_recording, view_audit, view_requests, view_containers)"
+        "unknown action {0:?} (known: shell, exec, request, approve, activate, revoke, review, sftp, port_forward, agent_forward, watch, kill, view_sessions, view_recording, view_audit, view_requests, view_containers, view)"
     )]
     UnknownAction(String),
     /// Entities or the request could not be built (bad name or label).
@@ -378,6 +388,48 @@ impl PolicyEngine {
         attributes: ContainerAttributes<'_>,
         extra: &[(&str, ContextValue)],
     ) -> Result<Decision, PolicyError> {
+        self.decide_for(None, request, attributes, extra)
+    }
+
+    /// [`PolicyEngine::decide_with`] with the principal's `issuer` as the
+    /// `User` entity's `issuer` attribute (review finding M1), so a policy
+    /// can tell sources apart: `principal has issuer && principal.issuer
+    /// == "https://idp.example.com"`.
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide`].
+    pub fn decide_as(
+        &self,
+        issuer: &str,
+        request: &AccessRequest<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
+        self.decide_for(Some(issuer), request, ContainerAttributes::default(), extra)
+    }
+
+    /// [`PolicyEngine::decide_with_container`] with the principal's
+    /// `issuer` (see [`PolicyEngine::decide_as`]): what the session core
+    /// calls for every shell, exec, sftp and forward decision.
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide`].
+    pub fn decide_as_with_container(
+        &self,
+        issuer: &str,
+        request: &AccessRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
+        self.decide_for(Some(issuer), request, attributes, extra)
+    }
+
+    fn decide_for(
+        &self,
+        issuer: Option<&str>,
+        request: &AccessRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
         let grant = request.grant.unwrap_or(GrantContext {
             id: "",
             approver: "",
@@ -421,7 +473,7 @@ impl PolicyEngine {
             ((*k).to_string(), value)
         });
         self.evaluate(
-            request.principal,
+            (request.principal, issuer),
             request.groups,
             Resource {
                 name: request.container,
@@ -454,6 +506,42 @@ impl PolicyEngine {
         request: &WorkflowRequest<'_>,
         attributes: ContainerAttributes<'_>,
     ) -> Result<Decision, PolicyError> {
+        self.decide_workflow_for(None, request, attributes)
+    }
+
+    /// [`PolicyEngine::decide_workflow`] with the principal's `issuer` on
+    /// the `User` entity (see [`PolicyEngine::decide_as`]).
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide_workflow`].
+    pub fn decide_workflow_as(
+        &self,
+        issuer: &str,
+        request: &WorkflowRequest<'_>,
+    ) -> Result<Decision, PolicyError> {
+        self.decide_workflow_for(Some(issuer), request, ContainerAttributes::default())
+    }
+
+    /// [`PolicyEngine::decide_workflow_with_container`] with the
+    /// principal's `issuer` (see [`PolicyEngine::decide_as`]).
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide_workflow`].
+    pub fn decide_workflow_as_with_container(
+        &self,
+        issuer: &str,
+        request: &WorkflowRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+    ) -> Result<Decision, PolicyError> {
+        self.decide_workflow_for(Some(issuer), request, attributes)
+    }
+
+    fn decide_workflow_for(
+        &self,
+        issuer: Option<&str>,
+        request: &WorkflowRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+    ) -> Result<Decision, PolicyError> {
         let context = [
             (
                 "requester".to_string(),
@@ -481,7 +569,7 @@ impl PolicyEngine {
             ),
         ];
         self.evaluate(
-            request.principal,
+            (request.principal, issuer),
             request.groups,
             Resource {
                 name: request.container,
@@ -495,7 +583,7 @@ impl PolicyEngine {
 
     fn evaluate(
         &self,
-        principal: &str,
+        (principal, issuer): (&str, Option<&str>),
         principal_groups: &[String],
         resource: Resource<'_>,
         action: Action,
@@ -516,7 +604,16 @@ impl PolicyEngine {
             entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
             groups.insert(group);
         }
-        entities.push(Entity::new_no_attrs(user.clone(), groups));
+        let user_attrs = issuer.map(|i| {
+            (
+                "issuer".to_string(),
+                RestrictedExpression::new_string(i.to_string()),
+            )
+        });
+        entities.push(
+            Entity::new(user.clone(), user_attrs.into_iter().collect(), groups)
+                .map_err(|e| PolicyError::Request(one_line(&e)))?,
+        );
         let tags = labels
             .iter()
             .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
@@ -611,6 +708,7 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
 }
 
 mod console;
+pub mod visibility;
 
 #[cfg(test)]
 mod tests;

@@ -439,3 +439,54 @@ fn owner_and_purpose_are_optional_container_attributes() {
             .allowed
     );
 }
+
+/// M1: the `User` entity carries its issuer, so a policy can tell sources
+/// apart; callers that do not pass one get no attribute (and `has` is
+/// false: a permit that needs it does not apply).
+#[test]
+fn the_principal_carries_its_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    std::fs::copy(shipped.join(SCHEMA_FILE), dir.path().join(SCHEMA_FILE)).unwrap();
+    std::fs::write(
+        dir.path().join("corp.cedar"),
+        "@id(\"corp-admins\")\npermit (principal in Group::\"admins\", action, resource)\n\
+         when { principal has issuer && principal.issuer == \"https://corp.example.com\" };\n",
+    )
+    .unwrap();
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    let labels = BTreeMap::new();
+    let groups = vec!["admins".to_string()];
+    let request = AccessRequest {
+        principal: "admin",
+        groups: &groups,
+        container: "web1",
+        labels: &labels,
+        login: "root",
+        action: Action::Shell,
+        command: None,
+        grant: None,
+    };
+    assert!(
+        engine
+            .decide_as("https://corp.example.com", &request, &[])
+            .unwrap()
+            .allowed
+    );
+    let owned = ContainerAttributes {
+        owner: Some("alice"),
+        purpose: None,
+    };
+    assert!(
+        engine
+            .decide_as_with_container("https://corp.example.com", &request, owned, &[])
+            .unwrap()
+            .allowed
+    );
+    let other = engine
+        .decide_as("ssh-ca:SHA256:abc", &request, &[])
+        .unwrap();
+    assert!(!other.allowed && other.errors.is_empty(), "{other:?}");
+    assert!(!engine.decide(&request).unwrap().allowed);
+    assert_eq!("view".parse::<Action>().unwrap(), Action::View);
+}

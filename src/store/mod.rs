@@ -196,15 +196,15 @@ pub fn now_ms() -> i64 {
 }
 
 mod audit;
-mod inventory;
 mod console;
+mod inventory;
 mod review;
 mod transcripts;
 mod uploads;
 
 pub use audit::{AuditRow, ChainHead, GENESIS_HASH, NewAuditRow, SignedHead, chain_hash};
-pub use inventory::LastSession;
 pub use console::{AuditFilter, LoginStateRecord, SshWebLoginRecord, WebSessionRecord};
+pub use inventory::LastSession;
 pub use review::SessionFilter;
 pub use transcripts::TranscriptHit;
 pub use uploads::UploadRecord;
