@@ -131,7 +131,21 @@ fn inside_view_matches_init(c: &TestContainer, login: &str, home: &str) {
             .map_or(out.len(), |i| a + i);
         out[a..b].to_owned()
     };
-    assert_eq!(section("CG", "INITCG"), section("INITCG", "ST"));
+    // The init's cgroups in every v1 hierarchy; in cgroup2 the session's
+    // own cgroup right below the container's (the namespace's root).
+    let (mine, theirs) = (section("CG", "INITCG"), section("INITCG", "ST"));
+    let v1 = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with("0::"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(v1(&mine), v1(&theirs));
+    assert!(theirs.lines().any(|l| l == "0::/"), "{theirs}");
+    let own = mine
+        .lines()
+        .find_map(|l| l.strip_prefix("0::/.portcullis-"));
+    assert!(own.is_some_and(|n| !n.contains('/')), "{mine}");
     let status = section("ST", "FD");
     let init_status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
     for k in ["CapBnd", "CapPrm", "CapEff"] {
@@ -593,9 +607,15 @@ fn a_container_whose_cgroup_lxc_had_to_suffix_is_entered() {
         let _ = std::fs::remove_dir(dir);
     }
     assert_eq!(r.code, 0, "{}", r.stderr);
-    // Inside, the container's cgroup namespace shows its own root, as for init.
+    // Inside, the container's cgroup namespace shows its own root, as for
+    // init, and in cgroup2 the session's own cgroup right below it.
     let inside = out.strip_prefix("0\n").unwrap_or_else(|| panic!("{out}"));
-    assert!(inside.lines().all(|l| l.ends_with(":/")), "{inside}");
+    assert!(
+        inside
+            .lines()
+            .all(|l| l.ends_with(":/") || l.starts_with("0::/.portcullis-")),
+        "{inside}"
+    );
 }
 
 /// `tests/attach_keyring_probe.c`, built static (busybox has no keyctl).

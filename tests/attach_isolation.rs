@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{TestContainer, run};
 use portcullis::attach::{
-    self, AttachRequest, Attached, ExitStatus, HelperBinary, PinnedInit, PtyRequest, SessionIo,
+    self, AttachError, AttachOptions, AttachRequest, Attached, ConnectRequest, End, ExitStatus,
+    HelperBinary, Leftovers, LoginIds, PinnedInit, PtyRequest, SessionIo, SessionKind,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -350,8 +351,28 @@ async fn every_process_a_session_starts_ends_with_it() {
         );
         assert!(took < Duration::from_secs(2), "{took:?}");
 
-        // Dropped (the gateway's kill path): gone within 1 s.
+        // A kill (sessions kill, lock, expiry, revocation): everything at
+        // once, gone when the call returns.
         let tag = base + 2;
+        let mut a = start_escapees(c, tag).await;
+        let t0 = Instant::now();
+        let ended = a.kill().await.unwrap();
+        let took = t0.elapsed();
+        let killed = ExitStatus::Signal {
+            signal: libc::SIGKILL,
+            core_dumped: false,
+        };
+        assert_eq!(
+            (ended.status, ended.kept, ended.cgroup_removed),
+            (killed, false, true)
+        );
+        let left = c.processes_matching(&format!("sleep {tag}"));
+        assert!(left.is_empty(), "{}: left after a kill: {left:?}", c.name);
+        eprintln!("{}: kill took {took:?}", c.name);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+
+        // Dropped (the gateway lost the session): gone within 1 s.
+        let tag = base + 3;
         let a = start_escapees(c, tag).await;
         drop(a);
         let t0 = Instant::now();
@@ -364,6 +385,39 @@ async fn every_process_a_session_starts_ends_with_it() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+
+        // Opted in for a normal end: what the session started in the
+        // background keeps running (in a kept cgroup) once the session
+        // process is gone; a later session removes that cgroup once empty.
+        let tag = base + 4;
+        let mut a = start_escapees(c, tag).await;
+        let normal = End::Normal {
+            grace: Duration::from_secs(1),
+            leftovers: Leftovers::Keep,
+        };
+        let ended = a.end(normal).await.unwrap();
+        assert_eq!((ended.kept, ended.cgroup_removed), (true, false));
+        let needle = format!("sleep {tag}");
+        common::wait_until("the session process to go", Duration::from_secs(5), || {
+            c.processes_matching(&needle).len() == 3
+        });
+        let kept = session_cgroups(c);
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let dir = format!("/sys/fs/cgroup/unified/lxc.payload.{}/{}", c.name, kept[0]);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&dir).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o7777, 0o555, "{dir} is not marked kept");
+        let kill_file = format!(
+            "/sys/fs/cgroup/unified/lxc.payload.{}/{}/cgroup.kill",
+            c.name, kept[0]
+        );
+        std::fs::write(kill_file, "1").unwrap();
+        common::wait_until("the kept processes to go", Duration::from_secs(5), || {
+            c.processes_matching(&needle).is_empty()
+        });
+        let (out, _, _) = exec(c, "app", "echo next").await;
+        assert_eq!(out, "next\n");
 
         // The container's init and its own process are untouched, and no
         // session cgroup is left.
@@ -439,9 +493,16 @@ async fn forwarded_connections_are_made_as_the_login_inside_the_container() {
             [open, closed].iter().all(|&p| listening(init, p))
         });
 
-        let mut s = attach::connect_in(helper(), &pin(c), &c.name, addr(open))
+        let as_login = |login: &str, port: u16| ConnectRequest {
+            container: c.name.clone(),
+            login: login.to_owned(),
+            addr: addr(port),
+        };
+        let options = AttachOptions::name_only();
+        let (mut s, ids) = attach::connect_as(helper(), &pin(c), &as_login("app", open), &options)
             .await
             .unwrap();
+        assert_eq!((ids.uid, ids.gid), (1000, 1000));
         s.write_all(b"ping\n").await.unwrap();
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).await.unwrap();
@@ -450,12 +511,111 @@ async fn forwarded_connections_are_made_as_the_login_inside_the_container() {
         assert_eq!(tcp_uid_to(init, open), Some(uid_base + 1000), "{}", c.name);
         drop(s);
 
-        // The container's rule for uid 1000 applies to the forward.
-        let r = attach::connect_in(helper(), &pin(c), &c.name, addr(closed)).await;
-        assert!(
-            r.is_err(),
-            "{}: the container's egress rule was bypassed",
-            c.name
+        // The container's rule for uid 1000 applies to the forward; root
+        // is not under it.
+        let r = attach::connect_as(helper(), &pin(c), &as_login("app", closed), &options).await;
+        match r {
+            Err(AttachError::Helper { source, .. }) => {
+                assert_eq!(
+                    source.raw_os_error(),
+                    Some(libc::ECONNREFUSED),
+                    "{}",
+                    c.name
+                )
+            }
+            other => panic!(
+                "{}: the container's egress rule was bypassed: {other:?}",
+                c.name
+            ),
+        }
+        let (s, ids) = attach::connect_as(helper(), &pin(c), &as_login("root", closed), &options)
+            .await
+            .unwrap();
+        assert_eq!(ids.uid, 0);
+        drop(s);
+        // Nothing is left of the connects: no session cgroup.
+        assert!(session_cgroups(c).is_empty(), "{:?}", session_cgroups(c));
+        // An unspecified destination is refused before anything runs.
+        let any = ConnectRequest {
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], open)),
+            ..as_login("app", open)
+        };
+        assert!(matches!(
+            attach::connect_as(helper(), &pin(c), &any, &options).await,
+            Err(AttachError::InvalidRequest(_))
+        ));
+    }
+}
+
+/// Issue 12 point 6: root is a uid, not a name. The gateway resolves the
+/// login before its decision; the session process refuses uid 0 unless the
+/// decision allowed it (`toor:x:0:0` is root), and refuses a login whose
+/// ids changed between the decision and the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_is_a_uid_not_a_name() {
+    let f = fixture();
+    for c in [&f.priv_c, &f.uns_c] {
+        let init = pin(c);
+        let toor = attach::resolve_login(&init, "toor").unwrap();
+        let want = LoginIds {
+            login: "toor".into(),
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+        };
+        assert_eq!(toor, want);
+        let app = attach::resolve_login(&init, "app").unwrap();
+        assert_eq!(
+            (app.uid, app.gid, app.groups.clone()),
+            (1000, 1000, vec![1000, 2000])
         );
+        assert!(matches!(
+            attach::resolve_login(&init, "nosuch"),
+            Err(AttachError::LoginNotFound { .. })
+        ));
+
+        // A decision that did not allow uid 0: toor is refused like root.
+        let strict = AttachOptions::default();
+        for login in ["toor", "root"] {
+            let req = request(c, login, "id -u", false);
+            let r = attach::start(helper(), &init, &req, &SessionKind::Shell, &strict).await;
+            match r {
+                Err(e @ AttachError::Uid0Refused { .. }) => {
+                    assert!(e.user_message().contains("uid 0"), "{}", e.user_message())
+                }
+                Err(e) => panic!("{login}: {e:?}"),
+                Ok(_) => panic!("{}: {login} became uid 0", c.name),
+            }
+        }
+        // app, with the ids the decision was made for: started, and the
+        // ids it runs as come back for the audit.
+        let options = AttachOptions {
+            expected: Some(app.clone()),
+            ..AttachOptions::default()
+        };
+        let req = request(c, "app", "id -u", false);
+        let (mut a, io) = attach::start(helper(), &init, &req, &SessionKind::Shell, &options)
+            .await
+            .unwrap();
+        assert_eq!(a.ids(), &app);
+        drop(io);
+        assert!(a.kill().await.unwrap().cgroup_removed);
+
+        // The decision was made for other ids: refused.
+        let stale = AttachOptions {
+            expected: Some(LoginIds {
+                uid: 1001,
+                ..app.clone()
+            }),
+            ..AttachOptions::default()
+        };
+        let r = attach::start(helper(), &init, &req, &SessionKind::Shell, &stale).await;
+        assert!(
+            matches!(r, Err(AttachError::LoginChanged { .. })),
+            "{:?}",
+            r.err()
+        );
+        // A refused start leaves no session cgroup behind.
+        assert!(session_cgroups(c).is_empty(), "{:?}", session_cgroups(c));
     }
 }
