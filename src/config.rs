@@ -76,6 +76,9 @@ pub struct Config {
     /// Just-in-time access: access requests and grants.
     #[serde(default)]
     pub grants: GrantsConfig,
+    /// `[attach]`: confinement the gateway cannot reproduce.
+    #[serde(default)]
+    pub attach: AttachConfig,
 }
 
 /// `[database]`.
@@ -87,6 +90,7 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
 }
 
+mod attach;
 mod auth;
 mod grants;
 mod inventory;
@@ -94,6 +98,7 @@ mod oidc;
 mod recording;
 mod session;
 
+pub use attach::{AttachConfig, SeccompFallback};
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 pub use grants::GrantsConfig;
 pub use inventory::{ContainerConfig, InventoryBackend, InventoryConfig, PolicyConfig};
