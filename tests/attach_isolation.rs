@@ -172,12 +172,16 @@ fn section(out: &str, from: &str, to: &str) -> String {
     out[a..b].to_owned()
 }
 
+/// The tests of `conf_c` one at a time (one traces its init).
+static CONF: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The process umask is process-wide: one test at a time changes it.
 static UMASK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_gets_exactly_the_inits_confinement() {
     let f = fixture();
+    let _conf = CONF.lock().await;
     let c = &f.conf_c;
     let init = c.init_pid();
     let init_status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
@@ -291,14 +295,44 @@ fn escapees(tag: u32) -> String {
     )
 }
 
-/// Session cgroups Portcullis left below the container's cgroup2 cgroup.
-fn session_cgroups(c: &TestContainer) -> Vec<String> {
+/// Session cgroups below the container's cgroup2 cgroup, with their mode.
+fn session_cgroups(c: &TestContainer) -> Vec<(String, u32)> {
     let dir = format!("/sys/fs/cgroup/unified/lxc.payload.{}", c.name);
     std::fs::read_dir(dir)
         .unwrap()
         .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".portcullis"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".portcullis-"))
+        .map(|e| {
+            let mode =
+                std::os::unix::fs::PermissionsExt::mode(&e.metadata().unwrap().permissions());
+            (e.file_name().to_string_lossy().into_owned(), mode & 0o7777)
+        })
+        .collect()
+}
+
+/// True while the helper that made the session cgroup `name`
+/// (`.portcullis-PID-START`) runs: tests of this file run at once in the
+/// same containers, and their live sessions are not leftovers.
+fn creator_alive(name: &str) -> bool {
+    let Some((pid, start)) = name
+        .strip_prefix(".portcullis-")
+        .and_then(|r| r.split_once('-'))
+    else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(str::to_owned))
+        .and_then(|s| s.split_whitespace().nth(19).map(str::to_owned))
+        .is_some_and(|t| t == start)
+}
+
+/// Session cgroups left behind: their helper is gone.
+fn leftovers(c: &TestContainer) -> Vec<String> {
+    session_cgroups(c)
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| !creator_alive(n))
         .collect()
 }
 
@@ -401,13 +435,13 @@ async fn every_process_a_session_starts_ends_with_it() {
         common::wait_until("the session process to go", Duration::from_secs(5), || {
             c.processes_matching(&needle).len() == 3
         });
-        let kept = session_cgroups(c);
-        assert_eq!(kept.len(), 1, "{kept:?}");
-        let dir = format!("/sys/fs/cgroup/unified/lxc.payload.{}/{}", c.name, kept[0]);
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(&dir).unwrap().permissions(),
-        );
-        assert_eq!(mode & 0o7777, 0o555, "{dir} is not marked kept");
+        // Marked kept (mode 0555), its helper gone.
+        let kept: Vec<String> = session_cgroups(c)
+            .into_iter()
+            .filter(|(n, mode)| *mode == 0o555 && !creator_alive(n))
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(kept.len(), 1, "{:?}", session_cgroups(c));
         let kill_file = format!(
             "/sys/fs/cgroup/unified/lxc.payload.{}/{}/cgroup.kill",
             c.name, kept[0]
@@ -424,7 +458,7 @@ async fn every_process_a_session_starts_ends_with_it() {
         assert_eq!(c.init_pid(), init);
         assert_eq!(c.processes_matching(&own), vec![own_pid]);
         common::wait_until("the session cgroups to go", Duration::from_secs(5), || {
-            session_cgroups(c).is_empty()
+            leftovers(c).is_empty()
         });
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(own_pid),
@@ -534,7 +568,7 @@ async fn forwarded_connections_are_made_as_the_login_inside_the_container() {
         assert_eq!(ids.uid, 0);
         drop(s);
         // Nothing is left of the connects: no session cgroup.
-        assert!(session_cgroups(c).is_empty(), "{:?}", session_cgroups(c));
+        assert!(leftovers(c).is_empty(), "{:?}", leftovers(c));
         // An unspecified destination is refused before anything runs.
         let any = ConnectRequest {
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], open)),
@@ -616,6 +650,64 @@ async fn root_is_a_uid_not_a_name() {
             r.err()
         );
         // A refused start leaves no session cgroup behind.
-        assert!(session_cgroups(c).is_empty(), "{:?}", session_cgroups(c));
+        assert!(leftovers(c).is_empty(), "{:?}", leftovers(c));
     }
+}
+
+/// When the init's seccomp filter cannot be copied (here the init is
+/// already traced, by this test, so the helper cannot ptrace it), the
+/// session is refused by default with a clear message, and with
+/// `UnreproducibleSeccomp::DenyListOnly` it runs under the gateway's
+/// deny-list alone.
+#[test]
+fn an_init_filter_that_cannot_be_copied_refuses_the_session() {
+    use nix::sys::ptrace;
+    let f = fixture();
+    let c = &f.conf_c;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _conf = rt.block_on(CONF.lock());
+    let init = nix::unistd::Pid::from_raw(c.init_pid());
+    // This thread traces the init without stopping it (a thread's tracees
+    // are let go when it ends, should the test fail).
+    ptrace::seize(init, ptrace::Options::empty()).unwrap();
+    let (refused, fallback) = rt.block_on(async {
+        let req = request(c, "root", "grep Seccomp_filters /proc/self/status", false);
+        let refused = attach::start(
+            helper(),
+            &pin(c),
+            &req,
+            &SessionKind::Shell,
+            &AttachOptions::name_only(),
+        )
+        .await
+        .map(|_| ());
+        let options = AttachOptions {
+            unreproducible_seccomp: attach::UnreproducibleSeccomp::DenyListOnly,
+            ..AttachOptions::name_only()
+        };
+        let (mut a, io) = attach::start(helper(), &pin(c), &req, &SessionKind::Shell, &options)
+            .await
+            .unwrap();
+        let SessionIo::Pipes { mut stdout, .. } = io else {
+            panic!("pipes")
+        };
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).await.unwrap();
+        a.kill().await.unwrap();
+        (refused, out)
+    });
+    ptrace::interrupt(init).unwrap();
+    nix::sys::wait::waitpid(init, Some(nix::sys::wait::WaitPidFlag::__WALL)).unwrap();
+    ptrace::detach(init, None).unwrap();
+    match refused {
+        Err(e @ AttachError::SeccompUnreproducible { .. }) => assert_eq!(
+            e.user_message(),
+            "the container's seccomp filter cannot be applied to sessions"
+        ),
+        other => panic!("not refused: {other:?}"),
+    }
+    assert_eq!(fallback, "Seccomp_filters:\t1\n");
 }

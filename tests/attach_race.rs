@@ -240,16 +240,16 @@ fn harmless_fd(target: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-#[test]
-fn a_stopped_session_process_holds_no_host_handle() {
+/// Runs the stopper in the privileged container until it has caught three
+/// session processes before their exec (under load it misses some), at
+/// most 200 sessions, and checks every process it stopped: no directory fd
+/// and no host file, and each session process in its own session cgroup.
+fn stop_every_new_process() {
     let f = fixture();
-    let _one = RACING.lock().unwrap_or_else(|p| p.into_inner());
     let c = &f.privileged;
     let dst = c.rootfs.join("bin/stopper");
     std::fs::copy(stopper(), &dst).unwrap();
     std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    // Until it has caught three session processes before their exec (under
-    // load the stopper misses some), at most 200 sessions.
     let lines = race(
         c,
         &["/bin/stopper", "/tmp/stop.out", "/tmp/stop.stop"],
@@ -296,4 +296,91 @@ fn a_stopped_session_process_holds_no_host_handle() {
         pre_exec > 0,
         "no session process was caught before its exec: {records:?}"
     );
+}
+
+#[test]
+fn a_stopped_session_process_holds_no_host_handle() {
+    let _one = RACING.lock().unwrap_or_else(|p| p.into_inner());
+    stop_every_new_process();
+}
+
+/// The host's cgroup2 hierarchy with `nsdelegate` (systemd's default) for
+/// as long as this lives, then as it was. The flag belongs to the one
+/// cgroup2 hierarchy of the machine: mounting cgroup2 from the host's
+/// cgroup namespace sets or clears it (and the other cgroup2 flags) for
+/// every mount, so a scratch mount with the wanted options does it (a
+/// `remount` keeps the old options).
+struct NsDelegate {
+    /// The cgroup2 flags before, restored on drop; `None`: it already had
+    /// `nsdelegate`, nothing to undo.
+    restore: Option<Vec<String>>,
+}
+
+impl NsDelegate {
+    /// The super options of the host's cgroup2 mount, without `rw`.
+    fn flags() -> Vec<String> {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let options = mi
+            .lines()
+            .find_map(|l| {
+                let (_, post) = l.split_once(" - ")?;
+                let mut post = post.split(' ');
+                (post.next()? == "cgroup2").then(|| post.nth(1).unwrap_or("").to_owned())
+            })
+            .expect("a cgroup2 mount");
+        options
+            .split(',')
+            .filter(|o| *o != "rw" && !o.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Mounts cgroup2 with exactly `flags` on a scratch directory and
+    /// unmounts it.
+    fn apply(flags: &[String]) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", "cgroup2"]);
+        if !flags.is_empty() {
+            cmd.args(["-o", &flags.join(",")]);
+        }
+        common::gateway::run(cmd.arg("none").arg(dir.path()));
+        common::gateway::run(Command::new("umount").arg(dir.path()));
+    }
+
+    fn enable() -> NsDelegate {
+        let before = Self::flags();
+        if before.iter().any(|o| o == "nsdelegate") {
+            return NsDelegate { restore: None };
+        }
+        let mut with = before.clone();
+        with.push("nsdelegate".into());
+        Self::apply(&with);
+        assert!(Self::flags().iter().any(|o| o == "nsdelegate"));
+        NsDelegate {
+            restore: Some(before),
+        }
+    }
+}
+
+impl Drop for NsDelegate {
+    fn drop(&mut self) {
+        if let Some(before) = &self.restore {
+            Self::apply(before);
+        }
+    }
+}
+
+/// Review finding 10: with `nsdelegate`, `clone3(CLONE_INTO_CGROUP)` from
+/// inside the container's cgroup namespace fails, and the session process
+/// was born in the gateway's cgroup. The helper now creates it from the
+/// host's namespace into the session cgroup: the same race, with
+/// `nsdelegate` on, finds every session process in its session cgroup from
+/// its first instruction.
+#[test]
+fn with_nsdelegate_the_session_process_starts_in_its_cgroup() {
+    let _one = RACING.lock().unwrap_or_else(|p| p.into_inner());
+    let _f = fixture();
+    let _nsdelegate = NsDelegate::enable();
+    stop_every_new_process();
 }

@@ -19,7 +19,6 @@ use std::convert::Infallible;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 
@@ -148,13 +147,12 @@ fn run(ctx: &SessionCtx<'_>, inner: BorrowedFd<'_>) -> HResult<Infallible> {
     nix::unistd::setsid().map_err(step(HelperStep::Session))?;
 
     let req = ctx.req;
-    let root = nix::fcntl::open(
-        "/",
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(step(HelperStep::ReadAccounts))?;
-    let account = accounts::read(root.as_fd(), &req.login)?;
+    // The working directory is the container's root (setns of the mount
+    // namespace put it there; chdir makes sure): every lookup below is
+    // relative to it with RESOLVE_IN_ROOT, so C never holds a directory fd.
+    nix::unistd::chdir("/").map_err(step(HelperStep::ReadAccounts))?;
+    let root = nix::fcntl::AT_FDCWD;
+    let account = accounts::read(root, &req.login)?;
     accounts::admit(&account, req.allow_uid0, req.expected.as_ref())?;
     user::check_mapped(&account, ctx.uid_map, ctx.gid_map)?;
     proto::send_json(inner, &InnerMsg::Ids(account.ids()), &[])
@@ -165,9 +163,8 @@ fn run(ctx: &SessionCtx<'_>, inner: BorrowedFd<'_>) -> HResult<Infallible> {
     let envp = plan::env_cstrings(&env).map_err(|detail| WireError::InvalidRequest { detail })?;
 
     if let Some(p) = &req.pty {
-        tty::set_up(root.as_fd(), inner, p, &account, ctx.gid_map)?;
+        tty::set_up(root, inner, p, &account, ctx.gid_map)?;
     }
-    drop(root);
     let in_process = !matches!(then, Then::Exec { .. });
     if let (Some(fd), Some(label)) = (apparmor_fd, ctx.apparmor) {
         set_apparmor(fd, label, in_process)?;
