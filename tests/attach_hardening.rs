@@ -790,3 +790,40 @@ fn every_process_a_session_starts_ends_with_it() {
         assert!(c.init_pid() > 0);
     }
 }
+
+/// A gateway that dies (SIGKILL) takes its sessions with it: each helper
+/// sees its control socket close and kills its session's cgroup, whatever
+/// the session started.
+#[test]
+fn a_gateway_that_dies_takes_its_sessions_with_it() {
+    let f = fixture();
+    let c = &f.uns_c;
+    let mut gateway = TestGateway::start(&f._idp.issuer, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = gateway.ssh(&format!("app@{}", c.name), &f.admin_token, dir.path());
+    let mut child = cmd
+        .arg(escapees(895))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    wait_until("the four sleeps", Duration::from_secs(10), || {
+        c.processes_matching("sleep 895").len() == 4
+    });
+    gateway.crash();
+    let t0 = Instant::now();
+    wait_until(
+        "the session's processes to go",
+        Duration::from_secs(10),
+        || c.processes_matching("sleep 895").is_empty(),
+    );
+    eprintln!("gone {:?} after the gateway died", t0.elapsed());
+    let _ = child.kill();
+    child.wait().unwrap();
+}

@@ -460,3 +460,92 @@ fn wait_empty(o: &Own, deadline: Instant) -> HResult<bool> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// The v1-only path (freeze, SIGKILL each member through a checked
+    /// pidfd, thaw, wait until empty) on a real freezer cgroup of this host,
+    /// with processes that detach (`setsid`, a double fork). Hosts without
+    /// a v1 freezer hierarchy (cgroup2 only) have nothing to run it on.
+    #[test]
+    fn freezer_v1_kills_every_member() {
+        let base = std::path::Path::new("/sys/fs/cgroup/freezer");
+        if !base.join("freezer.state").exists() && !base.join("cgroup.procs").exists() {
+            return;
+        }
+        let name = format!(".portcullis-test-{}", std::process::id());
+        let path = base.join(&name);
+        std::fs::create_dir(&path).unwrap();
+        // Whatever happens, nothing of this test outlives it.
+        struct Cleanup(std::path::PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+                let procs =
+                    std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    if let Ok(fd) = sys::pidfd_open(pid) {
+                        let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL, 0);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+        let _cleanup = Cleanup(path.clone());
+        let quiet = "</dev/null >/dev/null 2>&1";
+        let script = format!(
+            "echo $$ > {}/tasks; setsid sleep 7001 {quiet} & sh -c 'sleep 7002 {quiet} &'; \
+             exec sleep 7003 {quiet}",
+            path.display()
+        );
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let members = || {
+            std::fs::read_to_string(path.join("cgroup.procs"))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        let started = Instant::now();
+        while members() < 3 {
+            assert!(started.elapsed() < Duration::from_secs(10), "{}", members());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let parent = nix::fcntl::open(
+            base,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let dir = open_dir(parent.as_fd(), &name).unwrap();
+        kill_all(dir.as_fd(), false, &name).unwrap();
+        let own = Own {
+            procs: openat(
+                dir.as_fd(),
+                "tasks",
+                OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap(),
+            parent,
+            dir,
+            v2: false,
+            where_: name.clone(),
+        };
+        let _ = child.wait();
+        assert!(wait_empty(&own, Instant::now() + KILL_WAIT).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(path.join("freezer.state")).unwrap(),
+            "THAWED\n"
+        );
+    }
+}
