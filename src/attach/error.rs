@@ -29,7 +29,7 @@ pub enum HelperStep {
     Fork,
     /// Moving the session process into the container's cgroups.
     JoinCgroup,
-    /// Installing the gateway's seccomp deny-list ([`super::seccomp`]).
+    /// Installing the gateway's seccomp deny-list (`helper/seccomp.rs`).
     Seccomp,
     /// Sending a message or fd to the gateway.
     Report,

@@ -5,12 +5,12 @@
 //!
 //! # Layout: three processes
 //!
-//! - **The gateway (B)**, [`gateway`]: multi-threaded; pins the init
+//! - **The gateway (B)**, `gateway/`: multi-threaded; pins the init
 //!   ([`PinnedInit`]), starts the helper from a sealed memfd
 //!   ([`HelperBinary`]), checks every fd it is handed, holds the session
 //!   ([`Attached`]) and ends it ([`Attached::end`]). Never forks itself
 //!   into a container.
-//! - **The helper (H)**, [`helper`]: this binary re-exec'd, single-threaded
+//! - **The helper (H)**, `helper/`: this binary re-exec'd, single-threaded
 //!   from its first instruction ([`helper_main`]). Does the host side and
 //!   never enters the container: checks the init again, reads what the
 //!   session must get (capabilities, `no_new_privs`, seccomp filters,
@@ -21,17 +21,17 @@
 //!   as H's child. H relays the session and kills (or keeps) its cgroup at
 //!   the end. Host handles live only in H, which nothing in the container
 //!   can see.
-//! - **The session process (C)**, [`session_process`]: in the container
+//! - **The session process (C)**, `session_process/`: in the container
 //!   from birth, with nothing but fds 0-2 and a socket to H; resolves the
 //!   login in the container's own files (never NSS), refuses what the
 //!   decision did not allow, takes its PTY from the container's devpts,
 //!   becomes the login and execs its shell (or serves SFTP/scp, or connects
 //!   a forward).
 //!
-//! Shared by the three: the wire protocol ([`proto`]), the pure parsers
-//! ([`procfs`], [`passwd`], [`plan`]), the account reader ([`accounts`]),
-//! the devpts checks ([`devpts`]) and every raw syscall and `unsafe` block
-//! ([`sys`]).
+//! Shared by the three: the wire protocol (`proto.rs`), the pure parsers
+//! ([`procfs`], [`passwd`], [`plan`]), the account reader (`accounts.rs`),
+//! the devpts checks (`devpts.rs`) and every raw syscall and `unsafe` block
+//! (`sys.rs`).
 
 mod accounts;
 mod devpts;

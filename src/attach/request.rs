@@ -89,7 +89,7 @@ pub enum UnreproducibleSeccomp {
     /// Refuse the session (default): it could make calls the init cannot.
     #[default]
     Refuse,
-    /// Run it under the gateway's deny-list only ([`super::seccomp`]).
+    /// Run it under the gateway's deny-list only (`helper/seccomp.rs`).
     DenyListOnly,
 }
 

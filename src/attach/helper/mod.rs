@@ -1,14 +1,14 @@
 //! The helper process H: a fresh single-threaded exec of the helper binary
 //! (from the gateway's sealed memfd) that does the host side of an attach
 //! and never enters the container itself. It checks the pinned init again,
-//! reads what the session must get ([`facts`], [`lsm`], [`seccomp`]),
-//! creates the session's own cgroup ([`cgroup`]), and creates the entering
-//! process ([`enter`]) in it, which goes into the container and creates the
+//! reads what the session must get (`facts.rs`, `lsm.rs`, `seccomp.rs`),
+//! creates the session's own cgroup (`cgroup.rs`), and creates the entering
+//! process (`enter.rs`) in it, which goes into the container and creates the
 //! session process there as H's child. H keeps every host handle (the
 //! cgroup directories, the host procfs) in itself: it is in no namespace of
 //! the container, so nothing in there can reach it, and the only processes
 //! it creates start with nothing but what they need. Then it relays the
-//! session ([`relay`]) until its end and kills or keeps its cgroup.
+//! session (`relay.rs`) until its end and kills or keeps its cgroup.
 //!
 //! Inherited fds: 0-2 = the session's pipes or /dev/null, 3 = the init's
 //! pidfd, 4 = the control socket. Everything else is closed first thing.
