@@ -46,6 +46,8 @@ struct Own {
     /// process to move itself).
     procs: OwnedFd,
     v2: bool,
+    /// The v1 freezer hierarchy.
+    freezer: bool,
     where_: String,
 }
 
@@ -261,7 +263,9 @@ impl SessionCgroup {
                     .push((tasks, format!("{}/{}", t.mount_point, t.rel)));
             }
         }
-        if cg.v2.is_none() && cg.v1_own.is_empty() {
+        // The end needs cgroup.kill (cgroup2) or a freezer (v1) to kill.
+        let freezer = cg.v1_own.first().is_some_and(|o| o.freezer);
+        if cg.v2.is_none() && !freezer {
             return Err(fail(
                 HelperStep::SessionCgroup,
                 "neither cgroup2 nor a v1 freezer hierarchy holds the container",
@@ -295,6 +299,7 @@ impl SessionCgroup {
             dir,
             procs,
             v2: t.v2,
+            freezer: !t.v2 && t.controllers.split(',').any(|c| c == "freezer"),
             where_: format!("{}/{}/{}", t.mount_point, t.rel, self.name),
         })
     }
@@ -539,6 +544,7 @@ mod tests {
             parent,
             dir,
             v2: false,
+            freezer: true,
             where_: name.clone(),
         };
         let _ = child.wait();

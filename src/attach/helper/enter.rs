@@ -42,8 +42,10 @@ pub(crate) struct EnterCtx<'a> {
     pub pidfd: RawFd,
     /// I's (and then C's) end of the inner socket.
     pub inner: RawFd,
-    /// The session has a PTY: 0-2 get a placeholder pipe until C sets it up.
-    pub pty: bool,
+    /// 0-2 are not the gateway's pipes (the session has a PTY, or connects
+    /// a forward): they get a placeholder pipe instead of the host's
+    /// `/dev/null`, until C makes its PTY its stdio.
+    pub placeholder_stdio: bool,
     /// The helper's pid: I's parent.
     pub helper_pid: i32,
 }
@@ -96,9 +98,8 @@ fn run(ctx: &EnterCtx<'_>) -> HResult<Infallible> {
     // setns) and the inner socket.
     sys::close_fds_except(&[ctx.pidfd, ctx.inner])
         .map_err(|e| WireError::step(HelperStep::CloseFds, &e))?;
-    if ctx.pty {
-        // The helper's 0-2 are /dev/null of the host: a pipe instead, until
-        // the session process makes its PTY its stdio.
+    if ctx.placeholder_stdio {
+        // The helper's 0-2 are /dev/null of the host: a pipe instead.
         let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(step(HelperStep::CloseFds))?;
         for (fd, target) in [(&r, 0), (&w, 1), (&w, 2)] {
             sys::dup_onto(fd.as_fd(), target)

@@ -155,7 +155,8 @@ fn start(
             self_moves: cgroup.self_moves(into_v2),
             pidfd: pidfd.as_raw_fd(),
             inner: inner_theirs.as_raw_fd(),
-            pty: req.pty.is_some(),
+            // Without the gateway's pipes, 0-2 are the host's /dev/null.
+            placeholder_stdio: req.pty.is_some() || matches!(req.mode, WireMode::Connect { .. }),
             helper_pid,
         }),
         Forked::Parent { pid, .. } => pid,
@@ -180,7 +181,11 @@ fn start(
     let go = || -> HResult<()> {
         let attr = match &host_proc {
             Some(p) => {
-                let current = matches!(req.mode, WireMode::Sftp { .. } | WireMode::Scp { .. });
+                // A session process that never execs changes profile at once.
+                let current = matches!(
+                    req.mode,
+                    WireMode::Sftp { .. } | WireMode::Scp { .. } | WireMode::Connect { .. }
+                );
                 Some(lsm::open_apparmor_attr(p.as_fd(), cpid, current)?)
             }
             None => None,
