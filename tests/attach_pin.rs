@@ -110,27 +110,24 @@ fn only_the_containers_own_init_is_pinned() {
         "setsid sleep 4101 </dev/null >/dev/null 2>&1 & \
          setsid unshare -p -f sleep 4102 </dev/null >/dev/null 2>&1 &",
     ]));
-    let mut pids = (Vec::new(), Vec::new());
+    // The nested init: a `sleep 4102` whose NSpid ends in 1 (unshare's own
+    // process matches the command line too, and comes first).
+    let nested_init = |p: &i32| {
+        let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        st.lines()
+            .any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+    };
+    let (mut plain, mut nested) = (Vec::new(), None);
     common::wait_until("the two sleeps", Duration::from_secs(10), || {
-        pids = (
-            c.processes_matching("sleep 4101"),
-            c.processes_matching("sleep 4102"),
-        );
-        pids.0.len() == 1 && !pids.1.is_empty()
+        plain = c.processes_matching("sleep 4101");
+        nested = c
+            .processes_matching("sleep 4102")
+            .into_iter()
+            .find(nested_init);
+        plain.len() == 1 && nested.is_some()
     });
-    // The nested init: the `sleep 4102` whose NSpid ends in 1 (unshare's
-    // own process also matches the command line).
-    let nested = pids
-        .1
-        .iter()
-        .copied()
-        .find(|p| {
-            let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-            st.lines()
-                .any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
-        })
-        .expect("a nested PID namespace init");
-    for pid in [pids.0[0], nested] {
+    let nested = nested.unwrap();
+    for pid in [plain[0], nested] {
         let e = PinnedInit::pin(pid, &cgroup, None).unwrap_err();
         assert!(
             matches!(e, AttachError::InitChanged(ref m) if m.contains("not the init")),

@@ -230,3 +230,120 @@ pub(crate) async fn start_session(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::attach::proto::send_blocking;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+
+    fn wire(pty: bool) -> WireRequest {
+        WireRequest {
+            mode: WireMode::Exec,
+            container: "c".into(),
+            login: "root".into(),
+            command: None,
+            pty: pty.then(|| WirePty {
+                term: "xterm".into(),
+                cols: 80,
+                rows: 24,
+            }),
+            env: Vec::new(),
+            init_pid: 2,
+            init_start_time: 0,
+            init_cgroup: "/x".into(),
+            allow_uid0: true,
+            expected: None,
+            unreproducible_seccomp: Default::default(),
+        }
+    }
+
+    fn ids() -> LoginIds {
+        LoginIds {
+            login: "root".into(),
+            uid: 0,
+            gid: 0,
+            groups: vec![0],
+        }
+    }
+
+    /// What a forged helper (or anything that got hold of the control
+    /// socket) reports, against `startup`: review finding 3.
+    async fn against(pty: bool, msgs: Vec<(HelperMsg, Option<OwnedFd>)>) -> AttachError {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        fcntl(theirs.as_fd(), FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+        let control = Control::new(ours).unwrap();
+        for (m, fd) in &msgs {
+            let fds: Vec<i32> = fd.iter().map(AsRawFd::as_raw_fd).collect();
+            send_blocking(theirs.as_fd(), m, &fds).unwrap();
+        }
+        match startup(&control, &wire(pty)).await {
+            Ok(_) => panic!("accepted {msgs:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[tokio::test]
+    async fn forged_reports_are_refused() {
+        let mut dummy = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = dummy.id() as i32;
+        let pidfd = || Some(sys::pidfd_open(pid).unwrap());
+        // PID 1, the gateway's own group (0), another pid than the pidfd's.
+        for claimed in [1, 0, -1, pid + 1] {
+            let e = against(
+                false,
+                vec![(
+                    HelperMsg::Started {
+                        pid: claimed,
+                        ids: ids(),
+                    },
+                    pidfd(),
+                )],
+            )
+            .await;
+            assert!(matches!(e, AttachError::Protocol(_)), "{claimed}: {e:?}");
+        }
+        // A non-pidfd fd.
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let e = against(
+            false,
+            vec![(HelperMsg::Started { pid, ids: ids() }, Some(r))],
+        )
+        .await;
+        assert!(
+            matches!(e, AttachError::Control(_) | AttachError::Protocol(_)),
+            "{e:?}"
+        );
+        // A "pty master" that is a pipe, or /dev/null.
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        for fake in [r, null] {
+            let e = against(
+                true,
+                vec![
+                    (HelperMsg::Started { pid, ids: ids() }, pidfd()),
+                    (HelperMsg::Pty, Some(fake)),
+                ],
+            )
+            .await;
+            assert!(
+                matches!(e, AttachError::Protocol(ref m) if m.contains("not a pty master")),
+                "{e:?}"
+            );
+        }
+        // Nothing was signalled.
+        assert!(dummy.try_wait().unwrap().is_none());
+        dummy.kill().unwrap();
+        dummy.wait().unwrap();
+    }
+}

@@ -62,9 +62,26 @@ pub(crate) fn session_label(init_dir: BorrowedFd<'_>) -> HResult<Option<String>>
         Mode::empty(),
     )
     .map_err(step(HelperStep::Lsm))?;
+    let mut attrs = Vec::new();
     for attr in ["attr/current", "attr/smack/current"] {
-        let theirs = attribute(init_dir, attr)?;
-        if theirs == attribute(own.as_fd(), attr)? {
+        attrs.push((
+            attr,
+            attribute(init_dir, attr)?,
+            attribute(own.as_fd(), attr)?,
+        ));
+    }
+    verdict(apparmor, &attrs)
+}
+
+/// One LSM attribute file: its path, the init's value and the helper's
+/// (`None`: that LSM is not active).
+type Attr<'a> = (&'a str, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// [`session_label`]'s decision on what it read: the init's AppArmor label
+/// and the attributes.
+fn verdict(apparmor: Option<String>, attrs: &[Attr<'_>]) -> HResult<Option<String>> {
+    for (attr, theirs, ours) in attrs {
+        if theirs == ours {
             continue;
         }
         let text = theirs
@@ -72,7 +89,7 @@ pub(crate) fn session_label(init_dir: BorrowedFd<'_>) -> HResult<Option<String>>
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default();
         // AppArmor shows its label in attr/current too, as `LABEL (mode)`.
-        let is_apparmor = attr == "attr/current"
+        let is_apparmor = *attr == "attr/current"
             && apparmor.is_some()
             && procfs::parse_apparmor_label(&text).ok().flatten() == apparmor;
         if !is_apparmor {
@@ -130,4 +147,56 @@ pub(crate) fn open_apparmor_attr(
         return Err(fail(s, "attr file is not on procfs"));
     }
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn b(s: &str) -> Option<Vec<u8>> {
+        Some(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn only_labels_the_session_can_get_pass() {
+        // No LSM at all (this machine).
+        assert_eq!(verdict(None, &[("attr/current", None, None)]), Ok(None));
+        // SELinux: the init's MCS context is not the gateway's: fail closed.
+        let selinux = [(
+            "attr/current",
+            b("system_u:system_r:container_t:s0:c1,c2"),
+            b("system_u:system_r:unconfined_service_t:s0"),
+        )];
+        assert_eq!(
+            verdict(None, &selinux),
+            Err(WireError::LsmLabelUnsupported {
+                label: "system_u:system_r:container_t:s0:c1,c2".into()
+            })
+        );
+        // The same context as the gateway's: nothing to reproduce.
+        let same = [("attr/current", b("unconfined_u:s0"), b("unconfined_u:s0"))];
+        assert_eq!(verdict(None, &same), Ok(None));
+        // AppArmor as the displayed LSM: its label, which the session gets.
+        let aa = Some("lxc-container-default-cgns".to_owned());
+        let shown = [(
+            "attr/current",
+            b("lxc-container-default-cgns (enforce)"),
+            b("unconfined"),
+        )];
+        assert_eq!(verdict(aa.clone(), &shown), Ok(aa.clone()));
+        // Smack beside AppArmor, differing: refused.
+        let smack = [
+            (
+                "attr/current",
+                b("lxc-container-default-cgns (enforce)"),
+                b("unconfined"),
+            ),
+            ("attr/smack/current", b("container"), b("_")),
+        ];
+        assert!(matches!(
+            verdict(aa, &smack),
+            Err(WireError::LsmLabelUnsupported { .. })
+        ));
+    }
 }
