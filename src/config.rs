@@ -80,6 +80,9 @@ pub struct Config {
     /// when absent.
     #[serde(default)]
     pub web: Option<WebConfig>,
+    /// `[attach]`: confinement the gateway cannot reproduce.
+    #[serde(default)]
+    pub attach: AttachConfig,
 }
 
 /// `[database]`.
@@ -91,6 +94,7 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
 }
 
+mod attach;
 mod auth;
 mod grants;
 mod inventory;
@@ -99,6 +103,7 @@ mod recording;
 mod session;
 mod web;
 
+pub use attach::{AttachConfig, SeccompFallback};
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 pub use grants::GrantsConfig;
 pub use inventory::{

@@ -26,6 +26,8 @@
 //!
 //! Deciding is pure: no I/O, everything comes in the request.
 
+pub mod addr;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -1,7 +1,15 @@
 //! Unit tests of the gateway-side attach API (no container needed).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-use super::*;
 use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd};
+
+use nix::fcntl::{FcntlArg, fcntl};
+
+use crate::attach::error::AttachError;
+use crate::attach::gateway::binary::HelperBinary;
+use crate::attach::gateway::pin::PinnedInit;
+use crate::attach::gateway::spawn::validate;
+use crate::attach::request::{AttachRequest, PtyRequest};
 
 #[test]
 fn helper_binary_is_sealed_and_executable() {

@@ -1,22 +1,24 @@
 //! Pinning a container's init: a pidfd taken right after the lookup and
-//! verified (cgroup, start time), so a recycled PID is never entered; and a
-//! watch that resolves when the init exits (the container stopped).
+//! verified (cgroup, start time, that it is a PID namespace's init one
+//! level below the gateway's), so a recycled PID or an ordinary process is
+//! never entered; and a watch that resolves when the init exits (the
+//! container stopped). Never reads anything but `/proc/<pid>` of the host.
 
 use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
 
-use super::error::AttachError;
-use super::{procfs, sys};
+use crate::attach::error::AttachError;
+use crate::attach::{procfs, sys};
 
 /// The container's init process, pinned by a pidfd and verified.
 #[derive(Debug)]
 pub struct PinnedInit {
-    pub(super) pidfd: OwnedFd,
-    pub(super) pid: i32,
-    pub(super) start_time: u64,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) pid: i32,
+    pub(crate) start_time: u64,
     cgroup: String,
-    pub(super) expected_cgroup: String,
+    pub(crate) expected_cgroup: String,
 }
 
 fn proc_err(path: String, e: std::io::Error) -> AttachError {
@@ -30,10 +32,17 @@ impl PinnedInit {
     /// `pidfd_open(pid)` immediately, then verifies the process: its cgroup
     /// (the v2 `0::` line of `/proc/<pid>/cgroup`, or any v1 line when there
     /// is no v2 line) must equal or be below `expected_cgroup` (e.g.
-    /// `"/lxc.payload.web1"`; `"/"` is refused), and, when given, its start
-    /// time (field 22 of `/proc/<pid>/stat`, clock ticks since boot) must
-    /// equal `expected_start_time`; finally `pidfd_send_signal(0)` must still
-    /// succeed, which proves the `/proc` reads described the pinned process.
+    /// `"/lxc.payload.web1"`; `"/"` is refused); it must be PID 1 of a PID
+    /// namespace exactly one level below the gateway's (`NSpid:` of
+    /// `/proc/<pid>/status` ends in `1` and has one entry more than the
+    /// gateway's own), so an ordinary process of the container, or the init
+    /// of a namespace nested inside it, is refused (review finding 9); and,
+    /// when given, its start time (field 22 of `/proc/<pid>/stat`, clock
+    /// ticks since boot) must equal `expected_start_time`. Callers pass the
+    /// start time their lookup saw, so a container restarted (and a PID
+    /// reused) between lookup and pin is refused. Finally
+    /// `pidfd_send_signal(0)` must still succeed, which proves the `/proc`
+    /// reads described the pinned process.
     ///
     /// Errors: [`AttachError::ContainerNotRunning`] (no such pid),
     /// [`AttachError::InitChanged`] (other cgroup/start time, or it died
@@ -67,6 +76,18 @@ impl PinnedInit {
                 AttachError::InitChanged(format!("pid {pid} is not in cgroup {expected}"))
             })?
             .to_owned();
+        let status_path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&status_path).map_err(|e| proc_err(status_path, e))?;
+        let own =
+            std::fs::read_to_string("/proc/self/status").map_err(|e| AttachError::Procfs {
+                path: "/proc/self/status".into(),
+                source: e,
+            })?;
+        if !procfs::is_namespace_init_below(&status, &own) {
+            return Err(AttachError::InitChanged(format!(
+                "pid {pid} is not the init of a PID namespace one level below the gateway's"
+            )));
+        }
         let stat_path = format!("/proc/{pid}/stat");
         let stat = std::fs::read_to_string(&stat_path).map_err(|e| proc_err(stat_path, e))?;
         let start_time = procfs::start_time_from_stat(&stat)

@@ -1,5 +1,6 @@
 //! The gateway side of a session pty: the master fd from the container's
-//! devpts, driven by tokio.
+//! devpts, checked ([`crate::attach::devpts::check_master`]) and driven by
+//! tokio. Never opens a pty itself.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -11,8 +12,9 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::error::AttachError;
-use super::sys;
+use crate::attach::devpts;
+use crate::attach::error::AttachError;
+use crate::attach::sys;
 
 /// The pty master of a session (nonblocking). Reading returns EOF once the
 /// session side is gone (the kernel's EIO is mapped to EOF). Dropping it
@@ -23,14 +25,18 @@ pub struct PtyMaster {
     fd: Arc<AsyncFd<OwnedFd>>,
 }
 
-/// A weak handle used by [`super::Attached::resize`]; does not keep the
-/// master open.
+/// A weak handle used by [`crate::attach::Attached::resize`]; does not keep
+/// the master open.
 #[derive(Debug, Clone)]
 pub(crate) struct WeakMaster(Weak<AsyncFd<OwnedFd>>);
 
 impl PtyMaster {
-    /// Wraps a master fd received from the helper; sets `O_NONBLOCK`.
+    /// Wraps a master fd received from the helper once it is checked to be
+    /// a devpts master (review finding 3); sets `O_NONBLOCK`. Errors:
+    /// [`AttachError::Protocol`] for any other fd, [`AttachError::Control`].
     pub(crate) fn new(fd: OwnedFd) -> Result<PtyMaster, AttachError> {
+        devpts::check_master(fd.as_fd())
+            .map_err(|e| AttachError::Protocol(format!("not a pty master: {e}")))?;
         let fl =
             fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| AttachError::Control(e.into()))?;
         let fl = OFlag::from_bits_retain(fl) | OFlag::O_NONBLOCK;
@@ -116,7 +122,5 @@ impl AsyncWrite for PtyMaster {
 /// operators attaching from a host terminal; `None` when `fd` is not a
 /// terminal or reports a zero size.
 pub fn terminal_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u16, u16)> {
-    super::sys::get_winsize(fd)
-        .ok()
-        .filter(|&(c, r)| c > 0 && r > 0)
+    sys::get_winsize(fd).ok().filter(|&(c, r)| c > 0 && r > 0)
 }
