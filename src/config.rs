@@ -87,6 +87,7 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
 }
 
+mod audit;
 mod auth;
 mod grants;
 mod inventory;
@@ -94,11 +95,12 @@ mod oidc;
 mod recording;
 mod session;
 
+pub use audit::AuditConfig;
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 pub use grants::GrantsConfig;
 pub use inventory::{ContainerConfig, InventoryBackend, InventoryConfig, PolicyConfig};
 pub use oidc::OidcConfig;
-pub use recording::{AuditConfig, RecordingConfig, RecordingFailure};
+pub use recording::{RecordingConfig, RecordingFailure};
 pub use session::{ForwardingConfig, SessionConfig, SftpConfig, SftpServer};
 
 /// A secret string (client secret, database URL with password): its `Debug`
@@ -225,6 +227,9 @@ impl Config {
         }
         if self.audit.sign_interval < Duration::from_secs(1) {
             return Err(invalid("audit.sign_interval", "must be at least 1s"));
+        }
+        if let Err((key, message)) = self.audit.validate() {
+            return Err(invalid(&key, &message));
         }
         if self.session.max_connections == 0 {
             return Err(invalid("session.max_connections", "must be above zero"));

@@ -1,5 +1,5 @@
-//! `[recording]` and `[audit]`: how sessions are recorded and how the
-//! audit chain is signed and exported.
+//! `[recording]`: how sessions are recorded (`[audit]` is in
+//! `config/audit.rs`).
 
 use std::time::Duration;
 
@@ -43,36 +43,10 @@ impl Default for RecordingConfig {
     }
 }
 
-/// `[audit]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    /// How often the chain head is signed (default 60 s; also at shutdown).
-    #[serde(default = "default_sign_interval", with = "humantime_serde")]
-    pub sign_interval: Duration,
-    /// Where audit events also go as JSON lines: a file path, `"-"` for
-    /// stdout, or unset for nowhere (default).
-    #[serde(default)]
-    pub export: Option<String>,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        AuditConfig {
-            sign_interval: default_sign_interval(),
-            export: None,
-        }
-    }
-}
-
 fn default_flush_interval() -> Duration {
     Duration::from_secs(1)
 }
 
 fn default_on_failure() -> RecordingFailure {
     RecordingFailure::Terminate
-}
-
-fn default_sign_interval() -> Duration {
-    Duration::from_secs(60)
 }

@@ -199,7 +199,10 @@ mod audit;
 mod review;
 mod transcripts;
 
-pub use audit::{AuditRow, ChainHead, GENESIS_HASH, NewAuditRow, SignedHead, chain_hash};
+pub use audit::{
+    AuditRow, ChainHead, GENESIS_HASH, HeadSigning, NewAuditRow, NewSignedHead, SignedHead,
+    chain_hash,
+};
 pub use review::SessionFilter;
 pub use transcripts::TranscriptHit;
 
