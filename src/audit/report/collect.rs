@@ -10,7 +10,6 @@ use super::{
     Refusal, ReportSpec, ReportVerification, SessionEntry, Timeline, TimelineRow, Totals,
 };
 use crate::audit::AuditError;
-use crate::audit::export::rfc3339_ms;
 use crate::audit::verify::{VerifyOptions, verify};
 use crate::store::{AccessRequestRecord, ApprovalRecord, AuditRow, SessionRecord, Store};
 
@@ -142,10 +141,10 @@ pub async fn collect(
     };
     Ok(AuditReport {
         schema: "portcullis.audit-report.v1".to_string(),
-        generated: rfc3339_ms(now),
+        generated: utc_text(now),
         gateway: spec.gateway.clone(),
-        from: rfc3339_ms(spec.from_ms),
-        to: rfc3339_ms(spec.to_ms),
+        from: utc_text(spec.from_ms),
+        to: utc_text(spec.to_ms),
         from_ms: spec.from_ms,
         to_ms: spec.to_ms,
         totals,
@@ -180,7 +179,7 @@ fn grant_summary(
     now: i64,
     uses: &HashMap<String, usize>,
 ) -> GrantSummary {
-    let time = |t: Option<i64>| t.map(rfc3339_ms).unwrap_or_default();
+    let time = |t: Option<i64>| t.map(utc_text).unwrap_or_default();
     GrantSummary {
         id: r.id.clone(),
         requester: r.requester.clone(),
@@ -190,13 +189,13 @@ fn grant_summary(
         ticket: ticket
             .and_then(|t| t.find(&r.reason))
             .map(|m| m.as_str().to_string()),
-        requested: rfc3339_ms(r.created_at),
+        requested: utc_text(r.created_at),
         approvals: approvals
             .map(|list| {
                 list.iter()
                     .map(|a| ApprovalEntry {
                         approver: a.approver.clone(),
-                        at: rfc3339_ms(a.approved_at),
+                        at: utc_text(a.approved_at),
                         comment: a.comment.clone(),
                     })
                     .collect()
@@ -206,7 +205,7 @@ fn grant_summary(
         expires: time(r.expires_at),
         break_glass: r.break_glass,
         reviewed_by: r.reviewed_by.clone(),
-        reviewed: r.reviewed_at.map(rfc3339_ms),
+        reviewed: r.reviewed_at.map(utc_text),
         review_comment: r.review_comment.clone(),
         state: r.state_at(now).to_string(),
         sessions: uses.get(&r.id).copied().unwrap_or(0),
@@ -254,7 +253,7 @@ fn session_entry(
                     container: s.container.clone(),
                     principal: s.principal.clone(),
                     killed_by: e.principal.clone().unwrap_or_default(),
-                    at: rfc3339_ms(e.at),
+                    at: utc_text(e.at),
                     reason: d["reason"].as_str().unwrap_or_default().to_string(),
                 });
             }
@@ -276,8 +275,8 @@ fn session_entry(
         login: s.login.clone(),
         client_addr: s.client_addr.clone(),
         started_ms: s.started_at,
-        started: rfc3339_ms(s.started_at),
-        ended: s.ended_at.map(rfc3339_ms).unwrap_or_default(),
+        started: utc_text(s.started_at),
+        ended: s.ended_at.map(utc_text).unwrap_or_default(),
         duration_ms,
         duration: duration_ms
             .map(format_ms)
@@ -341,7 +340,7 @@ fn refusal(e: &AuditRow) -> Option<Refusal> {
         _ => return None,
     };
     Some(Refusal {
-        at: rfc3339_ms(e.at),
+        at: utc_text(e.at),
         principal: e.principal.clone().unwrap_or_default(),
         kind: e.kind.clone(),
         what,
@@ -406,7 +405,7 @@ fn timeline(entries: &[SessionEntry], spec: &ReportSpec) -> Timeline {
     Timeline {
         days: days
             .iter()
-            .map(|d| rfc3339_ms(d * DAY_MS).chars().take(10).collect())
+            .map(|d| utc_text(d * DAY_MS).chars().take(10).collect())
             .collect(),
         rows: rows
             .into_iter()
@@ -414,6 +413,19 @@ fn timeline(entries: &[SessionEntry], spec: &ReportSpec) -> Timeline {
             .collect(),
         truncated: shown_first > first_day,
     }
+}
+
+/// `ms` (unix ms) as `YYYY-MM-DD HH:MM:SS` UTC, for people and print.
+pub(super) fn utc_text(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// `ms` as humantime text with whole seconds (`1h 2m 3s`, `0s`).

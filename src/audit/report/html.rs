@@ -25,8 +25,10 @@ pub(super) struct Bar {
     y: u32,
     width: u32,
     height: u32,
-    /// The count, shown above the bar when there is room.
+    /// The count, shown above the bar (centred) when there is room.
     label: Option<String>,
+    /// The bar's centre, for the count.
+    centre: u32,
     /// The tooltip: `web1, 2026-12-01: 3 sessions`.
     title: String,
 }
@@ -66,7 +68,7 @@ pub(super) fn chart(report: &AuditReport) -> Chart {
         .unwrap_or(0)
         .max(1);
     let mut out = Chart {
-        width: LABEL_WIDTH + column * days + 10,
+        width: LABEL_WIDTH + column * days + 20,
         height: ROW_HEIGHT * t.rows.len() as u32 + AXIS_HEIGHT,
         ..Chart::default()
     };
@@ -85,10 +87,12 @@ pub(super) fn chart(report: &AuditReport) -> Chart {
             }
             let height = (count * BAR_MAX).div_ceil(max).max(2);
             let x = LABEL_WIDTH + column * d as u32 + 1;
+            let width = column.saturating_sub(2).max(1);
             out.bars.push(Bar {
                 x,
                 y: base - height,
-                width: column.saturating_sub(2).max(1),
+                width,
+                centre: x + width / 2,
                 height,
                 label: (column >= 14).then(|| count.to_string()),
                 title: format!(
@@ -100,15 +104,17 @@ pub(super) fn chart(report: &AuditReport) -> Chart {
             });
         }
     }
-    // A day label every few columns, at least 70 px apart.
-    let every = (70 / column).max(1) as usize;
+    // Days as `MM-DD` (the year is in the period above), centred under
+    // their column, one every few columns so that they are at least 40 px
+    // apart (a label is about 30 px wide).
+    let every = 40u32.div_ceil(column).max(1) as usize;
     let axis = ROW_HEIGHT * t.rows.len() as u32 + 16;
     for (d, day) in t.days.iter().enumerate().step_by(every) {
         out.labels.push(Label {
-            x: LABEL_WIDTH + column * d as u32,
+            x: LABEL_WIDTH + column * d as u32 + column / 2,
             y: axis,
-            anchor: "start",
-            text: day.clone(),
+            anchor: "middle",
+            text: day.get(5..).unwrap_or(day).to_string(),
         });
     }
     out

@@ -35,8 +35,9 @@ pub struct ReportSpec {
     pub gateway: String,
 }
 
-/// The whole report; every time is RFC 3339 UTC text, every duration
-/// humantime text, next to the raw unix ms where a program needs it.
+/// The whole report; every time is `YYYY-MM-DD HH:MM:SS` UTC text, every
+/// duration humantime text, next to the raw unix ms where a program needs
+/// it.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct AuditReport {
     /// Always `portcullis.audit-report.v1`.
