@@ -1003,9 +1003,16 @@ fn two_gateways_on_one_postgres_share_sessions_and_one_unforked_chain() {
     // Verified on A with B's key listed: OK once both have signed.
     let b_key = signing_key(&b);
     let mut report = Value::Null;
-    wait_until("heads by both gateways", Duration::from_secs(20), || {
+    // Whichever gateway ticks first after new events signs them: add
+    // events until each has signed a head.
+    wait_until("heads by both gateways", Duration::from_secs(60), || {
         report = verify_with(&a, &["--trusted-key", &b_key]).1;
-        report["signers"].as_array().is_some_and(|s| s.len() == 2)
+        let both = report["signers"].as_array().is_some_and(|s| s.len() == 2);
+        if !both {
+            let r = ssh(&b, &["true"]);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+        }
+        both
     });
     let (code, report) = verify_with(&a, &["--trusted-key", &b_key]);
     assert_eq!(code, 0, "{report:#}");
