@@ -119,12 +119,13 @@ impl Fixture {
             .unwrap();
     }
 
+    /// Request `id` by `who` for `login@container`, approved by
+    /// `approver`.
     async fn grant(
         &self,
         id: &str,
         who: &str,
-        container: &str,
-        login: &str,
+        (login, container): (&str, &str),
         reason: &str,
         approver: &str,
         break_glass: bool,
@@ -184,8 +185,7 @@ async fn history() -> (Fixture, VerifyOptions) {
     f.grant(
         "g-used",
         "alice",
-        "web1",
-        "root",
+        ("root", "web1"),
         "OPS-7 disk full",
         "carol",
         false,
@@ -208,15 +208,21 @@ async fn history() -> (Fixture, VerifyOptions) {
     f.grant(
         "g-unused",
         "bob",
-        "db1",
-        "app",
+        ("app", "db1"),
         "OPS-9 migration",
         "dave",
         false,
     )
     .await;
-    f.grant("g-glass", "bob", "db1", "root", "INC-4 outage", "bob", true)
-        .await;
+    f.grant(
+        "g-glass",
+        "bob",
+        ("root", "db1"),
+        "INC-4 outage",
+        "bob",
+        true,
+    )
+    .await;
     assert!(
         f.store
             .review_break_glass("g-glass", "erin", Some("justified"))

@@ -627,6 +627,9 @@ async fn bundle(log: &Log, name: &str) -> PathBuf {
     out
 }
 
+/// A change to one file of a bundle: `None` drops it.
+type Change = dyn Fn(&str, Vec<u8>) -> Option<Vec<u8>>;
+
 /// Rewrites the tar at `path`, passing each file through `change` (which
 /// returns `None` to drop it).
 fn retar(path: &Path, change: impl Fn(&str, Vec<u8>) -> Option<Vec<u8>>) {
@@ -693,7 +696,7 @@ async fn a_bundle_verifies_offline_and_each_altered_part_is_named() {
             .any(|p| p.contains("a key that is not trusted"))
     );
 
-    let cases: Vec<(&str, Box<dyn Fn(&str, Vec<u8>) -> Option<Vec<u8>>>, &str)> = vec![
+    let cases: Vec<(&str, Box<Change>, &str)> = vec![
         (
             "an edited event",
             Box::new(|n, b| {

@@ -1,6 +1,6 @@
 //! [`AuditError`]: why signing, anchoring, verifying, bundling or reporting
 //! the audit log failed. One variant per failed step; the message names
-//! what to look at.
+//! what to look at and never carries a secret (keys, tokens).
 
 use crate::store::StoreError;
 

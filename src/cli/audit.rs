@@ -275,6 +275,7 @@ pub(crate) async fn audit(config: Config, command: AuditCommand) -> anyhow::Resu
             }
             Ok(ExitCode::SUCCESS)
         }
+        // Answered above, before the database is opened.
         AuditCommand::Key => Ok(ExitCode::SUCCESS),
     }
 }

@@ -190,7 +190,7 @@ pub fn verify_bundle(path: &Path, options: &VerifyOptions) -> Result<BundleRepor
         &text("events.jsonl").unwrap_or_default(),
         "events.jsonl",
         &mut problems,
-        |v| row_of(v),
+        row_of,
     );
     let heads: Vec<SignedHead> = parse_lines(
         &text("heads.jsonl").unwrap_or_default(),

@@ -1,6 +1,7 @@
 //! Gathering the report's facts from the store: events of the period,
 //! session rows, access requests and approvals, transcripts, and the
-//! verification of the chain.
+//! verification of the chain. Reads only; never writes the database nor
+//! changes a recording.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;

@@ -178,8 +178,10 @@ mod tests {
 
     #[test]
     fn hostile_text_is_escaped() {
-        let mut report = AuditReport::default();
-        report.gateway = "<script>alert(1)</script>".into();
+        let report = AuditReport {
+            gateway: "<script>alert(1)</script>".into(),
+            ..AuditReport::default()
+        };
         let html = render_html(&report).unwrap();
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(

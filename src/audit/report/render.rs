@@ -1,5 +1,7 @@
 //! Rendering an [`AuditReport`] as HTML (see `html.rs`), Markdown, CSV
-//! (RFC 4180, one header, a `record` column) or JSON.
+//! (RFC 4180 through the `csv` crate, one header, a `record` column) or
+//! JSON. Never gathers facts (that is `collect.rs`); text from the log is
+//! escaped for each format (HTML by askama, Markdown cells here).
 
 use super::{AuditReport, GrantSummary, SessionEntry};
 use crate::audit::AuditError;
