@@ -1,7 +1,9 @@
 //! Audit events as JSON lines for a SIEM (config `audit.export`: a file
 //! path, appended to, or `-` for stdout), written after the event is in the
 //! database; the signed chain heads go to the same file as they are made
-//! (one anchor of the chain outside the database, see `anchor.rs`).
+//! (one anchor of the chain outside the database, see `anchor.rs`). A
+//! failed export never loses or refuses an event: the database is the
+//! record.
 //!
 //! # Schema (version 1, stable)
 //!

@@ -3,6 +3,7 @@
 //! `--anchor`; a bundle offline with `--bundle`); `bundle` (evidence for an
 //! auditor, verifiable offline); `report` (the auditor's report); `key`
 //! (this gateway's signing key, for the other gateways' `trusted_keys`).
+//! Parses and prints only: every check lives in `crate::audit`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

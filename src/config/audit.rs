@@ -1,6 +1,7 @@
 //! `[audit]`: how the audit chain's head is signed, where the signed heads
 //! are anchored outside the database, and which gateways' keys
-//! `audit verify` trusts. Parsing and validation only.
+//! `audit verify` trusts. Parsing and validation only; never opens the
+//! anchors or reads keys from disk.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -4,7 +4,9 @@
 //! every selected session's recording against its `session_end` event. Each
 //! finding names the file, event, head or session.
 //!
-//! Needs no database and no gateway; reads the tar without extracting it.
+//! Needs no database and no gateway; reads the tar without extracting it,
+//! so a hostile bundle never writes a file; never trusts the bundle's own
+//! keys without saying so.
 
 use std::collections::BTreeMap;
 use std::io::Read;

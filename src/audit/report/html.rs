@@ -1,7 +1,8 @@
 //! The HTML report: one self-contained file (inline CSS, no script, no
 //! external resource), readable printed, with a timeline of sessions per
 //! container and per day drawn as SVG here. The template
-//! (`templates/audit/report.html`) is compiled and auto-escaped by askama.
+//! (`templates/audit/report.html`) is compiled and auto-escaped by askama;
+//! never builds HTML from strings here, never links a script.
 
 use askama::Template;
 
