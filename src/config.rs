@@ -76,6 +76,10 @@ pub struct Config {
     /// Just-in-time access: access requests and grants.
     #[serde(default)]
     pub grants: GrantsConfig,
+    /// `[web]`: the console for reviewers and approvers (issue 17); off
+    /// when absent.
+    #[serde(default)]
+    pub web: Option<WebConfig>,
 }
 
 /// `[database]`.
@@ -94,14 +98,19 @@ mod inventory;
 mod oidc;
 mod recording;
 mod session;
+mod web;
 
 pub use audit::AuditConfig;
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 pub use grants::GrantsConfig;
-pub use inventory::{ContainerConfig, InventoryBackend, InventoryConfig, PolicyConfig};
+pub use inventory::{
+    ContainerConfig, INCUS_SOCKET, InventoryBackend, InventoryConfig, LXD_SOCKET,
+    MAX_OWNER_PURPOSE_BYTES, PolicyConfig,
+};
 pub use oidc::OidcConfig;
 pub use recording::{RecordingConfig, RecordingFailure};
 pub use session::{ForwardingConfig, SessionConfig, SftpConfig, SftpServer};
+pub use web::WebConfig;
 
 /// A secret string (client secret, database URL with password): its `Debug`
 /// is redacted so it never reaches a log.
@@ -201,6 +210,9 @@ impl Config {
         self.validate_oidc(path)?;
         self.validate_auth(path)?;
         self.validate_containers(path)?;
+        if let Some(web) = &self.web {
+            web.validate(path)?;
+        }
         if let Err((key, message)) = self.grants.validate() {
             return Err(invalid(&key, &message));
         }

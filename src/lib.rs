@@ -22,6 +22,7 @@
 //! | [`attach`] | the helper that enters a container; PTY; exit status |
 //! | [`sftp`], [`scp`] | file transfers served inside a container, as the login |
 //! | [`ssh`] | the russh server: auth, channels, wiring the above |
+//! | [`web`] | the console for reviewers and approvers (axum, askama) |
 //! | [`cli`] | the `portcullis` command |
 
 pub mod attach;
@@ -37,3 +38,4 @@ pub mod scp;
 pub mod sftp;
 pub mod ssh;
 pub mod store;
+pub mod web;

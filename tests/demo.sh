@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings up a working Portcullis gateway on this machine, from nothing:
 #
-#   sudo bash tests/demo.sh          (from the repository root)
+#   bash tests/demo.sh          (from the repository root; as root, or as a
+#                                user with sudo: it re-runs itself with sudo)
 #
 # 1. installs what is missing (lxc, busybox-static, openssh-client; nodejs and
 #    npm only when `node` is missing) with apt-get,
@@ -22,6 +23,17 @@
 #   PORTCULLIS_LOG  gateway log filter (default info)
 set -euo pipefail
 
+# Not root: run again as root with sudo (keeping the knobs below); a fresh
+# Debian logged in as root has no sudo and needs none.
+if [ "$(id -u)" -ne 0 ]; then
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "demo.sh: run me as root (this machine has no sudo): su -c 'bash $0'" >&2
+    exit 1
+  fi
+  echo "demo.sh: not root, re-running with sudo" >&2
+  exec sudo --preserve-env=IDP_PORT,LISTEN,PORTCULLIS_LOG bash "$(readlink -f "$0")" "$@"
+fi
+
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 CONTAINER=demo1
@@ -36,7 +48,6 @@ if [ -t 1 ]; then B=$'\033[1m' R=$'\033[1;31m' N=$'\033[0m'; else B='' R='' N=''
 say() { printf '%s==> %s%s\n' "$B" "$*" "$N"; }
 die() { printf '%sdemo.sh: %s%s\n' "$R" "$*" "$N" >&2; exit 1; }
 
-[ "$(id -u)" -eq 0 ] || die "run me as root: sudo bash tests/demo.sh"
 [ -f Cargo.toml ] && [ -f tests/idp/server.mjs ] || die "cannot find the repository root (expected Cargo.toml and tests/idp/server.mjs in $ROOT)"
 case $IDP_PORT in '' | *[!0-9]*) die "IDP_PORT must be a port number, not '$IDP_PORT'" ;; esac
 GW_PORT=${LISTEN##*:}
@@ -156,12 +167,12 @@ if out=$(port_in_use "$IDP_PORT"); then
   old_issuer=$(node -e 'fetch(process.argv[1]).then((r) => r.json()).then((j) => console.log(j.issuer ?? "")).catch(() => {})' \
     "http://127.0.0.1:$IDP_PORT/.well-known/openid-configuration" 2>/dev/null || true)
   [ -z "$old_issuer" ] ||
-    die "port $IDP_PORT is held by an OpenID provider that is still running ($old_issuer), most likely the test IdP of an earlier demo run or test. Stop it (kill PID, see above), or pick another port: sudo IDP_PORT=9091 bash tests/demo.sh"
-  die "port $IDP_PORT (the test IdP's) is already in use, probably by an IdP or gateway of an earlier demo run. Stop that process (kill PID), or pick another port: sudo IDP_PORT=9091 bash tests/demo.sh"
+    die "port $IDP_PORT is held by an OpenID provider that is still running ($old_issuer), most likely the test IdP of an earlier demo run or test. Stop it (kill PID, see above), or pick another port: IDP_PORT=9091 bash tests/demo.sh"
+  die "port $IDP_PORT (the test IdP's) is already in use, probably by an IdP or gateway of an earlier demo run. Stop that process (kill PID), or pick another port: IDP_PORT=9091 bash tests/demo.sh"
 fi
 if out=$(port_in_use "$GW_PORT"); then
   printf '%s\n' "$out" >&2
-  die "port $GW_PORT (the gateway's) is already in use, probably by a gateway of an earlier demo run. Stop that process (kill PID), or pick another address: sudo LISTEN=0.0.0.0:2223 bash tests/demo.sh"
+  die "port $GW_PORT (the gateway's) is already in use, probably by a gateway of an earlier demo run. Stop that process (kill PID), or pick another address: LISTEN=0.0.0.0:2223 bash tests/demo.sh"
 fi
 
 # ---------------------------------------------------------------- IdP

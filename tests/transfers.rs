@@ -1044,3 +1044,173 @@ fn container_sftp_server_runs_read_only_where_policy_says() {
         .any(|s| s["command"] == "sftp via /usr/lib/openssh/sftp-server (read-only)");
     assert!(started, "no read-only session row");
 }
+
+/// Issue 19: a chown through SFTP is applied with the kernel's answer: a
+/// login that is not root may not give a file to root (refused, nothing
+/// changes), root in the container may.
+#[test]
+fn sftp_chown_is_applied_or_refused_by_the_kernel() {
+    let f = fixture();
+    let home = f.container.rootfs.join("home/app");
+    let file = home.join("chown-me");
+    std::fs::write(&file, b"x").unwrap();
+    std::os::unix::fs::chown(&file, Some(1000), Some(1000)).unwrap();
+    let r = sftp_batch(&app(), &f.alice_key, "chown 0 /home/app/chown-me\n");
+    assert_ne!(
+        r.code, 0,
+        "a non-root chown to root succeeded: {}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("ermission denied") || r.stderr.contains("not permitted"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), 1000);
+    let r = sftp_batch(
+        &root(),
+        &f.admin_key,
+        "chown 1234 /home/app/chown-me\nchgrp 2000 /home/app/chown-me\n",
+    );
+    assert_eq!(r.code, 0, "root's chown failed: {}", r.stderr);
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 2000));
+}
+
+/// Issue 13 point 9 / issue 19: transfers are audited under the path the
+/// file really has in the container: `~/passwd-link -> /etc/passwd` is
+/// `/etc/passwd`, through SFTP and legacy scp alike.
+#[test]
+fn transfers_through_a_symlink_are_audited_under_the_real_path() {
+    let f = fixture();
+    let link = f.container.rootfs.join("home/app/passwd-link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+    let before = transfers()
+        .iter()
+        .map(detail)
+        .filter(|d| d["path"] == "/etc/passwd")
+        .count();
+    let dir = tempfile::tempdir().unwrap();
+    let r = sftp_batch(
+        &app(),
+        &f.alice_key,
+        &format!(
+            "get /home/app/passwd-link {}\n",
+            dir.path().join("a").display()
+        ),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = scp_legacy(
+        &app(),
+        &f.alice_key,
+        &[
+            os("127.0.0.1:passwd-link"),
+            dir.path().join("b").as_os_str(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let passwd = std::fs::read(f.container.rootfs.join("etc/passwd")).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), passwd);
+    let audited = wait_for("both transfers audited as /etc/passwd", || {
+        let found: Vec<Value> = transfers()
+            .iter()
+            .map(detail)
+            .filter(|d| d["path"] == "/etc/passwd" && d["direction"] == "read")
+            .collect();
+        (found.len() >= before + 2).then_some(found)
+    });
+    for d in audited.iter().skip(before) {
+        assert_eq!(d["sha256"], sha(&passwd).as_str(), "{d}");
+    }
+    assert!(
+        transfer_of("/home/app/passwd-link", "read").is_none(),
+        "audited under the link's name"
+    );
+}
+
+/// Issue 19: a resumed download (`reget`) reads from the middle of the
+/// file; its record carries a true digest (of the file as left, flagged
+/// not sequential), never SHA-256 of nothing.
+#[test]
+fn resumed_downloads_are_audited_with_a_true_digest() {
+    let f = fixture();
+    let data = random_bytes(3 * 1024 * 1024 + 5);
+    let inside = f.container.rootfs.join("home/app/resume.bin");
+    std::fs::write(&inside, &data).unwrap();
+    std::os::unix::fs::chown(&inside, Some(1000), Some(1000)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("resume.bin");
+    std::fs::write(&local, &data[..1024 * 1024]).unwrap();
+    let r = sftp_batch(
+        &app(),
+        &f.alice_key,
+        &format!("reget /home/app/resume.bin {}\n", local.display()),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(sha(&std::fs::read(&local).unwrap()), sha(&data));
+    let d = wait_for("the resumed read", || {
+        transfer_of("/home/app/resume.bin", "read")
+    });
+    assert_eq!(d["bytes"], (data.len() - 1024 * 1024) as u64, "{d}");
+    assert_ne!(d["sha256"], sha(b"").as_str(), "{d}");
+    assert_eq!(d["sha256"], sha(&data).as_str(), "{d}");
+    assert_eq!(d["sequential"], false, "{d}");
+}
+
+/// Issue 19: a client that follows the SFTP draft's symlink argument order
+/// (asyncssh, PyPI) creates the link where it asked, and may set the times
+/// of a file its owner cannot read (SETSTAT never opens the file).
+#[test]
+fn a_draft_order_client_makes_links_in_the_right_place_and_sets_times() {
+    let f = fixture();
+    let home = f.container.rootfs.join("home/app");
+    let write_only = home.join("write-only");
+    std::fs::write(&write_only, b"w").unwrap();
+    std::os::unix::fs::chown(&write_only, Some(1000), Some(1000)).unwrap();
+    std::fs::set_permissions(&write_only, std::fs::Permissions::from_mode(0o200)).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ext/asyncssh_sftp.py");
+    let mut cmd = Command::new("python3");
+    cmd.env("PYTHONWARNINGS", "ignore")
+        .arg(&script)
+        .arg(f.gateway.port.to_string())
+        .arg(app())
+        .arg(&f.alice_key)
+        .arg("/home/app");
+    let r = run_ssh(&mut cmd, b"");
+    assert_eq!(
+        r.code, 0,
+        "asyncssh failed (pip install asyncssh; .ci/run does): {}",
+        r.stderr
+    );
+    let out = String::from_utf8_lossy(&r.stdout);
+    let link = home.join("link-by-asyncssh");
+    assert_eq!(
+        std::fs::read_link(&link)
+            .map(|p| p.display().to_string())
+            .ok(),
+        Some("target-file".to_string()),
+        "the link is not where asyncssh asked ({out}); home has {:?}",
+        std::fs::read_dir(&home)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>()
+    );
+    let m = std::fs::metadata(&write_only).unwrap();
+    assert_eq!((m.atime(), m.mtime()), (1_000_000, 2_000_000), "{out}");
+    assert!(
+        out.contains("symlink: ok") && out.contains("utime: ok"),
+        "{out}"
+    );
+}
+
+/// Issue 19: `sftp df` works (statvfs@openssh.com) and reports the
+/// container filesystem's size.
+#[test]
+fn sftp_df_reports_the_filesystem() {
+    let f = fixture();
+    let r = sftp_batch(&app(), &f.alice_key, "df -h /home/app\n");
+    assert_eq!(r.code, 0, "sftp df failed: {}", r.stderr);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains("Size") && out.contains("Avail"), "{out}");
+}

@@ -9,6 +9,7 @@
 
 mod binding;
 mod certificate;
+mod code_flow;
 mod device;
 #[cfg(test)]
 mod hostile_tests;
@@ -17,6 +18,7 @@ mod oidc;
 
 pub use binding::{BindingCheck, KeyBindings, key_fingerprint};
 pub use certificate::{CertificateAuthorities, CertificateError};
+pub use code_flow::{AuthorizationParams, AuthorizationRequest, CodeLogin, pkce_challenge};
 pub use device::{DeviceAuthorization, DeviceFlowError};
 pub use issuers::Issuers;
 pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, VerifiedIdToken};

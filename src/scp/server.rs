@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::record::{MAX_LINE_BYTES, Record, parse_record};
 use super::{ScpCommand, ScpMode};
-use crate::sftp::{Direction, EventSink, TransferRecord, normalise};
+use crate::sftp::{Direction, EventSink, TransferRecord, resolved_path};
 
 /// Deepest directory nesting copied with `-r` (deeper directories are
 /// skipped with a warning; this also ends symlink loops on download).
@@ -345,6 +345,8 @@ fn receive_file<R: Read, W: Write, F: FnMut(&TransferRecord)>(
             return c.warn(&format!("{shown}: {e}"));
         }
     };
+    // The path the file really has in the container (symlinks resolved).
+    let real = resolved_path(&file, &command_path(path));
     c.ack()?;
     c.output.flush().map_err(|_| Stop::Lost)?;
     let mut hasher = Sha256::new();
@@ -360,7 +362,7 @@ fn receive_file<R: Read, W: Write, F: FnMut(&TransferRecord)>(
         if n == 0 {
             // The client went away mid-file: report what arrived.
             let record = TransferRecord {
-                path: normalise(&command_path(path)),
+                path: real,
                 direction: Direction::Write,
                 bytes: received,
                 sha256: hex::encode(hasher.finalize()),
@@ -408,7 +410,7 @@ fn receive_file<R: Read, W: Write, F: FnMut(&TransferRecord)>(
     // The client's status for its side of the data (scp.c source()).
     let client_ok = c.response()?;
     let record = TransferRecord {
-        path: normalise(&command_path(path)),
+        path: real,
         direction: Direction::Write,
         bytes: received,
         sha256: hex::encode(hasher.finalize()),
@@ -499,6 +501,7 @@ fn send_path<R: Read, W: Write, F: FnMut(&TransferRecord)>(
     if !c.response()? {
         return Ok(());
     }
+    let real = resolved_path(&file, &command_path(path));
     let mut file = file;
     let mut hasher = Sha256::new();
     let mut sent = 0u64;
@@ -533,7 +536,7 @@ fn send_path<R: Read, W: Write, F: FnMut(&TransferRecord)>(
         sent += chunk as u64;
     }
     let record = TransferRecord {
-        path: normalise(&command_path(path)),
+        path: real,
         direction: Direction::Read,
         bytes: sent,
         sha256: hex::encode(hasher.finalize()),

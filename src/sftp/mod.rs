@@ -15,6 +15,7 @@
 //! stderr); the gateway turns the lines into audit events. The database
 //! never enters the container.
 
+mod attrs;
 mod server;
 
 use std::io::Write;
@@ -55,9 +56,12 @@ pub struct TransferRecord {
     pub direction: Direction,
     /// Bytes transferred in that direction.
     pub bytes: u64,
-    /// SHA-256 (lowercase hex) of the bytes transferred, in file order.
-    /// For a write that was not sequential (offsets out of order or
-    /// overlapping) it is the digest of the whole file as left at close.
+    /// SHA-256 (lowercase hex). When `sequential`, of the bytes
+    /// transferred (in file order from offset 0). Otherwise (a resumed or
+    /// ranged read, an out-of-order or overlapping write) of the whole file
+    /// as left when the handle closed; only when the login cannot read the
+    /// file is it of the bytes transferred in the order they moved. Never
+    /// the digest of nothing when bytes moved.
     pub sha256: String,
     /// True when the bytes came in file order from offset 0 without gaps,
     /// so `sha256` is exactly the digest of what crossed the wire.
@@ -98,6 +102,27 @@ impl EventSink {
             // and audits the session's end without it.
             let _ = self.out.write_all(&line);
         }
+    }
+}
+
+/// The path `file` has inside the container: the kernel's name of the
+/// opened file (`/proc/self/fd/N`, resolved through every symlink, in the
+/// process's own mount namespace and root), so a symlink `~/x ->
+/// /etc/passwd` is reported as `/etc/passwd`. Falls back to `asked` made
+/// absolute lexically ([`normalise`]) when `/proc` cannot say (not
+/// mounted, or the file was already unlinked).
+pub(crate) fn resolved_path(file: &std::fs::File, asked: &str) -> String {
+    use std::os::fd::AsRawFd;
+    match std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+        Ok(p) => {
+            let p = p.to_string_lossy().into_owned();
+            if p.starts_with('/') && !p.ends_with(" (deleted)") {
+                p
+            } else {
+                normalise(asked)
+            }
+        }
+        Err(_) => normalise(asked),
     }
 }
 

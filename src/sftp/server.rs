@@ -3,32 +3,43 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::Path;
 
+use nix::fcntl::AT_FDCWD;
 use russh_sftp::protocol::{
-    Attrs, Data, File as DirEntry, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode,
-    Version,
+    Attrs, Data, File as DirEntry, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
+    StatusCode, Version,
 };
 use russh_sftp::server::{Handler, StatusReply};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use super::{Direction, EventSink, TransferRecord, normalise};
+use super::attrs::{self, attrs_of};
+use super::{Direction, EventSink, TransferRecord, resolved_path};
+
+#[path = "extended.rs"]
+mod extended;
 
 /// Largest client packet accepted (a 256 KiB write plus headers).
 pub(crate) const MAX_PACKET_BYTES: u32 = 256 * 1024 + 1024;
 
 /// Largest read answered in one packet.
-const MAX_READ_BYTES: u32 = 255 * 1024;
+pub(crate) const MAX_READ_BYTES: u32 = 255 * 1024;
+
+/// Largest write accepted in one packet (fits [`MAX_PACKET_BYTES`]).
+pub(crate) const MAX_WRITE_BYTES: u32 = 256 * 1024;
 
 /// Most handles open at once.
-const MAX_HANDLES: usize = 256;
+pub(crate) const MAX_HANDLES: usize = 256;
 
 /// Directory entries per READDIR answer.
 const DIR_BATCH: usize = 128;
 
-/// Digest of one direction of one handle.
+/// Digest of one direction of one handle: every byte that moved, in the
+/// order it moved, and whether that order was the file's own from offset
+/// 0 without gaps or overlaps.
 struct Stream {
     hasher: Sha256,
     bytes: u64,
@@ -50,9 +61,7 @@ impl Stream {
         if offset != self.next {
             self.sequential = false;
         }
-        if self.sequential {
-            self.hasher.update(data);
-        }
+        self.hasher.update(data);
         self.bytes += data.len() as u64;
         self.next = offset + data.len() as u64;
     }
@@ -60,6 +69,9 @@ impl Stream {
 
 struct OpenFile {
     file: File,
+    /// The handle may be read through (opened with read access).
+    readable: bool,
+    /// The path the opened file has inside the container ([`resolved_path`]).
     path: String,
     wants_write: bool,
     read: Stream,
@@ -77,10 +89,12 @@ pub(crate) struct SftpHandler {
     sink: EventSink,
     handles: HashMap<String, Open>,
     next_handle: u64,
+    /// The login's home (the cwd the session started in), for `~`.
+    home: String,
     done: Option<oneshot::Sender<()>>,
 }
 
-fn status_of(e: &std::io::Error) -> StatusReply {
+pub(crate) fn status_of(e: &std::io::Error) -> StatusReply {
     let code = match e.kind() {
         std::io::ErrorKind::NotFound => StatusCode::NoSuchFile,
         std::io::ErrorKind::PermissionDenied => StatusCode::PermissionDenied,
@@ -93,7 +107,7 @@ fn read_only_refusal() -> StatusReply {
     StatusCode::PermissionDenied.with_message("read-only: policy allows only reading")
 }
 
-fn ok(id: u32) -> Status {
+pub(crate) fn ok(id: u32) -> Status {
     Status {
         id,
         status_code: StatusCode::Ok,
@@ -102,86 +116,58 @@ fn ok(id: u32) -> Status {
     }
 }
 
-fn attrs_of(m: &std::fs::Metadata) -> FileAttributes {
-    FileAttributes {
-        size: Some(m.size()),
-        uid: Some(m.uid()),
-        gid: Some(m.gid()),
-        permissions: Some(m.mode()),
-        atime: Some(m.atime().clamp(0, i64::from(u32::MAX)) as u32),
-        mtime: Some(m.mtime().clamp(0, i64::from(u32::MAX)) as u32),
-        ..Default::default()
-    }
-}
-
-fn apply_attrs(
-    path: Option<&Path>,
-    file: Option<&File>,
-    a: &FileAttributes,
-) -> std::io::Result<()> {
-    let open;
-    let file = match (file, path) {
-        (Some(f), _) => f,
-        (None, Some(p)) => {
-            if let Some(mode) = a.permissions {
-                // Without opening (a directory or a file we cannot read).
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode & 0o7777))?;
-            }
-            if a.size.is_none() && a.atime.is_none() && a.mtime.is_none() {
-                return Ok(());
-            }
-            open = OpenOptions::new()
-                .write(a.size.is_some())
-                .read(a.size.is_none())
-                .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-                .open(p)?;
-            &open
-        }
-        (None, None) => return Ok(()),
-    };
-    if path.is_none()
-        && let Some(mode) = a.permissions
-    {
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
-    }
-    if let Some(size) = a.size {
-        file.set_len(size)?;
-    }
-    if let (Some(at), Some(mt)) = (a.atime, a.mtime) {
-        let t = |s: u32| std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(s));
-        file.set_times(
-            std::fs::FileTimes::new()
-                .set_accessed(t(at))
-                .set_modified(t(mt)),
-        )?;
-    }
-    Ok(())
-}
-
-/// SHA-256 of the whole file, read through `file`.
-fn digest_file(file: &File) -> (String, u64) {
+/// SHA-256 of the whole file and its length, read through `file`; `None`
+/// when it cannot be read to the end.
+fn digest_file(file: &File) -> Option<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
     loop {
         match file.read_at(&mut buf, offset) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => return Some(hex::encode(h.finalize())),
             Ok(n) => {
                 h.update(&buf[..n]);
                 offset += n as u64;
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
         }
     }
-    (hex::encode(h.finalize()), offset)
+}
+
+/// The digest a record carries for `stream` of `f`: the bytes as they
+/// moved when they moved in file order from offset 0
+/// (`sequential: true`); otherwise (a resumed or ranged read, an
+/// out-of-order write) the whole file as left at close, read through the
+/// handle or, for a write-only handle, a new read-only open of the same
+/// file (`/proc/self/fd/N`). Only when the login cannot read the file at
+/// all is it the bytes as they moved, in the order they moved.
+fn digest_for(f: &OpenFile, stream: &Stream) -> (String, bool) {
+    if stream.sequential {
+        return (hex::encode(stream.hasher.clone().finalize()), true);
+    }
+    let whole = if f.readable {
+        digest_file(&f.file)
+    } else {
+        File::open(format!("/proc/self/fd/{}", f.file.as_raw_fd()))
+            .ok()
+            .and_then(|r| digest_file(&r))
+    };
+    let digest = whole.unwrap_or_else(|| hex::encode(stream.hasher.clone().finalize()));
+    (digest, false)
 }
 
 impl SftpHandler {
     pub(crate) fn new(read_only: bool, sink: EventSink, done: oneshot::Sender<()>) -> SftpHandler {
+        let home = std::env::current_dir()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "/".into());
         SftpHandler {
             read_only,
             sink,
             handles: HashMap::new(),
             next_handle: 0,
+            home,
             done: Some(done),
         }
     }
@@ -214,11 +200,7 @@ impl SftpHandler {
     fn report(&mut self, f: OpenFile, closed: bool) {
         let wrote = f.write.bytes > 0 || f.wants_write;
         if wrote {
-            let (sha256, sequential) = if f.write.sequential {
-                (hex::encode(f.write.hasher.clone().finalize()), true)
-            } else {
-                (digest_file(&f.file).0, false)
-            };
+            let (sha256, sequential) = digest_for(&f, &f.write);
             self.sink.emit(&TransferRecord {
                 path: f.path.clone(),
                 direction: Direction::Write,
@@ -229,13 +211,13 @@ impl SftpHandler {
             });
         }
         if f.read.bytes > 0 || !wrote {
-            let sha256 = hex::encode(f.read.hasher.finalize());
+            let (sha256, sequential) = digest_for(&f, &f.read);
             self.sink.emit(&TransferRecord {
-                path: f.path,
+                path: f.path.clone(),
                 direction: Direction::Read,
                 bytes: f.read.bytes,
                 sha256,
-                sequential: f.read.sequential,
+                sequential,
                 closed,
             });
         }
@@ -256,6 +238,34 @@ impl Drop for SftpHandler {
     }
 }
 
+/// OpenSSH's `realpath`: the canonical path when it exists; when only its
+/// last component is missing, the canonical parent joined with that name
+/// (so a client can `put` to a new name); otherwise the lookup's error
+/// (a missing parent is refused, as OpenSSH's `sftp_realpath` does).
+pub(crate) fn canonical_path(path: &str) -> std::io::Result<String> {
+    let path = if path.is_empty() { "." } else { path };
+    match std::fs::canonicalize(path) {
+        Ok(p) => Ok(p.to_string_lossy().into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let p = Path::new(path);
+            let name = match p.file_name() {
+                Some(n) if !path.ends_with('/') => n,
+                _ => return Err(e),
+            };
+            let parent = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let dir = std::fs::canonicalize(parent)?;
+            if !dir.is_dir() {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));
+            }
+            Ok(dir.join(name).to_string_lossy().into_owned())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Handler for SftpHandler {
     type Error = StatusReply;
 
@@ -268,7 +278,10 @@ impl Handler for SftpHandler {
         _version: u32,
         _extensions: HashMap<String, String>,
     ) -> Result<Version, StatusReply> {
-        Ok(Version::new())
+        Ok(Version {
+            version: russh_sftp::protocol::VERSION,
+            extensions: extended::announced(),
+        })
     }
 
     async fn open(
@@ -304,8 +317,9 @@ impl Handler for SftpHandler {
             return Err(StatusCode::Failure.with_message("is a directory"));
         }
         let handle = self.insert(Open::File(Box::new(OpenFile {
+            path: resolved_path(&file, &filename),
             file,
-            path: normalise(&filename),
+            readable: pflags.contains(OpenFlags::READ) || !write,
             wants_write: write,
             read: Stream::new(),
             write: Stream::new(),
@@ -391,7 +405,7 @@ impl Handler for SftpHandler {
         attrs: FileAttributes,
     ) -> Result<Status, StatusReply> {
         self.writable()?;
-        apply_attrs(Some(Path::new(&path)), None, &attrs).map_err(|e| status_of(&e))?;
+        attrs::apply_to_path(Path::new(&path), &attrs).map_err(|e| status_of(&e))?;
         Ok(ok(id))
     }
 
@@ -403,20 +417,31 @@ impl Handler for SftpHandler {
     ) -> Result<Status, StatusReply> {
         self.writable()?;
         let f = self.file(&handle)?;
-        apply_attrs(None, Some(&f.file), &attrs).map_err(|e| status_of(&e))?;
+        attrs::apply_to_file(&f.file, &attrs).map_err(|e| status_of(&e))?;
         Ok(ok(id))
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, StatusReply> {
         let mut entries = Vec::new();
+        let users = attrs::IdNames::load("/etc/passwd");
+        let groups = attrs::IdNames::load("/etc/group");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         for e in std::fs::read_dir(&path).map_err(|e| status_of(&e))? {
             let e = e.map_err(|e| status_of(&e))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let attrs = e
-                .metadata()
-                .map(|m| attrs_of(&m))
-                .unwrap_or_else(|_| FileAttributes::empty());
-            entries.push(DirEntry::new(name, attrs));
+            // Not following symlinks (lstat), as OpenSSH's readdir.
+            let entry = match e.metadata() {
+                Ok(m) => DirEntry {
+                    longname: attrs::longname(&name, &m, &users, &groups, now),
+                    attrs: attrs_of(&m),
+                    filename: name,
+                },
+                Err(_) => DirEntry::new(name, FileAttributes::empty()),
+            };
+            entries.push(entry);
         }
         // Served from the end.
         entries.reverse();
@@ -464,9 +489,7 @@ impl Handler for SftpHandler {
     }
 
     async fn realpath(&mut self, id: u32, path: String) -> Result<Name, StatusReply> {
-        let p = std::fs::canonicalize(if path.is_empty() { "." } else { &path })
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| normalise(&path));
+        let p = canonical_path(&path).map_err(|e| status_of(&e))?;
         Ok(Name {
             id,
             files: vec![DirEntry::dummy(p)],
@@ -480,12 +503,27 @@ impl Handler for SftpHandler {
         newpath: String,
     ) -> Result<Status, StatusReply> {
         self.writable()?;
-        // SFTP v3: renaming onto an existing file fails.
-        if std::fs::symlink_metadata(&newpath).is_ok() {
-            return Err(StatusCode::Failure.with_message("target exists"));
+        // SFTP v3: renaming onto an existing file fails (atomically:
+        // RENAME_NOREPLACE; posix-rename@openssh.com replaces).
+        let r = nix::fcntl::renameat2(
+            AT_FDCWD,
+            oldpath.as_str(),
+            AT_FDCWD,
+            newpath.as_str(),
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        );
+        match r {
+            Ok(()) => Ok(ok(id)),
+            Err(nix::errno::Errno::EEXIST) => {
+                Err(StatusCode::Failure.with_message("target exists"))
+            }
+            Err(nix::errno::Errno::EINVAL) if std::fs::symlink_metadata(&newpath).is_err() => {
+                // A filesystem without RENAME_NOREPLACE.
+                std::fs::rename(&oldpath, &newpath).map_err(|e| status_of(&e))?;
+                Ok(ok(id))
+            }
+            Err(e) => Err(status_of(&std::io::Error::from(e))),
         }
-        std::fs::rename(&oldpath, &newpath).map_err(|e| status_of(&e))?;
-        Ok(ok(id))
     }
 
     async fn readlink(&mut self, id: u32, path: String) -> Result<Name, StatusReply> {
@@ -504,9 +542,20 @@ impl Handler for SftpHandler {
     ) -> Result<Status, StatusReply> {
         self.writable()?;
         // OpenSSH sends (target, link) in the fields the draft names
-        // (linkpath, targetpath); follow OpenSSH, as every client does.
+        // (linkpath, targetpath) and so does this server, as it announces
+        // in its identification string (`crate::ssh::algorithms::server_id`:
+        // draft-order clients such as asyncssh swap for "OpenSSH").
         std::os::unix::fs::symlink(&linkpath, &targetpath).map_err(|e| status_of(&e))?;
         Ok(ok(id))
+    }
+
+    async fn extended(
+        &mut self,
+        id: u32,
+        request: String,
+        data: Vec<u8>,
+    ) -> Result<Packet, StatusReply> {
+        self.extended_request(id, &request, data)
     }
 }
 

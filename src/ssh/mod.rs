@@ -6,6 +6,7 @@
 //! per-channel requests (pty, env) and hands each shell or exec to a session
 //! task ([`session`]) that owns the process and its recording.
 
+mod algorithms;
 mod auth;
 mod broker;
 pub mod forward;
@@ -178,9 +179,8 @@ pub fn auth_methods() -> MethodSet {
 /// one more).
 pub fn russh_config(host_key: PrivateKey, max_auth_attempts: usize) -> russh::server::Config {
     russh::server::Config {
-        server_id: russh::SshId::Standard(
-            format!("SSH-2.0-Portcullis_{}", env!("CARGO_PKG_VERSION")).into(),
-        ),
+        server_id: russh::SshId::Standard(algorithms::server_id().into()),
+        preferred: algorithms::preferred(),
         methods: auth_methods(),
         auth_rejection_time: Duration::from_secs(1),
         auth_rejection_time_initial: Some(Duration::ZERO),

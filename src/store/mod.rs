@@ -196,6 +196,8 @@ pub fn now_ms() -> i64 {
 }
 
 mod audit;
+mod inventory;
+mod console;
 mod review;
 mod transcripts;
 
@@ -203,6 +205,8 @@ pub use audit::{
     AuditRow, ChainHead, GENESIS_HASH, HeadSigning, NewAuditRow, NewSignedHead, SignedHead,
     chain_hash,
 };
+pub use console::{AuditFilter, LoginStateRecord, SshWebLoginRecord, WebSessionRecord};
+pub use inventory::LastSession;
 pub use review::SessionFilter;
 pub use transcripts::TranscriptHit;
 

@@ -97,9 +97,14 @@ const makeProvider = (keys) => new Provider(issuer, {
       client_id: 'portcullis',
       client_name: 'Portcullis',
       token_endpoint_auth_method: 'none',
-      grant_types: [DEVICE_CODE, 'refresh_token'],
-      response_types: [],
-      redirect_uris: [],
+      // The web console (issue 17) logs in with the authorization code
+      // flow and PKCE: a native client, so a loopback redirect URI matches
+      // on any port (RFC 8252 §7.3); auth_time is always in the ID token.
+      application_type: 'native',
+      grant_types: [DEVICE_CODE, 'refresh_token', 'authorization_code'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/auth/callback'],
+      require_auth_time: true,
     },
     {
       client_id: 'portcullis-confidential',
