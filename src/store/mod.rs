@@ -196,8 +196,8 @@ pub fn now_ms() -> i64 {
 }
 
 mod audit;
-mod inventory;
 mod console;
+mod inventory;
 mod review;
 mod transcripts;
 
