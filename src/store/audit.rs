@@ -415,48 +415,6 @@ impl Store {
             .await?;
         Ok(rows.iter().map(head_from_row).collect())
     }
-
-    /// Events with ids from `first` to `last` (both included), in order.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn audit_events_between(
-        &self,
-        first: i64,
-        last: i64,
-    ) -> Result<Vec<AuditRow>, StoreError> {
-        let sql = format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE id >= $1 AND id <= $2 ORDER BY id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(first)
-            .bind(last)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(audit_from_row).collect())
-    }
-
-    /// The ids of the first and the last event written from `from` to `to`
-    /// (unix ms, both included), `None` when there is none.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn audit_ids_written(
-        &self,
-        from: i64,
-        to: i64,
-    ) -> Result<Option<(i64, i64)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT MIN(id) AS first, MAX(id) AS last FROM audit_events WHERE at >= $1 AND at <= $2",
-        )
-        .bind(from)
-        .bind(to)
-        .fetch_one(&self.pool)
-        .await?;
-        let first: Option<i64> = row.get("first");
-        let last: Option<i64> = row.get("last");
-        Ok(first.zip(last))
-    }
 }
 
 /// Appends `e` inside `tx` (which holds the append lock, see
