@@ -577,6 +577,37 @@ async fn two_gateways_verify_when_both_keys_are_trusted_and_tampering_is_still_c
 }
 
 #[tokio::test]
+async fn a_gateway_guards_the_heads_another_gateway_signed() {
+    let log = setup(2).await;
+    log.decisions(3, "alice").await;
+    log.sign(0).await;
+    log.decisions(2, "bob").await;
+    log.sign(1).await;
+    // Gateway 0 ticks with nothing new: it sees head 2 (gateway 1's).
+    assert_eq!(log.sign(0).await, 5);
+    // Head 2 and what it signed are cut, and the log goes on.
+    sql(
+        &log.url,
+        "DELETE FROM audit_signatures WHERE seq = 2; DELETE FROM audit_events WHERE id > 3;",
+    );
+    log.decisions(1, "mallory").await;
+    for g in 0..2 {
+        let refused = log.gateways[g].signer.sign_head(&log.store).await;
+        assert!(
+            matches!(
+                refused,
+                Err(AuditError::HeadMissing {
+                    seq: 2,
+                    event_id: 5,
+                    ..
+                })
+            ),
+            "gateway {g}: {refused:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_object_store_anchor_takes_each_head_once() {
     let log = setup(1).await;
     let objects = log.dir.path().join("objects");

@@ -4,9 +4,10 @@
 //! A head is signed under the audit append lock, chained to the head before
 //! it (its digest is in the signed message), and only over a chain that
 //! still holds the previous head and links to it: a gateway never seals a
-//! log that was cut or rewritten under it. It remembers the last head it
-//! signed (and, at start, the newest head in its anchor directory) and
-//! refuses to sign when that head is gone from the database.
+//! log that was cut or rewritten under it. It remembers the newest head it
+//! signed or saw (any gateway's; at start, the newest head in its anchor
+//! directory) and refuses to sign when that head is gone from the
+//! database.
 //!
 //! Never verifies old heads (that is `verify.rs`); never decides policy.
 
@@ -162,6 +163,11 @@ impl AuditSigner {
             && l.event_id == head.event_id
             && l.event_hash == head.event_hash
         {
+            // Signed already (maybe by another gateway): guard that head
+            // from now on too.
+            if let Some(seq) = l.seq {
+                state.last = Some((seq, l.event_id, head_digest(l)));
+            }
             state.started = true;
             return Ok(Some(head.event_id));
         }
