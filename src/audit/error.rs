@@ -18,7 +18,7 @@ pub enum AuditError {
     /// over it.
     #[error(
         "the audit log was cut or rewritten in the database: signed head {seq} (event {event_id}), \
-         which this gateway signed or anchored, is {found}; no head is signed over it. \
+         which this gateway signed, saw or anchored, is {found}; no head is signed over it. \
          Run `portcullis audit verify --anchor` to see where the database parts from the anchor"
     )]
     HeadMissing {
