@@ -95,6 +95,7 @@ pub struct DatabaseConfig {
 }
 
 mod attach;
+mod audit;
 mod auth;
 mod grants;
 mod inventory;
@@ -104,6 +105,7 @@ mod session;
 mod web;
 
 pub use attach::{AttachConfig, SeccompFallback};
+pub use audit::AuditConfig;
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 pub use grants::GrantsConfig;
 pub use inventory::{
@@ -111,7 +113,7 @@ pub use inventory::{
     MAX_OWNER_PURPOSE_BYTES, PolicyConfig,
 };
 pub use oidc::OidcConfig;
-pub use recording::{AuditConfig, MIN_PART_BYTES, RecordingConfig, RecordingFailure, SpoolFull};
+pub use recording::{MIN_PART_BYTES, RecordingConfig, RecordingFailure, SpoolFull};
 pub use session::{ForwardingConfig, SessionConfig, SftpConfig, SftpServer};
 pub use web::WebConfig;
 
@@ -242,6 +244,9 @@ impl Config {
         }
         if self.audit.sign_interval < Duration::from_secs(1) {
             return Err(invalid("audit.sign_interval", "must be at least 1s"));
+        }
+        if let Err((key, message)) = self.audit.validate() {
+            return Err(invalid(&key, &message));
         }
         if self.session.max_connections == 0 {
             return Err(invalid("session.max_connections", "must be above zero"));

@@ -8,12 +8,23 @@
 //! Tamper evidence: rows form a hash chain ([`crate::store::chain_hash`]);
 //! the chain head is signed with the gateway's ed25519 host key as an
 //! SSHSIG (OpenSSH `PROTOCOL.sshsig`, namespace [`SIGNATURE_NAMESPACE`]) at
-//! intervals and at shutdown; [`verify`] checks the chain, the signatures
-//! and every recording's SHA-256 against its session row and its
-//! `SessionEnded` event.
+//! start and every `audit.sign_interval`, each head naming the one before
+//! it, and each written as it is made to anchors the database cannot
+//! rewrite (`anchor`); [`verify`] checks the chain, the heads, continuous
+//! coverage and every recording, [`verify_anchor`] compares the database
+//! with an anchor, `bundle` packs evidence verifiable offline and `report`
+//! answers an auditor.
 
+pub mod anchor;
+mod anchor_compare;
+pub mod bundle;
+mod check;
+mod error;
 pub mod export;
+pub mod head;
 mod recording;
+pub mod report;
+mod signer;
 mod verify;
 
 use std::sync::Arc;
@@ -21,11 +32,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::json;
 
+pub use anchor_compare::{AnchorReport, Divergence, compare_anchor, verify_anchor};
+pub use check::{Limits, SignatureProblem, Signer, Stretch};
+pub use error::AuditError;
+pub use head::{SIGNATURE_NAMESPACE, TrustedKeys, check_sshsig};
 pub use recording::recording_event;
-pub use verify::{
-    AuditSigner, RecordingProblem, SIGNATURE_NAMESPACE, SignatureProblem, VerifyReport,
-    check_sshsig, verify,
-};
+pub use signer::AuditSigner;
+pub use verify::{RecordingProblem, VerifyOptions, VerifyReport, describe_stretch, verify};
 
 use crate::store::{AuditRow, NewAuditRow, NewSession, SessionEnd, Store, StoreError};
 

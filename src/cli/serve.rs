@@ -98,7 +98,7 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
         store.mark_interrupted(&session.id, bytes, &sha).await?;
         tracing::warn!(session_id = %session.id, "session of a previous run marked interrupted");
     }
-    let signer = AuditSigner::new(host_key.clone());
+    let signer = AuditSigner::for_gateway(host_key.clone(), &config)?;
     signer.sign_head(&store).await?;
     let issuers = Arc::new(Issuers::from_config(&config)?);
     let cas = CertificateAuthorities::from_config(&config.certificates)?;

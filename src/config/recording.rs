@@ -1,6 +1,6 @@
-//! `[recording]` and `[audit]`: how sessions are recorded (where, how
-//! large, how much disk they may take, whether they go to object storage)
-//! and how the audit chain is signed and exported.
+//! `[recording]`: how sessions are recorded (where, how large, how much
+//! disk they may take, whether they go to object storage). `[audit]` is in
+//! `config/audit.rs`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -181,28 +181,6 @@ impl RecordingConfig {
     }
 }
 
-/// `[audit]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    /// How often the chain head is signed (default 60 s; also at shutdown).
-    #[serde(default = "default_sign_interval", with = "humantime_serde")]
-    pub sign_interval: Duration,
-    /// Where audit events also go as JSON lines: a file path, `"-"` for
-    /// stdout, or unset for nowhere (default).
-    #[serde(default)]
-    pub export: Option<String>,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        AuditConfig {
-            sign_interval: default_sign_interval(),
-            export: None,
-        }
-    }
-}
-
 fn default_flush_interval() -> Duration {
     Duration::from_secs(1)
 }
@@ -233,10 +211,6 @@ fn default_on_spool_full() -> SpoolFull {
 
 fn default_upload_backoff_max() -> Duration {
     Duration::from_secs(300)
-}
-
-fn default_sign_interval() -> Duration {
-    Duration::from_secs(60)
 }
 
 #[cfg(test)]

@@ -202,7 +202,10 @@ mod review;
 mod transcripts;
 mod uploads;
 
-pub use audit::{AuditRow, ChainHead, GENESIS_HASH, NewAuditRow, SignedHead, chain_hash};
+pub use audit::{
+    AuditRow, ChainHead, GENESIS_HASH, HeadSigning, NewAuditRow, NewSignedHead, SignedHead,
+    chain_hash,
+};
 pub use console::{AuditFilter, LoginStateRecord, SshWebLoginRecord, WebSessionRecord};
 pub use inventory::LastSession;
 pub use review::SessionFilter;

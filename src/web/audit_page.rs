@@ -65,19 +65,13 @@ struct Report {
 
 impl Report {
     fn of(r: &VerifyReport) -> Report {
-        let mut problems = Vec::new();
-        if let Some((id, problem)) = &r.first_bad_event {
-            problems.push(format!("event {id}: {problem}"));
-        }
-        for s in &r.bad_signatures {
-            problems.push(format!("signed head {}: {}", s.signature_id, s.problem));
-        }
-        for rec in &r.bad_recordings {
-            problems.push(format!(
-                "recording of session {}: {}",
-                rec.session_id, rec.problem
-            ));
-        }
+        // Every failure the verifier names (chain, heads, gaps, the
+        // unsigned tail, recordings), as `portcullis audit verify` prints it.
+        let problems = r
+            .lines()
+            .into_iter()
+            .filter_map(|l| l.strip_prefix("BAD ").map(str::to_string))
+            .collect();
         Report {
             ok: r.ok(),
             summary: format!(
@@ -153,12 +147,15 @@ pub(crate) async fn verify(
         .authorize_page(&viewer, Action::ViewAudit, "verify the audit log")
         .await?;
     viewer.count_action(&console)?;
-    // The gateway's own key, when this host has it: signatures by any
-    // other key are reported (as `portcullis audit verify` does).
-    let gateway_key = russh::keys::load_secret_key(console.config.host_key_path(), None)
-        .ok()
-        .map(|k| k.public_key().clone());
-    let report = crate::audit::verify(&console.store, gateway_key.as_ref()).await?;
+    // This host's key and `audit.trusted_keys`, as `portcullis audit
+    // verify` trusts them.
+    let options = crate::audit::VerifyOptions::from_config(&console.config);
+    let report = crate::audit::verify(&console.store, &options)
+        .await
+        .map_err(|e| match e {
+            crate::audit::AuditError::Database(e) => WebError::Store(e),
+            other => WebError::Render(other.to_string()),
+        })?;
     render(
         &console,
         &viewer,
