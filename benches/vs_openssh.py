@@ -4,7 +4,7 @@
 A benchmark, not a test; run it through benches/vs_openssh.sh (needs root).
 A = sshd on a loopback port, ForceCommand `nsenter -t PID -a` running
 $SSH_ORIGINAL_COMMAND (or a login shell); B = Portcullis (recording on);
-B0 = Portcullis built with PORTCULLIS_BENCH_NO_RECORDING (recording off).
+B0 = Portcullis built with `--features bench-no-recording` (recording off).
 Every figure runs A, B and B0 interleaved. Standard library only.
 """
 
@@ -479,7 +479,7 @@ def main():
         f"Both sides: cipher `{CIPHER}`, kex `{KEX}`, ed25519 host and user keys (Portcullis: "
         "an ed25519 user certificate). A = `sshd` + `ForceCommand nsenter -t PID -a`; B = Portcullis "
         "recording on (default config, SQLite); B0 = Portcullis built with "
-        "`PORTCULLIS_BENCH_NO_RECORDING=1` (recording off). Throughput: median of REPS runs, "
+        "`--features bench-no-recording` (recording off). Throughput: median of REPS runs, "
         "wall time of the whole `ssh` command (includes setup); \"server CPU ms per MiB\": user+system "
         "CPU of the gateway process and its reaped helpers per MiB moved, median of the same runs, "
         "which machine noise moves less than wall time (n/a for sshd, whose per-connection "

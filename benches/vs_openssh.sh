@@ -7,7 +7,7 @@
 #   N=20 OUT_MB=64 IN_MB=64 SESSIONS=50 HOLD=3 REPS=1 sudo -E benches/vs_openssh.sh
 #
 # Builds target/release/portcullis (recording on; with portcullis-helper) and
-# target/bench-norec/portcullis (recording off, PORTCULLIS_BENCH_NO_RECORDING=1)
+# target/bench-norec/portcullis (recording off: --features bench-no-recording)
 # unless PORTCULLIS / PORTCULLIS_NOREC name binaries, or SKIP_BUILD=1.
 # Knobs (env): N REPS OUT_MB IN_MB TTY_MB SESSIONS HOLD TTFB_N CIPHER ONLY OUT.
 set -eu
@@ -17,7 +17,7 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || \
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     # Both binaries: portcullis runs its sessions through the
     # portcullis-helper next to it (from the same build).
-    PORTCULLIS_BENCH_NO_RECORDING=1 cargo build --release --bins
+    cargo build --release --bins --features bench-no-recording
     mkdir -p target/bench-norec
     cp target/release/portcullis target/release/portcullis-helper target/bench-norec/
     cargo build --release --bins

@@ -82,6 +82,13 @@ pub struct Config {
     /// `[metrics]`: the Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[web]`: the console for reviewers and approvers (issue 17); off
+    /// when absent.
+    #[serde(default)]
+    pub web: Option<WebConfig>,
+    /// `[attach]`: confinement the gateway cannot reproduce.
+    #[serde(default)]
+    pub attach: AttachConfig,
 }
 
 /// `[database]`.
@@ -93,6 +100,8 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
 }
 
+mod attach;
+mod audit;
 mod auth;
 mod fleet;
 mod grants;
@@ -100,14 +109,21 @@ mod inventory;
 mod oidc;
 mod recording;
 mod session;
+mod web;
 
+pub use attach::{AttachConfig, SeccompFallback};
+pub use audit::AuditConfig;
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
 pub use fleet::{FleetConfig, MAX_USER_CERTIFICATE_TTL, MetricsConfig};
 pub use grants::GrantsConfig;
-pub use inventory::{ContainerConfig, InventoryBackend, InventoryConfig, PolicyConfig};
+pub use inventory::{
+    ContainerConfig, INCUS_SOCKET, InventoryBackend, InventoryConfig, LXD_SOCKET,
+    MAX_OWNER_PURPOSE_BYTES, PolicyConfig,
+};
 pub use oidc::OidcConfig;
-pub use recording::{AuditConfig, RecordingConfig, RecordingFailure};
+pub use recording::{MIN_PART_BYTES, RecordingConfig, RecordingFailure, SpoolFull};
 pub use session::{ForwardingConfig, SessionConfig, SftpConfig, SftpServer};
+pub use web::WebConfig;
 
 /// A secret string (client secret, database URL with password): its `Debug`
 /// is redacted so it never reaches a log.
@@ -210,6 +226,9 @@ impl Config {
         if let Err((key, message)) = self.fleet.validate() {
             return Err(invalid(&key, &message));
         }
+        if let Some(web) = &self.web {
+            web.validate(path)?;
+        }
         if let Err((key, message)) = self.grants.validate() {
             return Err(invalid(&key, &message));
         }
@@ -231,11 +250,14 @@ impl Config {
                 "must be an absolute path without '..'",
             ));
         }
-        if self.recording.flush_interval.is_zero() {
-            return Err(invalid("recording.flush_interval", "must be above zero"));
+        if let Err((key, message)) = self.recording.validate() {
+            return Err(invalid(&key, &message));
         }
         if self.audit.sign_interval < Duration::from_secs(1) {
             return Err(invalid("audit.sign_interval", "must be at least 1s"));
+        }
+        if let Err((key, message)) = self.audit.validate() {
+            return Err(invalid(&key, &message));
         }
         if self.session.max_connections == 0 {
             return Err(invalid("session.max_connections", "must be above zero"));
@@ -273,9 +295,10 @@ impl Config {
         }
     }
 
-    /// Directory of session recordings: `{state_dir}/recordings`.
+    /// Directory of session recordings: `recording.dir`, else
+    /// `{state_dir}/recordings`.
     pub fn recordings_dir(&self) -> PathBuf {
-        self.state_dir.join("recordings")
+        self.recording.dir_in(&self.state_dir)
     }
 
     /// `gateway_id`, else the host name, else `portcullis`.

@@ -24,6 +24,9 @@
 //! | [`ssh`] | the russh server: auth, channels, wiring the above |
 //! | [`fleet`] | edge and node roles: CA, join, tunnel, relay, fan-out |
 //! | [`metrics`] | the Prometheus registry and endpoint |
+//! | [`web`] | the console for reviewers and approvers (axum, askama) |
+//! | [`text`] | display-safe text: hidden characters, Slack escaping, terminal output |
+//! | [`throttle`] | per-source limits before authentication |
 //! | [`cli`] | the `portcullis` command |
 
 pub mod attach;
@@ -41,3 +44,6 @@ pub mod scp;
 pub mod sftp;
 pub mod ssh;
 pub mod store;
+pub mod text;
+pub mod throttle;
+pub mod web;

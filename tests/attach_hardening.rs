@@ -131,7 +131,21 @@ fn inside_view_matches_init(c: &TestContainer, login: &str, home: &str) {
             .map_or(out.len(), |i| a + i);
         out[a..b].to_owned()
     };
-    assert_eq!(section("CG", "INITCG"), section("INITCG", "ST"));
+    // The init's cgroups in every v1 hierarchy; in cgroup2 the session's
+    // own cgroup right below the container's (the namespace's root).
+    let (mine, theirs) = (section("CG", "INITCG"), section("INITCG", "ST"));
+    let v1 = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with("0::"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(v1(&mine), v1(&theirs));
+    assert!(theirs.lines().any(|l| l == "0::/"), "{theirs}");
+    let own = mine
+        .lines()
+        .find_map(|l| l.strip_prefix("0::/.portcullis-"));
+    assert!(own.is_some_and(|n| !n.contains('/')), "{mine}");
     let status = section("ST", "FD");
     let init_status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
     for k in ["CapBnd", "CapPrm", "CapEff"] {
@@ -593,7 +607,223 @@ fn a_container_whose_cgroup_lxc_had_to_suffix_is_entered() {
         let _ = std::fs::remove_dir(dir);
     }
     assert_eq!(r.code, 0, "{}", r.stderr);
-    // Inside, the container's cgroup namespace shows its own root, as for init.
+    // Inside, the container's cgroup namespace shows its own root, as for
+    // init, and in cgroup2 the session's own cgroup right below it.
     let inside = out.strip_prefix("0\n").unwrap_or_else(|| panic!("{out}"));
-    assert!(inside.lines().all(|l| l.ends_with(":/")), "{inside}");
+    assert!(
+        inside
+            .lines()
+            .all(|l| l.ends_with(":/") || l.starts_with("0::/.portcullis-")),
+        "{inside}"
+    );
+}
+
+/// `tests/attach_keyring_probe.c`, built static (busybox has no keyctl).
+fn keyring_probe() -> &'static std::path::Path {
+    static P: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = P.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        common::gateway::run(
+            Command::new("cc")
+                .args(["-static", "-O2", "-o"])
+                .arg(dir.path().join("keyprobe"))
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/attach_keyring_probe.c"
+                )),
+        );
+        dir
+    });
+    Box::leak(dir.path().join("keyprobe").into_boxed_path())
+}
+
+/// `(serial, description)` from a probe's `ses SERIAL DESCRIPTION` line.
+fn session_keyring(out: &str) -> (String, String) {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ses "))
+        .unwrap_or_else(|| panic!("no ses line: {out}"));
+    let (serial, desc) = line.split_once(' ').unwrap();
+    (serial.to_owned(), desc.to_owned())
+}
+
+/// Review finding 2: every session joins a fresh session keyring, so the
+/// operator's keyring (`portcullis attach` from a login shell) and the
+/// gateway's never reach a container, and two sessions (two containers)
+/// never share one.
+#[test]
+fn each_session_has_a_fresh_session_keyring() {
+    let f = fixture();
+    let probe = keyring_probe();
+    for c in [&f.priv_c, &f.uns_c] {
+        let dst = c.rootfs.join("bin/keyprobe");
+        std::fs::copy(probe, &dst).unwrap();
+        std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    // An operator with a secret in their keyring runs `portcullis attach`.
+    let mut serials = Vec::new();
+    for c in [&f.priv_c, &f.uns_c] {
+        let out = Command::new(probe)
+            .args(["operator", "portcullis-test-operator"])
+            .arg(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("attach")
+            .arg("--config")
+            .arg(&f.gateway.config_path)
+            .args([
+                c.name.as_str(),
+                "--",
+                "/bin/keyprobe show; /bin/keyprobe find hostsecret",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let operator = text
+            .lines()
+            .find_map(|l| l.strip_prefix("operator "))
+            .unwrap()
+            .to_owned();
+        let (serial, desc) = session_keyring(&text);
+        assert_ne!(
+            serial, operator,
+            "{}: the operator's keyring: {text}",
+            c.name
+        );
+        assert!(desc.ends_with(";_ses"), "{}: {text}", c.name);
+        assert!(
+            text.contains("find hostsecret absent\n"),
+            "{}: {text}",
+            c.name
+        );
+        serials.push(serial);
+    }
+    // Through the gateway: one session stores a key; neither a session in
+    // the other container nor a later one in the same container sees it.
+    let r = ssh(
+        &format!("root@{}", f.priv_c.name),
+        &["/bin/keyprobe show; /bin/keyprobe add shared; /bin/keyprobe find shared"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let first = text(&r);
+    assert!(!first.contains("find shared absent"), "{first}");
+    serials.push(session_keyring(&first).0);
+    for c in [&f.uns_c, &f.priv_c] {
+        let r = ssh(
+            &format!("root@{}", c.name),
+            &["/bin/keyprobe show; /bin/keyprobe find shared"],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let out = text(&r);
+        assert!(out.contains("find shared absent\n"), "{}: {out}", c.name);
+        serials.push(session_keyring(&out).0);
+    }
+    let mut distinct = serials.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        serials.len(),
+        "shared keyrings: {serials:?}"
+    );
+}
+
+/// What a session starts in the background and must not outlive it: a
+/// `setsid` daemon, a process ignoring SIGHUP (`nohup`; busybox has none)
+/// and a double fork (reparented to the container's init).
+fn escapees(tag: u32) -> String {
+    format!(
+        "setsid sleep {tag}1 </dev/null >/dev/null 2>&1 & \
+         (trap '' HUP; exec sleep {tag}2 </dev/null >/dev/null 2>&1) & \
+         sh -c 'sleep {tag}3 </dev/null >/dev/null 2>&1 &'; \
+         echo ready; exec sleep {tag}4"
+    )
+}
+
+/// Issue 12 point 1: the session's processes, however they detach, are gone
+/// by the time the gateway records the session's end, whether the client
+/// hung up or the session was killed (`portcullis sessions kill`); the
+/// container's own processes are untouched.
+#[test]
+fn every_process_a_session_starts_ends_with_it() {
+    let f = fixture();
+    for (c, base) in [(&f.priv_c, 880u32), (&f.uns_c, 890)] {
+        let target = format!("app@{}", c.name);
+        for (how, tag) in [("disconnect", base + 1), ("kill", base + 2)] {
+            let (mut child, _d) = start_session(&target, &escapees(tag));
+            let needle = format!("sleep {tag}");
+            wait_until("the four sleeps", Duration::from_secs(10), || {
+                c.processes_matching(&needle).len() == 4
+            });
+            let row = || {
+                f.gateway.sessions().into_iter().find(|s| {
+                    s["container"] == c.name.as_str()
+                        && s["command"].as_str().unwrap_or("").contains(&needle)
+                })
+            };
+            let id = row().unwrap()["id"].as_str().unwrap().to_owned();
+            if how == "disconnect" {
+                child.kill().unwrap();
+            } else {
+                let out = f
+                    .gateway
+                    .cli(&["sessions", "kill", &id, "--reason", "test kill"]);
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            wait_until("the session's end", Duration::from_secs(20), || {
+                row().is_some_and(|s| s["status"] != "running")
+            });
+            let left = c.processes_matching(&needle);
+            assert!(left.is_empty(), "{} ({how}): left behind {left:?}", c.name);
+            let _ = child.kill();
+            child.wait().unwrap();
+        }
+        assert!(c.init_pid() > 0);
+    }
+}
+
+/// A gateway that dies (SIGKILL) takes its sessions with it: each helper
+/// sees its control socket close and kills its session's cgroup, whatever
+/// the session started.
+#[test]
+fn a_gateway_that_dies_takes_its_sessions_with_it() {
+    let f = fixture();
+    let c = &f.uns_c;
+    let mut gateway = TestGateway::start(&f._idp.issuer, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = gateway.ssh(&format!("app@{}", c.name), &f.admin_token, dir.path());
+    let mut child = cmd
+        .arg(escapees(895))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    wait_until("the four sleeps", Duration::from_secs(10), || {
+        c.processes_matching("sleep 895").len() == 4
+    });
+    gateway.crash();
+    let t0 = Instant::now();
+    wait_until(
+        "the session's processes to go",
+        Duration::from_secs(10),
+        || c.processes_matching("sleep 895").is_empty(),
+    );
+    eprintln!("gone {:?} after the gateway died", t0.elapsed());
+    let _ = child.kill();
+    child.wait().unwrap();
 }

@@ -113,6 +113,31 @@ fn make_container(unprivileged: bool) -> Container {
     }
 }
 
+/// A session's `/proc/PID/cgroup` against its init's: the same in every v1
+/// hierarchy; in cgroup2, its own `.portcullis-PID-START` cgroup right
+/// below `parent` (the container's cgroup, ending in `/`).
+fn assert_session_cgroup(session: &str, init: &str, parent: &str) {
+    let v1 = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with("0::"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(v1(session), v1(init), "{session}");
+    let v2 = session
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("{session}"));
+    let name = v2
+        .strip_prefix(parent)
+        .unwrap_or_else(|| panic!("{v2} is not below {parent}"));
+    let rest = name.strip_prefix(".portcullis-").unwrap_or("");
+    assert!(
+        rest.split('-').count() == 2 && rest.split('-').all(|n| n.parse::<u64>().is_ok()),
+        "{v2}"
+    );
+}
+
 /// The tests of this file check that the test process has no child left;
 /// run them one at a time so one test's live helpers are not taken for the
 /// other's leftovers.
@@ -240,6 +265,12 @@ async fn attach_against_lxc() {
     assert!(out.contains("/dev/pts/") && out.contains("ok"), "{out}");
     assert!(out.contains("xterm C.UTF-8 ."), "{out}");
     assert_eq!(a.wait().await.unwrap(), ExitStatus::Code(0));
+    // Ending it after its exit: the status, the cgroup removed.
+    let ended = a.kill().await.unwrap();
+    assert_eq!(
+        (ended.status, ended.kept, ended.cgroup_removed),
+        (ExitStatus::Code(0), false, true)
+    );
 
     // (6) unknown login.
     let e = attach::spawn(
@@ -261,21 +292,23 @@ async fn attach_against_lxc() {
     let e = PinnedInit::pin(c.pid, &format!("/lxc.payload.{}", c.name), Some(1)).unwrap_err();
     assert!(matches!(e, AttachError::InitChanged(_)), "{e:?}");
 
-    // (8) cgroups: inside, the same view as the init; from the host, the
-    // session's cgroup in every hierarchy is the init's.
+    // (8) cgroups: inside, the init's view but for the session's own
+    // cgroup2 cgroup below the container's; from the host, the init's
+    // cgroup in every v1 hierarchy and the session cgroup below the
+    // container's in cgroup2.
     let inside_self = exec(c, "cat /proc/self/cgroup", b"").await.0;
     let inside_init = exec(c, "cat /proc/1/cgroup", b"").await.0;
-    assert_eq!(inside_self, inside_init);
-    assert!(inside_self.lines().any(|l| l == "0::/"), "{inside_self}");
+    assert_session_cgroup(&inside_self, &inside_init, "/");
+    assert!(inside_init.lines().any(|l| l == "0::/"), "{inside_init}");
     let (mut a, _io) = attach::spawn(helper(), &pin(c), &req(c, "root", Some("sleep 30"), false))
         .await
         .unwrap();
     let host_init = std::fs::read_to_string(format!("/proc/{}/cgroup", c.pid)).unwrap();
     let host_session = std::fs::read_to_string(format!("/proc/{}/cgroup", a.pid())).unwrap();
-    assert_eq!(host_session, host_init);
-    assert!(
-        host_session.contains(&format!("0::/lxc.payload.{}", c.name)),
-        "{host_session}"
+    assert_session_cgroup(
+        &host_session,
+        &host_init,
+        &format!("/lxc.payload.{}/", c.name),
     );
     a.terminate(Duration::from_secs(1)).await.unwrap();
 
@@ -440,8 +473,11 @@ async fn hardening(c: &Container) {
     let mut out = Vec::new();
     rd.read_to_end(&mut out).await.unwrap();
     let out = String::from_utf8_lossy(&out);
-    assert!(out.contains("A0=-sh alice:620"), "{out}");
+    // The busybox template has no `tty` group: the PTY is the login's alone.
+    assert!(out.contains("A0=-sh alice:600"), "{out}");
     assert_eq!(a.wait().await.unwrap(), ExitStatus::Code(3));
+    // The helper waits for the end (kill or keep) until the handle goes.
+    drop(a);
 
     // signal() reaches the session process.
     let (mut a, _io) = attach::spawn(
@@ -459,6 +495,7 @@ async fn hardening(c: &Container) {
             core_dumped: false
         }
     );
+    drop(a);
 
     // Dropping the handle kills the session (and its helper).
     let (a, io) = attach::spawn(
@@ -550,9 +587,10 @@ async fn attach_unprivileged_lxc() {
         "{st}"
     );
     let host_init = std::fs::read_to_string(format!("/proc/{}/cgroup", c.pid)).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(format!("/proc/{}/cgroup", a.pid())).unwrap(),
-        host_init
+    assert_session_cgroup(
+        &std::fs::read_to_string(format!("/proc/{}/cgroup", a.pid())).unwrap(),
+        &host_init,
+        &format!("/lxc.payload.{}/", c.name),
     );
     a.terminate(Duration::from_secs(1)).await.unwrap();
 

@@ -90,3 +90,52 @@ async fn a_stopped_or_restarted_container_is_not_entered_through_an_old_pin() {
         .unwrap();
     a.wait().await.unwrap();
 }
+
+/// Review finding 9: the pin takes only the init itself. A process of the
+/// container (same cgroup, alive, but not PID 1 of the container's PID
+/// namespace) and the init of a PID namespace nested inside the container
+/// (`unshare -p`: PID 1 of its namespace, but one level too deep) are both
+/// refused, so a restart plus PID reuse between lookup and pin cannot land
+/// a session in either.
+#[test]
+fn only_the_containers_own_init_is_pinned() {
+    let c = TestContainer::start("pinnest");
+    let cgroup = format!("/lxc.payload.{}", c.name);
+    run(Command::new("lxc-attach").args([
+        "-n",
+        &c.name,
+        "--",
+        "/bin/sh",
+        "-c",
+        "setsid sleep 4101 </dev/null >/dev/null 2>&1 & \
+         setsid unshare -p -f sleep 4102 </dev/null >/dev/null 2>&1 &",
+    ]));
+    // The nested init: a `sleep 4102` whose NSpid ends in 1 (unshare's own
+    // process matches the command line too, and comes first).
+    let nested_init = |p: &i32| {
+        let st = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        st.lines()
+            .any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+    };
+    let (mut plain, mut nested) = (Vec::new(), None);
+    common::wait_until("the two sleeps", Duration::from_secs(10), || {
+        plain = c.processes_matching("sleep 4101");
+        nested = c
+            .processes_matching("sleep 4102")
+            .into_iter()
+            .find(nested_init);
+        plain.len() == 1 && nested.is_some()
+    });
+    let nested = nested.unwrap();
+    for pid in [plain[0], nested] {
+        let e = PinnedInit::pin(pid, &cgroup, None).unwrap_err();
+        assert!(
+            matches!(e, AttachError::InitChanged(ref m) if m.contains("not the init")),
+            "{pid}: {e:?}"
+        );
+    }
+    let init = PinnedInit::pin(c.init_pid(), &cgroup, None).unwrap();
+    // The start time the lookup saw must match.
+    let e = PinnedInit::pin(c.init_pid(), &cgroup, Some(init.start_time() + 1)).unwrap_err();
+    assert!(matches!(e, AttachError::InitChanged(_)), "{e:?}");
+}

@@ -265,10 +265,10 @@ ${B}Connect${N} (the SSH user name is [login@]container):
 
 ${B}Log in${N}:
     1. At "Paste a token, or press Enter to log in with your browser:" press Enter.
-    2. Open the URL shown (http://127.0.0.1:$IDP_PORT/device?user_code=...) and sign in
-       as ${B}admin${N} (or ${B}alice${N}) with any password, then press Enter in ssh.
-       No browser? In another terminal run:
-           node tests/idp/login.mjs 'URL' admin
+    2. Open the URL shown (http://127.0.0.1:$IDP_PORT/device), type the code shown
+       and sign in as ${B}admin${N} (or ${B}alice${N}) with any password, then press Enter
+       in ssh. No browser? In another terminal run:
+           node tests/idp/login.mjs 'URL' admin CODE
     The IdP listens on 127.0.0.1 only: from another machine, forward it first
     (ssh -L $IDP_PORT:127.0.0.1:$IDP_PORT this-host).
 

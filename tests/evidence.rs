@@ -134,6 +134,57 @@ fn verify(gw: &TestGateway) -> (i32, Value) {
     )
 }
 
+/// `audit verify --json ARGS`: exit code and report.
+fn verify_with(gw: &TestGateway, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["audit", "verify", "--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = cli(gw, &all);
+    (
+        code,
+        serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}\n{err}")),
+    )
+}
+
+/// `portcullis audit key` of `gw`: its signing key line.
+fn signing_key(gw: &TestGateway) -> String {
+    let (code, out, err) = cli(gw, &["audit", "key"]);
+    assert_eq!(code, 0, "{err}");
+    out.trim().to_string()
+}
+
+/// The attacker's re-chain: recomputes `prev_hash` and `hash` of every
+/// event from `from` on with the unkeyed `chain_hash`, as anyone who can
+/// write the database can.
+fn rechain(gw: &TestGateway, from: i64) {
+    let events = gw.audit_events();
+    let mut prev = events
+        .iter()
+        .find(|e| e["id"] == from - 1)
+        .map(|e| e["hash"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| portcullis::store::GENESIS_HASH.to_string());
+    let mut statements = String::new();
+    for e in events.iter().filter(|e| e["id"].as_i64().unwrap() >= from) {
+        let text = |k: &str| e[k].as_str();
+        let hash = portcullis::store::chain_hash(
+            e["id"].as_i64().unwrap(),
+            e["at"].as_i64().unwrap(),
+            text("kind").unwrap(),
+            text("outcome").unwrap(),
+            text("session_id"),
+            text("principal"),
+            text("client_addr"),
+            text("detail").unwrap(),
+            &prev,
+        );
+        statements.push_str(&format!(
+            "UPDATE audit_events SET prev_hash = '{prev}', hash = '{hash}' WHERE id = {};\n",
+            e["id"]
+        ));
+        prev = hash;
+    }
+    sql(gw, &statements);
+}
+
 /// Runs SQL on the gateway's database (SQLite file or PostgreSQL).
 fn sql(gw: &TestGateway, statement: &str) {
     let config = std::fs::read_to_string(&gw.config_path).unwrap();
@@ -299,6 +350,363 @@ fn an_altered_audit_detail_is_reported() {
             .unwrap()
             .contains("altered")
     );
+}
+
+/// A gateway that signs every second and exports to a file, with two
+/// sessions, each covered by its own signed head, then stopped (its final
+/// head signed). Returns it with the export's directory.
+fn gateway_with_anchored_history() -> (TestGateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = gateway(&format!(
+        "[audit]\nsign_interval = \"1s\"\nexport = \"{}\"\n",
+        dir.path().join("audit.jsonl").display()
+    ));
+    for command in ["echo first-session", "echo second-session"] {
+        let r = ssh(&gw, &[command]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        gw.wait_sessions_ended(1, |s| s["command"] == command);
+        let last = gw.audit_events().last().unwrap()["id"].as_i64().unwrap();
+        wait_until("a head over the session", Duration::from_secs(20), || {
+            verify(&gw).1["signed_through_event"].as_i64() >= Some(last)
+        });
+    }
+    gw.stop();
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 0, "{report:#}");
+    (gw, dir)
+}
+
+/// The id of the last event of the session that ran `command`.
+fn last_event_of(gw: &TestGateway, command: &str) -> i64 {
+    let session = gw
+        .sessions()
+        .into_iter()
+        .find(|s| s["command"] == command)
+        .unwrap();
+    gw.audit_events()
+        .iter()
+        .filter(|e| e["session_id"] == session["id"])
+        .map(|e| e["id"].as_i64().unwrap())
+        .max()
+        .unwrap()
+}
+
+/// Starts `portcullis serve` on `gw`'s config (stopped) and returns its
+/// exit code and stderr once it exits, `None` if it still runs after 20 s
+/// (then it is stopped).
+fn serve_exits(gw: &TestGateway) -> Option<(i32, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config"])
+        .arg(&gw.config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return Some((status.code().unwrap_or(-1), err));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn cutting_the_log_is_named_against_the_anchors_and_the_gateway_will_not_start() {
+    let (gw, dir) = gateway_with_anchored_history();
+    // The attacker drops the second session (its events and the heads
+    // over them) and writes a forged event in its place.
+    let cut = last_event_of(&gw, "echo first-session");
+    sql(
+        &gw,
+        &format!(
+            "DELETE FROM audit_signatures WHERE event_id > {cut}; \
+             DELETE FROM audit_events WHERE id > {cut};"
+        ),
+    );
+    sql(
+        &gw,
+        &format!(
+            "INSERT INTO audit_events (id, at, kind, outcome, detail, prev_hash, hash) \
+             VALUES ({}, 1, 'decision', 'info', '{{}}', '', '')",
+            cut + 1
+        ),
+    );
+    rechain(&gw, cut + 1);
+    let heads = gw.state_dir.join("audit-heads");
+    let export = dir.path().join("audit.jsonl");
+    let (code, report) = verify_with(
+        &gw,
+        &[
+            "--anchor",
+            heads.to_str().unwrap(),
+            "--anchor",
+            export.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{report:#}");
+    let from_heads = &report["anchors"][0]["first_divergence"];
+    assert_eq!(from_heads["after_event"], cut, "{report:#}");
+    let from_export = &report["anchors"][1]["first_divergence"];
+    assert_eq!(from_export["event_id"], cut + 1, "{report:#}");
+    let (_, text, _) = cli(
+        &gw,
+        &["audit", "verify", "--anchor", export.to_str().unwrap()],
+    );
+    assert!(
+        text.contains(&format!(
+            "BAD the database parts from the anchor at event {}",
+            cut + 1
+        )),
+        "{text}"
+    );
+    // The gateway refuses to sign over it, so it does not start.
+    let (code, stderr) = serve_exits(&gw).expect("the gateway started over a cut log");
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("the audit log was cut or rewritten in the database"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn deleting_every_signature_and_editing_an_old_event_fails_verify() {
+    let gw = gateway_with_history();
+    sql(&gw, "DELETE FROM audit_signatures");
+    sql(
+        &gw,
+        "UPDATE audit_events SET principal = 'nobody' WHERE id = 3",
+    );
+    rechain(&gw, 3);
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(
+        report["first_bad_event"].is_null(),
+        "re-chained: {report:#}"
+    );
+    assert_eq!(report["valid_signatures"], 0);
+    let (_, text, _) = cli(&gw, &["audit", "verify"]);
+    assert!(text.contains("BAD unsigned tail: events 1.."), "{text}");
+    assert!(text.ends_with("FAILED\n"), "{text}");
+}
+
+/// The attacker replaces the recording of the session that ran `command`
+/// with `bytes`, and rewrites its row and its `session_end` event to the
+/// new digest, re-chains and deletes the heads.
+fn rewrite_recording(gw: &TestGateway, command: &str, bytes: &[u8]) -> (String, i64) {
+    let session = gw
+        .sessions()
+        .into_iter()
+        .find(|s| s["command"] == command)
+        .unwrap();
+    let id = session["id"].as_str().unwrap().to_string();
+    std::fs::write(session["recording_path"].as_str().unwrap(), bytes).unwrap();
+    let sha = portcullis::recording::digest_file(std::path::Path::new(
+        session["recording_path"].as_str().unwrap(),
+    ))
+    .unwrap()
+    .sha256;
+    let end = gw
+        .audit_events()
+        .into_iter()
+        .find(|e| e["session_id"] == id.as_str() && e["kind"] == "session_end")
+        .unwrap();
+    let detail = end["detail"].as_str().unwrap();
+    let old = session["recording_sha256"].as_str().unwrap();
+    let forged = detail.replace(old, &sha);
+    sql(
+        gw,
+        &format!(
+            "UPDATE sessions SET recording_sha256 = '{sha}', recording_bytes = {} WHERE id = '{id}'; \
+             UPDATE audit_events SET detail = '{}' WHERE id = {}; \
+             DELETE FROM audit_signatures;",
+            bytes.len(),
+            forged.replace('\'', "''"),
+            end["id"]
+        ),
+    );
+    let event = end["id"].as_i64().unwrap();
+    rechain(gw, event);
+    (id, event)
+}
+
+#[test]
+fn a_swapped_or_truncated_recording_with_rewritten_digests_is_caught() {
+    let (gw, dir) = gateway_with_anchored_history();
+    let other = gw
+        .sessions()
+        .into_iter()
+        .find(|s| s["command"] == "echo second-session")
+        .unwrap();
+    let swapped = std::fs::read(other["recording_path"].as_str().unwrap()).unwrap();
+    let (id, event) = rewrite_recording(&gw, "echo first-session", &swapped);
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        report["bad_recordings"],
+        serde_json::json!([]),
+        "digests rewritten"
+    );
+    let export = dir.path().join("audit.jsonl");
+    let (_, report) = verify_with(&gw, &["--anchor", export.to_str().unwrap()]);
+    let d = &report["anchors"][0]["first_divergence"];
+    assert_eq!(d["event_id"], event, "{report:#}");
+    assert!(
+        d["problem"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("session_end of session {id}")),
+        "{report:#}"
+    );
+
+    // A truncated recording, without touching the database: named.
+    let path = other["recording_path"].as_str().unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 1);
+    assert_eq!(
+        report["bad_recordings"][0]["session_id"], other["id"],
+        "{report:#}"
+    );
+}
+
+#[test]
+fn nothing_signed_is_not_ok_and_an_unreadable_host_key_trusts_no_key() {
+    // A running gateway signs at most every 60 s: right after a session,
+    // nothing is signed yet.
+    let gw = gateway("");
+    let r = ssh(&gw, &["echo unsigned"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["signatures"], 0);
+    drop(gw);
+
+    // A signed log, verified where the host key cannot be read.
+    let gw = gateway_with_history();
+    let key = gw.state_dir.join("host_ed25519_key");
+    std::fs::rename(&key, gw.state_dir.join("elsewhere")).unwrap();
+    let (code, report) = verify(&gw);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(
+        report["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("cannot be read"),
+        "{report:#}"
+    );
+    assert!(
+        report["bad_signatures"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("a key that is not trusted")
+    );
+}
+
+#[test]
+fn an_auditor_gets_a_bundle_verified_offline_and_a_report() {
+    let (gw, _dir) = gateway_with_anchored_history();
+    let out = tempfile::tempdir().unwrap();
+    let bundle = out.path().join("evidence.tar");
+    let today = "1d";
+    let (code, text, err) = cli(
+        &gw,
+        &[
+            "audit",
+            "bundle",
+            "--from",
+            today,
+            "--to",
+            "2999-01-01",
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains(", 2 sessions, 2 recordings"), "{text}");
+    // Offline: no config, no database; the gateway's key given.
+    let key = signing_key(&gw);
+    let offline = |path: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["audit", "verify", "--bundle"])
+            .arg(path)
+            .args([
+                "--trusted-key",
+                &key,
+                "--config",
+                "/nonexistent/portcullis.toml",
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = offline(&bundle);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.ends_with("OK\n"), "{text}");
+    // One flipped byte in a recording inside the tar: named.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let first = gw
+        .sessions()
+        .into_iter()
+        .find(|s| s["command"] == "echo first-session")
+        .unwrap();
+    let cast = std::fs::read(first["recording_path"].as_str().unwrap()).unwrap();
+    let at = bytes
+        .windows(cast.len())
+        .position(|w| w == cast.as_slice())
+        .unwrap()
+        + cast.len()
+        - 3;
+    bytes[at] ^= 1;
+    let tampered = out.path().join("tampered.tar");
+    std::fs::write(&tampered, bytes).unwrap();
+    let (code, text) = offline(&tampered);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!(
+            "BAD the recording of session {} has SHA-256",
+            first["id"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+
+    // The report, as CSV read by a CSV parser.
+    let csv_path = out.path().join("report.csv");
+    let (code, _, err) = cli(
+        &gw,
+        &[
+            "audit",
+            "report",
+            "--from",
+            today,
+            "--to",
+            "2999-01-01",
+            "--format",
+            "csv",
+            "-o",
+            csv_path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut reader = csv::Reader::from_path(&csv_path).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let sessions: Vec<&csv::StringRecord> = rows.iter().filter(|r| &r[0] == "session").collect();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(&sessions[0][10], "echo first-session");
+    assert_eq!(&sessions[0][2], "admin");
+    let verification = rows.iter().find(|r| &r[0] == "verification").unwrap();
+    assert_eq!(&verification[8], "OK");
 }
 
 #[test]
@@ -549,6 +957,8 @@ fn two_gateways_on_one_postgres_share_sessions_and_one_unforked_chain() {
         "[containers.{}]\nlabels = {{ env = \"dev\" }}\n",
         f.container.name
     );
+    // Both sign every second, so both gateways' heads are in the chain.
+    let extra = format!("{extra}[audit]\nsign_interval = \"1s\"\n");
     let a = TestGateway::start_with_database(
         &f.idp.issuer,
         &format!("gateway_id = \"gw-a\"\n{extra}"),
@@ -590,9 +1000,37 @@ fn two_gateways_on_one_postgres_share_sessions_and_one_unforked_chain() {
             .count();
         assert_eq!(shared, 6);
     }
-    let (code, report) = verify(&a);
-    assert_eq!(code, 0, "{report}");
+    // Verified on A with B's key listed: OK once both have signed.
+    let b_key = signing_key(&b);
+    let mut report = Value::Null;
+    // Whichever gateway ticks first after new events signs them: add
+    // events until each has signed a head.
+    wait_until("heads by both gateways", Duration::from_secs(60), || {
+        report = verify_with(&a, &["--trusted-key", &b_key]).1;
+        let both = report["signers"].as_array().is_some_and(|s| s.len() == 2);
+        if !both {
+            let r = ssh(&b, &["true"]);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+        }
+        both
+    });
+    let (code, report) = verify_with(&a, &["--trusted-key", &b_key]);
+    assert_eq!(code, 0, "{report:#}");
     assert!(report["events"].as_u64().unwrap() >= 6 * 4);
+    // Without B's key, B's heads are named, not taken.
+    let (code, alone) = verify(&a);
+    assert_eq!(code, 1, "{alone:#}");
+    assert!(
+        alone["bad_signatures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["problem"]
+                .as_str()
+                .unwrap()
+                .contains("(gw-b), a key that is not trusted")),
+        "{alone:#}"
+    );
 
     // A key bound through gateway A passes gateway B with no prompt at all.
     let keys = tempfile::tempdir().unwrap();
@@ -609,6 +1047,39 @@ fn two_gateways_on_one_postgres_share_sessions_and_one_unforked_chain() {
     let r = run_ssh(&mut batch, b"");
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, b.log());
     assert_eq!(r.stdout, b"passed-on-b\n");
+
+    // The same tampering as on one gateway: every head gone, an old event
+    // edited and the chain recomputed. Neither gateway signs it again and
+    // verify fails; A's anchor names where the database parts from it.
+    sql(&a, "DELETE FROM audit_signatures");
+    sql(
+        &a,
+        "UPDATE audit_events SET principal = 'nobody' WHERE id = 2",
+    );
+    rechain(&a, 2);
+    let (code, report) = verify_with(&a, &["--trusted-key", &b_key]);
+    assert_eq!(code, 1, "{report:#}");
+    let anchor = a.state_dir.join("audit-heads");
+    let (code, report) = verify_with(
+        &a,
+        &[
+            "--trusted-key",
+            &b_key,
+            "--anchor",
+            anchor.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        report["anchors"][0]["first_divergence"]["event_id"].is_i64(),
+        "{report:#}"
+    );
+    for gw in [&a, &b] {
+        wait_until("the refusal to sign", Duration::from_secs(20), || {
+            gw.log()
+                .contains("the audit log was cut or rewritten in the database")
+        });
+    }
 }
 
 #[test]
@@ -623,10 +1094,12 @@ fn audit_events_are_exported_as_json_lines_for_the_siem() {
     let rows = gw.audit_events();
     let mut lines: Vec<Value> = Vec::new();
     wait_until("the exported session_end", Duration::from_secs(10), || {
+        // Signed heads go to the same file (schema portcullis.audit-head.v1).
         lines = std::fs::read_to_string(&export)
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|l| l["schema"] == "portcullis.audit.v1")
             .collect();
         lines.len() == gw.audit_events().len()
     });

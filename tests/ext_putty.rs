@@ -51,6 +51,7 @@ fn fixture() -> &'static Fixture {
                 &idp.issuer,
                 &format!(
                     "[certificates]\n[[certificates.ca]]\npublic_key = \"{}\"\n\
+                     principal_prefix = \"cert:\"\n\
                      principals = [\"carol\"]\ngroups = [\"developers\"]\n\
                      [containers.{}]\nlabels = {{ env = \"dev\" }}\n",
                     ca_pub.trim(),

@@ -97,6 +97,25 @@ fn hostile_tokens_are_refused_with_a_message_and_an_audit_event() {
     nbf["nbf"] = json!(now_secs() + 600);
     let mut no_aud = claims.clone();
     no_aud.as_object_mut().unwrap().remove("aud");
+    // Issue 14 (RFC 8725 §3.11, OpenID Connect Core §3.1.3.7): an access
+    // token typed `at+jwt`, Keycloak's `typ: Bearer`, `iat` in the future,
+    // a subject that paints the approver's terminal.
+    let pem = std::fs::read(common::idp::idp_dir().join("signing-key.pem")).unwrap();
+    let mut at_header = Header::new(Algorithm::RS256);
+    at_header.kid = Some(SIGNING_KID.into());
+    at_header.typ = Some("at+jwt".into());
+    let at_jwt = jsonwebtoken::encode(
+        &at_header,
+        &claims,
+        &EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    let mut bearer = claims.clone();
+    bearer["typ"] = json!("Bearer");
+    let mut future_iat = claims.clone();
+    future_iat["iat"] = json!(now_secs() + 3600);
+    let mut ansi_sub = claims.clone();
+    ansi_sub["sub"] = json!("mallory\u{1b}[2J\u{1b}[Hadmin");
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "alg none",
@@ -118,6 +137,22 @@ fn hostile_tokens_are_refused_with_a_message_and_an_audit_event() {
             "missing aud",
             idp.mint_id_token(no_aud),
             "not issued for this gateway",
+        ),
+        ("an access token (at+jwt)", at_jwt, "not an ID token"),
+        (
+            "Keycloak typ Bearer",
+            idp.mint_id_token(bearer),
+            "not an ID token",
+        ),
+        (
+            "iat in the future",
+            idp.mint_id_token(future_iat),
+            "not valid yet",
+        ),
+        (
+            "escape sequences in sub",
+            idp.mint_id_token(ansi_sub),
+            "the token is not valid",
         ),
         (
             "payload not JSON",

@@ -60,6 +60,23 @@ fn audit_methods(gateway: &TestGateway) -> Vec<String> {
         .collect()
 }
 
+/// The code the device prompt in `dir` asks to type ("... confirm the
+/// code ABCD-EFGH.").
+fn typed_code(dir: &Path) -> String {
+    let prompt = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("prompt."))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .unwrap();
+    let rest = prompt.split("confirm the code ").nth(1).unwrap();
+    rest.split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('.')
+        .to_string()
+}
+
 fn issuer_for(issuer: &str, refetch: &str) -> OidcIssuer {
     let text = format!(
         "[oidc]\nissuer = \"{issuer}\"\nclient_id = \"portcullis\"\njwks_refetch_interval = \"{refetch}\"\n"
@@ -81,9 +98,12 @@ fn a_refresh_token_keeps_the_binding_until_the_idp_refuses_it() {
     let mut cmd = gateway.ssh_with_key(&target, &key, "", ask.path());
     cmd.arg("echo bound");
     let browser_idp = idp.clone();
+    let dir = ask.path().to_path_buf();
     let (r, _) = run_with_browser(&mut cmd, ask.path(), &idp.issuer, move |url| {
+        // The user types the code the prompt shows (no one-click link).
+        let code = typed_code(&dir);
         let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(browser_idp.complete_device_login(&url, "alice"));
+        rt.block_on(browser_idp.complete_device_login_with_code(&url, &code, "alice"));
     });
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, gateway.log());
     let out = gateway.cli(&["keys", "list", "--json"]);
@@ -205,8 +225,13 @@ async fn a_replayed_device_code_is_refused() {
     let idp = TestIdp::start();
     let issuer = issuer_for(&idp.issuer, "30s");
     let authorization = issuer.start_device_authorization().await.unwrap();
-    let url = authorization.verification_uri_complete.clone().unwrap();
-    idp.complete_device_login(&url, "alice").await;
+    assert!(authorization.verification_uri_complete.is_none());
+    idp.complete_device_login_with_code(
+        &authorization.verification_uri,
+        &authorization.user_code,
+        "alice",
+    )
+    .await;
     let tokens = issuer.poll_device_token(&authorization).await.unwrap();
     assert_eq!(tokens.id_token.principal.subject, "alice");
     let err = issuer.poll_device_token(&authorization).await.unwrap_err();

@@ -1,4 +1,6 @@
-//! Errors of the attach path, and the steps that can fail inside the helper.
+//! Errors of the attach path, and the steps that can fail inside the helper
+//! (H), the process it forks to enter the container (I) and the session
+//! process (C). Owns the error types only; never decides anything.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +29,7 @@ pub enum HelperStep {
     Fork,
     /// Moving the session process into the container's cgroups.
     JoinCgroup,
-    /// Installing the gateway's seccomp deny-list ([`super::seccomp`]).
+    /// Installing the gateway's seccomp deny-list (`helper/seccomp.rs`).
     Seccomp,
     /// Sending a message or fd to the gateway.
     Report,
@@ -54,6 +56,20 @@ pub enum HelperStep {
     /// Connect mode: the TCP connection inside the container's network
     /// namespace.
     Connect,
+    /// Creating, killing or removing the session's own cgroup.
+    SessionCgroup,
+    /// Copying the init's seccomp filter (`PTRACE_SECCOMP_GET_FILTER`).
+    CopySeccomp,
+    /// Setting the init's rlimits and `oom_score_adj` on the session.
+    Limits,
+    /// Joining a fresh session keyring (`KEYCTL_JOIN_SESSION_KEYRING`).
+    Keyring,
+    /// Reading the init's LSM labels and checking they can be reproduced.
+    Lsm,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    NoNewPrivs,
+    /// Checking the pty master received from the session process.
+    CheckPty,
 }
 
 /// Everything that can go wrong while attaching. Internal variants carry the
@@ -139,6 +155,38 @@ pub enum AttachError {
     /// Signalling or resizing the session failed.
     #[error("controlling the session failed")]
     Control(#[source] std::io::Error),
+    /// The login resolves to uid 0 in the container and the decision did
+    /// not allow uid 0 ([`super::AttachOptions::allow_uid0`]): `root`, or
+    /// an alias such as `toor:x:0:0`.
+    #[error("login {login:?} is uid 0 in the container, which was not allowed")]
+    Uid0Refused {
+        /// The requested login.
+        login: String,
+    },
+    /// The container's files resolve the login to other ids than those the
+    /// decision was made for ([`super::AttachOptions::expected`]).
+    #[error("login {login:?} changed in the container since the decision: {detail}")]
+    LoginChanged {
+        /// The requested login.
+        login: String,
+        /// Which ids differ.
+        detail: String,
+    },
+    /// The init runs under an LSM label the gateway cannot give the session
+    /// (SELinux, Smack, or an AppArmor label it cannot write): refused
+    /// rather than run the session unconfined.
+    #[error("the container's init has the LSM label {label:?}, which the session cannot get")]
+    LsmLabelUnsupported {
+        /// The init's label.
+        label: String,
+    },
+    /// The init runs under a seccomp filter that could not be copied, and
+    /// [`super::UnreproducibleSeccomp::Refuse`] applies.
+    #[error("the container's seccomp filter cannot be given to the session: {reason}")]
+    SeccompUnreproducible {
+        /// Why it could not be copied.
+        reason: String,
+    },
 }
 
 impl AttachError {
@@ -182,6 +230,18 @@ impl AttachError {
                 step: HelperStep::Connect,
                 source,
             } => format!("the connection inside the container failed: {source}"),
+            AttachError::Uid0Refused { login } => {
+                format!("{login:?} is root (uid 0) in the container, which you may not use")
+            }
+            AttachError::LoginChanged { login, .. } => {
+                format!("the account {login:?} changed in the container; try again")
+            }
+            AttachError::LsmLabelUnsupported { .. } => {
+                "the container's security label cannot be applied to sessions".to_owned()
+            }
+            AttachError::SeccompUnreproducible { .. } => {
+                "the container's seccomp filter cannot be applied to sessions".to_owned()
+            }
             _ => "internal error while entering the container".to_owned(),
         }
     }
@@ -216,6 +276,19 @@ pub(crate) enum WireError {
         detail: String,
     },
     ContainerFrozen,
+    Uid0Refused {
+        login: String,
+    },
+    LoginChanged {
+        login: String,
+        detail: String,
+    },
+    LsmLabelUnsupported {
+        label: String,
+    },
+    SeccompUnreproducible {
+        reason: String,
+    },
 }
 
 impl WireError {
@@ -260,6 +333,14 @@ impl From<WireError> for AttachError {
             WireError::InitChanged { detail } => AttachError::InitChanged(detail),
             WireError::InvalidRequest { detail } => AttachError::InvalidRequest(detail),
             WireError::ContainerFrozen => AttachError::ContainerFrozen,
+            WireError::Uid0Refused { login } => AttachError::Uid0Refused { login },
+            WireError::LoginChanged { login, detail } => {
+                AttachError::LoginChanged { login, detail }
+            }
+            WireError::LsmLabelUnsupported { label } => AttachError::LsmLabelUnsupported { label },
+            WireError::SeccompUnreproducible { reason } => {
+                AttachError::SeccompUnreproducible { reason }
+            }
         }
     }
 }

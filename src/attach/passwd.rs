@@ -123,6 +123,21 @@ pub fn groups_of(group: &[u8], login: &str, primary: u32) -> Result<Vec<u32>, St
     Ok(out)
 }
 
+/// The gid of the group `name` in group data (`tty`, for the session's
+/// PTY), or `None` when there is no well-formed entry. Errors when the data
+/// exceeds [`MAX_FILE_BYTES`].
+pub fn group_gid(group: &[u8], name: &str) -> Result<Option<u32>, String> {
+    if group.len() > MAX_FILE_BYTES {
+        return Err(format!("group file larger than {MAX_FILE_BYTES} bytes"));
+    }
+    Ok(lines(group).find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() == 4 && f[0] == name)
+            .then(|| parse_id(f[2]))
+            .flatten()
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -208,6 +223,16 @@ short:x:5:5
         assert_eq!(groups_of(g, "alice", 1000).unwrap(), vec![1000, 10, 100]);
         assert_eq!(groups_of(g, "root", 0).unwrap(), vec![0, 10]);
         assert_eq!(groups_of(g, "nobody", 7).unwrap(), vec![7]);
+    }
+
+    #[test]
+    fn group_by_name() {
+        let g = b"root:x:0:\ntty:x:5:\ntty:x:6:\nbad:x:zz:\nshort:x:7\n";
+        assert_eq!(group_gid(g, "tty").unwrap(), Some(5));
+        assert_eq!(group_gid(g, "bad").unwrap(), None);
+        assert_eq!(group_gid(g, "short").unwrap(), None);
+        assert_eq!(group_gid(g, "nope").unwrap(), None);
+        assert!(group_gid(&vec![b'\n'; MAX_FILE_BYTES + 1], "tty").is_err());
     }
 
     #[test]

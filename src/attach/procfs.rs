@@ -78,6 +78,24 @@ pub fn start_time_from_stat(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// True when `status` (of `/proc/<pid>/status`) is PID 1 of a PID
+/// namespace exactly one level below the one of `own_status` (the reader's
+/// `/proc/self/status`): its `NSpid:` has one entry more than the reader's
+/// and the last one is `1`. A container's init passes; any other process of
+/// the container, and the init of a namespace nested inside the container,
+/// do not.
+pub fn is_namespace_init_below(status: &str, own_status: &str) -> bool {
+    let depth = |s: &str| status_field(s, "NSpid").map(|v| v.split_whitespace().count());
+    match (depth(status), depth(own_status)) {
+        (Some(theirs), Some(ours)) => {
+            theirs == ours + 1
+                && status_field(status, "NSpid").and_then(|v| v.split_whitespace().last())
+                    == Some("1")
+        }
+        _ => false,
+    }
+}
+
 /// A hex field such as `CapBnd:` of `/proc/<pid>/status`.
 pub fn status_hex(status: &str, key: &str) -> Option<u64> {
     let v = status_field(status, key)?;
@@ -166,6 +184,56 @@ pub fn session_cap_mask(cap_bnd: u64, cap_prm: u64, cap_eff: u64) -> u64 {
     cap_bnd & cap_prm & cap_eff
 }
 
+/// One line of `/proc/<pid>/limits`: the limit's name as the kernel prints
+/// it (`Max open files`) and its soft and hard values, `u64::MAX`
+/// (`RLIM_INFINITY`) for `unlimited`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// The kernel's name, e.g. `Max open files`.
+    pub name: String,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// Parses `/proc/<pid>/limits` (fs/proc/base.c `proc_pid_limits`: a
+/// header, then per limit the name in 25 columns and the soft and hard
+/// values, `unlimited` or a number).
+///
+/// # Errors
+/// A missing header, a malformed line or more than 32 lines.
+pub fn parse_limits(text: &str) -> Result<Vec<Limit>, String> {
+    let mut lines = text.lines();
+    if !lines.next().is_some_and(|h| h.starts_with("Limit ")) {
+        return Err("no header in limits".to_owned());
+    }
+    let value = |v: &str| match v {
+        "unlimited" => Ok(u64::MAX),
+        v => v.parse().map_err(|_| format!("bad limit value {v:?}")),
+    };
+    let mut out = Vec::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let (name, rest) = line
+            .get(..25)
+            .zip(line.get(25..))
+            .ok_or_else(|| format!("bad limits line {line:?}"))?;
+        let mut v = rest.split_whitespace();
+        let (Some(soft), Some(hard)) = (v.next(), v.next()) else {
+            return Err(format!("bad limits line {line:?}"));
+        };
+        if out.len() >= 32 {
+            return Err("too many limits".to_owned());
+        }
+        out.push(Limit {
+            name: name.trim().to_owned(),
+            soft: value(soft)?,
+            hard: value(hard)?,
+        });
+    }
+    Ok(out)
+}
+
 /// True when a cgroup2 `cgroup.events` text says the cgroup is frozen.
 pub fn cgroup2_frozen(events: &str) -> bool {
     events
@@ -248,6 +316,9 @@ pub struct CgroupTarget {
     pub rel: String,
     /// True for cgroup2.
     pub v2: bool,
+    /// The hierarchy's controllers as the cgroup file names them (`""` for
+    /// cgroup2, `memory`, `cpu,cpuacct`, `name=systemd`).
+    pub controllers: String,
 }
 
 /// Maps each line of the init's cgroup file to a host mount. Hierarchies
@@ -274,6 +345,7 @@ pub fn cgroup_targets(
                     mount_point: m.mount_point.clone(),
                     rel: rel.to_owned(),
                     v2,
+                    controllers: l.controllers.clone(),
                 });
             }
             None => missing.push(if v2 {
@@ -339,6 +411,57 @@ mod tests {
         assert_eq!(status_hex(s, "CapBnd"), Some(0x1ff_ffff_ffff));
         assert_eq!(status_field(s, "Threads"), Some("1"));
         assert_eq!(status_field(s, "Thread"), None);
+    }
+
+    #[test]
+    fn limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+Max cpu time              unlimited            unlimited            seconds   \n\
+Max open files            1000                 2000                 files     \n\
+Max nice priority         0                    0                    \n";
+        let l = parse_limits(text).unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!(
+            l[0],
+            Limit {
+                name: "Max cpu time".into(),
+                soft: u64::MAX,
+                hard: u64::MAX
+            }
+        );
+        assert_eq!(
+            (l[1].name.as_str(), l[1].soft, l[1].hard),
+            ("Max open files", 1000, 2000)
+        );
+        assert_eq!(
+            (l[2].name.as_str(), l[2].soft, l[2].hard),
+            ("Max nice priority", 0, 0)
+        );
+        assert!(parse_limits("Max open files 1 2\n").is_err());
+        assert!(parse_limits("Limit x\nMax open files            x 2\n").is_err());
+        assert!(parse_limits("Limit x\nshort\n").is_err());
+        // This process's own limits parse, with every limit the kernel has.
+        let own = parse_limits(&std::fs::read_to_string("/proc/self/limits").unwrap()).unwrap();
+        assert_eq!(own.len(), 16);
+    }
+
+    #[test]
+    fn namespace_init_depth() {
+        let host = "Name:\tportcullis\nNSpid:\t4242\n";
+        assert!(is_namespace_init_below("NSpid:\t777\t1\n", host));
+        // An ordinary process of the container.
+        assert!(!is_namespace_init_below("NSpid:\t778\t12\n", host));
+        // The init of a namespace nested inside the container.
+        assert!(!is_namespace_init_below("NSpid:\t779\t13\t1\n", host));
+        // A host process, and missing fields.
+        assert!(!is_namespace_init_below("NSpid:\t1\n", host));
+        assert!(!is_namespace_init_below("Name:\tx\n", host));
+        assert!(!is_namespace_init_below("NSpid:\t777\t1\n", "Name:\tx\n"));
+        // A gateway that itself runs in a container.
+        assert!(is_namespace_init_below(
+            "NSpid:\t90\t31\t1\n",
+            "NSpid:\t50\t7\n"
+        ));
     }
 
     #[test]

@@ -1,20 +1,31 @@
-//! The gateway <-> helper control protocol: one JSON document per
-//! `SOCK_SEQPACKET` message, fds attached with `SCM_RIGHTS`.
+//! The messages between the three processes of an attach, and their
+//! framing: one JSON document per `SOCK_SEQPACKET` message, fds attached
+//! with `SCM_RIGHTS`. Owns the wire format only; must never trust what it
+//! parses (each receiver checks the fds it gets).
 //!
-//! Gateway -> helper: one [`WireRequest`]. Helper (and session process) ->
-//! gateway, in this order: `started` (+ pidfd of C), `pty` (+ master fd, only
-//! with a pty), then `running` or `error`, then `exit`.
+//! Control socket, gateway (B) <-> helper (H):
+//! - B -> H: one [`WireRequest`], later at most one [`GatewayMsg`].
+//! - H -> B, in this order: `started` (+ the session process's pidfd, its
+//!   resolved ids), `pty` (+ master fd, only with a pty), `connected` (+
+//!   the socket, connect mode only), then `running` or `error`, then
+//!   `exit`, and `ended` after a [`GatewayMsg::End`].
+//!
+//! Inner socket, H <-> the process entering the container (I) and the
+//! session process (C), which never see the control socket: I -> H
+//! `forked` (+ C's pidfd); H -> C `go` (+ the AppArmor attribute fd when
+//! the init has a label); C -> H `ids`, `pty` (+ master), `connected`
+//! (+ socket) or `error`. End of file on it means C exec'd (or served and
+//! closed it).
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
-use tokio::io::unix::AsyncFd;
 
-use super::ExitStatus;
-use super::error::{AttachError, WireError};
-use super::sys;
+use crate::attach::error::WireError;
+use crate::attach::request::{ExitStatus, LoginIds, UnreproducibleSeccomp};
+use crate::attach::sys;
 
 /// Largest control message, in bytes.
 pub(crate) const MAX_MSG_BYTES: usize = 256 * 1024;
@@ -56,8 +67,8 @@ pub(crate) enum WireMode {
         /// Arguments after argv[0].
         args: Vec<String>,
     },
-    /// No session process: H joins only the container's network namespace,
-    /// connects to `addr` and sends the connected socket back (`connected`).
+    /// The session process connects to `addr` as the login and hands the
+    /// socket back (`connected`), then exits; nothing is exec'd.
     Connect {
         /// Destination, as seen from inside the container.
         addr: std::net::SocketAddr,
@@ -79,25 +90,95 @@ pub(crate) struct WireRequest {
     pub init_pid: i32,
     pub init_start_time: u64,
     pub init_cgroup: String,
+    /// [`crate::attach::AttachOptions`], enforced by H and C.
+    pub allow_uid0: bool,
+    pub expected: Option<LoginIds>,
+    pub unreproducible_seccomp: UnreproducibleSeccomp,
 }
 
-/// Messages from the helper side to the gateway.
+/// Messages from the helper to the gateway.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum HelperMsg {
-    /// C was forked and placed in the cgroups; carries C's pidfd. `pid` is
-    /// C's pid in the host pid namespace.
-    Started { pid: i32 },
-    /// Carries the pty master fd.
+    /// C is in the container as `ids`; carries C's pidfd. `pid` is C's pid
+    /// in the host pid namespace.
+    Started { pid: i32, ids: LoginIds },
+    /// Carries the pty master fd (checked by H to be a devpts master).
     Pty,
-    /// C has exec'd its shell.
+    /// Connect mode: carries the connected TCP socket.
+    Connected,
+    /// C has exec'd its shell (or serves in-process).
     Running,
     /// A step failed; C will not run.
     Error(WireError),
     /// C ended.
     Exit(ExitStatus),
-    /// Connect mode: carries the connected TCP socket.
+    /// The session's end is done (after [`GatewayMsg::End`]).
+    Ended { kept: bool, removed: bool },
+}
+
+/// Messages from the gateway to the helper after the request.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum GatewayMsg {
+    /// End the session: kill its cgroup, or keep its processes.
+    End(WireEnd),
+}
+
+/// What H does with the session's cgroup at its end.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum WireEnd {
+    /// `cgroup.kill`, wait until empty, remove it.
+    Kill,
+    /// Leave its processes running; kill only C if it still runs.
+    Keep,
+}
+
+/// Messages on the inner socket (H <-> I and C).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum InnerMsg {
+    /// I -> H: C was created; carries C's pidfd.
+    Forked,
+    /// H -> C: go on; carries the AppArmor attribute fd when there is a
+    /// label to set.
+    Go,
+    /// C -> H: the login's ids as the container resolves them.
+    Ids(LoginIds),
+    /// C -> H: carries the pty master.
+    Pty,
+    /// C -> H: carries the connected socket (connect mode).
     Connected,
+    /// I or C -> H: a step failed.
+    Error(WireError),
+}
+
+/// Longest inner message, in bytes.
+pub(crate) const MAX_INNER_BYTES: usize = 64 * 1024;
+
+/// Sends one serializable message with optional fds (blocking; H, I, C).
+pub(crate) fn send_json<T: Serialize>(
+    sock: BorrowedFd<'_>,
+    msg: &T,
+    fds: &[RawFd],
+) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    send_bytes_blocking(sock, &bytes, fds)
+}
+
+/// Receives one message of at most [`MAX_INNER_BYTES`] (blocking); `None`
+/// at end of file.
+pub(crate) fn recv_json<T: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+) -> std::io::Result<Option<(T, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_INNER_BYTES];
+    let (n, fds) = recv_raw(sock, &mut buf, MsgFlags::empty())?;
+    if n == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    let msg = serde_json::from_slice(&buf[..n]).map_err(std::io::Error::other)?;
+    Ok(Some((msg, fds)))
 }
 
 /// Sends one message with optional fds (blocking; helper side).
@@ -108,15 +189,6 @@ pub(crate) fn send_blocking(
 ) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
     send_bytes_blocking(sock, &bytes, fds)
-}
-
-/// Receives one raw message of at most `buf.len()` bytes with its fds
-/// (blocking; used between the helper and the session process).
-pub(crate) fn recv_bytes_blocking(
-    sock: BorrowedFd<'_>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, Vec<OwnedFd>)> {
-    recv_raw(sock, buf, MsgFlags::empty())
 }
 
 /// Sends raw bytes with optional fds in one message (blocking).
@@ -144,7 +216,7 @@ pub(crate) fn recv_request_blocking(sock: BorrowedFd<'_>) -> Result<WireRequest,
 
 /// One `recvmsg`: returns the length and the received fds (close-on-exec).
 /// Truncated messages are errors (EMSGSIZE).
-fn recv_raw(
+pub(crate) fn recv_raw(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     flags: MsgFlags,
@@ -172,83 +244,6 @@ fn recv_raw(
     Ok((msg.bytes, fds))
 }
 
-/// The gateway's end of the control socket (nonblocking, tokio-driven).
-pub(crate) struct Control {
-    fd: AsyncFd<OwnedFd>,
-}
-
-impl Control {
-    /// Wraps a nonblocking socket.
-    pub(crate) fn new(fd: OwnedFd) -> Result<Control, AttachError> {
-        let fd = sys::async_fd(fd).map_err(AttachError::ControlChannel)?;
-        Ok(Control { fd })
-    }
-
-    /// Sends the request (a single message; never blocks for long since
-    /// the socket buffer is empty).
-    pub(crate) async fn send_request(&self, req: &WireRequest) -> Result<(), AttachError> {
-        let bytes = serde_json::to_vec(req).map_err(|e| AttachError::Protocol(e.to_string()))?;
-        if bytes.len() > MAX_MSG_BYTES {
-            return Err(AttachError::InvalidRequest("request too large".into()));
-        }
-        loop {
-            let mut guard = self
-                .fd
-                .writable()
-                .await
-                .map_err(AttachError::ControlChannel)?;
-            let r = guard.try_io(|fd| {
-                let iov = [IoSlice::new(&bytes)];
-                sendmsg::<()>(
-                    fd.as_raw_fd(),
-                    &iov,
-                    &[],
-                    MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-                    None,
-                )
-                .map_err(std::io::Error::from)
-            });
-            match r {
-                Ok(res) => return res.map(|_| ()).map_err(AttachError::ControlChannel),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    /// Receives the next message; `Ok(None)` when the helper side closed.
-    /// Cancel-safe: a message is either fully returned or left queued.
-    ///
-    /// The receive buffer ([`MAX_MSG_BYTES`]) is allocated only once a
-    /// message is ready: a live session waits here for its whole life, and
-    /// a buffer held while waiting would be 256 KiB of every session's
-    /// memory.
-    pub(crate) async fn recv(&self) -> Result<Option<(HelperMsg, Vec<OwnedFd>)>, AttachError> {
-        let mut buf = Vec::new();
-        let (n, fds) = loop {
-            let mut guard = self
-                .fd
-                .readable()
-                .await
-                .map_err(AttachError::ControlChannel)?;
-            if buf.is_empty() {
-                buf = vec![0u8; MAX_MSG_BYTES];
-            }
-            match guard
-                .try_io(|fd| recv_raw(fd.get_ref().as_fd(), &mut buf, MsgFlags::MSG_DONTWAIT))
-            {
-                Ok(res) => break res.map_err(AttachError::ControlChannel)?,
-                Err(_would_block) => continue,
-            }
-        };
-        if n == 0 && fds.is_empty() {
-            return Ok(None);
-        }
-        let msg = serde_json::from_slice(&buf[..n])
-            .map_err(|e| AttachError::Protocol(format!("bad helper message: {e}")))?;
-        Ok(Some((msg, fds)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -256,37 +251,50 @@ mod tests {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     use std::os::fd::AsFd;
 
+    fn ids() -> LoginIds {
+        LoginIds {
+            login: "app".into(),
+            uid: 1000,
+            gid: 1000,
+            groups: vec![1000, 2000],
+        }
+    }
+
     #[test]
     fn json_shapes() {
         let s = serde_json::to_string(&HelperMsg::Exit(ExitStatus::Code(7))).unwrap();
         assert_eq!(s, r#"{"exit":{"code":7}}"#);
-        let s = serde_json::to_string(&HelperMsg::Started { pid: 5 }).unwrap();
-        assert_eq!(s, r#"{"started":{"pid":5}}"#);
+        let s = serde_json::to_string(&HelperMsg::Started { pid: 5, ids: ids() }).unwrap();
+        assert_eq!(
+            s,
+            r#"{"started":{"pid":5,"ids":{"login":"app","uid":1000,"gid":1000,"groups":[1000,2000]}}}"#
+        );
         let s = serde_json::to_string(&HelperMsg::Running).unwrap();
         assert_eq!(s, r#""running""#);
+        let s = serde_json::to_string(&GatewayMsg::End(WireEnd::Kill)).unwrap();
+        assert_eq!(s, r#"{"end":"kill"}"#);
+        let s = serde_json::to_string(&InnerMsg::Ids(ids())).unwrap();
+        assert_eq!(
+            s,
+            r#"{"ids":{"login":"app","uid":1000,"gid":1000,"groups":[1000,2000]}}"#
+        );
     }
 
-    #[tokio::test]
-    async fn roundtrip_with_fd() {
+    #[test]
+    fn inner_roundtrip_with_fd_and_eof() {
         let (a, b) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
-        let ctl = Control::new(a).unwrap();
         let extra = sys::pidfd_open(std::process::id() as i32).unwrap();
-        send_blocking(
-            b.as_fd(),
-            &HelperMsg::Started { pid: 1 },
-            &[extra.as_raw_fd()],
-        )
-        .unwrap();
-        let (m, fds) = ctl.recv().await.unwrap().unwrap();
-        assert_eq!(m, HelperMsg::Started { pid: 1 });
+        send_json(b.as_fd(), &InnerMsg::Forked, &[extra.as_raw_fd()]).unwrap();
+        let (m, fds): (InnerMsg, _) = recv_json(a.as_fd()).unwrap().unwrap();
+        assert_eq!(m, InnerMsg::Forked);
         assert_eq!(fds.len(), 1);
         drop(b);
-        assert!(ctl.recv().await.unwrap().is_none());
+        assert!(recv_json::<InnerMsg>(a.as_fd()).unwrap().is_none());
     }
 }

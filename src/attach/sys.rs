@@ -8,10 +8,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9): signal the process group whose
-/// leader the pidfd refers to. Not yet in libc.
-pub(crate) const PIDFD_SIGNAL_PROCESS_GROUP: u32 = 1 << 2;
-
 fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret < 0 {
         Err(io::Error::last_os_error())
@@ -41,13 +37,6 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32, flags: u32) -> 
             flags,
         )
     })?;
-    Ok(())
-}
-
-/// `kill(pid, sig)`; a negative pid addresses a process group.
-pub(crate) fn kill(pid: i32, sig: i32) -> io::Result<()> {
-    // SAFETY: plain integer syscall.
-    cvt(unsafe { libc::kill(pid, sig) }.into())?;
     Ok(())
 }
 
@@ -118,25 +107,18 @@ pub(crate) fn install_fixed_fds(cmd: &mut tokio::process::Command, pidfd: RawFd,
     }
 }
 
-/// Result of [`fork`].
+/// Result of [`clone3`].
 pub(crate) enum Forked {
-    /// In the parent: the child's pid (in the parent's pid namespace).
-    Parent(i32),
+    /// In the parent: the child's pid (in the caller's pid namespace) and a
+    /// pidfd for it.
+    Parent {
+        /// The child's pid.
+        pid: i32,
+        /// `CLONE_PIDFD`: refers to the child whatever happens to the pid.
+        pidfd: OwnedFd,
+    },
     /// In the child.
     Child,
-}
-
-/// `fork()`. Only for the single-threaded helper: the caller checks
-/// `Threads: 1` first (see `helper::ensure_single_threaded`).
-pub(crate) fn fork_single_threaded() -> io::Result<Forked> {
-    // SAFETY: the helper process is single-threaded (checked by the caller),
-    // so the child inherits a consistent heap and no foreign locks.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        p if p < 0 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child),
-        p => Ok(Forked::Parent(p)),
-    }
 }
 
 /// `CLONE_INTO_CGROUP` (`0x200000000`; libc's constant is an `int` that
@@ -161,31 +143,45 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// `clone3({flags: CLONE_INTO_CGROUP, exit_signal: SIGCHLD, cgroup})`: a
-/// `fork()` whose child starts in the cgroup2 directory `cgroup` (Linux
-/// 5.7+), so no `cgroup.procs` write (which costs an RCU grace period,
-/// several ms, per migration) is needed on the unified hierarchy. Only for
-/// the single-threaded helper, like [`fork_single_threaded`]. Fails (and
-/// creates nothing) e.g. with ENOSYS/E2BIG on older kernels or ENOENT when
-/// the cgroup namespace delegation rules forbid it; callers fall back to
-/// `fork` + `cgroup.procs`.
+/// `clone3({flags: CLONE_PIDFD [| CLONE_INTO_CGROUP] [| CLONE_PARENT],
+/// exit_signal: SIGCHLD (0 with CLONE_PARENT)})`: a `fork()` that also returns a pidfd of the
+/// child; with `into_cgroup` the child starts in that cgroup2 directory
+/// (Linux 5.7+, no `cgroup.procs` write and its RCU grace period); with
+/// `sibling` (`CLONE_PARENT`) the child's parent is the caller's parent,
+/// which then waits for it. Only for the single-threaded helper (checked by
+/// the caller, see `helper::step::ensure_single_threaded`). Fails, creating
+/// nothing, e.g. with ENOSYS/E2BIG on old kernels or ENOENT/EBUSY when the
+/// cgroup refuses.
 ///
 /// Unlike glibc's `fork`, the raw syscall leaves glibc's cached thread id
 /// of the parent in the child: the child must not use `raise`, `abort` or
-/// `pthread_kill` (it exits with `_exit` on every path, see `session.rs`).
-pub(crate) fn clone3_into_cgroup(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
-    let fd =
-        u64::try_from(cgroup.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+/// `pthread_kill` (it exits with `_exit` on every path).
+pub(crate) fn clone3(into_cgroup: Option<BorrowedFd<'_>>, sibling: bool) -> io::Result<Forked> {
+    let mut pidfd: libc::c_int = -1;
+    let mut flags = libc::CLONE_PIDFD as u64;
+    let mut cgroup = 0u64;
+    if let Some(fd) = into_cgroup {
+        flags |= CLONE_INTO_CGROUP;
+        cgroup =
+            u64::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    }
+    if sibling {
+        flags |= libc::CLONE_PARENT as u64;
+    }
     let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: fd,
+        flags,
+        pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
+        // With CLONE_PARENT the kernel takes the caller's own exit signal
+        // and refuses any other.
+        exit_signal: if sibling { 0 } else { libc::SIGCHLD as u64 },
+        cgroup,
         ..CloneArgs::default()
     };
     // SAFETY: no CLONE_VM and no stack: the kernel duplicates the address
     // space as fork does, and the child returns 0 from this same call; the
     // caller is single-threaded (checked), so the child's heap and locks are
-    // consistent. `args` is a valid `clone_args` of the size passed.
+    // consistent. `args` is a valid `clone_args` of the size passed, and
+    // `pidfd` a valid `int` the kernel writes the pidfd into.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -196,9 +192,15 @@ pub(crate) fn clone3_into_cgroup(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
     match pid {
         p if p < 0 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),
-        p => Ok(Forked::Parent(
-            i32::try_from(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
-        )),
+        p => {
+            let pid = i32::try_from(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            if pidfd < 0 {
+                return Err(io::Error::from_raw_os_error(libc::EBADF));
+            }
+            // SAFETY: CLONE_PIDFD made the kernel install this fd for us.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            Ok(Forked::Parent { pid, pidfd })
+        }
     }
 }
 
@@ -298,27 +300,23 @@ pub(crate) fn wait_pid(pid: i32) -> io::Result<libc::c_int> {
     }
 }
 
-/// Blocks until `b` is readable (or hung up), or `a` (if given) is readable
-/// or hung up. Returns (a ready, b ready). Retries on EINTR.
-pub(crate) fn poll2(a: Option<BorrowedFd<'_>>, b: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
-    let mut fds = [
-        libc::pollfd {
-            fd: b.as_raw_fd(),
-            events: libc::POLLIN,
+/// `poll(2)` on `fds` (each with its `events`, e.g. `POLLIN`, `POLLPRI`)
+/// for at most `timeout_ms` (-1: no limit), retried on EINTR. Returns each
+/// fd's `revents` (all 0 on a timeout).
+pub(crate) fn poll(fds: &[(BorrowedFd<'_>, i16)], timeout_ms: i32) -> io::Result<Vec<i16>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|(fd, events)| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: *events,
             revents: 0,
-        },
-        libc::pollfd {
-            fd: a.map_or(-1, |a| a.as_raw_fd()),
-            events: libc::POLLIN | libc::POLLRDHUP,
-            revents: 0,
-        },
-    ];
+        })
+        .collect();
     loop {
-        // SAFETY: valid array of two pollfd; negative fds are ignored by poll.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: a valid array of `pfds.len()` pollfd structures.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
         if r >= 0 {
-            let ready = |p: &libc::pollfd| p.revents != 0;
-            return Ok((a.is_some() && ready(&fds[1]), ready(&fds[0])));
+            return Ok(pfds.iter().map(|p| p.revents).collect());
         }
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINTR) {
@@ -379,6 +377,135 @@ pub(crate) fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// `ioctl(master, TIOCGPTN)`: the number of the pty whose master `fd` is
+/// (fails for anything but a pty master).
+pub(crate) fn pty_number(master: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int into a valid pointer.
+    cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) }.into())?;
+    Ok(n)
+}
+
+/// `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`: joins a new anonymous
+/// session keyring (`_ses`), owned by the caller's fsuid. Returns its serial.
+pub(crate) fn join_new_session_keyring() -> io::Result<i64> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_int = 1;
+    // SAFETY: keyctl with an integer operation and a NULL name.
+    let serial = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    })?;
+    Ok(serial)
+}
+
+/// One classic BPF instruction of a seccomp filter (`struct sock_filter`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BpfInsn {
+    /// Opcode.
+    pub code: u16,
+    /// Jump if true.
+    pub jt: u8,
+    /// Jump if false.
+    pub jf: u8,
+    /// Operand.
+    pub k: u32,
+}
+
+/// `struct sock_fprog`.
+#[repr(C)]
+struct SockFprog {
+    len: libc::c_ushort,
+    filter: *const BpfInsn,
+}
+
+/// `PTRACE_SECCOMP_GET_FILTER` (not in libc for every target).
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+
+/// Most instructions of one seccomp filter (`BPF_MAXINSNS`).
+pub(crate) const BPF_MAXINSNS: usize = 4096;
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, 0, prog)`: adds `prog` to the caller's
+/// filters (needs `no_new_privs` or `CAP_SYS_ADMIN` in the caller's user
+/// namespace). Filters survive fork and exec and cannot be removed.
+pub(crate) fn seccomp_install(prog: &[BpfInsn]) -> io::Result<()> {
+    if prog.is_empty() || prog.len() > BPF_MAXINSNS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let fprog = SockFprog {
+        len: prog.len() as libc::c_ushort,
+        filter: prog.as_ptr(),
+    };
+    // SAFETY: `fprog` points at `prog.len()` valid instructions that outlive
+    // the call; the kernel copies them.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0u32,
+            &fprog as *const SockFprog,
+        )
+    })?;
+    Ok(())
+}
+
+/// `PTRACE_SECCOMP_GET_FILTER` of a traced, stopped `pid`: filter `index`
+/// (0 = the most recently installed). `Ok(None)` past the last one.
+pub(crate) fn ptrace_seccomp_filter(pid: i32, index: usize) -> io::Result<Option<Vec<BpfInsn>>> {
+    // SAFETY: a NULL buffer asks only for the instruction count.
+    let n = unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            pid,
+            index,
+            std::ptr::null_mut::<BpfInsn>(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let n = usize::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if n == 0 || n > BPF_MAXINSNS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut prog = vec![BpfInsn::default(); n];
+    // SAFETY: `prog` has room for the `n` instructions the kernel reported;
+    // the filter of a stopped tracee cannot change in between (filters are
+    // only ever added, and the tracee is stopped).
+    let got =
+        cvt(unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid, index, prog.as_mut_ptr()) })?;
+    if got as usize != n {
+        return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+    }
+    Ok(Some(prog))
+}
+
+/// `getsockopt(fd, SOL_SOCKET, opt)` for an integer option (`SO_DOMAIN`,
+/// `SO_TYPE`, `SO_PROTOCOL`).
+pub(crate) fn socket_int_option(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid pointers to an int and its length.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    }
+    .into())?;
+    Ok(v)
+}
+
 /// `prctl(PR_CAPBSET_DROP, cap)`. EINVAL means `cap` is beyond the kernel's last cap.
 pub(crate) fn capbset_drop(cap: u32) -> io::Result<()> {
     // SAFETY: prctl with integer arguments.
@@ -395,9 +522,9 @@ pub(crate) fn capbset_read(cap: u32) -> io::Result<bool> {
     Ok(r == 1)
 }
 
-/// Clears the ambient set and the inheritable set, keeping effective and
-/// permitted as they are.
-pub(crate) fn clear_inheritable_and_ambient() -> io::Result<()> {
+/// Narrows the permitted and effective sets to `mask` (bit n = capability
+/// n; never widens them), clears the inheritable set and the ambient set.
+pub(crate) fn limit_caps(mask: u64) -> io::Result<()> {
     // SAFETY: prctl with integer arguments.
     cvt(unsafe {
         libc::prctl(
@@ -409,25 +536,6 @@ pub(crate) fn clear_inheritable_and_ambient() -> io::Result<()> {
         )
     }
     .into())?;
-    let mut hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget writes two `CapData` (version 3) into a valid array.
-    cvt(unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) })?;
-    for d in &mut data {
-        d.inheritable = 0;
-    }
-    // SAFETY: capset reads the header and two `CapData` from valid pointers.
-    cvt(unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) })?;
-    Ok(())
-}
-
-/// Narrows the permitted and effective sets to `mask` (bit n = capability
-/// n; never widens them), clears the inheritable set and the ambient set.
-pub(crate) fn limit_caps(mask: u64) -> io::Result<()> {
-    clear_inheritable_and_ambient()?;
     let mut hdr = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,

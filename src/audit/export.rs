@@ -1,6 +1,9 @@
 //! Audit events as JSON lines for a SIEM (config `audit.export`: a file
 //! path, appended to, or `-` for stdout), written after the event is in the
-//! database.
+//! database; the signed chain heads go to the same file as they are made
+//! (one anchor of the chain outside the database, see `anchor.rs`). A
+//! failed export never loses or refuses an event: the database is the
+//! record.
 //!
 //! # Schema (version 1, stable)
 //!
@@ -20,6 +23,12 @@
 //! | `detail` | object | the event's fields (see `AuditEvent` in `src/audit/mod.rs`) |
 //! | `prev_hash` | string | chain hash of the event before (hex SHA-256) |
 //! | `hash` | string | this event's chain hash (hex SHA-256) |
+//!
+//! Signed heads are lines with `schema` `"portcullis.audit-head.v1"` and the
+//! keys of `AnchoredHead` (`src/audit/head.rs`): `version`, `seq`, `at`,
+//! `time`, `gateway`, `event_id`, `event_hash`, `reason`, `prev_digest`,
+//! `public_key`, `signature`. A consumer that wants events only keeps the
+//! lines whose `schema` is `portcullis.audit.v1`.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -67,7 +76,15 @@ impl Export {
     /// # Errors
     /// The write fails.
     pub fn write(&self, row: &AuditRow) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&line_of(row))?;
+        self.write_value(&line_of(row))
+    }
+
+    /// Writes `value` as one line (one `write` call).
+    ///
+    /// # Errors
+    /// The write fails.
+    pub fn write_value(&self, value: &serde_json::Value) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(value)?;
         line.push(b'\n');
         let mut sink = self
             .sink
@@ -78,9 +95,10 @@ impl Export {
     }
 }
 
-/// The exported object of `row` (schema above).
-pub fn line_of(row: &AuditRow) -> serde_json::Value {
-    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(row.at) * 1_000_000)
+/// `ms` (unix milliseconds) as RFC 3339 UTC with milliseconds, e.g.
+/// `2026-12-01T07:48:14.123Z`; empty when out of range.
+pub fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| {
             t.format(time::macros::format_description!(
@@ -88,13 +106,17 @@ pub fn line_of(row: &AuditRow) -> serde_json::Value {
             ))
             .ok()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The exported object of `row` (schema above).
+pub fn line_of(row: &AuditRow) -> serde_json::Value {
     let detail: serde_json::Value =
         serde_json::from_str(&row.detail).unwrap_or_else(|_| serde_json::json!({}));
     serde_json::json!({
-        "schema": "portcullis.audit.v1",
+        "schema": EVENT_SCHEMA,
         "id": row.id,
-        "time": time,
+        "time": rfc3339_ms(row.at),
         "time_ms": row.at,
         "kind": row.kind,
         "outcome": row.outcome,
@@ -104,6 +126,31 @@ pub fn line_of(row: &AuditRow) -> serde_json::Value {
         "detail": detail,
         "prev_hash": row.prev_hash,
         "hash": row.hash,
+    })
+}
+
+/// `schema` of an exported event line.
+pub const EVENT_SCHEMA: &str = "portcullis.audit.v1";
+
+/// The row of an exported event line, `None` when `value` is not one.
+/// `detail` is re-serialised compactly, as [`crate::audit::AuditLog`]
+/// writes it, so the chain hash can be recomputed.
+pub fn row_of(value: &serde_json::Value) -> Option<AuditRow> {
+    if value.get("schema")?.as_str()? != EVENT_SCHEMA {
+        return None;
+    }
+    let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    Some(AuditRow {
+        id: value.get("id")?.as_i64()?,
+        at: value.get("time_ms")?.as_i64()?,
+        kind: text("kind")?,
+        outcome: text("outcome")?,
+        session_id: text("session_id"),
+        principal: text("principal"),
+        client_addr: text("client_addr"),
+        detail: value.get("detail")?.to_string(),
+        prev_hash: text("prev_hash")?,
+        hash: text("hash")?,
     })
 }
 
@@ -142,5 +189,6 @@ mod tests {
         assert_eq!(text.lines().count(), 2);
         let back: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(back, v);
+        assert_eq!(row_of(&back).unwrap(), row);
     }
 }

@@ -8,11 +8,23 @@
 //! Tamper evidence: rows form a hash chain ([`crate::store::chain_hash`]);
 //! the chain head is signed with the gateway's ed25519 host key as an
 //! SSHSIG (OpenSSH `PROTOCOL.sshsig`, namespace [`SIGNATURE_NAMESPACE`]) at
-//! intervals and at shutdown; [`verify`] checks the chain, the signatures
-//! and every recording's SHA-256 against its session row and its
-//! `SessionEnded` event.
+//! start and every `audit.sign_interval`, each head naming the one before
+//! it, and each written as it is made to anchors the database cannot
+//! rewrite (`anchor`); [`verify`] checks the chain, the heads, continuous
+//! coverage and every recording, [`verify_anchor`] compares the database
+//! with an anchor, `bundle` packs evidence verifiable offline and `report`
+//! answers an auditor.
 
+pub mod anchor;
+mod anchor_compare;
+pub mod bundle;
+mod check;
+mod error;
 pub mod export;
+pub mod head;
+mod recording;
+pub mod report;
+mod signer;
 mod verify;
 
 use std::sync::Arc;
@@ -20,9 +32,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::json;
 
-pub use verify::{
-    AuditSigner, RecordingProblem, SIGNATURE_NAMESPACE, SignatureProblem, VerifyReport, verify,
-};
+pub use anchor_compare::{AnchorReport, Divergence, compare_anchor, verify_anchor};
+pub use check::{Limits, SignatureProblem, Signer, Stretch};
+pub use error::AuditError;
+pub use head::{SIGNATURE_NAMESPACE, TrustedKeys, check_sshsig};
+pub use recording::recording_event;
+pub use signer::AuditSigner;
+pub use verify::{RecordingProblem, VerifyOptions, VerifyReport, describe_stretch, verify};
 
 use crate::store::{AuditRow, NewAuditRow, NewSession, SessionEnd, Store, StoreError};
 
@@ -125,6 +141,49 @@ pub enum AuditEvent {
         reason: String,
         /// `terminate` (the session was ended) or `continue`.
         action: String,
+    },
+    /// An attempt at uploading a recording to object storage is about to
+    /// begin (issue 16 point 5).
+    RecordingUploadAttempted {
+        /// 1 for the first attempt.
+        attempt: u32,
+        /// `s3://BUCKET/KEY` of the recording.
+        object: String,
+        /// Its size, in bytes.
+        bytes: u64,
+        /// Its SHA-256, lowercase hex.
+        sha256: String,
+    },
+    /// An upload attempt failed; the local copy is kept.
+    RecordingUploadFailed {
+        /// Which attempt.
+        attempt: u32,
+        /// The full reason.
+        reason: String,
+        /// When it is retried, in ms from now; `None`: not retried.
+        retry_in_ms: Option<u64>,
+    },
+    /// A recording and its write-once manifest were uploaded and read back
+    /// equal; the local copy is deleted next.
+    RecordingUploaded {
+        /// `s3://BUCKET/KEY` of the recording.
+        object: String,
+        /// `s3://BUCKET/KEY` of the manifest.
+        manifest: String,
+        /// Size, in bytes.
+        bytes: u64,
+        /// SHA-256, lowercase hex.
+        sha256: String,
+        /// Attempts it took.
+        attempts: u32,
+    },
+    /// A session was accepted while the spool of recordings waiting for
+    /// object storage was over `recording.spool_max_bytes`.
+    RecordingSpoolOverflowed {
+        /// Bytes waiting for upload.
+        spool_bytes: u64,
+        /// The bound.
+        spool_max_bytes: u64,
     },
     /// An admin asked for a live session to end.
     SessionKillRequested {
@@ -404,7 +463,12 @@ impl AuditEvent {
             AuditEvent::SessionFailed { .. } => "session_start",
             AuditEvent::SessionEnded { .. } => "session_end",
             AuditEvent::SessionInterrupted { .. } => "session_end",
-            AuditEvent::RecordingFailed { .. } => "recording",
+            AuditEvent::RecordingFailed { .. } | AuditEvent::RecordingSpoolOverflowed { .. } => {
+                "recording"
+            }
+            AuditEvent::RecordingUploadAttempted { .. }
+            | AuditEvent::RecordingUploadFailed { .. }
+            | AuditEvent::RecordingUploaded { .. } => "recording_upload",
             AuditEvent::SessionKillRequested { .. }
             | AuditEvent::SessionTerminated { .. }
             | AuditEvent::SessionWatched { .. }
@@ -442,7 +506,12 @@ impl AuditEvent {
             | AuditEvent::SessionFailed { .. } => "failure",
             AuditEvent::AccessDecided { allowed: true, .. } => "allow",
             AuditEvent::AccessDecided { allowed: false, .. } => "deny",
-            AuditEvent::RecordingFailed { .. } => "failure",
+            AuditEvent::RecordingFailed { .. } | AuditEvent::RecordingUploadFailed { .. } => {
+                "failure"
+            }
+            AuditEvent::RecordingUploadAttempted { .. }
+            | AuditEvent::RecordingSpoolOverflowed { .. } => "info",
+            AuditEvent::RecordingUploaded { .. } => "success",
             AuditEvent::SessionEnded { .. }
             | AuditEvent::SessionInterrupted { .. }
             | AuditEvent::SessionKillRequested { .. }

@@ -1,73 +1,68 @@
-//! Signing the audit chain's head and verifying the whole evidence: the
-//! chain, the signed heads and every recording.
+//! Verifying the whole evidence in the database: the hash chain, the chain
+//! of signed heads and their keys, continuous signature coverage, and every
+//! recording against its session row and its `session_end` event. The
+//! result is typed ([`VerifyReport`]) for the CLI and the web console.
+//!
+//! Never writes anything; never trusts a key it was not given.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use russh::keys::ssh_key::{LineEnding, SshSig};
-use russh::keys::{HashAlg, PrivateKey, PublicKey};
 use serde::Serialize;
 
-use crate::store::{ChainHead, GENESIS_HASH, Store, StoreError};
+use super::AuditError;
+use super::check::{
+    Coverage, Limits, SignatureProblem, Signer, Stretch, check_chain, check_coverage, check_heads,
+};
+use super::head::TrustedKeys;
+use crate::config::Config;
+use crate::store::{AuditRow, Store, now_ms};
 
-/// SSHSIG namespace of chain-head signatures (OpenSSH `PROTOCOL.sshsig`).
-pub const SIGNATURE_NAMESPACE: &str = "portcullis-audit@portcullis";
-
-/// The signed message for a head: `portcullis-audit-head\n{id}\n{hash}\n`.
-fn head_message(head: &ChainHead) -> String {
-    format!(
-        "portcullis-audit-head\n{}\n{}\n",
-        head.event_id, head.event_hash
-    )
+/// What [`verify`] trusts and how it judges coverage.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Keys whose heads count.
+    pub trusted: TrustedKeys,
+    /// Signing interval and slack.
+    pub limits: Limits,
+    /// "Now", unix ms (the unsigned tail's age is measured to it).
+    pub now_ms: i64,
+    /// Notes about how the options were made (e.g. an unreadable host key).
+    pub notes: Vec<String>,
 }
 
-/// Signs chain heads with the gateway's ed25519 host key.
-pub struct AuditSigner {
-    key: PrivateKey,
-    public_key: String,
-}
-
-impl AuditSigner {
-    /// A signer with `key`.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`] never; a key that cannot be encoded gives an
-    /// empty public key and signatures that do not verify.
-    pub fn new(key: PrivateKey) -> AuditSigner {
-        let public_key = key.public_key().to_openssh().unwrap_or_default();
-        AuditSigner { key, public_key }
-    }
-
-    /// Signs the current head (nothing when the log is empty or the head is
-    /// already signed); returns the signed head's event id.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the database fails; a signing failure is
-    /// reported as [`StoreError::Query`] with a protocol error.
-    pub async fn sign_head(&self, store: &Store) -> Result<Option<i64>, StoreError> {
-        let Some(head) = store.chain_head().await? else {
-            return Ok(None);
-        };
-        if let Some(last) = store.signed_heads().await?.last()
-            && last.event_id == head.event_id
-            && last.event_hash == head.event_hash
-        {
-            return Ok(Some(head.event_id));
+impl VerifyOptions {
+    /// From `config`: this host's key (when it can be read) and every
+    /// `audit.trusted_keys` entry; `audit.sign_interval` and
+    /// `audit.sign_slack`; now. A host key that cannot be read is not
+    /// replaced by anything: only the listed keys are trusted then (none
+    /// when the list is empty).
+    pub fn from_config(config: &Config) -> VerifyOptions {
+        let mut trusted = TrustedKeys::default();
+        let mut notes = Vec::new();
+        let path = config.host_key_path();
+        match russh::keys::load_secret_key(&path, None) {
+            Ok(key) => trusted.add(key.public_key().clone(), "this host's key"),
+            Err(e) => notes.push(format!(
+                "the host key {} cannot be read ({e}): only audit.trusted_keys are trusted",
+                path.display()
+            )),
         }
-        let signature = self
-            .key
-            .sign(
-                SIGNATURE_NAMESPACE,
-                HashAlg::Sha512,
-                head_message(&head).as_bytes(),
-            )
-            .and_then(|sig| sig.to_pem(LineEnding::LF))
-            .map_err(|e| {
-                StoreError::Query(sqlx::Error::Protocol(format!("signing failed: {e}")))
-            })?;
-        store
-            .insert_signed_head(&head, &self.public_key, &signature)
-            .await?;
-        Ok(Some(head.event_id))
+        for (i, line) in config.audit.trusted_keys.iter().enumerate() {
+            let source = format!("audit.trusted_keys[{i}]");
+            if let Err(e) = trusted.add_line(line, &source) {
+                notes.push(format!("{source} is not a public key: {e}"));
+            }
+        }
+        VerifyOptions {
+            trusted,
+            limits: Limits {
+                sign_interval_ms: config.audit.sign_interval.as_millis() as i64,
+                slack_ms: config.audit.sign_slack.as_millis() as i64,
+            },
+            now_ms: now_ms(),
+            notes,
+        }
     }
 }
 
@@ -80,15 +75,6 @@ pub struct RecordingProblem {
     pub problem: String,
 }
 
-/// A signed head that does not check out.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct SignatureProblem {
-    /// Row id of the signature.
-    pub signature_id: i64,
-    /// What is wrong.
-    pub problem: String,
-}
-
 /// The outcome of [`verify`].
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -98,12 +84,33 @@ pub struct VerifyReport {
     pub recordings: usize,
     /// Signed heads checked.
     pub signatures: usize,
+    /// Signed heads that check out.
+    pub valid_signatures: usize,
+    /// The newest event covered by a valid head.
+    pub signed_through_event: Option<i64>,
     /// The first event that breaks the chain (`(event id, problem)`).
     pub first_bad_event: Option<(i64, String)>,
     /// Every recording that does not match.
     pub bad_recordings: Vec<RecordingProblem>,
     /// Every signed head that does not check out.
     pub bad_signatures: Vec<SignatureProblem>,
+    /// Stretches of events signed too late, or never while they should
+    /// have been (failures).
+    pub gaps: Vec<Stretch>,
+    /// Stretches sealed late by a gateway's start (it was not running):
+    /// reported, not failures.
+    pub sealed_at_start: Vec<Stretch>,
+    /// Events after the newest valid head.
+    pub unsigned_tail: Option<Stretch>,
+    /// True when the unsigned tail is older than the signing interval plus
+    /// slack (a failure), or when nothing at all is signed.
+    pub tail_unsigned_too_long: bool,
+    /// The signing keys seen, and whether each is trusted.
+    pub signers: Vec<Signer>,
+    /// The limits applied.
+    pub limits: Option<Limits>,
+    /// Notes (an unreadable host key, ...).
+    pub notes: Vec<String>,
 }
 
 impl VerifyReport {
@@ -112,85 +119,157 @@ impl VerifyReport {
         self.first_bad_event.is_none()
             && self.bad_recordings.is_empty()
             && self.bad_signatures.is_empty()
+            && self.gaps.is_empty()
+            && !self.tail_unsigned_too_long
+    }
+
+    /// The report for people: one line per finding, `BAD ...` for
+    /// failures, ending in `OK` or `FAILED`.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "checked {} events, {} signed heads ({} valid), {} recordings",
+            self.events, self.signatures, self.valid_signatures, self.recordings
+        )];
+        for s in &self.signers {
+            out.push(format!(
+                "signer {} ({}): {} heads, {}",
+                s.fingerprint,
+                s.gateways.join(", "),
+                s.heads,
+                s.trusted_as
+                    .as_deref()
+                    .map(|t| format!("trusted as {t}"))
+                    .unwrap_or_else(|| "NOT TRUSTED".to_string())
+            ));
+        }
+        for n in &self.notes {
+            out.push(format!("note: {n}"));
+        }
+        if let Some((id, problem)) = &self.first_bad_event {
+            out.push(format!("BAD event {id}: {problem}"));
+        }
+        for s in &self.bad_signatures {
+            out.push(format!(
+                "BAD signature {} (head {}, event {}): {}",
+                s.signature_id,
+                s.seq.map(|q| q.to_string()).unwrap_or_else(|| "v1".into()),
+                s.event_id,
+                s.problem
+            ));
+        }
+        for g in &self.gaps {
+            out.push(format!("BAD gap: {}", describe_stretch(g)));
+        }
+        for g in &self.sealed_at_start {
+            out.push(format!("note: {}", describe_stretch(g)));
+        }
+        if let Some(t) = &self.unsigned_tail {
+            let prefix = if self.tail_unsigned_too_long {
+                "BAD unsigned tail"
+            } else {
+                "live tail (not yet signed)"
+            };
+            out.push(format!("{prefix}: {}", describe_stretch(t)));
+        }
+        for r in &self.bad_recordings {
+            out.push(format!(
+                "BAD recording of session {}: {}",
+                r.session_id, r.problem
+            ));
+        }
+        out.push(if self.ok() { "OK" } else { "FAILED" }.to_string());
+        out
     }
 }
 
-/// Checks the chain (ids 1, 2, ... without gaps, each `prev_hash` the hash
-/// of the row before, each hash recomputed), every signed head (its event
-/// exists with that hash, the SSHSIG verifies, and, when `gateway_key` is
-/// given, it is that key), and every ended session's recording (file
-/// SHA-256 equals the row's and the one in its `session_end` event).
+/// One line about a stretch of events and its signature.
+pub fn describe_stretch(s: &Stretch) -> String {
+    let events = if s.first_event == s.last_event {
+        format!("event {}", s.first_event)
+    } else {
+        format!("events {}..{}", s.first_event, s.last_event)
+    };
+    let waited = humantime::format_duration(std::time::Duration::from_secs(
+        (s.waited_ms.max(0) as u64) / 1000,
+    ));
+    match (s.signed_by_seq, &s.sealed_at_start_of) {
+        (None, _) => format!("{events} not signed, the oldest written {waited} ago"),
+        (Some(seq), Some(gateway)) => format!(
+            "{events} waited {waited} for head {seq}, signed when gateway {gateway} started (it was not running)"
+        ),
+        (Some(seq), None) => {
+            format!("{events} waited {waited} for their first signed head ({seq})")
+        }
+    }
+}
+
+/// Checks `rows` (the whole log) and `heads` with `options`; recordings are
+/// not looked at. Shared by [`verify`], bundles and the report.
+pub(crate) fn verify_events(
+    rows: &[AuditRow],
+    heads: &[crate::store::SignedHead],
+    options: &VerifyOptions,
+    from_genesis: bool,
+) -> VerifyReport {
+    let mut report = VerifyReport {
+        events: rows.len(),
+        signatures: heads.len(),
+        limits: Some(options.limits),
+        notes: options.notes.clone(),
+        first_bad_event: check_chain(rows, from_genesis),
+        ..VerifyReport::default()
+    };
+    let hashes: HashMap<i64, &str> = rows.iter().map(|e| (e.id, e.hash.as_str())).collect();
+    let first_event = if from_genesis {
+        1
+    } else {
+        rows.first().map(|r| r.id).unwrap_or(1)
+    };
+    let check = check_heads(heads, &hashes, first_event, &options.trusted, from_genesis);
+    let valid: Vec<&crate::store::SignedHead> = check.valid.iter().map(|&i| &heads[i]).collect();
+    report.valid_signatures = valid.len();
+    report.bad_signatures = check.bad;
+    report.signers = check.signers;
+    report.signed_through_event = valid.last().map(|h| h.event_id);
+    let Coverage {
+        gaps,
+        sealed_at_start,
+        unsigned_tail,
+    } = check_coverage(rows, &valid, options.limits, options.now_ms);
+    report.gaps = gaps;
+    report.sealed_at_start = sealed_at_start;
+    report.tail_unsigned_too_long = match &unsigned_tail {
+        Some(t) => valid.is_empty() || t.waited_ms > options.limits.max_wait_ms(),
+        None => false,
+    };
+    report.unsigned_tail = unsigned_tail;
+    if options.trusted.is_empty() && !heads.is_empty() {
+        report
+            .notes
+            .push("no signing key is trusted: every head is refused".to_string());
+    }
+    report
+}
+
+/// Checks the chain, every signed head (its event exists with that hash, it
+/// is signed by a trusted key, it verifies, it follows the head before it),
+/// continuous coverage (no stretch of events waits longer than the signing
+/// interval plus slack for its first head, except one sealed by a
+/// gateway's start; an unsigned tail older than that, or nothing signed at
+/// all, fails), and every ended session's recording (file SHA-256 equals the
+/// row's and the one in its `session_end` event).
 ///
-/// Limit: events appended after the last signed head can be cut from the
-/// end of the log without breaking the chain; signing at shutdown and at
-/// intervals bounds that window.
+/// Limit: a database writer can still cut the log back to an earlier signed
+/// head and drop everything after it; only an anchor outside the database
+/// shows that ([`super::verify_anchor`]).
 ///
 /// # Errors
-/// [`StoreError`] when the database cannot be read.
-pub async fn verify(
-    store: &Store,
-    gateway_key: Option<&PublicKey>,
-) -> Result<VerifyReport, StoreError> {
-    let mut report = VerifyReport::default();
+/// [`AuditError::Database`] when the database cannot be read.
+pub async fn verify(store: &Store, options: &VerifyOptions) -> Result<VerifyReport, AuditError> {
     let events = store.audit_events(None).await?;
-    report.events = events.len();
-    let mut prev_hash = GENESIS_HASH.to_string();
-    for (index, row) in events.iter().enumerate() {
-        let expected_id = index as i64 + 1;
-        let problem = if row.id != expected_id {
-            Some((
-                expected_id,
-                format!("event {expected_id} is missing (next is {})", row.id),
-            ))
-        } else if row.prev_hash != prev_hash {
-            Some((
-                row.id,
-                format!("event {} does not follow event {}", row.id, row.id - 1),
-            ))
-        } else if row.computed_hash() != row.hash {
-            Some((row.id, format!("event {} was altered", row.id)))
-        } else {
-            None
-        };
-        if let Some(p) = problem {
-            report.first_bad_event = Some(p);
-            break;
-        }
-        prev_hash = row.hash.clone();
-    }
-
-    let by_id: std::collections::HashMap<i64, &str> =
-        events.iter().map(|e| (e.id, e.hash.as_str())).collect();
-    for signed in store.signed_heads().await? {
-        report.signatures += 1;
-        let head = ChainHead {
-            event_id: signed.event_id,
-            event_hash: signed.event_hash.clone(),
-        };
-        let problem = match by_id.get(&signed.event_id) {
-            None => Some(format!("signed event {} is missing", signed.event_id)),
-            Some(h) if *h != signed.event_hash => {
-                Some(format!("signed event {} was altered", signed.event_id))
-            }
-            Some(_) => check_signature(&signed.public_key, &signed.signature, &head, gateway_key),
-        };
-        if let Some(problem) = problem {
-            report.bad_signatures.push(SignatureProblem {
-                signature_id: signed.id,
-                problem,
-            });
-        }
-    }
-
-    let ended_digests: std::collections::HashMap<String, String> = events
-        .iter()
-        .filter(|e| e.kind == "session_end")
-        .filter_map(|e| {
-            let detail: serde_json::Value = serde_json::from_str(&e.detail).ok()?;
-            let sha = detail.get("recording_sha256")?.as_str()?.to_string();
-            Some((e.session_id.clone()?, sha))
-        })
-        .collect();
+    let heads = store.signed_heads().await?;
+    let mut report = verify_events(&events, &heads, options, true);
+    let ended_digests = audited_digests(&events);
     for session in store.list_sessions(i64::MAX).await? {
         let Some(row_sha) = session.recording_sha256.clone().filter(|s| !s.is_empty()) else {
             continue;
@@ -221,26 +300,16 @@ pub async fn verify(
     Ok(report)
 }
 
-fn check_signature(
-    public_key: &str,
-    signature: &str,
-    head: &ChainHead,
-    gateway_key: Option<&PublicKey>,
-) -> Option<String> {
-    let key = match PublicKey::from_openssh(public_key) {
-        Ok(k) => k,
-        Err(e) => return Some(format!("bad public key: {e}")),
-    };
-    if let Some(gateway) = gateway_key
-        && gateway.key_data() != key.key_data()
-    {
-        return Some("signed with a key that is not the gateway's".to_string());
-    }
-    let sig = match SshSig::from_pem(signature) {
-        Ok(s) => s,
-        Err(e) => return Some(format!("bad signature encoding: {e}")),
-    };
-    key.verify(SIGNATURE_NAMESPACE, head_message(head).as_bytes(), &sig)
-        .err()
-        .map(|e| format!("signature does not verify: {e}"))
+/// Session id → recording SHA-256 from the `session_end` events of `events`
+/// (the last one wins).
+pub(crate) fn audited_digests(events: &[AuditRow]) -> HashMap<String, String> {
+    events
+        .iter()
+        .filter(|e| e.kind == "session_end")
+        .filter_map(|e| {
+            let detail: serde_json::Value = serde_json::from_str(&e.detail).ok()?;
+            let sha = detail.get("recording_sha256")?.as_str()?.to_string();
+            Some((e.session_id.clone()?, sha))
+        })
+        .collect()
 }

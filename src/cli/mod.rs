@@ -176,6 +176,11 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Audit { command } = &cli.command
+        && let Some(code) = audit::without_database(&cli.config, command)?
+    {
+        return Ok(code);
+    }
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Serve { role } => serve::serve_gateway(config, role).await,

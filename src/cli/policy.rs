@@ -44,7 +44,12 @@ pub(crate) fn policy(config: Config, command: PolicyCommand) -> anyhow::Result<E
         labels.insert(k.to_string(), v.to_string());
     }
     let decision = match action {
-        Action::Request | Action::Approve | Action::Activate | Action::Revoke | Action::Review => {
+        Action::Request
+        | Action::Approve
+        | Action::Activate
+        | Action::Revoke
+        | Action::Review
+        | Action::View => {
             let seconds = humantime::parse_duration(&duration)
                 .with_context(|| format!("--for {duration:?} is not a duration (e.g. 2h)"))?
                 .as_secs();

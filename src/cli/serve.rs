@@ -101,7 +101,7 @@ pub(crate) async fn serve_gateway(
         store.mark_interrupted(&session.id, bytes, &sha).await?;
         tracing::warn!(session_id = %session.id, "session of a previous run marked interrupted");
     }
-    let signer = AuditSigner::new(host_key.clone());
+    let signer = AuditSigner::for_gateway(host_key.clone(), &config)?;
     signer.sign_head(&store).await?;
     let issuers = Arc::new(Issuers::from_config(&config)?);
     let cas = CertificateAuthorities::from_config(&config.certificates)?;
@@ -165,6 +165,29 @@ pub(crate) async fn serve_gateway(
             }
         });
     }
+    // The web console (issue 17), when `[web]` is configured.
+    let web = if config.web.is_some() {
+        Some(
+            crate::web::start(
+                crate::web::ConsoleParts {
+                    config: config.clone(),
+                    store: store.clone(),
+                    audit: gateway.audit.clone(),
+                    issuers: gateway.issuers.clone(),
+                    policy: gateway.policy.clone(),
+                    inventory: gateway.inventory.clone(),
+                    end_live_session: {
+                        let gateway = gateway.clone();
+                        Arc::new(move |id: &str, reason: &str| gateway.end_live_session(id, reason))
+                    },
+                },
+                gateway.shutdown.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let issuer_urls: Vec<&str> = config.oidc.iter().map(|o| o.issuer.as_str()).collect();
     tracing::info!(listen = %local, issuers = ?issuer_urls, "portcullis listening");
     let server = tokio::spawn(serve(gateway.clone(), listener, russh));
@@ -172,6 +195,9 @@ pub(crate) async fn serve_gateway(
     tracing::info!("shutting down");
     gateway.shutdown.cancel();
     let _ = server.await;
+    if let Some(web) = web {
+        let _ = web.await;
+    }
     gateway.tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), gateway.tasks.wait())
         .await

@@ -63,6 +63,10 @@ pub(crate) enum SessionsCommand {
         /// Longest pause replayed, in seconds.
         #[arg(long)]
         idle_time_limit: Option<f64>,
+        /// Start at this many seconds (a search hit's or a marker's
+        /// offset): the output before it is shown at once.
+        #[arg(long, value_name = "SECONDS")]
+        at: Option<f64>,
     },
     /// Sessions whose transcript text (escape sequences stripped) contains
     /// TEXT as a phrase, with the time offset of each hit.
@@ -131,16 +135,17 @@ pub(crate) async fn sessions(config: Config, command: SessionsCommand) -> anyhow
                 print_sessions(&sessions);
             }
         }
-        SessionsCommand::Show { id, json } => show(&store, &id, json).await?,
+        SessionsCommand::Show { id, json } => show(&config, &store, &id, json).await?,
         SessionsCommand::Play {
             id,
             speed,
             idle_time_limit,
+            at,
         } => {
-            let session = store.session(&id).await?;
-            let (_, events) = crate::recording::read(Path::new(&session.recording_path))?;
+            let (_, events) = open_recording(&config, &store, &id).await?.parse()?;
             let mut out = tokio::io::stdout();
-            crate::recording::play(&events, speed, idle_time_limit, &mut out).await?;
+            let at = at.unwrap_or(0.0);
+            crate::recording::play_from(&events, at, speed, idle_time_limit, &mut out).await?;
         }
         SessionsCommand::Search { text, json } => {
             let hits = store.search_transcripts(&text).await?;
@@ -158,23 +163,24 @@ pub(crate) async fn sessions(config: Config, command: SessionsCommand) -> anyhow
                     })
                     .collect();
                 print_table(&["SESSION", "OFFSET", "TEXT"], &rows);
+                if let Some(hit) = hits.first() {
+                    println!(
+                        "\nreplay from a hit: portcullis sessions play {} --at {:.3}",
+                        hit.session_id, hit.offset_seconds
+                    );
+                }
             }
             if hits.is_empty() {
                 return Ok(ExitCode::from(1));
             }
         }
         SessionsCommand::Export { id, format } => {
-            let session = store.session(&id).await?;
-            let path = Path::new(&session.recording_path);
+            let recording = open_recording(&config, &store, &id).await?;
             let mut out = tokio::io::stdout();
             match format.as_str() {
-                "cast" => {
-                    let bytes = std::fs::read(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    out.write_all(&bytes).await?;
-                }
+                "cast" => out.write_all(&recording.bytes).await?,
                 "txt" => {
-                    let (_, events) = crate::recording::read(path)?;
+                    let (_, events) = recording.parse()?;
                     for (_, line) in crate::recording::transcript_lines(&events) {
                         out.write_all(line.as_bytes()).await?;
                         out.write_all(b"\n").await?;
@@ -242,15 +248,35 @@ fn parse_time(text: &str) -> anyhow::Result<i64> {
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<()> {
+/// A session's recording, from its local file or, once that is gone,
+/// from object storage (checked against its manifest).
+async fn open_recording(
+    config: &Config,
+    store: &Store,
+    id: &str,
+) -> anyhow::Result<crate::recording::OpenedRecording> {
+    let session = store.session(id).await?;
+    crate::recording::open(&config.recording, store, id, &session.recording_path)
+        .await
+        .with_context(|| format!("cannot open the recording of session {id}"))
+}
+
+async fn show(config: &Config, store: &Store, id: &str, json: bool) -> anyhow::Result<()> {
     let session = store.session(id).await?;
     let events = store.audit_events(Some(id)).await?;
+    let recorded = match open_recording(config, store, id).await {
+        Ok(recording) => recording.parse().ok().map(|(_, events)| events),
+        Err(e) => {
+            tracing::warn!(error = %e, "recording unavailable");
+            None
+        }
+    };
+    let recorded = recorded.unwrap_or_default();
     let commands: Vec<String> = match &session.command {
         Some(c) => vec![c.clone()],
-        None => crate::recording::read(Path::new(&session.recording_path))
-            .map(|(_, ev)| shell_commands(&crate::recording::transcript_lines(&ev)))
-            .unwrap_or_default(),
+        None => shell_commands(&crate::recording::transcript_lines(&recorded)),
     };
+    let markers = crate::recording::markers(&recorded);
     // File transfers (SFTP, scp), container sftp-server streams and
     // forwarded connections, from the audit log.
     let transfers: Vec<serde_json::Value> = events
@@ -273,6 +299,10 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "session": session,
                 "commands": commands,
+                "markers": markers
+                    .iter()
+                    .map(|(at, label)| serde_json::json!({"offset_seconds": at, "label": label}))
+                    .collect::<Vec<_>>(),
                 "transfers": transfers,
                 "approvals": [],
                 "audit_events": events,
@@ -311,6 +341,12 @@ async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<()> {
     println!("\ncommands:");
     for c in &commands {
         println!("  {c}");
+    }
+    if !markers.is_empty() {
+        println!("\nmarkers (play --at SECONDS):");
+        for (at, label) in &markers {
+            println!("  {at:>10.3}s  {label}");
+        }
     }
     if transfers.is_empty() {
         println!("\ntransfers: none");

@@ -48,6 +48,14 @@ pub struct OidcConfig {
     /// `client_id` only.
     #[serde(default)]
     pub allowed_azp: Vec<String>,
+    /// Groups this issuer may assert under their own names (default none).
+    /// Every other group it asserts is namespaced: prefixed with
+    /// `principal_prefix` (so `admins` from an issuer with prefix `ci:` is
+    /// the group `ci:admins`), and a group of an issuer without a prefix
+    /// that falls in another source's prefix is dropped. A group from one
+    /// source never satisfies a rule written for another's.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
     /// True for the issuer the device flow uses (default: the first one).
     #[serde(default)]
     pub default: bool,
@@ -123,6 +131,23 @@ impl Config {
                     "must be an http:// or https:// URL",
                 ));
             }
+            if let Some(rest) = issuer.strip_prefix("http://")
+                && !is_loopback_authority(rest)
+            {
+                return Err(invalid(
+                    &key("issuer"),
+                    "http:// is allowed only for a loopback issuer (127.0.0.0/8, [::1], \
+                     localhost): anyone on the path could swap the JWKS; use https://",
+                ));
+            }
+            for (j, g) in o.allowed_groups.iter().enumerate() {
+                if g.is_empty() || !crate::text::is_visible(g) || g.len() > 255 {
+                    return Err(invalid(
+                        &key(&format!("allowed_groups[{j}]")),
+                        "must be 1 to 255 bytes without control, bidi or invisible characters",
+                    ));
+                }
+            }
             if o.client_id.is_empty() {
                 return Err(invalid(&key("client_id"), "must not be empty"));
             }
@@ -167,6 +192,28 @@ impl Config {
     }
 }
 
+/// True when the `host[:port]/path` after `http://` names a loopback host:
+/// `localhost`, an IPv4 address in 127.0.0.0/8 or `[::1]` (RFC 6890).
+pub(crate) fn is_loopback_authority(rest: &str) -> bool {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return false;
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, _)) => h,
+            None => return false,
+        }
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn default_groups_claim() -> String {
     "groups".to_string()
 }
@@ -197,4 +244,53 @@ fn default_jwks_refetch_interval() -> Duration {
 
 fn default_jwks_max_age() -> Duration {
     Duration::from_secs(3600)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn http_issuers_only_on_loopback() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3/realms/x/",
+            "http://localhost:9000",
+            "http://[::1]:9000/",
+            "https://idp.example.com/",
+        ] {
+            parse(&format!("[oidc]\nissuer = \"{ok}\"\nclient_id = \"c\"\n")).unwrap();
+        }
+        for bad in [
+            "http://idp.example.com",
+            "http://10.0.0.1:8080",
+            "http://127.0.0.1.evil.com",
+            "http://localhost.evil.com/",
+            "http://evil.com@127.0.0.1/",
+            "http://[::2]:80",
+        ] {
+            let err = parse(&format!("[oidc]\nissuer = \"{bad}\"\nclient_id = \"c\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("`oidc.issuer`") && err.contains("loopback"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_groups_are_checked() {
+        let err = parse(
+            "[oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\nallowed_groups = [\"ok\", \"a\\u202Eb\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`oidc.allowed_groups[1]`"), "{err}");
+    }
 }

@@ -203,3 +203,53 @@ fn sftp_server_defaults_and_is_checked() {
         .to_string();
     assert!(err.contains("sevrer"), "{err}");
 }
+
+#[test]
+fn owner_purpose_and_the_incus_backend() {
+    let base = "[oidc]\nissuer = \"https://i.example\"\nclient_id = \"c\"\n";
+    let parse = |extra: &str| Config::parse(&format!("{base}{extra}"), Path::new("t.toml"));
+    let c = parse("[containers.web1]\nowner = \"alice\"\npurpose = \"shop front\"\n").unwrap();
+    assert_eq!(c.containers["web1"].owner.as_deref(), Some("alice"));
+    assert_eq!(c.containers["web1"].purpose.as_deref(), Some("shop front"));
+    assert_eq!(c.inventory.incus_timeout, std::time::Duration::from_secs(5));
+    let long = "x".repeat(257);
+    for (extra, key) in [
+        (
+            format!("[containers.web1]\nowner = \"{long}\"\n"),
+            "containers.web1.owner",
+        ),
+        (
+            "[containers.web1]\npurpose = \"a\\nb\"\n".to_string(),
+            "containers.web1.purpose",
+        ),
+        (
+            "[containers.web1]\nowner = \" \"\n".to_string(),
+            "containers.web1.owner",
+        ),
+        (
+            "[inventory]\nbackend = \"incus\"\n[containers.web1]\nowner = \"alice\"\n".to_string(),
+            "containers.web1",
+        ),
+        (
+            "[inventory]\nbackend = \"incus\"\nincus_socket = \"lxd.sock\"\n".to_string(),
+            "inventory.incus_socket",
+        ),
+        (
+            "[inventory]\nincus_timeout = \"2m\"\n".to_string(),
+            "inventory.incus_timeout",
+        ),
+    ] {
+        let err = parse(&extra).unwrap_err().to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+    let c = parse(
+        "[inventory]\nbackend = \"incus\"\nincus_socket = \"/var/lib/lxd/unix.socket\"\n\
+         incus_timeout = \"2s\"\n[containers.side]\npid_file = \"/run/side.pid\"\nowner = \"bob\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.inventory.backend, InventoryBackend::Incus);
+    assert_eq!(
+        c.inventory.incus_socket(),
+        std::path::PathBuf::from("/var/lib/lxd/unix.socket")
+    );
+}

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::IdentityError;
-use super::oidc::{LoginTokens, MAX_DOCUMENT_BYTES, OidcIssuer, read_limited};
+use super::oidc::{LoginTokens, MAX_DOCUMENT_BYTES, OidcIssuer, TokenSource, read_limited};
 use crate::config::Secret;
 
 /// RFC 8628 §3.4 grant type.
@@ -31,9 +31,12 @@ pub struct DeviceAuthorization {
     device_code: String,
     /// Code the user types at the verification page.
     pub user_code: String,
-    /// Page where the user logs in.
+    /// Page where the user logs in and types [`Self::user_code`].
     pub verification_uri: String,
-    /// Page with the code already filled in, when the issuer gives one.
+    /// Page with the code already filled in: only when the issuer gives
+    /// one *and* `auth.device_flow_complete_uri` is true. A one-click link
+    /// is what a remote phisher forwards to a victim (RFC 8628 §5.4), so
+    /// by default the user must type the code.
     pub verification_uri_complete: Option<String>,
     /// When the codes stop working.
     pub expires_at: Instant,
@@ -45,8 +48,8 @@ pub struct DeviceAuthorization {
 }
 
 impl DeviceAuthorization {
-    /// The URL to show: `verification_uri_complete` when given, else
-    /// `verification_uri`.
+    /// The URL to show: `verification_uri_complete` when given (config
+    /// opted in), else `verification_uri`.
     pub fn url_to_show(&self) -> &str {
         self.verification_uri_complete
             .as_deref()
@@ -175,12 +178,28 @@ impl OidcIssuer {
         }
         let r: DeviceAuthorizationResponse =
             serde_json::from_slice(&body).map_err(|e| DeviceFlowError::Request(e.to_string()))?;
+        // Shown in the user's terminal: nothing hidden, nothing long.
+        for (what, text) in [
+            ("user_code", &r.user_code),
+            ("verification_uri", &r.verification_uri),
+        ] {
+            if text.is_empty() || text.len() > 512 || !crate::text::is_visible(text) {
+                return Err(DeviceFlowError::Request(format!(
+                    "{what} is empty, too long or holds hidden characters"
+                ))
+                .into());
+            }
+        }
+        let verification_uri_complete = r
+            .verification_uri_complete
+            .filter(|_| self.settings.complete_uri)
+            .filter(|u| u.len() <= 512 && crate::text::is_visible(u));
         let expires_in = Duration::from_secs(r.expires_in).min(MAX_EXPIRES_IN);
         Ok(DeviceAuthorization {
             device_code: r.device_code,
             user_code: r.user_code,
             verification_uri: r.verification_uri,
-            verification_uri_complete: r.verification_uri_complete,
+            verification_uri_complete,
             expires_at: Instant::now() + expires_in,
             valid_for: expires_in,
             interval: r
@@ -232,7 +251,7 @@ impl OidcIssuer {
             let r: TokenResponse = serde_json::from_slice(&body)
                 .map_err(|e| DeviceFlowError::Request(e.to_string()))?;
             match r.error.as_deref() {
-                None => return self.tokens_from(r).await,
+                None => return self.tokens_from(r, TokenSource::DeviceFlow).await,
                 Some("authorization_pending") => {}
                 Some("slow_down") => interval += SLOW_DOWN_STEP,
                 Some("access_denied") => return Err(DeviceFlowError::Denied.into()),
@@ -253,9 +272,14 @@ impl OidcIssuer {
 }
 
 impl OidcIssuer {
-    async fn tokens_from(&self, r: TokenResponse) -> Result<LoginTokens, IdentityError> {
+    async fn tokens_from(
+        &self,
+        r: TokenResponse,
+        source: TokenSource,
+    ) -> Result<LoginTokens, IdentityError> {
         let token = r.id_token.ok_or(DeviceFlowError::NoIdToken)?;
-        let id_token = self.validate_id_token(&token).await?;
+        let mut id_token = self.validate_id_token(&token).await?;
+        id_token.obtained_by = source;
         Ok(LoginTokens {
             id_token,
             refresh_token: r.refresh_token.map(Secret::new),
@@ -296,7 +320,7 @@ impl OidcIssuer {
             .map_err(|e| DeviceFlowError::Request(format!("HTTP {status}: {e}")))?;
         match r.error.as_deref() {
             None if status.is_success() => {
-                let mut tokens = self.tokens_from(r).await?;
+                let mut tokens = self.tokens_from(r, TokenSource::Refresh).await?;
                 if tokens.refresh_token.is_none() {
                     tokens.refresh_token = Some(refresh_token.clone());
                 }

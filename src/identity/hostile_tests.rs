@@ -284,3 +284,94 @@ async fn a_token_for_another_client_is_refused() {
     c["azp"] = json!("portcullis");
     assert!(issuer().await.validate_id_token(&sign(&c)).await.is_ok());
 }
+
+/// Signs `claims` with a header `typ`.
+fn sign_typed(claims: &Value, typ: &str) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(KID.into());
+    header.typ = Some(typ.into());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &EncodingKey::from_rsa_pem(PRIVATE_PEM).unwrap(),
+    )
+    .unwrap()
+}
+
+/// L2 (RFC 8725 §3.11): an access token for this client (Entra v2 for the
+/// app's own API, Keycloak with an audience mapper) is not an ID token.
+#[tokio::test]
+async fn an_access_token_is_not_an_id_token() {
+    for typ in ["at+jwt", "application/at+jwt", "AT+JWT", "logout+jwt"] {
+        let err = refused(&sign_typed(&claims(), typ)).await;
+        assert!(
+            matches!(err, IdentityError::NotAnIdToken(_)),
+            "{typ}: {err}"
+        );
+        assert!(err.user_message().contains("not an ID token"));
+    }
+    assert!(
+        issuer()
+            .await
+            .validate_id_token(&sign_typed(&claims(), "JWT"))
+            .await
+            .is_ok()
+    );
+    // Keycloak marks its tokens with a `typ` claim.
+    for typ in ["Bearer", "Refresh"] {
+        let mut c = claims();
+        c["typ"] = json!(typ);
+        assert!(matches!(
+            refused(&sign(&c)).await,
+            IdentityError::NotAnIdToken(_)
+        ));
+    }
+    let mut c = claims();
+    c["typ"] = json!("ID");
+    assert!(issuer().await.validate_id_token(&sign(&c)).await.is_ok());
+}
+
+/// L2 (OpenID Connect Core 1.0 §3.1.3.7): a token "issued" beyond the
+/// leeway (5 s here) in the future is refused.
+#[tokio::test]
+async fn iat_beyond_the_leeway_in_the_future_is_refused() {
+    let mut c = claims();
+    c["iat"] = json!(now() + 3600);
+    assert!(matches!(
+        refused(&sign(&c)).await,
+        IdentityError::IssuedInTheFuture
+    ));
+    c["iat"] = json!(now() + 2);
+    assert!(issuer().await.validate_id_token(&sign(&c)).await.is_ok());
+}
+
+/// L2: Auth0's `iss` ends in `/`; it must match the discovery document's
+/// `issuer` exactly, slash included.
+#[tokio::test]
+async fn an_issuer_whose_iss_ends_in_a_slash_works() {
+    let auth0 = "https://tenant.auth0.test/";
+    let text = format!("[oidc]\nissuer = \"{auth0}\"\nclient_id = \"portcullis\"\n");
+    let config = Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+    let issuer = OidcIssuer::seeded(&config.oidc[0], serde_json::from_str(JWKS).unwrap()).await;
+    let mut c = claims();
+    c["iss"] = json!(auth0);
+    let t = issuer.validate_id_token(&sign(&c)).await.unwrap();
+    assert_eq!(t.principal.subject, "alice");
+    assert_eq!(t.principal.issuer, "https://tenant.auth0.test");
+    c["iss"] = json!("https://tenant.auth0.test");
+    assert!(matches!(
+        issuer.validate_id_token(&sign(&c)).await,
+        Err(IdentityError::WrongIssuer)
+    ));
+}
+
+/// L1: a subject with an ANSI sequence or a bidi override would be shown
+/// raw in approvers' listings.
+#[tokio::test]
+async fn a_subject_with_hidden_characters_is_refused() {
+    for sub in ["mallory\u{1B}[2J\u{1B}[Halice", "alice\u{202E}nimda"] {
+        let mut c = claims();
+        c["sub"] = json!(sub);
+        assert!(matches!(refused(&sign(&c)).await, IdentityError::Claims(_)));
+    }
+}

@@ -1,13 +1,16 @@
 //! Several OpenID Connect issuers (`[[oidc]]`): which one a pasted token
 //! belongs to (its `iss`, read before the signature is checked only to pick
 //! the issuer whose keys then check it), and which one runs the device
-//! flow (the `default`, else the first).
+//! flow (the `default`, else the first). Each issuer learns here what the
+//! rest of the configuration says about it: whether the device prompt may
+//! carry a one-click link (`auth.device_flow_complete_uri`) and the other
+//! sources' prefixes its names must stay out of (review finding M1).
 
 use std::sync::Arc;
 
 use base64::Engine;
 
-use super::oidc::{VerifiedIdToken, check_shape};
+use super::oidc::{IssuerSettings, VerifiedIdToken, check_shape};
 use super::{IdentityError, OidcIssuer};
 use crate::config::Config;
 
@@ -25,11 +28,30 @@ impl Issuers {
     /// [`IdentityError::Discovery`] when an HTTP client cannot be built, or
     /// no issuer is configured.
     pub fn from_config(config: &Config) -> Result<Issuers, IdentityError> {
+        let prefixes: Vec<&str> = config
+            .oidc
+            .iter()
+            .map(|o| o.principal_prefix.as_str())
+            .chain(
+                config
+                    .certificates
+                    .ca
+                    .iter()
+                    .map(|c| c.principal_prefix.as_str()),
+            )
+            .collect();
         let list = config
             .oidc
             .iter()
-            .map(|o| OidcIssuer::new(o).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|o| {
+                let mut issuer = OidcIssuer::new(o)?;
+                issuer.settings = IssuerSettings {
+                    complete_uri: config.auth.device_flow_complete_uri,
+                    foreign_prefixes: foreign_prefixes(&o.principal_prefix, &prefixes),
+                };
+                Ok(Arc::new(issuer))
+            })
+            .collect::<Result<Vec<_>, IdentityError>>()?;
         if list.is_empty() {
             return Err(IdentityError::Discovery("no issuer configured".into()));
         }
@@ -70,6 +92,20 @@ impl Issuers {
         let issuer = self.by_url(&iss).ok_or(IdentityError::WrongIssuer)?;
         issuer.validate_id_token(token).await
     }
+}
+
+/// The other sources' prefixes that names under `own` could fall into:
+/// non-empty, different, and starting with `own` (only an empty `own` has
+/// any once the configuration is valid).
+fn foreign_prefixes(own: &str, all: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = all
+        .iter()
+        .filter(|p| !p.is_empty() && **p != own && p.starts_with(own))
+        .map(|p| (*p).to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The `iss` of an unverified JWT payload (used only to choose the keys).
@@ -118,6 +154,25 @@ default = true
         assert_eq!(i.default_issuer().issuer_url(), "https://ci.example.com");
         assert!(i.by_url("https://corp.example.com/").is_some());
         assert!(i.by_url("https://other.example.com").is_none());
+    }
+
+    #[test]
+    fn an_issuer_without_a_prefix_stays_out_of_the_cas_prefixes() {
+        let i = issuers(
+            "[oidc]\nissuer = \"https://corp.example.com\"\nclient_id = \"c\"\n\
+             [[certificates.ca]]\npublic_key = \"ssh-ed25519 \
+             AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"\n\
+             principal_prefix = \"ca:\"\n",
+        );
+        assert_eq!(i.default_issuer().settings.foreign_prefixes, ["ca:"]);
+        assert!(!i.default_issuer().settings.complete_uri);
+        let two = issuers(TWO);
+        assert!(
+            two.all()
+                .iter()
+                .all(|i| i.settings.foreign_prefixes.is_empty())
+        );
+        assert_eq!(foreign_prefixes("", &["", "a:", "b:", "a:"]), ["a:", "b:"]);
     }
 
     #[tokio::test]

@@ -4,22 +4,41 @@
 //! PROTOCOL.certkeys).
 //!
 //! Owns talking to the issuers and turning a valid ID token, a bound key or
-//! a certificate into a [`Principal`]. It never decides access (that is
+//! a certificate into a [`Principal`]: the claim checks of RFC 8725 and
+//! OpenID Connect Core (`claims.rs`), groups namespaced per source, refresh
+//! tokens sealed at rest (`sealing.rs`), what a principal sees of their own
+//! key bindings (`own_keys.rs`, `announce.rs`) and revoked keys (OpenSSH
+//! PROTOCOL.krl, `krl.rs`). It never decides access (that is
 //! [`crate::policy`]) and never logs tokens.
 
+mod announce;
 mod binding;
 mod certificate;
+mod claims;
+mod code_flow;
 mod device;
 #[cfg(test)]
 mod hostile_tests;
 mod issuers;
+mod krl;
 mod oidc;
+mod own_keys;
+mod sealing;
 
-pub use binding::{BindingCheck, KeyBindings, key_fingerprint};
-pub use certificate::{CertificateAuthorities, CertificateError};
+pub use announce::BindingNotice;
+pub use binding::{
+    BindingCheck, BindingError, BindingOrigin, KeyBindings, REFRESH_CLAIM, REFRESH_WAIT,
+    key_fingerprint,
+};
+pub use certificate::{
+    CertificateAuthorities, CertificateError, CertificatePermits, CertifiedPrincipal,
+};
+pub use code_flow::{AuthorizationParams, AuthorizationRequest, CodeLogin, pkce_challenge};
 pub use device::{DeviceAuthorization, DeviceFlowError};
 pub use issuers::Issuers;
-pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, VerifiedIdToken};
+pub use krl::{Krl, KrlError, RevokedKeys};
+pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, TokenSource, VerifiedIdToken};
+pub use sealing::{RefreshTokenKey, SealedFor, SealingError};
 
 /// OpenSSH reads at most this many bytes per keyboard-interactive prompt
 /// (`readpassphrase` with a 1024-byte buffer); an answer this long was
@@ -33,10 +52,13 @@ pub struct Principal {
     pub subject: String,
     /// The `email` claim, when present.
     pub email: Option<String>,
-    /// The groups claim (configurable name), empty when absent.
+    /// The groups claim (configurable name), namespaced per source (an
+    /// issuer's or CA's `principal_prefix` unless in its `allowed_groups`);
+    /// empty when absent.
     pub groups: Vec<String>,
     /// Who vouched: the issuer URL, or `ssh-ca:SHA256:...` for a
-    /// certificate.
+    /// certificate (the Cedar `User` entity's `issuer`, via
+    /// [`crate::policy::PolicyEngine::decide_as`]).
     pub issuer: String,
 }
 
@@ -84,6 +106,15 @@ pub enum IdentityError {
     /// A required claim is missing or has the wrong type.
     #[error("bad claims: {0}")]
     Claims(String),
+    /// The token is typed as another kind of JWT (an access token, RFC
+    /// 9068 `at+jwt`; Keycloak's `typ` claim other than `ID`), RFC 8725
+    /// §3.11.
+    #[error("not an ID token: {0}")]
+    NotAnIdToken(String),
+    /// `iat` is further in the future than the leeway (OpenID Connect
+    /// Core 1.0 §3.1.3.7).
+    #[error("token issued in the future")]
+    IssuedInTheFuture,
     /// The device flow failed.
     #[error(transparent)]
     DeviceFlow(#[from] DeviceFlowError),
@@ -101,7 +132,13 @@ impl IdentityError {
                  this token was cut; press Enter at the prompt to log in with your browser instead."
             ),
             IdentityError::Expired => "Login failed: the token has expired.".into(),
-            IdentityError::NotYetValid => "Login failed: the token is not valid yet.".into(),
+            IdentityError::NotYetValid | IdentityError::IssuedInTheFuture => {
+                "Login failed: the token is not valid yet (check the clocks).".into()
+            }
+            IdentityError::NotAnIdToken(_) => {
+                "Login failed: this is not an ID token (an access token?); paste the ID token."
+                    .into()
+            }
             IdentityError::WrongIssuer => {
                 "Login failed: the token was issued by another identity provider.".into()
             }

@@ -10,6 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
+use super::claims::{self, Claims};
 use super::{IdentityError, OPENSSH_MAX_PROMPT_BYTES, Principal};
 use crate::config::{OidcConfig, Secret};
 use crate::store::now_ms;
@@ -40,6 +41,31 @@ pub struct OidcIssuer {
     jwks: RwLock<Option<(JwkSet, Instant)>>,
     /// Held during a fetch (one at a time); holds the last fetch attempt.
     last_jwks_fetch: Mutex<Option<Instant>>,
+    /// What the rest of the configuration says about this issuer.
+    pub(crate) settings: IssuerSettings,
+}
+
+/// Settings of an issuer that come from outside its `[oidc]` entry
+/// ([`super::Issuers::from_config`] sets them).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IssuerSettings {
+    /// `auth.device_flow_complete_uri`: pass on `verification_uri_complete`.
+    pub complete_uri: bool,
+    /// Other sources' principal prefixes that this issuer's names could
+    /// reach (only when its own prefix is empty): subjects there are
+    /// refused, groups there dropped (review finding M1).
+    pub foreign_prefixes: Vec<String>,
+}
+
+/// How an ID token reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Pasted at the keyboard-interactive prompt.
+    Pasted,
+    /// From the token endpoint after a device authorization (RFC 8628).
+    DeviceFlow,
+    /// From the token endpoint for a refresh token (RFC 6749 §6).
+    Refresh,
 }
 
 /// A validated ID token.
@@ -49,6 +75,8 @@ pub struct VerifiedIdToken {
     pub principal: Principal,
     /// Its `exp`, unix milliseconds.
     pub expires_at_ms: i64,
+    /// How it reached the gateway.
+    pub obtained_by: TokenSource,
 }
 
 /// What a login (device flow or refresh) got from the token endpoint.
@@ -59,8 +87,6 @@ pub struct LoginTokens {
     /// The refresh token (RFC 6749 §6), when the issuer gave one: a secret.
     pub refresh_token: Option<Secret>,
 }
-
-type Claims = serde_json::Map<String, serde_json::Value>;
 
 impl OidcIssuer {
     /// An issuer for `config`; nothing is fetched until first use.
@@ -79,6 +105,7 @@ impl OidcIssuer {
             discovery: RwLock::new(None),
             jwks: RwLock::new(None),
             last_jwks_fetch: Mutex::new(None),
+            settings: IssuerSettings::default(),
         })
     }
 
@@ -225,8 +252,15 @@ impl OidcIssuer {
     ///
     /// The key is the issuer's JWKS key named by the header's `kid`; the
     /// algorithm must be an asymmetric one that matches that key (never
-    /// `none`, never HMAC); `iss`, `aud`, `exp`, `nbf` are checked with the
-    /// configured leeway; `sub` is required.
+    /// `none`, never HMAC); `iss` must equal the discovery document's
+    /// `issuer` exactly (a trailing `/`, as Auth0 has, included); `aud`,
+    /// `exp`, `nbf` are checked with the configured leeway and `iat` may
+    /// not be further in the future than it (OpenID Connect Core 1.0
+    /// §3.1.3.7); a header `typ` of another JWT kind (`at+jwt`, ...) or a
+    /// Keycloak `typ` claim other than `ID` is refused (RFC 8725 §3.11);
+    /// `sub` is required, display-safe and in this issuer's namespace;
+    /// `email` is kept only when `email_verified`; groups are namespaced
+    /// (review finding M1).
     ///
     /// # Errors
     /// An [`IdentityError`] naming what failed.
@@ -234,6 +268,7 @@ impl OidcIssuer {
         let token = check_shape(token)?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| IdentityError::Malformed(e.to_string()))?;
+        claims::check_header_type(header.typ.as_deref())?;
         if !is_asymmetric(header.alg) {
             return Err(IdentityError::AlgorithmRefused(format!("{:?}", header.alg)));
         }
@@ -261,8 +296,9 @@ impl OidcIssuer {
             return Err(IdentityError::AlgorithmRefused(format!("key {kid}: {why}")));
         }
         let key = DecodingKey::from_jwk(&jwk).map_err(|e| IdentityError::Jwks(e.to_string()))?;
+        let expected_issuer = self.discovery().await?.issuer;
         let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[self.issuer_url()]);
+        validation.set_issuer(&[expected_issuer.as_str()]);
         validation.set_audience(&[self.config.expected_audience()]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = self.config.leeway.as_secs();
@@ -270,6 +306,8 @@ impl OidcIssuer {
         let data =
             jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(map_jwt_error)?;
         self.check_azp(&data.claims)?;
+        claims::check_claim_type(&data.claims)?;
+        claims::check_issued_at(&data.claims, now_ms() / 1000, self.config.leeway.as_secs())?;
         let expires_at_ms = data
             .claims
             .get("exp")
@@ -277,8 +315,14 @@ impl OidcIssuer {
             .map(|e| (e * 1000.0) as i64)
             .ok_or_else(|| IdentityError::Claims("exp is not a number".into()))?;
         Ok(VerifiedIdToken {
-            principal: principal_from(&data.claims, &self.config, self.issuer_url())?,
+            principal: claims::principal_from(
+                &data.claims,
+                &self.config,
+                self.issuer_url(),
+                &self.settings.foreign_prefixes,
+            )?,
             expires_at_ms,
+            obtained_by: TokenSource::Pasted,
         })
     }
 
@@ -329,50 +373,6 @@ pub(crate) fn check_shape(token: &str) -> Result<&str, IdentityError> {
         ));
     }
     Ok(token)
-}
-
-fn principal_from(
-    claims: &Claims,
-    config: &OidcConfig,
-    issuer: &str,
-) -> Result<Principal, IdentityError> {
-    let sub = match claims.get(&config.subject_claim) {
-        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 255 => s,
-        _ => {
-            return Err(IdentityError::Claims(format!(
-                "{} must be a string of 1 to 255 bytes",
-                config.subject_claim
-            )));
-        }
-    };
-    let email = claims
-        .get(&config.email_claim)
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_string);
-    let groups_claim = config.groups_claim.as_str();
-    let groups = match claims.get(groups_claim) {
-        None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(serde_json::Value::String(g)) => vec![g.clone()],
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str().map(str::to_string).ok_or_else(|| {
-                    IdentityError::Claims(format!("{groups_claim} holds a non-string"))
-                })
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(IdentityError::Claims(format!(
-                "{groups_claim} is neither a string nor a list"
-            )));
-        }
-    };
-    Ok(Principal {
-        subject: format!("{}{sub}", config.principal_prefix),
-        email,
-        groups,
-        issuer: issuer.to_string(),
-    })
 }
 
 fn is_asymmetric(alg: Algorithm) -> bool {
@@ -496,50 +496,6 @@ pub(crate) async fn read_limited(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-
-    fn claims(v: serde_json::Value) -> Claims {
-        serde_json::from_value(v).unwrap()
-    }
-
-    fn config(groups_claim: &str, prefix: &str) -> OidcConfig {
-        let text = format!(
-            "[oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\ngroups_claim = \"{groups_claim}\"\n\
-             principal_prefix = \"{prefix}\"\n"
-        );
-        crate::config::Config::parse(&text, std::path::Path::new("t"))
-            .unwrap()
-            .oidc
-            .remove(0)
-    }
-
-    #[test]
-    fn groups_claim_shapes() {
-        let c = config("groups", "");
-        let p = principal_from(
-            &claims(serde_json::json!({"sub":"a","groups":["x","y"]})),
-            &c,
-            "i",
-        )
-        .unwrap();
-        assert_eq!(p.groups, ["x", "y"]);
-        let r = config("roles", "ci:");
-        let p =
-            principal_from(&claims(serde_json::json!({"sub":"a","roles":"x"})), &r, "i").unwrap();
-        assert_eq!(p.groups, ["x"]);
-        assert_eq!(p.subject, "ci:a");
-        let p = principal_from(&claims(serde_json::json!({"sub":"a"})), &c, "i").unwrap();
-        assert!(p.groups.is_empty());
-        assert!(
-            principal_from(
-                &claims(serde_json::json!({"sub":"a","groups":[1]})),
-                &c,
-                "i"
-            )
-            .is_err()
-        );
-        assert!(principal_from(&claims(serde_json::json!({"sub":""})), &c, "i").is_err());
-        assert!(principal_from(&claims(serde_json::json!({})), &c, "i").is_err());
-    }
 
     #[test]
     fn hmac_and_key_mismatch_are_refused() {

@@ -1,31 +1,71 @@
 //! The LXC backend: a container's state and init PID under the configured
 //! `lxcpath`, asked of its monitor's command socket ([`super::lxc_monitor`],
 //! about 0.2 ms) and, when that is not conclusive, of `lxc-info` (3-5 ms).
+//! The PID either names is checked to be the container's init (the rule of
+//! [`super::init`]) and returned with its start time. Labels, owner and
+//! purpose come from `[containers.NAME]`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::init::{self, NotInit};
 use super::{Backend, Container, ContainerState, InventoryError};
-use crate::config::{Config, valid_name};
+use crate::config::{Config, ContainerConfig, valid_name};
 
 /// The LXC inventory.
 #[derive(Debug, Clone)]
 pub struct LxcInventory {
     lxcpath: PathBuf,
-    labels: BTreeMap<String, BTreeMap<String, String>>,
+    sections: std::collections::BTreeMap<String, ContainerConfig>,
+}
+
+/// `container` with the labels, owner and purpose of its section.
+pub(super) fn with_section(
+    mut container: Container,
+    section: Option<&ContainerConfig>,
+) -> Container {
+    if let Some(s) = section {
+        container.labels = s.labels.clone();
+        container.owner = s.owner.clone();
+        container.purpose = s.purpose.clone();
+    }
+    container
+}
+
+/// Checks that the running `state`'s PID is the container's init and
+/// returns its start time (`None` when not running).
+///
+/// # Errors
+/// [`InventoryError::NotAContainer`] naming the rule the PID failed.
+pub(super) fn verify_init(
+    runtime: &str,
+    name: &str,
+    state: &ContainerState,
+) -> Result<Option<u64>, InventoryError> {
+    let ContainerState::Running { init_pid } = state else {
+        return Ok(None);
+    };
+    let ours = init::gateway_depth().map_err(|source| InventoryError::Tool {
+        tool: "procfs",
+        source,
+    })?;
+    match init::verify(*init_pid, ours) {
+        Ok(facts) => Ok(Some(facts.start_time)),
+        Err(NotInit::Gone) => Err(InventoryError::NotAContainer(format!(
+            "{runtime} named PID {init_pid} as the init of {name}, and it exited during the lookup"
+        ))),
+        Err(why) => Err(InventoryError::NotAContainer(format!(
+            "{runtime} named PID {init_pid} as the init of {name}, but {why}"
+        ))),
+    }
 }
 
 impl LxcInventory {
-    /// An inventory over `config.inventory.lxcpath` with labels from
-    /// `config.containers`.
+    /// An inventory over `config.inventory.lxcpath` with labels, owners and
+    /// purposes from `config.containers`.
     pub fn new(config: &Config) -> LxcInventory {
         LxcInventory {
             lxcpath: config.inventory.lxcpath.clone(),
-            labels: config
-                .containers
-                .iter()
-                .map(|(name, c)| (name.clone(), c.labels.clone()))
-                .collect(),
+            sections: config.containers.clone(),
         }
     }
 
@@ -35,8 +75,12 @@ impl LxcInventory {
     /// not exist; anything unexpected), from `lxc-info -P LXCPATH -n NAME -s
     /// -p -H`.
     ///
+    /// The init PID is then checked (PID 1 of a PID namespace directly
+    /// below the gateway's, parent outside it) and its start time read.
+    ///
     /// # Errors
-    /// [`InventoryError::InvalidName`], [`InventoryError::NotFound`], or a
+    /// [`InventoryError::InvalidName`], [`InventoryError::NotFound`],
+    /// [`InventoryError::NotAContainer`] (the PID is not the init), or a
     /// tool failure.
     pub async fn find(&self, name: &str) -> Result<Container, InventoryError> {
         if !valid_name(name) {
@@ -46,18 +90,17 @@ impl LxcInventory {
             Some(state) => state,
             None => self.lxc_info(name).await?,
         };
+        let start_time = verify_init("LXC", name, &state)?;
         let cgroup = match &state {
             ContainerState::Running { init_pid } => payload_cgroup(&self.lxcpath, name, *init_pid),
             ContainerState::NotRunning(_) => None,
         }
         .unwrap_or_else(|| format!("/lxc.payload.{name}"));
-        Ok(Container {
-            name: name.to_string(),
-            state,
-            labels: self.labels.get(name).cloned().unwrap_or_default(),
-            cgroup,
-            backend: Backend::Lxc,
-        })
+        let container = Container {
+            init_start_time: start_time,
+            ..Container::new(name, state, cgroup, Backend::Lxc)
+        };
+        Ok(with_section(container, self.sections.get(name)))
     }
 
     /// The state of `name` from `lxc-info -P LXCPATH -n NAME -s -p -H`.
@@ -111,13 +154,13 @@ impl LxcInventory {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(container = %name, error = %e, "cannot look up container");
-                    Container {
-                        labels: self.labels.get(&name).cloned().unwrap_or_default(),
-                        cgroup: format!("/lxc.payload.{name}"),
-                        name,
-                        state: ContainerState::NotRunning("UNKNOWN".into()),
-                        backend: Backend::Lxc,
-                    }
+                    let unknown = Container::new(
+                        &name,
+                        ContainerState::NotRunning("UNKNOWN".into()),
+                        format!("/lxc.payload.{name}"),
+                        Backend::Lxc,
+                    );
+                    with_section(unknown, self.sections.get(&name))
                 }
             };
             containers.push(c);
@@ -134,7 +177,7 @@ impl LxcInventory {
 /// really named `NAME-1` is never mistaken for `NAME`. `None` (the caller
 /// then expects `/lxc.payload.NAME`, and the attach's pin check refuses a
 /// mismatch) when the files cannot be read or say anything else.
-fn payload_cgroup(lxcpath: &std::path::Path, name: &str, pid: i32) -> Option<String> {
+pub(super) fn payload_cgroup(lxcpath: &Path, name: &str, pid: i32) -> Option<String> {
     let lines = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let top = lines
         .lines()

@@ -1,20 +1,34 @@
-//! Finding containers. Two backends: `lxc` ([`LxcInventory`]: the
-//! container's monitor socket or `lxc-info`, under `lxcpath`) and
-//! `process` ([`ProcessInventory`]: a pid file or a cgroup directory per
-//! `[containers.NAME]`, for any runtime). A container
+//! Finding containers. Three backends: `lxc` ([`LxcInventory`]: the
+//! container's monitor socket or `lxc-info`, under `lxcpath`), `process`
+//! ([`ProcessInventory`]: a pid file or a cgroup directory per
+//! `[containers.NAME]`, for any runtime) and `incus` ([`IncusInventory`]:
+//! an Incus or LXD daemon's REST API on its Unix socket). A container
 //! section with `pid_file` or `cgroup` always uses the process backend;
-//! others use LXC unless `[inventory] backend = "process"`. Labels come
-//! from the config file.
+//! others use the configured `[inventory] backend`. Labels, owner and
+//! purpose come from `[containers.NAME]` (LXC, process) or from the
+//! instance's `user.portcullis.*` config keys (Incus/LXD).
 //!
-//! Owns lookups only; it never enters a container. A name is checked with
-//! [`crate::config::valid_name`] before it reaches any command line.
+//! Every backend checks the init it names (the rule of [`init`]: PID 1 of a
+//! PID namespace directly below the gateway's, started from outside it)
+//! and returns its start time, which the attach path's pin compares after
+//! taking the pidfd. [`listing`] joins the inventory with each container's
+//! last session for `containers list` (CLI, broker, web console).
+//!
+//! Owns lookups only; it never enters a container and never changes one.
+//! A name is checked with [`crate::config::valid_name`] before it reaches
+//! any command line or URL.
 
+mod incus;
+mod init;
+pub mod listing;
 mod lxc;
 mod lxc_monitor;
 mod process;
 
 use std::collections::BTreeMap;
 
+pub use incus::IncusInventory;
+pub use listing::{ContainerRow, container_rows};
 pub use lxc::LxcInventory;
 pub use process::ProcessInventory;
 
@@ -27,14 +41,17 @@ pub enum Backend {
     Lxc,
     /// A pid file or a cgroup directory from the config.
     Process,
+    /// An Incus or LXD daemon's REST API.
+    Incus,
 }
 
 impl Backend {
-    /// `lxc` or `process`.
+    /// `lxc`, `process` or `incus`.
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Lxc => "lxc",
             Backend::Process => "process",
+            Backend::Incus => "incus",
         }
     }
 }
@@ -58,13 +75,43 @@ pub struct Container {
     pub name: String,
     /// State and init PID.
     pub state: ContainerState,
-    /// Labels from `[containers.NAME]`, seen by policy.
+    /// Labels from `[containers.NAME]` (or the instance's
+    /// `user.portcullis.label.KEY` keys), seen by policy as tags.
     pub labels: BTreeMap<String, String>,
     /// The container's cgroup path below each hierarchy's root, e.g.
     /// `/lxc.payload.web1`; the init's `/proc/PID/cgroup` must show it.
     pub cgroup: String,
     /// The backend that found it.
     pub backend: Backend,
+    /// Who answers for it (`owner` of `[containers.NAME]`, or the
+    /// instance's `user.portcullis.owner`); policy sees `resource.owner`.
+    pub owner: Option<String>,
+    /// What it is for (`purpose`, or `user.portcullis.purpose`); policy
+    /// sees `resource.purpose`.
+    pub purpose: Option<String>,
+    /// When running: the init's start time, field 22 of `/proc/PID/stat`
+    /// (clock ticks after boot), read when the lookup checked that the PID
+    /// is the container's init. Pass it to the pin
+    /// (`PinnedInit::pin(pid, cgroup, container.init_start_time)`) so a
+    /// PID recycled after the lookup is refused. `None` when not running.
+    pub init_start_time: Option<u64>,
+}
+
+impl Container {
+    /// A container known to `backend` in `state`, with no labels, owner,
+    /// purpose or start time yet.
+    pub fn new(name: &str, state: ContainerState, cgroup: String, backend: Backend) -> Container {
+        Container {
+            name: name.to_string(),
+            state,
+            labels: BTreeMap::new(),
+            cgroup,
+            backend,
+            owner: None,
+            purpose: None,
+            init_start_time: None,
+        }
+    }
 }
 
 /// A failed lookup.
@@ -98,13 +145,37 @@ pub enum InventoryError {
         /// Its output, cut to 200 bytes.
         output: String,
     },
+    /// The Incus/LXD daemon could not be asked (no socket, timeout,
+    /// connection closed) or sent more than the response limit.
+    #[error("cannot ask the Incus/LXD daemon at {socket} for {path}: {reason}")]
+    DaemonRequest {
+        /// The daemon's Unix socket.
+        socket: String,
+        /// The API path asked, e.g. `/1.0/instances/web1/state`.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The daemon answered with an error or something that is not its API.
+    #[error("the Incus/LXD daemon answered {path} with {answer}")]
+    DaemonAnswer {
+        /// The API path asked.
+        path: String,
+        /// Its status and error text, cut to 200 bytes.
+        answer: String,
+    },
+    /// The sessions table could not be read for the listing's last
+    /// sessions.
+    #[error("cannot read the last sessions: {0}")]
+    LastSessions(#[source] crate::store::StoreError),
 }
 
-/// The inventory the gateway uses: both backends, by the rule in the module
-/// docs.
+/// The inventory the gateway uses: the process backend and the configured
+/// one, by the rule in the module docs.
 #[derive(Debug, Clone)]
 pub struct Inventory {
     lxc: Option<LxcInventory>,
+    incus: Option<IncusInventory>,
     process: ProcessInventory,
 }
 
@@ -114,6 +185,8 @@ impl Inventory {
         Inventory {
             lxc: (config.inventory.backend == InventoryBackend::Lxc)
                 .then(|| LxcInventory::new(config)),
+            incus: (config.inventory.backend == InventoryBackend::Incus)
+                .then(|| IncusInventory::new(config)),
             process: ProcessInventory::new(config),
         }
     }
@@ -122,29 +195,35 @@ impl Inventory {
     ///
     /// # Errors
     /// [`InventoryError::NotFound`] when no backend knows it; otherwise as
-    /// [`LxcInventory::find`] / [`ProcessInventory::find`].
+    /// [`LxcInventory::find`], [`IncusInventory::find`] or
+    /// [`ProcessInventory::find`].
     pub async fn find(&self, name: &str) -> Result<Container, InventoryError> {
         if self.process.knows(name) {
             return self.process.find(name);
         }
-        match &self.lxc {
-            Some(lxc) => lxc.find(name).await,
-            None => Err(InventoryError::NotFound(name.to_string())),
+        match (&self.lxc, &self.incus) {
+            (Some(lxc), _) => lxc.find(name).await,
+            (None, Some(incus)) => incus.find(name).await,
+            (None, None) => Err(InventoryError::NotFound(name.to_string())),
         }
     }
 
-    /// Every container of both backends, sorted by name (a process-backend
-    /// entry hides an LXC container of the same name).
+    /// Every container of the process backend and the configured one,
+    /// sorted by name (a process-backend entry hides a container of the
+    /// same name in the other backend).
     ///
     /// # Errors
     /// As the backends' `list`.
     pub async fn list(&self) -> Result<Vec<Container>, InventoryError> {
         let mut all = self.process.list();
-        if let Some(lxc) = &self.lxc {
-            for c in lxc.list().await? {
-                if !self.process.knows(&c.name) {
-                    all.push(c);
-                }
+        let others = match (&self.lxc, &self.incus) {
+            (Some(lxc), _) => lxc.list().await?,
+            (None, Some(incus)) => incus.list().await?,
+            (None, None) => Vec::new(),
+        };
+        for c in others {
+            if !self.process.knows(&c.name) {
+                all.push(c);
             }
         }
         all.sort_by(|a, b| a.name.cmp(&b.name));

@@ -3,31 +3,37 @@
 //! runtime (systemd-nspawn, runc, podman, a hand-made `unshare`) can be
 //! targeted.
 //!
-//! The init is found by this rule:
-//! - `pid_file`: the decimal PID in the file (at most 64 bytes);
-//! - `cgroup`: the lowest PID listed in the directory's `cgroup.procs` that
-//!   is PID 1 of its own PID namespace (the last `NSpid:` entry of its
-//!   `/proc/PID/status` is `1`).
+//! The init comes from the runtime, never from what runs inside:
+//! - `pid_file`: the decimal PID in the file (at most 64 bytes), which the
+//!   runtime wrote;
+//! - `cgroup`: the process of the directory's `cgroup.procs` that the
+//!   runtime started as the container's init. A candidate must pass the
+//!   rule of [`super::init`]: PID 1 of a PID namespace exactly one level
+//!   below the gateway's, whose parent is outside that namespace. A user
+//!   inside the container who makes a nested PID namespace
+//!   (`unshare -p`) gets an init one level deeper, so it is never a
+//!   candidate, whatever its PID (review finding 6). When several
+//!   processes qualify (the directory holds more than one container) the
+//!   lookup is refused rather than guessed.
 //!
-//! Either way the process must be PID 1 of a PID namespace other than the
-//! gateway's, and live in another mount namespace, or the lookup is refused
+//! Either way the process must pass that rule and live in another mount
+//! namespace than the gateway's, or the lookup is refused
 //! ([`InventoryError::NotAContainer`]): a plain host process is the host.
 //! A missing pid file, an empty or missing cgroup, or a PID that no longer
-//! exists mean `STOPPED`. The expected cgroup (checked again when the init is
-//! pinned) is the init's cgroup2 path at lookup time (else its first v1
-//! path); an init in the root cgroup is refused.
+//! exists mean `STOPPED`. The expected cgroup (checked again when the init
+//! is pinned) is the init's cgroup2 path at lookup time (else its first v1
+//! path); an init in the root cgroup is refused. The init's start time is
+//! returned for the pin.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::init::{self, NotInit, gone, read_proc};
 use super::{Backend, Container, ContainerState, InventoryError};
 use crate::config::Config;
 
 /// Largest pid file read, in bytes.
 const MAX_PID_FILE_BYTES: u64 = 64;
-/// Largest `cgroup.procs` / procfs file read, in bytes.
-const MAX_PROC_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 enum Source {
@@ -39,6 +45,8 @@ enum Source {
 struct Entry {
     source: Source,
     labels: BTreeMap<String, String>,
+    owner: Option<String>,
+    purpose: Option<String>,
 }
 
 /// The containers of `[containers.NAME]` sections that have `pid_file` or
@@ -48,34 +56,16 @@ pub struct ProcessInventory {
     entries: BTreeMap<String, Entry>,
 }
 
-fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+fn read_pid_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
     let mut text = String::new();
     std::fs::File::open(path)?
-        .take(max + 1)
+        .take(MAX_PID_FILE_BYTES + 1)
         .read_to_string(&mut text)?;
-    if text.len() as u64 > max {
+    if text.len() as u64 > MAX_PID_FILE_BYTES {
         return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
     }
     Ok(text)
-}
-
-fn not_found(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH))
-}
-
-/// The `NSpid:` entries of a `/proc/PID/status` text.
-fn nspid(status: &str) -> Vec<&str> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .map(|v| v.split_whitespace().collect())
-        .unwrap_or_default()
-}
-
-/// True when the status describes PID 1 of a nested PID namespace.
-fn is_namespace_init(status: &str) -> bool {
-    let ids = nspid(status);
-    ids.len() >= 2 && ids.last() == Some(&"1")
 }
 
 /// The cgroup2 (`0::`) path of a `/proc/PID/cgroup` text, else the first
@@ -121,6 +111,8 @@ impl ProcessInventory {
                     Entry {
                         source,
                         labels: c.labels.clone(),
+                        owner: c.owner.clone(),
+                        purpose: c.purpose.clone(),
                     },
                 ))
             })
@@ -137,71 +129,81 @@ impl ProcessInventory {
     ///
     /// # Errors
     /// [`InventoryError::NotFound`] (not configured),
-    /// [`InventoryError::NotAContainer`] (the process is not a namespace
-    /// init, or shares the gateway's mount namespace), or a procfs read
-    /// failure ([`InventoryError::Tool`]).
+    /// [`InventoryError::NotAContainer`] (the process is not a container's
+    /// init, several processes of the cgroup are, or it shares the
+    /// gateway's mount namespace), or a procfs read failure
+    /// ([`InventoryError::Tool`]).
     pub fn find(&self, name: &str) -> Result<Container, InventoryError> {
         let entry = self
             .entries
             .get(name)
             .ok_or_else(|| InventoryError::NotFound(name.to_string()))?;
-        let container = |state, cgroup| Container {
-            name: name.to_string(),
-            state,
+        let container = |state, cgroup, start_time| Container {
             labels: entry.labels.clone(),
-            cgroup,
-            backend: Backend::Process,
+            owner: entry.owner.clone(),
+            purpose: entry.purpose.clone(),
+            init_start_time: start_time,
+            ..Container::new(name, state, cgroup, Backend::Process)
         };
-        let stopped = || container(ContainerState::NotRunning("STOPPED".into()), String::new());
-        let pid = match &entry.source {
-            Source::PidFile(path) => match read_bounded(path, MAX_PID_FILE_BYTES) {
-                Ok(text) => text
-                    .trim()
-                    .parse::<i32>()
-                    .ok()
-                    .filter(|p| *p > 1)
-                    .ok_or_else(|| {
-                        InventoryError::NotAContainer(format!(
-                            "{} does not hold a PID above 1",
+        let stopped = || {
+            container(
+                ContainerState::NotRunning("STOPPED".into()),
+                String::new(),
+                None,
+            )
+        };
+        let ours = init::gateway_depth().map_err(io_err)?;
+        let facts = match &entry.source {
+            Source::PidFile(path) => {
+                let pid = match read_pid_file(path) {
+                    Ok(text) => text
+                        .trim()
+                        .parse::<i32>()
+                        .ok()
+                        .filter(|p| *p > 1)
+                        .ok_or_else(|| {
+                            InventoryError::NotAContainer(format!(
+                                "{} does not hold a PID above 1",
+                                path.display()
+                            ))
+                        })?,
+                    Err(e) if gone(&e) => return Ok(stopped()),
+                    Err(e) => return Err(io_err(e)),
+                };
+                match init::verify(pid, ours) {
+                    Ok(facts) => facts,
+                    Err(NotInit::Gone) => return Ok(stopped()),
+                    Err(why) => {
+                        return Err(InventoryError::NotAContainer(format!(
+                            "PID {pid} of {} is not a container's init: {why}",
                             path.display()
-                        ))
-                    })?,
-                Err(e) if not_found(&e) => return Ok(stopped()),
-                Err(e) => return Err(io_err(e)),
-            },
-            Source::Cgroup(dir) => match lowest_namespace_init(dir)? {
-                Some(pid) => pid,
+                        )));
+                    }
+                }
+            }
+            Source::Cgroup(dir) => match runtime_init(dir, ours)? {
+                Some(facts) => facts,
                 None => return Ok(stopped()),
             },
         };
-        let status = match read_bounded(Path::new(&format!("/proc/{pid}/status")), MAX_PROC_BYTES) {
-            Ok(s) => s,
-            Err(e) if not_found(&e) => return Ok(stopped()),
-            Err(e) => return Err(io_err(e)),
-        };
-        if !is_namespace_init(&status) {
-            return Err(InventoryError::NotAContainer(format!(
-                "PID {pid} is not PID 1 of its own PID namespace"
-            )));
-        }
+        let pid = facts.pid;
         let theirs = std::fs::metadata(format!("/proc/{pid}/ns/mnt"));
-        let ours = std::fs::metadata("/proc/self/ns/mnt").map_err(io_err)?;
+        let mine = std::fs::metadata("/proc/self/ns/mnt").map_err(io_err)?;
         match theirs {
             Ok(t) => {
                 use std::os::unix::fs::MetadataExt;
-                if (t.dev(), t.ino()) == (ours.dev(), ours.ino()) {
+                if (t.dev(), t.ino()) == (mine.dev(), mine.ino()) {
                     return Err(InventoryError::NotAContainer(format!(
                         "PID {pid} shares the gateway's mount namespace"
                     )));
                 }
             }
-            Err(e) if not_found(&e) => return Ok(stopped()),
+            Err(e) if gone(&e) => return Ok(stopped()),
             Err(e) => return Err(io_err(e)),
         }
-        let cg_text = match read_bounded(Path::new(&format!("/proc/{pid}/cgroup")), MAX_PROC_BYTES)
-        {
+        let cg_text = match read_proc(Path::new(&format!("/proc/{pid}/cgroup"))) {
             Ok(t) => t,
-            Err(e) if not_found(&e) => return Ok(stopped()),
+            Err(e) if gone(&e) => return Ok(stopped()),
             Err(e) => return Err(io_err(e)),
         };
         let cgroup = identifying_cgroup(&cg_text)
@@ -209,7 +211,11 @@ impl ProcessInventory {
             .ok_or_else(|| {
                 InventoryError::NotAContainer(format!("PID {pid} is in the root cgroup"))
             })?;
-        Ok(container(ContainerState::Running { init_pid: pid }, cgroup))
+        Ok(container(
+            ContainerState::Running { init_pid: pid },
+            cgroup,
+            Some(facts.start_time),
+        ))
     }
 
     /// Every process-backend container with its state; one that cannot be
@@ -221,11 +227,15 @@ impl ProcessInventory {
                 self.find(name).unwrap_or_else(|e| {
                     tracing::warn!(container = %name, error = %e, "invalid process container");
                     Container {
-                        name: name.clone(),
-                        state: ContainerState::NotRunning("INVALID".into()),
                         labels: entry.labels.clone(),
-                        cgroup: String::new(),
-                        backend: Backend::Process,
+                        owner: entry.owner.clone(),
+                        purpose: entry.purpose.clone(),
+                        ..Container::new(
+                            name,
+                            ContainerState::NotRunning("INVALID".into()),
+                            String::new(),
+                            Backend::Process,
+                        )
                     }
                 })
             })
@@ -233,46 +243,53 @@ impl ProcessInventory {
     }
 }
 
-/// The lowest PID of `dir/cgroup.procs` that is PID 1 of its own PID
-/// namespace; `None` when the cgroup is missing or holds no process.
-fn lowest_namespace_init(dir: &Path) -> Result<Option<i32>, InventoryError> {
-    let text = match read_bounded(&dir.join("cgroup.procs"), MAX_PROC_BYTES) {
+/// The init the runtime started in `dir`: the one process of its
+/// `cgroup.procs` that passes [`init::verify`]. `None` when the cgroup is
+/// missing or holds no process.
+///
+/// # Errors
+/// [`InventoryError::NotAContainer`] when no process qualifies, or more
+/// than one does (named with their start times); a procfs failure.
+fn runtime_init(dir: &Path, ours: usize) -> Result<Option<init::ProcessFacts>, InventoryError> {
+    let text = match read_proc(&dir.join("cgroup.procs")) {
         Ok(t) => t,
-        Err(e) if not_found(&e) => return Ok(None),
+        Err(e) if gone(&e) => return Ok(None),
         Err(e) => return Err(io_err(e)),
     };
-    let mut pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    pids.sort_unstable();
+    let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
     if pids.is_empty() {
         return Ok(None);
     }
-    for pid in &pids {
-        let path = format!("/proc/{pid}/status");
-        if let Ok(status) = read_bounded(Path::new(&path), MAX_PROC_BYTES)
-            && is_namespace_init(&status)
-        {
-            return Ok(Some(*pid));
+    let mut candidates: Vec<init::ProcessFacts> = pids
+        .iter()
+        .filter_map(|pid| init::verify(*pid, ours).ok())
+        .collect();
+    candidates.sort_by_key(|f| (f.start_time, f.pid));
+    match candidates.as_slice() {
+        [one] => Ok(Some(one.clone())),
+        [] => Err(InventoryError::NotAContainer(format!(
+            "no process of {} is a container's init (PID 1 of a PID namespace directly \
+             below the gateway's, started from outside it)",
+            dir.display()
+        ))),
+        several => {
+            let list: Vec<String> = several
+                .iter()
+                .map(|f| format!("{} (started at tick {})", f.pid, f.start_time))
+                .collect();
+            Err(InventoryError::NotAContainer(format!(
+                "{} holds several container inits: {}; name the container's own cgroup",
+                dir.display(),
+                list.join(", ")
+            )))
         }
     }
-    Err(InventoryError::NotAContainer(format!(
-        "no process of {} is PID 1 of its own PID namespace",
-        dir.display()
-    )))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-
-    #[test]
-    fn namespace_init_rule() {
-        assert!(is_namespace_init("Name:\tinit\nNSpid:\t25713\t1\n"));
-        assert!(is_namespace_init("NSpid:\t9\t5\t1\n"));
-        assert!(!is_namespace_init("NSpid:\t25721\t7\n"));
-        assert!(!is_namespace_init("NSpid:\t1\n"));
-        assert!(!is_namespace_init("Name:\tx\n"));
-    }
 
     #[test]
     fn cgroup_choice() {

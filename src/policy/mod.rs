@@ -6,8 +6,13 @@
 //! `FILE.cedar#N`), and decisions cite those names.
 //!
 //! Entities: `User::"<subject>"` in `Group::"<name>"` for each group of the
-//! principal; `Container::"<name>"` with attribute `name` and one string tag
-//! per label. Actions: `Action::"shell"`, `Action::"exec"` with context
+//! principal, with the optional attribute `issuer` (who vouched: the OIDC
+//! issuer URL or `ssh-ca:SHA256:...`; present when the caller uses
+//! [`PolicyEngine::decide_as`] and the other `*_as*` methods);
+//! `Container::"<name>"` with attribute `name`, the optional
+//! attributes `owner` and `purpose` (given through
+//! [`ContainerAttributes`]; absent otherwise), and one string tag per
+//! label. Actions: `Action::"shell"`, `Action::"exec"` with context
 //! `login` (string), `command` (string, `""` for a shell) and `grant` (the
 //! principal's active grant for that login: `active`, `id`, `approver`,
 //! `expires_at` in unix seconds); `Action::"request"`, `"approve"`,
@@ -20,6 +25,8 @@
 //! long) and `"agent_forward"` (issue 5).
 //!
 //! Deciding is pure: no I/O, everything comes in the request.
+
+pub mod addr;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -65,6 +72,25 @@ pub enum Action {
     Watch,
     /// End a live session (`sessions kill ID`); context as [`Action::Watch`].
     Kill,
+    /// See a session in the web console's lists and its page (metadata,
+    /// commands, transfers, audit events); context as [`Action::Watch`].
+    ViewSessions,
+    /// Play or download a session's recording in the web console; context
+    /// as [`Action::Watch`].
+    ViewRecording,
+    /// Read the audit log and its verification in the web console
+    /// (resource `Console::"console"`, see [`PolicyEngine::decide_console`]).
+    ViewAudit,
+    /// Read access requests and grants in the web console (resource
+    /// `Console::"console"`).
+    ViewRequests,
+    /// Read the container inventory in the web console (resource
+    /// `Console::"console"`).
+    ViewContainers,
+    /// See someone else's access request or grant in `requests`,
+    /// `request show` and `grants` (issue 14); workflow context. One's own
+    /// are always shown; see [`visibility`].
+    View,
 }
 
 /// An extra context value for [`PolicyEngine::decide_with`].
@@ -93,6 +119,12 @@ impl Action {
             Action::AgentForward => "agent_forward",
             Action::Watch => "watch",
             Action::Kill => "kill",
+            Action::ViewSessions => "view_sessions",
+            Action::ViewRecording => "view_recording",
+            Action::ViewAudit => "view_audit",
+            Action::ViewRequests => "view_requests",
+            Action::ViewContainers => "view_containers",
+            Action::View => "view",
         }
     }
 }
@@ -113,6 +145,12 @@ impl FromStr for Action {
             "agent_forward" => Ok(Action::AgentForward),
             "watch" => Ok(Action::Watch),
             "kill" => Ok(Action::Kill),
+            "view_sessions" => Ok(Action::ViewSessions),
+            "view_recording" => Ok(Action::ViewRecording),
+            "view_audit" => Ok(Action::ViewAudit),
+            "view_requests" => Ok(Action::ViewRequests),
+            "view_containers" => Ok(Action::ViewContainers),
+            "view" => Ok(Action::View),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
@@ -186,6 +224,36 @@ pub struct AccessRequest<'a> {
     pub grant: Option<GrantContext<'a>>,
 }
 
+/// The container entity's optional attributes `owner` and `purpose`
+/// (schema: `owner?: String, purpose?: String`), for
+/// [`PolicyEngine::decide_with_container`] and
+/// [`PolicyEngine::decide_workflow_with_container`] (and their `*_as_*`
+/// forms, which add the principal's issuer); the other `decide*` methods
+/// leave both absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerAttributes<'a> {
+    /// Who answers for the container.
+    pub owner: Option<&'a str>,
+    /// What it is for.
+    pub purpose: Option<&'a str>,
+}
+
+impl<'a> From<&'a crate::inventory::Container> for ContainerAttributes<'a> {
+    fn from(c: &'a crate::inventory::Container) -> ContainerAttributes<'a> {
+        ContainerAttributes {
+            owner: c.owner.as_deref(),
+            purpose: c.purpose.as_deref(),
+        }
+    }
+}
+
+/// The container entity of one decision.
+struct Resource<'a> {
+    name: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    attributes: ContainerAttributes<'a>,
+}
+
 /// The answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -233,7 +301,7 @@ pub enum PolicyError {
     Empty(PathBuf),
     /// An action name the policy does not know.
     #[error(
-        "unknown action {0:?} (known: shell, exec, request, approve, activate, revoke, review, sftp, port_forward, agent_forward, watch, kill)"
+        "unknown action {0:?} (known: shell, exec, request, approve, activate, revoke, review, sftp, port_forward, agent_forward, watch, kill, view_sessions, view_recording, view_audit, view_requests, view_containers, view)"
     )]
     UnknownAction(String),
     /// Entities or the request could not be built (bad name or label).
@@ -307,6 +375,63 @@ impl PolicyEngine {
         request: &AccessRequest<'_>,
         extra: &[(&str, ContextValue)],
     ) -> Result<Decision, PolicyError> {
+        self.decide_with_container(request, ContainerAttributes::default(), extra)
+    }
+
+    /// [`PolicyEngine::decide_with`] with the container's `owner` and
+    /// `purpose` as entity attributes (e.g.
+    /// `ContainerAttributes::from(&container)`).
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide`].
+    pub fn decide_with_container(
+        &self,
+        request: &AccessRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
+        self.decide_for(None, request, attributes, extra)
+    }
+
+    /// [`PolicyEngine::decide_with`] with the principal's `issuer` as the
+    /// `User` entity's `issuer` attribute (review finding M1), so a policy
+    /// can tell sources apart: `principal has issuer && principal.issuer
+    /// == "https://idp.example.com"`.
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide`].
+    pub fn decide_as(
+        &self,
+        issuer: &str,
+        request: &AccessRequest<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
+        self.decide_for(Some(issuer), request, ContainerAttributes::default(), extra)
+    }
+
+    /// [`PolicyEngine::decide_with_container`] with the principal's
+    /// `issuer` (see [`PolicyEngine::decide_as`]): what the session core
+    /// calls for every shell, exec, sftp and forward decision.
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide`].
+    pub fn decide_as_with_container(
+        &self,
+        issuer: &str,
+        request: &AccessRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
+        self.decide_for(Some(issuer), request, attributes, extra)
+    }
+
+    fn decide_for(
+        &self,
+        issuer: Option<&str>,
+        request: &AccessRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+        extra: &[(&str, ContextValue)],
+    ) -> Result<Decision, PolicyError> {
         let grant = request.grant.unwrap_or(GrantContext {
             id: "",
             approver: "",
@@ -350,10 +475,13 @@ impl PolicyEngine {
             ((*k).to_string(), value)
         });
         self.evaluate(
-            request.principal,
+            (request.principal, issuer),
             request.groups,
-            request.container,
-            request.labels,
+            Resource {
+                name: request.container,
+                labels: request.labels,
+                attributes,
+            },
             request.action,
             context.into_iter().chain(extra),
         )
@@ -367,6 +495,55 @@ impl PolicyEngine {
     /// [`PolicyError::Request`] when an entity or the context cannot be
     /// built (the caller must treat it as a deny).
     pub fn decide_workflow(&self, request: &WorkflowRequest<'_>) -> Result<Decision, PolicyError> {
+        self.decide_workflow_with_container(request, ContainerAttributes::default())
+    }
+
+    /// [`PolicyEngine::decide_workflow`] with the container's `owner` and
+    /// `purpose` as entity attributes.
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide_workflow`].
+    pub fn decide_workflow_with_container(
+        &self,
+        request: &WorkflowRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+    ) -> Result<Decision, PolicyError> {
+        self.decide_workflow_for(None, request, attributes)
+    }
+
+    /// [`PolicyEngine::decide_workflow`] with the principal's `issuer` on
+    /// the `User` entity (see [`PolicyEngine::decide_as`]).
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide_workflow`].
+    pub fn decide_workflow_as(
+        &self,
+        issuer: &str,
+        request: &WorkflowRequest<'_>,
+    ) -> Result<Decision, PolicyError> {
+        self.decide_workflow_for(Some(issuer), request, ContainerAttributes::default())
+    }
+
+    /// [`PolicyEngine::decide_workflow_with_container`] with the
+    /// principal's `issuer` (see [`PolicyEngine::decide_as`]).
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::decide_workflow`].
+    pub fn decide_workflow_as_with_container(
+        &self,
+        issuer: &str,
+        request: &WorkflowRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+    ) -> Result<Decision, PolicyError> {
+        self.decide_workflow_for(Some(issuer), request, attributes)
+    }
+
+    fn decide_workflow_for(
+        &self,
+        issuer: Option<&str>,
+        request: &WorkflowRequest<'_>,
+        attributes: ContainerAttributes<'_>,
+    ) -> Result<Decision, PolicyError> {
         let context = [
             (
                 "requester".to_string(),
@@ -394,10 +571,13 @@ impl PolicyEngine {
             ),
         ];
         self.evaluate(
-            request.principal,
+            (request.principal, issuer),
             request.groups,
-            request.container,
-            request.labels,
+            Resource {
+                name: request.container,
+                labels: request.labels,
+                attributes,
+            },
             request.action,
             context,
         )
@@ -405,13 +585,17 @@ impl PolicyEngine {
 
     fn evaluate(
         &self,
-        principal: &str,
+        (principal, issuer): (&str, Option<&str>),
         principal_groups: &[String],
-        container_name: &str,
-        labels: &BTreeMap<String, String>,
+        resource: Resource<'_>,
         action: Action,
         context: impl IntoIterator<Item = (String, RestrictedExpression)>,
     ) -> Result<Decision, PolicyError> {
+        let Resource {
+            name: container_name,
+            labels,
+            attributes,
+        } = resource;
         let user = uid("User", principal)?;
         let container = uid("Container", container_name)?;
         let action = uid("Action", action.as_str())?;
@@ -422,21 +606,36 @@ impl PolicyEngine {
             entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
             groups.insert(group);
         }
-        entities.push(Entity::new_no_attrs(user.clone(), groups));
+        let user_attrs = issuer.map(|i| {
+            (
+                "issuer".to_string(),
+                RestrictedExpression::new_string(i.to_string()),
+            )
+        });
+        entities.push(
+            Entity::new(user.clone(), user_attrs.into_iter().collect(), groups)
+                .map_err(|e| PolicyError::Request(one_line(&e)))?,
+        );
         let tags = labels
             .iter()
             .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+        let attrs = [
+            ("name", Some(container_name)),
+            ("owner", attributes.owner),
+            ("purpose", attributes.purpose),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            v.map(|v| {
+                (
+                    k.to_string(),
+                    RestrictedExpression::new_string(v.to_string()),
+                )
+            })
+        });
         entities.push(
-            Entity::new_with_tags(
-                container.clone(),
-                [(
-                    "name".to_string(),
-                    RestrictedExpression::new_string(container_name.to_string()),
-                )],
-                [],
-                tags,
-            )
-            .map_err(|e| PolicyError::Request(one_line(&e)))?,
+            Entity::new_with_tags(container.clone(), attrs, [], tags)
+                .map_err(|e| PolicyError::Request(one_line(&e)))?,
         );
         let entities = Entities::from_entities(entities, Some(&self.schema))
             .map_err(|e| PolicyError::Request(one_line(&e)))?;
@@ -509,6 +708,9 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+mod console;
+pub mod visibility;
 
 #[cfg(test)]
 mod tests;

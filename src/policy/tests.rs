@@ -382,3 +382,111 @@ fn approve_sees_the_approvals_so_far() {
     assert!(d.allowed);
     assert_eq!(d.policies, ["approvers-approve-prod"]);
 }
+
+#[test]
+fn owner_and_purpose_are_optional_container_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    std::fs::copy(shipped_dir.join(SCHEMA_FILE), dir.path().join(SCHEMA_FILE)).unwrap();
+    std::fs::write(
+        dir.path().join("owners.cedar"),
+        "@id(\"owner-alice-caches\")\n\
+         permit (principal, action == Action::\"shell\", resource)\n\
+         when { resource has owner && resource.owner == \"alice\" &&\n\
+                resource has purpose && resource.purpose like \"*cache*\" };\n",
+    )
+    .unwrap();
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    let labels = BTreeMap::new();
+    let request = AccessRequest {
+        principal: "alice",
+        groups: &[],
+        container: "web1",
+        labels: &labels,
+        login: "app",
+        action: Action::Shell,
+        command: None,
+        grant: None,
+    };
+    let with = |owner, purpose| {
+        engine
+            .decide_with_container(&request, ContainerAttributes { owner, purpose }, &[])
+            .unwrap()
+    };
+    let d = with(Some("alice"), Some("build cache"));
+    assert_eq!(
+        (d.allowed, d.policies.clone()),
+        (true, vec!["owner-alice-caches".to_string()])
+    );
+    assert!(!with(Some("bob"), Some("build cache")).allowed);
+    // Absent attributes: no match and no evaluation error.
+    let d = with(None, None);
+    assert_eq!((d.allowed, d.errors.len()), (false, 0));
+    let d = engine.decide(&request).unwrap();
+    assert_eq!((d.allowed, d.errors.len()), (false, 0));
+    let mut c = crate::inventory::Container::new(
+        "web1",
+        crate::inventory::ContainerState::NotRunning("STOPPED".into()),
+        String::new(),
+        crate::inventory::Backend::Lxc,
+    );
+    c.owner = Some("alice".into());
+    c.purpose = Some("cache".into());
+    assert!(
+        engine
+            .decide_with_container(&request, ContainerAttributes::from(&c), &[])
+            .unwrap()
+            .allowed
+    );
+}
+
+/// M1: the `User` entity carries its issuer, so a policy can tell sources
+/// apart; callers that do not pass one get no attribute (and `has` is
+/// false: a permit that needs it does not apply).
+#[test]
+fn the_principal_carries_its_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    std::fs::copy(shipped.join(SCHEMA_FILE), dir.path().join(SCHEMA_FILE)).unwrap();
+    std::fs::write(
+        dir.path().join("corp.cedar"),
+        "@id(\"corp-admins\")\npermit (principal in Group::\"admins\", action, resource)\n\
+         when { principal has issuer && principal.issuer == \"https://corp.example.com\" };\n",
+    )
+    .unwrap();
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    let labels = BTreeMap::new();
+    let groups = vec!["admins".to_string()];
+    let request = AccessRequest {
+        principal: "admin",
+        groups: &groups,
+        container: "web1",
+        labels: &labels,
+        login: "root",
+        action: Action::Shell,
+        command: None,
+        grant: None,
+    };
+    assert!(
+        engine
+            .decide_as("https://corp.example.com", &request, &[])
+            .unwrap()
+            .allowed
+    );
+    let owned = ContainerAttributes {
+        owner: Some("alice"),
+        purpose: None,
+    };
+    assert!(
+        engine
+            .decide_as_with_container("https://corp.example.com", &request, owned, &[])
+            .unwrap()
+            .allowed
+    );
+    let other = engine
+        .decide_as("ssh-ca:SHA256:abc", &request, &[])
+        .unwrap();
+    assert!(!other.allowed && other.errors.is_empty(), "{other:?}");
+    assert!(!engine.decide(&request).unwrap().allowed);
+    assert_eq!("view".parse::<Action>().unwrap(), Action::View);
+}

@@ -72,7 +72,7 @@ pub struct ChainHead {
 pub struct SignedHead {
     /// Row id.
     pub id: i64,
-    /// When it was signed, unix milliseconds.
+    /// When it was signed, unix milliseconds (signed in version 2).
     pub at: i64,
     /// The signed event's sequence number.
     pub event_id: i64,
@@ -82,6 +82,126 @@ pub struct SignedHead {
     pub public_key: String,
     /// SSHSIG armored signature (OpenSSH PROTOCOL.sshsig).
     pub signature: String,
+    /// 1: the head alone was signed (before migration 0008); 2: a chained
+    /// head (`seq`, `at`, `gateway`, `reason`, `prev_digest` are signed).
+    pub version: i64,
+    /// Place in the chain of heads, 1, 2, ... (version 2).
+    pub seq: Option<i64>,
+    /// The signing gateway's id (version 2).
+    pub gateway: String,
+    /// Why it was signed: `start` (the first head of a gateway process) or
+    /// `interval` (version 2).
+    pub reason: String,
+    /// Digest of the head before it in the chain of heads (64 zeros for the
+    /// first), see `crate::audit` (version 2).
+    pub prev_digest: String,
+}
+
+/// A head to store (version 2): every field but the row id.
+#[derive(Debug, Clone)]
+pub struct NewSignedHead<'a> {
+    /// When it was signed, unix milliseconds.
+    pub at: i64,
+    /// Place in the chain of heads.
+    pub seq: i64,
+    /// The signed event.
+    pub head: &'a ChainHead,
+    /// The signer's public key, OpenSSH format.
+    pub public_key: &'a str,
+    /// SSHSIG armored signature.
+    pub signature: &'a str,
+    /// The signing gateway's id.
+    pub gateway: &'a str,
+    /// `start` or `interval`.
+    pub reason: &'a str,
+    /// Digest of the head before it.
+    pub prev_digest: &'a str,
+}
+
+/// Signing a head under the audit append lock ([`Store::begin_head_signing`]):
+/// no event is appended and no other head signed until it is committed
+/// ([`HeadSigning::insert`]) or dropped (rolled back).
+pub struct HeadSigning {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// The newest head of the chain of heads, `None` when none is stored.
+    pub last: Option<SignedHead>,
+    /// The newest event, `None` for an empty log.
+    pub head: Option<ChainHead>,
+}
+
+impl HeadSigning {
+    /// Events with ids from `first` on, in order.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn events_from(&mut self, first: i64) -> Result<Vec<AuditRow>, StoreError> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE id >= $1 ORDER BY id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(first)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        Ok(rows.iter().map(audit_from_row).collect())
+    }
+
+    /// The head at place `seq` of the chain of heads, if stored.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn head_at(&mut self, seq: i64) -> Result<Option<SignedHead>, StoreError> {
+        let sql = format!("SELECT {HEAD_COLUMNS} FROM audit_signatures WHERE seq = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(seq)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(row.as_ref().map(head_from_row))
+    }
+
+    /// Stores `new` and commits.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`]; nothing is stored then.
+    pub async fn insert(mut self, new: &NewSignedHead<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_signatures (at, event_id, event_hash, public_key, signature, \
+             version, seq, gateway, reason, prev_digest) \
+             VALUES ($1, $2, $3, $4, $5, 2, $6, $7, $8, $9)",
+        )
+        .bind(new.at)
+        .bind(new.head.event_id)
+        .bind(&new.head.event_hash)
+        .bind(new.public_key)
+        .bind(new.signature)
+        .bind(new.seq)
+        .bind(new.gateway)
+        .bind(new.reason)
+        .bind(new.prev_digest)
+        .execute(&mut *self.tx)
+        .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+const HEAD_COLUMNS: &str = "id, at, event_id, event_hash, public_key, signature, version, seq, \
+     gateway, reason, prev_digest";
+
+/// Legacy rows (no `seq`) first by id, then the chain of heads by `seq`.
+const HEAD_ORDER: &str = "ORDER BY COALESCE(seq, 0), id";
+
+fn head_from_row(r: &sqlx::any::AnyRow) -> SignedHead {
+    SignedHead {
+        id: r.get("id"),
+        at: r.get("at"),
+        event_id: r.get("event_id"),
+        event_hash: r.get("event_hash"),
+        public_key: r.get("public_key"),
+        signature: r.get("signature"),
+        version: r.get("version"),
+        seq: r.get("seq"),
+        gateway: r.get("gateway"),
+        reason: r.get("reason"),
+        prev_digest: r.get("prev_digest"),
+    }
 }
 
 /// The chain hash of a row: lowercase hex SHA-256 of the JSON array
@@ -256,52 +376,44 @@ impl Store {
         }))
     }
 
-    /// Stores a signature of a chain head.
+    /// Takes the audit append lock and reads the newest head of the chain
+    /// of heads and the newest event, to sign a new head.
     ///
     /// # Errors
     /// [`StoreError::Query`].
-    pub async fn insert_signed_head(
-        &self,
-        head: &ChainHead,
-        public_key: &str,
-        signature: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_signatures (at, event_id, event_hash, public_key, signature) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(now_ms())
-        .bind(head.event_id)
-        .bind(&head.event_hash)
-        .bind(public_key)
-        .bind(signature)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    pub async fn begin_head_signing(&self) -> Result<HeadSigning, StoreError> {
+        let mut tx = self.begin_audit().await?;
+        let sql = format!(
+            "SELECT {HEAD_COLUMNS} FROM audit_signatures \
+             ORDER BY COALESCE(seq, 0) DESC, id DESC LIMIT 1"
+        );
+        let last = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_optional(&mut *tx)
+            .await?;
+        let head = sqlx::query("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        Ok(HeadSigning {
+            tx,
+            last: last.as_ref().map(head_from_row),
+            head: head.map(|r| ChainHead {
+                event_id: r.get("id"),
+                event_hash: r.get("hash"),
+            }),
+        })
     }
 
-    /// Every signed head, oldest first.
+    /// Every signed head: rows from before migration 0008 by id, then the
+    /// chain of heads by `seq`.
     ///
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn signed_heads(&self) -> Result<Vec<SignedHead>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, at, event_id, event_hash, public_key, signature FROM audit_signatures \
-             ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| SignedHead {
-                id: r.get("id"),
-                at: r.get("at"),
-                event_id: r.get("event_id"),
-                event_hash: r.get("event_hash"),
-                public_key: r.get("public_key"),
-                signature: r.get("signature"),
-            })
-            .collect())
+        let sql = format!("SELECT {HEAD_COLUMNS} FROM audit_signatures {HEAD_ORDER}");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(head_from_row).collect())
     }
 }
 

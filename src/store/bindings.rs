@@ -1,7 +1,10 @@
-//! Queries on `key_bindings` (migration `0003_key_bindings.sql`): public
-//! keys bound to a principal after an IdP login.
+//! Queries on `key_bindings` (migrations `0003_key_bindings.sql`,
+//! `0014_key_binding_origin.sql`): public keys bound to a principal after
+//! an IdP login, where and how each was bound, and whether its principal
+//! was told.
 //!
-//! The refresh token column is a secret: it is read into a
+//! The refresh token column is a secret (sealed by
+//! [`crate::identity`] before it gets here): it is read into a
 //! [`crate::config::Secret`] and never serialised or listed.
 
 use serde::Serialize;
@@ -42,6 +45,13 @@ pub struct KeyBinding {
     pub revoked_at: Option<i64>,
     /// Why it was revoked (`revoked by operator`, `refresh failed: ...`).
     pub revoked_reason: Option<String>,
+    /// Client address (`ip:port`) of the connection that bound it (none
+    /// for bindings made before migration 0014).
+    pub bound_from: Option<String>,
+    /// The login that bound it: `device_flow` or `token`.
+    pub bound_by: Option<String>,
+    /// Unix ms a later login of its principal was told about it.
+    pub announced_at: Option<i64>,
 }
 
 /// A binding to create (or replace: the same key logged in again).
@@ -63,8 +73,12 @@ pub struct NewKeyBinding<'a> {
     pub expires_at: i64,
     /// Unix ms.
     pub id_token_expires_at: i64,
-    /// Refresh token (secret).
+    /// Refresh token (secret; sealed).
     pub refresh_token: Option<&'a Secret>,
+    /// Client address of the connection that binds it.
+    pub bound_from: Option<&'a str>,
+    /// `device_flow` or `token`.
+    pub bound_by: Option<&'a str>,
 }
 
 /// What a successful refresh changes.
@@ -81,7 +95,8 @@ pub struct RefreshedBinding<'a> {
 }
 
 const COLUMNS: &str = "fingerprint, public_key, principal, issuer, email, groups, created_at, \
-     expires_at, id_token_expires_at, refresh_token, last_used_at, revoked_at, revoked_reason";
+     expires_at, id_token_expires_at, refresh_token, last_used_at, revoked_at, revoked_reason, \
+     bound_from, bound_by, announced_at";
 
 impl Store {
     /// Binds a key, replacing any earlier binding of the same key
@@ -90,18 +105,41 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn upsert_key_binding(&self, b: &NewKeyBinding<'_>) -> Result<(), StoreError> {
+        self.upsert_key_binding_notified(b, &[], "").await
+    }
+
+    /// Binds a key as [`Store::upsert_key_binding`] and, in the same
+    /// transaction, queues `body` for each webhook URL in `urls` (the
+    /// `webhook_outbox` of the grants notifier, which delivers it): a
+    /// binding is never made without its notification. A re-binding of a
+    /// key to another principal is news again (`announced_at` cleared);
+    /// to the same principal it is not.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`]; nothing is written then.
+    pub async fn upsert_key_binding_notified(
+        &self,
+        b: &NewKeyBinding<'_>,
+        urls: &[String],
+        body: &str,
+    ) -> Result<(), StoreError> {
         let groups = serde_json::to_string(b.groups).unwrap_or_else(|_| "[]".into());
         let now = now_ms();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO key_bindings (fingerprint, public_key, principal, issuer, email, groups, \
-             created_at, expires_at, id_token_expires_at, refresh_token, last_used_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             created_at, expires_at, id_token_expires_at, refresh_token, last_used_at, \
+             bound_from, bound_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (fingerprint) DO UPDATE SET public_key = excluded.public_key, \
+             announced_at = CASE WHEN key_bindings.principal = excluded.principal \
+             THEN key_bindings.announced_at ELSE NULL END, \
              principal = excluded.principal, issuer = excluded.issuer, email = excluded.email, \
              groups = excluded.groups, created_at = excluded.created_at, \
              expires_at = excluded.expires_at, id_token_expires_at = excluded.id_token_expires_at, \
              refresh_token = excluded.refresh_token, last_used_at = excluded.last_used_at, \
-             revoked_at = NULL, revoked_reason = NULL",
+             bound_from = excluded.bound_from, bound_by = excluded.bound_by, \
+             refresh_claimed_until = NULL, revoked_at = NULL, revoked_reason = NULL",
         )
         .bind(b.fingerprint)
         .bind(b.public_key)
@@ -114,9 +152,166 @@ impl Store {
         .bind(b.id_token_expires_at)
         .bind(b.refresh_token.map(Secret::expose))
         .bind(now)
+        .bind(b.bound_from)
+        .bind(b.bound_by)
+        .execute(&mut *tx)
+        .await?;
+        for url in urls {
+            sqlx::query(
+                "INSERT INTO webhook_outbox (url, body, created_at, next_attempt_at) \
+                 VALUES ($1, $2, $3, $3)",
+            )
+            .bind(url)
+            .bind(body)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The bindings of `principal` its logins were not told about yet,
+    /// except the key `except` (the one in use), marked told now in the
+    /// same statement (so two gateways never both show one). Newest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn announce_key_bindings(
+        &self,
+        principal: &str,
+        except: &str,
+    ) -> Result<Vec<KeyBinding>, StoreError> {
+        let sql = format!(
+            "UPDATE key_bindings SET announced_at = $1 \
+             WHERE principal = $2 AND announced_at IS NULL AND fingerprint <> $3 \
+             RETURNING {COLUMNS}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms())
+            .bind(principal)
+            .bind(except)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut found: Vec<KeyBinding> = rows.iter().map(binding_from_row).collect();
+        found.sort_by_key(|b| std::cmp::Reverse(b.created_at));
+        Ok(found)
+    }
+
+    /// The bindings of `principal`, newest first; with `all`, revoked and
+    /// expired ones too.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn key_bindings_of(
+        &self,
+        principal: &str,
+        all: bool,
+    ) -> Result<Vec<KeyBinding>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM key_bindings WHERE principal = $1 AND \
+             ($2 = 1 OR (revoked_at IS NULL AND expires_at > $3)) ORDER BY created_at DESC"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(principal)
+            .bind(i64::from(all))
+            .bind(now_ms())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(binding_from_row).collect())
+    }
+
+    /// Claims the refresh of binding `fingerprint` until `until` (unix ms)
+    /// when its ID token still expires at `id_token_expires_at` (nobody
+    /// refreshed it meanwhile) and no live claim is held; true when this
+    /// caller got it.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn claim_key_binding_refresh(
+        &self,
+        fingerprint: &str,
+        id_token_expires_at: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE key_bindings SET refresh_claimed_until = $1 \
+             WHERE fingerprint = $2 AND revoked_at IS NULL AND id_token_expires_at = $3 \
+             AND (refresh_claimed_until IS NULL OR refresh_claimed_until < $4)",
+        )
+        .bind(until)
+        .bind(fingerprint)
+        .bind(id_token_expires_at)
+        .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Drops this gateway's refresh claim on `fingerprint` (the refresh
+    /// could not be made; let the next connection try).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn release_key_binding_refresh(&self, fingerprint: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE key_bindings SET refresh_claimed_until = NULL WHERE fingerprint = $1")
+            .bind(fingerprint)
+            .execute(&self.pool)
+            .await?;
         Ok(())
+    }
+
+    /// Bindings whose refresh token does not start with `sealed_prefix`
+    /// (no `%` or `_` in it): clear text written before sealing existed.
+    /// `(fingerprint, principal, issuer, token)`.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn clear_text_refresh_tokens(
+        &self,
+        sealed_prefix: &str,
+    ) -> Result<Vec<(String, String, String, Secret)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT fingerprint, principal, issuer, refresh_token FROM key_bindings \
+             WHERE refresh_token IS NOT NULL AND refresh_token NOT LIKE $1",
+        )
+        .bind(format!("{sealed_prefix}%"))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let token: String = r.get("refresh_token");
+                (
+                    r.get("fingerprint"),
+                    r.get("principal"),
+                    r.get("issuer"),
+                    Secret::new(token),
+                )
+            })
+            .collect())
+    }
+
+    /// Replaces the refresh token of `fingerprint` when it is still `old`.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn replace_refresh_token(
+        &self,
+        fingerprint: &str,
+        old: &Secret,
+        new: &Secret,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE key_bindings SET refresh_token = $1 WHERE fingerprint = $2 \
+             AND refresh_token = $3",
+        )
+        .bind(new.expose())
+        .bind(fingerprint)
+        .bind(old.expose())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// The binding of `fingerprint`, revoked or expired ones included.
@@ -165,8 +360,8 @@ impl Store {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(
-            "UPDATE key_bindings SET revoked_at = $1, revoked_reason = $2, refresh_token = NULL \
-             WHERE revoked_at IS NULL AND ($3 = '' OR principal = $3) \
+            "UPDATE key_bindings SET revoked_at = $1, revoked_reason = $2, refresh_token = NULL, \
+             refresh_claimed_until = NULL WHERE revoked_at IS NULL AND ($3 = '' OR principal = $3) \
              AND ($4 = '' OR fingerprint = $4) RETURNING fingerprint",
         )
         .bind(now_ms())
@@ -190,7 +385,8 @@ impl Store {
         let groups = serde_json::to_string(r.groups).unwrap_or_else(|_| "[]".into());
         sqlx::query(
             "UPDATE key_bindings SET email = $1, groups = $2, id_token_expires_at = $3, \
-             refresh_token = COALESCE($4, refresh_token), last_used_at = $5 \
+             refresh_token = COALESCE($4, refresh_token), last_used_at = $5, \
+             refresh_claimed_until = NULL \
              WHERE fingerprint = $6 AND revoked_at IS NULL",
         )
         .bind(r.email)
@@ -261,6 +457,9 @@ fn binding_from_row(r: &sqlx::any::AnyRow) -> KeyBinding {
         last_used_at: r.get("last_used_at"),
         revoked_at: r.get("revoked_at"),
         revoked_reason: r.get("revoked_reason"),
+        bound_from: r.get("bound_from"),
+        bound_by: r.get("bound_by"),
+        announced_at: r.get("announced_at"),
     }
 }
 
@@ -287,6 +486,8 @@ mod tests {
             expires_at: now_ms() + 60_000,
             id_token_expires_at: now_ms() + 1000,
             refresh_token: Some(&secret),
+            bound_from: Some("192.0.2.1:5000"),
+            bound_by: Some("device_flow"),
         };
         store.upsert_key_binding(&new).await.unwrap();
         let b = store.key_binding("SHA256:abc").await.unwrap().unwrap();

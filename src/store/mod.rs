@@ -200,12 +200,21 @@ pub fn now_ms() -> i64 {
 }
 
 mod audit;
+mod console;
+mod inventory;
 mod review;
 mod transcripts;
+mod uploads;
 
-pub use audit::{AuditRow, ChainHead, GENESIS_HASH, NewAuditRow, SignedHead, chain_hash};
+pub use audit::{
+    AuditRow, ChainHead, GENESIS_HASH, HeadSigning, NewAuditRow, NewSignedHead, SignedHead,
+    chain_hash,
+};
+pub use console::{AuditFilter, LoginStateRecord, SshWebLoginRecord, WebSessionRecord};
+pub use inventory::LastSession;
 pub use review::SessionFilter;
 pub use transcripts::TranscriptHit;
+pub use uploads::UploadRecord;
 
 impl Store {
     /// Opens the database at `url` (`sqlite://PATH?mode=rwc` creates the

@@ -3,10 +3,12 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod browser;
 pub mod fleet;
 pub mod gateway;
 pub mod idp;
 pub mod postgres;
+pub mod s3;
 
 use std::time::{Duration, Instant};
 

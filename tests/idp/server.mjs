@@ -19,7 +19,9 @@
 //                               module-level).
 //   POST /admin/disable?sub=X   account X no longer exists: logins and refreshes fail.
 //   POST /admin/enable?sub=X    undoes disable.
-//   GET  /admin/stats           {"jwks_requests": N}: how often the JWKS was fetched.
+//   GET  /admin/stats           {"jwks_requests": N, "device_authorizations": M}: how
+//                               often the JWKS was fetched and device
+//                               authorizations (RFC 8628 §3.1) were asked for.
 //
 // Once listening, exactly one line is written to stdout:
 //   {"issuer":"http://127.0.0.1:PORT"}
@@ -83,6 +85,7 @@ const DEVICE_CODE = 'urn:ietf:params:oauth:grant-type:device_code';
 
 const disabled = new Set();
 let jwksRequests = 0;
+let deviceAuthorizations = 0;
 
 function rotatedJwks() {
   const pem = readFileSync(here('./signing-key-2.pem'), 'utf8');
@@ -97,9 +100,14 @@ const makeProvider = (keys) => new Provider(issuer, {
       client_id: 'portcullis',
       client_name: 'Portcullis',
       token_endpoint_auth_method: 'none',
-      grant_types: [DEVICE_CODE, 'refresh_token'],
-      response_types: [],
-      redirect_uris: [],
+      // The web console (issue 17) logs in with the authorization code
+      // flow and PKCE: a native client, so a loopback redirect URI matches
+      // on any port (RFC 8252 §7.3); auth_time is always in the ID token.
+      application_type: 'native',
+      grant_types: [DEVICE_CODE, 'refresh_token', 'authorization_code'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/auth/callback'],
+      require_auth_time: true,
     },
     {
       client_id: 'portcullis-confidential',
@@ -156,6 +164,7 @@ function install(provider) {
   handler = (req, res) => {
     const url = new URL(req.url, issuer);
     if (url.pathname === '/jwks') jwksRequests += 1;
+    if (url.pathname === '/device/auth' && req.method === 'POST') deviceAuthorizations += 1;
     if (!url.pathname.startsWith('/admin/')) return callback(req, res);
     const reply = (status, body) => {
       res.statusCode = status;
@@ -177,7 +186,7 @@ function install(provider) {
       return reply(200, { enabled: sub });
     }
     if (req.method === 'GET' && url.pathname === '/admin/stats') {
-      return reply(200, { jwks_requests: jwksRequests });
+      return reply(200, { jwks_requests: jwksRequests, device_authorizations: deviceAuthorizations });
     }
     return reply(404, { error: 'unknown admin route' });
   };
