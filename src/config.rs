@@ -76,6 +76,12 @@ pub struct Config {
     /// Just-in-time access: access requests and grants.
     #[serde(default)]
     pub grants: GrantsConfig,
+    /// `[fleet]`: edge and node roles (issue 16).
+    #[serde(default)]
+    pub fleet: FleetConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// `[web]`: the console for reviewers and approvers (issue 17); off
     /// when absent.
     #[serde(default)]
@@ -97,6 +103,7 @@ pub struct DatabaseConfig {
 mod attach;
 mod audit;
 mod auth;
+mod fleet;
 mod grants;
 mod inventory;
 mod oidc;
@@ -107,6 +114,7 @@ mod web;
 pub use attach::{AttachConfig, SeccompFallback};
 pub use audit::AuditConfig;
 pub use auth::{AuthConfig, CertificateAuthorityConfig, CertificatesConfig};
+pub use fleet::{FleetConfig, MAX_USER_CERTIFICATE_TTL, MetricsConfig};
 pub use grants::GrantsConfig;
 pub use inventory::{
     ContainerConfig, INCUS_SOCKET, InventoryBackend, InventoryConfig, LXD_SOCKET,
@@ -215,6 +223,9 @@ impl Config {
         self.validate_oidc(path)?;
         self.validate_auth(path)?;
         self.validate_containers(path)?;
+        if let Err((key, message)) = self.fleet.validate() {
+            return Err(invalid(&key, &message));
+        }
         if let Some(web) = &self.web {
             web.validate(path)?;
         }

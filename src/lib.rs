@@ -22,6 +22,8 @@
 //! | [`attach`] | the helper that enters a container; PTY; exit status |
 //! | [`sftp`], [`scp`] | file transfers served inside a container, as the login |
 //! | [`ssh`] | the russh server: auth, channels, wiring the above |
+//! | [`fleet`] | edge and node roles: CA, join, tunnel, relay, fan-out |
+//! | [`metrics`] | the Prometheus registry and endpoint |
 //! | [`web`] | the console for reviewers and approvers (axum, askama) |
 //! | [`text`] | display-safe text: hidden characters, Slack escaping, terminal output |
 //! | [`throttle`] | per-source limits before authentication |
@@ -31,9 +33,11 @@ pub mod attach;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod grants;
 pub mod identity;
 pub mod inventory;
+pub mod metrics;
 pub mod policy;
 pub mod recording;
 pub mod scp;

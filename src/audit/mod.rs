@@ -401,6 +401,53 @@ pub enum AuditEvent {
         /// The end, unix ms.
         expired_at: i64,
     },
+    /// A join token was issued for a node (`portcullis nodes add`, issue
+    /// 16); the node may join until it expires.
+    NodeJoinTokenIssued {
+        /// The node's name.
+        node: String,
+        /// The token's expiry, unix ms.
+        expires_at: i64,
+    },
+    /// A node presented a valid join token and got its host certificate.
+    NodeJoined {
+        /// The node's name.
+        node: String,
+        /// `SHA256:...` of the node's key.
+        key_fingerprint: String,
+        /// The edge that admitted it.
+        edge: String,
+    },
+    /// A join was refused: unknown, expired, replayed or misdirected token.
+    NodeJoinRefused {
+        /// The node name asked for, truncated to 64 bytes.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// A node's tunnel login or certificate renewal was refused (removed
+    /// node, certificate for another key, expired or untrusted).
+    NodeLoginRefused {
+        /// The node name asked for, truncated to 64 bytes.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// A node was removed from the fleet; its certificate is refused.
+    NodeRemoved {
+        /// The node's name.
+        node: String,
+    },
+    /// A node reported a container whose name another node owns; the
+    /// claim was refused.
+    ContainerClaimRefused {
+        /// The container name.
+        container: String,
+        /// The node that claimed it.
+        node: String,
+        /// The node that owns it.
+        owner: String,
+    },
 }
 
 impl AuditEvent {
@@ -439,6 +486,12 @@ impl AuditEvent {
             | AuditEvent::GrantExpired { .. }
             | AuditEvent::BreakGlassGranted { .. }
             | AuditEvent::BreakGlassReviewed { .. } => "grant",
+            AuditEvent::NodeJoinTokenIssued { .. }
+            | AuditEvent::NodeJoined { .. }
+            | AuditEvent::NodeJoinRefused { .. }
+            | AuditEvent::NodeLoginRefused { .. }
+            | AuditEvent::NodeRemoved { .. }
+            | AuditEvent::ContainerClaimRefused { .. } => "fleet",
         }
     }
 
@@ -479,6 +532,11 @@ impl AuditEvent {
             AuditEvent::AccessRequestDenied { .. }
             | AuditEvent::GrantRevoked { .. }
             | AuditEvent::GrantExpired { .. } => "info",
+            AuditEvent::NodeJoinTokenIssued { .. } | AuditEvent::NodeRemoved { .. } => "info",
+            AuditEvent::NodeJoined { .. } => "success",
+            AuditEvent::NodeJoinRefused { .. }
+            | AuditEvent::NodeLoginRefused { .. }
+            | AuditEvent::ContainerClaimRefused { .. } => "deny",
         }
     }
 

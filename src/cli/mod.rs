@@ -6,6 +6,7 @@ mod attach;
 mod audit;
 mod containers;
 mod keys;
+mod nodes;
 mod policy;
 mod serve;
 mod sessions;
@@ -31,7 +32,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway.
-    Serve,
+    Serve {
+        /// `all` (one host, default), `node` or `edge` (a fleet; see
+        /// docs/fleet.md).
+        #[arg(long, value_enum, default_value = "all")]
+        role: crate::fleet::Role,
+    },
     /// Review recorded sessions.
     Sessions {
         #[command(subcommand)]
@@ -56,6 +62,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: keys::KeysCommand,
+    },
+    /// Fleet nodes: add (join token), list, remove.
+    Nodes {
+        #[command(subcommand)]
+        command: nodes::NodesCommand,
     },
     /// Enter a container from the host (operators), through the same
     /// helper as SSH sessions; audited and recorded.
@@ -172,12 +183,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let config = Config::load(&cli.config)?;
     match cli.command {
-        Command::Serve => serve::serve_gateway(config).await,
+        Command::Serve { role } => serve::serve_gateway(config, role).await,
         Command::Sessions { command } => sessions::sessions(config, command).await,
         Command::Policy { command } => policy::policy(config, command),
         Command::Containers { command } => containers::containers(config, command).await,
         Command::Audit { command } => audit::audit(config, command).await,
         Command::Keys { command } => keys::keys(config, command).await,
+        Command::Nodes { command } => nodes::nodes(config, command).await,
         Command::Attach {
             container,
             login,

@@ -47,7 +47,10 @@ pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
+pub(crate) async fn serve_gateway(
+    config: Config,
+    role: crate::fleet::Role,
+) -> anyhow::Result<ExitCode> {
     init_tracing();
     let config = Arc::new(config);
     create_private_dir(&config.state_dir)?;
@@ -107,6 +110,7 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
+    let fleet_host_key = host_key.clone();
     let russh = Arc::new(russh_config(host_key, config.auth.max_auth_attempts));
     let gateway = Arc::new(Gateway {
         inventory: Inventory::new(&config),
@@ -123,6 +127,30 @@ pub(crate) async fn serve_gateway(config: Config) -> anyhow::Result<ExitCode> {
         tasks: tokio_util::task::TaskTracker::new(),
         live: Default::default(),
     });
+    let metrics = crate::metrics::Metrics::new(role.as_str());
+    if let Some(addr) = config.metrics.listen {
+        let listener = crate::metrics::bind(addr).await?;
+        let shutdown = gateway.shutdown.clone();
+        tokio::spawn(crate::metrics::serve(metrics.clone(), listener, shutdown));
+    }
+    let fleet = crate::fleet::roles::start(
+        role,
+        &config,
+        &store,
+        &gateway.audit,
+        fleet_host_key,
+        &gateway.inventory,
+        Some(metrics.clone()),
+        gateway.shutdown.clone(),
+    )
+    .await?;
+    if let Some(notices) = fleet.notices {
+        let gw = gateway.clone();
+        let end = move |id: &str, reason: &str| gw.end_live_session(id, reason);
+        let consume =
+            crate::fleet::roles::consume_notices(notices, fleet.tunnels, Some(metrics), end, || {});
+        tokio::spawn(consume);
+    }
     let background = tokio::spawn(background_work(gateway.clone(), signer));
     if !config.grants.webhooks.is_empty() {
         tokio::spawn(deliver_webhooks(gateway.clone()));

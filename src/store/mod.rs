@@ -15,9 +15,13 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, Pool};
 
 mod bindings;
+mod fleet;
 mod grants;
 
 pub use bindings::{KeyBinding, NewKeyBinding, RefreshedBinding};
+pub use fleet::{
+    ContainerConflict, FleetContainer, NodeRecord, TokenRefusal, WitnessRecord, notify_fleet_query,
+};
 pub use grants::{AccessRequestRecord, ApprovalRecord, NewAccessRequest};
 
 /// A failed database step.

@@ -1,0 +1,104 @@
+//! The node's heartbeat (issue 16 point 4): every `fleet.heartbeat` it
+//! lists what [`Inventory::list`] finds and writes it to `fleet_containers`
+//! with its heartbeat and version, in one transaction. A container name
+//! another node owns is refused (names are unique across the fleet): the
+//! claim is audited once (`ContainerClaimRefused`) and logged naming both
+//! nodes, and the owner's row is left alone.
+//!
+//! Owns the push; it never changes another node's rows.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditEvent, AuditLog, AuditSubject};
+use crate::inventory::{ContainerState, Inventory, InventoryError};
+use crate::store::{ContainerConflict, Store, StoreError};
+
+/// A failed heartbeat.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    /// The inventory could not list containers.
+    #[error("cannot list containers: {0}")]
+    Inventory(#[from] InventoryError),
+    /// The database refused the push.
+    #[error("cannot push the inventory: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// One push: `node`'s containers and heartbeat. Returns the refused
+/// claims; those not in `reported` are audited and added to it.
+///
+/// # Errors
+/// [`HeartbeatError`].
+pub async fn push_once(
+    store: &Store,
+    audit: &AuditLog,
+    inventory: &Inventory,
+    node: &str,
+    reported: &mut BTreeSet<(String, String)>,
+) -> Result<Vec<ContainerConflict>, HeartbeatError> {
+    let rows: Vec<(String, String, String)> = inventory
+        .list()
+        .await?
+        .into_iter()
+        .map(|c| {
+            let state = match c.state {
+                ContainerState::Running { .. } => "RUNNING".to_string(),
+                ContainerState::NotRunning(s) => s,
+            };
+            let labels = serde_json::to_string(&c.labels).unwrap_or_else(|_| "{}".into());
+            (c.name, state, labels)
+        })
+        .collect();
+    let conflicts = store
+        .push_inventory(node, env!("CARGO_PKG_VERSION"), &rows)
+        .await?;
+    for c in &conflicts {
+        if !reported.insert((c.name.clone(), c.owner.clone())) {
+            continue;
+        }
+        tracing::error!(
+            container = %c.name,
+            node,
+            owner = %c.owner,
+            "container {} is on node {node} but node {} owns that name; refused \
+             (container names are unique across the fleet)",
+            c.name,
+            c.owner
+        );
+        let event = AuditEvent::ContainerClaimRefused {
+            container: c.name.clone(),
+            node: node.to_string(),
+            owner: c.owner.clone(),
+        };
+        audit.record(&AuditSubject::default(), &event).await?;
+    }
+    // Conflicts that went away may be reported again if they come back.
+    reported.retain(|r| conflicts.iter().any(|c| c.name == r.0 && c.owner == r.1));
+    Ok(conflicts)
+}
+
+/// Pushes every `interval` until `shutdown`; failures are logged and
+/// retried on the next tick.
+pub async fn run(
+    store: Store,
+    audit: AuditLog,
+    inventory: Inventory,
+    node: String,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut reported = BTreeSet::new();
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = push_once(&store, &audit, &inventory, &node, &mut reported).await {
+            tracing::warn!(error = %e, "heartbeat failed; retrying");
+        }
+    }
+}
