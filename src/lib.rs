@@ -24,16 +24,19 @@
 //! | [`ssh`] | the russh server: auth, channels, wiring the above |
 //! | [`cli`] | the `portcullis` command |
 
+pub mod app;
 pub mod attach;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod grants;
 pub mod identity;
 pub mod inventory;
 pub mod policy;
 pub mod recording;
 pub mod scp;
+pub mod session;
 pub mod sftp;
 pub mod ssh;
 pub mod store;

@@ -64,8 +64,8 @@ pub(crate) async fn attach(
         bail!("invalid container or login name");
     }
     let command = (!command.is_empty()).then(|| command.join(" "));
-    super::serve::create_private_dir(&config.state_dir)?;
-    super::serve::create_private_dir(&config.recordings_dir())?;
+    crate::app::create_private_dir(&config.state_dir)?;
+    crate::app::create_private_dir(&config.recordings_dir())?;
     // The lookup (the LXC monitor's socket) and opening the store (a
     // connection, the schema check) are independent: overlap them.
     let inventory = Inventory::new(&config);

@@ -14,12 +14,14 @@ mod device;
 mod hostile_tests;
 mod issuers;
 mod oidc;
+mod throttle;
 
 pub use binding::{BindingCheck, KeyBindings, key_fingerprint};
 pub use certificate::{CertificateAuthorities, CertificateError};
 pub use device::{DeviceAuthorization, DeviceFlowError};
 pub use issuers::Issuers;
 pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, VerifiedIdToken};
+pub use throttle::FailureThrottle;
 
 /// OpenSSH reads at most this many bytes per keyboard-interactive prompt
 /// (`readpassphrase` with a 1024-byte buffer); an answer this long was

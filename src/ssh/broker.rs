@@ -116,26 +116,9 @@ pub(super) async fn run(start: BrokerStart) {
     let _ = handle.close(channel).await;
 }
 
-/// How users reach the gateway in printed `ssh` lines: `[grants]
-/// gateway_address`, else `-p PORT HOST` (port left out when 22).
+/// How users reach the gateway in printed `ssh` lines.
 pub(super) fn ssh_line(gateway: &Gateway, rest: &str) -> String {
-    let g = &gateway.config.grants;
-    let host = match g.gateway_address.as_deref().map(str::trim) {
-        Some(a) => match a.rsplit_once(' ') {
-            Some((opts, host)) => format!("{opts} {}@{host}", g.broker_user),
-            None => format!("{}@{a}", g.broker_user),
-        },
-        None => {
-            let port = gateway.config.listen.port();
-            let host = gateway.config.gateway_id();
-            if port == 22 {
-                format!("{}@{host}", g.broker_user)
-            } else {
-                format!("-p {port} {}@{host}", g.broker_user)
-            }
-        }
-    };
-    format!("ssh {host} {rest}")
+    gateway.broker_line(rest)
 }
 
 const HELP: &str = "Portcullis broker commands (ssh portcullis@GATEWAY COMMAND):

@@ -324,7 +324,15 @@ pub async fn run(start: ForwardStart) {
         }
     };
     reply.accept().await;
-    let mut kill = who.gateway.live.register(&forward_id);
+    let mut kill = who.gateway.live.register(crate::session::LiveSession {
+        id: forward_id.clone(),
+        principal: who.principal.subject.clone(),
+        issuer: who.principal.issuer.clone(),
+        container: container.name.clone(),
+        login: target.login.clone(),
+        client_addr: who.client_addr.clone(),
+        key_fingerprint: None,
+    });
     let started = Instant::now();
     // Bytes are counted as they are written on each side, so a forward
     // cut short (kill, shutdown, an error) still reports what crossed:
@@ -335,13 +343,13 @@ pub async fn run(start: ForwardStart) {
     let error = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut chan, &mut tcp) => r.err().map(|e| e.to_string()),
         _ = who.gateway.shutdown.cancelled() => Some("the gateway is shutting down".into()),
-        Ok(reason) = &mut kill => Some(reason),
+        reason = kill.wait() => Some(reason.to_string()),
     };
     let (to, from) = (
         to_destination.load(Ordering::Relaxed),
         from_destination.load(Ordering::Relaxed),
     );
-    who.gateway.live.remove(&forward_id);
+    drop(kill);
     drop(chan);
     drop(tcp);
     let _ = who

@@ -9,8 +9,6 @@ use russh::server::Handle;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use tokio::sync::oneshot;
-
 use super::Gateway;
 use super::session::{ChannelInput, SessionAudit};
 use crate::attach::{Attached, ExitStatus, InitWatch, SessionIo};
@@ -62,7 +60,7 @@ pub(super) struct Ends<'a> {
     /// Audit events of this session.
     pub audit: &'a SessionAudit,
     /// Receives a reason when an admin ends the session.
-    pub kill: oneshot::Receiver<String>,
+    pub kill: crate::session::Ending<'a>,
 }
 
 enum Control {
@@ -218,11 +216,9 @@ pub(super) async fn pump(
                 ended_by = Some("the gateway is shutting down".into());
                 break;
             }
-            reason = &mut kill => {
-                if let Ok(reason) = reason {
-                    ended_by = Some(reason);
-                    break;
-                }
+            reason = kill.wait() => {
+                ended_by = Some(reason.to_string());
+                break;
             }
         }
     }

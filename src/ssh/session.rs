@@ -108,13 +108,10 @@ fn denial(gateway: &Gateway, action: Action, target: &Target) -> Refusal {
         Action::Exec => "run commands",
         _ => "open a shell",
     };
-    let ask = super::broker::ssh_line(
-        gateway,
-        &format!(
-            "request {} --login {} --for 1h --reason \"...\"",
-            target.container, target.login
-        ),
-    );
+    let ask = gateway.broker_line(&format!(
+        "request {} --login {} --for 1h --reason \"...\"",
+        target.container, target.login
+    ));
     Refusal(format!(
         "Access denied: you may not {verb} as {} on {}.\r\nTo ask for access: {ask}",
         target.login, target.container
@@ -415,7 +412,15 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
         principal: principal.subject.clone(),
         client_addr: client_addr.clone(),
     };
-    let kill = gateway.live.register(&session_id);
+    let kill = gateway.live.register(crate::session::LiveSession {
+        id: session_id.clone(),
+        principal: principal.subject.clone(),
+        issuer: principal.issuer.clone(),
+        container: container.name.clone(),
+        login: target.login.clone(),
+        client_addr: client_addr.clone(),
+        key_fingerprint: None,
+    });
     let grant_watch = depends_on.as_ref().map(|g| {
         let what = format!("{}@{}", target.login, container.name);
         watch_grant(&gateway, &handle, channel, &session_id, g, what)
@@ -429,7 +434,6 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
         kill,
     };
     let outcome = super::pump::pump(&gateway, ends, attached, io, recorder, input).await;
-    gateway.live.remove(&session_id);
     if let Some(task) = grant_watch {
         task.abort();
     }
@@ -531,7 +535,13 @@ fn watch_grant(
                 }
                 GrantEvent::Ended { reason } => {
                     tracing::info!(%session_id, grant = %id, %reason, "grant ended; ending its session");
-                    gateway.end_live_session(&session_id, &reason);
+                    gateway.live.end(
+                        &session_id,
+                        crate::session::EndReason::GrantEnded {
+                            grant_id: id.clone(),
+                            reason,
+                        },
+                    );
                     return;
                 }
             }

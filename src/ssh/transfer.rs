@@ -225,7 +225,15 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
 
     let started = Instant::now();
     let from_client = Arc::new(AtomicU64::new(0));
-    let kill = gateway.live.register(&session_id);
+    let kill = gateway.live.register(crate::session::LiveSession {
+        id: session_id.clone(),
+        principal: who.principal.subject.clone(),
+        issuer: who.principal.issuer.clone(),
+        container: container.name.clone(),
+        login: target.login.clone(),
+        client_addr: who.client_addr.clone(),
+        key_fingerprint: None,
+    });
     // Client -> server.
     let feed = {
         let from_client = from_client.clone();
@@ -319,11 +327,9 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
                 ended_by = Some("the gateway is shutting down".into());
                 break;
             }
-            reason = &mut kill => {
-                if let Ok(reason) = reason {
-                    ended_by = Some(reason);
-                    break;
-                }
+            reason = kill.wait() => {
+                ended_by = Some(reason.to_string());
+                break;
             }
         }
     }
@@ -351,7 +357,7 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
     } else {
         reporter.abort();
     }
-    gateway.live.remove(&session_id);
+    drop(kill);
     if let Serve::Container { path, .. } = &serve {
         let _ = who
             .audit(

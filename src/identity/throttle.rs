@@ -1,7 +1,8 @@
-//! Slowing down brute force: each failed authentication from an address
-//! makes the next answer to that address wait longer (`auth.failure_delay`,
-//! doubling per failure up to `auth.failure_delay_max`). An address's
-//! failures are forgotten after `auth.failure_forget_after` without one.
+//! Slowing down brute force of any front end's logins: each failed
+//! authentication from an address makes the next answer to that address
+//! wait longer (`auth.failure_delay`, doubling per failure up to
+//! `auth.failure_delay_max`). An address's failures are forgotten after
+//! `auth.failure_forget_after` without one.
 //!
 //! The table is bounded ([`MAX_ADDRESSES`]); when full, forgotten entries
 //! are dropped first, then the whole table (an attacker who can spray
