@@ -1,11 +1,22 @@
 //! The life of one session, for every front end (ssh, `portcullis
 //! attach`, later the web console and the fleet relay).
 //!
+//! - [`caller`]: who asks and where to ([`Caller`], [`Destination`]);
+//! - [`access`]: target → container → audited decision → pinned init;
+//! - [`refusal`]: the one [`Refusal`] every front end shows;
 //! - [`live`]: the sessions this gateway serves now, and ending them;
 //! - [`end`]: why a session ends ([`EndReason`]).
 
+pub mod access;
+pub mod caller;
 pub mod end;
 pub mod live;
+pub mod refusal;
+pub mod target;
 
+pub use access::{Access, Ask};
+pub use caller::{Caller, Destination};
 pub use end::EndReason;
 pub use live::{Ending, LiveSession, LiveSessions};
+pub use refusal::Refusal;
+pub use target::{Target, TargetError};

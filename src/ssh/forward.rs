@@ -19,193 +19,19 @@ use russh::{Channel, ChannelId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Gateway;
-use super::target::Target;
-use crate::attach::{self, PinnedInit};
-use crate::audit::{AuditEvent, AuditSubject, truncate};
-use crate::identity::Principal;
-use crate::inventory::{Container, ContainerState};
-use crate::policy::{AccessRequest, Action, ContextValue};
-
-/// Who asks, as one connection knows it.
-#[derive(Clone)]
-pub struct Requester {
-    /// Shared gateway state.
-    pub gateway: Arc<Gateway>,
-    /// The authenticated principal.
-    pub principal: Principal,
-    /// The SSH user name (the target).
-    pub user: String,
-    /// Client `ip:port`.
-    pub client_addr: String,
-}
-
-impl Requester {
-    /// Appends `event`; a failure becomes the refusal to go on.
-    pub(super) async fn audit(
-        &self,
-        session_id: Option<&str>,
-        event: AuditEvent,
-    ) -> Result<(), Refusal> {
-        let subject = AuditSubject {
-            session_id,
-            principal: Some(&self.principal.subject),
-            client_addr: Some(&self.client_addr),
-        };
-        self.gateway
-            .audit
-            .record(&subject, &event)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot write audit event; refusing");
-                Refusal("Access refused: the gateway cannot write its audit log right now.".into())
-            })
-    }
-}
-
-/// A refusal message for the user.
-pub(super) struct Refusal(pub String);
+use crate::attach;
+use crate::audit::{AuditEvent, truncate};
+use crate::policy::{Action, ContextValue};
+use crate::session::access::{Access, Ask, authorize};
+use crate::session::{Caller, Refusal};
 
 /// Sends `refusal` on a session channel and closes it.
 pub(super) async fn refuse(handle: &Handle, channel: ChannelId, refusal: &Refusal) {
-    let text = format!("{}\r\n", refusal.0);
+    let text = format!("{}\r\n", refusal.message());
     let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
     let _ = handle.exit_status_request(channel, 1).await;
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
-}
-
-/// An allowed request: the target, its container and its pinned init.
-pub(super) struct Authorized {
-    pub target: Target,
-    pub container: Container,
-    pub init: PinnedInit,
-}
-
-fn label(action: Action, extra: &[(&str, ContextValue)]) -> String {
-    match extra.iter().find(|(k, _)| *k == "access") {
-        Some((_, ContextValue::Str(a))) => format!("{}_{a}", action.as_str()),
-        _ => action.as_str().to_string(),
-    }
-}
-
-/// Asks the policy and audits the decision (before anything happens).
-/// `Ok(Ok(()))` allowed, `Ok(Err(()))` denied, `Err` when it cannot audit.
-pub(super) async fn decide(
-    who: &Requester,
-    target: &Target,
-    container: &Container,
-    action: Action,
-    extra: &[(&str, ContextValue)],
-) -> Result<Result<(), ()>, Refusal> {
-    let decision = who.gateway.policy.decide_with(
-        &AccessRequest {
-            principal: &who.principal.subject,
-            groups: &who.principal.groups,
-            container: &container.name,
-            labels: &container.labels,
-            login: &target.login,
-            action,
-            command: None,
-            // Grants (issue 7) are for shells and commands; transfers and
-            // forwards are decided on their own.
-            grant: None,
-        },
-        extra,
-    );
-    let (allowed, reasons) = match decision {
-        Ok(d) => (
-            d.allowed,
-            d.policies.into_iter().chain(d.errors).collect::<Vec<_>>(),
-        ),
-        Err(e) => (false, vec![e.to_string()]),
-    };
-    who.audit(
-        None,
-        AuditEvent::AccessDecided {
-            action: label(action, extra),
-            container: container.name.clone(),
-            login: target.login.clone(),
-            allowed,
-            reasons,
-        },
-    )
-    .await?;
-    Ok(if allowed { Ok(()) } else { Err(()) })
-}
-
-/// Resolves the target, asks the policy for `action` with `extra`
-/// context, and pins the running container's init. `verb` completes
-/// "you may not ..." in the denial.
-pub(super) async fn authorize(
-    who: &Requester,
-    action: Action,
-    extra: &[(&str, ContextValue)],
-    verb: &str,
-) -> Result<Authorized, Refusal> {
-    let refused = |reason: String| AuditEvent::TargetRefused {
-        target: truncate(&who.user, 128),
-        reason,
-    };
-    let target = match Target::parse(&who.user, &who.gateway.config.default_login) {
-        Ok(t) => t,
-        Err(e) => {
-            who.audit(None, refused(e.to_string())).await?;
-            return Err(Refusal(
-                "Access denied: the SSH user name must be [login@]container.".into(),
-            ));
-        }
-    };
-    let denial = || {
-        Refusal(format!(
-            "Access denied: you may not {verb} as {} on {}.",
-            target.login, target.container
-        ))
-    };
-    let container = match who.gateway.inventory.find(&target.container).await {
-        Ok(c) => c,
-        Err(e) => {
-            who.audit(None, refused(e.to_string())).await?;
-            return Err(denial());
-        }
-    };
-    if decide(who, &target, &container, action, extra)
-        .await?
-        .is_err()
-    {
-        return Err(denial());
-    }
-    let init_pid = match container.state {
-        ContainerState::Running { init_pid } => init_pid,
-        ContainerState::NotRunning(ref state) => {
-            who.audit(None, refused(format!("container is {state}")))
-                .await?;
-            return Err(Refusal(format!(
-                "Access refused: the container {} is {} (not running).",
-                container.name,
-                state.to_lowercase()
-            )));
-        }
-    };
-    let init = match PinnedInit::pin(init_pid, &container.cgroup, None) {
-        Ok(init) => init,
-        Err(e) => {
-            who.audit(
-                None,
-                AuditEvent::SessionFailed {
-                    container: container.name.clone(),
-                    reason: e.to_string(),
-                },
-            )
-            .await?;
-            return Err(Refusal(format!("Access refused: {}.", e.user_message())));
-        }
-    };
-    Ok(Authorized {
-        target,
-        container,
-        init,
-    })
 }
 
 /// The destination of a forward: an IP literal, or `localhost` (the
@@ -226,8 +52,10 @@ pub fn destination(host: &str, port: u32) -> Option<SocketAddr> {
 
 /// What a `direct-tcpip` channel asks for.
 pub struct ForwardStart {
+    /// Shared gateway state.
+    pub gateway: Arc<Gateway>,
     /// Who.
-    pub who: Requester,
+    pub who: Caller,
     /// The channel (still to be accepted or rejected).
     pub channel: Channel<Msg>,
     /// Accepts or rejects the channel.
@@ -246,6 +74,7 @@ pub struct ForwardStart {
 /// side closes. The channel is accepted only once connected.
 pub async fn run(start: ForwardStart) {
     let ForwardStart {
+        gateway,
         who,
         channel,
         reply,
@@ -258,6 +87,7 @@ pub async fn run(start: ForwardStart) {
     let Some(addr) = destination(&host, port) else {
         let _ = who
             .audit(
+                &gateway,
                 None,
                 AuditEvent::ChannelRefused {
                     kind: "direct-tcpip".into(),
@@ -275,11 +105,18 @@ pub async fn run(start: ForwardStart) {
         ("host", ContextValue::Str(addr.ip().to_string())),
         ("port", ContextValue::Long(i64::from(addr.port()))),
     ];
-    let auth = authorize(&who, Action::PortForward, &extra, "forward ports").await;
-    let Ok(Authorized {
+    let ask = Ask {
+        action: Action::PortForward,
+        command: None,
+        context: &extra,
+        verb: "forward ports",
+    };
+    let auth = authorize(&gateway, &who, &ask).await;
+    let Ok(Access {
         target,
         container,
         init,
+        ..
     }) = auth
     else {
         reply.reject(reject).await;
@@ -288,7 +125,8 @@ pub async fn run(start: ForwardStart) {
     let destination_text = addr.to_string();
     let command = format!("direct-tcpip {destination_text}");
     let Ok((forward_id, recorder)) =
-        super::transfer::open_record(&who, &container.name, &target.login, &command).await
+        super::transfer::open_record(&gateway, &who, &container.name, &target.login, &command)
+            .await
     else {
         reply.reject(reject).await;
         return;
@@ -299,9 +137,13 @@ pub async fn run(start: ForwardStart) {
         port: i64::from(addr.port()),
         originator: truncate(&originator, 128),
     };
-    if who.audit(Some(&forward_id), opened).await.is_err() {
+    if who
+        .audit(&gateway, Some(&forward_id), opened)
+        .await
+        .is_err()
+    {
         reply.reject(reject).await;
-        super::transfer::close_record(&who, &forward_id, recorder, None).await;
+        super::transfer::close_record(&gateway, &who, &forward_id, recorder, None).await;
         return;
     }
     let closed = |to: u64, from: u64, ms: u128, error: Option<String>| AuditEvent::ForwardClosed {
@@ -311,20 +153,24 @@ pub async fn run(start: ForwardStart) {
         duration_ms: i64::try_from(ms).unwrap_or(i64::MAX),
         error,
     };
-    let stream = match attach::connect_in(&who.gateway.helper, &init, &container.name, addr).await {
+    let stream = match attach::connect_in(&gateway.helper, &init, &container.name, addr).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(error = ?e, %addr, "forward: connect inside the container failed");
             let _ = who
-                .audit(Some(&forward_id), closed(0, 0, 0, Some(e.user_message())))
+                .audit(
+                    &gateway,
+                    Some(&forward_id),
+                    closed(0, 0, 0, Some(e.user_message())),
+                )
                 .await;
             reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
-            super::transfer::close_record(&who, &forward_id, recorder, None).await;
+            super::transfer::close_record(&gateway, &who, &forward_id, recorder, None).await;
             return;
         }
     };
     reply.accept().await;
-    let mut kill = who.gateway.live.register(crate::session::LiveSession {
+    let mut kill = gateway.live.register(crate::session::LiveSession {
         id: forward_id.clone(),
         principal: who.principal.subject.clone(),
         issuer: who.principal.issuer.clone(),
@@ -342,7 +188,7 @@ pub async fn run(start: ForwardStart) {
     let (to_destination, from_destination) = (tcp.written.clone(), chan.written.clone());
     let error = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut chan, &mut tcp) => r.err().map(|e| e.to_string()),
-        _ = who.gateway.shutdown.cancelled() => Some("the gateway is shutting down".into()),
+        _ = gateway.shutdown.cancelled() => Some("the gateway is shutting down".into()),
         reason = kill.wait() => Some(reason.to_string()),
     };
     let (to, from) = (
@@ -354,11 +200,13 @@ pub async fn run(start: ForwardStart) {
     drop(tcp);
     let _ = who
         .audit(
+            &gateway,
             Some(&forward_id),
             closed(to, from, started.elapsed().as_millis(), error),
         )
         .await;
     super::transfer::close_record(
+        &gateway,
         &who,
         &forward_id,
         recorder,

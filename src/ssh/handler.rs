@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use super::auth::AuthState;
-use super::forward::{ForwardStart, Requester};
+use super::forward::ForwardStart;
 use super::session::{ChannelInput, SessionKind, SessionStart};
 use super::transfer::{TransferKind, TransferStart};
 use crate::attach::PtyRequest;
 use crate::audit::{AuditEvent, truncate};
+use crate::session::{Caller, Destination};
 
 /// Longest accepted exec command, in bytes.
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -40,7 +41,6 @@ struct ChannelState {
 /// One connection's state.
 pub struct ConnectionHandler {
     gateway: Arc<Gateway>,
-    peer_text: String,
     auth: AuthState,
     channels: HashMap<ChannelId, ChannelState>,
     /// Forwarded connections (`direct-tcpip`) this connection may still open.
@@ -60,7 +60,6 @@ impl ConnectionHandler {
             auth: AuthState::new(gateway.clone(), peer, unauth_permit, authenticated),
             forwards: Arc::new(Semaphore::new(gateway.config.forwarding.max_forwards)),
             gateway,
-            peer_text: peer.to_string(),
             channels: HashMap::new(),
         }
     }
@@ -74,26 +73,30 @@ impl ConnectionHandler {
     }
 
     /// Who asks, once authenticated.
-    fn requester(&self) -> Option<Requester> {
-        Some(Requester {
-            gateway: self.gateway.clone(),
-            principal: self.auth.principal.clone()?,
-            user: self.auth.user.clone(),
-            client_addr: self.peer_text.clone(),
-        })
+    fn caller(&self) -> Option<Caller> {
+        self.auth.caller.clone()
+    }
+
+    /// True when the caller asked for the broker's own commands.
+    fn to_broker(&self) -> bool {
+        self.auth
+            .caller
+            .as_ref()
+            .is_some_and(|c| c.destination == Destination::Broker)
     }
 
     /// Audits a refused channel or request in the background (the refusal
     /// itself does not wait for it: nothing happens either way).
     fn audit_refusal(&self, kind: &str, reason: &str) {
         tracing::info!(kind, reason, "refused");
-        if let Some(who) = self.requester() {
+        if let Some(who) = self.caller() {
             let event = AuditEvent::ChannelRefused {
                 kind: kind.to_string(),
                 reason: reason.to_string(),
             };
+            let gateway = self.gateway.clone();
             self.gateway.tasks.spawn(async move {
-                let _ = who.audit(None, event).await;
+                let _ = who.audit(&gateway, None, event).await;
             });
         }
     }
@@ -106,7 +109,7 @@ impl ConnectionHandler {
         kind: TransferKind,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let Some(who) = self.requester() else {
+        let Some(who) = self.caller() else {
             session.channel_failure(channel)?;
             return Ok(());
         };
@@ -122,6 +125,7 @@ impl ConnectionHandler {
         state.input = Some(tx);
         session.channel_success(channel)?;
         let start = TransferStart {
+            gateway: self.gateway.clone(),
             who,
             handle: session.handle(),
             channel,
@@ -138,7 +142,7 @@ impl ConnectionHandler {
         kind: SessionKind,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let Some(principal) = self.auth.principal.clone() else {
+        let Some(caller) = self.caller() else {
             session.channel_failure(channel)?;
             return Ok(());
         };
@@ -154,14 +158,14 @@ impl ConnectionHandler {
         let (tx, rx) = mpsc::channel(64);
         state.input = Some(tx);
         session.channel_success(channel)?;
-        if self.auth.user == self.gateway.config.grants.broker_user {
+        if caller.destination == Destination::Broker {
             // The reserved name reaches the broker's own commands (issue 7).
             let start = super::broker::BrokerStart {
                 gateway: self.gateway.clone(),
                 handle: session.handle(),
                 channel,
-                principal,
-                client_addr: self.peer_text.clone(),
+                principal: caller.principal,
+                client_addr: caller.client_addr,
                 command: match kind {
                     SessionKind::Exec(c) => Some(c),
                     SessionKind::Shell => None,
@@ -176,9 +180,7 @@ impl ConnectionHandler {
             gateway: self.gateway.clone(),
             handle: session.handle(),
             channel,
-            principal,
-            user: self.auth.user.clone(),
-            client_addr: self.peer_text.clone(),
+            caller,
             kind,
             pty: state.pty.clone(),
             env: state.env.clone(),
@@ -232,13 +234,13 @@ impl russh::server::Handler for ConnectionHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let cap = self.gateway.config.forwarding.max_session_channels;
-        if self.auth.principal.is_some() && self.channels.len() >= cap {
+        if self.auth.caller.is_some() && self.channels.len() >= cap {
             self.audit_refusal(
                 "session",
                 &format!("more than {cap} session channels on one connection"),
             );
         }
-        if self.auth.principal.is_none() || self.channels.len() >= cap {
+        if self.auth.caller.is_none() || self.channels.len() >= cap {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -324,7 +326,7 @@ impl russh::server::Handler for ConnectionHandler {
         };
         // Legacy `scp -O` runs `scp -t`/`scp -f`: served by the gateway
         // itself (the broker's reserved name keeps its own commands).
-        if self.auth.user != self.gateway.config.grants.broker_user
+        if !self.to_broker()
             && let Some(parsed) = crate::scp::ScpCommand::parse(&command)
         {
             let kind = TransferKind::Scp {
@@ -365,7 +367,7 @@ impl russh::server::Handler for ConnectionHandler {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(who) = self.requester() else {
+        let Some(who) = self.caller() else {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -383,6 +385,7 @@ impl russh::server::Handler for ConnectionHandler {
             return Ok(());
         };
         let start = ForwardStart {
+            gateway: self.gateway.clone(),
             who,
             channel,
             reply,

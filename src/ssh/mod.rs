@@ -14,7 +14,6 @@ mod handler;
 mod login;
 mod pump;
 mod session;
-mod target;
 pub mod transfer;
 
 use std::net::SocketAddr;
@@ -31,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::gateway::Gateway;
 pub use crate::identity::FailureThrottle;
+pub use crate::session::{Target, TargetError};
 pub use login::TOKEN_PROMPT;
-pub use target::{Target, TargetError};
 
 /// A failed server step.
 #[derive(Debug, thiserror::Error)]

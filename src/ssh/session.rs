@@ -12,14 +12,13 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::Gateway;
-use super::target::Target;
 use crate::attach::{self, AttachRequest, ExitStatus, PtyRequest};
 use crate::audit::{AuditEvent, AuditSubject, truncate};
 use crate::grants::{GrantEvent, GrantWatch};
-use crate::identity::Principal;
-use crate::inventory::ContainerState;
-use crate::policy::{AccessRequest, Action, GrantContext};
+use crate::policy::Action;
 use crate::recording::{Header, Recorder, SessionMetadata};
+use crate::session::access::{Access, Ask, authorize};
+use crate::session::{Caller, Refusal};
 use crate::store::{NewSession, SessionEnd};
 
 /// A channel event for a running session.
@@ -59,12 +58,8 @@ pub struct SessionStart {
     pub handle: Handle,
     /// The channel.
     pub channel: ChannelId,
-    /// Who.
-    pub principal: Principal,
-    /// The SSH user name (the target).
-    pub user: String,
-    /// Client `ip:port`.
-    pub client_addr: String,
+    /// Who, from where, to which destination.
+    pub caller: Caller,
     /// Shell or exec.
     pub kind: SessionKind,
     /// The PTY request, when one was made.
@@ -79,9 +74,9 @@ pub struct SessionStart {
 pub async fn run(start: SessionStart) {
     let span = tracing::info_span!(
         "session",
-        principal = %start.principal.subject,
-        target = %truncate(&start.user, 128),
-        peer = %start.client_addr,
+        principal = %start.caller.principal.subject,
+        target = %truncate(&start.caller.user, 128),
+        peer = %start.caller.client_addr,
     );
     let handle = start.handle.clone();
     let channel = start.channel;
@@ -90,32 +85,8 @@ pub async fn run(start: SessionStart) {
     }
 }
 
-/// A refusal message for the user.
-struct Refusal(String);
-
 async fn refuse(handle: &Handle, channel: ChannelId, refusal: &Refusal) {
-    let text = format!("{}\r\n", refusal.0);
-    let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
-    let _ = handle.exit_status_request(channel, 1).await;
-    let _ = handle.eof(channel).await;
-    let _ = handle.close(channel).await;
-}
-
-/// The refusal of a shell or exec, with the exact broker line that asks
-/// for it (issue 7).
-fn denial(gateway: &Gateway, action: Action, target: &Target) -> Refusal {
-    let verb = match action {
-        Action::Exec => "run commands",
-        _ => "open a shell",
-    };
-    let ask = gateway.broker_line(&format!(
-        "request {} --login {} --for 1h --reason \"...\"",
-        target.container, target.login
-    ));
-    Refusal(format!(
-        "Access denied: you may not {verb} as {} on {}.\r\nTo ask for access: {ask}",
-        target.login, target.container
-    ))
+    super::forward::refuse(handle, channel, refusal).await;
 }
 
 async fn run_session(start: SessionStart) -> Result<(), Refusal> {
@@ -123,174 +94,35 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
         gateway,
         handle,
         channel,
-        principal,
-        user,
-        client_addr,
+        caller,
         kind,
         pty,
         env,
         input,
     } = start;
+    let principal = caller.principal.clone();
+    let client_addr = caller.client_addr.clone();
     let audit = |session_id: Option<String>, event: AuditEvent| {
         let gateway = gateway.clone();
-        let principal = principal.subject.clone();
-        let client_addr = client_addr.clone();
-        async move {
-            let subject = AuditSubject {
-                session_id: session_id.as_deref(),
-                principal: Some(&principal),
-                client_addr: Some(&client_addr),
-            };
-            gateway.audit.record(&subject, &event).await.map_err(|e| {
-                tracing::error!(error = %e, "cannot write audit event; refusing");
-                Refusal("Access refused: the gateway cannot write its audit log right now.".into())
-            })
-        }
+        let caller = caller.clone();
+        async move { caller.audit(&gateway, session_id.as_deref(), event).await }
     };
-    let (action, command) = match &kind {
-        SessionKind::Shell => (Action::Shell, None),
-        SessionKind::Exec(c) => (Action::Exec, Some(c.clone())),
+    let (action, command, verb) = match &kind {
+        SessionKind::Shell => (Action::Shell, None, "open a shell"),
+        SessionKind::Exec(c) => (Action::Exec, Some(c.clone()), "run commands"),
     };
-
-    // Which container.
-    let target = match Target::parse(&user, &gateway.config.default_login) {
-        Ok(t) => t,
-        Err(e) => {
-            audit(
-                None,
-                AuditEvent::TargetRefused {
-                    target: truncate(&user, 128),
-                    reason: e.to_string(),
-                },
-            )
-            .await?;
-            return Err(Refusal(
-                "Access denied: the SSH user name must be [login@]container.".into(),
-            ));
-        }
+    let ask = Ask {
+        action,
+        command: command.as_deref(),
+        context: &[],
+        verb,
     };
-    if target.container == gateway.config.grants.broker_user {
-        audit(
-            None,
-            AuditEvent::TargetRefused {
-                target: truncate(&user, 128),
-                reason: "the broker's reserved name is not a container".into(),
-            },
-        )
-        .await?;
-        return Err(Refusal(format!(
-            "Access denied: {} is the gateway's own commands, not a container (ssh {}@GATEWAY help).",
-            target.container, target.container
-        )));
-    }
-    let container = match gateway.inventory.find(&target.container).await {
-        Ok(c) => c,
-        Err(e) => {
-            audit(
-                None,
-                AuditEvent::TargetRefused {
-                    target: truncate(&user, 128),
-                    reason: e.to_string(),
-                },
-            )
-            .await?;
-            return Err(denial(&gateway, action, &target));
-        }
-    };
-
-    // May they. An active grant for this login enters the decision; the
-    // session depends on it when the policy would refuse without it.
-    let grant = gateway
-        .store
-        .active_grant_for(
-            &principal.subject,
-            &container.name,
-            &target.login,
-            crate::store::now_ms(),
-        )
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot read grants; refusing");
-            Refusal("Access refused: the gateway cannot reach its database right now.".into())
-        })?;
-    let ask = |grant: Option<GrantContext<'_>>| {
-        gateway.policy.decide(&AccessRequest {
-            principal: &principal.subject,
-            groups: &principal.groups,
-            container: &container.name,
-            labels: &container.labels,
-            login: &target.login,
-            action,
-            command: command.as_deref(),
-            grant,
-        })
-    };
-    let decision = ask(grant.as_ref().map(|g| GrantContext {
-        id: &g.id,
-        approver: g.decided_by.as_deref().unwrap_or(""),
-        expires_at: g.expires_at.unwrap_or(0) / 1000,
-    }));
-    let depends_on = match (&decision, &grant) {
-        (Ok(d), Some(g)) if d.allowed => match ask(None) {
-            Ok(without) if without.allowed => None,
-            _ => Some(g.clone()),
-        },
-        _ => None,
-    };
-    let (allowed, reasons) = match decision {
-        Ok(d) => (
-            d.allowed,
-            d.policies.into_iter().chain(d.errors).collect::<Vec<_>>(),
-        ),
-        Err(e) => (false, vec![e.to_string()]),
-    };
-    audit(
-        None,
-        AuditEvent::AccessDecided {
-            action: action.as_str().to_string(),
-            container: container.name.clone(),
-            login: target.login.clone(),
-            allowed,
-            reasons,
-        },
-    )
-    .await?;
-    if !allowed {
-        return Err(denial(&gateway, action, &target));
-    }
-    let init_pid = match container.state {
-        ContainerState::Running { init_pid } => init_pid,
-        ContainerState::NotRunning(state) => {
-            audit(
-                None,
-                AuditEvent::TargetRefused {
-                    target: truncate(&user, 128),
-                    reason: format!("container is {state}"),
-                },
-            )
-            .await?;
-            // Policy allowed this principal: say why it cannot go in.
-            return Err(Refusal(format!(
-                "Access refused: the container {} is {} (not running).",
-                container.name,
-                state.to_lowercase()
-            )));
-        }
-    };
-    let init = match attach::PinnedInit::pin(init_pid, &container.cgroup, None) {
-        Ok(init) => init,
-        Err(e) => {
-            audit(
-                None,
-                AuditEvent::SessionFailed {
-                    container: container.name.clone(),
-                    reason: e.to_string(),
-                },
-            )
-            .await?;
-            return Err(Refusal(format!("Access refused: {}.", e.user_message())));
-        }
-    };
+    let Access {
+        target,
+        container,
+        init,
+        grant: depends_on,
+    } = authorize(&gateway, &caller, &ask).await?;
 
     // The recording and the session row.
     let session_id = uuid::Uuid::new_v4().to_string();
@@ -319,7 +151,7 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
     };
     let recording_failed = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "recording unavailable; refusing");
-        Refusal("Access refused: the gateway cannot record this session right now.".into())
+        Refusal::recording_unavailable()
     };
     let recorder = Recorder::create(
         &recording_path,
@@ -401,7 +233,10 @@ async fn run_session(start: SessionStart) -> Result<(), Refusal> {
                 },
             )
             .await?;
-            return Err(Refusal(format!("Access refused: {}.", e.user_message())));
+            return Err(Refusal::new(format!(
+                "Access refused: {}.",
+                e.user_message()
+            )));
         }
     };
     tracing::info!(%session_id, container = %container.name, login = %target.login, "session started");

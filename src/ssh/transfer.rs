@@ -20,7 +20,8 @@ use russh::server::Handle;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::forward::{Authorized, Refusal, Requester, authorize, refuse};
+use super::Gateway;
+use super::forward::refuse;
 use super::session::ChannelInput;
 use crate::attach::{self, AttachRequest, ExitStatus, SessionIo};
 use crate::audit::{AuditEvent, truncate};
@@ -28,6 +29,8 @@ use crate::config::SftpServer;
 use crate::policy::{Action, ContextValue};
 use crate::recording::{Header, Recorder, SessionMetadata};
 use crate::scp::{ScpCommand, ScpCommandError};
+use crate::session::access::{Access, Ask, authorize, decide};
+use crate::session::{Caller, Refusal};
 use crate::sftp::{MAX_RECORD_BYTES, TransferRecord};
 use crate::store::{NewSession, SessionEnd};
 
@@ -49,8 +52,10 @@ pub enum TransferKind {
 
 /// Everything a transfer session task starts with.
 pub struct TransferStart {
+    /// Shared gateway state.
+    pub gateway: Arc<Gateway>,
     /// Who, from where, as which SSH user.
-    pub who: Requester,
+    pub who: Caller,
     /// Handle to send data back to the client.
     pub handle: Handle,
     /// The channel.
@@ -80,7 +85,7 @@ pub async fn run(start: TransferStart) {
 /// Sends `refusal` as an rcp fatal error (`\x02MESSAGE\n`, OpenSSH scp.c
 /// `response()`/`sink()` print it and stop), exit status 1, and closes.
 async fn refuse_scp(handle: &Handle, channel: ChannelId, refusal: &Refusal) {
-    let text = format!("\x02{}\n", refusal.0.replace(['\r', '\n'], " "));
+    let text = format!("\x02{}\n", refusal.message().replace(['\r', '\n'], " "));
     let _ = handle.data(channel, text.into_bytes()).await;
     let _ = handle.exit_status_request(channel, 1).await;
     let _ = handle.eof(channel).await;
@@ -96,13 +101,13 @@ enum Serve {
 
 async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
     let TransferStart {
+        gateway,
         who,
         handle,
         channel,
         mut input,
         kind,
     } = start;
-    let gateway = who.gateway.clone();
     let verb = "transfer files";
     let access = |a: &str| [("access", ContextValue::Str(a.into()))];
     let (authorized, serve, command) = match kind {
@@ -111,6 +116,7 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
                 Ok(c) => c,
                 Err(e) => {
                     who.audit(
+                        &gateway,
                         None,
                         AuditEvent::ChannelRefused {
                             kind: "exec".into(),
@@ -118,22 +124,40 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
                         },
                     )
                     .await?;
-                    return Err(Refusal(e.to_string()));
+                    return Err(Refusal::new(e.to_string()));
                 }
             };
             let a = if command.is_upload() { "write" } else { "read" };
-            let authorized = authorize(&who, Action::Sftp, &access(a), verb).await?;
+            let context = access(a);
+            let ask = Ask {
+                action: Action::Sftp,
+                command: None,
+                context: &context,
+                verb,
+            };
+            let authorized = authorize(&gateway, &who, &ask).await?;
             (authorized, Serve::Scp(command), truncate(&raw, 1024))
         }
         TransferKind::Sftp => {
-            let authorized = authorize(&who, Action::Sftp, &access("read"), verb).await?;
-            let Authorized {
+            let read = access("read");
+            let ask = Ask {
+                action: Action::Sftp,
+                command: None,
+                context: &read,
+                verb,
+            };
+            let authorized = authorize(&gateway, &who, &ask).await?;
+            let Access {
                 target, container, ..
             } = &authorized;
-            let may_write =
-                super::forward::decide(&who, target, container, Action::Sftp, &access("write"))
-                    .await?
-                    .is_ok();
+            let write = access("write");
+            let ask_write = Ask {
+                context: &write,
+                ..ask
+            };
+            let may_write = decide(&gateway, &who, target, container, &ask_write, None)
+                .await?
+                .is_some();
             let suffix = if may_write { "" } else { " (read-only)" };
             match gateway.config.sftp.server {
                 SftpServer::Builtin => (
@@ -155,13 +179,14 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
             }
         }
     };
-    let Authorized {
+    let Access {
         target,
         container,
         init,
+        ..
     } = authorized;
     let (session_id, recorder) =
-        open_record(&who, &container.name, &target.login, &command).await?;
+        open_record(&gateway, &who, &container.name, &target.login, &command).await?;
     let sid = Some(session_id.as_str());
 
     let request = AttachRequest {
@@ -189,8 +214,9 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
     let (mut attached, io) = match spawned {
         Ok(pair) => pair,
         Err(e) => {
-            close_record(&who, &session_id, recorder, None).await;
+            close_record(&gateway, &who, &session_id, recorder, None).await;
             who.audit(
+                &gateway,
                 sid,
                 AuditEvent::SessionFailed {
                     container: container.name.clone(),
@@ -206,7 +232,7 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
                 }
                 _ => "",
             };
-            return Err(Refusal(format!(
+            return Err(Refusal::new(format!(
                 "Access refused: {}.{hint}",
                 e.user_message()
             )));
@@ -218,7 +244,7 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
         stderr,
     } = io
     else {
-        return Err(Refusal("Access refused: internal error.".into()));
+        return Err(Refusal::new("Access refused: internal error."));
     };
     let reports_files = !matches!(serve, Serve::Container { .. });
     tracing::info!(%session_id, container = %container.name, login = %target.login, %command, "transfer session started");
@@ -257,6 +283,7 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
     // own log: drained, not trusted as reports).
     let reporter = {
         let who = who.clone();
+        let gateway = gateway.clone();
         let session_id = session_id.clone();
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stderr.take(1 << 30));
@@ -288,7 +315,7 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
                         continue;
                     }
                 };
-                if who.audit(Some(&session_id), event).await.is_err() {
+                if who.audit(&gateway, Some(&session_id), event).await.is_err() {
                     // Cannot audit: stop the transfers (fail closed).
                     return false;
                 }
@@ -337,6 +364,7 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
     if let Some(reason) = &ended_by {
         let _ = who
             .audit(
+                &gateway,
                 sid,
                 AuditEvent::SessionTerminated {
                     reason: reason.clone(),
@@ -361,6 +389,7 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
     if let Serve::Container { path, .. } = &serve {
         let _ = who
             .audit(
+                &gateway,
                 sid,
                 AuditEvent::SftpStreamEnded {
                     server: path.clone(),
@@ -378,7 +407,7 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
 
-    close_record(&who, &session_id, recorder, exit).await;
+    close_record(&gateway, &who, &session_id, recorder, exit).await;
     tracing::info!(%session_id, ?exit, "transfer session ended");
     Ok(())
 }
@@ -387,12 +416,12 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
 /// replay`/`verify` work alike for every session) of a channel that is not
 /// a terminal, and audits `SessionStarted`. Returns the session id.
 pub(super) async fn open_record(
-    who: &Requester,
+    gateway: &Gateway,
+    who: &Caller,
     container: &str,
     login: &str,
     command: &str,
 ) -> Result<(String, Recorder), Refusal> {
-    let gateway = &who.gateway;
     let session_id = uuid::Uuid::new_v4().to_string();
     let recording_path = gateway
         .config
@@ -416,7 +445,7 @@ pub(super) async fn open_record(
     };
     let unavailable = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "session record unavailable; refusing");
-        Refusal("Access refused: the gateway cannot record this session right now.".into())
+        Refusal::recording_unavailable()
     };
     let recorder = Recorder::create(
         &recording_path,
@@ -442,6 +471,7 @@ pub(super) async fn open_record(
         .await
         .map_err(|e| unavailable(&e))?;
     who.audit(
+        gateway,
         Some(&session_id),
         AuditEvent::SessionStarted {
             container: container.into(),
@@ -457,7 +487,8 @@ pub(super) async fn open_record(
 /// Finishes the recording, audits `SessionEnded` and closes the row
 /// (`failed` when `exit` is `None`).
 pub(super) async fn close_record(
-    who: &Requester,
+    gateway: &Gateway,
+    who: &Caller,
     session_id: &str,
     recorder: Recorder,
     exit: Option<ExitStatus>,
@@ -476,6 +507,7 @@ pub(super) async fn close_record(
     };
     let _ = who
         .audit(
+            gateway,
             Some(session_id),
             AuditEvent::SessionEnded {
                 exit_status,
@@ -486,8 +518,7 @@ pub(super) async fn close_record(
             },
         )
         .await;
-    if let Err(e) = who
-        .gateway
+    if let Err(e) = gateway
         .store
         .end_session(
             session_id,

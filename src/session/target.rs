@@ -1,4 +1,6 @@
-//! The SSH user name names the target: `[login@]container`.
+//! Where a session goes: `[login@]container`, as an SSH user name (or a
+//! web console form, or `portcullis attach`) names it. Parsed once, when
+//! the caller authenticates ([`super::Destination::parse`]).
 
 use crate::config::valid_name;
 
