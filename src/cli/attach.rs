@@ -22,11 +22,11 @@ use crate::attach::{
     self, AttachRequest, Attached, ExitStatus, HelperBinary, InitWatch, PinnedInit, PtyRequest,
     SessionIo,
 };
-use crate::audit::{AuditEvent, AuditLog, AuditSubject};
+use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{Config, valid_name};
 use crate::inventory::{ContainerState, Inventory};
-use crate::recording::{Header, Recorder, SessionMetadata};
-use crate::store::{NewSession, SessionEnd, Store};
+use crate::session::record::{RecordStart, SessionRecord};
+use crate::store::Store;
 
 /// Bytes copied per read.
 const CHUNK_BYTES: usize = 32 * 1024;
@@ -86,96 +86,37 @@ pub(crate) async fn attach(
 
     let audit = AuditLog::new(store.clone());
     let principal = format!("host:uid={}", nix::unistd::getuid());
-    let session_id = uuid::Uuid::new_v4().to_string();
-    let subject = AuditSubject {
-        session_id: Some(&session_id),
-        principal: Some(&principal),
-        client_addr: Some("local"),
-    };
-
     let pty = std::io::stdin().is_terminal().then(|| {
         let (cols, rows) = attach::terminal_size(std::io::stdin().as_fd()).unwrap_or((80, 24));
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         PtyRequest { term, cols, rows }
     });
     // The sealed copy of the helper (a few MB, ~1 ms) has no side effect:
-    // make it on a blocking thread while the recording and the audit rows
-    // are written.
+    // make it on a blocking thread while the record is opened.
     let helper = tokio::task::spawn_blocking(HelperBinary::sealed_copy_of_helper);
-    let recording_path = config.recordings_dir().join(format!("{session_id}.cast"));
-    let (cols, rows) = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
-    let header = Header {
-        version: 2,
-        width: u32::from(cols),
-        height: u32::from(rows),
-        timestamp: Some(crate::store::now_ms() / 1000),
-        command: command.clone(),
-        title: Some(format!("{login}@{container}")),
-        env: None,
-        portcullis: Some(SessionMetadata {
-            session_id: session_id.clone(),
-            principal: principal.clone(),
-            container: container.clone(),
-            login: login.clone(),
-            command: command.clone(),
-        }),
-    };
-    // Audit before the action: the session row and its start event are
-    // committed (one transaction) before the helper exists. The recording
-    // file is created meanwhile (independent I/O).
-    let recording_path_text = recording_path.display().to_string();
-    let started_event = AuditEvent::SessionStarted {
-        container: container.clone(),
-        login: login.clone(),
-        command: command.clone(),
-        pty: pty.is_some(),
-    };
-    let new_session = NewSession {
-        id: &session_id,
+    // Audit before the action: the recording, the session row and its
+    // start event exist before the helper does.
+    let start = RecordStart {
         principal: &principal,
         email: None,
+        client_addr: "local",
         container: &container,
         login: &login,
         command: command.as_deref(),
-        client_addr: Some("local"),
-        recording_path: &recording_path_text,
+        pty: pty.as_ref(),
+        term_in_header: false,
+        grant_id: None,
+        record_input: false,
+        index: false,
     };
-    let (recorder, recorded) = tokio::join!(
-        Recorder::create(
-            &recording_path,
-            &header,
-            false,
-            config.recording.flush_interval,
-        ),
-        audit.record_session_start(&subject, &started_event, &new_session)
-    );
-    recorded?;
-    let recorder = match recorder {
-        Ok(r) => r,
+    let mut record = SessionRecord::open(&audit, &store, &config, &start).await?;
+    let helper = match helper.await.context("helper copy task")? {
+        Ok(h) => h,
         Err(e) => {
-            // The session row exists: close it as failed, with its reason.
-            audit
-                .record_session_end(
-                    &subject,
-                    &AuditEvent::SessionFailed {
-                        container: container.clone(),
-                        reason: e.to_string(),
-                    },
-                    &session_id,
-                    &SessionEnd {
-                        status: "failed",
-                        exit_status: None,
-                        exit_signal: None,
-                        recording_bytes: 0,
-                        recording_sha256: "",
-                    },
-                )
-                .await?;
-            bail!("cannot create the recording: {e}");
+            record.fail(e.to_string()).await;
+            bail!("{}", e.user_message());
         }
     };
-
-    let helper = helper.await.context("helper copy task")??;
     let request = AttachRequest {
         container: container.clone(),
         login,
@@ -192,65 +133,25 @@ pub(crate) async fn attach(
     let (watch, attached, io) = match started {
         Ok(s) => s,
         Err(e) => {
-            let digest = recorder.finish().await.ok();
-            audit
-                .record_session_end(
-                    &subject,
-                    &AuditEvent::SessionFailed {
-                        container: container.clone(),
-                        reason: e.to_string(),
-                    },
-                    &session_id,
-                    &SessionEnd {
-                        status: "failed",
-                        exit_status: None,
-                        exit_signal: None,
-                        recording_bytes: digest.as_ref().map(|d| d.bytes as i64).unwrap_or(0),
-                        recording_sha256: digest.as_ref().map(|d| d.sha256.as_str()).unwrap_or(""),
-                    },
-                )
-                .await?;
+            record.fail(e.to_string()).await;
             bail!("{}", e.user_message());
         }
     };
 
-    let (exit, recorder, stopped) = run_io(attached, io, recorder, &watch).await?;
+    let (exit, stopped) = run_io(attached, io, &mut record, &watch).await?;
     if stopped {
         eprintln!("\r\nportcullis: session ended: the container {container} stopped.\r");
-        audit
-            .record(
-                &subject,
-                &AuditEvent::ContainerStopped {
-                    container: container.clone(),
-                },
-            )
+        record
+            .audit(AuditEvent::ContainerStopped {
+                container: container.clone(),
+            })
             .await?;
     }
-    let digest = recorder.finish().await?;
-    let (exit_status, exit_signal, code) = match exit {
-        ExitStatus::Code(c) => (Some(i64::from(c)), None, c),
-        ExitStatus::Signal { signal, .. } => (None, Some(format!("SIG{signal}")), 128 + signal),
+    let code = match exit {
+        ExitStatus::Code(c) => c,
+        ExitStatus::Signal { signal, .. } => 128 + signal,
     };
-    audit
-        .record_session_end(
-            &subject,
-            &AuditEvent::SessionEnded {
-                exit_status,
-                exit_signal: exit_signal.clone(),
-                recording_bytes: digest.bytes as i64,
-                recording_sha256: digest.sha256.clone(),
-                output_bytes: Some(digest.output_bytes),
-            },
-            &session_id,
-            &SessionEnd {
-                status: "ended",
-                exit_status,
-                exit_signal: exit_signal.as_deref(),
-                recording_bytes: digest.bytes as i64,
-                recording_sha256: &digest.sha256,
-            },
-        )
-        .await?;
+    record.close(Some(exit)).await;
     // No `store.close()`: every write above is committed (SQLite WAL), and
     // closing the last connection would checkpoint the WAL into the
     // database file and delete it (two fsyncs now, and a fresh WAL with
@@ -266,13 +167,13 @@ pub(crate) async fn attach(
 }
 
 /// Copies the terminal or pipes to and from the session until it exits;
-/// returns its status, the recorder and whether the container stopped.
+/// returns its status and whether the container stopped.
 async fn run_io(
     mut attached: Attached,
     io: SessionIo,
-    mut recorder: Recorder,
+    recorder: &mut SessionRecord,
     init: &InitWatch,
-) -> anyhow::Result<(ExitStatus, Recorder, bool)> {
+) -> anyhow::Result<(ExitStatus, bool)> {
     let mut stdout = tokio::io::stdout();
     let mut stderr_out = tokio::io::stderr();
     let mut buf = vec![0u8; CHUNK_BYTES];
@@ -300,7 +201,7 @@ async fn run_io(
         tokio::select! {
             n = read_opt(&mut out, &mut buf) => match n {
                 Some(n) => {
-                    recorder.output(&buf[..n]).await?;
+                    recorder.output(&buf[..n]).await.map_err(|_| anyhow::anyhow!("the session recording failed"))?;
                     stdout.write_all(&buf[..n]).await?;
                     stdout.flush().await?;
                 }
@@ -308,7 +209,7 @@ async fn run_io(
             },
             n = read_opt(&mut err, &mut err_buf) => match n {
                 Some(n) => {
-                    recorder.output(&err_buf[..n]).await?;
+                    recorder.output(&err_buf[..n]).await.map_err(|_| anyhow::anyhow!("the session recording failed"))?;
                     stderr_out.write_all(&err_buf[..n]).await?;
                 }
                 None => err = None,
@@ -317,7 +218,7 @@ async fn run_io(
             _ = winch.recv() => {
                 if let Some((c, r)) = attach::terminal_size(std::io::stdin().as_fd()) {
                     let _ = attached.resize(c, r);
-                    recorder.resize(u32::from(c), u32::from(r)).await?;
+                    recorder.resize(u32::from(c), u32::from(r)).await.map_err(|_| anyhow::anyhow!("the session recording failed"))?;
                 }
             }
             _ = init.exited(), if !stopped => stopped = true,
@@ -330,7 +231,7 @@ async fn run_io(
             .await
             .is_ok();
     }
-    Ok((exit, recorder, stopped))
+    Ok((exit, stopped))
 }
 
 type Reader = Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>;

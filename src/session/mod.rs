@@ -4,6 +4,8 @@
 //! - [`caller`]: who asks and where to ([`Caller`], [`Destination`]);
 //! - [`access`]: target → container → audited decision → pinned init;
 //! - [`refusal`]: the one [`Refusal`] every front end shows;
+//! - [`record`]: row, audit events and recording, each end one transaction;
+//! - [`signal`]: the one table of signal names;
 //! - [`live`]: the sessions this gateway serves now, and ending them;
 //! - [`end`]: why a session ends ([`EndReason`]).
 
@@ -11,7 +13,9 @@ pub mod access;
 pub mod caller;
 pub mod end;
 pub mod live;
+pub mod record;
 pub mod refusal;
+pub mod signal;
 pub mod target;
 
 pub use access::{Access, Ask};

@@ -124,7 +124,7 @@ pub async fn run(start: ForwardStart) {
     };
     let destination_text = addr.to_string();
     let command = format!("direct-tcpip {destination_text}");
-    let Ok((forward_id, recorder)) =
+    let Ok(record) =
         super::transfer::open_record(&gateway, &who, &container.name, &target.login, &command)
             .await
     else {
@@ -137,13 +137,10 @@ pub async fn run(start: ForwardStart) {
         port: i64::from(addr.port()),
         originator: truncate(&originator, 128),
     };
-    if who
-        .audit(&gateway, Some(&forward_id), opened)
-        .await
-        .is_err()
-    {
+    let forward_id = record.id().to_string();
+    if record.audit(opened).await.is_err() {
         reply.reject(reject).await;
-        super::transfer::close_record(&gateway, &who, &forward_id, recorder, None).await;
+        record.close(None).await;
         return;
     }
     let closed = |to: u64, from: u64, ms: u128, error: Option<String>| AuditEvent::ForwardClosed {
@@ -157,15 +154,9 @@ pub async fn run(start: ForwardStart) {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(error = ?e, %addr, "forward: connect inside the container failed");
-            let _ = who
-                .audit(
-                    &gateway,
-                    Some(&forward_id),
-                    closed(0, 0, 0, Some(e.user_message())),
-                )
-                .await;
+            let _ = record.audit(closed(0, 0, 0, Some(e.user_message()))).await;
             reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
-            super::transfer::close_record(&gateway, &who, &forward_id, recorder, None).await;
+            record.close(None).await;
             return;
         }
     };
@@ -177,7 +168,7 @@ pub async fn run(start: ForwardStart) {
         container: container.name.clone(),
         login: target.login.clone(),
         client_addr: who.client_addr.clone(),
-        key_fingerprint: None,
+        key_fingerprint: who.key_fingerprint.clone(),
     });
     let started = Instant::now();
     // Bytes are counted as they are written on each side, so a forward
@@ -198,21 +189,10 @@ pub async fn run(start: ForwardStart) {
     drop(kill);
     drop(chan);
     drop(tcp);
-    let _ = who
-        .audit(
-            &gateway,
-            Some(&forward_id),
-            closed(to, from, started.elapsed().as_millis(), error),
-        )
+    let _ = record
+        .audit(closed(to, from, started.elapsed().as_millis(), error))
         .await;
-    super::transfer::close_record(
-        &gateway,
-        &who,
-        &forward_id,
-        recorder,
-        Some(crate::attach::ExitStatus::Code(0)),
-    )
-    .await;
+    record.close(Some(crate::attach::ExitStatus::Code(0))).await;
     drop(permit);
 }
 

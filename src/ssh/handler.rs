@@ -524,23 +524,15 @@ fn clamp_dim(value: u32, default: u16) -> u16 {
     }
 }
 
-/// RFC 4254 §6.9 signal names to numbers.
+/// The number of a signal a client asked for (RFC 4254 §6.9), from the
+/// one table ([`crate::session::signal`]).
 fn signal_number(signal: &Sig) -> Option<i32> {
-    Some(match signal {
-        Sig::ABRT => libc::SIGABRT,
-        Sig::ALRM => libc::SIGALRM,
-        Sig::FPE => libc::SIGFPE,
-        Sig::HUP => libc::SIGHUP,
-        Sig::ILL => libc::SIGILL,
-        Sig::INT => libc::SIGINT,
-        Sig::KILL => libc::SIGKILL,
-        Sig::PIPE => libc::SIGPIPE,
-        Sig::QUIT => libc::SIGQUIT,
-        Sig::SEGV => libc::SIGSEGV,
-        Sig::TERM => libc::SIGTERM,
-        Sig::USR1 => libc::SIGUSR1,
-        _ => return None,
-    })
+    let name = match signal {
+        Sig::Custom(name) => name.clone(),
+        // The variants are the RFC's names.
+        other => format!("{other:?}"),
+    };
+    crate::session::signal::number(&name)
 }
 
 #[cfg(test)]

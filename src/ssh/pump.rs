@@ -10,11 +10,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::Gateway;
-use super::session::{ChannelInput, SessionAudit};
+use super::session::ChannelInput;
 use crate::attach::{Attached, ExitStatus, InitWatch, SessionIo};
 use crate::audit::AuditEvent;
-use crate::config::RecordingFailure;
-use crate::recording::{Digest256, Recorder, RecordingError};
+use crate::session::record::SessionRecord;
 
 /// Bytes read from the process's pipes per chunk.
 const CHUNK_BYTES: usize = 32 * 1024;
@@ -39,8 +38,6 @@ type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 pub(super) struct Outcome {
     /// The process's exit, `None` when it could not be learnt.
     pub exit: Option<ExitStatus>,
-    /// The finished recording's size and digest.
-    pub digest: Option<Digest256>,
     /// True when the container's init exited during the session.
     pub container_stopped: bool,
 }
@@ -57,8 +54,6 @@ pub(super) struct Ends<'a> {
     pub container: &'a str,
     /// Resolves when the container's init exits.
     pub init: &'a InitWatch,
-    /// Audit events of this session.
-    pub audit: &'a SessionAudit,
     /// Receives a reason when an admin ends the session.
     pub kill: crate::session::Ending<'a>,
 }
@@ -77,7 +72,7 @@ pub(super) async fn pump(
     ends: Ends<'_>,
     mut attached: Attached,
     io: SessionIo,
-    recorder: Recorder,
+    recorder: &mut SessionRecord,
     input: mpsc::Receiver<ChannelInput>,
 ) -> Outcome {
     let (record_tx, mut record_input) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -86,20 +81,12 @@ pub(super) async fn pump(
         channel,
         container,
         init,
-        audit,
         mut kill,
     } = ends;
     // Input goes to the recorder only when it records input: no copy of
     // every keystroke (or upload) otherwise.
     let mut recording_input = recorder.records_input();
     let record_tx = recording_input.then_some(record_tx);
-    let mut recorder = Recording {
-        path: recorder.path().to_path_buf(),
-        recorder: Some(recorder),
-        on_failure: gateway.config.recording.on_failure,
-        audit,
-        output_bytes: 0,
-    };
     let (stdout, stderr, stdin): (Reader, Option<Reader>, Writer) = match io {
         SessionIo::Pty(master) => {
             let (r, w) = tokio::io::split(master);
@@ -248,8 +235,8 @@ pub(super) async fn pump(
             let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
         }
         if exit.is_none() {
-            let _ = audit
-                .record(AuditEvent::SessionTerminated {
+            let _ = recorder
+                .audit(AuditEvent::SessionTerminated {
                     reason: reason.clone(),
                 })
                 .await;
@@ -283,10 +270,8 @@ pub(super) async fn pump(
     }
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
-    let digest = recorder.finish().await;
     Outcome {
         exit,
-        digest,
         container_stopped,
     }
 }
@@ -296,85 +281,6 @@ const DISCONNECTED: &str = "disconnected";
 
 /// `ended_by` when the recording failed under `on_failure = "terminate"`.
 const RECORDING_FAILED: &str = "the session recording failed";
-
-/// The recorder with the `recording.on_failure` policy: after a failure it
-/// either ends the session (`Err`) or goes on unrecorded; both are audited.
-struct Recording<'a> {
-    recorder: Option<Recorder>,
-    path: std::path::PathBuf,
-    on_failure: RecordingFailure,
-    audit: &'a SessionAudit,
-    /// Output bytes of the session (stdout and stderr), recorded or not.
-    output_bytes: u64,
-}
-
-impl Recording<'_> {
-    async fn output(&mut self, bytes: &[u8]) -> Result<(), ()> {
-        self.output_bytes += bytes.len() as u64;
-        let Some(r) = self.recorder.as_mut() else {
-            return Ok(());
-        };
-        let result = r.output(bytes).await;
-        self.check(result).await
-    }
-
-    async fn input(&mut self, bytes: &[u8]) -> Result<(), ()> {
-        let Some(r) = self.recorder.as_mut() else {
-            return Ok(());
-        };
-        let result = r.input(bytes).await;
-        self.check(result).await
-    }
-
-    async fn resize(&mut self, cols: u32, rows: u32) -> Result<(), ()> {
-        let Some(r) = self.recorder.as_mut() else {
-            return Ok(());
-        };
-        let result = r.resize(cols, rows).await;
-        self.check(result).await
-    }
-
-    async fn check(&mut self, result: Result<(), RecordingError>) -> Result<(), ()> {
-        let Err(e) = result else {
-            return Ok(());
-        };
-        self.recorder = None;
-        let action = match self.on_failure {
-            RecordingFailure::Terminate => "terminate",
-            RecordingFailure::Continue => "continue",
-        };
-        tracing::error!(error = %e, action, "recording failed");
-        let audited = self
-            .audit
-            .record(AuditEvent::RecordingFailed {
-                reason: e.to_string(),
-                action: action.to_string(),
-            })
-            .await;
-        match (self.on_failure, audited) {
-            (RecordingFailure::Continue, Ok(_)) => Ok(()),
-            _ => Err(()),
-        }
-    }
-
-    /// Finishes the recording; after a failure, digests what reached the
-    /// file so the session row matches it. The output count is the
-    /// session's either way.
-    async fn finish(self) -> Option<Digest256> {
-        let output_bytes = self.output_bytes;
-        let digest = match self.recorder {
-            Some(r) => match r.finish().await {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot finish the recording");
-                    crate::recording::digest_file(&self.path).ok()
-                }
-            },
-            None => crate::recording::digest_file(&self.path).ok(),
-        };
-        digest.map(|d| Digest256 { output_bytes, ..d })
-    }
-}
 
 async fn read_some(reader: &mut Option<Reader>, buf: &mut [u8]) -> Option<usize> {
     match reader {
@@ -436,40 +342,8 @@ async fn feed_stdin(
     let _ = control.send(Control::Closed);
 }
 
-pub(super) fn signal_name(signal: i32) -> String {
-    match signal {
-        libc::SIGHUP => "HUP",
-        libc::SIGINT => "INT",
-        libc::SIGQUIT => "QUIT",
-        libc::SIGILL => "ILL",
-        libc::SIGABRT => "ABRT",
-        libc::SIGFPE => "FPE",
-        libc::SIGKILL => "KILL",
-        libc::SIGSEGV => "SEGV",
-        libc::SIGPIPE => "PIPE",
-        libc::SIGALRM => "ALRM",
-        libc::SIGTERM => "TERM",
-        libc::SIGUSR1 => "USR1",
-        _ => return format!("SIG{signal}"),
-    }
-    .to_string()
-}
-
+/// `signal` as russh sends it: the RFC 4254 name is all that goes on the
+/// wire, so a custom signal of the name is the same message.
 fn russh_signal(signal: i32) -> russh::Sig {
-    use russh::Sig;
-    match signal {
-        libc::SIGABRT => Sig::ABRT,
-        libc::SIGALRM => Sig::ALRM,
-        libc::SIGFPE => Sig::FPE,
-        libc::SIGHUP => Sig::HUP,
-        libc::SIGILL => Sig::ILL,
-        libc::SIGINT => Sig::INT,
-        libc::SIGKILL => Sig::KILL,
-        libc::SIGPIPE => Sig::PIPE,
-        libc::SIGQUIT => Sig::QUIT,
-        libc::SIGSEGV => Sig::SEGV,
-        libc::SIGTERM => Sig::TERM,
-        libc::SIGUSR1 => Sig::USR1,
-        other => Sig::Custom(format!("SIG{other}")),
-    }
+    russh::Sig::Custom(crate::session::signal::name(signal))
 }

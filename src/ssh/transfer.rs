@@ -27,12 +27,11 @@ use crate::attach::{self, AttachRequest, ExitStatus, SessionIo};
 use crate::audit::{AuditEvent, truncate};
 use crate::config::SftpServer;
 use crate::policy::{Action, ContextValue};
-use crate::recording::{Header, Recorder, SessionMetadata};
 use crate::scp::{ScpCommand, ScpCommandError};
 use crate::session::access::{Access, Ask, authorize, decide};
+use crate::session::record::{RecordError, RecordStart, SessionRecord};
 use crate::session::{Caller, Refusal};
 use crate::sftp::{MAX_RECORD_BYTES, TransferRecord};
-use crate::store::{NewSession, SessionEnd};
 
 /// What a transfer session serves.
 #[derive(Debug, Clone)]
@@ -185,9 +184,8 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
         init,
         ..
     } = authorized;
-    let (session_id, recorder) =
-        open_record(&gateway, &who, &container.name, &target.login, &command).await?;
-    let sid = Some(session_id.as_str());
+    let record = open_record(&gateway, &who, &container.name, &target.login, &command).await?;
+    let session_id = record.id().to_string();
 
     let request = AttachRequest {
         container: container.name.clone(),
@@ -214,16 +212,7 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
     let (mut attached, io) = match spawned {
         Ok(pair) => pair,
         Err(e) => {
-            close_record(&gateway, &who, &session_id, recorder, None).await;
-            who.audit(
-                &gateway,
-                sid,
-                AuditEvent::SessionFailed {
-                    container: container.name.clone(),
-                    reason: e.to_string(),
-                },
-            )
-            .await?;
+            record.fail(e.to_string()).await;
             let hint = match (&serve, &e) {
                 (Serve::Container { .. }, attach::AttachError::ProgramNotFound { .. }) => {
                     " The gateway is set to use the container's own sftp-server \
@@ -362,14 +351,10 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
     }
     feed.abort();
     if let Some(reason) = &ended_by {
-        let _ = who
-            .audit(
-                &gateway,
-                sid,
-                AuditEvent::SessionTerminated {
-                    reason: reason.clone(),
-                },
-            )
+        let _ = record
+            .audit(AuditEvent::SessionTerminated {
+                reason: reason.clone(),
+            })
             .await;
     }
     let exit = match ended_by {
@@ -387,18 +372,14 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
     }
     drop(kill);
     if let Serve::Container { path, .. } = &serve {
-        let _ = who
-            .audit(
-                &gateway,
-                sid,
-                AuditEvent::SftpStreamEnded {
-                    server: path.clone(),
-                    bytes_from_client: i64::try_from(from_client.load(Ordering::Relaxed))
-                        .unwrap_or(i64::MAX),
-                    bytes_to_client: i64::try_from(to_client).unwrap_or(i64::MAX),
-                    duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-                },
-            )
+        let _ = record
+            .audit(AuditEvent::SftpStreamEnded {
+                server: path.clone(),
+                bytes_from_client: i64::try_from(from_client.load(Ordering::Relaxed))
+                    .unwrap_or(i64::MAX),
+                bytes_to_client: i64::try_from(to_client).unwrap_or(i64::MAX),
+                duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            })
             .await;
     }
     if let Some(ExitStatus::Code(c)) = exit {
@@ -407,131 +388,40 @@ async fn run_transfer(start: TransferStart) -> Result<(), Refusal> {
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
 
-    close_record(&gateway, &who, &session_id, recorder, exit).await;
-    tracing::info!(%session_id, ?exit, "transfer session ended");
+    record.close(exit).await;
     Ok(())
 }
 
-/// Opens the session row (and its header-only recording, so `sessions
-/// replay`/`verify` work alike for every session) of a channel that is not
-/// a terminal, and audits `SessionStarted`. Returns the session id.
+/// Opens the record of a channel that is not a terminal: its row, a
+/// header-only recording (so `sessions replay`/`verify` work alike for
+/// every session) and its `SessionStarted` event.
 pub(super) async fn open_record(
     gateway: &Gateway,
     who: &Caller,
     container: &str,
     login: &str,
     command: &str,
-) -> Result<(String, Recorder), Refusal> {
-    let session_id = uuid::Uuid::new_v4().to_string();
-    let recording_path = gateway
-        .config
-        .recordings_dir()
-        .join(format!("{session_id}.cast"));
-    let header = Header {
-        version: 2,
-        width: 80,
-        height: 24,
-        timestamp: Some(crate::store::now_ms() / 1000),
-        command: Some(command.into()),
-        title: Some(format!("{login}@{container}")),
-        env: None,
-        portcullis: Some(SessionMetadata {
-            session_id: session_id.clone(),
-            principal: who.principal.subject.clone(),
-            container: container.into(),
-            login: login.into(),
-            command: Some(command.into()),
-        }),
+) -> Result<SessionRecord, Refusal> {
+    let start = RecordStart {
+        principal: &who.principal.subject,
+        email: who.principal.email.as_deref(),
+        client_addr: &who.client_addr,
+        container,
+        login,
+        command: Some(command),
+        pty: None,
+        term_in_header: false,
+        grant_id: None,
+        record_input: false,
+        index: false,
     };
-    let unavailable = |e: &dyn std::fmt::Display| {
-        tracing::error!(error = %e, "session record unavailable; refusing");
-        Refusal::recording_unavailable()
-    };
-    let recorder = Recorder::create(
-        &recording_path,
-        &header,
-        false,
-        gateway.config.recording.flush_interval,
-    )
-    .await
-    .map_err(|e| unavailable(&e))?;
-    let recording_text = recording_path.display().to_string();
-    gateway
-        .store
-        .insert_session(&NewSession {
-            id: &session_id,
-            principal: &who.principal.subject,
-            email: who.principal.email.as_deref(),
-            container,
-            login,
-            command: Some(command),
-            client_addr: Some(&who.client_addr),
-            recording_path: &recording_text,
+    SessionRecord::open(&gateway.audit, &gateway.store, &gateway.config, &start)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "session record unavailable; refusing");
+            match e {
+                RecordError::Recording(_) => Refusal::recording_unavailable(),
+                RecordError::Store(_) => Refusal::audit_unavailable(),
+            }
         })
-        .await
-        .map_err(|e| unavailable(&e))?;
-    who.audit(
-        gateway,
-        Some(&session_id),
-        AuditEvent::SessionStarted {
-            container: container.into(),
-            login: login.into(),
-            command: Some(command.into()),
-            pty: false,
-        },
-    )
-    .await?;
-    Ok((session_id, recorder))
-}
-
-/// Finishes the recording, audits `SessionEnded` and closes the row
-/// (`failed` when `exit` is `None`).
-pub(super) async fn close_record(
-    gateway: &Gateway,
-    who: &Caller,
-    session_id: &str,
-    recorder: Recorder,
-    exit: Option<ExitStatus>,
-) {
-    let digest = recorder.finish().await.ok();
-    let (bytes, sha256) = match &digest {
-        Some(d) => (d.bytes as i64, d.sha256.clone()),
-        None => (0, String::new()),
-    };
-    let (status, exit_status, exit_signal) = match exit {
-        Some(ExitStatus::Code(c)) => ("ended", Some(i64::from(c)), None),
-        Some(ExitStatus::Signal { signal, .. }) => {
-            ("ended", None, Some(super::pump::signal_name(signal)))
-        }
-        None => ("failed", None, None),
-    };
-    let _ = who
-        .audit(
-            gateway,
-            Some(session_id),
-            AuditEvent::SessionEnded {
-                exit_status,
-                exit_signal: exit_signal.clone(),
-                recording_bytes: bytes,
-                recording_sha256: sha256.clone(),
-                output_bytes: digest.as_ref().map(|d| d.output_bytes),
-            },
-        )
-        .await;
-    if let Err(e) = gateway
-        .store
-        .end_session(
-            session_id,
-            &SessionEnd {
-                status,
-                exit_status,
-                exit_signal: exit_signal.as_deref(),
-                recording_bytes: bytes,
-                recording_sha256: &sha256,
-            },
-        )
-        .await
-    {
-        tracing::error!(error = %e, "cannot close the session row");
-    }
 }

@@ -123,6 +123,8 @@ pub struct NewSession<'a> {
     pub client_addr: Option<&'a str>,
     /// Recording path.
     pub recording_path: &'a str,
+    /// The grant the session depends on, when it does (issue 7).
+    pub grant_id: Option<&'a str>,
 }
 
 /// How a session ended.
@@ -283,8 +285,8 @@ impl Store {
     ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
         sqlx::query(
             "INSERT INTO sessions (id, principal, email, container, login, command, client_addr, \
-             started_at, status, recording_path, gateway) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10)",
+             started_at, status, recording_path, gateway, grant_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11)",
         )
         .bind(s.id)
         .bind(s.principal)
@@ -296,6 +298,7 @@ impl Store {
         .bind(now_ms())
         .bind(s.recording_path)
         .bind(self.gateway_id.clone())
+        .bind(s.grant_id)
     }
 
     /// Closes a session row: end time now, status, exit and recording digest.
@@ -431,6 +434,7 @@ pub(crate) mod tests {
                 command: Some("true"),
                 client_addr: Some("127.0.0.1:5555"),
                 recording_path: "/x/s1.cast",
+                grant_id: None,
             })
             .await
             .unwrap();
@@ -478,6 +482,7 @@ pub(crate) mod tests {
                 command: None,
                 client_addr: None,
                 recording_path: "r",
+                grant_id: None,
             })
             .await
             .unwrap();
