@@ -306,7 +306,11 @@ async fn interrupt_leftover_sessions(store: &Store, audit: &AuditLog) -> Result<
 /// reached their expiry (both checked every [`BACKGROUND_TICK`]). Returns
 /// the signer for the final signature.
 async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSigner {
-    let mut sign = tokio::time::interval(gateway.config.audit.sign_interval);
+    // The head was signed at start ([`App::build_with`]): the next one is
+    // due an interval later (not at once, when another gateway sharing the
+    // database may already have appended to the chain).
+    let every = gateway.config.audit.sign_interval;
+    let mut sign = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut kills = tokio::time::interval(BACKGROUND_TICK);
     let mut expiries = tokio::time::interval(BACKGROUND_TICK);
     loop {

@@ -28,6 +28,7 @@ pub mod app;
 pub mod attach;
 pub mod audit;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod grants;

@@ -13,7 +13,7 @@ use super::target::Target;
 use crate::attach::PinnedInit;
 use crate::audit::{AuditEvent, truncate};
 use crate::gateway::Gateway;
-use crate::inventory::{Container, ContainerState};
+use crate::inventory::{Container, ContainerState, Inventory, InventoryError};
 use crate::policy::{AccessRequest, Action, ContextValue, GrantContext};
 use crate::store::AccessRequestRecord;
 
@@ -158,6 +158,48 @@ pub async fn authorize(gw: &Gateway, caller: &Caller, ask: &Ask<'_>) -> Result<A
         init,
         grant: if depends_on_grant { grant } else { None },
     })
+}
+
+/// Why [`locate`] found nothing to enter.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    /// The inventory does not know the container (or cannot answer).
+    #[error(transparent)]
+    NotFound(#[from] InventoryError),
+    /// It is not running.
+    #[error("the container {container} is {state} (not running)")]
+    NotRunning {
+        /// The container.
+        container: String,
+        /// Its state, lower case.
+        state: String,
+    },
+    /// Its init could not be pinned.
+    #[error("{}: {}", .0.user_message(), .0)]
+    Pin(#[from] crate::attach::AttachError),
+}
+
+/// Finds running `container` and pins its init, without a decision: for
+/// `portcullis attach`, whose caller (host root) is past every policy.
+///
+/// # Errors
+/// [`LocateError`].
+pub async fn locate(
+    inventory: &Inventory,
+    container: &str,
+) -> Result<(Container, PinnedInit), LocateError> {
+    let found = inventory.find(container).await?;
+    let init_pid = match found.state {
+        ContainerState::Running { init_pid } => init_pid,
+        ContainerState::NotRunning(ref s) => {
+            return Err(LocateError::NotRunning {
+                container: container.to_string(),
+                state: s.to_lowercase(),
+            });
+        }
+    };
+    let init = PinnedInit::pin(init_pid, &found.cgroup, None)?;
+    Ok((found, init))
 }
 
 /// Asks the policy whether `caller` may do `ask` as `target.login` on

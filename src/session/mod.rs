@@ -12,11 +12,16 @@
 pub mod access;
 pub mod caller;
 pub mod end;
+pub mod forward;
+pub mod io;
 pub mod live;
+mod pump;
 pub mod record;
 pub mod refusal;
+pub mod shell;
 pub mod signal;
 pub mod target;
+pub mod transfer;
 
 pub use access::{Access, Ask};
 pub use caller::{Caller, Destination};

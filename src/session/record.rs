@@ -74,6 +74,31 @@ pub struct RecordStart<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordingStopped;
 
+/// Appends audit events about one session; for tasks that run beside
+/// the session (the transfer server's reports).
+#[derive(Clone)]
+pub struct SessionAuditor {
+    audit: AuditLog,
+    id: String,
+    principal: String,
+    client_addr: String,
+}
+
+impl SessionAuditor {
+    /// Appends `event` about the session.
+    ///
+    /// # Errors
+    /// [`StoreError`]: the action it records must not go ahead.
+    pub async fn record(&self, event: AuditEvent) -> Result<i64, StoreError> {
+        let subject = AuditSubject {
+            session_id: Some(&self.id),
+            principal: Some(&self.principal),
+            client_addr: Some(&self.client_addr),
+        };
+        self.audit.record(&subject, &event).await
+    }
+}
+
 /// The open record of a running session.
 pub struct SessionRecord {
     id: String,
@@ -183,6 +208,16 @@ impl SessionRecord {
     /// The recording's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A handle that audits events of this session from another task.
+    pub fn auditor(&self) -> SessionAuditor {
+        SessionAuditor {
+            audit: self.audit.clone(),
+            id: self.id.clone(),
+            principal: self.principal.clone(),
+            client_addr: self.client_addr.clone(),
+        }
     }
 
     fn subject(&self) -> AuditSubject<'_> {

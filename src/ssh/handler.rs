@@ -1,7 +1,8 @@
 //! The russh handler of one connection: authentication and channel
-//! requests. It stays thin: a shell or exec request starts a
-//! [`super::session`] task, and later channel events (data, EOF, window
-//! changes, signals) are forwarded to that task.
+//! requests. It stays thin: a shell, exec, subsystem or forward starts a
+//! task of [`crate::session`] (or a broker command), and later channel
+//! events (data, EOF, close, window changes, signals) go to that task's
+//! input queue ([`crate::session::io`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,19 +10,29 @@ use std::sync::Arc;
 
 use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, Pty, Sig};
-use tokio::sync::mpsc;
-
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use super::auth::AuthState;
-use super::forward::ForwardStart;
-use super::session::{ChannelInput, SessionKind, SessionStart};
-use super::transfer::{TransferKind, TransferStart};
+use super::channel::{RefusalStyle, SshOutput};
 use crate::attach::PtyRequest;
 use crate::audit::{AuditEvent, truncate};
+use crate::session::forward::{ForwardRefused, ForwardRequest};
+use crate::session::io::{Input, InputReceiver, InputSender, input_queue};
+use crate::session::shell::ShellRequest;
+use crate::session::transfer::TransferKind;
 use crate::session::{Caller, Destination};
+
+/// Bytes of client input a channel may hold before its session takes
+/// them: the SSH window the gateway grants (russh's default, 2 MiB).
+const INPUT_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Shell or command.
+enum SessionKind {
+    Shell,
+    Exec(String),
+}
 
 /// Longest accepted exec command, in bytes.
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -35,7 +46,10 @@ fn env_allowed(name: &str) -> bool {
 struct ChannelState {
     pty: Option<PtyRequest>,
     env: Vec<(String, String)>,
-    input: Option<mpsc::Sender<ChannelInput>>,
+    /// The running task's input, once one started.
+    input: Option<InputSender>,
+    /// A forwarded connection (`direct-tcpip`), not a session channel.
+    forward: bool,
 }
 
 /// One connection's state.
@@ -64,12 +78,20 @@ impl ConnectionHandler {
         }
     }
 
-    async fn forward(&mut self, channel: ChannelId, input: ChannelInput) {
-        let Some(tx) = self.channels.get(&channel).and_then(|c| c.input.clone()) else {
-            return;
-        };
-        // A gone session task means the session is ending; nothing to do.
-        let _ = tx.send(input).await;
+    /// Hands `input` to the channel's task; a gone task means the
+    /// session is ending and there is nothing to do.
+    async fn forward(&mut self, channel: ChannelId, input: Input) {
+        if let Some(tx) = self.channels.get(&channel).and_then(|c| c.input.as_ref()) {
+            let _ = tx.send(input).await;
+        }
+    }
+
+    /// A new input queue for `channel`'s task.
+    fn queue(&mut self, channel: ChannelId) -> Option<InputReceiver> {
+        let state = self.channels.get_mut(&channel)?;
+        let (tx, rx) = input_queue(INPUT_LIMIT, None);
+        state.input = Some(tx);
+        Some(rx)
     }
 
     /// Who asks, once authenticated.
@@ -109,30 +131,31 @@ impl ConnectionHandler {
         kind: TransferKind,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let Some(who) = self.caller() else {
+        let Some(caller) = self.caller() else {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        let Some(state) = self.channels.get_mut(&channel) else {
-            session.channel_failure(channel)?;
-            return Ok(());
-        };
-        if state.input.is_some() || state.pty.is_some() {
-            session.channel_failure(channel)?;
-            return Ok(());
+        match self.channels.get(&channel) {
+            Some(state) if state.input.is_none() && state.pty.is_none() => {}
+            _ => {
+                session.channel_failure(channel)?;
+                return Ok(());
+            }
         }
-        let (tx, rx) = mpsc::channel(64);
-        state.input = Some(tx);
-        session.channel_success(channel)?;
-        let start = TransferStart {
-            gateway: self.gateway.clone(),
-            who,
-            handle: session.handle(),
-            channel,
-            input: rx,
-            kind,
+        let Some(input) = self.queue(channel) else {
+            session.channel_failure(channel)?;
+            return Ok(());
         };
-        self.gateway.tasks.spawn(super::transfer::run(start));
+        session.channel_success(channel)?;
+        let style = match kind {
+            TransferKind::Scp { .. } => RefusalStyle::Rcp,
+            TransferKind::Sftp => RefusalStyle::Stderr,
+        };
+        let output = SshOutput::new(session.handle(), channel, style);
+        let gateway = self.gateway.clone();
+        self.gateway.tasks.spawn(crate::session::transfer::run(
+            gateway, caller, kind, input, output,
+        ));
         Ok(())
     }
 
@@ -146,7 +169,7 @@ impl ConnectionHandler {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        let Some(state) = self.channels.get_mut(&channel) else {
+        let Some(state) = self.channels.get(&channel) else {
             session.channel_failure(channel)?;
             return Ok(());
         };
@@ -155,39 +178,42 @@ impl ConnectionHandler {
             session.channel_failure(channel)?;
             return Ok(());
         }
-        let (tx, rx) = mpsc::channel(64);
-        state.input = Some(tx);
+        let (pty, env) = (state.pty.clone(), state.env.clone());
+        let Some(input) = self.queue(channel) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
         session.channel_success(channel)?;
+        let command = match kind {
+            SessionKind::Exec(c) => Some(c),
+            SessionKind::Shell => None,
+        };
         if caller.destination == Destination::Broker {
             // The reserved name reaches the broker's own commands (issue 7).
-            let start = super::broker::BrokerStart {
-                gateway: self.gateway.clone(),
-                handle: session.handle(),
-                channel,
-                principal: caller.principal,
-                client_addr: caller.client_addr,
-                command: match kind {
-                    SessionKind::Exec(c) => Some(c),
-                    SessionKind::Shell => None,
-                },
-                pty: state.pty.is_some(),
-            };
-            drop(rx);
-            self.gateway.tasks.spawn(super::broker::run(start));
+            drop(input);
+            let output = SshOutput::new(session.handle(), channel, RefusalStyle::Stderr);
+            let gateway = self.gateway.clone();
+            self.gateway.tasks.spawn(super::command::run(
+                gateway,
+                caller,
+                command,
+                pty.is_some(),
+                output,
+            ));
             return Ok(());
         }
-        let start = SessionStart {
-            gateway: self.gateway.clone(),
-            handle: session.handle(),
-            channel,
-            caller,
-            kind,
-            pty: state.pty.clone(),
-            env: state.env.clone(),
-            input: rx,
-        };
-        self.gateway.tasks.spawn(super::session::run(start));
+        let request = ShellRequest { command, pty, env };
+        let output = SshOutput::new(session.handle(), channel, RefusalStyle::Stderr);
+        let gateway = self.gateway.clone();
+        self.gateway.tasks.spawn(crate::session::shell::run(
+            gateway, caller, request, input, output,
+        ));
         Ok(())
+    }
+
+    /// The session channels open now (not forwards).
+    fn session_channels(&self) -> usize {
+        self.channels.values().filter(|c| !c.forward).count()
     }
 }
 
@@ -234,13 +260,14 @@ impl russh::server::Handler for ConnectionHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let cap = self.gateway.config.forwarding.max_session_channels;
-        if self.auth.caller.is_some() && self.channels.len() >= cap {
+        let open = self.session_channels();
+        if self.auth.caller.is_some() && open >= cap {
             self.audit_refusal(
                 "session",
                 &format!("more than {cap} session channels on one connection"),
             );
         }
-        if self.auth.caller.is_none() || self.channels.len() >= cap {
+        if self.auth.caller.is_none() || open >= cap {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -365,7 +392,7 @@ impl russh::server::Handler for ConnectionHandler {
         originator_address: &str,
         originator_port: u32,
         reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(who) = self.caller() else {
             reply
@@ -384,17 +411,43 @@ impl russh::server::Handler for ConnectionHandler {
                 .await;
             return Ok(());
         };
-        let start = ForwardStart {
-            gateway: self.gateway.clone(),
-            who,
-            channel,
-            reply,
+        let request = ForwardRequest {
             host: truncate(host_to_connect, 256),
             port: port_to_connect,
             originator: format!("{}:{originator_port}", truncate(originator_address, 64)),
-            permit,
         };
-        self.gateway.tasks.spawn(super::forward::run(start));
+        // Its data comes through this handler, like a session channel's.
+        let id = channel.id();
+        drop(channel);
+        self.channels.insert(
+            id,
+            ChannelState {
+                forward: true,
+                ..ChannelState::default()
+            },
+        );
+        let Some(input) = self.queue(id) else {
+            return Ok(());
+        };
+        let output = SshOutput::new(session.handle(), id, RefusalStyle::Stderr);
+        let gateway = self.gateway.clone();
+        self.gateway.tasks.spawn(async move {
+            let _permit = permit;
+            match crate::session::forward::open(gateway, who, &request).await {
+                Ok(open) => {
+                    reply.accept().await;
+                    open.run(input, output).await;
+                }
+                Err(ForwardRefused::Prohibited) => {
+                    reply
+                        .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                        .await;
+                }
+                Err(ForwardRefused::ConnectFailed) => {
+                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                }
+            }
+        });
         Ok(())
     }
 
@@ -443,8 +496,7 @@ impl russh::server::Handler for ConnectionHandler {
         data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.forward(channel, ChannelInput::Data(data.to_vec()))
-            .await;
+        self.forward(channel, Input::Data(data.to_vec())).await;
         Ok(())
     }
 
@@ -453,7 +505,7 @@ impl russh::server::Handler for ConnectionHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.forward(channel, ChannelInput::Eof).await;
+        self.forward(channel, Input::Eof).await;
         Ok(())
     }
 
@@ -462,7 +514,7 @@ impl russh::server::Handler for ConnectionHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.forward(channel, ChannelInput::Close).await;
+        // Dropping the input's sender closes it: the task sees the client gone.
         self.channels.remove(&channel);
         Ok(())
     }
@@ -478,7 +530,7 @@ impl russh::server::Handler for ConnectionHandler {
     ) -> Result<(), Self::Error> {
         self.forward(
             channel,
-            ChannelInput::Resize {
+            Input::Resize {
                 cols: clamp_dim(col_width, 80),
                 rows: clamp_dim(row_height, 24),
             },
@@ -494,7 +546,7 @@ impl russh::server::Handler for ConnectionHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(number) = signal_number(&signal) {
-            self.forward(channel, ChannelInput::Signal(number)).await;
+            self.forward(channel, Input::Signal(number)).await;
         }
         Ok(())
     }

@@ -8,13 +8,10 @@
 //! task ([`session`]) that owns the process and its recording.
 
 mod auth;
-mod broker;
-pub mod forward;
+mod channel;
+mod command;
 mod handler;
 mod login;
-mod pump;
-mod session;
-pub mod transfer;
 
 use std::net::SocketAddr;
 use std::path::Path;

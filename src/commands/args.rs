@@ -1,9 +1,11 @@
-//! The broker's command-line words: positionals, options and flags.
+//! The broker's command-line words: positionals, `--name value` options
+//! and `--flag`s, after the line was split like a POSIX shell would
+//! (`shlex`).
 
 use std::collections::{HashMap, HashSet};
 
 /// Parsed words: positionals, `--name value` options and `--flag`s.
-pub(super) struct Args {
+pub(crate) struct Args {
     /// Words that are not options.
     pub positional: Vec<String>,
     /// `--name value` / `--name=value` options.
@@ -15,7 +17,7 @@ pub(super) struct Args {
 impl Args {
     /// Parses `words`: `value_opts` take a value, `flag_opts` none; any
     /// other `--option` is an error.
-    pub(super) fn parse(
+    pub(crate) fn parse(
         words: &[String],
         value_opts: &[&'static str],
         flag_opts: &[&'static str],
@@ -60,7 +62,7 @@ impl Args {
     }
 
     /// The one positional word (a request id).
-    pub(super) fn one_id(&self) -> Result<&str, String> {
+    pub(crate) fn one_id(&self) -> Result<&str, String> {
         match self.positional.as_slice() {
             [id] => Ok(id),
             _ => Err("expected one request id".into()),
