@@ -14,11 +14,14 @@ use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, Pool};
 
+mod approvals;
 mod bindings;
 mod grants;
+mod webhooks;
 
+pub use approvals::ApprovalRecord;
 pub use bindings::{KeyBinding, NewKeyBinding, RefreshedBinding};
-pub use grants::{AccessRequestRecord, ApprovalRecord, NewAccessRequest};
+pub use grants::{AccessRequestRecord, NewAccessRequest};
 
 /// A failed database step.
 #[derive(Debug, thiserror::Error)]
@@ -370,6 +373,19 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(session_from_row).collect())
+    }
+
+    /// Ids of the sessions that depended on grant `grant_id`, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn sessions_of_grant(&self, grant_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id FROM sessions WHERE grant_id = $1 ORDER BY started_at, id")
+                .bind(grant_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>("id")).collect())
     }
 
     /// One session by id.
