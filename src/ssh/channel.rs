@@ -4,8 +4,8 @@
 //! it. Input reaches the core through [`crate::session::io`] queues that
 //! the handler fills.
 
-use russh::ChannelId;
-use russh::server::Handle;
+use russh::server::{Handle, Msg};
+use russh::{ChannelId, ChannelWriteHalf};
 
 use crate::attach::ExitStatus;
 use crate::session::io::{ClientGone, Output};
@@ -25,19 +25,30 @@ pub(super) enum RefusalStyle {
     Rcp,
 }
 
-/// A session channel's output side.
+/// A session channel's output side. Data goes through the channel's
+/// write half, which sends only what the client's window allows and waits
+/// for more (so russh never queues data the client did not ask for, and
+/// its loop keeps serving every other channel); exit status, EOF and close
+/// go through the connection's handle, in the same queue, in order.
 pub(super) struct SshOutput {
+    writer: ChannelWriteHalf<Msg>,
     handle: Handle,
     channel: ChannelId,
     style: RefusalStyle,
 }
 
 impl SshOutput {
-    /// The output of `channel` on the connection of `handle`.
-    pub(super) fn new(handle: Handle, channel: ChannelId, style: RefusalStyle) -> SshOutput {
+    /// The output of the channel of `writer` on the connection of
+    /// `handle`; refusals read as `style` says.
+    pub(super) fn new(
+        writer: ChannelWriteHalf<Msg>,
+        handle: Handle,
+        style: RefusalStyle,
+    ) -> SshOutput {
         SshOutput {
+            channel: writer.id(),
+            writer,
             handle,
-            channel,
             style,
         }
     }
@@ -76,15 +87,12 @@ impl SshOutput {
 
 impl Output for SshOutput {
     async fn stdout(&self, bytes: Vec<u8>) -> Result<(), ClientGone> {
-        self.handle
-            .data(self.channel, bytes)
-            .await
-            .map_err(|_| ClientGone)
+        self.writer.data_bytes(bytes).await.map_err(|_| ClientGone)
     }
 
     async fn stderr(&self, bytes: Vec<u8>) -> Result<(), ClientGone> {
-        self.handle
-            .extended_data(self.channel, 1, bytes)
+        self.writer
+            .extended_data_bytes(1, bytes)
             .await
             .map_err(|_| ClientGone)
     }

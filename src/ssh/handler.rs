@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use russh::server::{Auth, Msg, Session};
-use russh::{Channel, ChannelId, Pty, Sig};
+use russh::server::{Auth, Handle, Msg, Session};
+use russh::{Channel, ChannelId, ChannelWriteHalf, Pty, Sig};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -19,14 +19,17 @@ use super::channel::{RefusalStyle, SshOutput};
 use crate::attach::PtyRequest;
 use crate::audit::{AuditEvent, truncate};
 use crate::session::forward::{ForwardRefused, ForwardRequest};
-use crate::session::io::{Input, InputReceiver, InputSender, input_queue};
+use crate::session::io::{Credit, Input, InputReceiver, InputRefused, InputSender, input_queue};
 use crate::session::shell::ShellRequest;
 use crate::session::transfer::TransferKind;
 use crate::session::{Caller, Destination};
 
 /// Bytes of client input a channel may hold before its session takes
-/// them: the SSH window the gateway grants (russh's default, 2 MiB).
-const INPUT_LIMIT: usize = 2 * 1024 * 1024;
+/// them: the SSH window the gateway grants (russh's default, 2 MiB), plus
+/// room for control events (EOF, resizes, signals) that a full window of
+/// data must not crowd out. A client that respects its window never
+/// reaches it.
+const INPUT_LIMIT: usize = 2 * 1024 * 1024 + 64 * 1024;
 
 /// Shell or command.
 enum SessionKind {
@@ -48,6 +51,11 @@ struct ChannelState {
     env: Vec<(String, String)>,
     /// The running task's input, once one started.
     input: Option<InputSender>,
+    /// Where the task writes, until it starts (window-aware: writes wait
+    /// for the client's window, so the connection never queues more).
+    writer: Option<ChannelWriteHalf<Msg>>,
+    /// The client sent more than its window once (logged once).
+    overran: bool,
     /// A forwarded connection (`direct-tcpip`), not a session channel.
     forward: bool,
 }
@@ -78,20 +86,42 @@ impl ConnectionHandler {
         }
     }
 
-    /// Hands `input` to the channel's task; a gone task means the
-    /// session is ending and there is nothing to do.
-    async fn forward(&mut self, channel: ChannelId, input: Input) {
-        if let Some(tx) = self.channels.get(&channel).and_then(|c| c.input.as_ref()) {
-            let _ = tx.send(input).await;
+    /// Hands `input` to the channel's task without ever waiting: the
+    /// russh loop that calls the handler must go on reading window
+    /// adjusts, EOF and CLOSE. The queue holds what the window allows;
+    /// data beyond it is dropped (RFC 4254 §5.2: the receiver may ignore
+    /// it) and a gone task means the session is ending.
+    fn deliver(&mut self, channel: ChannelId, input: Input) {
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let Some(tx) = state.input.as_ref() else {
+            return;
+        };
+        if let Err(InputRefused::Full) = tx.try_send(input)
+            && !std::mem::replace(&mut state.overran, true)
+        {
+            tracing::warn!(?channel, "client sent beyond its window; data dropped");
         }
     }
 
-    /// A new input queue for `channel`'s task.
-    fn queue(&mut self, channel: ChannelId) -> Option<InputReceiver> {
+    /// The input queue and output of `channel`'s task, once: its consumed
+    /// input grants the client window again.
+    fn io(
+        &mut self,
+        channel: ChannelId,
+        handle: Handle,
+        style: RefusalStyle,
+    ) -> Option<(InputReceiver, SshOutput)> {
         let state = self.channels.get_mut(&channel)?;
-        let (tx, rx) = input_queue(INPUT_LIMIT, None);
+        let writer = state.writer.take()?;
+        let credit_handle = handle.clone();
+        let credit: Credit = Box::new(move |bytes| {
+            let _ = credit_handle.window_consumed(channel, bytes);
+        });
+        let (tx, rx) = input_queue(INPUT_LIMIT, Some(credit));
         state.input = Some(tx);
-        Some(rx)
+        Some((rx, SshOutput::new(writer, handle, style)))
     }
 
     /// Who asks, once authenticated.
@@ -142,16 +172,15 @@ impl ConnectionHandler {
                 return Ok(());
             }
         }
-        let Some(input) = self.queue(channel) else {
-            session.channel_failure(channel)?;
-            return Ok(());
-        };
-        session.channel_success(channel)?;
         let style = match kind {
             TransferKind::Scp { .. } => RefusalStyle::Rcp,
             TransferKind::Sftp => RefusalStyle::Stderr,
         };
-        let output = SshOutput::new(session.handle(), channel, style);
+        let Some((input, output)) = self.io(channel, session.handle(), style) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        session.channel_success(channel)?;
         let gateway = self.gateway.clone();
         self.gateway.tasks.spawn(crate::session::transfer::run(
             gateway, caller, kind, input, output,
@@ -179,7 +208,7 @@ impl ConnectionHandler {
             return Ok(());
         }
         let (pty, env) = (state.pty.clone(), state.env.clone());
-        let Some(input) = self.queue(channel) else {
+        let Some((input, output)) = self.io(channel, session.handle(), RefusalStyle::Stderr) else {
             session.channel_failure(channel)?;
             return Ok(());
         };
@@ -191,7 +220,6 @@ impl ConnectionHandler {
         if caller.destination == Destination::Broker {
             // The reserved name reaches the broker's own commands (issue 7).
             drop(input);
-            let output = SshOutput::new(session.handle(), channel, RefusalStyle::Stderr);
             let gateway = self.gateway.clone();
             self.gateway.tasks.spawn(super::command::run(
                 gateway,
@@ -203,7 +231,6 @@ impl ConnectionHandler {
             return Ok(());
         }
         let request = ShellRequest { command, pty, env };
-        let output = SshOutput::new(session.handle(), channel, RefusalStyle::Stderr);
         let gateway = self.gateway.clone();
         self.gateway.tasks.spawn(crate::session::shell::run(
             gateway, caller, request, input, output,
@@ -273,9 +300,17 @@ impl russh::server::Handler for ConnectionHandler {
                 .await;
             return Ok(());
         }
-        self.channels.insert(channel.id(), ChannelState::default());
-        // The Channel object is not used: events arrive through this handler.
-        drop(channel);
+        // Input arrives through this handler; output goes through the
+        // channel's write half, which waits for the client's window.
+        let id = channel.id();
+        let (_, writer) = channel.split();
+        self.channels.insert(
+            id,
+            ChannelState {
+                writer: Some(writer),
+                ..ChannelState::default()
+            },
+        );
         reply.accept().await;
         Ok(())
     }
@@ -418,18 +453,18 @@ impl russh::server::Handler for ConnectionHandler {
         };
         // Its data comes through this handler, like a session channel's.
         let id = channel.id();
-        drop(channel);
+        let (_, writer) = channel.split();
         self.channels.insert(
             id,
             ChannelState {
                 forward: true,
+                writer: Some(writer),
                 ..ChannelState::default()
             },
         );
-        let Some(input) = self.queue(id) else {
+        let Some((input, output)) = self.io(id, session.handle(), RefusalStyle::Stderr) else {
             return Ok(());
         };
-        let output = SshOutput::new(session.handle(), id, RefusalStyle::Stderr);
         let gateway = self.gateway.clone();
         self.gateway.tasks.spawn(async move {
             let _permit = permit;
@@ -496,7 +531,7 @@ impl russh::server::Handler for ConnectionHandler {
         data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.forward(channel, Input::Data(data.to_vec())).await;
+        self.deliver(channel, Input::Data(data.to_vec()));
         Ok(())
     }
 
@@ -505,7 +540,7 @@ impl russh::server::Handler for ConnectionHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.forward(channel, Input::Eof).await;
+        self.deliver(channel, Input::Eof);
         Ok(())
     }
 
@@ -528,14 +563,13 @@ impl russh::server::Handler for ConnectionHandler {
         _pix_height: u32,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.forward(
+        self.deliver(
             channel,
             Input::Resize {
                 cols: clamp_dim(col_width, 80),
                 rows: clamp_dim(row_height, 24),
             },
-        )
-        .await;
+        );
         Ok(())
     }
 
@@ -546,7 +580,7 @@ impl russh::server::Handler for ConnectionHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(number) = signal_number(&signal) {
-            self.forward(channel, Input::Signal(number)).await;
+            self.deliver(channel, Input::Signal(number));
         }
         Ok(())
     }

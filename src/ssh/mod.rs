@@ -112,6 +112,9 @@ pub fn russh_config(host_key: PrivateKey, max_auth_attempts: usize) -> russh::se
         inactivity_timeout: Some(Duration::from_secs(3600)),
         keepalive_interval: Some(Duration::from_secs(30)),
         nodelay: true,
+        // Back-pressure through the SSH window: a channel's window is
+        // granted again as its session consumes the data (vendor/russh).
+        window_on_consume: true,
         ..Default::default()
     }
 }
