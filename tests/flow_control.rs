@@ -441,6 +441,30 @@ impl Drop for Master {
 }
 
 #[test]
+fn a_control_master_connection_runs_thirty_commands_one_after_the_other() {
+    let master = Master::start();
+    for i in 0..30 {
+        let (code, out, err) = master.run(&[&format!("echo command-{i}")]);
+        assert_eq!(
+            (code, out),
+            (0, format!("command-{i}\n")),
+            "command {i}: {err}"
+        );
+    }
+    // All through the master: one client address for all 30 (a refused
+    // channel makes OpenSSH fall back to a connection of its own).
+    let commands: Vec<String> = (0..30).map(|i| format!("echo command-{i}")).collect();
+    let rows = world()
+        .gateway()
+        .wait_sessions_ended(30, |s| commands.iter().any(|c| s["command"] == c.as_str()));
+    let addrs: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .map(|s| s["client_addr"].as_str().unwrap())
+        .collect();
+    assert_eq!(addrs.len(), 1, "commands came over {addrs:?}");
+}
+
+#[test]
 fn a_channel_whose_client_stopped_reading_does_not_stall_the_others() {
     // Two sessions on one ControlMaster connection: the first one's output
     // is never read (its client's window closes), the second one must

@@ -56,8 +56,9 @@ struct ChannelState {
     writer: Option<ChannelWriteHalf<Msg>>,
     /// The client sent more than its window once (logged once).
     overran: bool,
-    /// A forwarded connection (`direct-tcpip`), not a session channel.
-    forward: bool,
+    /// A session channel's slot of `[forwarding] max_session_channels`,
+    /// held by its task (freed when the task ends, whoever closes first).
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 /// One connection's state.
@@ -67,6 +68,8 @@ pub struct ConnectionHandler {
     channels: HashMap<ChannelId, ChannelState>,
     /// Forwarded connections (`direct-tcpip`) this connection may still open.
     forwards: Arc<Semaphore>,
+    /// Session channels this connection may still open.
+    sessions: Arc<Semaphore>,
 }
 
 impl ConnectionHandler {
@@ -81,6 +84,9 @@ impl ConnectionHandler {
         ConnectionHandler {
             auth: AuthState::new(gateway.clone(), peer, unauth_permit, authenticated),
             forwards: Arc::new(Semaphore::new(gateway.config.forwarding.max_forwards)),
+            sessions: Arc::new(Semaphore::new(
+                gateway.config.forwarding.max_session_channels,
+            )),
             gateway,
             channels: HashMap::new(),
         }
@@ -112,16 +118,17 @@ impl ConnectionHandler {
         channel: ChannelId,
         handle: Handle,
         style: RefusalStyle,
-    ) -> Option<(InputReceiver, SshOutput)> {
+    ) -> Option<(InputReceiver, SshOutput, Slot)> {
         let state = self.channels.get_mut(&channel)?;
         let writer = state.writer.take()?;
+        let slot = Slot(state.slot.take());
         let credit_handle = handle.clone();
         let credit: Credit = Box::new(move |bytes| {
             let _ = credit_handle.window_consumed(channel, bytes);
         });
         let (tx, rx) = input_queue(INPUT_LIMIT, Some(credit));
         state.input = Some(tx);
-        Some((rx, SshOutput::new(writer, handle, style)))
+        Some((rx, SshOutput::new(writer, handle, style), slot))
     }
 
     /// Who asks, once authenticated.
@@ -176,15 +183,17 @@ impl ConnectionHandler {
             TransferKind::Scp { .. } => RefusalStyle::Rcp,
             TransferKind::Sftp => RefusalStyle::Stderr,
         };
-        let Some((input, output)) = self.io(channel, session.handle(), style) else {
+        let Some((input, output, slot)) = self.io(channel, session.handle(), style) else {
             session.channel_failure(channel)?;
             return Ok(());
         };
         session.channel_success(channel)?;
         let gateway = self.gateway.clone();
-        self.gateway.tasks.spawn(crate::session::transfer::run(
-            gateway, caller, kind, input, output,
-        ));
+        self.gateway
+            .tasks
+            .spawn(slot.held_by(crate::session::transfer::run(
+                gateway, caller, kind, input, output,
+            )));
         Ok(())
     }
 
@@ -208,7 +217,8 @@ impl ConnectionHandler {
             return Ok(());
         }
         let (pty, env) = (state.pty.clone(), state.env.clone());
-        let Some((input, output)) = self.io(channel, session.handle(), RefusalStyle::Stderr) else {
+        let Some((input, output, slot)) = self.io(channel, session.handle(), RefusalStyle::Stderr)
+        else {
             session.channel_failure(channel)?;
             return Ok(());
         };
@@ -221,26 +231,36 @@ impl ConnectionHandler {
             // The reserved name reaches the broker's own commands (issue 7).
             drop(input);
             let gateway = self.gateway.clone();
-            self.gateway.tasks.spawn(super::command::run(
+            self.gateway.tasks.spawn(slot.held_by(super::command::run(
                 gateway,
                 caller,
                 command,
                 pty.is_some(),
                 output,
-            ));
+            )));
             return Ok(());
         }
         let request = ShellRequest { command, pty, env };
         let gateway = self.gateway.clone();
-        self.gateway.tasks.spawn(crate::session::shell::run(
-            gateway, caller, request, input, output,
-        ));
+        self.gateway
+            .tasks
+            .spawn(slot.held_by(crate::session::shell::run(
+                gateway, caller, request, input, output,
+            )));
         Ok(())
     }
+}
 
-    /// The session channels open now (not forwards).
-    fn session_channels(&self) -> usize {
-        self.channels.values().filter(|c| !c.forward).count()
+/// A channel's slot, held by its task until the task ends: a channel the
+/// gateway closes first (every command that exits) frees its slot then,
+/// though russh never reports the client's CLOSE that answers it.
+struct Slot(Option<OwnedSemaphorePermit>);
+
+impl Slot {
+    /// Runs `task`, holding the slot until it ends.
+    async fn held_by<F: std::future::Future<Output = ()>>(self, task: F) {
+        let Slot(_held) = self;
+        task.await;
     }
 }
 
@@ -286,20 +306,26 @@ impl russh::server::Handler for ConnectionHandler {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let cap = self.gateway.config.forwarding.max_session_channels;
-        let open = self.session_channels();
-        if self.auth.caller.is_some() && open >= cap {
-            self.audit_refusal(
-                "session",
-                &format!("more than {cap} session channels on one connection"),
-            );
-        }
-        if self.auth.caller.is_none() || open >= cap {
+        if self.auth.caller.is_none() {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
             return Ok(());
         }
+        // Channels whose task ended (closed by the gateway) are forgotten.
+        self.channels
+            .retain(|_, c| !c.input.as_ref().is_some_and(InputSender::is_ended));
+        let Ok(slot) = self.sessions.clone().try_acquire_owned() else {
+            let cap = self.gateway.config.forwarding.max_session_channels;
+            self.audit_refusal(
+                "session",
+                &format!("more than {cap} session channels on one connection"),
+            );
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
         // Input arrives through this handler; output goes through the
         // channel's write half, which waits for the client's window.
         let id = channel.id();
@@ -308,6 +334,7 @@ impl russh::server::Handler for ConnectionHandler {
             id,
             ChannelState {
                 writer: Some(writer),
+                slot: Some(slot),
                 ..ChannelState::default()
             },
         );
@@ -457,12 +484,11 @@ impl russh::server::Handler for ConnectionHandler {
         self.channels.insert(
             id,
             ChannelState {
-                forward: true,
                 writer: Some(writer),
                 ..ChannelState::default()
             },
         );
-        let Some((input, output)) = self.io(id, session.handle(), RefusalStyle::Stderr) else {
+        let Some((input, output, _)) = self.io(id, session.handle(), RefusalStyle::Stderr) else {
             return Ok(());
         };
         let gateway = self.gateway.clone();
