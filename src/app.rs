@@ -181,6 +181,16 @@ impl App {
                 addr: config.listen,
                 source,
             })?;
+        // Port 0 picks a free port: the config then names the one bound
+        // (the broker's printed `ssh -p PORT` lines use it).
+        let config = match listener.local_addr() {
+            Ok(bound) if config.listen.port() == 0 => {
+                let mut bound_config = (*config).clone();
+                bound_config.listen = bound;
+                Arc::new(bound_config)
+            }
+            _ => config,
+        };
         let russh = Arc::new(crate::ssh::russh_config(
             host_key,
             config.auth.max_auth_attempts,

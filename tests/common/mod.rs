@@ -8,12 +8,15 @@
 //! - [`idp`]: the real test OpenID provider; [`postgres`]: a real
 //!   PostgreSQL server;
 //! - [`world`]: the builder of a test file's fixture ([`World`]).
+//! - [`inproc`]: the gateway in the test process on port 0 with a russh
+//!   client, for policy, broker and refusal paths (no LXC, no IdP).
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod container;
 pub mod gateway;
 pub mod idp;
+pub mod inproc;
 pub mod postgres;
 pub mod ssh;
 pub mod world;
