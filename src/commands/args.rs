@@ -72,7 +72,6 @@ impl Args {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn words(s: &str) -> Vec<String> {

@@ -2,7 +2,6 @@
 //! store and the shipped policies, without LXC or an IdP: the containers
 //! come from the `process` inventory backend (stopped ones: a command
 //! needs their labels, never their processes).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::sync::Arc;

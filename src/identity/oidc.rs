@@ -423,7 +423,6 @@ pub(crate) async fn read_limited(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn claims(v: serde_json::Value) -> Claims {

@@ -160,7 +160,6 @@ impl Drop for Ending<'_> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn session(id: &str, principal: &str, container: &str) -> LiveSession {

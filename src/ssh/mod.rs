@@ -260,7 +260,6 @@ async fn grace_time_exceeded(gateway: &Gateway, peer: SocketAddr) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 

@@ -427,7 +427,6 @@ pub(crate) fn session_from_row(r: &AnyRow) -> SessionRecord {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
