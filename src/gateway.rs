@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::identity::{CertificateAuthorities, FailureThrottle, Issuers, KeyBindings};
 use crate::inventory::Inventory;
 use crate::policy::PolicyEngine;
-use crate::session::LiveSessions;
+use crate::session::live::LiveSessions;
 use crate::store::Store;
 
 /// Everything a connection needs, shared by all connections.
@@ -57,7 +57,7 @@ impl Gateway {
     pub fn end_live_session(&self, id: &str, reason: &str) -> bool {
         self.live.end(
             id,
-            crate::session::EndReason::Killed {
+            crate::session::end::EndReason::Killed {
                 by: None,
                 reason: reason.to_string(),
             },

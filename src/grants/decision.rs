@@ -241,7 +241,7 @@ impl Workflow<'_> {
     }
 
     /// Revokes grant `r` now (policy action `revoke`). Live sessions that
-    /// depend on it end within a [`GrantWatch`] poll.
+    /// depend on it end within a [`super::GrantWatch`] poll.
     ///
     /// # Errors
     /// [`GrantError`]; every refusal is audited.

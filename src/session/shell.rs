@@ -2,7 +2,7 @@
 //! ([`super::access`]), its record opened ([`super::record`]), the process
 //! started in the container ([`crate::attach`]), registered live
 //! ([`super::live`]) and followed by its grant, the bytes pumped
-//! ([`super::pump`]), and its end: the process ended, the client told, the
+//! (`pump.rs`), and its end: the process ended, the client told, the
 //! record closed.
 //!
 //! [`run`] is the gateway's path (ssh today; the web console and the fleet

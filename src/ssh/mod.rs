@@ -3,9 +3,11 @@
 //! sftp, scp, forwards) or to [`crate::commands`] (the broker), and never
 //! writes a session row, a session audit event or a recording itself.
 //!
-//! The russh [`russh::server::Handler`] ([`handler`]) stays thin: it keeps
-//! per-channel requests (pty, env) and hands each shell or exec to a session
-//! task ([`session`]) that owns the process and its recording.
+//! The russh [`russh::server::Handler`] (`handler.rs`) stays thin: it
+//! keeps per-channel requests (pty, env), hands each channel to a task of
+//! the session core with an input queue and an output (`channel.rs`), and
+//! never waits inside russh's connection loop: back-pressure goes through
+//! the SSH window (see ARCHITECTURE.md, "Flow control").
 
 mod auth;
 mod channel;
