@@ -17,7 +17,7 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::access::{Access, Ask, authorize};
-use super::io::{Input, InputReceiver, Output, Sending, sent};
+use super::io::{Input, InputReceiver, Output, Sending, sent, start_write};
 use super::record::{RecordStart, SessionRecord};
 use super::{Caller, EndReason, LiveSession};
 use crate::attach::{self, ExitStatus};
@@ -233,8 +233,14 @@ impl OpenForward {
                         output.eof().await;
                     }
                     Ok(n) => {
-                        pending_len = n as u64;
-                        sending = Some(Box::pin(output.stdout(buf[..n].to_vec())));
+                        match start_write(Box::pin(output.stdout(buf[..n].to_vec()))).await {
+                            Ok(None) => received += n as u64,
+                            Ok(in_flight) => {
+                                pending_len = n as u64;
+                                sending = in_flight;
+                            }
+                            Err(_) => break,
+                        }
                     }
                     Err(e) => {
                         error = Some(e.to_string());

@@ -289,6 +289,17 @@ pub(crate) async fn sent(sending: &mut Option<Sending<'_>>) -> Result<(), Client
     }
 }
 
+/// Starts `write` and polls it once: most writes complete at once (the
+/// client's window has room), and then need no turn of the session's loop.
+/// Returns the write still in flight, or its result.
+pub(crate) async fn start_write(mut write: Sending<'_>) -> Result<Option<Sending<'_>>, ClientGone> {
+    tokio::select! {
+        biased;
+        done = &mut write => done.map(|()| None),
+        () = std::future::ready(()) => Ok(Some(write)),
+    }
+}
+
 /// The client did not take the bytes: it is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the client is gone")]

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::EndReason;
-use super::io::{Input, InputReceiver, Output, Sending, sent};
+use super::io::{Input, InputReceiver, Output, Sending, sent, start_write};
 use super::live::Ending;
 use super::record::SessionRecord;
 use crate::attach::{Attached, ExitStatus, InitWatch, SessionIo};
@@ -169,7 +169,13 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
                         ended_by = Some(EndReason::RecordingFailed);
                         break;
                     }
-                    sending = Some(Box::pin(output.stdout(out_buf[..n].to_vec())));
+                    match start_write(Box::pin(output.stdout(out_buf[..n].to_vec()))).await {
+                        Ok(in_flight) => sending = in_flight,
+                        Err(_) => {
+                            ended_by = Some(EndReason::ClientGone);
+                            break;
+                        }
+                    }
                 }
                 None => stdout = None,
             },
@@ -179,7 +185,13 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
                         ended_by = Some(EndReason::RecordingFailed);
                         break;
                     }
-                    sending = Some(Box::pin(output.stderr(err_buf[..n].to_vec())));
+                    match start_write(Box::pin(output.stderr(err_buf[..n].to_vec()))).await {
+                        Ok(in_flight) => sending = in_flight,
+                        Err(_) => {
+                            ended_by = Some(EndReason::ClientGone);
+                            break;
+                        }
+                    }
                 }
                 None => stderr = None,
             },

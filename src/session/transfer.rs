@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::access::{Access, Ask, authorize, decide};
-use super::io::{Input, InputReceiver, Output, Sending, sent};
+use super::io::{Input, InputReceiver, Output, Sending, sent, start_write};
 use super::record::{RecordStart, SessionRecord};
 use super::shell::refusal_of;
 use super::{Caller, EndReason, LiveSession, Refusal};
@@ -289,7 +289,13 @@ impl Started {
                     Ok(0) | Err(_) => reading = false,
                     Ok(n) => {
                         to_client += n as u64;
-                        sending = Some(Box::pin(output.stdout(buf[..n].to_vec())));
+                        match start_write(Box::pin(output.stdout(buf[..n].to_vec()))).await {
+                            Ok(in_flight) => sending = in_flight,
+                            Err(_) => {
+                                ended_by = Some(EndReason::ClientGone);
+                                break;
+                            }
+                        }
                     }
                 },
                 r = &mut reporter => {

@@ -4,6 +4,8 @@
 //! it. Input reaches the core through [`crate::session::io`] queues that
 //! the handler fills.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use russh::server::{Handle, Msg};
 use russh::{ChannelId, ChannelWriteHalf};
 
@@ -35,6 +37,8 @@ pub(super) struct SshOutput {
     handle: Handle,
     channel: ChannelId,
     style: RefusalStyle,
+    /// EOF was sent (once per channel, RFC 4254 §5.3).
+    eof_sent: AtomicBool,
 }
 
 impl SshOutput {
@@ -50,6 +54,7 @@ impl SshOutput {
             writer,
             handle,
             style,
+            eof_sent: AtomicBool::new(false),
         }
     }
 
@@ -80,7 +85,7 @@ impl SshOutput {
             }
             None => {}
         }
-        let _ = self.handle.eof(self.channel).await;
+        self.eof().await;
         let _ = self.handle.close(self.channel).await;
     }
 }
@@ -98,7 +103,9 @@ impl Output for SshOutput {
     }
 
     async fn eof(&self) {
-        let _ = self.handle.eof(self.channel).await;
+        if !self.eof_sent.swap(true, Ordering::Relaxed) {
+            let _ = self.handle.eof(self.channel).await;
+        }
     }
 
     async fn ended(&self, reason: &EndReason) {
