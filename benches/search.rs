@@ -39,6 +39,7 @@ async fn main() {
                 command: None,
                 client_addr: None,
                 recording_path: "/dev/null",
+                grant_id: None,
             })
             .await
             .unwrap();

@@ -7,33 +7,42 @@
 //!
 //! # Layout
 //!
-//! Each module owns one concern (see `DESIGN.md`); imports only go downwards.
+//! Each module owns one concern; imports only go downwards (the rule, the
+//! module table and the path of one session through these modules are in
+//! `ARCHITECTURE.md`; `tests/architecture.rs` checks the imports).
 //!
 //! | module | owns |
 //! | --- | --- |
 //! | [`config`] | the TOML config, defaults, validation |
-//! | [`store`] | the sqlx pool (SQLite), migrations, queries |
-//! | [`audit`] | typed audit events, one `record()` path |
-//! | [`identity`] | OIDC discovery, JWKS, ID-token validation, device flow |
+//! | [`store`] | the sqlx pools (SQLite, PostgreSQL), migrations, queries |
+//! | [`audit`] | typed audit events, one `record()` path, the signed chain |
+//! | [`identity`] | OIDC, JWKS, ID tokens, device flow, key bindings, certificates, login throttling |
 //! | [`inventory`] | finding containers and their init process |
-//! | [`policy`] | Cedar schema, entities, decisions with reasons |
-//! | [`recording`] | the asciicast v2 writer and player |
+//! | [`policy`] | Cedar schema, entities, decisions with reasons (pure) |
+//! | [`recording`] | the asciicast v2 writer, reader and follower |
 //! | [`grants`] | access requests, approvals, time-boxed grants, expiry |
-//! | [`attach`] | the helper that enters a container; PTY; exit status |
+//! | [`attach`] | entering a container: helper, session process, PTY, exit status |
 //! | [`sftp`], [`scp`] | file transfers served inside a container, as the login |
-//! | [`ssh`] | the russh server: auth, channels, wiring the above |
 //! | [`fleet`] | edge and node roles: CA, join, tunnel, relay, fan-out |
 //! | [`metrics`] | the Prometheus registry and endpoint |
 //! | [`web`] | the console for reviewers and approvers (axum, askama) |
 //! | [`text`] | display-safe text: hidden characters, Slack escaping, terminal output |
 //! | [`throttle`] | per-source limits before authentication |
+//! | [`gateway`] | the services bag every front end and session shares |
+//! | [`session`] | the life of one session, for every front end |
+//! | [`commands`] | the broker's commands: parse, act, reply (no SSH) |
+//! | [`ssh`] | the SSH front door: auth, channels, relaying to `session`/`commands` |
+//! | [`app`] | the composition root: building, running and stopping the gateway |
 //! | [`cli`] | the `portcullis` command |
 
+pub mod app;
 pub mod attach;
 pub mod audit;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod fleet;
+pub mod gateway;
 pub mod grants;
 pub mod identity;
 pub mod inventory;
@@ -41,6 +50,7 @@ pub mod metrics;
 pub mod policy;
 pub mod recording;
 pub mod scp;
+pub mod session;
 pub mod sftp;
 pub mod ssh;
 pub mod store;

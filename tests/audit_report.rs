@@ -60,6 +60,22 @@ impl Fixture {
         cmd: Option<&str>,
         output: &str,
     ) {
+        self.start_granted(id, who, container, login, cmd, output, None)
+            .await
+    }
+
+    /// [`Fixture::start`] of a session opened under `grant`.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_granted(
+        &self,
+        id: &str,
+        who: &str,
+        container: &str,
+        login: &str,
+        cmd: Option<&str>,
+        output: &str,
+        grant: Option<&str>,
+    ) {
         let path = self.dir.join(format!("{id}.cast"));
         std::fs::write(
             &path,
@@ -87,6 +103,7 @@ impl Fixture {
                     command: cmd,
                     client_addr: Some("198.51.100.4:40000"),
                     recording_path: path.to_str().unwrap(),
+                    grant_id: grant,
                 },
             )
             .await
@@ -191,19 +208,16 @@ async fn history() -> (Fixture, VerifyOptions) {
         false,
     )
     .await;
-    f.start(
+    f.start_granted(
         "s-web-2",
         "alice",
         "web1",
         "root",
         None,
         "~ # ls -l /etc\r\ntotal 0\r\n~ # df -h\r\n",
+        Some("g-used"),
     )
     .await;
-    f.store
-        .set_session_grant("s-web-2", "g-used")
-        .await
-        .unwrap();
     f.end("s-web-2", "alice").await;
     f.grant(
         "g-unused",

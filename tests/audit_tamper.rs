@@ -194,6 +194,7 @@ impl Log {
                     command: Some("echo"),
                     client_addr: None,
                     recording_path: path.to_str().unwrap(),
+                    grant_id: None,
                 },
             )
             .await

@@ -178,6 +178,7 @@ async fn a_recording_of_several_mib_uploads_in_parts_and_review_reads_it_from_th
             command: None,
             client_addr: None,
             recording_path: &local.display().to_string(),
+            grant_id: None,
         })
         .await
         .unwrap();

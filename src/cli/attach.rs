@@ -1,8 +1,9 @@
 //! `portcullis attach CONTAINER [--login L] [-- CMD...]`: an operator on the
 //! host enters a container through the same helper as SSH sessions, without
 //! SSH or policy (host root is already past every policy). The session is
-//! audited, gets a session row and a recording like an SSH session, with
-//! the principal `host:uid=N`.
+//! the core's ([`crate::session::shell::run_on_host`]): audited, with a
+//! session row and a recording like an SSH session, under the principal
+//! `host:uid=N`. This file is only the front end: the host's terminal.
 //!
 //! With a terminal on stdin the session gets a pty from the container's
 //! devpts (the host terminal is put in raw mode and restored); otherwise
@@ -13,23 +14,26 @@
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::attach::{
-    self, AttachRequest, Attached, ExitStatus, HelperBinary, InitWatch, PinnedInit, PtyRequest,
-    SessionIo,
-};
-use crate::audit::{AuditEvent, AuditLog, AuditSubject};
+use crate::attach::{self, ExitStatus, HelperBinary, PtyRequest};
+use crate::audit::AuditLog;
 use crate::config::{Config, valid_name};
-use crate::inventory::{ContainerState, Inventory};
-use crate::recording::{Header, Recorder, SessionMetadata};
-use crate::store::{NewSession, SessionEnd, Store};
+use crate::inventory::Inventory;
+use crate::session::io::{ClientGone, Input, InputSender, Output, input_queue};
+use crate::session::shell::{HostSession, ShellRequest, run_on_host};
+use crate::session::{EndReason, Refusal};
+use crate::store::Store;
 
 /// Bytes copied per read.
 const CHUNK_BYTES: usize = 32 * 1024;
+
+/// Bytes of terminal input held for the session.
+const INPUT_LIMIT: usize = 256 * 1024;
 
 /// Restores the host terminal's mode when dropped.
 struct RawMode(Termios);
@@ -51,6 +55,37 @@ impl Drop for RawMode {
     }
 }
 
+/// The host's stdout and stderr as a session's output.
+struct LocalOutput;
+
+impl Output for LocalOutput {
+    async fn stdout(&self, bytes: Vec<u8>) -> Result<(), ClientGone> {
+        let mut out = tokio::io::stdout();
+        out.write_all(&bytes).await.map_err(|_| ClientGone)?;
+        out.flush().await.map_err(|_| ClientGone)
+    }
+
+    async fn stderr(&self, bytes: Vec<u8>) -> Result<(), ClientGone> {
+        let mut err = tokio::io::stderr();
+        err.write_all(&bytes).await.map_err(|_| ClientGone)
+    }
+
+    async fn eof(&self) {}
+
+    async fn ended(&self, reason: &EndReason) {
+        let text = format!("\r\nportcullis: session ended: {reason}.\r\n");
+        let _ = self.stderr(text.into_bytes()).await;
+    }
+
+    async fn finish(self, _exit: Option<ExitStatus>) {}
+
+    async fn refuse(self, refusal: &Refusal) {
+        let _ = self
+            .stderr(format!("portcullis: {}\n", refusal.message()).into_bytes())
+            .await;
+    }
+}
+
 /// Runs the subcommand. Ends the process itself (see below) and only
 /// returns on errors before the session started.
 pub(crate) async fn attach(
@@ -64,193 +99,59 @@ pub(crate) async fn attach(
         bail!("invalid container or login name");
     }
     let command = (!command.is_empty()).then(|| command.join(" "));
-    super::serve::create_private_dir(&config.state_dir)?;
-    super::serve::create_private_dir(&config.recordings_dir())?;
-    // The lookup (the LXC monitor's socket) and opening the store (a
-    // connection, the schema check) are independent: overlap them.
+    crate::app::create_private_dir(&config.state_dir)?;
+    crate::app::create_private_dir(&config.recordings_dir())?;
+    // The lookup (the LXC monitor's socket), opening the store (a
+    // connection, the schema check) and the sealed copy of the helper (a
+    // few MB, ~1 ms, no side effect) are independent: overlap them.
     let inventory = Inventory::new(&config);
     let database_url = config.database_url();
-    let (found, store) = tokio::join!(inventory.find(&container), Store::open(&database_url));
-    let (found, store) = (found?, store?);
-    let init_pid = match found.state {
-        ContainerState::Running { init_pid } => init_pid,
-        ContainerState::NotRunning(s) => {
-            bail!(
-                "the container {container} is {} (not running)",
-                s.to_lowercase()
-            )
-        }
-    };
-    let init = PinnedInit::pin(init_pid, &found.cgroup, None)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", e.user_message()))?;
-
+    let (found, store, helper) = tokio::join!(
+        crate::session::access::locate(&inventory, &container),
+        Store::open(&database_url),
+        tokio::task::spawn_blocking(HelperBinary::sealed_copy_of_helper),
+    );
+    let ((_, init), store) = (found?, store?);
+    let helper = helper.context("helper copy task")??;
     let audit = AuditLog::new(store.clone());
     let principal = format!("host:uid={}", nix::unistd::getuid());
-    let session_id = uuid::Uuid::new_v4().to_string();
-    let subject = AuditSubject {
-        session_id: Some(&session_id),
-        principal: Some(&principal),
-        client_addr: Some("local"),
-    };
-
     let pty = std::io::stdin().is_terminal().then(|| {
         let (cols, rows) = attach::terminal_size(std::io::stdin().as_fd()).unwrap_or((80, 24));
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         PtyRequest { term, cols, rows }
     });
-    // The sealed copy of the helper (a few MB, ~1 ms) has no side effect:
-    // make it on a blocking thread while the recording and the audit rows
-    // are written.
-    let helper = tokio::task::spawn_blocking(HelperBinary::sealed_copy_of_helper);
-    let recording_path = config.recordings_dir().join(format!("{session_id}.cast"));
-    let (cols, rows) = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
-    let header = Header {
-        version: 2,
-        width: u32::from(cols),
-        height: u32::from(rows),
-        timestamp: Some(crate::store::now_ms() / 1000),
-        command: command.clone(),
-        title: Some(format!("{login}@{container}")),
-        env: None,
-        portcullis: Some(SessionMetadata {
-            session_id: session_id.clone(),
-            principal: principal.clone(),
-            container: container.clone(),
-            login: login.clone(),
-            command: command.clone(),
-        }),
+    let raw = match pty {
+        Some(_) => Some(RawMode::enter()?),
+        None => None,
     };
-    // Audit before the action: the session row and its start event are
-    // committed (one transaction) before the helper exists. The recording
-    // file is created meanwhile (independent I/O).
-    let recording_path_text = recording_path.display().to_string();
-    let started_event = AuditEvent::SessionStarted {
-        container: container.clone(),
-        login: login.clone(),
-        command: command.clone(),
-        pty: pty.is_some(),
-    };
-    let new_session = NewSession {
-        id: &session_id,
-        principal: &principal,
-        email: None,
+    let (input, receiver) = input_queue(INPUT_LIMIT, None);
+    let input = Arc::new(input);
+    let stdin_task = tokio::spawn(copy_stdin(input.clone()));
+    let winch_task = tokio::spawn(follow_window_size(input.clone()));
+    let host = HostSession {
+        config: &config,
+        store: &store,
+        audit: &audit,
+        helper: &helper,
+        init: &init,
         container: &container,
         login: &login,
-        command: command.as_deref(),
-        client_addr: Some("local"),
-        recording_path: &recording_path_text,
+        principal: &principal,
     };
-    let (recorder, recorded) = tokio::join!(
-        Recorder::create(
-            &recording_path,
-            &header,
-            false,
-            config.recording.flush_interval,
-        ),
-        audit.record_session_start(&subject, &started_event, &new_session)
-    );
-    recorded?;
-    let recorder = match recorder {
-        Ok(r) => r,
-        Err(e) => {
-            // The session row exists: close it as failed, with its reason.
-            audit
-                .record_session_end(
-                    &subject,
-                    &AuditEvent::SessionFailed {
-                        container: container.clone(),
-                        reason: e.to_string(),
-                    },
-                    &session_id,
-                    &SessionEnd {
-                        status: "failed",
-                        exit_status: None,
-                        exit_signal: None,
-                        recording_bytes: 0,
-                        recording_sha256: "",
-                    },
-                )
-                .await?;
-            bail!("cannot create the recording: {e}");
-        }
-    };
-
-    let helper = helper.await.context("helper copy task")??;
-    let request = AttachRequest {
-        container: container.clone(),
-        login,
+    let request = ShellRequest {
         command,
         pty,
         env: Vec::new(),
     };
-    let started = match init.watch() {
-        Ok(w) => attach::spawn(&helper, &init, &request)
-            .await
-            .map(|(a, io)| (w, a, io)),
-        Err(e) => Err(e),
+    let ran = run_on_host(host, request, receiver, LocalOutput).await;
+    stdin_task.abort();
+    winch_task.abort();
+    drop(raw);
+    let code = match ran? {
+        Some(ExitStatus::Code(c)) => c,
+        Some(ExitStatus::Signal { signal, .. }) => 128 + signal,
+        None => bail!("no exit status"),
     };
-    let (watch, attached, io) = match started {
-        Ok(s) => s,
-        Err(e) => {
-            let digest = recorder.finish().await.ok();
-            audit
-                .record_session_end(
-                    &subject,
-                    &AuditEvent::SessionFailed {
-                        container: container.clone(),
-                        reason: e.to_string(),
-                    },
-                    &session_id,
-                    &SessionEnd {
-                        status: "failed",
-                        exit_status: None,
-                        exit_signal: None,
-                        recording_bytes: digest.as_ref().map(|d| d.bytes as i64).unwrap_or(0),
-                        recording_sha256: digest.as_ref().map(|d| d.sha256.as_str()).unwrap_or(""),
-                    },
-                )
-                .await?;
-            bail!("{}", e.user_message());
-        }
-    };
-
-    let (exit, recorder, stopped) = run_io(attached, io, recorder, &watch).await?;
-    if stopped {
-        eprintln!("\r\nportcullis: session ended: the container {container} stopped.\r");
-        audit
-            .record(
-                &subject,
-                &AuditEvent::ContainerStopped {
-                    container: container.clone(),
-                },
-            )
-            .await?;
-    }
-    let digest = recorder.finish().await?;
-    let (exit_status, exit_signal, code) = match exit {
-        ExitStatus::Code(c) => (Some(i64::from(c)), None, c),
-        ExitStatus::Signal { signal, .. } => (None, Some(format!("SIG{signal}")), 128 + signal),
-    };
-    audit
-        .record_session_end(
-            &subject,
-            &AuditEvent::SessionEnded {
-                exit_status,
-                exit_signal: exit_signal.clone(),
-                recording_bytes: digest.bytes as i64,
-                recording_sha256: digest.sha256.clone(),
-                output_bytes: Some(digest.output_bytes),
-            },
-            &session_id,
-            &SessionEnd {
-                status: "ended",
-                exit_status,
-                exit_signal: exit_signal.as_deref(),
-                recording_bytes: digest.bytes as i64,
-                recording_sha256: &digest.sha256,
-            },
-        )
-        .await?;
     // No `store.close()`: every write above is committed (SQLite WAL), and
     // closing the last connection would checkpoint the WAL into the
     // database file and delete it (two fsyncs now, and a fresh WAL with
@@ -265,99 +166,35 @@ pub(crate) async fn attach(
     std::process::exit(code & 0xff)
 }
 
-/// Copies the terminal or pipes to and from the session until it exits;
-/// returns its status, the recorder and whether the container stopped.
-async fn run_io(
-    mut attached: Attached,
-    io: SessionIo,
-    mut recorder: Recorder,
-    init: &InitWatch,
-) -> anyhow::Result<(ExitStatus, Recorder, bool)> {
-    let mut stdout = tokio::io::stdout();
-    let mut stderr_out = tokio::io::stderr();
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    let mut err_buf = vec![0u8; CHUNK_BYTES];
-    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
-    let (mut out, mut err, _raw, stdin_task): (Reader, Reader, Option<RawMode>, _) = match io {
-        SessionIo::Pty(master) => {
-            let raw = RawMode::enter()?;
-            let (r, w) = tokio::io::split(master);
-            let task = tokio::spawn(copy_stdin(w));
-            (Some(Box::new(r)), None, Some(raw), task)
-        }
-        SessionIo::Pipes {
-            stdin,
-            stdout,
-            stderr,
-        } => {
-            let task = tokio::spawn(copy_stdin(stdin));
-            (Some(Box::new(stdout)), Some(Box::new(stderr)), None, task)
-        }
-    };
-    let mut exit = None;
-    let mut stopped = false;
-    while exit.is_none() || out.is_some() || err.is_some() {
-        tokio::select! {
-            n = read_opt(&mut out, &mut buf) => match n {
-                Some(n) => {
-                    recorder.output(&buf[..n]).await?;
-                    stdout.write_all(&buf[..n]).await?;
-                    stdout.flush().await?;
-                }
-                None => out = None,
-            },
-            n = read_opt(&mut err, &mut err_buf) => match n {
-                Some(n) => {
-                    recorder.output(&err_buf[..n]).await?;
-                    stderr_out.write_all(&err_buf[..n]).await?;
-                }
-                None => err = None,
-            },
-            status = attached.wait(), if exit.is_none() => exit = Some(status?),
-            _ = winch.recv() => {
-                if let Some((c, r)) = attach::terminal_size(std::io::stdin().as_fd()) {
-                    let _ = attached.resize(c, r);
-                    recorder.resize(u32::from(c), u32::from(r)).await?;
-                }
-            }
-            _ = init.exited(), if !stopped => stopped = true,
-        }
-    }
-    stdin_task.abort();
-    let exit = exit.context("no exit status")?;
-    if !stopped && matches!(exit, ExitStatus::Signal { .. }) {
-        stopped = tokio::time::timeout(std::time::Duration::from_millis(500), init.exited())
-            .await
-            .is_ok();
-    }
-    Ok((exit, recorder, stopped))
-}
-
-type Reader = Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>;
-
-async fn read_opt(r: &mut Reader, buf: &mut [u8]) -> Option<usize> {
-    match r {
-        Some(r) => match r.read(buf).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => Some(n),
-        },
-        None => std::future::pending().await,
-    }
-}
-
 /// Our stdin to the session until EOF (then EOF to the session).
-async fn copy_stdin<W: tokio::io::AsyncWrite + Unpin>(mut w: W) {
+async fn copy_stdin(input: Arc<InputSender>) {
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; CHUNK_BYTES];
     loop {
         match stdin.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {
-                    break;
+                if input.send(Input::Data(buf[..n].to_vec())).await.is_err() {
+                    return;
                 }
             }
         }
     }
-    let _ = w.shutdown().await;
+    let _ = input.send(Input::Eof).await;
+}
+
+/// The host terminal's size changes (SIGWINCH) to the session.
+async fn follow_window_size(input: Arc<InputSender>) {
+    let Ok(mut winch) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+    else {
+        return;
+    };
+    while winch.recv().await.is_some() {
+        if let Some((cols, rows)) = attach::terminal_size(std::io::stdin().as_fd())
+            && input.send(Input::Resize { cols, rows }).await.is_err()
+        {
+            return;
+        }
+    }
 }

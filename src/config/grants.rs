@@ -167,7 +167,6 @@ fn default_warn_before() -> Vec<humantime_serde::Serde<Duration>> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]

@@ -1,5 +1,4 @@
 //! Config parsing and validation tests.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use super::*;
 
 const MINIMAL: &str = r#"

@@ -7,28 +7,30 @@
 //! [`Workflow::deny`]); each approval is recorded (one per approver), and
 //! once the policy permits `activate` with the approvals so far (one on
 //! dev, two on prod with the shipped policies) the request becomes a grant
-//! that ends at its expiry or when revoked ([`Workflow::revoke`]). Grants live in the database, so
-//! a restarted gateway keeps them; [`GrantWatch`] follows one grant for a
-//! live session and [`audit_expired`] audits expiries.
+//! that ends at its expiry or when revoked ([`Workflow::revoke`]). Grants
+//! live in the database, so a restarted gateway keeps them; [`GrantWatch`]
+//! follows one grant for a live session and [`audit_expired`] audits
+//! expiries.
 //!
 //! Every step is decided by the Cedar policy (actions `request`,
-//! `approve`, `activate`, `revoke`, `review`) and audited before it takes effect; a step whose
-//! audit event cannot be written does not happen. This module knows
-//! nothing of SSH: the broker commands live in `ssh::broker`.
+//! `approve`, `activate`, `revoke`, `review`) and audited before it takes
+//! effect; a step whose audit event cannot be written does not happen.
+//! Asking lives in `request.rs`, deciding in `decision.rs`. This module
+//! knows nothing of SSH: the broker commands live in [`crate::commands`].
 
+mod decision;
 pub mod notify;
+mod request;
 mod watch;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::audit::{AuditEvent, AuditLog, AuditSubject, truncate};
-use crate::config::{GrantsConfig, valid_name};
+use crate::config::GrantsConfig;
 use crate::identity::Principal;
-use crate::policy::{Action, PolicyEngine, WorkflowRequest};
-use crate::store::{
-    AccessRequestRecord, ApprovalRecord, NewAccessRequest, Store, StoreError, now_ms,
-};
+use crate::policy::PolicyEngine;
+use crate::store::{AccessRequestRecord, ApprovalRecord, Store, StoreError, now_ms};
 
 pub use watch::{GrantEvent, GrantWatch};
 
@@ -196,201 +198,6 @@ impl Workflow<'_> {
         Ok(())
     }
 
-    /// Creates a pending request after checking the login, the duration
-    /// cap (`[grants] max_duration`, per label), the reason pattern and the
-    /// policy (action `request`).
-    ///
-    /// # Errors
-    /// [`GrantError`]; every refusal is audited.
-    pub async fn request(
-        &self,
-        actor: &Actor<'_>,
-        spec: &RequestSpec<'_>,
-    ) -> Result<AccessRequestRecord, GrantError> {
-        let what = (None, spec.container, spec.login);
-        let verb = if spec.break_glass {
-            "break-glass"
-        } else {
-            "request"
-        };
-        if !valid_name(spec.login) {
-            return Err(self
-                .refuse(actor, verb, what, GrantError::Login, "invalid login".into())
-                .await);
-        }
-        let mut max = self.config.max_duration_for(spec.labels);
-        if spec.break_glass {
-            let member = self
-                .config
-                .break_glass_group
-                .as_ref()
-                .is_some_and(|g| actor.principal.groups.contains(g));
-            if !member {
-                let e = GrantError::Denied("use break-glass (not in the break-glass group)".into());
-                return Err(self
-                    .refuse(actor, verb, what, e, "not in the break-glass group".into())
-                    .await);
-            }
-            max = max.min(self.config.break_glass_max_duration);
-        }
-        if spec.duration.is_zero() || spec.duration > max {
-            let detail = format!("duration {}s above the cap", spec.duration.as_secs());
-            return Err(self
-                .refuse(actor, verb, what, GrantError::Duration(max), detail)
-                .await);
-        }
-        if let Err(e) = self.check_reason(spec.reason) {
-            let detail = e.to_string();
-            return Err(self.refuse(actor, verb, what, e, detail).await);
-        }
-        let duration_seconds = i64::try_from(spec.duration.as_secs()).unwrap_or(i64::MAX);
-        let decision = self.policy.decide_workflow(&WorkflowRequest {
-            principal: &actor.principal.subject,
-            groups: &actor.principal.groups,
-            action: Action::Request,
-            container: spec.container,
-            labels: spec.labels,
-            requester: &actor.principal.subject,
-            login: spec.login,
-            duration_seconds,
-            reason: spec.reason,
-            break_glass: spec.break_glass,
-            approvals: 0,
-        });
-        let policies = match decision {
-            Ok(d) if d.allowed => d.policies,
-            Ok(d) => {
-                let detail = format!("policy: {:?} {:?}", d.policies, d.errors);
-                let e = GrantError::Denied(format!("ask for {}@{}", spec.login, spec.container));
-                return Err(self.refuse(actor, verb, what, e, detail).await);
-            }
-            Err(e) => {
-                let detail = e.to_string();
-                let e = GrantError::Denied("ask for this".into());
-                return Err(self.refuse(actor, verb, what, e, detail).await);
-            }
-        };
-        let id = new_id();
-        self.record(
-            actor,
-            AuditEvent::AccessRequested {
-                request_id: id.clone(),
-                container: spec.container.to_string(),
-                login: spec.login.to_string(),
-                duration_seconds,
-                reason: spec.reason.to_string(),
-                policies,
-            },
-        )
-        .await?;
-        let now = now_ms();
-        if spec.break_glass {
-            tracing::warn!(
-                principal = %actor.principal.subject,
-                container = spec.container,
-                login = spec.login,
-                reason = spec.reason,
-                "break-glass access taken"
-            );
-            self.record(
-                actor,
-                AuditEvent::BreakGlassGranted {
-                    grant_id: id.clone(),
-                    container: spec.container.to_string(),
-                    login: spec.login.to_string(),
-                    expires_at: now.saturating_add(duration_seconds.saturating_mul(1000)),
-                    reason: spec.reason.to_string(),
-                },
-            )
-            .await?;
-        }
-        self.store
-            .insert_access_request(&NewAccessRequest {
-                id: &id,
-                requester: &actor.principal.subject,
-                container: spec.container,
-                login: spec.login,
-                duration_seconds,
-                reason: spec.reason,
-                break_glass: spec.break_glass,
-            })
-            .await?;
-        if spec.break_glass {
-            self.store
-                .approve_access_request(&id, &actor.principal.subject, Some("break-glass"), now)
-                .await?;
-        }
-        let r = self.get(&id).await?;
-        let event = if spec.break_glass {
-            "break_glass"
-        } else {
-            "request_created"
-        };
-        self.notify(event, &r, &[], actor).await;
-        Ok(r)
-    }
-
-    async fn notify(
-        &self,
-        event: &str,
-        r: &AccessRequestRecord,
-        approvals: &[ApprovalRecord],
-        actor: &Actor<'_>,
-    ) {
-        notify::notify(
-            self.store,
-            self.config,
-            event,
-            r,
-            approvals,
-            &actor.principal.subject,
-        )
-        .await;
-    }
-
-    /// Marks break-glass grant `r` reviewed (policy action `review`).
-    ///
-    /// # Errors
-    /// [`GrantError`]; every refusal is audited.
-    pub async fn review(
-        &self,
-        actor: &Actor<'_>,
-        r: &AccessRequestRecord,
-        labels: &BTreeMap<String, String>,
-        comment: Option<&str>,
-    ) -> Result<(), GrantError> {
-        if !r.break_glass || r.reviewed_at.is_some() {
-            let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
-            let e = GrantError::State(format!("{} is not an unreviewed break-glass grant", r.id));
-            return Err(self
-                .refuse(actor, "review", what, e, "nothing to review".into())
-                .await);
-        }
-        let approvals = self.approvals(&r.id).await?.len();
-        self.allowed(actor, "review", Action::Review, r, labels, approvals)
-            .await?;
-        self.record(
-            actor,
-            AuditEvent::BreakGlassReviewed {
-                grant_id: r.id.clone(),
-                requester: r.requester.clone(),
-                comment: comment.map(str::to_string),
-            },
-        )
-        .await?;
-        if !self
-            .store
-            .review_break_glass(&r.id, &actor.principal.subject, comment)
-            .await?
-        {
-            return Err(GrantError::State(format!(
-                "{} was reviewed meanwhile",
-                r.id
-            )));
-        }
-        Ok(())
-    }
-
     /// The request `id`.
     ///
     /// # Errors
@@ -402,242 +209,12 @@ impl Workflow<'_> {
             .ok_or_else(|| GrantError::NotFound(truncate(id, 64)))
     }
 
-    /// The workflow question for `actor` taking `action` on request `r`,
-    /// with `approvals` approvals so far.
-    fn question<'q>(
-        actor: &'q Actor<'_>,
-        action: Action,
-        r: &'q AccessRequestRecord,
-        labels: &'q BTreeMap<String, String>,
-        approvals: usize,
-    ) -> WorkflowRequest<'q> {
-        WorkflowRequest {
-            principal: &actor.principal.subject,
-            groups: &actor.principal.groups,
-            action,
-            container: &r.container,
-            labels,
-            requester: &r.requester,
-            login: &r.login,
-            duration_seconds: r.duration_seconds,
-            reason: &r.reason,
-            break_glass: r.break_glass,
-            approvals: i64::try_from(approvals).unwrap_or(i64::MAX),
-        }
-    }
-
-    /// Asks the policy whether `actor` may take `action` on request `r`,
-    /// which has `approvals` approvals so far.
-    async fn allowed(
-        &self,
-        actor: &Actor<'_>,
-        verb: &str,
-        action: Action,
-        r: &AccessRequestRecord,
-        labels: &BTreeMap<String, String>,
-        approvals: usize,
-    ) -> Result<Vec<String>, GrantError> {
-        let decision = self
-            .policy
-            .decide_workflow(&Self::question(actor, action, r, labels, approvals));
-        let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
-        let detail = match decision {
-            Ok(d) if d.allowed => return Ok(d.policies),
-            Ok(d) => format!("policy: {:?} {:?}", d.policies, d.errors),
-            Err(e) => e.to_string(),
-        };
-        let own = r.requester == actor.principal.subject;
-        let e = GrantError::Denied(if own && action == Action::Approve {
-            format!("{verb} your own request {}", r.id)
-        } else {
-            format!("{verb} request {}", r.id)
-        });
-        Err(self.refuse(actor, verb, what, e, detail).await)
-    }
-
     /// The approvals of request `id` so far, oldest first.
     ///
     /// # Errors
     /// [`GrantError::Store`].
     pub async fn approvals(&self, id: &str) -> Result<Vec<ApprovalRecord>, GrantError> {
         Ok(self.store.approvals_of(id).await?)
-    }
-
-    async fn pending(
-        &self,
-        actor: &Actor<'_>,
-        verb: &str,
-        r: &AccessRequestRecord,
-    ) -> Result<(), GrantError> {
-        if r.status == "pending" {
-            return Ok(());
-        }
-        let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
-        let e = GrantError::State(format!("request {} is already {}", r.id, r.status));
-        let detail = format!("status {}", r.status);
-        Err(self.refuse(actor, verb, what, e, detail).await)
-    }
-
-    /// Records `actor`'s approval of pending request `r` (policy action
-    /// `approve`, context `approvals` = the approvals before this one),
-    /// then asks the policy whether the request may become a grant (action
-    /// `activate`, context `approvals` counting this one). When it may,
-    /// the grant starts now and lasts the asked-for duration; else the
-    /// request stays pending for more approvers. Each approver counts
-    /// once: approving twice is refused. The approval and the activation
-    /// are audited, each before it takes effect.
-    ///
-    /// # Errors
-    /// [`GrantError`]; every refusal is audited.
-    pub async fn approve(
-        &self,
-        actor: &Actor<'_>,
-        r: &AccessRequestRecord,
-        labels: &BTreeMap<String, String>,
-        comment: Option<&str>,
-    ) -> Result<Approval, GrantError> {
-        self.pending(actor, "approve", r).await?;
-        if let Some(c) = comment
-            && (c.len() > MAX_REASON_BYTES || c.chars().any(char::is_control))
-        {
-            return Err(GrantError::Reason(format!(
-                "the comment must be one line of at most {MAX_REASON_BYTES} bytes"
-            )));
-        }
-        let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
-        let me = actor.principal.subject.as_str();
-        let before = self.approvals(&r.id).await?;
-        if before.iter().any(|a| a.approver == me) {
-            let e = already_approved(&r.id, before.len());
-            return Err(self
-                .refuse(actor, "approve", what, e, "already approved by them".into())
-                .await);
-        }
-        let policies = self
-            .allowed(actor, "approve", Action::Approve, r, labels, before.len())
-            .await?;
-        let now = now_ms();
-        self.record(
-            actor,
-            AuditEvent::AccessRequestApproved {
-                request_id: r.id.clone(),
-                requester: r.requester.clone(),
-                container: r.container.clone(),
-                login: r.login.clone(),
-                approvals: i64::try_from(before.len().saturating_add(1)).unwrap_or(i64::MAX),
-                comment: comment.map(str::to_string),
-                policies,
-            },
-        )
-        .await?;
-        if !self.store.add_approval(&r.id, me, comment, now).await? {
-            // A concurrent approval of theirs (another gateway) came first.
-            let count = self.approvals(&r.id).await?.len();
-            let e = already_approved(&r.id, count);
-            let detail = "already approved by them (concurrently)".to_string();
-            return Err(self.refuse(actor, "approve", what, e, detail).await);
-        }
-        let approvals = self.approvals(&r.id).await?;
-        let activate = self.policy.decide_workflow(&Self::question(
-            actor,
-            Action::Activate,
-            r,
-            labels,
-            approvals.len(),
-        ));
-        let activation = match activate {
-            Ok(d) if d.allowed => Some(d.policies),
-            Ok(d) => {
-                tracing::debug!(
-                    id = %r.id,
-                    approvals = approvals.len(),
-                    policies = ?d.policies,
-                    "approval recorded; activate not permitted yet"
-                );
-                None
-            }
-            Err(e) => {
-                let detail = format!("activate: {e}");
-                let e = GrantError::Denied(format!(
-                    "start grant {} (the policy cannot decide `activate`; your approval \
-                     is recorded)",
-                    r.id
-                ));
-                return Err(self.refuse(actor, "activate", what, e, detail).await);
-            }
-        };
-        if let Some(policies) = activation {
-            self.record(
-                actor,
-                AuditEvent::GrantApproved {
-                    grant_id: r.id.clone(),
-                    requester: r.requester.clone(),
-                    container: r.container.clone(),
-                    login: r.login.clone(),
-                    expires_at: now.saturating_add(r.duration_seconds.saturating_mul(1000)),
-                    comment: comment.map(str::to_string),
-                    approvers: approvals.iter().map(|a| a.approver.clone()).collect(),
-                    policies,
-                },
-            )
-            .await?;
-            let won = self
-                .store
-                .approve_access_request(&r.id, me, comment, now)
-                .await?;
-            if !won {
-                // Another approver's activation (or a denial) came first.
-                let current = self.get(&r.id).await?;
-                if current.status != "approved" {
-                    return Err(GrantError::State(format!(
-                        "request {} was decided meanwhile",
-                        r.id
-                    )));
-                }
-            }
-        }
-        let request = self.get(&r.id).await?;
-        self.notify("approved", &request, &approvals, actor).await;
-        Ok(Approval { request, approvals })
-    }
-
-    /// Denies pending request `r` (policy action `approve`).
-    ///
-    /// # Errors
-    /// [`GrantError`]; every refusal is audited.
-    pub async fn deny(
-        &self,
-        actor: &Actor<'_>,
-        r: &AccessRequestRecord,
-        labels: &BTreeMap<String, String>,
-        reason: &str,
-    ) -> Result<(), GrantError> {
-        self.pending(actor, "deny", r).await?;
-        self.check_reason_plain(reason)?;
-        let approvals = self.approvals(&r.id).await?.len();
-        self.allowed(actor, "deny", Action::Approve, r, labels, approvals)
-            .await?;
-        self.record(
-            actor,
-            AuditEvent::AccessRequestDenied {
-                request_id: r.id.clone(),
-                requester: r.requester.clone(),
-                reason: reason.to_string(),
-            },
-        )
-        .await?;
-        if !self
-            .store
-            .deny_access_request(&r.id, &actor.principal.subject, reason)
-            .await?
-        {
-            return Err(GrantError::State(format!(
-                "request {} was decided meanwhile",
-                r.id
-            )));
-        }
-        self.notify("denied", r, &[], actor).await;
-        Ok(())
     }
 
     /// Any reason (requests, denials, revocations): one non-empty line of
@@ -651,52 +228,6 @@ impl Workflow<'_> {
                 "a one-line reason of at most {MAX_REASON_BYTES} bytes is required (--reason)"
             )));
         }
-        Ok(())
-    }
-
-    /// Revokes grant `r` now (policy action `revoke`). Live sessions that
-    /// depend on it end within a [`GrantWatch`] poll.
-    ///
-    /// # Errors
-    /// [`GrantError`]; every refusal is audited.
-    pub async fn revoke(
-        &self,
-        actor: &Actor<'_>,
-        r: &AccessRequestRecord,
-        labels: &BTreeMap<String, String>,
-        reason: &str,
-    ) -> Result<(), GrantError> {
-        let now = now_ms();
-        if !r.active_at(now) {
-            let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
-            let e = GrantError::State(format!("{} is not an active grant", r.id));
-            return Err(self
-                .refuse(actor, "revoke", what, e, "not active".into())
-                .await);
-        }
-        self.check_reason_plain(reason)?;
-        let approvals = self.approvals(&r.id).await?;
-        self.allowed(actor, "revoke", Action::Revoke, r, labels, approvals.len())
-            .await?;
-        self.record(
-            actor,
-            AuditEvent::GrantRevoked {
-                grant_id: r.id.clone(),
-                requester: r.requester.clone(),
-                container: r.container.clone(),
-                login: r.login.clone(),
-                reason: reason.to_string(),
-            },
-        )
-        .await?;
-        if !self
-            .store
-            .revoke_grant(&r.id, &actor.principal.subject, reason, now)
-            .await?
-        {
-            return Err(GrantError::State(format!("{} ended meanwhile", r.id)));
-        }
-        self.notify("revoked", r, &approvals, actor).await;
         Ok(())
     }
 }

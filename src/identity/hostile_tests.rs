@@ -4,8 +4,6 @@
 //! clear user message, never a panic. `tests/hostile_tokens.rs` sends the
 //! ones that fit an OpenSSH prompt through the real gateway (audit events).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};

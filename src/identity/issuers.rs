@@ -127,7 +127,6 @@ fn peek_issuer(token: &str) -> Result<String, IdentityError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn issuers(text: &str) -> Issuers {

@@ -24,6 +24,7 @@ mod krl;
 mod oidc;
 mod own_keys;
 mod sealing;
+mod throttle;
 
 pub use announce::BindingNotice;
 pub use binding::{
@@ -39,6 +40,7 @@ pub use issuers::Issuers;
 pub use krl::{Krl, KrlError, RevokedKeys};
 pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, TokenSource, VerifiedIdToken};
 pub use sealing::{RefreshTokenKey, SealedFor, SealingError};
+pub use throttle::FailureThrottle;
 
 /// OpenSSH reads at most this many bytes per keyboard-interactive prompt
 /// (`readpassphrase` with a 1024-byte buffer); an answer this long was

@@ -13,7 +13,9 @@
 //!   ([`super::login`]).
 //!
 //! Every failure is audited and slows the source address down
-//! ([`super::throttle`]); no audit event, no login (fail closed).
+//! ([`crate::identity::FailureThrottle`]); no audit event, no login (fail
+//! closed). On success the SSH user name is parsed, once, into the
+//! caller's [`Destination`]: the [`Caller`] every channel starts with.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use super::Gateway;
 use super::login::{Login, LoginReply};
 use crate::audit::{AuditEvent, AuditSubject, truncate};
 use crate::identity::{BindingCheck, Principal};
+use crate::session::{Caller, Destination};
 
 /// One connection's authentication state.
 pub(super) struct AuthState {
@@ -43,9 +46,7 @@ pub(super) struct AuthState {
     /// Cancelled once authenticated (ends the login grace timer).
     authenticated: CancellationToken,
     /// Who, once authenticated.
-    pub principal: Option<Principal>,
-    /// The SSH user name of the last request (the target).
-    pub user: String,
+    pub caller: Option<Caller>,
 }
 
 fn keyboard_interactive_only() -> MethodSet {
@@ -67,14 +68,12 @@ impl AuthState {
             verified_key: None,
             unauth_permit: Some(unauth_permit),
             authenticated,
-            principal: None,
-            user: String::new(),
+            caller: None,
         }
     }
 
     /// `none` (OpenSSH's first probe): name the methods.
-    pub(super) fn none(&mut self, user: &str) -> Auth {
-        self.user = user.to_string();
+    pub(super) fn none(&mut self, _user: &str) -> Auth {
         Auth::Reject {
             proceed_with_methods: Some(super::auth_methods()),
             partial_success: false,
@@ -83,7 +82,6 @@ impl AuthState {
 
     /// A plain public key whose signature verified.
     pub(super) async fn publickey(&mut self, user: &str, key: &PublicKey) -> Auth {
-        self.user = user.to_string();
         let fingerprint = crate::identity::key_fingerprint(key);
         let check = self
             .gateway
@@ -104,7 +102,8 @@ impl AuthState {
                 } else {
                     "publickey"
                 };
-                self.accept(user, principal, method).await
+                self.accept(user, principal, method, Some(fingerprint))
+                    .await
             }
             BindingCheck::Unbound(None) => {
                 self.verified_key = Some(key.clone());
@@ -152,10 +151,14 @@ impl AuthState {
 
     /// An OpenSSH user certificate whose signature verified.
     pub(super) async fn certificate(&mut self, user: &str, cert: &Certificate) -> Auth {
-        self.user = user.to_string();
         let now = crate::store::now_ms().max(0) as u64 / 1000;
         match self.gateway.cas.authenticate(cert, now) {
-            Ok(principal) => self.accept(user, principal, "certificate").await,
+            Ok(principal) => {
+                let key = PublicKey::from(cert.public_key().clone());
+                let fingerprint = crate::identity::key_fingerprint(&key);
+                self.accept(user, principal, "certificate", Some(fingerprint))
+                    .await
+            }
             Err(e) => {
                 let reason = e.to_string();
                 if matches!(e, crate::identity::CertificateError::UntrustedCa(_)) {
@@ -179,7 +182,6 @@ impl AuthState {
         user: &str,
         answers: Option<Vec<String>>,
     ) -> Auth {
-        self.user = user.to_string();
         let (reply, failure) = self.login.advance(answers).await;
         if let Some(failure) = failure {
             let reason = failure.error.to_string();
@@ -203,8 +205,10 @@ impl AuthState {
             LoginReply::Reject => Auth::reject(),
             LoginReply::Accept { tokens, method } => {
                 let principal = tokens.id_token.principal.clone();
+                let mut bound = None;
                 if let Some(key) = self.verified_key.take() {
                     let fingerprint = crate::identity::key_fingerprint(&key);
+                    bound = Some(fingerprint.clone());
                     match self.gateway.bindings.bind(&key, &tokens).await {
                         Ok(Some(until)) => {
                             let event = AuditEvent::KeyBindingChanged {
@@ -237,12 +241,18 @@ impl AuthState {
                 {
                     tracing::warn!(error = %e, "cannot update the groups of key bindings");
                 }
-                self.accept(user, principal, method).await
+                self.accept(user, principal, method, bound).await
             }
         }
     }
 
-    async fn accept(&mut self, user: &str, principal: Principal, method: &str) -> Auth {
+    async fn accept(
+        &mut self,
+        user: &str,
+        principal: Principal,
+        method: &str,
+        key_fingerprint: Option<String>,
+    ) -> Auth {
         let event = AuditEvent::AuthenticationSucceeded {
             method: method.to_string(),
             target: truncate(user, 128),
@@ -252,7 +262,19 @@ impl AuthState {
             return Auth::reject();
         }
         tracing::info!(peer = %self.peer, principal = %principal.subject, method, "authenticated");
-        self.principal = Some(principal);
+        let config = &self.gateway.config;
+        self.caller = Some(Caller {
+            destination: Destination::parse(
+                user,
+                &config.grants.broker_user,
+                &config.default_login,
+            ),
+            user: user.to_string(),
+            principal,
+            client_addr: self.peer_text.clone(),
+            key_fingerprint,
+            credential_expires_at: None,
+        });
         self.unauth_permit = None;
         self.authenticated.cancel();
         Auth::Accept

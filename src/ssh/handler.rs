@@ -1,26 +1,41 @@
 //! The russh handler of one connection: authentication and channel
-//! requests. It stays thin: a shell or exec request starts a
-//! [`super::session`] task, and later channel events (data, EOF, window
-//! changes, signals) are forwarded to that task.
+//! requests. It stays thin: a shell, exec, subsystem or forward starts a
+//! task of [`crate::session`] (or a broker command), and later channel
+//! events (data, EOF, close, window changes, signals) go to that task's
+//! input queue ([`crate::session::io`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use russh::server::{Auth, Msg, Session};
-use russh::{Channel, ChannelId, Pty, Sig};
-use tokio::sync::mpsc;
-
+use russh::server::{Auth, Handle, Msg, Session};
+use russh::{Channel, ChannelId, ChannelWriteHalf, Pty, Sig};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use super::auth::AuthState;
-use super::forward::{ForwardStart, Requester};
-use super::session::{ChannelInput, SessionKind, SessionStart};
-use super::transfer::{TransferKind, TransferStart};
+use super::channel::{RefusalStyle, SshOutput};
 use crate::attach::PtyRequest;
 use crate::audit::{AuditEvent, truncate};
+use crate::session::forward::{ForwardRefused, ForwardRequest};
+use crate::session::io::{Credit, Input, InputReceiver, InputRefused, InputSender, input_queue};
+use crate::session::shell::ShellRequest;
+use crate::session::transfer::TransferKind;
+use crate::session::{Caller, Destination};
+
+/// Bytes of client input a channel may hold before its session takes
+/// them: the SSH window the gateway grants (russh's default, 2 MiB), plus
+/// room for control events (EOF, resizes, signals) that a full window of
+/// data must not crowd out. A client that respects its window never
+/// reaches it.
+const INPUT_LIMIT: usize = 2 * 1024 * 1024 + 64 * 1024;
+
+/// Shell or command.
+enum SessionKind {
+    Shell,
+    Exec(String),
+}
 
 /// Longest accepted exec command, in bytes.
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -34,17 +49,27 @@ fn env_allowed(name: &str) -> bool {
 struct ChannelState {
     pty: Option<PtyRequest>,
     env: Vec<(String, String)>,
-    input: Option<mpsc::Sender<ChannelInput>>,
+    /// The running task's input, once one started.
+    input: Option<InputSender>,
+    /// Where the task writes, until it starts (window-aware: writes wait
+    /// for the client's window, so the connection never queues more).
+    writer: Option<ChannelWriteHalf<Msg>>,
+    /// The client sent more than its window once (logged once).
+    overran: bool,
+    /// A session channel's slot of `[forwarding] max_session_channels`,
+    /// held by its task (freed when the task ends, whoever closes first).
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 /// One connection's state.
 pub struct ConnectionHandler {
     gateway: Arc<Gateway>,
-    peer_text: String,
     auth: AuthState,
     channels: HashMap<ChannelId, ChannelState>,
     /// Forwarded connections (`direct-tcpip`) this connection may still open.
     forwards: Arc<Semaphore>,
+    /// Session channels this connection may still open.
+    sessions: Arc<Semaphore>,
 }
 
 impl ConnectionHandler {
@@ -59,41 +84,78 @@ impl ConnectionHandler {
         ConnectionHandler {
             auth: AuthState::new(gateway.clone(), peer, unauth_permit, authenticated),
             forwards: Arc::new(Semaphore::new(gateway.config.forwarding.max_forwards)),
+            sessions: Arc::new(Semaphore::new(
+                gateway.config.forwarding.max_session_channels,
+            )),
             gateway,
-            peer_text: peer.to_string(),
             channels: HashMap::new(),
         }
     }
 
-    async fn forward(&mut self, channel: ChannelId, input: ChannelInput) {
-        let Some(tx) = self.channels.get(&channel).and_then(|c| c.input.clone()) else {
+    /// Hands `input` to the channel's task without ever waiting: the
+    /// russh loop that calls the handler must go on reading window
+    /// adjusts, EOF and CLOSE. The queue holds what the window allows;
+    /// data beyond it is dropped (RFC 4254 §5.2: the receiver may ignore
+    /// it) and a gone task means the session is ending.
+    fn deliver(&mut self, channel: ChannelId, input: Input) {
+        let Some(state) = self.channels.get_mut(&channel) else {
             return;
         };
-        // A gone session task means the session is ending; nothing to do.
-        let _ = tx.send(input).await;
+        let Some(tx) = state.input.as_ref() else {
+            return;
+        };
+        if let Err(InputRefused::Full) = tx.try_send(input)
+            && !std::mem::replace(&mut state.overran, true)
+        {
+            tracing::warn!(?channel, "client sent beyond its window; data dropped");
+        }
+    }
+
+    /// The input queue and output of `channel`'s task, once: its consumed
+    /// input grants the client window again.
+    fn io(
+        &mut self,
+        channel: ChannelId,
+        handle: Handle,
+        style: RefusalStyle,
+    ) -> Option<(InputReceiver, SshOutput, Slot)> {
+        let state = self.channels.get_mut(&channel)?;
+        let writer = state.writer.take()?;
+        let slot = Slot(state.slot.take());
+        let credit_handle = handle.clone();
+        let credit: Credit = Box::new(move |bytes| {
+            let _ = credit_handle.window_consumed(channel, bytes);
+        });
+        let (tx, rx) = input_queue(INPUT_LIMIT, Some(credit));
+        state.input = Some(tx);
+        Some((rx, SshOutput::new(writer, handle, style), slot))
     }
 
     /// Who asks, once authenticated.
-    fn requester(&self) -> Option<Requester> {
-        Some(Requester {
-            gateway: self.gateway.clone(),
-            principal: self.auth.principal.clone()?,
-            user: self.auth.user.clone(),
-            client_addr: self.peer_text.clone(),
-        })
+    fn caller(&self) -> Option<Caller> {
+        self.auth.caller.clone()
+    }
+
+    /// True when the caller asked for the broker's own commands.
+    fn to_broker(&self) -> bool {
+        self.auth
+            .caller
+            .as_ref()
+            .is_some_and(|c| c.destination == Destination::Broker)
     }
 
     /// Audits a refused channel or request in the background (the refusal
     /// itself does not wait for it: nothing happens either way).
     fn audit_refusal(&self, kind: &str, reason: &str) {
         tracing::info!(kind, reason, "refused");
-        if let Some(who) = self.requester() {
+        if let Some(who) = self.caller() {
             let event = AuditEvent::ChannelRefused {
                 kind: kind.to_string(),
                 reason: reason.to_string(),
             };
+            let gateway = self.gateway.clone();
             self.gateway.tasks.spawn(async move {
-                let _ = who.audit(None, event).await;
+                let _ = who.audit(&gateway, None, event).await;
             });
         }
     }
@@ -106,29 +168,32 @@ impl ConnectionHandler {
         kind: TransferKind,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let Some(who) = self.requester() else {
+        let Some(caller) = self.caller() else {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        let Some(state) = self.channels.get_mut(&channel) else {
-            session.channel_failure(channel)?;
-            return Ok(());
-        };
-        if state.input.is_some() || state.pty.is_some() {
-            session.channel_failure(channel)?;
-            return Ok(());
+        match self.channels.get(&channel) {
+            Some(state) if state.input.is_none() && state.pty.is_none() => {}
+            _ => {
+                session.channel_failure(channel)?;
+                return Ok(());
+            }
         }
-        let (tx, rx) = mpsc::channel(64);
-        state.input = Some(tx);
-        session.channel_success(channel)?;
-        let start = TransferStart {
-            who,
-            handle: session.handle(),
-            channel,
-            input: rx,
-            kind,
+        let style = match kind {
+            TransferKind::Scp { .. } => RefusalStyle::Rcp,
+            TransferKind::Sftp => RefusalStyle::Stderr,
         };
-        self.gateway.tasks.spawn(super::transfer::run(start));
+        let Some((input, output, slot)) = self.io(channel, session.handle(), style) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        session.channel_success(channel)?;
+        let gateway = self.gateway.clone();
+        self.gateway
+            .tasks
+            .spawn(slot.held_by(crate::session::transfer::run(
+                gateway, caller, kind, input, output,
+            )));
         Ok(())
     }
 
@@ -138,11 +203,11 @@ impl ConnectionHandler {
         kind: SessionKind,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let Some(principal) = self.auth.principal.clone() else {
+        let Some(caller) = self.caller() else {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        let Some(state) = self.channels.get_mut(&channel) else {
+        let Some(state) = self.channels.get(&channel) else {
             session.channel_failure(channel)?;
             return Ok(());
         };
@@ -151,41 +216,51 @@ impl ConnectionHandler {
             session.channel_failure(channel)?;
             return Ok(());
         }
-        let (tx, rx) = mpsc::channel(64);
-        state.input = Some(tx);
+        let (pty, env) = (state.pty.clone(), state.env.clone());
+        let Some((input, output, slot)) = self.io(channel, session.handle(), RefusalStyle::Stderr)
+        else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
         session.channel_success(channel)?;
-        if self.auth.user == self.gateway.config.grants.broker_user {
+        let command = match kind {
+            SessionKind::Exec(c) => Some(c),
+            SessionKind::Shell => None,
+        };
+        if caller.destination == Destination::Broker {
             // The reserved name reaches the broker's own commands (issue 7).
-            let start = super::broker::BrokerStart {
-                gateway: self.gateway.clone(),
-                handle: session.handle(),
-                channel,
-                principal,
-                client_addr: self.peer_text.clone(),
-                command: match kind {
-                    SessionKind::Exec(c) => Some(c),
-                    SessionKind::Shell => None,
-                },
-                pty: state.pty.is_some(),
-            };
-            drop(rx);
-            self.gateway.tasks.spawn(super::broker::run(start));
+            drop(input);
+            let gateway = self.gateway.clone();
+            self.gateway.tasks.spawn(slot.held_by(super::command::run(
+                gateway,
+                caller,
+                command,
+                pty.is_some(),
+                output,
+            )));
             return Ok(());
         }
-        let start = SessionStart {
-            gateway: self.gateway.clone(),
-            handle: session.handle(),
-            channel,
-            principal,
-            user: self.auth.user.clone(),
-            client_addr: self.peer_text.clone(),
-            kind,
-            pty: state.pty.clone(),
-            env: state.env.clone(),
-            input: rx,
-        };
-        self.gateway.tasks.spawn(super::session::run(start));
+        let request = ShellRequest { command, pty, env };
+        let gateway = self.gateway.clone();
+        self.gateway
+            .tasks
+            .spawn(slot.held_by(crate::session::shell::run(
+                gateway, caller, request, input, output,
+            )));
         Ok(())
+    }
+}
+
+/// A channel's slot, held by its task until the task ends: a channel the
+/// gateway closes first (every command that exits) frees its slot then,
+/// though russh never reports the client's CLOSE that answers it.
+struct Slot(Option<OwnedSemaphorePermit>);
+
+impl Slot {
+    /// Runs `task`, holding the slot until it ends.
+    async fn held_by<F: std::future::Future<Output = ()>>(self, task: F) {
+        let Slot(_held) = self;
+        task.await;
     }
 }
 
@@ -231,22 +306,38 @@ impl russh::server::Handler for ConnectionHandler {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let cap = self.gateway.config.forwarding.max_session_channels;
-        if self.auth.principal.is_some() && self.channels.len() >= cap {
-            self.audit_refusal(
-                "session",
-                &format!("more than {cap} session channels on one connection"),
-            );
-        }
-        if self.auth.principal.is_none() || self.channels.len() >= cap {
+        if self.auth.caller.is_none() {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
             return Ok(());
         }
-        self.channels.insert(channel.id(), ChannelState::default());
-        // The Channel object is not used: events arrive through this handler.
-        drop(channel);
+        // Channels whose task ended (closed by the gateway) are forgotten.
+        self.channels
+            .retain(|_, c| !c.input.as_ref().is_some_and(InputSender::is_ended));
+        let Ok(slot) = self.sessions.clone().try_acquire_owned() else {
+            let cap = self.gateway.config.forwarding.max_session_channels;
+            self.audit_refusal(
+                "session",
+                &format!("more than {cap} session channels on one connection"),
+            );
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        // Input arrives through this handler; output goes through the
+        // channel's write half, which waits for the client's window.
+        let id = channel.id();
+        let (_, writer) = channel.split();
+        self.channels.insert(
+            id,
+            ChannelState {
+                writer: Some(writer),
+                slot: Some(slot),
+                ..ChannelState::default()
+            },
+        );
         reply.accept().await;
         Ok(())
     }
@@ -324,7 +415,7 @@ impl russh::server::Handler for ConnectionHandler {
         };
         // Legacy `scp -O` runs `scp -t`/`scp -f`: served by the gateway
         // itself (the broker's reserved name keeps its own commands).
-        if self.auth.user != self.gateway.config.grants.broker_user
+        if !self.to_broker()
             && let Some(parsed) = crate::scp::ScpCommand::parse(&command)
         {
             let kind = TransferKind::Scp {
@@ -363,9 +454,9 @@ impl russh::server::Handler for ConnectionHandler {
         originator_address: &str,
         originator_port: u32,
         reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(who) = self.requester() else {
+        let Some(who) = self.caller() else {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -382,16 +473,42 @@ impl russh::server::Handler for ConnectionHandler {
                 .await;
             return Ok(());
         };
-        let start = ForwardStart {
-            who,
-            channel,
-            reply,
+        let request = ForwardRequest {
             host: truncate(host_to_connect, 256),
             port: port_to_connect,
             originator: format!("{}:{originator_port}", truncate(originator_address, 64)),
-            permit,
         };
-        self.gateway.tasks.spawn(super::forward::run(start));
+        // Its data comes through this handler, like a session channel's.
+        let id = channel.id();
+        let (_, writer) = channel.split();
+        self.channels.insert(
+            id,
+            ChannelState {
+                writer: Some(writer),
+                ..ChannelState::default()
+            },
+        );
+        let Some((input, output, _)) = self.io(id, session.handle(), RefusalStyle::Stderr) else {
+            return Ok(());
+        };
+        let gateway = self.gateway.clone();
+        self.gateway.tasks.spawn(async move {
+            let _permit = permit;
+            match crate::session::forward::open(gateway, who, &request).await {
+                Ok(open) => {
+                    reply.accept().await;
+                    open.run(input, output).await;
+                }
+                Err(ForwardRefused::Prohibited) => {
+                    reply
+                        .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                        .await;
+                }
+                Err(ForwardRefused::ConnectFailed) => {
+                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                }
+            }
+        });
         Ok(())
     }
 
@@ -440,8 +557,7 @@ impl russh::server::Handler for ConnectionHandler {
         data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.forward(channel, ChannelInput::Data(data.to_vec()))
-            .await;
+        self.deliver(channel, Input::Data(data.to_vec()));
         Ok(())
     }
 
@@ -450,7 +566,7 @@ impl russh::server::Handler for ConnectionHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.forward(channel, ChannelInput::Eof).await;
+        self.deliver(channel, Input::Eof);
         Ok(())
     }
 
@@ -459,7 +575,7 @@ impl russh::server::Handler for ConnectionHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.forward(channel, ChannelInput::Close).await;
+        // Dropping the input's sender closes it: the task sees the client gone.
         self.channels.remove(&channel);
         Ok(())
     }
@@ -473,14 +589,13 @@ impl russh::server::Handler for ConnectionHandler {
         _pix_height: u32,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.forward(
+        self.deliver(
             channel,
-            ChannelInput::Resize {
+            Input::Resize {
                 cols: clamp_dim(col_width, 80),
                 rows: clamp_dim(row_height, 24),
             },
-        )
-        .await;
+        );
         Ok(())
     }
 
@@ -491,7 +606,7 @@ impl russh::server::Handler for ConnectionHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(number) = signal_number(&signal) {
-            self.forward(channel, ChannelInput::Signal(number)).await;
+            self.deliver(channel, Input::Signal(number));
         }
         Ok(())
     }
@@ -521,23 +636,15 @@ fn clamp_dim(value: u32, default: u16) -> u16 {
     }
 }
 
-/// RFC 4254 §6.9 signal names to numbers.
+/// The number of a signal a client asked for (RFC 4254 §6.9), from the
+/// one table ([`crate::session::signal`]).
 fn signal_number(signal: &Sig) -> Option<i32> {
-    Some(match signal {
-        Sig::ABRT => libc::SIGABRT,
-        Sig::ALRM => libc::SIGALRM,
-        Sig::FPE => libc::SIGFPE,
-        Sig::HUP => libc::SIGHUP,
-        Sig::ILL => libc::SIGILL,
-        Sig::INT => libc::SIGINT,
-        Sig::KILL => libc::SIGKILL,
-        Sig::PIPE => libc::SIGPIPE,
-        Sig::QUIT => libc::SIGQUIT,
-        Sig::SEGV => libc::SIGSEGV,
-        Sig::TERM => libc::SIGTERM,
-        Sig::USR1 => libc::SIGUSR1,
-        _ => return None,
-    })
+    let name = match signal {
+        Sig::Custom(name) => name.clone(),
+        // The variants are the RFC's names.
+        other => format!("{other:?}"),
+    };
+    crate::session::signal::number(&name)
 }
 
 #[cfg(test)]

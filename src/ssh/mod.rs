@@ -1,24 +1,21 @@
-//! The SSH server (russh): host key, accept loop, authentication and
-//! session channels, wiring identity, inventory, policy, recording and
-//! attach together. This is the only module where they meet.
+//! The SSH front door (russh): host key, accept loop, authentication and
+//! channels. It relays each channel to [`crate::session`] (shell, exec,
+//! sftp, scp, forwards) or to [`crate::commands`] (the broker), and never
+//! writes a session row, a session audit event or a recording itself.
 //!
-//! The russh [`russh::server::Handler`] ([`handler`]) stays thin: it keeps
-//! per-channel requests (pty, env) and hands each shell or exec to a session
-//! task ([`session`]) that owns the process and its recording.
+//! The russh [`russh::server::Handler`] (`handler.rs`) stays thin: it
+//! keeps per-channel requests (pty, env), hands each channel to a task of
+//! the session core with an input queue and an output (`channel.rs`), and
+//! never waits inside russh's connection loop: back-pressure goes through
+//! the SSH window (see ARCHITECTURE.md, "Flow control").
 
 mod algorithms;
 mod auth;
-mod broker;
-pub mod forward;
+mod channel;
+mod command;
 mod handler;
 mod login;
-mod pump;
-mod session;
-mod target;
-mod throttle;
-pub mod transfer;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,21 +25,13 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, HashAlg, PrivateKey};
 use russh::{MethodKind, MethodSet};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::attach::HelperBinary;
-use crate::audit::AuditLog;
-use crate::config::Config;
-use crate::identity::{CertificateAuthorities, Issuers, KeyBindings};
-use crate::inventory::Inventory;
-use crate::policy::PolicyEngine;
-use crate::store::Store;
-
+pub use crate::gateway::Gateway;
+pub use crate::identity::FailureThrottle;
+pub use crate::session::{Target, TargetError};
 pub use login::TOKEN_PROMPT;
-pub use target::{Target, TargetError};
-pub use throttle::FailureThrottle;
 
 /// A failed server step.
 #[derive(Debug, thiserror::Error)]
@@ -64,70 +53,6 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Everything a connection needs, shared by all connections.
-pub struct Gateway {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// The database.
-    pub store: Store,
-    /// The audit log.
-    pub audit: AuditLog,
-    /// The OpenID Connect issuers.
-    pub issuers: Arc<Issuers>,
-    /// Public keys bound to principals.
-    pub bindings: KeyBindings,
-    /// Trusted SSH user CAs.
-    pub cas: CertificateAuthorities,
-    /// Delays for addresses that failed to authenticate.
-    pub throttle: FailureThrottle,
-    /// The loaded policies.
-    pub policy: PolicyEngine,
-    /// The container inventory.
-    pub inventory: Inventory,
-    /// The sealed attach helper binary.
-    pub helper: HelperBinary,
-    /// Cancelled at shutdown; sessions end when it is.
-    pub shutdown: CancellationToken,
-    /// Tracks session tasks so shutdown can wait for them.
-    pub tasks: TaskTracker,
-    /// Live sessions by id: sending a reason ends the session with it.
-    pub live: LiveSessions,
-}
-
-/// Live sessions by id, each with the sender that ends it with a reason.
-#[derive(Default)]
-pub struct LiveSessions(std::sync::Mutex<HashMap<String, oneshot::Sender<String>>>);
-
-impl LiveSessions {
-    /// Registers session `id`; the receiver gets the reason when it is to end.
-    pub fn register(&self, id: &str) -> oneshot::Receiver<String> {
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut map) = self.0.lock() {
-            map.insert(id.to_string(), tx);
-        }
-        rx
-    }
-
-    /// Forgets session `id` (it ended).
-    pub fn remove(&self, id: &str) {
-        if let Ok(mut map) = self.0.lock() {
-            map.remove(id);
-        }
-    }
-}
-
-impl Gateway {
-    /// Ends live session `id` with `reason` shown to its user; false when
-    /// this gateway serves no such session.
-    pub fn end_live_session(&self, id: &str, reason: &str) -> bool {
-        let sender = self.live.0.lock().ok().and_then(|mut map| map.remove(id));
-        match sender {
-            Some(tx) => tx.send(reason.to_string()).is_ok(),
-            None => false,
-        }
-    }
 }
 
 /// Loads the ed25519 host key at `path`, or generates and writes it (mode
@@ -189,6 +114,9 @@ pub fn russh_config(host_key: PrivateKey, max_auth_attempts: usize) -> russh::se
         inactivity_timeout: Some(Duration::from_secs(3600)),
         keepalive_interval: Some(Duration::from_secs(30)),
         nodelay: true,
+        // Back-pressure through the SSH window: a channel's window is
+        // granted again as its session consumes the data (vendor/russh).
+        window_on_consume: true,
         ..Default::default()
     }
 }
@@ -334,7 +262,6 @@ async fn grace_time_exceeded(gateway: &Gateway, peer: SocketAddr) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 

@@ -465,7 +465,6 @@ fn binding_from_row(r: &sqlx::any::AnyRow) -> KeyBinding {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[tokio::test]

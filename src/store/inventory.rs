@@ -86,6 +86,7 @@ mod tests {
                 command: None,
                 client_addr: None,
                 recording_path: "/r.cast",
+                grant_id: None,
             })
             .await
             .unwrap();

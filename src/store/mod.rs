@@ -14,15 +14,18 @@ use sqlx::Row;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, Pool};
 
+mod approvals;
 mod bindings;
 mod fleet;
 mod grants;
+mod webhooks;
 
+pub use approvals::ApprovalRecord;
 pub use bindings::{KeyBinding, NewKeyBinding, RefreshedBinding};
 pub use fleet::{
     ContainerConflict, FleetContainer, NodeRecord, TokenRefusal, WitnessRecord, notify_fleet_query,
 };
-pub use grants::{AccessRequestRecord, ApprovalRecord, NewAccessRequest};
+pub use grants::{AccessRequestRecord, NewAccessRequest};
 
 /// A failed database step.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +130,8 @@ pub struct NewSession<'a> {
     pub client_addr: Option<&'a str>,
     /// Recording path.
     pub recording_path: &'a str,
+    /// The grant the session depends on, when it does (issue 7).
+    pub grant_id: Option<&'a str>,
 }
 
 /// How a session ended.
@@ -296,8 +301,8 @@ impl Store {
     ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
         sqlx::query(
             "INSERT INTO sessions (id, principal, email, container, login, command, client_addr, \
-             started_at, status, recording_path, gateway) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10)",
+             started_at, status, recording_path, gateway, grant_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $10, $11)",
         )
         .bind(s.id)
         .bind(s.principal)
@@ -309,6 +314,7 @@ impl Store {
         .bind(now_ms())
         .bind(s.recording_path)
         .bind(self.gateway_id.clone())
+        .bind(s.grant_id)
     }
 
     /// Closes a session row: end time now, status, exit and recording digest.
@@ -382,6 +388,19 @@ impl Store {
         Ok(rows.iter().map(session_from_row).collect())
     }
 
+    /// Ids of the sessions that depended on grant `grant_id`, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn sessions_of_grant(&self, grant_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id FROM sessions WHERE grant_id = $1 ORDER BY started_at, id")
+                .bind(grant_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>("id")).collect())
+    }
+
     /// One session by id.
     ///
     /// # Errors
@@ -421,7 +440,6 @@ pub(crate) fn session_from_row(r: &AnyRow) -> SessionRecord {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
@@ -444,6 +462,7 @@ pub(crate) mod tests {
                 command: Some("true"),
                 client_addr: Some("127.0.0.1:5555"),
                 recording_path: "/x/s1.cast",
+                grant_id: None,
             })
             .await
             .unwrap();
@@ -491,6 +510,7 @@ pub(crate) mod tests {
                 command: None,
                 client_addr: None,
                 recording_path: "r",
+                grant_id: None,
             })
             .await
             .unwrap();

@@ -124,6 +124,7 @@ mod tests {
                     command: None,
                     client_addr: None,
                     recording_path: "r",
+                    grant_id: None,
                 })
                 .await
                 .unwrap();

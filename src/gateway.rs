@@ -1,0 +1,89 @@
+//! The services bag: everything a session, a broker command or a front end
+//! needs from the running gateway, built once by [`crate::app`] and shared
+//! as `Arc<Gateway>` by every connection.
+//!
+//! It sits below every front end (`ssh`, the web console, the fleet relay)
+//! and below [`crate::session`] and [`crate::commands`], and holds no
+//! logic of its own beyond how users are told to reach the broker
+//! ([`Gateway::broker_line`]). It never imports a front end.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::attach::HelperBinary;
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::identity::{CertificateAuthorities, FailureThrottle, Issuers, KeyBindings};
+use crate::inventory::Inventory;
+use crate::policy::PolicyEngine;
+use crate::session::live::LiveSessions;
+use crate::store::Store;
+
+/// Everything a connection needs, shared by all connections.
+pub struct Gateway {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub store: Store,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// The OpenID Connect issuers.
+    pub issuers: Arc<Issuers>,
+    /// Public keys bound to principals.
+    pub bindings: KeyBindings,
+    /// Trusted SSH user CAs.
+    pub cas: CertificateAuthorities,
+    /// Delays for addresses that failed to authenticate.
+    pub throttle: FailureThrottle,
+    /// The loaded policies.
+    pub policy: PolicyEngine,
+    /// The container inventory.
+    pub inventory: Inventory,
+    /// The sealed attach helper binary.
+    pub helper: HelperBinary,
+    /// Cancelled at shutdown; sessions end when it is.
+    pub shutdown: CancellationToken,
+    /// Tracks session tasks so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// The sessions this gateway serves now ([`crate::session::live`]).
+    pub live: LiveSessions,
+}
+
+impl Gateway {
+    /// Ends live session `id` because an admin asked, with `reason` shown
+    /// to its user; false when this gateway serves no such session.
+    pub fn end_live_session(&self, id: &str, reason: &str) -> bool {
+        self.live.end(
+            id,
+            crate::session::end::EndReason::Killed {
+                by: None,
+                reason: reason.to_string(),
+            },
+        )
+    }
+
+    /// How users reach the broker in printed `ssh` lines, followed by
+    /// `rest`: `ssh [grants] gateway_address rest`, else
+    /// `ssh -p PORT BROKER@HOST rest` (the port left out when 22).
+    pub fn broker_line(&self, rest: &str) -> String {
+        let g = &self.config.grants;
+        let host = match g.gateway_address.as_deref().map(str::trim) {
+            Some(a) => match a.rsplit_once(' ') {
+                Some((opts, host)) => format!("{opts} {}@{host}", g.broker_user),
+                None => format!("{}@{a}", g.broker_user),
+            },
+            None => {
+                let port = self.config.listen.port();
+                let host = self.config.gateway_id();
+                if port == 22 {
+                    format!("{}@{host}", g.broker_user)
+                } else {
+                    format!("-p {port} {}@{host}", g.broker_user)
+                }
+            }
+        };
+        format!("ssh {host} {rest}")
+    }
+}

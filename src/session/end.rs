@@ -1,0 +1,151 @@
+//! Why a live session ends before its process does: one typed reason,
+//! audited (`SessionTerminated`, or `ContainerStopped`) and shown to the
+//! user ("Portcullis: session ended: REASON."), whoever ended it.
+//!
+//! Several reasons are seams for what comes next (locks, idle and length
+//! limits, policy reloads, recording limits); nothing produces them yet.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why the gateway ends a live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client closed the channel, or its connection dropped. Not shown
+    /// to anyone (there is no one to show it to).
+    ClientGone,
+    /// An admin ended it (`sessions kill`, the web console).
+    Killed {
+        /// Who, when known to this gateway (a kill request read from the
+        /// database carries only its reason; the requester is audited there).
+        by: Option<String>,
+        /// The reason given, shown to the user as is.
+        reason: String,
+    },
+    /// The grant the session depended on expired or was revoked.
+    GrantEnded {
+        /// The grant.
+        grant_id: String,
+        /// One clause for the user, e.g. `the grant X expired`.
+        reason: String,
+    },
+    /// A lock covering its principal, container, key or issuer was set.
+    Locked {
+        /// The lock.
+        lock_id: String,
+        /// The lock's reason.
+        reason: String,
+    },
+    /// No input or output for this long.
+    IdleTimeout(Duration),
+    /// The session reached its longest allowed length.
+    MaxDuration(Duration),
+    /// A policy reload no longer allows the session.
+    PolicyChanged,
+    /// The container's init exited.
+    ContainerStopped {
+        /// The container.
+        container: String,
+    },
+    /// Writing the recording failed under `recording.on_failure =
+    /// "terminate"`.
+    RecordingFailed,
+    /// The recording reached its size limit.
+    RecordingLimit,
+    /// The gateway cannot write its audit log (fail closed).
+    AuditUnavailable,
+    /// The gateway lost track of the session process.
+    ProcessLost,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl EndReason {
+    /// A stable word for logs and metrics: `client_gone`, `killed`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EndReason::ClientGone => "client_gone",
+            EndReason::Killed { .. } => "killed",
+            EndReason::GrantEnded { .. } => "grant_ended",
+            EndReason::Locked { .. } => "locked",
+            EndReason::IdleTimeout(_) => "idle_timeout",
+            EndReason::MaxDuration(_) => "max_duration",
+            EndReason::PolicyChanged => "policy_changed",
+            EndReason::ContainerStopped { .. } => "container_stopped",
+            EndReason::RecordingFailed => "recording_failed",
+            EndReason::RecordingLimit => "recording_limit",
+            EndReason::AuditUnavailable => "audit_unavailable",
+            EndReason::ProcessLost => "process_lost",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// False when nobody is there to be told ([`EndReason::ClientGone`]).
+    pub fn is_shown(&self) -> bool {
+        !matches!(self, EndReason::ClientGone)
+    }
+}
+
+/// One clause without a final period, as the user reads it after
+/// "session ended: ".
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndReason::ClientGone => f.write_str("disconnected"),
+            EndReason::Killed { reason, .. } | EndReason::GrantEnded { reason, .. } => {
+                f.write_str(reason)
+            }
+            EndReason::Locked { lock_id, reason } => write!(f, "locked ({lock_id}): {reason}"),
+            EndReason::IdleTimeout(d) => {
+                write!(f, "idle for {}", humantime::format_duration(*d))
+            }
+            EndReason::MaxDuration(d) => write!(
+                f,
+                "it reached the longest allowed session ({})",
+                humantime::format_duration(*d)
+            ),
+            EndReason::PolicyChanged => f.write_str("the policy no longer allows it"),
+            EndReason::ContainerStopped { container } => {
+                write!(f, "the container {container} stopped")
+            }
+            EndReason::RecordingFailed => f.write_str("the session recording failed"),
+            EndReason::RecordingLimit => {
+                f.write_str("the session recording reached its size limit")
+            }
+            EndReason::AuditUnavailable => f.write_str("the gateway cannot write its audit log"),
+            EndReason::ProcessLost => f.write_str("the gateway lost the session process"),
+            EndReason::Shutdown => f.write_str("the gateway is shutting down"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_read_as_before() {
+        let killed = EndReason::Killed {
+            by: Some("ops".into()),
+            reason: "maintenance window".into(),
+        };
+        assert_eq!(killed.to_string(), "maintenance window");
+        assert_eq!(
+            EndReason::ContainerStopped {
+                container: "web1".into()
+            }
+            .to_string(),
+            "the container web1 stopped"
+        );
+        assert_eq!(
+            EndReason::RecordingFailed.to_string(),
+            "the session recording failed"
+        );
+        assert_eq!(
+            EndReason::Shutdown.to_string(),
+            "the gateway is shutting down"
+        );
+        assert!(!EndReason::ClientGone.is_shown());
+        assert_eq!(killed.kind(), "killed");
+    }
+}

@@ -1,0 +1,133 @@
+//! One SSH channel as the session core sees it: the [`Output`] that
+//! writes a session's bytes, notices and exit to the channel (RFC 4254
+//! §5.2 data, §6.10 exit status and signal), and how a refusal reads on
+//! it. Input reaches the core through [`crate::session::io`] queues that
+//! the handler fills.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use russh::server::{Handle, Msg};
+use russh::{ChannelId, ChannelWriteHalf};
+
+use crate::attach::ExitStatus;
+use crate::session::io::{ClientGone, Output};
+use crate::session::{EndReason, Refusal};
+
+/// How long the user's "session ended: ..." notice may wait for a client
+/// that does not read before it is given up.
+const NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How a refusal is written on the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RefusalStyle {
+    /// A line on stderr (extended data 1).
+    Stderr,
+    /// An rcp fatal error (`\x02MESSAGE\n` on stdout), which OpenSSH's
+    /// scp prints and stops on (scp.c `response()`/`sink()`).
+    Rcp,
+}
+
+/// A session channel's output side. Data goes through the channel's
+/// write half, which sends only what the client's window allows and waits
+/// for more (so russh never queues data the client did not ask for, and
+/// its loop keeps serving every other channel); exit status, EOF and close
+/// go through the connection's handle, in the same queue, in order.
+pub(super) struct SshOutput {
+    writer: ChannelWriteHalf<Msg>,
+    handle: Handle,
+    channel: ChannelId,
+    style: RefusalStyle,
+    /// EOF was sent (once per channel, RFC 4254 §5.3).
+    eof_sent: AtomicBool,
+}
+
+impl SshOutput {
+    /// The output of the channel of `writer` on the connection of
+    /// `handle`; refusals read as `style` says.
+    pub(super) fn new(
+        writer: ChannelWriteHalf<Msg>,
+        handle: Handle,
+        style: RefusalStyle,
+    ) -> SshOutput {
+        SshOutput {
+            channel: writer.id(),
+            writer,
+            handle,
+            style,
+            eof_sent: AtomicBool::new(false),
+        }
+    }
+
+    async fn close(&self, exit: Option<ExitStatus>) {
+        match exit {
+            Some(ExitStatus::Code(code)) => {
+                let _ = self
+                    .handle
+                    .exit_status_request(self.channel, code as u32)
+                    .await;
+            }
+            Some(ExitStatus::Signal {
+                signal,
+                core_dumped,
+            }) => {
+                // The RFC 4254 name is all that goes on the wire.
+                let name = russh::Sig::Custom(crate::session::signal::name(signal));
+                let _ = self
+                    .handle
+                    .exit_signal_request(
+                        self.channel,
+                        name,
+                        core_dumped,
+                        String::new(),
+                        String::new(),
+                    )
+                    .await;
+            }
+            None => {}
+        }
+        self.eof().await;
+        let _ = self.handle.close(self.channel).await;
+    }
+}
+
+impl Output for SshOutput {
+    async fn stdout(&self, bytes: Vec<u8>) -> Result<(), ClientGone> {
+        self.writer.data_bytes(bytes).await.map_err(|_| ClientGone)
+    }
+
+    async fn stderr(&self, bytes: Vec<u8>) -> Result<(), ClientGone> {
+        self.writer
+            .extended_data_bytes(1, bytes)
+            .await
+            .map_err(|_| ClientGone)
+    }
+
+    async fn eof(&self) {
+        if !self.eof_sent.swap(true, Ordering::Relaxed) {
+            let _ = self.handle.eof(self.channel).await;
+        }
+    }
+
+    async fn ended(&self, reason: &EndReason) {
+        let text = format!("\r\nPortcullis: session ended: {reason}.\r\n");
+        let _ = tokio::time::timeout(NOTICE_WAIT, self.stderr(text.into_bytes())).await;
+    }
+
+    async fn finish(self, exit: Option<ExitStatus>) {
+        self.close(exit).await;
+    }
+
+    async fn refuse(self, refusal: &Refusal) {
+        match self.style {
+            RefusalStyle::Stderr => {
+                let text = format!("{}\r\n", refusal.message());
+                let _ = self.stderr(text.into_bytes()).await;
+            }
+            RefusalStyle::Rcp => {
+                let text = format!("\x02{}\n", refusal.message().replace(['\r', '\n'], " "));
+                let _ = self.stdout(text.into_bytes()).await;
+            }
+        }
+        self.close(Some(ExitStatus::Code(1))).await;
+    }
+}

@@ -1,0 +1,245 @@
+//! The in-process layer: the gateway built by [`portcullis::app::App`] in
+//! the test's own runtime, on port 0, with the `process` inventory backend
+//! (containers named in the config, none running) and a russh client that
+//! logs in with OpenSSH user certificates. No LXC, no IdP, no OpenSSH
+//! client: for policy, broker and refusal paths, where nothing enters a
+//! container. The certificates come from `ssh-keygen`, as a real CA's
+//! would.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use portcullis::app::App;
+use portcullis::gateway::Gateway;
+use russh::ChannelMsg;
+use russh::keys::{Certificate, PrivateKey, PublicKeyOrCertificate};
+use tokio::sync::oneshot;
+
+use super::container::run;
+
+/// A gateway running in this process.
+pub struct InProcess {
+    /// Its SSH port on 127.0.0.1.
+    pub port: u16,
+    /// Its services (store, audit log, live sessions...).
+    pub gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    ca: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    /// Starts a gateway whose config is the base (port 0, the `process`
+    /// backend with `web1` labelled dev and `db1` prod, both stopped, the
+    /// shipped policies, a CA whose certificates carry `groups@portcullis`)
+    /// plus `extra` (TOML). On PostgreSQL when
+    /// `PORTCULLIS_TEST_DATABASE=postgres`.
+    pub async fn start(extra: &str) -> InProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let ca = root.join("ca");
+        super::ssh::keygen(&ca);
+        let ca_pub = std::fs::read_to_string(ca.with_extension("pub")).expect("ca.pub");
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let database = match std::env::var("PORTCULLIS_TEST_DATABASE").as_deref() {
+            Ok("postgres") => format!(
+                "[database]\nurl = \"{}\"\n",
+                super::postgres::server().new_database()
+            ),
+            _ => String::new(),
+        };
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\ngateway_id = \"gw\"\n\
+             [oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"portcullis\"\n\
+             [auth]\nfailure_delay = \"0s\"\n{database}\
+             [policy]\ndir = \"{policies}\"\n[inventory]\nbackend = \"process\"\n\
+             [containers.web1]\npid_file = \"{root}/web1.pid\"\nlabels = {{ env = \"dev\" }}\n\
+             [containers.db1]\npid_file = \"{root}/db1.pid\"\nlabels = {{ env = \"prod\" }}\n\
+             [certificates]\ngroups_extension = \"groups@portcullis\"\n\
+             [[certificates.ca]]\npublic_key = \"{ca_pub}\"\n{extra}",
+            state = root.join("state").display(),
+            policies = policies.display(),
+            root = root.display(),
+            ca_pub = ca_pub.trim(),
+        );
+        let config = portcullis::config::Config::parse(&text, Path::new("inproc.toml"))
+            .unwrap_or_else(|e| panic!("config: {e}"));
+        let helper =
+            portcullis::attach::HelperBinary::from_path(env!("CARGO_BIN_EXE_portcullis-helper"))
+                .expect("helper");
+        let app = App::build_with(Arc::new(config), helper)
+            .await
+            .unwrap_or_else(|e| panic!("gateway: {e}"));
+        let port = app.local_addr().expect("local addr").port();
+        let gateway = app.gateway.clone();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        InProcess {
+            port,
+            gateway,
+            stop: Some(stop),
+            task: Some(task),
+            ca,
+            dir,
+        }
+    }
+
+    /// Stops the gateway (in order: sessions, then the audit head, then the
+    /// database) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// A certificate login for `principal` with `groups` (a fresh key,
+    /// signed by the gateway's trusted CA).
+    pub fn user(&self, principal: &str, groups: &[&str]) -> User {
+        let key = self.dir.path().join(format!("user-{principal}"));
+        if !key.exists() {
+            super::ssh::keygen(&key);
+            let mut sign = Command::new("ssh-keygen");
+            sign.args(["-q", "-s"])
+                .arg(&self.ca)
+                .args(["-I", principal, "-n", principal, "-V", "-5m:+1h"]);
+            if !groups.is_empty() {
+                sign.arg("-O")
+                    .arg(format!("extension:groups@portcullis={}", groups.join(",")));
+            }
+            run(sign.arg(key.with_extension("pub")));
+        }
+        let private = russh::keys::load_secret_key(&key, None).expect("user key");
+        let cert = Certificate::read_file(&PathBuf::from(format!("{}-cert.pub", key.display())))
+            .expect("certificate");
+        User {
+            port: self.port,
+            key: Arc::new(private),
+            cert,
+        }
+    }
+
+    /// The audit events so far: `(kind, outcome, detail)`.
+    pub async fn audit(&self) -> Vec<(String, String, serde_json::Value)> {
+        self.gateway
+            .store
+            .audit_events(None)
+            .await
+            .expect("audit events")
+            .into_iter()
+            .map(|e| {
+                let detail = serde_json::from_str(&e.detail).unwrap_or_default();
+                (e.kind, e.outcome, detail)
+            })
+            .collect()
+    }
+}
+
+/// Trusts any host key (the gateway is ours, on loopback).
+struct TrustingClient;
+
+impl russh::client::Handler for TrustingClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, _: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// A principal with a key and a certificate.
+pub struct User {
+    port: u16,
+    key: Arc<PrivateKey>,
+    cert: Certificate,
+}
+
+/// What one exec answered.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The exit status (`None`: none was sent).
+    pub code: Option<u32>,
+    /// Stdout bytes.
+    pub stdout: Vec<u8>,
+    /// Stderr as text.
+    pub stderr: String,
+}
+
+/// One authenticated connection.
+pub struct Connection {
+    session: russh::client::Handle<TrustingClient>,
+}
+
+impl User {
+    /// Connects and logs in as SSH user `ssh_user` (the destination).
+    pub async fn connect(&self, ssh_user: &str) -> Connection {
+        let config = Arc::new(russh::client::Config::default());
+        let mut session = russh::client::connect(config, ("127.0.0.1", self.port), TrustingClient)
+            .await
+            .expect("connect");
+        let auth = session
+            .authenticate_openssh_cert(ssh_user, self.key.clone(), self.cert.clone())
+            .await
+            .expect("authenticate");
+        assert!(auth.success(), "certificate login refused: {auth:?}");
+        Connection { session }
+    }
+
+    /// Connects as `ssh_user` and runs `command` on a fresh connection.
+    pub async fn exec(&self, ssh_user: &str, command: &str) -> Answer {
+        self.connect(ssh_user).await.exec(command).await
+    }
+}
+
+impl Connection {
+    /// Runs `command` on a new channel of this connection (stdin closed at
+    /// once) and collects its answer until the channel closes.
+    pub async fn exec(&self, command: &str) -> Answer {
+        let mut channel = self
+            .session
+            .channel_open_session()
+            .await
+            .expect("channel open");
+        channel.exec(true, command).await.expect("exec");
+        channel.eof().await.expect("eof");
+        let mut answer = Answer::default();
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => answer.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, .. } => {
+                    answer.stderr.push_str(&String::from_utf8_lossy(&data))
+                }
+                ChannelMsg::ExitStatus { exit_status } => answer.code = Some(exit_status),
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        answer
+    }
+
+    /// Tries to open a session channel; `Err` with the server's reason.
+    pub async fn open_session(&self) -> Result<russh::Channel<russh::client::Msg>, russh::Error> {
+        self.session.channel_open_session().await
+    }
+
+    /// Asks for `subsystem` on a new channel; true when the server agreed.
+    pub async fn subsystem(&self, subsystem: &str) -> bool {
+        let mut channel = self.open_session().await.expect("channel open");
+        channel
+            .request_subsystem(true, subsystem)
+            .await
+            .expect("request");
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Success) => return true,
+                Some(ChannelMsg::Failure) | None => return false,
+                _ => {}
+            }
+        }
+    }
+}
