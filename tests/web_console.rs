@@ -362,3 +362,38 @@ fn a_principal_the_policy_does_not_allow_is_refused() {
         "the refused approval is audited"
     );
 }
+
+/// Processes whose command line names `needle`.
+fn processes_naming(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(needle)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A dropped browser leaves no Chromium behind (before the fix each test
+/// left one Chromium tree running after chromedriver was killed).
+#[test]
+fn a_dropped_browser_leaves_no_chromium_running() {
+    let profile = rt().block_on(async {
+        let b = Browser::start().await;
+        b.goto("about:blank").await;
+        let profile = b.profile_dir().display().to_string();
+        assert!(
+            !processes_naming(&profile).is_empty(),
+            "no Chromium runs with {profile}"
+        );
+        profile
+    });
+    common::wait_until("Chromium to exit", Duration::from_secs(10), || {
+        processes_naming(&profile).is_empty()
+    });
+}

@@ -4,12 +4,16 @@
 //! over plain HTTP with the test's own `reqwest` (a few JSON calls; no
 //! WebDriver crate to build).
 //!
-//! Each [`Browser`] is one chromedriver process (free loopback port, a
-//! reaper kills it when the test process exits) and one Chromium session
-//! with a fresh profile directory.
+//! Each [`Browser`] is one chromedriver process in its own process group
+//! (free loopback port) and one Chromium session with a fresh profile
+//! directory. Dropping it ends the WebDriver session (Chromium quits) and
+//! kills the group; a reaper kills the group when the test process exits
+//! without dropping (statics), so no Chromium outlives its test.
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,12 +38,19 @@ pub struct Browser {
 pub struct Element(String);
 
 impl Browser {
+    /// The profile directory this browser's Chromium runs with (its
+    /// processes name it on their command line).
+    pub fn profile_dir(&self) -> std::path::PathBuf {
+        self._profile.path().to_path_buf()
+    }
+
     /// Starts chromedriver and a headless Chromium (as root: no sandbox)
     /// with a fresh profile, 1280×900.
     pub async fn start() -> Browser {
         let port = super::gateway::free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -50,7 +61,10 @@ impl Browser {
         #[allow(clippy::zombie_processes)]
         let reaper = Command::new("sh")
             .arg("-c")
-            .arg(format!("read _ignored; kill {} 2>/dev/null", driver.id()))
+            .arg(format!(
+                "read _ignored; kill -KILL -- -{} 2>/dev/null",
+                driver.id()
+            ))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -317,8 +331,25 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the WebDriver session (`DELETE /session/{id}`: Chromium quits),
+    /// then kills chromedriver's process group (anything left of Chromium
+    /// with it). Blocking std I/O: `Drop` cannot await.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let addr = self.base.trim_start_matches("http://");
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
+                 Connection: close\r\n\r\n",
+                self.session
+            );
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+            }
+        }
+        let group = nix::unistd::Pid::from_raw(-(self.driver.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.driver.wait();
     }
 }
