@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::attach::HelperBinary;
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::fleet::edge_relay::EdgeRelay;
 use crate::identity::{CertificateAuthorities, FailureThrottle, Issuers, KeyBindings};
 use crate::inventory::Inventory;
 use crate::policy::PolicyEngine;
@@ -49,6 +50,9 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// The sessions this gateway serves now ([`crate::session::live`]).
     pub live: LiveSessions,
+    /// On a fleet edge: how sessions are relayed to nodes (`None` on the
+    /// all-in-one gateway and on nodes).
+    pub edge: Option<EdgeRelay>,
 }
 
 impl Gateway {
