@@ -20,9 +20,8 @@ use std::sync::Arc;
 
 use super::access::{Ask, authorize, decide, denial};
 use super::io::{Input, InputReceiver, Output};
-use super::shell::ShellRequest;
 use super::{Caller, Destination, EndReason, Refusal};
-use crate::attach::ExitStatus;
+use crate::attach::{ExitStatus, PtyRequest};
 use crate::audit::{AuditEvent, truncate};
 use crate::fleet::edge_relay::EdgeRelay;
 use crate::fleet::locate::LocateError;
@@ -33,13 +32,24 @@ use crate::inventory::{Backend, Container, ContainerState};
 use crate::policy::Action;
 use crate::store::FleetContainer;
 
+/// A shell or command as the user asked for it (`shell::ShellRequest`'s
+/// fields, passed on to the node as they are).
+pub(crate) struct RemoteShell {
+    /// `None`: a login shell; `Some`: the command.
+    pub command: Option<String>,
+    /// The PTY, when one was asked for.
+    pub pty: Option<PtyRequest>,
+    /// Client environment (the node keeps only locale variables).
+    pub env: Vec<(String, String)>,
+}
+
 /// Relays one shell or command for `caller` through `edge` to its end.
 /// Every refusal is audited before it is sent through `output`.
 pub(crate) async fn run<O: Output>(
     gw: Arc<Gateway>,
     edge: &EdgeRelay,
     caller: Caller,
-    request: ShellRequest,
+    request: RemoteShell,
     input: InputReceiver,
     output: O,
 ) {
@@ -56,7 +66,7 @@ async fn open(
     gw: &Gateway,
     edge: &EdgeRelay,
     caller: &Caller,
-    request: &ShellRequest,
+    request: &RemoteShell,
 ) -> Result<(RelaySession, String), Refusal> {
     let (action, verb) = match request.command {
         None => (Action::Shell, "open a shell"),
@@ -198,7 +208,7 @@ async fn unreachable(
 
 /// Passes env, pty-req and shell/exec on; the node's "no" to the last one
 /// is a refusal.
-async fn pass_requests(relay: &RelaySession, request: &ShellRequest) -> Result<(), Refusal> {
+async fn pass_requests(relay: &RelaySession, request: &RemoteShell) -> Result<(), Refusal> {
     let lost = |_| {
         Refusal::new(format!(
             "Access refused: node {} unreachable.",

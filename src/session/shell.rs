@@ -53,6 +53,11 @@ pub async fn run<O: Output>(
 ) {
     if let Some(edge) = gateway.edge.clone() {
         // An edge runs no session itself: it relays to the node.
+        let request = super::remote::RemoteShell {
+            command: request.command,
+            pty: request.pty,
+            env: request.env,
+        };
         super::remote::run(gateway, &edge, caller, request, input, output).await;
         return;
     }
