@@ -78,14 +78,20 @@ fn start() -> Fleet {
         &format!(
             "{}[fleet]\nlisten = \"127.0.0.1:{fleet_port}\"\nheartbeat = \"1s\"\n\
              [certificates]\ngroups_extension = \"groups@portcullis\"\n\
-             [[certificates.ca]]\npublic_key = \"{}\"\n",
+             [[certificates.ca]]\nprincipal_prefix = \"ca:\"\nallowed_groups = [\"admins\"]\npublic_key = \"{}\"\n",
             common_config("edge-a", edge_port),
             ca_pub.trim()
         ),
     );
-    wait_until("the fleet listener", Duration::from_secs(60), || {
-        std::net::TcpStream::connect(("127.0.0.1", fleet_port)).is_ok()
-    });
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", fleet_port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no fleet listener: {}",
+            edge.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let added = edge.cli(&["nodes", "add", "n1", "--ttl", "10m"]);
     let field = |name: &str| {
         added
@@ -218,8 +224,8 @@ fn an_exec_through_the_edge_runs_and_is_recorded_on_the_node() {
     cmd.arg("echo hi; exit 3");
     let r = run_ssh(&mut cmd, b"");
     assert_eq!(
-        (r.stdout.as_str(), r.code),
-        ("hi\n", 3),
+        (r.stdout.as_slice(), r.code),
+        (&b"hi\n"[..], 3),
         "stderr: {}",
         r.stderr
     );
@@ -302,7 +308,13 @@ fn a_kill_at_the_edge_ends_the_session_on_the_node() {
     let mut kill = f.ssh("portcullis");
     kill.args(["sessions", "kill", &id, "--reason", "maintenance"]);
     let k = run_ssh(&mut kill, b"");
-    assert_eq!(k.code, 0, "kill: {} {}", k.stdout, k.stderr);
+    assert_eq!(
+        k.code,
+        0,
+        "kill: {} {}",
+        String::from_utf8_lossy(&k.stdout),
+        k.stderr
+    );
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\n");
@@ -353,7 +365,7 @@ fn a_node_that_goes_away_ends_its_sessions_and_refuses_new_ones() {
     cmd.arg("echo never");
     let r = run_ssh(&mut cmd, b"");
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert_eq!(r.stdout, "");
+    assert_eq!(r.stdout, b"");
     assert!(
         r.stderr.contains("Access refused: node n1 unreachable"),
         "{}",
@@ -376,7 +388,7 @@ fn a_node_that_goes_away_ends_its_sessions_and_refuses_new_ones() {
             let mut cmd = f.ssh(&f.target());
             cmd.arg("echo back");
             let r = run_ssh(&mut cmd, b"");
-            (r.stdout.as_str(), r.code) == ("back\n", 0)
+            (r.stdout.as_slice(), r.code) == (&b"back\n"[..], 0)
         },
     );
 }
