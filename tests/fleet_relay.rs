@@ -29,6 +29,7 @@ struct Fleet {
     dir: tempfile::TempDir,
     edge: RoleProcess,
     edge_port: u16,
+    node_port: u16,
     node: Mutex<Option<RoleProcess>>,
     node_config: String,
     key: PathBuf,
@@ -72,15 +73,18 @@ fn start() -> Fleet {
             dir.path().join(name).display()
         )
     };
+    let certificates = format!(
+        "[certificates]\ngroups_extension = \"groups@portcullis\"\n\
+         [[certificates.ca]]\nprincipal_prefix = \"ca:\"\nallowed_groups = [\"admins\"]\n\
+         public_key = \"{}\"\n",
+        ca_pub.trim()
+    );
     let edge = RoleProcess::start(
         dir.path(),
         "edge",
         &format!(
-            "{}[fleet]\nlisten = \"127.0.0.1:{fleet_port}\"\nheartbeat = \"1s\"\n\
-             [certificates]\ngroups_extension = \"groups@portcullis\"\n\
-             [[certificates.ca]]\nprincipal_prefix = \"ca:\"\nallowed_groups = [\"admins\"]\npublic_key = \"{}\"\n",
+            "{}[fleet]\nlisten = \"127.0.0.1:{fleet_port}\"\nheartbeat = \"1s\"\n{certificates}",
             common_config("edge-a", edge_port),
-            ca_pub.trim()
         ),
     );
     let started = std::time::Instant::now();
@@ -103,11 +107,14 @@ fn start() -> Fleet {
             .unwrap()
             .to_string()
     };
+    // The node trusts the same user CA, so a bench can also go to it
+    // directly.
+    let node_port = free_port();
     let node_config = format!(
         "{}[fleet]\nnode_name = \"n1\"\nedges = [\"127.0.0.1:{fleet_port}\"]\n\
          join_token = \"{}\"\nca_pin = \"{}\"\nheartbeat = \"1s\"\nreconnect_max = \"1s\"\n\
-         [containers.{}]\nlabels = {{ env = \"dev\" }}\n",
-        common_config("n1", free_port()),
+         [containers.{}]\nlabels = {{ env = \"dev\" }}\n{certificates}",
+        common_config("n1", node_port),
         field("join token:"),
         field("CA pin:"),
         container.name
@@ -119,6 +126,7 @@ fn start() -> Fleet {
         dir,
         edge,
         edge_port,
+        node_port,
         node: Mutex::new(Some(node)),
         node_config,
         key,
@@ -145,9 +153,14 @@ impl Fleet {
 
     /// OpenSSH at the edge as `user` with admin's certificate.
     fn ssh(&self, user: &str) -> Command {
+        self.ssh_to(self.edge_port, user, &[])
+    }
+
+    /// OpenSSH at `port` as `user` with admin's certificate and `options`.
+    fn ssh_to(&self, port: u16, user: &str, options: &[&str]) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.args(["-F", "/dev/null", "-p"])
-            .arg(self.edge_port.to_string())
+            .arg(port.to_string())
             .args([
                 "-o",
                 "BatchMode=yes",
@@ -164,6 +177,7 @@ impl Fleet {
             .arg(&self.key)
             .arg("-o")
             .arg(format!("CertificateFile={}", self.cert.display()))
+            .args(options)
             .args(["-l", user, "127.0.0.1"])
             .env_remove("SSH_AUTH_SOCK");
         cmd
@@ -390,5 +404,71 @@ fn a_node_that_goes_away_ends_its_sessions_and_refuses_new_ones() {
             let r = run_ssh(&mut cmd, b"");
             (r.stdout.as_slice(), r.code) == (&b"back\n"[..], 0)
         },
+    );
+}
+
+#[test]
+fn a_terminal_session_through_the_edge() {
+    let _turn = turn();
+    let f = fleet();
+    let mut cmd = f.ssh_to(f.edge_port, &f.target(), &["-tt"]);
+    let r = run_ssh(&mut cmd, b"stty size; exit 4\n");
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.code, 4, "{out} {}", r.stderr);
+    // ssh -tt without a terminal asks for a PTY of 0x0: the node's 80x24.
+    assert!(out.contains("24 80\r\n"), "{out}");
+}
+
+/// Median and 90th percentile of `samples`, in ms.
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.9))
+}
+
+/// Setup latency and throughput of a session through the edge against the
+/// same session straight to the node (issue 16 point 9). A benchmark, not
+/// a check: `cargo test --test fleet_relay -- --ignored --nocapture bench`;
+/// its figures go to benches/RESULTS.md.
+#[test]
+#[ignore = "a benchmark"]
+fn bench_relayed_versus_direct() {
+    let _turn = turn();
+    let f = fleet();
+    let target = f.target();
+    let time = |port: u16, command: &str, expect: usize| {
+        let mut cmd = f.ssh_to(port, &target, &[]);
+        cmd.arg(command);
+        let started = std::time::Instant::now();
+        let r = run_ssh(&mut cmd, b"");
+        let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!((r.code, r.stdout.len()), (0, expect), "{}", r.stderr);
+        elapsed
+    };
+    let (mut edge, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        edge.push(time(f.edge_port, "true", 0));
+        direct.push(time(f.node_port, "true", 0));
+    }
+    let (e50, e90) = percentiles(edge);
+    let (d50, d90) = percentiles(direct);
+    println!(
+        "setup (ssh ... true, 20 each, alternating): edge p50 {e50:.0} ms p90 {e90:.0} ms; \
+         direct p50 {d50:.0} ms p90 {d90:.0} ms; ratio p50 {:.2}",
+        e50 / d50
+    );
+    let bytes = 64 * 1024 * 1024;
+    let command = format!("head -c {bytes} /dev/zero");
+    let (mut edge, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        edge.push(bytes as f64 / 1048.576 / time(f.edge_port, &command, bytes));
+        direct.push(bytes as f64 / 1048.576 / time(f.node_port, &command, bytes));
+    }
+    let (e, _) = percentiles(edge);
+    let (d, _) = percentiles(direct);
+    println!(
+        "throughput (64 MiB of output, recorded, median of 3): edge {e:.1} MiB/s; direct {d:.1} \
+         MiB/s; ratio {:.2}",
+        e / d
     );
 }

@@ -402,10 +402,8 @@ impl russh::server::Handler for RelayedHandler {
     ) -> Result<(), Self::Error> {
         // Dropping the input's sender closes it: the session sees the
         // client gone.
-        if self.state(channel).is_some() {
-            if let Some(state) = self.channel.as_mut() {
-                state.input = None;
-            }
+        if let Some(state) = self.state(channel) {
+            state.input = None;
         }
         Ok(())
     }
