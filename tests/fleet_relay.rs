@@ -349,7 +349,7 @@ fn a_node_that_goes_away_ends_its_sessions_and_refuses_new_ones() {
     let _turn = turn();
     let f = fleet();
     let mut cmd = f.ssh(&f.target());
-    cmd.arg("echo ready; sleep 120")
+    cmd.arg("echo ready; sleep 121")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -395,6 +395,16 @@ fn a_node_that_goes_away_ends_its_sessions_and_refuses_new_ones() {
     // It resumes when the node is back.
     *f.node.lock().unwrap() = Some(RoleProcess::start(f.dir.path(), "node", &f.node_config));
     f.wait_node_up();
+    // The restarted node marks the session it lost interrupted.
+    wait_until(
+        "the lost session interrupted",
+        Duration::from_secs(30),
+        || {
+            f.sessions()
+                .iter()
+                .any(|s| s["command"] == "echo ready; sleep 121" && s["status"] == "interrupted")
+        },
+    );
     wait_until(
         "a session through the edge again",
         Duration::from_secs(60),
