@@ -68,6 +68,21 @@ impl Gateway {
         )
     }
 
+    /// Tells every gateway sharing a PostgreSQL database that session `id`
+    /// is to be killed (`reason`), through the fleet's fan-out
+    /// ([`crate::fleet::fanout`]); its row's kill request, already written,
+    /// stays the durable record that each gateway's poll also reads, so a
+    /// failed notice is only logged. Nothing on SQLite.
+    pub async fn notify_kill(&self, id: &str, reason: &str) {
+        let notice = crate::fleet::fanout::Notice::Kill {
+            session_id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Err(e) = crate::fleet::fanout::notify(&self.store, &notice).await {
+            tracing::warn!(session_id = %id, error = %e, "cannot send the kill notice");
+        }
+    }
+
     /// How users reach the broker in printed `ssh` lines, followed by
     /// `rest`: `ssh [grants] gateway_address rest`, else
     /// `ssh -p PORT BROKER@HOST rest` (the port left out when 22).

@@ -140,15 +140,23 @@ impl Fleet {
     /// Until `nodes list` shows n1 connected to the edge, reporting its
     /// container.
     fn wait_node_up(&self) {
-        wait_until(
-            "n1 connected with its container",
-            Duration::from_secs(90),
-            || {
-                let listed: serde_json::Value =
-                    serde_json::from_str(&self.edge.cli(&["nodes", "list", "--json"])).unwrap();
-                listed[0]["edges"] == serde_json::json!(["edge-a"]) && listed[0]["containers"] == 1
-            },
-        );
+        let started = std::time::Instant::now();
+        loop {
+            let listed: serde_json::Value =
+                serde_json::from_str(&self.edge.cli(&["nodes", "list", "--json"])).unwrap();
+            if listed[0]["edges"] == serde_json::json!(["edge-a"]) && listed[0]["containers"] == 1 {
+                eprintln!("n1 up after {:?}", started.elapsed());
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(150) {
+                let node = self.node.lock().unwrap();
+                panic!(
+                    "n1 not up: {listed}\nnode log: {}",
+                    node.as_ref().map(RoleProcess::log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// OpenSSH at the edge as `user` with admin's certificate.
@@ -480,5 +488,21 @@ fn bench_relayed_versus_direct() {
         "throughput (64 MiB of output, recorded, median of 3): edge {e:.1} MiB/s; direct {d:.1} \
          MiB/s; ratio {:.2}",
         e / d
+    );
+}
+
+#[test]
+fn file_transfers_through_the_edge_are_refused_with_a_reason() {
+    let _turn = turn();
+    let f = fleet();
+    let mut cmd = f.ssh_to(f.edge_port, &f.target(), &["-s"]);
+    cmd.arg("sftp");
+    let r = run_ssh(&mut cmd, b"");
+    assert_eq!((r.code, r.stdout.as_slice()), (1, &b""[..]), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("Access refused: file transfers are not relayed through this edge yet"),
+        "{}",
+        r.stderr
     );
 }
