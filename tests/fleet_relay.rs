@@ -79,7 +79,7 @@ fn start() -> Fleet {
          public_key = \"{}\"\n",
         ca_pub.trim()
     );
-    let edge = RoleProcess::start(
+    let mut edge = RoleProcess::start(
         dir.path(),
         "edge",
         &format!(
@@ -89,6 +89,9 @@ fn start() -> Fleet {
     );
     let started = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", fleet_port)).is_err() {
+        if let Ok(Some(status)) = edge.child.try_wait() {
+            panic!("the edge exited ({status}): {}", edge.log());
+        }
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no fleet listener: {}",
