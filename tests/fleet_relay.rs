@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use common::container::{TestContainer, run};
+use common::container::{TestContainer, reaper, run};
 use common::fleet::RoleProcess;
 use common::gateway::free_port;
 use common::ssh::{keygen, run_ssh};
@@ -28,6 +28,9 @@ struct Fleet {
     url: String,
     dir: tempfile::TempDir,
     edge: RoleProcess,
+    /// Kill the edge and the node when the test process ends (the fixture
+    /// is never dropped).
+    reapers: Mutex<Vec<std::process::ChildStdin>>,
     edge_port: u16,
     node_port: u16,
     node: Mutex<Option<RoleProcess>>,
@@ -45,6 +48,11 @@ fn fleet() -> &'static Fleet {
 fn turn() -> MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
     TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kills `process` when the test process ends.
+fn reap(process: &RoleProcess) -> std::process::ChildStdin {
+    reaper(&format!("kill -9 {} 2>/dev/null", process.child.id()))
 }
 
 fn start() -> Fleet {
@@ -127,6 +135,7 @@ fn start() -> Fleet {
         container,
         url,
         dir,
+        reapers: Mutex::new(vec![reap(&edge), reap(&node)]),
         edge,
         edge_port,
         node_port,
@@ -404,7 +413,9 @@ fn a_node_that_goes_away_ends_its_sessions_and_refuses_new_ones() {
                 .is_some_and(|r| r.starts_with("node n1 unreachable"))
     }));
     // It resumes when the node is back.
-    *f.node.lock().unwrap() = Some(RoleProcess::start(f.dir.path(), "node", &f.node_config));
+    let node = RoleProcess::start(f.dir.path(), "node", &f.node_config);
+    f.reapers.lock().unwrap().push(reap(&node));
+    *f.node.lock().unwrap() = Some(node);
     f.wait_node_up();
     // The restarted node marks the session it lost interrupted.
     wait_until(
