@@ -24,7 +24,6 @@ use crate::attach::{AttachError, HelperBinary};
 use crate::audit::{AuditEvent, AuditLog, AuditSigner, AuditSubject};
 use crate::config::Config;
 use crate::fleet::Role;
-use crate::fleet::roles::RoleError;
 use crate::gateway::Gateway;
 use crate::identity::{
     CertificateAuthorities, CertificateError, FailureThrottle, IdentityError, Issuers, KeyBindings,
@@ -85,7 +84,7 @@ pub enum AppError {
     Audit(#[from] crate::audit::AuditError),
     /// A fleet role could not start.
     #[error(transparent)]
-    Fleet(#[from] RoleError),
+    Fleet(#[from] crate::fleet::roles::RoleError),
     /// The metrics endpoint could not be bound.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
@@ -228,8 +227,43 @@ impl App {
             host_key,
             config.auth.max_auth_attempts,
         ));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let inventory = Inventory::new(&config);
+        let metrics = Metrics::new(role.as_str());
+        if let Some(addr) = config.metrics.listen {
+            let listener = crate::metrics::bind(addr).await?;
+            tokio::spawn(crate::metrics::serve(
+                metrics.clone(),
+                listener,
+                shutdown.clone(),
+            ));
+        }
+        let node_server = Arc::new(std::sync::OnceLock::new());
+        let fleet = crate::fleet::roles::start(
+            role,
+            &config,
+            &store,
+            &audit,
+            fleet_host_key,
+            &inventory,
+            Some(metrics.clone()),
+            shutdown.clone(),
+            Some(relay_acceptor(node_server.clone())),
+        )
+        .await?;
+        let edge = match (&fleet.tunnels, &fleet.ca) {
+            (Some(tunnels), Some(ca)) => Some(crate::fleet::edge_relay::EdgeRelay {
+                store: store.clone(),
+                tunnels: tunnels.clone(),
+                ca: ca.clone(),
+                edge_id: config.gateway_id(),
+                certificate_ttl: config.fleet.user_certificate_ttl,
+                metrics: Some(metrics.clone()),
+            }),
+            _ => None,
+        };
         let gateway = Arc::new(Gateway {
-            inventory: Inventory::new(&config),
+            inventory,
             store: store.clone(),
             audit,
             bindings: KeyBindings::new(store, config.auth.key_binding_ttl),
@@ -238,18 +272,16 @@ impl App {
             issuers,
             policy,
             helper,
-            shutdown: tokio_util::sync::CancellationToken::new(),
+            shutdown,
             tasks: tokio_util::task::TaskTracker::new(),
             live: Default::default(),
+            edge,
             config,
         });
-        let metrics = Metrics::new(role.as_str());
-        if let Some(addr) = gateway.config.metrics.listen {
-            let listener = crate::metrics::bind(addr).await?;
-            let shutdown = gateway.shutdown.clone();
-            tokio::spawn(crate::metrics::serve(metrics.clone(), listener, shutdown));
+        if let Some(identity) = fleet.identity.clone() {
+            let _ = node_server.set((gateway.clone(), identity));
         }
-        start_fleet(&gateway, role, fleet_host_key, metrics).await?;
+        consume_fleet_notices(&gateway, fleet, metrics);
         let web = match gateway.config.web {
             Some(_) => Some(start_web(&gateway).await?),
             None => None,
@@ -332,25 +364,36 @@ impl App {
     }
 }
 
-/// Starts `role`'s fleet parts and, on a node or edge, the consumer of
-/// fleet notices (kills, locks, revocations) that ends live sessions.
-async fn start_fleet(
-    gateway: &Arc<Gateway>,
-    role: Role,
-    host_key: russh::keys::PrivateKey,
-    metrics: Arc<Metrics>,
-) -> Result<(), RoleError> {
-    let fleet = crate::fleet::roles::start(
-        role,
-        &gateway.config,
-        &gateway.store,
-        &gateway.audit,
-        host_key,
-        &gateway.inventory,
-        Some(metrics.clone()),
-        gateway.shutdown.clone(),
+/// The node's relay server, once the gateway is built (`slot`): each
+/// relay stream a tunnel hands over is served by [`crate::node::accept`];
+/// one that arrives before is refused (the edge reports the node
+/// unreachable).
+fn relay_acceptor(slot: Arc<NodeServer>) -> Arc<dyn crate::fleet::tunnel::RelayAcceptor> {
+    Arc::new(
+        move |stream: crate::fleet::tunnel::TunnelStream,
+              origin: crate::fleet::tunnel::RelayOrigin| {
+            match slot.get() {
+                Some((gateway, identity)) => {
+                    crate::node::accept(gateway.clone(), identity.clone(), stream, origin);
+                }
+                None => {
+                    tracing::warn!(edge = %origin.edge, "relay stream before the node is ready")
+                }
+            }
+        },
     )
-    .await?;
+}
+
+/// What a node's relay server runs with, set once the gateway is built.
+type NodeServer = std::sync::OnceLock<(Arc<Gateway>, Arc<crate::fleet::tunnel::NodeIdentity>)>;
+
+/// On a node or edge, the consumer of fleet notices (kills, locks,
+/// revocations) that ends live sessions.
+fn consume_fleet_notices(
+    gateway: &Arc<Gateway>,
+    fleet: crate::fleet::roles::FleetParts,
+    metrics: Arc<Metrics>,
+) {
     if let Some(notices) = fleet.notices {
         let gw = gateway.clone();
         let end = move |id: &str, reason: &str| gw.end_live_session(id, reason);
@@ -359,7 +402,6 @@ async fn start_fleet(
         // Not a session task: it ends when the fleet's listener does.
         tokio::spawn(consume);
     }
-    Ok(())
 }
 
 /// Starts the web console (issue 17) on `web.listen`.

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::attach::HelperBinary;
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::fleet::edge_relay::EdgeRelay;
 use crate::identity::{CertificateAuthorities, FailureThrottle, Issuers, KeyBindings};
 use crate::inventory::Inventory;
 use crate::policy::PolicyEngine;
@@ -49,6 +50,9 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// The sessions this gateway serves now ([`crate::session::live`]).
     pub live: LiveSessions,
+    /// On a fleet edge: how sessions are relayed to nodes (`None` on the
+    /// all-in-one gateway and on nodes).
+    pub edge: Option<EdgeRelay>,
 }
 
 impl Gateway {
@@ -62,6 +66,21 @@ impl Gateway {
                 reason: reason.to_string(),
             },
         )
+    }
+
+    /// Tells every gateway sharing a PostgreSQL database that session `id`
+    /// is to be killed (`reason`), through the fleet's fan-out
+    /// ([`crate::fleet::fanout`]); its row's kill request, already written,
+    /// stays the durable record that each gateway's poll also reads, so a
+    /// failed notice is only logged. Nothing on SQLite.
+    pub async fn notify_kill(&self, id: &str, reason: &str) {
+        let notice = crate::fleet::fanout::Notice::Kill {
+            session_id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Err(e) = crate::fleet::fanout::notify(&self.store, &notice).await {
+            tracing::warn!(session_id = %id, error = %e, "cannot send the kill notice");
+        }
     }
 
     /// How users reach the broker in printed `ssh` lines, followed by

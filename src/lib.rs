@@ -32,6 +32,7 @@
 //! | [`session`] | the life of one session, for every front end |
 //! | [`commands`] | the broker's commands: parse, act, reply (no SSH) |
 //! | [`ssh`] | the SSH front door: auth, channels, relaying to `session`/`commands` |
+//! | [`node`] | a fleet node's front door for sessions an edge relays |
 //! | [`app`] | the composition root: building, running and stopping the gateway |
 //! | [`cli`] | the `portcullis` command |
 
@@ -47,6 +48,7 @@ pub mod grants;
 pub mod identity;
 pub mod inventory;
 pub mod metrics;
+pub mod node;
 pub mod policy;
 pub mod recording;
 pub mod scp;

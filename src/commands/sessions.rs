@@ -257,6 +257,9 @@ async fn kill(gw: &Gateway, caller: &Caller, words: &[String]) -> Reply {
         }
         Err(e) => return Reply::refused(&format!("cannot ask for the kill: {e}")),
     }
+    // The gateway running it (a fleet node) hears at once; its poll of
+    // kill requests is the fallback.
+    gw.notify_kill(&session.id, &reason).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(KILL_WAIT_SECONDS);
     loop {
         match gw.store.session(&session.id).await {

@@ -56,6 +56,7 @@ async fn env() -> Env {
         shutdown: Default::default(),
         tasks: Default::default(),
         live: Default::default(),
+        edge: None,
         store,
         config,
     };

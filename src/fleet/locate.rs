@@ -5,7 +5,7 @@
 //! Owns the lookup; it never decides policy.
 
 use crate::fleet::tunnel::Tunnels;
-use crate::store::{Store, StoreError};
+use crate::store::{FleetContainer, Store, StoreError};
 
 /// Why a container cannot be reached through this edge.
 #[derive(Debug, thiserror::Error)]
@@ -56,16 +56,40 @@ pub async fn locate(
     tunnels: &Tunnels,
     container: &str,
 ) -> Result<Location, LocateError> {
-    let found = store
+    let found = find(store, container).await?;
+    reachable(store, tunnels, found).await
+}
+
+/// The fleet's row for `container` (its node, state and labels), without
+/// checking the node: the edge decides the policy on it first, so that an
+/// offline node is only named to someone allowed in.
+///
+/// # Errors
+/// [`LocateError::Unknown`], or [`LocateError::Store`] (fail closed).
+pub async fn find(store: &Store, container: &str) -> Result<FleetContainer, LocateError> {
+    store
         .fleet_containers()
         .await?
         .into_iter()
         .find(|c| c.name == container)
-        .ok_or_else(|| LocateError::Unknown(container.to_string()))?;
+        .ok_or_else(|| LocateError::Unknown(container.to_string()))
+}
+
+/// Checks that `found`'s node is active and its tunnel to this edge is up.
+///
+/// # Errors
+/// [`LocateError::Removed`], [`LocateError::Offline`] (with the node's
+/// last heartbeat, when known) or [`LocateError::Store`].
+pub async fn reachable(
+    store: &Store,
+    tunnels: &Tunnels,
+    found: FleetContainer,
+) -> Result<Location, LocateError> {
+    let container = found.name.clone();
     let node = store.fleet_node(&found.node).await?;
     if node.as_ref().is_none_or(|n| n.state != "active") {
         return Err(LocateError::Removed {
-            container: container.to_string(),
+            container,
             node: found.node,
         });
     }
@@ -75,7 +99,7 @@ pub async fn locate(
             .map(|t| format!(" (last heartbeat {} UTC)", format_ms(t)))
             .unwrap_or_default();
         return Err(LocateError::Offline {
-            container: container.to_string(),
+            container,
             node: found.node,
             since,
         });

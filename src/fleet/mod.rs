@@ -4,7 +4,8 @@
 //! Owns: the edge CA and the certificates it signs ([`ca`]), joining and
 //! leaving ([`join`]), the node → edge SSH tunnel ([`tunnel`]), the edge's
 //! relay client to a node and its second witness of each session
-//! ([`relay`]), where a container runs ([`locate`]), the node's inventory
+//! ([`relay`]) and what the session core holds to use it ([`edge_relay`]),
+//! where a container runs ([`locate`]), the node's inventory
 //! push ([`heartbeat`]), the fan-out of kills, locks and revocations
 //! through PostgreSQL LISTEN/NOTIFY ([`fanout`]) and the start of each role
 //! ([`roles`]).
@@ -14,6 +15,7 @@
 //! again. It never trusts a CA read from the database.
 
 pub mod ca;
+pub mod edge_relay;
 pub mod fanout;
 pub mod heartbeat;
 pub mod join;

@@ -500,6 +500,19 @@ impl RelaySession {
         self.events.recv().await
     }
 
+    /// Takes what the node sends as a queue of its own, so one task can
+    /// read it while others send input and requests through `&self`;
+    /// [`RelaySession::next_event`] returns `None` afterwards.
+    pub fn take_events(&mut self) -> mpsc::Receiver<RelayEvent> {
+        let (_, closed) = mpsc::channel(1);
+        std::mem::replace(&mut self.events, closed)
+    }
+
+    /// The node this session runs on.
+    pub fn node(&self) -> &str {
+        &self.client.node
+    }
+
     /// The edge's witness of the output so far.
     pub fn witness(&self) -> Witness {
         self.witness.lock().map(|w| w.clone()).unwrap_or_default()

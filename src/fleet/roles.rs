@@ -9,9 +9,9 @@
 //!   the tunnels to every edge, the heartbeat, the fan-out listener.
 //!
 //! What each role does with a relayed session is the session core's (see
-//! `docs/fleet.md`, "What calls what"); until it is wired, a node refuses
-//! relay streams and says so in its log. Owns startup order and checks; it
-//! never serves users itself.
+//! `docs/fleet.md`, "What calls what"): the composition root gives a node
+//! its relay server as a [`RelayAcceptor`]. Owns startup order and checks;
+//! it never serves users itself.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -145,7 +145,8 @@ pub async fn edge_ca(config: &Config, store: &Store) -> Result<EdgeCa, RoleError
 
 /// Starts `role`'s fleet parts; nothing for [`Role::All`]. `host_key` is
 /// the gateway's host key (an edge's fleet listener presents it with a CA
-/// certificate). Everything stops at `shutdown`.
+/// certificate). A node hands each relay stream to `acceptor` (its relay
+/// server). Everything stops at `shutdown`.
 ///
 /// # Errors
 /// [`RoleError`] naming what to fix; nothing is left running then.
@@ -159,6 +160,7 @@ pub async fn start(
     inventory: &Inventory,
     metrics: Option<Arc<Metrics>>,
     shutdown: CancellationToken,
+    acceptor: Option<Arc<dyn RelayAcceptor>>,
 ) -> Result<FleetParts, RoleError> {
     if role == Role::All {
         return Ok(FleetParts::default());
@@ -226,12 +228,15 @@ pub async fn start(
     };
     let identity = Arc::new(identity);
     tracing::info!(node = %name, ca = %identity.ca_fingerprint(), "node identity");
-    // Until the session core serves relayed connections, refuse them openly.
-    let acceptor: Arc<dyn RelayAcceptor> = Arc::new(
-        |_stream: crate::fleet::tunnel::TunnelStream, origin: crate::fleet::tunnel::RelayOrigin| {
-            tracing::error!(edge = %origin.edge, "relay stream refused: the node's relay server is not wired yet");
-        },
-    );
+    // Without an acceptor (a test of the tunnels alone), refuse openly.
+    let acceptor: Arc<dyn RelayAcceptor> = acceptor.unwrap_or_else(|| {
+        Arc::new(
+            |_stream: crate::fleet::tunnel::TunnelStream,
+             origin: crate::fleet::tunnel::RelayOrigin| {
+                tracing::error!(edge = %origin.edge, "relay stream refused: no relay server");
+            },
+        )
+    });
     let settings = TunnelSettings {
         identity: identity.clone(),
         keepalive: fleet.keepalive,

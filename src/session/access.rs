@@ -264,7 +264,7 @@ pub async fn decide(
 
 /// The denial of `ask` on `target`; for shells and commands with the
 /// exact broker line that asks for access (issue 7).
-fn denial(gw: &Gateway, ask: &Ask<'_>, target: &Target) -> Refusal {
+pub(crate) fn denial(gw: &Gateway, ask: &Ask<'_>, target: &Target) -> Refusal {
     let head = format!(
         "Access denied: you may not {} as {} on {}.",
         ask.verb, target.login, target.container

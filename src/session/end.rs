@@ -58,6 +58,12 @@ pub enum EndReason {
     ProcessLost,
     /// The gateway is shutting down.
     Shutdown,
+    /// A relayed session's node stopped answering (an edge's view: the
+    /// tunnel or the node went away before the session's exit).
+    NodeLost {
+        /// The node.
+        node: String,
+    },
 }
 
 impl EndReason {
@@ -77,6 +83,7 @@ impl EndReason {
             EndReason::AuditUnavailable => "audit_unavailable",
             EndReason::ProcessLost => "process_lost",
             EndReason::Shutdown => "shutdown",
+            EndReason::NodeLost { .. } => "node_lost",
         }
     }
 
@@ -115,6 +122,9 @@ impl fmt::Display for EndReason {
             EndReason::AuditUnavailable => f.write_str("the gateway cannot write its audit log"),
             EndReason::ProcessLost => f.write_str("the gateway lost the session process"),
             EndReason::Shutdown => f.write_str("the gateway is shutting down"),
+            EndReason::NodeLost { node } => {
+                write!(f, "the connection to node {node} was lost")
+            }
         }
     }
 }

@@ -27,6 +27,11 @@
 //! 7. [`record`] again: the end, row and `session_end` event in one
 //!    transaction.
 //!
+//! On a fleet edge, shells and commands take another path after the
+//! decision (`remote.rs`): the container's node is found, the session is
+//! relayed to it ([`crate::fleet::edge_relay`]), and the node's own
+//! session core runs steps 2 to 7 again under the same session id.
+//!
 //! It never speaks SSH and never imports a front end.
 
 pub mod access;
@@ -38,6 +43,7 @@ pub mod live;
 mod pump;
 pub mod record;
 pub mod refusal;
+mod remote;
 pub mod shell;
 pub mod signal;
 pub mod target;

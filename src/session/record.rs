@@ -128,6 +128,21 @@ impl SessionRecord {
         start: &RecordStart<'_>,
     ) -> Result<SessionRecord, RecordError> {
         let id = uuid::Uuid::new_v4().to_string();
+        SessionRecord::open_with_id(audit, store, config, start, id).await
+    }
+
+    /// [`SessionRecord::open`] with the session id given: a node uses the
+    /// id the edge named in the relay certificate, so both agree on it.
+    ///
+    /// # Errors
+    /// [`RecordError`]; then no file, row or event of it remains.
+    pub async fn open_with_id(
+        audit: &AuditLog,
+        store: &Store,
+        config: &Config,
+        start: &RecordStart<'_>,
+        id: String,
+    ) -> Result<SessionRecord, RecordError> {
         let path = config.recordings_dir().join(format!("{id}.cast"));
         let (cols, rows) = start.pty.map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
         let header = Header {

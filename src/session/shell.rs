@@ -51,6 +51,30 @@ pub async fn run<O: Output>(
     input: InputReceiver,
     output: O,
 ) {
+    if let Some(edge) = gateway.edge.clone() {
+        // An edge runs no session itself: it relays to the node.
+        let request = super::remote::RemoteShell {
+            command: request.command,
+            pty: request.pty,
+            env: request.env,
+        };
+        super::remote::run(gateway, &edge, caller, request, input, output).await;
+        return;
+    }
+    run_with_id(gateway, caller, request, input, output, None).await
+}
+
+/// [`run`] on this gateway, with the session id given when `id` is some
+/// (a node running a session an edge relays, under the id the edge's
+/// certificate names).
+pub async fn run_with_id<O: Output>(
+    gateway: Arc<Gateway>,
+    caller: Caller,
+    request: ShellRequest,
+    input: InputReceiver,
+    output: O,
+    id: Option<String>,
+) {
     let span = tracing::info_span!(
         "session",
         principal = %caller.principal.subject,
@@ -58,7 +82,7 @@ pub async fn run<O: Output>(
         peer = %caller.client_addr,
     );
     async {
-        match start(&gateway, &caller, &request).await {
+        match start(&gateway, &caller, &request, id).await {
             Ok((access, record)) => {
                 live(&gateway, &caller, request, access, record, input, output).await;
             }
@@ -74,6 +98,7 @@ async fn start(
     gw: &Gateway,
     caller: &Caller,
     request: &ShellRequest,
+    id: Option<String>,
 ) -> Result<(Access, SessionRecord), Refusal> {
     let (action, verb) = match request.command {
         None => (Action::Shell, "open a shell"),
@@ -99,7 +124,8 @@ async fn start(
         record_input: gw.config.recording.record_input,
         index: true,
     };
-    let record = SessionRecord::open(&gw.audit, &gw.store, &gw.config, &start)
+    let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let record = SessionRecord::open_with_id(&gw.audit, &gw.store, &gw.config, &start, id)
         .await
         .map_err(|e| refusal_of(&e))?;
     Ok((access, record))

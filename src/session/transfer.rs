@@ -81,6 +81,17 @@ struct Started {
 }
 
 async fn start(gw: &Gateway, caller: &Caller, kind: TransferKind) -> Result<Started, Refusal> {
+    if gw.edge.is_some() {
+        // A fleet edge relays shells and commands only, so far.
+        let event = AuditEvent::ChannelRefused {
+            kind: "sftp".into(),
+            reason: "file transfers are not relayed through an edge yet".into(),
+        };
+        caller.audit(gw, None, event).await?;
+        return Err(Refusal::new(
+            "Access refused: file transfers are not relayed through this edge yet; connect to the container's node.",
+        ));
+    }
     let verb = "transfer files";
     let access = |a: &str| [("access", ContextValue::Str(a.into()))];
     let ask = |context| Ask {

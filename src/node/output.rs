@@ -1,0 +1,104 @@
+//! A relayed session channel as the session core sees it: the [`Output`]
+//! that writes a session's bytes, notices and exit back to the edge (RFC
+//! 4254 §5.2 data, §6.10 exit status and signal), which passes them on to
+//! the user as they are.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use russh::server::{Handle, Msg};
+use russh::{ChannelId, ChannelWriteHalf};
+
+use crate::attach::ExitStatus;
+use crate::session::io::{ClientGone, Output};
+use crate::session::{EndReason, Refusal};
+
+/// How long the user's "session ended: ..." notice may wait for a client
+/// that does not read before it is given up.
+const NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A relayed channel's output side. Data goes through the channel's write
+/// half, which sends only what the edge's window allows; exit status, EOF
+/// and close go through the connection's handle, in order.
+pub(super) struct RelayedOutput {
+    writer: ChannelWriteHalf<Msg>,
+    handle: Handle,
+    channel: ChannelId,
+    /// EOF was sent (once per channel, RFC 4254 §5.3).
+    eof_sent: AtomicBool,
+}
+
+impl RelayedOutput {
+    /// The output of the channel of `writer` on the connection of `handle`.
+    pub(super) fn new(writer: ChannelWriteHalf<Msg>, handle: Handle) -> RelayedOutput {
+        RelayedOutput {
+            channel: writer.id(),
+            writer,
+            handle,
+            eof_sent: AtomicBool::new(false),
+        }
+    }
+
+    async fn close(&self, exit: Option<ExitStatus>) {
+        match exit {
+            Some(ExitStatus::Code(code)) => {
+                let _ = self
+                    .handle
+                    .exit_status_request(self.channel, code as u32)
+                    .await;
+            }
+            Some(ExitStatus::Signal {
+                signal,
+                core_dumped,
+            }) => {
+                let name = russh::Sig::Custom(crate::session::signal::name(signal));
+                let _ = self
+                    .handle
+                    .exit_signal_request(
+                        self.channel,
+                        name,
+                        core_dumped,
+                        String::new(),
+                        String::new(),
+                    )
+                    .await;
+            }
+            None => {}
+        }
+        self.eof().await;
+        let _ = self.handle.close(self.channel).await;
+    }
+}
+
+impl Output for RelayedOutput {
+    async fn stdout(&self, bytes: Vec<u8>) -> Result<(), ClientGone> {
+        self.writer.data_bytes(bytes).await.map_err(|_| ClientGone)
+    }
+
+    async fn stderr(&self, bytes: Vec<u8>) -> Result<(), ClientGone> {
+        self.writer
+            .extended_data_bytes(1, bytes)
+            .await
+            .map_err(|_| ClientGone)
+    }
+
+    async fn eof(&self) {
+        if !self.eof_sent.swap(true, Ordering::Relaxed) {
+            let _ = self.handle.eof(self.channel).await;
+        }
+    }
+
+    async fn ended(&self, reason: &EndReason) {
+        let text = format!("\r\nPortcullis: session ended: {reason}.\r\n");
+        let _ = tokio::time::timeout(NOTICE_WAIT, self.stderr(text.into_bytes())).await;
+    }
+
+    async fn finish(self, exit: Option<ExitStatus>) {
+        self.close(exit).await;
+    }
+
+    async fn refuse(self, refusal: &Refusal) {
+        let text = format!("{}\r\n", refusal.message());
+        let _ = self.stderr(text.into_bytes()).await;
+        self.close(Some(ExitStatus::Code(1))).await;
+    }
+}

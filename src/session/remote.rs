@@ -1,0 +1,365 @@
+//! A shell or command on a fleet edge (issue 16): the "remote attach".
+//! The edge decides the policy as the local path does ([`super::access`]:
+//! the target, the caller's grant, the audited decision), on the container
+//! the fleet reports ([`EdgeRelay::find`]: its node and labels), then
+//! relays the session to the container's node ([`EdgeRelay::open_session`]:
+//! a user certificate naming this session's id, a tunnel stream, SSH) and
+//! passes requests, input, output, window changes, signals and the exit
+//! through, 1:1. The node's session core decides again, attaches and
+//! records under the same session id; the edge keeps its second witness
+//! of the output (`fleet_witness`).
+//!
+//! Fails closed with one message: an unknown container reads like a
+//! denied one; a node that cannot be reached is named ("node n1
+//! unreachable"), audited before the refusal is sent; a node lost during
+//! the session ends it with that reason. It never attaches, records or
+//! writes a session row itself (the node does), and never speaks SSH.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::access::{Ask, authorize, decide, denial};
+use super::io::{Input, InputReceiver, Output};
+use super::{Caller, Destination, EndReason, Refusal};
+use crate::attach::{ExitStatus, PtyRequest};
+use crate::audit::{AuditEvent, truncate};
+use crate::fleet::edge_relay::EdgeRelay;
+use crate::fleet::locate::LocateError;
+use crate::fleet::relay::{RelayEvent, RelayRequest, RelaySession};
+use crate::fleet::{RelayAction, RelayGrant};
+use crate::gateway::Gateway;
+use crate::inventory::{Backend, Container, ContainerState};
+use crate::policy::Action;
+use crate::store::FleetContainer;
+
+/// A shell or command as the user asked for it (`shell::ShellRequest`'s
+/// fields, passed on to the node as they are).
+pub(crate) struct RemoteShell {
+    /// `None`: a login shell; `Some`: the command.
+    pub command: Option<String>,
+    /// The PTY, when one was asked for.
+    pub pty: Option<PtyRequest>,
+    /// Client environment (the node keeps only locale variables).
+    pub env: Vec<(String, String)>,
+}
+
+/// Relays one shell or command for `caller` through `edge` to its end.
+/// Every refusal is audited before it is sent through `output`.
+pub(crate) async fn run<O: Output>(
+    gw: Arc<Gateway>,
+    edge: &EdgeRelay,
+    caller: Caller,
+    request: RemoteShell,
+    input: InputReceiver,
+    output: O,
+) {
+    match open(&gw, edge, &caller, &request).await {
+        Ok((relay, session_id)) => {
+            relay_until_end(&gw, edge, &caller, relay, session_id, input, output).await
+        }
+        Err(refusal) => output.refuse(&refusal).await,
+    }
+}
+
+/// The decision, then the relayed channel with its requests accepted.
+async fn open(
+    gw: &Gateway,
+    edge: &EdgeRelay,
+    caller: &Caller,
+    request: &RemoteShell,
+) -> Result<(RelaySession, String), Refusal> {
+    let (action, verb) = match request.command {
+        None => (Action::Shell, "open a shell"),
+        Some(_) => (Action::Exec, "run commands"),
+    };
+    let ask = Ask {
+        action,
+        command: request.command.as_deref(),
+        context: &[],
+        verb,
+    };
+    let target = match &caller.destination {
+        Destination::Container(t) if t.container != gw.config.grants.broker_user => t.clone(),
+        // A name that is no target, or the broker's reserved name: the
+        // local path refuses (and audits) these before any lookup.
+        _ => {
+            return Err(match authorize(gw, caller, &ask).await {
+                Err(refusal) => refusal,
+                Ok(_) => Refusal::new("Access denied."),
+            });
+        }
+    };
+    let found = match edge.find(&target.container).await {
+        Ok(found) => found,
+        Err(e @ LocateError::Unknown(_)) => {
+            let event = AuditEvent::TargetRefused {
+                target: truncate(&caller.user, 128),
+                reason: e.to_string(),
+            };
+            caller.audit(gw, None, event).await?;
+            return Err(denial(gw, &ask, &target));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the fleet's containers; refusing");
+            return Err(Refusal::database_unavailable());
+        }
+    };
+    let container = container_of(&found);
+    let grant = gw
+        .store
+        .active_grant_for(
+            &caller.principal.subject,
+            &container.name,
+            &target.login,
+            crate::store::now_ms(),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read grants; refusing");
+            Refusal::database_unavailable()
+        })?;
+    let Some(depends_on_grant) =
+        decide(gw, caller, &target, &container, &ask, grant.as_ref()).await?
+    else {
+        return Err(denial(gw, &ask, &target));
+    };
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let location = match edge.reachable(found).await {
+        Ok(location) => location,
+        Err(LocateError::Store(e)) => {
+            tracing::error!(error = %e, "cannot read the fleet's nodes; refusing");
+            return Err(Refusal::database_unavailable());
+        }
+        Err(e) => {
+            let node = match &e {
+                LocateError::Offline { node, .. } | LocateError::Removed { node, .. } => {
+                    node.clone()
+                }
+                _ => String::new(),
+            };
+            return Err(unreachable(
+                gw,
+                caller,
+                &session_id,
+                &container.name,
+                &node,
+                &e.to_string(),
+            )
+            .await);
+        }
+    };
+    let node = location.node;
+    let relay_grant = RelayGrant {
+        session_id: session_id.clone(),
+        principal: caller.principal.clone(),
+        login: target.login.clone(),
+        container: container.name.clone(),
+        action: RelayAction::Session,
+        grant_id: grant.filter(|_| depends_on_grant).map(|g| g.id),
+        client_address: Some(caller.client_addr.clone()),
+        edge: edge.edge_id.clone(),
+    };
+    let originator = caller.client_addr.parse().ok();
+    let relay = match edge.open_session(&node, &relay_grant, originator).await {
+        Ok(relay) => relay,
+        Err(e) => {
+            tracing::warn!(%node, error = %e, "relay failed");
+            return Err(unreachable(
+                gw,
+                caller,
+                &session_id,
+                &container.name,
+                &node,
+                &e.to_string(),
+            )
+            .await);
+        }
+    };
+    if let Err(refusal) = pass_requests(&relay, request).await {
+        relay.close().await;
+        return Err(refusal);
+    }
+    tracing::info!(%session_id, %node, container = %container.name, "session relayed");
+    Ok((relay, session_id))
+}
+
+/// Audits that `node` could not be reached for `session_id` (why:
+/// `reason`), and the refusal to send: that audit's own refusal when it
+/// cannot be written.
+async fn unreachable(
+    gw: &Gateway,
+    caller: &Caller,
+    session_id: &str,
+    container: &str,
+    node: &str,
+    reason: &str,
+) -> Refusal {
+    let event = AuditEvent::SessionFailed {
+        container: container.to_string(),
+        reason: format!("node {node} unreachable: {reason}"),
+    };
+    match caller.audit(gw, Some(session_id), event).await {
+        Ok(_) => Refusal::new(format!(
+            "Access refused: node {node} unreachable ({reason})."
+        )),
+        Err(refusal) => refusal,
+    }
+}
+
+/// Passes env, pty-req and shell/exec on; the node's "no" to the last one
+/// is a refusal.
+async fn pass_requests(relay: &RelaySession, request: &RemoteShell) -> Result<(), Refusal> {
+    let lost = |_| {
+        Refusal::new(format!(
+            "Access refused: node {} unreachable.",
+            relay.node()
+        ))
+    };
+    for (name, value) in &request.env {
+        let env = RelayRequest::Env {
+            name: name.clone(),
+            value: value.clone(),
+        };
+        relay.request(env).await.map_err(lost)?;
+    }
+    if let Some(pty) = &request.pty {
+        let pty = RelayRequest::Pty {
+            term: pty.term.clone(),
+            cols: u32::from(pty.cols),
+            rows: u32::from(pty.rows),
+            pix_width: 0,
+            pix_height: 0,
+            modes: Vec::new(),
+        };
+        relay.request(pty).await.map_err(lost)?;
+    }
+    let start = match &request.command {
+        None => RelayRequest::Shell,
+        Some(command) => RelayRequest::Exec(command.clone().into_bytes()),
+    };
+    if relay.request(start).await.map_err(lost)? {
+        Ok(())
+    } else {
+        Err(Refusal::new(format!(
+            "Access refused: node {} refused the session.",
+            relay.node()
+        )))
+    }
+}
+
+/// The container as the fleet reports it, for the decision (name, labels;
+/// owner and purpose are not reported across the fleet yet).
+fn container_of(found: &FleetContainer) -> Container {
+    let state = match found.state.as_str() {
+        // The init lives on the node: the edge never pins or enters it.
+        "RUNNING" => ContainerState::Running { init_pid: 0 },
+        other => ContainerState::NotRunning(other.to_string()),
+    };
+    let mut container = Container::new(&found.name, state, String::new(), Backend::Lxc);
+    container.labels =
+        serde_json::from_str::<BTreeMap<String, String>>(&found.labels).unwrap_or_default();
+    container
+}
+
+/// Input to the node (window credit once the node took it), output and
+/// the exit to the user, until the node ends the session, the user leaves,
+/// the node is lost or the edge shuts down; then the edge's witness.
+async fn relay_until_end<O: Output>(
+    gw: &Gateway,
+    edge: &EdgeRelay,
+    caller: &Caller,
+    mut relay: RelaySession,
+    session_id: String,
+    mut input: InputReceiver,
+    output: O,
+) {
+    let node = relay.node().to_string();
+    let mut events = relay.take_events();
+    // The input side borrows the relay: it ends with this block.
+    let (ended_by, exit) = {
+        let feed = async {
+            while let Some(event) = input.recv().await {
+                let sent = match event {
+                    Input::Data(bytes) => {
+                        let n = bytes.len();
+                        let sent = relay.data(&bytes).await;
+                        input.consumed(n);
+                        sent
+                    }
+                    Input::Eof => relay.eof().await,
+                    Input::Resize { cols, rows } => relay
+                        .request(RelayRequest::WindowChange {
+                            cols: u32::from(cols),
+                            rows: u32::from(rows),
+                            pix_width: 0,
+                            pix_height: 0,
+                        })
+                        .await
+                        .map(|_| ()),
+                    Input::Signal(number) => relay
+                        .request(RelayRequest::Signal(super::signal::name(number)))
+                        .await
+                        .map(|_| ()),
+                };
+                if sent.is_err() {
+                    // The node is gone: the output side says so.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::pin!(feed);
+        let mut exit: Option<ExitStatus> = None;
+        let ended_by = loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(RelayEvent::Data(bytes)) => {
+                        if output.stdout(bytes.to_vec()).await.is_err() {
+                            break Some(EndReason::ClientGone);
+                        }
+                    }
+                    Some(RelayEvent::ExtendedData(_, bytes)) => {
+                        if output.stderr(bytes.to_vec()).await.is_err() {
+                            break Some(EndReason::ClientGone);
+                        }
+                    }
+                    Some(RelayEvent::Eof) => output.eof().await,
+                    Some(RelayEvent::ExitStatus(code)) => {
+                        exit = Some(ExitStatus::Code(i32::try_from(code).unwrap_or(255)));
+                    }
+                    Some(RelayEvent::ExitSignal { signal, core_dumped, .. }) => {
+                        exit = super::signal::number(&signal)
+                            .map(|signal| ExitStatus::Signal { signal, core_dumped });
+                    }
+                    // Closed: after its exit, the session's end; before, the
+                    // node (or its tunnel) went away.
+                    None if exit.is_some() => break None,
+                    None => break Some(EndReason::NodeLost { node: node.clone() }),
+                },
+                () = &mut feed => break Some(EndReason::ClientGone),
+                () = gw.shutdown.cancelled() => break Some(EndReason::Shutdown),
+            }
+        };
+        (ended_by, exit)
+    };
+    if let Some(reason) = &ended_by
+        && !matches!(reason, EndReason::ClientGone)
+    {
+        let event = AuditEvent::SessionTerminated {
+            reason: reason.to_string(),
+        };
+        let _ = caller.audit(gw, Some(&session_id), event).await;
+    }
+    let witness = relay.witness();
+    relay.close().await;
+    if let Some(reason) = ended_by.as_ref().filter(|r| r.is_shown()) {
+        output.ended(reason).await;
+    }
+    output.finish(exit).await;
+    if let Err(e) = witness
+        .record(&edge.store, &session_id, &edge.edge_id, &node)
+        .await
+    {
+        tracing::error!(%session_id, error = %e, "cannot record the edge's witness");
+    }
+    tracing::info!(%session_id, %node, reason = ?ended_by.map(|r| r.kind()), "relayed session ended");
+}
