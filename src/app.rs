@@ -32,6 +32,7 @@ use crate::identity::{
 use crate::inventory::Inventory;
 use crate::metrics::{Metrics, MetricsError};
 use crate::policy::{PolicyEngine, PolicyError};
+use crate::recording::{RecordingAudit, RecordingError, Recordings, UploadEvent};
 use crate::store::{Store, StoreError};
 use crate::web::WebError;
 
@@ -83,6 +84,9 @@ pub enum AppError {
     /// The audit signer could not be set up (key, anchors).
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The recordings could not start (object store client, upload state).
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
     /// A fleet role could not start.
     #[error(transparent)]
     Fleet(#[from] RoleError),
@@ -228,8 +232,25 @@ impl App {
             host_key,
             config.auth.max_auth_attempts,
         ));
+        let metrics = Metrics::new(role.as_str());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        // Manifests of uploaded recordings are signed with the host key
+        // (SSHSIG), as the chain's heads are.
+        let manifest_signer = AuditSigner::new(fleet_host_key.clone());
+        let recordings = Recordings::start(
+            &config,
+            store.clone(),
+            Arc::new(MeteredUploads {
+                audit: audit.clone(),
+                metrics: metrics.clone(),
+            }),
+            Arc::new(manifest_signer),
+            shutdown.clone(),
+        )
+        .await?;
         let gateway = Arc::new(Gateway {
             inventory: Inventory::new(&config),
+            recordings,
             store: store.clone(),
             audit,
             bindings: KeyBindings::new(store, config.auth.key_binding_ttl),
@@ -238,12 +259,14 @@ impl App {
             issuers,
             policy,
             helper,
-            shutdown: tokio_util::sync::CancellationToken::new(),
+            shutdown,
             tasks: tokio_util::task::TaskTracker::new(),
             live: Default::default(),
             config,
         });
-        let metrics = Metrics::new(role.as_str());
+        if gateway.recordings.uploads().is_some() {
+            tokio::spawn(measure_spool(gateway.clone(), metrics.clone()));
+        }
         if let Some(addr) = gateway.config.metrics.listen {
             let listener = crate::metrics::bind(addr).await?;
             let shutdown = gateway.shutdown.clone();
@@ -380,6 +403,48 @@ async fn start_web(gateway: &Arc<Gateway>) -> Result<tokio::task::JoinHandle<()>
         gateway.shutdown.clone(),
     )
     .await
+}
+
+/// How often the spool of recordings waiting for upload is measured for
+/// the metrics.
+const SPOOL_MEASURE_EVERY: Duration = Duration::from_secs(10);
+
+/// The audit log for the upload queue's events, counting failed attempts
+/// in the metrics (`recording` may not use `metrics`: they meet here).
+struct MeteredUploads {
+    audit: AuditLog,
+    metrics: Arc<Metrics>,
+}
+
+impl RecordingAudit for MeteredUploads {
+    fn record<'a>(
+        &'a self,
+        session_id: Option<&'a str>,
+        event: &'a UploadEvent,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), String>> {
+        if matches!(event, UploadEvent::Failed { .. }) {
+            self.metrics.upload_failed();
+        }
+        RecordingAudit::record(&self.audit, session_id, event)
+    }
+}
+
+/// Until shutdown: sets the metrics of the recordings waiting for upload
+/// (how many, their bytes) every [`SPOOL_MEASURE_EVERY`].
+async fn measure_spool(gateway: Arc<Gateway>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(SPOOL_MEASURE_EVERY);
+    loop {
+        tokio::select! {
+            _ = gateway.shutdown.cancelled() => return,
+            _ = tick.tick() => match gateway.recordings.spool().await {
+                Ok((waiting, bytes)) => {
+                    metrics.upload_queue(i64::try_from(waiting).unwrap_or(i64::MAX));
+                    metrics.spool_bytes(i64::try_from(bytes).unwrap_or(i64::MAX));
+                }
+                Err(e) => tracing::warn!(error = %e.detail(), "cannot measure the recording spool"),
+            },
+        }
+    }
 }
 
 /// Sessions a previous run of this gateway left running: digest what was

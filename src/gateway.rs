@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::identity::{CertificateAuthorities, FailureThrottle, Issuers, KeyBindings};
 use crate::inventory::Inventory;
 use crate::policy::PolicyEngine;
+use crate::recording::Recordings;
 use crate::session::live::LiveSessions;
 use crate::store::Store;
 
@@ -41,6 +42,9 @@ pub struct Gateway {
     pub policy: PolicyEngine,
     /// The container inventory.
     pub inventory: Inventory,
+    /// The node's recordings: may a session start, where its recording is
+    /// written, its upload ([`crate::recording::Recordings`]).
+    pub recordings: Recordings,
     /// The sealed attach helper binary.
     pub helper: HelperBinary,
     /// Cancelled at shutdown; sessions end when it is.

@@ -99,7 +99,7 @@ async fn start(
         record_input: gw.config.recording.record_input,
         index: true,
     };
-    let record = SessionRecord::open(&gw.audit, &gw.store, &gw.config, &start)
+    let record = SessionRecord::open_for(gw, &start)
         .await
         .map_err(|e| refusal_of(&e))?;
     Ok((access, record))
@@ -108,10 +108,7 @@ async fn start(
 /// The refusal for a record that could not be opened.
 pub(crate) fn refusal_of(e: &RecordError) -> Refusal {
     tracing::error!(error = %e, "session record unavailable; refusing");
-    match e {
-        RecordError::Recording(_) => Refusal::recording_unavailable(),
-        RecordError::Store(_) => Refusal::audit_unavailable(),
-    }
+    e.refusal()
 }
 
 /// Into the container, and on to the end.
