@@ -149,8 +149,10 @@ fn a_gateway_low_on_disk_refuses_sessions_before_they_start() {
 fn a_recording_at_its_limit_ends_the_session_and_is_kept_to_its_limit() {
     let w = world();
     let gw = w.another_gateway("[recording]\nmax_bytes = 8192\nflush_interval = \"100ms\"\n");
+    // Still running when the limit is reached (the sleep): the gateway
+    // ends it.
     let command = "i=0; while [ $i -lt 3000 ]; do echo line-$i-padding; i=$((i+1)); done; \
-                   echo finished";
+                   echo finished; sleep 30";
     let r = ssh(&gw, command);
     let out = String::from_utf8_lossy(&r.stdout);
     assert_ne!(r.code, 0, "{}", r.stderr);
