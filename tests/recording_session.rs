@@ -183,10 +183,7 @@ fn a_recording_at_its_limit_ends_the_session_and_is_kept_to_its_limit() {
     // Every event started below the limit (the one read that crossed it
     // is kept whole); the first output is there, byte for byte.
     let lines: Vec<&str> = text.lines().collect();
-    let last_output_starts_at: usize = lines[..lines.len() - 2]
-        .iter()
-        .map(|l| l.len() + 1)
-        .sum();
+    let last_output_starts_at: usize = lines[..lines.len() - 2].iter().map(|l| l.len() + 1).sum();
     assert!(last_output_starts_at < 8192, "{last_output_starts_at}");
     assert!(text.len() > 8192, "{}", text.len());
     assert_eq!(markers_of(&text)[0].1, format!("exec: {command}"));
