@@ -621,3 +621,7 @@ fn header_of(id: &str, start: &RecordStart<'_>) -> Header {
         }),
     }
 }
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;
