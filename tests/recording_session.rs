@@ -381,3 +381,43 @@ fn an_uploaded_recording_replays_and_verifies_and_a_swapped_object_is_caught() {
     assert_ne!(code, 0);
     assert!(err.contains("the recording's SHA-256 is"), "{err}");
 }
+
+/// The gateway's `GET /metrics` text.
+fn metrics_of(addr: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{addr}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn with_the_store_down_failed_uploads_and_the_spool_show_in_the_metrics() {
+    let w = world();
+    let mut s3 = TestS3::start();
+    let metrics = format!("127.0.0.1:{}", common::gateway::free_port());
+    let gw = w.another_gateway(&format!(
+        "[metrics]\nlisten = \"{metrics}\"\n[recording]\n{}upload_backoff_max = \"1s\"\n",
+        s3.recording_config("metered")
+    ));
+    s3.stop();
+    let command = "echo waits-for-the-store";
+    let r = ssh(&gw, command);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let row = ended_session(&gw, command);
+    let path = row["recording_path"].as_str().unwrap().to_string();
+    let size = std::fs::metadata(&path).unwrap().len();
+    // Failed attempts are counted as they happen; the spool is measured
+    // every 10 s: one recording, its bytes.
+    wait_until("the spool in the metrics", Duration::from_secs(30), || {
+        let text = metrics_of(&metrics);
+        text.lines().any(|l| {
+            l.strip_prefix("portcullis_upload_failures_total ")
+                .is_some_and(|n| n.parse::<u64>().unwrap() >= 1)
+        }) && text.contains("portcullis_upload_queue 1\n")
+            && text.contains(&format!("portcullis_spool_bytes {size}\n"))
+    });
+    // The local copy stays while the store is down (its return is
+    // tests/recording_store.rs's).
+    assert!(std::path::Path::new(&path).exists());
+}
