@@ -136,7 +136,7 @@ fn a_gateway_low_on_disk_refuses_sessions_before_they_start() {
         .collect();
     assert_eq!(refused.len(), 1, "{events:?}");
     assert_eq!(refused[0]["outcome"], "failure");
-    assert_eq!(refused[0]["principal"], "ca:admin");
+    assert_eq!(refused[0]["principal"], "cert:admin");
     let reason = detail(refused[0])["reason"].as_str().unwrap().to_string();
     assert!(
         reason.starts_with(&format!("session to {} refused: ", w.container().name))
