@@ -31,6 +31,7 @@ use crate::identity::{
 use crate::inventory::Inventory;
 use crate::metrics::{Metrics, MetricsError};
 use crate::policy::{PolicyEngine, PolicyError};
+use crate::recording::{RecordingAudit, RecordingError, Recordings, UploadEvent};
 use crate::store::{Store, StoreError};
 use crate::web::WebError;
 
@@ -82,6 +83,9 @@ pub enum AppError {
     /// The audit signer could not be set up (key, anchors).
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The recordings could not start (object store client, upload state).
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
     /// A fleet role could not start.
     #[error(transparent)]
     Fleet(#[from] crate::fleet::roles::RoleError),
@@ -244,7 +248,7 @@ impl App {
             &config,
             &store,
             &audit,
-            fleet_host_key,
+            fleet_host_key.clone(),
             &inventory,
             Some(metrics.clone()),
             shutdown.clone(),
@@ -262,8 +266,23 @@ impl App {
             }),
             _ => None,
         };
+        // Manifests of uploaded recordings are signed with the host key
+        // (SSHSIG), as the chain's heads are.
+        let manifest_signer = AuditSigner::new(fleet_host_key.clone());
+        let recordings = Recordings::start(
+            &config,
+            store.clone(),
+            Arc::new(MeteredUploads {
+                audit: audit.clone(),
+                metrics: metrics.clone(),
+            }),
+            Arc::new(manifest_signer),
+            shutdown.clone(),
+        )
+        .await?;
         let gateway = Arc::new(Gateway {
             inventory,
+            recordings,
             store: store.clone(),
             audit,
             bindings: KeyBindings::new(store, config.auth.key_binding_ttl),
@@ -280,6 +299,9 @@ impl App {
         });
         if let Some(identity) = fleet.identity.clone() {
             let _ = node_server.set((gateway.clone(), identity));
+        }
+        if gateway.recordings.uploads().is_some() {
+            tokio::spawn(measure_spool(gateway.clone(), metrics.clone()));
         }
         consume_fleet_notices(&gateway, fleet, metrics);
         let web = match gateway.config.web {
@@ -422,6 +444,48 @@ async fn start_web(gateway: &Arc<Gateway>) -> Result<tokio::task::JoinHandle<()>
         gateway.shutdown.clone(),
     )
     .await
+}
+
+/// How often the spool of recordings waiting for upload is measured for
+/// the metrics.
+const SPOOL_MEASURE_EVERY: Duration = Duration::from_secs(10);
+
+/// The audit log for the upload queue's events, counting failed attempts
+/// in the metrics (`recording` may not use `metrics`: they meet here).
+struct MeteredUploads {
+    audit: AuditLog,
+    metrics: Arc<Metrics>,
+}
+
+impl RecordingAudit for MeteredUploads {
+    fn record<'a>(
+        &'a self,
+        session_id: Option<&'a str>,
+        event: &'a UploadEvent,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), String>> {
+        if matches!(event, UploadEvent::Failed { .. }) {
+            self.metrics.upload_failed();
+        }
+        RecordingAudit::record(&self.audit, session_id, event)
+    }
+}
+
+/// Until shutdown: sets the metrics of the recordings waiting for upload
+/// (how many, their bytes) every [`SPOOL_MEASURE_EVERY`].
+async fn measure_spool(gateway: Arc<Gateway>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(SPOOL_MEASURE_EVERY);
+    loop {
+        tokio::select! {
+            _ = gateway.shutdown.cancelled() => return,
+            _ = tick.tick() => match gateway.recordings.spool().await {
+                Ok((waiting, bytes)) => {
+                    metrics.upload_queue(i64::try_from(waiting).unwrap_or(i64::MAX));
+                    metrics.spool_bytes(i64::try_from(bytes).unwrap_or(i64::MAX));
+                }
+                Err(e) => tracing::warn!(error = %e.detail(), "cannot measure the recording spool"),
+            },
+        }
+    }
 }
 
 /// Sessions a previous run of this gateway left running: digest what was

@@ -19,6 +19,7 @@ use crate::fleet::edge_relay::EdgeRelay;
 use crate::identity::{CertificateAuthorities, FailureThrottle, Issuers, KeyBindings};
 use crate::inventory::Inventory;
 use crate::policy::PolicyEngine;
+use crate::recording::Recordings;
 use crate::session::live::LiveSessions;
 use crate::store::Store;
 
@@ -42,6 +43,9 @@ pub struct Gateway {
     pub policy: PolicyEngine,
     /// The container inventory.
     pub inventory: Inventory,
+    /// The node's recordings: may a session start, where its recording is
+    /// written, its upload ([`crate::recording::Recordings`]).
+    pub recordings: Recordings,
     /// The sealed attach helper binary.
     pub helper: HelperBinary,
     /// Cancelled at shutdown; sessions end when it is.

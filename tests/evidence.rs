@@ -893,9 +893,11 @@ fn a_full_recording_disk_ends_the_session_or_goes_on_as_configured() {
     for (mode, expect_complete) in [("terminate", false), ("continue", true)] {
         let gw_dir;
         let gw = {
-            // Recordings on a 256 KiB tmpfs: 1 MiB of output cannot fit.
+            // Recordings on a 256 KiB tmpfs: 1 MiB of output cannot fit
+            // (no free-space reserve: the disk really fills).
             let gw = gateway(&format!(
-                "[recording]\non_failure = \"{mode}\"\nflush_interval = \"100ms\"\n"
+                "[recording]\non_failure = \"{mode}\"\nflush_interval = \"100ms\"\n\
+                 min_free_bytes = 0\n"
             ));
             let recordings = gw.state_dir.join("recordings");
             let ok = Command::new("mount")

@@ -259,8 +259,16 @@ fn the_session_row_names_principal_exit_and_digest() {
         hex::encode(Sha256::digest(&bytes))
     );
     let (_, events) = portcullis::recording::read(Path::new(path)).unwrap();
-    let output: String = events.iter().map(|e| e.data.as_str()).collect();
+    let output: String = events
+        .iter()
+        .filter(|e| e.code == "o")
+        .map(|e| e.data.as_str())
+        .collect();
     assert_eq!(output, "row-check\n");
+    // Markers: the command at the start, the exit at the end.
+    let markers = portcullis::recording::markers(&events);
+    let labels: Vec<&str> = markers.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(labels, [&format!("exec: {command}"), "exit: 3"]);
     // Audit trail of this session: started, then ended with the digest.
     let events: Vec<Value> = f
         .gateway

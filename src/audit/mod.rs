@@ -38,7 +38,9 @@ pub use head::{SIGNATURE_NAMESPACE, TrustedKeys, check_sshsig};
 pub use log::{AuditLog, AuditSubject, truncate};
 pub use recording::recording_event;
 pub use signer::AuditSigner;
-pub use verify::{RecordingProblem, VerifyOptions, VerifyReport, describe_stretch, verify};
+pub use verify::{
+    RecordingProblem, VerifyOptions, VerifyReport, describe_stretch, verify, verify_with_recordings,
+};
 
 /// What happened. Past tense; one variant per kind of event.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -133,11 +135,13 @@ pub enum AuditEvent {
         /// Recording SHA-256 as found ("" when missing).
         recording_sha256: String,
     },
-    /// Writing the recording failed.
+    /// Writing the recording failed, or no recording may start.
     RecordingFailed {
-        /// The I/O error.
+        /// The I/O error, the limit reached, or why no recording may start
+        /// (low disk, full spool).
         reason: String,
-        /// `terminate` (the session was ended) or `continue`.
+        /// `terminate` (the session was ended), `continue`, or `refuse`
+        /// (the session was refused before it started).
         action: String,
     },
     /// An attempt at uploading a recording to object storage is about to

@@ -14,9 +14,11 @@ use super::AuditError;
 use super::check::{
     Coverage, Limits, SignatureProblem, Signer, Stretch, check_chain, check_coverage, check_heads,
 };
-use super::head::TrustedKeys;
-use crate::config::Config;
-use crate::store::{AuditRow, Store, now_ms};
+use super::head::{TrustedKeys, check_sshsig};
+use crate::config::{Config, RecordingConfig};
+use crate::recording::{Digest256, MANIFEST_NAMESPACE};
+use crate::store::{AuditRow, SessionRecord, Store, now_ms};
+use russh::keys::PublicKey;
 
 /// What [`verify`] trusts and how it judges coverage.
 #[derive(Debug, Clone)]
@@ -257,7 +259,9 @@ pub(crate) fn verify_events(
 /// interval plus slack for its first head, except one sealed by a
 /// gateway's start; an unsigned tail older than that, or nothing signed at
 /// all, fails), and every ended session's recording (file SHA-256 equals the
-/// row's and the one in its `session_end` event).
+/// row's and the one in its `session_end` event). Recordings are read from
+/// local disk only: [`verify_with_recordings`] also reads them from object
+/// storage.
 ///
 /// Limit: a database writer can still cut the log back to an earlier signed
 /// head and drop everything after it; only an anchor outside the database
@@ -266,6 +270,23 @@ pub(crate) fn verify_events(
 /// # Errors
 /// [`AuditError::Database`] when the database cannot be read.
 pub async fn verify(store: &Store, options: &VerifyOptions) -> Result<VerifyReport, AuditError> {
+    verify_with_recordings(store, options, &RecordingConfig::default()).await
+}
+
+/// [`verify`], with each recording read wherever it is now
+/// ([`crate::recording::open`] with `recording`, the `[recording]`
+/// section): the local file while it exists, else the object store's copy,
+/// which must match its manifest (size, SHA-256) and whose manifest must
+/// carry a valid SSHSIG (namespace [`MANIFEST_NAMESPACE`], OpenSSH
+/// `PROTOCOL.sshsig`) by a key in `options.trusted`.
+///
+/// # Errors
+/// [`AuditError::Database`] when the database cannot be read.
+pub async fn verify_with_recordings(
+    store: &Store,
+    options: &VerifyOptions,
+    recording: &RecordingConfig,
+) -> Result<VerifyReport, AuditError> {
     let events = store.audit_events(None).await?;
     let heads = store.signed_heads().await?;
     let mut report = verify_events(&events, &heads, options, true);
@@ -275,8 +296,9 @@ pub async fn verify(store: &Store, options: &VerifyOptions) -> Result<VerifyRepo
             continue;
         };
         report.recordings += 1;
-        let problem = match crate::recording::digest_file(Path::new(&session.recording_path)) {
-            Err(e) => Some(format!("recording unreadable: {e}")),
+        let found = recording_digest(store, recording, &session, &options.trusted).await;
+        let problem = match found {
+            Err(problem) => Some(problem),
             Ok(d) if d.sha256 != row_sha => Some(format!(
                 "recording SHA-256 {} differs from the session row's {row_sha}",
                 d.sha256
@@ -298,6 +320,43 @@ pub async fn verify(store: &Store, options: &VerifyOptions) -> Result<VerifyRepo
         }
     }
     Ok(report)
+}
+
+/// The digest of `session`'s recording: of the local file (read in pieces)
+/// while it exists, else of the object store's copy, checked against its
+/// manifest, whose signature must verify with a trusted key.
+async fn recording_digest(
+    store: &Store,
+    recording: &RecordingConfig,
+    session: &SessionRecord,
+    trusted: &TrustedKeys,
+) -> Result<Digest256, String> {
+    let path = Path::new(&session.recording_path);
+    if path.exists() {
+        return crate::recording::digest_file(path)
+            .map_err(|e| format!("recording unreadable: {e}"));
+    }
+    let opened = crate::recording::open(recording, store, &session.id, &session.recording_path)
+        .await
+        .map_err(|e| format!("recording unreadable: {e}"))?;
+    if let Some(manifest) = &opened.manifest {
+        let key = PublicKey::from_openssh(manifest.public_key.trim())
+            .map_err(|e| format!("manifest key unreadable: {e}"))?;
+        if trusted.source_of(&key).is_none() {
+            return Err(format!(
+                "manifest signed by an untrusted key {}",
+                key.fingerprint(russh::keys::HashAlg::Sha256)
+            ));
+        }
+        check_sshsig(
+            &manifest.public_key,
+            MANIFEST_NAMESPACE,
+            manifest.signed_message().as_bytes(),
+            &manifest.signature,
+        )
+        .map_err(|e| format!("manifest signature: {e}"))?;
+    }
+    Ok(crate::recording::digest_bytes(&opened.bytes))
 }
 
 /// Session id → recording SHA-256 from the `session_end` events of `events`

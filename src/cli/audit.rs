@@ -14,7 +14,7 @@ use clap::Subcommand;
 use super::{format_time, print_table};
 use crate::audit::bundle::{BundleSpec, verify_bundle, write_bundle};
 use crate::audit::report::{ReportFormat, ReportSpec, collect, render};
-use crate::audit::{VerifyOptions, verify, verify_anchor};
+use crate::audit::{VerifyOptions, verify_anchor, verify_with_recordings};
 use crate::config::Config;
 use crate::store::Store;
 
@@ -166,7 +166,7 @@ pub(crate) async fn audit(config: Config, command: AuditCommand) -> anyhow::Resu
         } => {
             let mut options = VerifyOptions::from_config(&config);
             add_trusted_keys(&mut options, &trusted_keys)?;
-            let report = verify(&store, &options).await?;
+            let report = verify_with_recordings(&store, &options, &config.recording).await?;
             let mut ok = report.ok();
             let mut anchors = Vec::new();
             for location in &anchor {

@@ -45,6 +45,7 @@ async fn env() -> Env {
         .for_gateway("gw");
     let gw = Gateway {
         inventory: Inventory::new(&config),
+        recordings: crate::recording::Recordings::local(&config, store.clone()),
         audit: AuditLog::new(store.clone()),
         bindings: KeyBindings::new(store.clone(), config.auth.key_binding_ttl),
         cas: CertificateAuthorities::from_config(&config.certificates).unwrap(),

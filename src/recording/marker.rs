@@ -2,8 +2,9 @@
 //! <https://docs.asciinema.org/manual/asciicast/v2/#m-marker>), which
 //! asciinema-player shows as chapter marks on its timeline and can jump to
 //! (its `markers` option reads them from the recording). The gateway marks
-//! what a reviewer looks for: each exec command, each file transferred,
-//! each forwarded connection, each resize, kill and lock message.
+//! what a reviewer looks for: the start, each exec command, each file
+//! transferred, each forwarded connection, each resize, signal, kill and
+//! lock message, and the exit.
 //!
 //! Owns the wording of labels only (one prefix word per kind, so `sessions
 //! search "exec:"` lists the commands); it never writes anything itself.
@@ -62,6 +63,24 @@ pub enum Marker<'a> {
         /// The lock's message.
         reason: &'a str,
     },
+    /// The session started: a shell, a transfer server, a host command
+    /// (label `start: WHAT`).
+    Started {
+        /// `shell`, `sftp`, `scp -t /tmp`, ...
+        what: &'a str,
+    },
+    /// The client sent a signal to the process (label `signal: NAME`,
+    /// RFC 4254 §6.9 names: `INT`, `TERM`, ...).
+    Signal {
+        /// The signal's name, without `SIG`.
+        name: &'a str,
+    },
+    /// The process ended (label `exit: STATUS`: `0`, `127`, `signal
+    /// KILL`, `unknown`).
+    Exited {
+        /// The exit status as the label shows it.
+        status: &'a str,
+    },
     /// Any other message the gateway showed the user (label `note: TEXT`).
     Note {
         /// The message.
@@ -90,6 +109,9 @@ impl Marker<'_> {
             Marker::Resized { cols, rows } => format!("resize: {cols}x{rows}"),
             Marker::Killed { reason } => format!("kill: {reason}"),
             Marker::Locked { reason } => format!("lock: {reason}"),
+            Marker::Started { what } => format!("start: {what}"),
+            Marker::Signal { name } => format!("signal: {name}"),
+            Marker::Exited { status } => format!("exit: {status}"),
             Marker::Note { text } => format!("note: {text}"),
         };
         cut(label)
@@ -150,6 +172,14 @@ mod tests {
             (Marker::Killed { reason: "incident" }, "kill: incident"),
             (Marker::Locked { reason: "audit" }, "lock: audit"),
             (Marker::Note { text: "hi" }, "note: hi"),
+            (Marker::Started { what: "shell" }, "start: shell"),
+            (Marker::Signal { name: "INT" }, "signal: INT"),
+            (
+                Marker::Exited {
+                    status: "signal KILL",
+                },
+                "exit: signal KILL",
+            ),
         ];
         for (marker, label) in cases {
             assert_eq!(marker.label(), label);

@@ -79,7 +79,7 @@ pub use spool::{OpenedRecording, RecordingSource, Recordings, StartRefused, open
 pub use upload::UploadQueue;
 pub use upload_event::{ManifestSigner, RecordingAudit, UploadEvent};
 pub use utf8::Utf8Decoder;
-pub use writer::{InputTap, Recorder, RecorderLimits};
+pub use writer::{InputTap, MarkerTap, Recorder, RecorderLimits};
 
 /// True only in the recording-off binary of `benches/vs_openssh.sh`
 /// (`cargo build --features bench-no-recording`): such a build writes each

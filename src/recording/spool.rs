@@ -241,16 +241,26 @@ impl Recordings {
 
     /// Bytes of this node's recordings not yet uploaded.
     async fn spool_bytes(&self) -> Result<u64, StartRefused> {
+        Ok(self.spool().await?.1)
+    }
+
+    /// This node's recordings not yet uploaded: how many, and their bytes
+    /// on local disk (for the metrics).
+    ///
+    /// # Errors
+    /// [`StartRefused::Unknown`] when the database cannot say.
+    pub async fn spool(&self) -> Result<(usize, u64), StartRefused> {
         let paths = self
             .store
             .spooled_recordings()
             .await
             .map_err(|e| StartRefused::Unknown(e.to_string()))?;
-        Ok(paths
+        let bytes = paths
             .iter()
             .filter_map(|p| std::fs::metadata(p).ok())
             .map(|m| m.len())
-            .sum())
+            .sum();
+        Ok((paths.len(), bytes))
     }
 
     /// Creates session `session_id`'s recording at [`Recordings::path_of`]

@@ -249,19 +249,19 @@ impl Recorder {
         self.event(b'm', &marker.label()).await
     }
 
+    /// A handle that records markers from another task (the transfer
+    /// server's reports), into the same batch and in time order with
+    /// output, bounded like [`Recorder::output`].
+    pub fn marker_tap(&self) -> MarkerTap {
+        MarkerTap {
+            shared: self.shared.clone(),
+            start: self.start,
+        }
+    }
+
     /// Appends a whole event of `code` with `text` (escaped).
     async fn event(&mut self, code: u8, text: &str) -> Result<(), RecordingError> {
-        wait_for_room(&self.shared).await?;
-        let time = seconds_since(self.start);
-        let mut pending = lock(&self.shared)?;
-        let time = pending.monotonic(time);
-        pending.check(time)?;
-        let wrote = append_text(&mut pending, code, time, |batch| {
-            escape_json(batch, text, true);
-        });
-        pending.close_event();
-        after_append(&self.shared, pending, wrote);
-        Ok(())
+        append_event(&self.shared, self.start, code, text).await
     }
 
     /// Writes what the decoders still hold, flushes, fsyncs and returns the
@@ -346,6 +346,46 @@ impl InputTap {
         after_append(&self.shared, pending, wrote);
         Ok(())
     }
+}
+
+/// Records markers (`m` events) from another task than the session's
+/// [`Recorder`], straight into the recording's batch. After the recorder
+/// finished, a marker is accepted and never written.
+#[derive(Clone)]
+pub struct MarkerTap {
+    shared: std::sync::Arc<Shared>,
+    start: Instant,
+}
+
+impl MarkerTap {
+    /// Records `marker` as [`Recorder::marker`] does.
+    ///
+    /// # Errors
+    /// As [`Recorder::output`].
+    pub async fn marker(&self, marker: &Marker<'_>) -> Result<(), RecordingError> {
+        append_event(&self.shared, self.start, b'm', &marker.label()).await
+    }
+}
+
+/// Appends a whole event of `code` with `text` (escaped) to `shared`'s
+/// batch, at the time since `start`.
+async fn append_event(
+    shared: &Shared,
+    start: Instant,
+    code: u8,
+    text: &str,
+) -> Result<(), RecordingError> {
+    wait_for_room(shared).await?;
+    let time = seconds_since(start);
+    let mut pending = lock(shared)?;
+    let time = pending.monotonic(time);
+    pending.check(time)?;
+    let wrote = append_text(&mut pending, code, time, |batch| {
+        escape_json(batch, text, true);
+    });
+    pending.close_event();
+    after_append(shared, pending, wrote);
+    Ok(())
 }
 
 /// Seconds since `start`, rounded to microseconds as asciinema does.

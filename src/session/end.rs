@@ -3,7 +3,8 @@
 //! user ("Portcullis: session ended: REASON."), whoever ended it.
 //!
 //! Several reasons are seams for what comes next (locks, idle and length
-//! limits, policy reloads, recording limits); nothing produces them yet.
+//! limits, policy reloads); the recording's limit is produced by
+//! [`super::record`].
 
 use std::fmt;
 use std::time::Duration;
@@ -50,8 +51,11 @@ pub enum EndReason {
     /// Writing the recording failed under `recording.on_failure =
     /// "terminate"`.
     RecordingFailed,
-    /// The recording reached its size limit.
-    RecordingLimit,
+    /// The recording reached its size limit (`recording.max_bytes`).
+    RecordingLimit {
+        /// The limit, in bytes.
+        max_bytes: u64,
+    },
     /// The gateway cannot write its audit log (fail closed).
     AuditUnavailable,
     /// The gateway lost track of the session process.
@@ -79,7 +83,7 @@ impl EndReason {
             EndReason::PolicyChanged => "policy_changed",
             EndReason::ContainerStopped { .. } => "container_stopped",
             EndReason::RecordingFailed => "recording_failed",
-            EndReason::RecordingLimit => "recording_limit",
+            EndReason::RecordingLimit { .. } => "recording_limit",
             EndReason::AuditUnavailable => "audit_unavailable",
             EndReason::ProcessLost => "process_lost",
             EndReason::Shutdown => "shutdown",
@@ -116,9 +120,11 @@ impl fmt::Display for EndReason {
                 write!(f, "the container {container} stopped")
             }
             EndReason::RecordingFailed => f.write_str("the session recording failed"),
-            EndReason::RecordingLimit => {
-                f.write_str("the session recording reached its size limit")
-            }
+            EndReason::RecordingLimit { max_bytes } => write!(
+                f,
+                "the session recording reached its limit of {}",
+                crate::recording::human_bytes(*max_bytes)
+            ),
             EndReason::AuditUnavailable => f.write_str("the gateway cannot write its audit log"),
             EndReason::ProcessLost => f.write_str("the gateway lost the session process"),
             EndReason::Shutdown => f.write_str("the gateway is shutting down"),

@@ -126,12 +126,10 @@ pub async fn open(
         record_input: false,
         index: false,
     };
-    let record = SessionRecord::open(&gw.audit, &gw.store, &gw.config, &start)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "forward record unavailable; refusing");
-            ForwardRefused::Prohibited
-        })?;
+    let record = SessionRecord::open_for(gw, &start).await.map_err(|e| {
+        tracing::error!(error = %e, "forward record unavailable; refusing");
+        ForwardRefused::Prohibited
+    })?;
     let opened = AuditEvent::ForwardOpened {
         container: access.container.name.clone(),
         host: addr.ip().to_string(),

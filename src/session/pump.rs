@@ -21,6 +21,7 @@ use super::live::Ending;
 use super::record::SessionRecord;
 use crate::attach::{Attached, ExitStatus, InitWatch, SessionIo};
 use crate::audit::AuditEvent;
+use crate::recording::Marker;
 
 /// Bytes read from the process's pipes per chunk.
 const CHUNK_BYTES: usize = 32 * 1024;
@@ -165,8 +166,8 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
             }
             read = read_some(&mut stdout, &mut out_buf), if idle => match read {
                 Some(n) => {
-                    if record.output(&out_buf[..n]).await.is_err() {
-                        ended_by = Some(EndReason::RecordingFailed);
+                    if let Err(stopped) = record.output(&out_buf[..n]).await {
+                        ended_by = Some(stopped.reason);
                         break;
                     }
                     match start_write(Box::pin(output.stdout(out_buf[..n].to_vec()))).await {
@@ -181,8 +182,8 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
             },
             read = read_some(&mut stderr, &mut err_buf), if idle => match read {
                 Some(n) => {
-                    if record.output(&err_buf[..n]).await.is_err() {
-                        ended_by = Some(EndReason::RecordingFailed);
+                    if let Err(stopped) = record.output(&err_buf[..n]).await {
+                        ended_by = Some(stopped.reason);
                         break;
                     }
                     match start_write(Box::pin(output.stderr(err_buf[..n].to_vec()))).await {
@@ -197,8 +198,8 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
             },
             bytes = record_input.recv(), if recording_input => match bytes {
                 Some(bytes) => {
-                    if record.input(&bytes).await.is_err() {
-                        ended_by = Some(EndReason::RecordingFailed);
+                    if let Err(stopped) = record.input(&bytes).await {
+                        ended_by = Some(stopped.reason);
                         break;
                     }
                 }
@@ -208,12 +209,17 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
             event = control.recv() => match event {
                 Some(Control::Resize { cols, rows }) => {
                     let _ = attached.resize(cols, rows);
-                    if record.resize(u32::from(cols), u32::from(rows)).await.is_err() {
-                        ended_by = Some(EndReason::RecordingFailed);
+                    if let Err(stopped) = record.resize(u32::from(cols), u32::from(rows)).await {
+                        ended_by = Some(stopped.reason);
                         break;
                     }
                 }
                 Some(Control::Signal(signal)) => {
+                    let name = super::signal::name(signal);
+                    if let Err(stopped) = record.marker(&Marker::Signal { name: &name }).await {
+                        ended_by = Some(stopped.reason);
+                        break;
+                    }
                     let _ = attached.signal(signal);
                 }
                 Some(Control::Closed) | None => {
@@ -281,6 +287,7 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
                 })
                 .await;
         }
+        record.mark_end(reason).await;
         match attached.terminate(kill_grace).await {
             Ok(status) => exit = Some(status),
             Err(e) => tracing::error!(error = %e, "cannot end the session process"),

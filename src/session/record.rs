@@ -14,16 +14,33 @@
 //! - Exit signals are named by [`super::signal`] (`KILL`), whoever started
 //!   the session.
 //!
+//! - Before anything is created the node's [`Recordings`] are asked
+//!   whether a recording may start (free space, spool bound): when not, the
+//!   session is refused with a clear message and a `recording` event
+//!   (`action: refuse`), fail closed.
+//! - Markers (asciicast `m` events, issue 15 point 3): the start (or the
+//!   exec command, or the forward's destination), each resize, signal and
+//!   file transferred, the kill or lock that ended the session, its exit.
+//!
 //! This is the only place that calls the recorder ([`Recorder`]) and the
 //! transcript reader: `recording.on_failure` (terminate or continue) is
-//! applied here, and the transcript is indexed for search after the close.
+//! applied here, a recording that reached `recording.max_bytes` ends the
+//! session with that reason (kept, finished, up to its limit's marker),
+//! and the transcript and markers are indexed for search after the close,
+//! read through [`Recordings::open`] (the upload may already have moved
+//! the recording to object storage).
 
 use std::path::{Path, PathBuf};
 
+use super::{EndReason, Refusal};
 use crate::attach::{ExitStatus, PtyRequest};
 use crate::audit::{AuditEvent, AuditLog, AuditSubject};
 use crate::config::{Config, RecordingFailure};
-use crate::recording::{Digest256, Header, Recorder, RecordingError, SessionMetadata};
+use crate::gateway::Gateway;
+use crate::recording::{
+    Digest256, Header, Marker, MarkerTap, Recorder, RecordingError, Recordings, SessionMetadata,
+    StartRefused, TransferDirection,
+};
 use crate::store::{NewSession, SessionEnd, Store, StoreError};
 
 /// Largest recording indexed for `sessions search`, in bytes (64 MiB).
@@ -38,6 +55,20 @@ pub enum RecordError {
     /// The row and its start event could not be committed.
     #[error("cannot write the session row and its start event: {0}")]
     Store(#[from] StoreError),
+    /// No recording may start now (low disk, full spool); audited.
+    #[error("no recording may start: {}", .0.detail())]
+    Refused(StartRefused),
+}
+
+impl RecordError {
+    /// The refusal the user reads (no paths, no internals).
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            RecordError::Recording(_) => Refusal::recording_unavailable(),
+            RecordError::Store(_) => Refusal::audit_unavailable(),
+            RecordError::Refused(why) => Refusal::new(format!("Access refused: {why}.")),
+        }
+    }
 }
 
 /// What a new session's record says.
@@ -70,9 +101,13 @@ pub struct RecordStart<'a> {
 }
 
 /// The recording stopped and `recording.on_failure = "terminate"` (or the
-/// failure could not be audited): the session must end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordingStopped;
+/// failure could not be audited): the session must end, for `reason`
+/// ([`EndReason::RecordingLimit`] or [`EndReason::RecordingFailed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingStopped {
+    /// Why the session ends.
+    pub reason: EndReason,
+}
 
 /// Appends audit events about one session; for tasks that run beside
 /// the session (the transfer server's reports).
@@ -82,10 +117,12 @@ pub struct SessionAuditor {
     id: String,
     principal: String,
     client_addr: String,
+    markers: Option<MarkerTap>,
 }
 
 impl SessionAuditor {
-    /// Appends `event` about the session.
+    /// Appends `event` about the session; a `FileTransferred` event also
+    /// marks the recording (`upload: PATH (N bytes)`), best effort.
     ///
     /// # Errors
     /// [`StoreError`]: the action it records must not go ahead.
@@ -95,7 +132,30 @@ impl SessionAuditor {
             principal: Some(&self.principal),
             client_addr: Some(&self.client_addr),
         };
-        self.audit.record(&subject, &event).await
+        let seq = self.audit.record(&subject, &event).await?;
+        if let (
+            Some(tap),
+            AuditEvent::FileTransferred {
+                path,
+                direction,
+                bytes,
+                ..
+            },
+        ) = (&self.markers, &event)
+        {
+            let marker = Marker::FileTransferred {
+                path,
+                direction: match direction.as_str() {
+                    "write" => TransferDirection::Upload,
+                    _ => TransferDirection::Download,
+                },
+                bytes: u64::try_from(*bytes).unwrap_or(0),
+            };
+            if let Err(e) = tap.marker(&marker).await {
+                tracing::warn!(error = %e, "cannot mark a file transfer in the recording");
+            }
+        }
+        Ok(seq)
     }
 }
 
@@ -107,7 +167,11 @@ pub struct SessionRecord {
     container: String,
     audit: AuditLog,
     store: Store,
+    recordings: Recordings,
     recorder: Option<Recorder>,
+    /// The recording reached `max_bytes`: kept (and finished at the end)
+    /// but given nothing more.
+    limited: bool,
     path: PathBuf,
     on_failure: RecordingFailure,
     index: bool,
@@ -116,61 +180,83 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
-    /// Opens the record of a new session (module docs): the recording
-    /// under `config.recordings_dir()`, then the row and its start event.
+    /// Opens the record of a new session of the gateway `gw` (module
+    /// docs): the start allowed by `gw.recordings`, the recording made by
+    /// them (with its limits and upload), then the row and its start
+    /// event.
     ///
     /// # Errors
-    /// [`RecordError`]; then no file, row or event of it remains.
+    /// [`RecordError`]; then no file, row or event of it remains (a
+    /// refusal leaves its audit event).
+    pub async fn open_for(
+        gw: &Gateway,
+        start: &RecordStart<'_>,
+    ) -> Result<SessionRecord, RecordError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        SessionRecord::open_with_id(gw, start, id).await
+    }
+
+    /// [`SessionRecord::open_for`] with the session id given: a node uses
+    /// the id the edge named in the relay certificate, so both agree on it.
+    ///
+    /// # Errors
+    /// As [`SessionRecord::open_for`].
+    pub async fn open_with_id(
+        gw: &Gateway,
+        start: &RecordStart<'_>,
+        id: String,
+    ) -> Result<SessionRecord, RecordError> {
+        let on_failure = gw.config.recording.on_failure;
+        SessionRecord::open_in(&gw.audit, &gw.store, &gw.recordings, on_failure, start, id).await
+    }
+
+    /// [`SessionRecord::open_for`] without a gateway (`portcullis
+    /// attach`): the recordings of `config`, local only (no upload from
+    /// the command's process).
+    ///
+    /// # Errors
+    /// As [`SessionRecord::open_for`].
     pub async fn open(
         audit: &AuditLog,
         store: &Store,
         config: &Config,
         start: &RecordStart<'_>,
     ) -> Result<SessionRecord, RecordError> {
+        let recordings = Recordings::local(config, store.clone());
+        let on_failure = config.recording.on_failure;
         let id = uuid::Uuid::new_v4().to_string();
-        SessionRecord::open_with_id(audit, store, config, start, id).await
+        SessionRecord::open_in(audit, store, &recordings, on_failure, start, id).await
     }
 
-    /// [`SessionRecord::open`] with the session id given: a node uses the
-    /// id the edge named in the relay certificate, so both agree on it.
-    ///
-    /// # Errors
-    /// [`RecordError`]; then no file, row or event of it remains.
-    pub async fn open_with_id(
+    async fn open_in(
         audit: &AuditLog,
         store: &Store,
-        config: &Config,
+        recordings: &Recordings,
+        on_failure: RecordingFailure,
         start: &RecordStart<'_>,
         id: String,
     ) -> Result<SessionRecord, RecordError> {
-        let path = config.recordings_dir().join(format!("{id}.cast"));
-        let (cols, rows) = start.pty.map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
-        let header = Header {
-            version: 2,
-            width: u32::from(cols),
-            height: u32::from(rows),
-            timestamp: Some(crate::store::now_ms() / 1000),
-            command: start.command.map(str::to_string),
-            title: Some(format!("{}@{}", start.login, start.container)),
-            env: start
-                .pty
-                .filter(|_| start.term_in_header)
-                .map(|p| [("TERM".to_string(), p.term.clone())].into_iter().collect()),
-            portcullis: Some(SessionMetadata {
-                session_id: id.clone(),
-                principal: start.principal.to_string(),
-                container: start.container.to_string(),
-                login: start.login.to_string(),
-                command: start.command.map(str::to_string),
-            }),
-        };
-        let recorder = Recorder::create(
-            &path,
-            &header,
-            start.record_input,
-            config.recording.flush_interval,
-        )
-        .await?;
+        if let Err(refused) = recordings.may_start().await {
+            tracing::error!(reason = %refused.detail(), "no recording may start; refusing");
+            let subject = AuditSubject {
+                session_id: None,
+                principal: Some(start.principal),
+                client_addr: Some(start.client_addr),
+            };
+            let event = AuditEvent::RecordingFailed {
+                reason: format!(
+                    "session to {} refused: {}",
+                    start.container,
+                    refused.detail()
+                ),
+                action: "refuse".to_string(),
+            };
+            audit.record(&subject, &event).await?;
+            return Err(RecordError::Refused(refused));
+        }
+        let path = recordings.path_of(&id);
+        let header = header_of(&id, start);
+        let mut recorder = recordings.create(&id, &header, start.record_input).await?;
         let path_text = path.display().to_string();
         let subject = AuditSubject {
             session_id: Some(&id),
@@ -200,19 +286,36 @@ impl SessionRecord {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(RecordError::Store(e));
         }
-        Ok(SessionRecord {
+        let first = match start.command {
+            Some(c) => match c.strip_prefix("direct-tcpip ") {
+                Some(destination) => Marker::ForwardOpened { destination },
+                None if start.index => Marker::Exec { command: c },
+                None => Marker::Started { what: c },
+            },
+            None => Marker::Started { what: "shell" },
+        };
+        // The start is committed: a recording that cannot take its first
+        // marker fails as any later write would (below, `check`).
+        let marked = recorder.marker(&first).await;
+        let mut record = SessionRecord {
             principal: start.principal.to_string(),
             client_addr: start.client_addr.to_string(),
             container: start.container.to_string(),
             audit: audit.clone(),
             store: store.clone(),
+            recordings: recordings.clone(),
             recorder: Some(recorder),
+            limited: false,
             path,
-            on_failure: config.recording.on_failure,
+            on_failure,
             index: start.index,
             output_bytes: 0,
             id,
-        })
+        };
+        if record.check(marked).await.is_err() {
+            tracing::warn!(session_id = %record.id, "the recording failed at its first marker");
+        }
+        Ok(record)
     }
 
     /// The session id (the row's).
@@ -232,7 +335,17 @@ impl SessionRecord {
             id: self.id.clone(),
             principal: self.principal.clone(),
             client_addr: self.client_addr.clone(),
+            markers: self.live_recorder().map(Recorder::marker_tap),
         }
+    }
+
+    /// The recorder while it takes events.
+    fn live_recorder(&self) -> Option<&Recorder> {
+        self.recorder.as_ref().filter(|_| !self.limited)
+    }
+
+    fn live_recorder_mut(&mut self) -> Option<&mut Recorder> {
+        self.recorder.as_mut().filter(|_| !self.limited)
     }
 
     fn subject(&self) -> AuditSubject<'_> {
@@ -254,7 +367,7 @@ impl SessionRecord {
     /// True when [`SessionRecord::input`] records anything: callers may
     /// skip handing it input otherwise.
     pub fn records_input(&self) -> bool {
-        self.recorder.as_ref().is_some_and(|r| r.records_input())
+        self.live_recorder().is_some_and(|r| r.records_input())
     }
 
     /// Records output bytes of the session.
@@ -264,7 +377,7 @@ impl SessionRecord {
     /// end (`recording.on_failure`).
     pub async fn output(&mut self, bytes: &[u8]) -> Result<(), RecordingStopped> {
         self.output_bytes += bytes.len() as u64;
-        let Some(r) = self.recorder.as_mut() else {
+        let Some(r) = self.live_recorder_mut() else {
             return Ok(());
         };
         let result = r.output(bytes).await;
@@ -276,23 +389,52 @@ impl SessionRecord {
     /// # Errors
     /// As [`SessionRecord::output`].
     pub async fn input(&mut self, bytes: &[u8]) -> Result<(), RecordingStopped> {
-        let Some(r) = self.recorder.as_mut() else {
+        let Some(r) = self.live_recorder_mut() else {
             return Ok(());
         };
         let result = r.input(bytes).await;
         self.check(result).await
     }
 
-    /// Records a terminal resize, in character cells.
+    /// Records a terminal resize, in character cells: the `r` event and
+    /// its marker (`resize: COLSxROWS`).
     ///
     /// # Errors
     /// As [`SessionRecord::output`].
     pub async fn resize(&mut self, cols: u32, rows: u32) -> Result<(), RecordingStopped> {
-        let Some(r) = self.recorder.as_mut() else {
+        let Some(r) = self.live_recorder_mut() else {
             return Ok(());
         };
-        let result = r.resize(cols, rows).await;
+        let result = match r.resize(cols, rows).await {
+            Ok(()) => r.marker(&Marker::Resized { cols, rows }).await,
+            Err(e) => Err(e),
+        };
         self.check(result).await
+    }
+
+    /// Records `marker` at this point of the session (asciicast `m`).
+    ///
+    /// # Errors
+    /// As [`SessionRecord::output`].
+    pub async fn marker(&mut self, marker: &Marker<'_>) -> Result<(), RecordingStopped> {
+        let Some(r) = self.live_recorder_mut() else {
+            return Ok(());
+        };
+        let result = r.marker(marker).await;
+        self.check(result).await
+    }
+
+    /// Marks why the gateway ended the session (`kill: REASON`, `lock:
+    /// REASON`, `note: REASON`); the session ends either way.
+    pub async fn mark_end(&mut self, reason: &EndReason) {
+        let text = reason.to_string();
+        let marker = match reason {
+            EndReason::ClientGone => return,
+            EndReason::Killed { reason, .. } => Marker::Killed { reason },
+            EndReason::Locked { reason, .. } => Marker::Locked { reason },
+            _ => Marker::Note { text: &text },
+        };
+        let _ = self.marker(&marker).await;
     }
 
     /// After a failed write: audits `RecordingFailed` and either goes on
@@ -301,7 +443,18 @@ impl SessionRecord {
         let Err(e) = result else {
             return Ok(());
         };
-        self.recorder = None;
+        let reason = match e {
+            RecordingError::LimitReached { max_bytes } => {
+                // Kept to be finished at the close: it ends with the
+                // limit's marker.
+                self.limited = true;
+                EndReason::RecordingLimit { max_bytes }
+            }
+            _ => {
+                self.recorder = None;
+                EndReason::RecordingFailed
+            }
+        };
         let action = match self.on_failure {
             RecordingFailure::Terminate => "terminate",
             RecordingFailure::Continue => "continue",
@@ -315,7 +468,7 @@ impl SessionRecord {
             .await;
         match (self.on_failure, audited) {
             (RecordingFailure::Continue, Ok(_)) => Ok(()),
-            _ => Err(RecordingStopped),
+            _ => Err(RecordingStopped { reason }),
         }
     }
 
@@ -343,6 +496,14 @@ impl SessionRecord {
     /// `SessionEnded` event; then indexes the transcript (terminal
     /// sessions). A failure is logged and leaves the row `running`.
     pub async fn close(mut self, exit: Option<ExitStatus>) {
+        let status = match exit {
+            Some(ExitStatus::Code(c)) => c.to_string(),
+            Some(ExitStatus::Signal { signal, .. }) => {
+                format!("signal {}", super::signal::name(signal))
+            }
+            None => "unknown".to_string(),
+        };
+        let _ = self.marker(&Marker::Exited { status: &status }).await;
         let digest = self.finish_recording().await;
         let (bytes, sha256) = match &digest {
             Some(d) => (d.bytes as i64, d.sha256.clone()),
@@ -371,9 +532,7 @@ impl SessionRecord {
         };
         self.write_end(&event, &end).await;
         tracing::info!(session_id = %self.id, ?exit, "session ended");
-        if self.index {
-            self.index_transcript().await;
-        }
+        self.index_transcript(bytes as u64).await;
     }
 
     /// Closes the record of a session whose process could not be started
@@ -409,27 +568,36 @@ impl SessionRecord {
         }
     }
 
-    /// Adds the transcript's text to the search index. A failure is
-    /// logged: the recording itself is the evidence, the index only finds
-    /// it. A recording over [`MAX_INDEXED_RECORDING_BYTES`] is left
+    /// Adds the transcript's lines (terminal sessions) and the markers to
+    /// the search index, each with its time offset, reading the recording
+    /// wherever it is now ([`Recordings::open`]). A failure is logged: the
+    /// recording itself is the evidence, the index only finds it. A
+    /// recording of `bytes` over [`MAX_INDEXED_RECORDING_BYTES`] is left
     /// unindexed rather than parsed whole in memory (a 512 MiB binary dump
     /// is a 3 GiB file); `export` still reads it.
-    async fn index_transcript(&self) {
-        let size = std::fs::metadata(&self.path)
-            .map(|m| m.len())
-            .unwrap_or(u64::MAX);
-        if size > MAX_INDEXED_RECORDING_BYTES {
+    async fn index_transcript(&self, bytes: u64) {
+        if bytes > MAX_INDEXED_RECORDING_BYTES {
             tracing::warn!(
-                bytes = size,
+                bytes,
                 limit = MAX_INDEXED_RECORDING_BYTES,
                 "recording too large to index for search"
             );
             return;
         }
-        let path = self.path.clone();
+        let path = self.path.display().to_string();
+        let opened = match self.recordings.open(&self.id, &path).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the recording to index it");
+                return;
+            }
+        };
+        let index = self.index;
         let lines = tokio::task::spawn_blocking(move || {
-            crate::recording::read(&path)
-                .map(|(_, events)| crate::recording::transcript_lines(&events))
+            opened.parse().map(|(_, events)| match index {
+                true => crate::recording::search_lines(&events),
+                false => crate::recording::markers(&events),
+            })
         })
         .await;
         match lines {
@@ -438,8 +606,37 @@ impl SessionRecord {
                     tracing::error!(error = %e, "cannot index the transcript");
                 }
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot read the recording to index it"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot parse the recording to index it"),
             Err(e) => tracing::error!(error = %e, "transcript indexing failed"),
         }
     }
 }
+
+/// The asciicast v2 header of session `id`: the PTY's size (80x24
+/// without one), its `TERM` when asked, the session's facts.
+fn header_of(id: &str, start: &RecordStart<'_>) -> Header {
+    let (cols, rows) = start.pty.map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
+    Header {
+        version: 2,
+        width: u32::from(cols),
+        height: u32::from(rows),
+        timestamp: Some(crate::store::now_ms() / 1000),
+        command: start.command.map(str::to_string),
+        title: Some(format!("{}@{}", start.login, start.container)),
+        env: start
+            .pty
+            .filter(|_| start.term_in_header)
+            .map(|p| [("TERM".to_string(), p.term.clone())].into_iter().collect()),
+        portcullis: Some(SessionMetadata {
+            session_id: id.to_string(),
+            principal: start.principal.to_string(),
+            container: start.container.to_string(),
+            login: start.login.to_string(),
+            command: start.command.map(str::to_string),
+        }),
+    }
+}
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;

@@ -125,7 +125,7 @@ async fn start(
         index: true,
     };
     let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let record = SessionRecord::open_with_id(&gw.audit, &gw.store, &gw.config, &start, id)
+    let record = SessionRecord::open_with_id(gw, &start, id)
         .await
         .map_err(|e| refusal_of(&e))?;
     Ok((access, record))
@@ -134,10 +134,7 @@ async fn start(
 /// The refusal for a record that could not be opened.
 pub(crate) fn refusal_of(e: &RecordError) -> Refusal {
     tracing::error!(error = %e, "session record unavailable; refusing");
-    match e {
-        RecordError::Recording(_) => Refusal::recording_unavailable(),
-        RecordError::Store(_) => Refusal::audit_unavailable(),
-    }
+    e.refusal()
 }
 
 /// Into the container, and on to the end.

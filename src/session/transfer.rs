@@ -160,7 +160,7 @@ async fn start(gw: &Gateway, caller: &Caller, kind: TransferKind) -> Result<Star
         record_input: false,
         index: false,
     };
-    let record = SessionRecord::open(&gw.audit, &gw.store, &gw.config, &start)
+    let record = SessionRecord::open_for(gw, &start)
         .await
         .map_err(|e| refusal_of(&e))?;
     Ok(Started {

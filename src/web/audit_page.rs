@@ -150,12 +150,13 @@ pub(crate) async fn verify(
     // This host's key and `audit.trusted_keys`, as `portcullis audit
     // verify` trusts them.
     let options = crate::audit::VerifyOptions::from_config(&console.config);
-    let report = crate::audit::verify(&console.store, &options)
-        .await
-        .map_err(|e| match e {
-            crate::audit::AuditError::Database(e) => WebError::Store(e),
-            other => WebError::Render(other.to_string()),
-        })?;
+    let report =
+        crate::audit::verify_with_recordings(&console.store, &options, &console.config.recording)
+            .await
+            .map_err(|e| match e {
+                crate::audit::AuditError::Database(e) => WebError::Store(e),
+                other => WebError::Render(other.to_string()),
+            })?;
     render(
         &console,
         &viewer,

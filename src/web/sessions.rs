@@ -9,7 +9,6 @@
 //! the asciicast file the player renders, or as `text/plain` downloads.
 
 use std::collections::BTreeMap;
-use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use askama::Template;
@@ -352,7 +351,7 @@ pub(crate) async fn page_of(
     let may_play = console.may(viewer, Action::ViewRecording, &s).0;
     let events = console.store.audit_events(Some(&s.id)).await?;
     let commands = if may_play {
-        commands_of(&s)
+        commands_of(console, &s).await
     } else {
         Vec::new()
     };
@@ -421,11 +420,18 @@ pub(crate) async fn page_handler(
 /// Commands of a session with their times: the exec command, or for a
 /// shell the lines of the transcript after a prompt (`# ` or `$ `). A
 /// heuristic: the transcript is what the terminal showed.
-fn commands_of(s: &SessionRecord) -> Vec<(f64, String, String)> {
+async fn commands_of(console: &Console, s: &SessionRecord) -> Vec<(f64, String, String)> {
     if let Some(c) = &s.command {
         return vec![(0.0, "0.0".into(), c.clone())];
     }
-    let Ok((_, events)) = crate::recording::read(FsPath::new(&s.recording_path)) else {
+    let opened = crate::recording::open(
+        &console.config.recording,
+        &console.store,
+        &s.id,
+        &s.recording_path,
+    )
+    .await;
+    let Ok((_, events)) = opened.and_then(|r| r.parse()) else {
         return Vec::new();
     };
     crate::recording::transcript_lines(&events)
@@ -499,9 +505,17 @@ pub(crate) async fn cast(
     let s = console
         .authorize_session(&viewer, Action::ViewRecording, &id)
         .await?;
-    let bytes = tokio::fs::read(&s.recording_path)
-        .await
-        .map_err(|_| WebError::Render(format!("cannot read the recording of {}", s.id)))?;
+    // The local file, or the object store's copy once uploaded (checked
+    // against its manifest).
+    let bytes = crate::recording::open(
+        &console.config.recording,
+        &console.store,
+        &s.id,
+        &s.recording_path,
+    )
+    .await
+    .map_err(|_| WebError::Render(format!("cannot read the recording of {}", s.id)))?
+    .bytes;
     let disposition = if query.download.is_some() {
         format!("attachment; filename=\"{}.cast\"", s.id)
     } else {
@@ -527,8 +541,15 @@ pub(crate) async fn text(
     let s = console
         .authorize_session(&viewer, Action::ViewRecording, &id)
         .await?;
-    let (_, events) = crate::recording::read(FsPath::new(&s.recording_path))
-        .map_err(|e| WebError::Render(e.to_string()))?;
+    let (_, events) = crate::recording::open(
+        &console.config.recording,
+        &console.store,
+        &s.id,
+        &s.recording_path,
+    )
+    .await
+    .and_then(|r| r.parse())
+    .map_err(|e| WebError::Render(e.to_string()))?;
     let mut text = String::new();
     for (_, line) in crate::recording::transcript_lines(&events) {
         text.push_str(&line);
