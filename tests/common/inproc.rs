@@ -33,7 +33,9 @@ pub struct InProcess {
 impl InProcess {
     /// Starts a gateway whose config is the base (port 0, the `process`
     /// backend with `web1` labelled dev and `db1` prod, both stopped, the
-    /// shipped policies, a CA whose certificates carry `groups@portcullis`)
+    /// shipped policies, a CA whose certificates carry `groups@portcullis`,
+    /// its principals named `ca:NAME` with the shipped policies' groups
+    /// allowed under their own names)
     /// plus `extra` (TOML). On PostgreSQL when
     /// `PORTCULLIS_TEST_DATABASE=postgres`.
     pub async fn start(extra: &str) -> InProcess {
@@ -53,12 +55,14 @@ impl InProcess {
         let text = format!(
             "listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\ngateway_id = \"gw\"\n\
              [oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"portcullis\"\n\
-             [auth]\nfailure_delay = \"0s\"\n{database}\
+             [auth]\nfailure_delay = \"0s\"\npenalty_min = \"0s\"\n\
+             max_unauthenticated_per_source = 64\n{database}\
              [policy]\ndir = \"{policies}\"\n[inventory]\nbackend = \"process\"\n\
              [containers.web1]\npid_file = \"{root}/web1.pid\"\nlabels = {{ env = \"dev\" }}\n\
              [containers.db1]\npid_file = \"{root}/db1.pid\"\nlabels = {{ env = \"prod\" }}\n\
              [certificates]\ngroups_extension = \"groups@portcullis\"\n\
-             [[certificates.ca]]\npublic_key = \"{ca_pub}\"\n{extra}",
+             [[certificates.ca]]\npublic_key = \"{ca_pub}\"\nprincipal_prefix = \"ca:\"\n\
+             allowed_groups = [\"developers\", \"approvers\", \"admins\", \"security\", \"break-glass\"]\n{extra}",
             state = root.join("state").display(),
             policies = policies.display(),
             root = root.display(),
