@@ -177,3 +177,48 @@ async fn futures_open(
     }
     open
 }
+
+/// Review M6 (issue 14 point 5), from where a nosy user stands: a
+/// principal with no groups lists `requests`, `grants` and `request show
+/// ID` over SSH and sees none of another's requests (before, every
+/// request of everyone); the requester and an approver still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_show_only_what_concerns_the_caller() {
+    let gw = InProcess::start("").await;
+    let alice = gw.user("alice", &["developers"]);
+    let approver = gw.user("approver", &["approvers"]);
+    let nosy = gw.user("nosy", &[]);
+    let asked = alice
+        .exec(
+            "portcullis",
+            "request web1 --login app --for 1h --reason OPS-9",
+        )
+        .await;
+    assert_eq!(asked.code, Some(0), "{asked:?}");
+    let id = String::from_utf8(asked.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(listed(&nosy, "requests").await, "No access requests.\n");
+    assert_eq!(listed(&nosy, "requests --json").await.trim(), "[]");
+    let shown = nosy.exec("portcullis", &format!("request show {id}")).await;
+    assert_eq!(shown.code, Some(1), "{shown:?}");
+    assert!(shown.stdout.is_empty());
+    assert!(!shown.stderr.contains("OPS-9"), "{}", shown.stderr);
+    assert!(listed(&alice, "requests").await.contains(&id));
+    assert!(listed(&approver, "requests --pending").await.contains(&id));
+    let approved = approver.exec("portcullis", &format!("approve {id}")).await;
+    assert_eq!(approved.code, Some(0), "{approved:?}");
+    assert_eq!(listed(&nosy, "grants").await, "No active grants.\n");
+    assert!(listed(&alice, "grants").await.contains(&id));
+    gw.stop().await;
+}
+
+/// The stdout of broker command `line` run by `who`, which must succeed.
+async fn listed(who: &common::inproc::User, line: &str) -> String {
+    let a = who.exec("portcullis", line).await;
+    assert_eq!(a.code, Some(0), "{line}: {a:?}");
+    String::from_utf8(a.stdout).unwrap()
+}

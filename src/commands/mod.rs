@@ -25,6 +25,7 @@ mod requests;
 mod sessions;
 #[cfg(test)]
 mod tests;
+mod visible;
 
 use std::collections::BTreeMap;
 
