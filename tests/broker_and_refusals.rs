@@ -222,3 +222,55 @@ async fn listed(who: &common::inproc::User, line: &str) -> String {
     assert_eq!(a.code, Some(0), "{line}: {a:?}");
     String::from_utf8(a.stdout).unwrap()
 }
+
+/// Issue 13 point 4: forward destinations are canonical before the policy
+/// sees them, and the policy gets an `ipaddr`. With a site policy that
+/// forbids forwards into 10.0.0.0/8, `ssh -L` to `::ffff:10.1.2.3` (the
+/// same address, IPv4-mapped) is refused by that policy, and the hex form
+/// `0x0a010203` (which `inet_aton` reads as 10.1.2.3) is refused before
+/// any policy is asked; 127.0.0.1 is allowed by the policy (then refused
+/// only because the container is not running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_into_a_forbidden_range_are_refused_in_every_spelling() {
+    let forbid = "@id(\"no-forwards-into-10\")\nforbid (principal, action == \
+                  Action::\"port_forward\", resource)\nwhen { \
+                  context.host.isInRange(ip(\"10.0.0.0/8\")) };\n";
+    let gw = InProcess::start_with_policy("", Some(forbid)).await;
+    let admin = gw.user("admin", &["admins"]);
+    let c = admin.connect("root@web1").await;
+    for host in ["::ffff:10.1.2.3", "10.1.2.3", "0x0a010203", "127.0.0.1"] {
+        assert!(c.forward(host, 80).await.is_err(), "{host}");
+    }
+    let events = gw.audit().await;
+    let decided: Vec<(bool, Vec<String>)> = events
+        .iter()
+        .filter(|(k, _, d)| k == "decision" && d["action"] == "port_forward")
+        .map(|(_, _, d)| {
+            let reasons = d["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_string())
+                .collect();
+            (d["allowed"].as_bool().unwrap(), reasons)
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (false, vec!["no-forwards-into-10".to_string()]),
+            (false, vec!["no-forwards-into-10".to_string()]),
+            (true, vec!["admins-anything".to_string()]),
+        ],
+        "{events:?}"
+    );
+    let hex = events.iter().any(|(k, _, d)| {
+        k == "channel"
+            && d["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("\"0x0a010203\" is not an IP address")
+    });
+    assert!(hex, "{events:?}");
+    gw.stop().await;
+}

@@ -39,12 +39,30 @@ impl InProcess {
     /// plus `extra` (TOML). On PostgreSQL when
     /// `PORTCULLIS_TEST_DATABASE=postgres`.
     pub async fn start(extra: &str) -> InProcess {
+        InProcess::start_with_policy(extra, None).await
+    }
+
+    /// [`InProcess::start`] with `policy` (Cedar) added to a copy of the
+    /// shipped policies, when given.
+    pub async fn start_with_policy(extra: &str, policy: Option<&str>) -> InProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         let ca = root.join("ca");
         super::ssh::keygen(&ca);
         let ca_pub = std::fs::read_to_string(ca.with_extension("pub")).expect("ca.pub");
-        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let policies = match policy {
+            None => shipped,
+            Some(text) => {
+                let copy = root.join("policies");
+                std::fs::create_dir_all(&copy).expect("policies dir");
+                for entry in std::fs::read_dir(&shipped).expect("policies").flatten() {
+                    std::fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy");
+                }
+                std::fs::write(copy.join("test-extra.cedar"), text).expect("policy");
+                copy
+            }
+        };
         let database = match std::env::var("PORTCULLIS_TEST_DATABASE").as_deref() {
             Ok("postgres") => format!(
                 "[database]\nurl = \"{}\"\n",
@@ -224,6 +242,18 @@ impl Connection {
             }
         }
         answer
+    }
+
+    /// Opens a `direct-tcpip` channel (`ssh -L`) to `host`:`port`; `Err`
+    /// with the server's refusal.
+    pub async fn forward(
+        &self,
+        host: &str,
+        port: u32,
+    ) -> Result<russh::Channel<russh::client::Msg>, russh::Error> {
+        self.session
+            .channel_open_direct_tcpip(host, port, "127.0.0.1", 50000)
+            .await
     }
 
     /// Tries to open a session channel; `Err` with the server's reason.
