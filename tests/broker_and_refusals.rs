@@ -274,3 +274,47 @@ async fn forwards_into_a_forbidden_range_are_refused_in_every_spelling() {
     assert!(hex, "{events:?}");
     gw.stop().await;
 }
+
+/// Review L3 (issue 14 point 8): a certificate signed with `-O
+/// no-port-forwarding` gets no `direct-tcpip` channel, before any
+/// decision, and the refusal is audited; the same principal's certificate
+/// with the default extensions gets as far as the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_permit_port_forwarding_gets_no_forward() {
+    let gw = InProcess::start("").await;
+    let restricted = gw.user_with("admin", &["admins"], &["no-port-forwarding"]);
+    let c = restricted.connect("root@web1").await;
+    assert!(c.forward("127.0.0.1", 80).await.is_err());
+    // The refusal is audited in the background of the SSH handler: poll.
+    let refused = |events: &[(String, String, serde_json::Value)]| {
+        events.iter().any(|(k, _, d)| {
+            k == "channel"
+                && d["kind"] == "direct-tcpip"
+                && d["reason"] == "the certificate has no permit-port-forwarding"
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut events = gw.audit().await;
+    while !refused(&events) {
+        assert!(started.elapsed().as_secs() < 10, "{events:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        events = gw.audit().await;
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|(k, _, d)| k == "decision" && d["action"] == "port_forward"),
+        "refused before any decision: {events:?}"
+    );
+    let plain = gw.user("admin", &["admins"]);
+    let c = plain.connect("root@web1").await;
+    // web1 is not running: refused after the (allowing) decision.
+    assert!(c.forward("127.0.0.1", 80).await.is_err());
+    let decided = gw
+        .audit()
+        .await
+        .into_iter()
+        .any(|(k, _, d)| k == "decision" && d["action"] == "port_forward");
+    assert!(decided);
+    gw.stop().await;
+}

@@ -124,7 +124,17 @@ impl InProcess {
     /// A certificate login for `principal` with `groups` (a fresh key,
     /// signed by the gateway's trusted CA).
     pub fn user(&self, principal: &str, groups: &[&str]) -> User {
-        let key = self.dir.path().join(format!("user-{principal}"));
+        self.user_with(principal, groups, &[])
+    }
+
+    /// [`InProcess::user`] whose certificate is signed with the extra
+    /// `ssh-keygen -O` `options` (e.g. `no-port-forwarding`); one key per
+    /// principal and options.
+    pub fn user_with(&self, principal: &str, groups: &[&str], options: &[&str]) -> User {
+        let key = self
+            .dir
+            .path()
+            .join(format!("user-{principal}{}", options.join("-")));
         if !key.exists() {
             super::ssh::keygen(&key);
             let mut sign = Command::new("ssh-keygen");
@@ -134,6 +144,9 @@ impl InProcess {
             if !groups.is_empty() {
                 sign.arg("-O")
                     .arg(format!("extension:groups@portcullis={}", groups.join(",")));
+            }
+            for option in options {
+                sign.args(["-O", option]);
             }
             run(sign.arg(key.with_extension("pub")));
         }
