@@ -26,7 +26,8 @@ use crate::config::Config;
 use crate::fleet::Role;
 use crate::gateway::Gateway;
 use crate::identity::{
-    CertificateAuthorities, CertificateError, FailureThrottle, IdentityError, Issuers, KeyBindings,
+    BindingError, CertificateAuthorities, CertificateError, FailureThrottle, IdentityError,
+    Issuers, KeyBindings,
 };
 use crate::inventory::Inventory;
 use crate::metrics::{Metrics, MetricsError};
@@ -77,6 +78,11 @@ pub enum AppError {
     /// A trusted certificate authority is unusable.
     #[error(transparent)]
     Certificates(#[from] CertificateError),
+    /// The key bindings could not be opened (the refresh-token key file
+    /// of `auth.refresh_token_key_file`, or sealing the clear-text tokens
+    /// an older version stored).
+    #[error("key bindings: {0}")]
+    Bindings(#[from] BindingError),
     /// The sealed helper could not be made.
     #[error(transparent)]
     Helper(#[from] AttachError),
@@ -210,6 +216,12 @@ impl App {
         signer.sign_head(&store).await?;
         let issuers = Arc::new(Issuers::from_config(&config)?);
         let cas = CertificateAuthorities::from_config(&config.certificates)?;
+        // Refresh tokens sealed with `{state_dir}/refresh-token.key` (or
+        // the configured key file); bound keys checked against the same
+        // revocation list as certificates.
+        let bindings = KeyBindings::open(store.clone(), &config)
+            .await?
+            .with_revoked_keys(cas.revoked_keys());
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| AppError::Bind {
@@ -285,7 +297,7 @@ impl App {
             recordings,
             store: store.clone(),
             audit,
-            bindings: KeyBindings::new(store, config.auth.key_binding_ttl),
+            bindings,
             cas,
             throttle: FailureThrottle::new(&config.auth),
             issuers,

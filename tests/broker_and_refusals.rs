@@ -17,7 +17,7 @@ async fn the_broker_answers_over_ssh_and_its_steps_are_audited() {
     assert_eq!(who.code, Some(0), "{who:?}");
     assert_eq!(
         String::from_utf8(who.stdout).unwrap(),
-        "principal: cert:alice\nemail: -\ngroups: developers\nactive grants: none\n"
+        "principal: ca:alice\nemail: -\ngroups: developers\nactive grants: none\n"
     );
     let asked = alice
         .exec(
@@ -176,4 +176,145 @@ async fn futures_open(
         open.push(conn.open_session().await.expect("a free slot"));
     }
     open
+}
+
+/// Review M6 (issue 14 point 5), from where a nosy user stands: a
+/// principal with no groups lists `requests`, `grants` and `request show
+/// ID` over SSH and sees none of another's requests (before, every
+/// request of everyone); the requester and an approver still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_show_only_what_concerns_the_caller() {
+    let gw = InProcess::start("").await;
+    let alice = gw.user("alice", &["developers"]);
+    let approver = gw.user("approver", &["approvers"]);
+    let nosy = gw.user("nosy", &[]);
+    let asked = alice
+        .exec(
+            "portcullis",
+            "request web1 --login app --for 1h --reason OPS-9",
+        )
+        .await;
+    assert_eq!(asked.code, Some(0), "{asked:?}");
+    let id = String::from_utf8(asked.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(listed(&nosy, "requests").await, "No access requests.\n");
+    assert_eq!(listed(&nosy, "requests --json").await.trim(), "[]");
+    let shown = nosy.exec("portcullis", &format!("request show {id}")).await;
+    assert_eq!(shown.code, Some(1), "{shown:?}");
+    assert!(shown.stdout.is_empty());
+    assert!(!shown.stderr.contains("OPS-9"), "{}", shown.stderr);
+    assert!(listed(&alice, "requests").await.contains(&id));
+    assert!(listed(&approver, "requests --pending").await.contains(&id));
+    let approved = approver.exec("portcullis", &format!("approve {id}")).await;
+    assert_eq!(approved.code, Some(0), "{approved:?}");
+    assert_eq!(listed(&nosy, "grants").await, "No active grants.\n");
+    assert!(listed(&alice, "grants").await.contains(&id));
+    gw.stop().await;
+}
+
+/// The stdout of broker command `line` run by `who`, which must succeed.
+async fn listed(who: &common::inproc::User, line: &str) -> String {
+    let a = who.exec("portcullis", line).await;
+    assert_eq!(a.code, Some(0), "{line}: {a:?}");
+    String::from_utf8(a.stdout).unwrap()
+}
+
+/// Issue 13 point 4: forward destinations are canonical before the policy
+/// sees them, and the policy gets an `ipaddr`. With a site policy that
+/// forbids forwards into 10.0.0.0/8, `ssh -L` to `::ffff:10.1.2.3` (the
+/// same address, IPv4-mapped) is refused by that policy, and the hex form
+/// `0x0a010203` (which `inet_aton` reads as 10.1.2.3) is refused before
+/// any policy is asked; 127.0.0.1 is allowed by the policy (then refused
+/// only because the container is not running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_into_a_forbidden_range_are_refused_in_every_spelling() {
+    let forbid = "@id(\"no-forwards-into-10\")\nforbid (principal, action == \
+                  Action::\"port_forward\", resource)\nwhen { \
+                  context.host.isInRange(ip(\"10.0.0.0/8\")) };\n";
+    let gw = InProcess::start_with_policy("", Some(forbid)).await;
+    let admin = gw.user("admin", &["admins"]);
+    let c = admin.connect("root@web1").await;
+    for host in ["::ffff:10.1.2.3", "10.1.2.3", "0x0a010203", "127.0.0.1"] {
+        assert!(c.forward(host, 80).await.is_err(), "{host}");
+    }
+    let events = gw.audit().await;
+    let decided: Vec<(bool, Vec<String>)> = events
+        .iter()
+        .filter(|(k, _, d)| k == "decision" && d["action"] == "port_forward")
+        .map(|(_, _, d)| {
+            let reasons = d["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_string())
+                .collect();
+            (d["allowed"].as_bool().unwrap(), reasons)
+        })
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (false, vec!["no-forwards-into-10".to_string()]),
+            (false, vec!["no-forwards-into-10".to_string()]),
+            (true, vec!["admins-anything".to_string()]),
+        ],
+        "{events:?}"
+    );
+    let hex = events.iter().any(|(k, _, d)| {
+        k == "channel"
+            && d["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("\"0x0a010203\" is not an IP address")
+    });
+    assert!(hex, "{events:?}");
+    gw.stop().await;
+}
+
+/// Review L3 (issue 14 point 8): a certificate signed with `-O
+/// no-port-forwarding` gets no `direct-tcpip` channel, before any
+/// decision, and the refusal is audited; the same principal's certificate
+/// with the default extensions gets as far as the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_permit_port_forwarding_gets_no_forward() {
+    let gw = InProcess::start("").await;
+    let restricted = gw.user_with("admin", &["admins"], &["no-port-forwarding"]);
+    let c = restricted.connect("root@web1").await;
+    assert!(c.forward("127.0.0.1", 80).await.is_err());
+    // The refusal is audited in the background of the SSH handler: poll.
+    let refused = |events: &[(String, String, serde_json::Value)]| {
+        events.iter().any(|(k, _, d)| {
+            k == "channel"
+                && d["kind"] == "direct-tcpip"
+                && d["reason"] == "the certificate has no permit-port-forwarding"
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut events = gw.audit().await;
+    while !refused(&events) {
+        assert!(started.elapsed().as_secs() < 10, "{events:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        events = gw.audit().await;
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|(k, _, d)| k == "decision" && d["action"] == "port_forward"),
+        "refused before any decision: {events:?}"
+    );
+    let plain = gw.user("admin", &["admins"]);
+    let c = plain.connect("root@web1").await;
+    // web1 is not running: refused after the (allowing) decision.
+    assert!(c.forward("127.0.0.1", 80).await.is_err());
+    let decided = gw
+        .audit()
+        .await
+        .into_iter()
+        .any(|(k, _, d)| k == "decision" && d["action"] == "port_forward");
+    assert!(decided);
+    gw.stop().await;
 }

@@ -398,9 +398,13 @@ fn a_krl_written_by_ssh_keygen_revokes_certificates_when_it_changes() {
 }
 
 /// Review L3: a certificate signed with `-O no-pty` gets no PTY, and the
-/// refusal is audited.
+/// refusal is audited. OpenSSH's client treats a PTY it asked for
+/// explicitly (`-t`, `-tt`) and was refused as fatal (clientloop.c,
+/// `client_status_confirm`: "If a TTY was explicitly requested, then a
+/// failure to allocate one is fatal"), as against sshd with `no-pty`: so
+/// `-tt` ends with "PTY allocation request failed" and nothing runs on a
+/// terminal, while the same certificate without `-t` runs its command.
 #[test]
-#[ignore = "needs the ssh wiring (the PTY request checks CertifiedPrincipal::permits)"]
 fn a_certificate_without_permit_pty_gets_no_pty() {
     let f = fixture();
     let key = signed_key(
@@ -410,13 +414,25 @@ fn a_certificate_without_permit_pty_gets_no_pty() {
         "-5m:+1h",
         &["-O", "no-pty", "-O", "extension:groups@portcullis=admins"],
     );
-    let mut cmd = f.gateway.ssh_batch(
-        &format!("root@{}", f.container.name),
-        &key,
-        Some(&cert_of(&key)),
+    let ssh = |args: &[&str]| {
+        let mut cmd = f.gateway.ssh_batch(
+            &format!("root@{}", f.container.name),
+            &key,
+            Some(&cert_of(&key)),
+        );
+        cmd.args(args);
+        run_ssh(&mut cmd, b"")
+    };
+    let r = ssh(&["-tt", "tty"]);
+    assert!(
+        r.stderr.contains("PTY allocation request failed"),
+        "{}\n{}",
+        r.stderr,
+        f.gateway.log()
     );
-    cmd.args(["-tt", "tty"]);
-    let r = run_ssh(&mut cmd, b"");
+    assert_eq!(r.code, 255);
+    assert!(r.stdout.is_empty(), "{:?}", r.stdout);
+    let r = ssh(&["tty"]);
     assert_eq!(r.stdout, b"not a tty\n", "{}", r.stderr);
     let refused = f.gateway.audit_events().into_iter().any(|e| {
         e["principal"] == "cert:admin" && e["detail"].as_str().unwrap_or("").contains("permit-pty")

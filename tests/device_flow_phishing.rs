@@ -214,7 +214,6 @@ fn the_device_prompt_has_no_one_click_link() {
 /// line at the victim's next login, and `keys` / `keys revoke FP` for the
 /// victim; revoked, K_A is refused.
 #[test]
-#[ignore = "needs the ssh wiring (bind_key, announce_new_bindings, the keys command)"]
 fn a_key_bound_to_you_is_announced_and_you_can_revoke_it() {
     let f = fixture();
     let ka = new_key("attacker-typed");
@@ -294,7 +293,6 @@ fn a_key_bound_to_you_is_announced_and_you_can_revoke_it() {
 /// `auth.bind_keys_from_device_flow = false`: a device-flow login admits
 /// its connection and binds nothing.
 #[test]
-#[ignore = "needs the ssh wiring (KeyBindings::open in serve.rs)"]
 fn device_flow_logins_need_not_bind_keys() {
     let f = fixture();
     let gateway = TestGateway::start(

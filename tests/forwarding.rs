@@ -477,3 +477,36 @@ fn a_killed_forward_records_the_bytes_it_carried() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Issue 13 point 4, end to end (the attach-level test is in
+/// tests/attach_isolation.rs): `ssh -L` as `app@container` is connected
+/// from inside the container as `app` (uid 1000), so the container's own
+/// egress rules for that uid apply to it. Before, the gateway connected
+/// as the container's root (uid 0).
+#[test]
+fn a_forward_is_connected_as_the_login() {
+    let f = fixture();
+    let echo = container_echo();
+    let init = f.container.init_pid();
+    let (mut child, local) = forward(&app(), &f.admin_key, echo);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    s.write_all(b"ping\n").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping\n");
+    // The container's socket to the echo server (from its /proc/net/tcp,
+    // which names the owner's uid): made by app, not by root.
+    let uid = std::fs::read_to_string(format!("/proc/{init}/net/tcp"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = u16::from_str_radix(f[2].split(':').nth(1)?, 16).ok()?;
+            (remote_port == echo && f[3] == "01").then(|| f[7].parse::<u32>().unwrap())
+        });
+    drop(s);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(uid, Some(1000));
+}

@@ -42,10 +42,13 @@ async fn device_authorizations(idp: &TestIdp) -> u64 {
 /// 127.0.0.2 hold at most `max_unauthenticated_per_source` of the 64
 /// unauthenticated slots; a login from 127.0.0.1 goes through.
 #[tokio::test]
-#[ignore = "needs the ssh wiring (SourceLimits::admit in the accept loop)"]
 async fn idle_connections_from_one_source_do_not_stop_a_login_from_another() {
     let idp = TestIdp::start();
-    let gateway = TestGateway::start(&idp.issuer, "");
+    // Eight per source (the default; the tests' default is 64).
+    let gateway = TestGateway::start(
+        &idp.issuer,
+        "[auth]\nfailure_delay = \"0s\"\nmax_unauthenticated_per_source = 8\n",
+    );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", gateway.port).parse().unwrap();
     let mut idle = Vec::new();
     for _ in 0..200 {
@@ -80,7 +83,6 @@ async fn idle_connections_from_one_source_do_not_stop_a_login_from_another() {
 /// `device_authorizations_per_connection` per connection and
 /// `device_authorizations_per_source` in all, counted at the IdP.
 #[tokio::test]
-#[ignore = "needs the ssh wiring (DeviceAuthorizationBudget::try_start in the login)"]
 async fn a_keyboard_interactive_loop_cannot_flood_the_idp() {
     let idp = TestIdp::start();
     let gateway = TestGateway::start(

@@ -71,7 +71,7 @@ pub(crate) fn policy(config: Config, command: PolicyCommand) -> anyhow::Result<E
             let extra: Vec<(&str, ContextValue)> = match action {
                 Action::Sftp => vec![("access", ContextValue::Str(access))],
                 Action::PortForward => vec![
-                    ("host", ContextValue::Str(host)),
+                    ("host", destination_ip(&host)?),
                     ("port", ContextValue::Long(i64::from(port))),
                 ],
                 _ => Vec::new(),
@@ -123,4 +123,12 @@ pub(crate) fn policy(config: Config, command: PolicyCommand) -> anyhow::Result<E
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `--host` as the gateway gives it to the policy: the canonical address
+/// ([`crate::policy::addr::canonical_destination`]) as a Cedar `ipaddr`.
+fn destination_ip(host: &str) -> anyhow::Result<ContextValue> {
+    let addr = crate::policy::addr::canonical_destination(host, 1)
+        .with_context(|| format!("--host {host:?}"))?;
+    Ok(ContextValue::Ip(addr.ip()))
 }

@@ -8,6 +8,7 @@
 //! deny ID --reason ...    revoke ID --reason ...       grants [--mine]
 //! review ID               whoami                       request ... --break-glass
 //! sessions watch ID       sessions kill ID --reason ...
+//! keys [--all]            keys revoke FINGERPRINT
 //! ```
 //!
 //! Each command parses its words, calls [`crate::grants`] or the session
@@ -18,11 +19,13 @@
 //! writes the reply.
 
 mod args;
+mod keys;
 mod render;
 mod requests;
 mod sessions;
 #[cfg(test)]
 mod tests;
+mod visible;
 
 use std::collections::BTreeMap;
 
@@ -99,6 +102,8 @@ pub const HELP: &str = "Portcullis broker commands (ssh portcullis@GATEWAY COMMA
   whoami                                                         you, your groups and grants
   sessions watch ID                                              follow a live session read-only
   sessions kill ID --reason TEXT                                 end a live session (the user sees why)
+  keys [--all]                                                   keys bound to you (by your logins)
+  keys revoke FINGERPRINT                                        end one of them
 Add --json for machine-readable output.
 ";
 
@@ -123,6 +128,9 @@ pub async fn execute<'a>(
     };
     if verb == "sessions" {
         return sessions::run(gateway, caller, rest).await;
+    }
+    if verb == "keys" {
+        return Outcome::Done(keys::run(gateway, caller, rest).await);
     }
     Outcome::Done(run(gateway, caller, verb, rest).await)
 }

@@ -107,9 +107,20 @@ pub(super) async fn request(c: &Context<'_>, rest: &[String]) -> Result<Reply, F
 pub(super) async fn show(c: &Context<'_>, rest: &[String]) -> Result<Reply, Failure> {
     let wf = c.wf;
     let args = Args::parse(rest, &[], &["json"]).map_err(usage)?;
-    let r = wf.get(args.one_id().map_err(usage)?).await?;
-    let sessions = wf.store.sessions_of_grant(&r.id).await?;
+    let id = args.one_id().map_err(usage)?;
+    let r = wf.get(id).await?;
     let approvals = wf.approvals(&r.id).await?;
+    // One the caller may not see reads as one that does not exist.
+    let by_id = std::collections::BTreeMap::from([(r.id.clone(), approvals.clone())]);
+    let Some(r) = super::visible::only_visible(c.gateway, c.actor, vec![r], &by_id)
+        .await
+        .pop()
+    else {
+        return Err(Failure::Refused(crate::grants::GrantError::NotFound(
+            crate::text::display_safe(&crate::audit::truncate(id, 64)).into_owned(),
+        )));
+    };
+    let sessions = wf.store.sessions_of_grant(&r.id).await?;
     if args.flags.contains("json") {
         let mut v = record_json(&r, &approvals);
         if let Some(map) = v.as_object_mut() {
@@ -171,6 +182,7 @@ pub(super) async fn list_requests(c: &Context<'_>, rest: &[String]) -> Result<Re
         wf.store.access_requests(status, mine, LIST_LIMIT).await?
     };
     let approvals = with_approvals(wf, &list).await?;
+    let list = super::visible::only_visible(c.gateway, actor, list, &approvals).await;
     if args.flags.contains("json") {
         return Ok(Reply::ok(list_json(&list, &approvals)));
     }
@@ -193,6 +205,7 @@ pub(super) async fn list_grants(c: &Context<'_>, rest: &[String]) -> Result<Repl
         .then_some(actor.principal.subject.as_str());
     let list = wf.store.active_grants(mine, now_ms()).await?;
     let approvals = with_approvals(wf, &list).await?;
+    let list = super::visible::only_visible(c.gateway, actor, list, &approvals).await;
     if args.flags.contains("json") {
         return Ok(Reply::ok(list_json(&list, &approvals)));
     }

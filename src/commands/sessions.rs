@@ -82,7 +82,8 @@ async fn authorized(
         }
     };
     let labels = labels_of(gw, &session.container).await;
-    let decision = gw.policy.decide_with(
+    let decision = gw.policy.decide_as(
+        &caller.principal.issuer,
         &AccessRequest {
             principal: &caller.principal.subject,
             groups: &caller.principal.groups,

@@ -21,12 +21,15 @@
 //! `break_glass` and `approvals` (long: approvals recorded so far;
 //! `activate` is asked after each approval, counting it, and the request
 //! becomes a grant only when it is permitted); `Action::"sftp"` (context as exec plus `access`,
-//! `"read"`/`"write"`), `"port_forward"` (plus `host`, string, and `port`,
-//! long) and `"agent_forward"` (issue 5).
+//! `"read"`/`"write"`), `"port_forward"` (plus `host`, an `ipaddr`, and
+//! `port`, long) and `"agent_forward"` (issue 5).
 //!
 //! Deciding is pure: no I/O, everything comes in the request.
 
 pub mod addr;
+mod values;
+
+pub use values::{ContainerAttributes, ContextValue};
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -91,15 +94,6 @@ pub enum Action {
     /// `request show` and `grants` (issue 14); workflow context. One's own
     /// are always shown; see [`visibility`].
     View,
-}
-
-/// An extra context value for [`PolicyEngine::decide_with`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContextValue {
-    /// A Cedar string.
-    Str(String),
-    /// A Cedar long.
-    Long(i64),
 }
 
 impl Action {
@@ -222,29 +216,6 @@ pub struct AccessRequest<'a> {
     pub command: Option<&'a str>,
     /// The principal's active grant for this login and container, if any.
     pub grant: Option<GrantContext<'a>>,
-}
-
-/// The container entity's optional attributes `owner` and `purpose`
-/// (schema: `owner?: String, purpose?: String`), for
-/// [`PolicyEngine::decide_with_container`] and
-/// [`PolicyEngine::decide_workflow_with_container`] (and their `*_as_*`
-/// forms, which add the principal's issuer); the other `decide*` methods
-/// leave both absent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ContainerAttributes<'a> {
-    /// Who answers for the container.
-    pub owner: Option<&'a str>,
-    /// What it is for.
-    pub purpose: Option<&'a str>,
-}
-
-impl<'a> From<&'a crate::inventory::Container> for ContainerAttributes<'a> {
-    fn from(c: &'a crate::inventory::Container) -> ContainerAttributes<'a> {
-        ContainerAttributes {
-            owner: c.owner.as_deref(),
-            purpose: c.purpose.as_deref(),
-        }
-    }
 }
 
 /// The container entity of one decision.
@@ -471,6 +442,7 @@ impl PolicyEngine {
             let value = match v {
                 ContextValue::Str(s) => RestrictedExpression::new_string(s.clone()),
                 ContextValue::Long(n) => RestrictedExpression::new_long(*n),
+                ContextValue::Ip(ip) => RestrictedExpression::new_ip(ip.to_string()),
             };
             ((*k).to_string(), value)
         });

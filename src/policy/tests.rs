@@ -262,7 +262,7 @@ fn developers_may_sftp_on_dev_but_not_forward() {
         assert!(!ask_with(&[], "app", Action::Sftp, &extra).allowed);
     }
     let fwd = [
-        ("host", ContextValue::Str("127.0.0.1".into())),
+        ("host", ContextValue::Ip("127.0.0.1".parse().unwrap())),
         ("port", ContextValue::Long(5432)),
     ];
     let d = ask_with(&["developers"], "app", Action::PortForward, &fwd);

@@ -14,7 +14,7 @@ use crate::attach::PinnedInit;
 use crate::audit::{AuditEvent, truncate};
 use crate::gateway::Gateway;
 use crate::inventory::{Container, ContainerState, Inventory, InventoryError};
-use crate::policy::{AccessRequest, Action, ContextValue, GrantContext};
+use crate::policy::{AccessRequest, Action, ContainerAttributes, ContextValue, GrantContext};
 use crate::store::AccessRequestRecord;
 
 /// What the caller asks to do.
@@ -138,7 +138,8 @@ pub async fn authorize(gw: &Gateway, caller: &Caller, ask: &Ask<'_>) -> Result<A
             )));
         }
     };
-    let init = match PinnedInit::pin(init_pid, &container.cgroup, None) {
+    // With the init's start time, a recycled init pid is refused.
+    let init = match PinnedInit::pin(init_pid, &container.cgroup, container.init_start_time) {
         Ok(init) => init,
         Err(e) => {
             let event = AuditEvent::SessionFailed {
@@ -198,7 +199,7 @@ pub async fn locate(
             });
         }
     };
-    let init = PinnedInit::pin(init_pid, &found.cgroup, None)?;
+    let init = PinnedInit::pin(init_pid, &found.cgroup, found.init_start_time)?;
     Ok((found, init))
 }
 
@@ -218,8 +219,11 @@ pub async fn decide(
     ask: &Ask<'_>,
     grant: Option<&AccessRequestRecord>,
 ) -> Result<Option<bool>, Refusal> {
+    // The `User` carries its issuer and the `Container` its owner and
+    // purpose (issue 14 M1), so policies can tell sources apart.
     let question = |grant: Option<GrantContext<'_>>| {
-        gw.policy.decide_with(
+        gw.policy.decide_as_with_container(
+            &caller.principal.issuer,
             &AccessRequest {
                 principal: &caller.principal.subject,
                 groups: &caller.principal.groups,
@@ -230,6 +234,7 @@ pub async fn decide(
                 command: ask.command,
                 grant,
             },
+            ContainerAttributes::from(container),
             ask.context,
         )
     };

@@ -1,8 +1,10 @@
 //! The life of a forwarded TCP connection (`ssh -L`, issue 5): allowed by
-//! the policy action `port_forward` (with `host` and `port` in context),
-//! recorded as a session with a header-only recording, connected from
-//! inside the container's network namespace ([`crate::attach::connect_in`])
-//! and pumped both ways. Its audit events say where it goes before it is
+//! the policy action `port_forward` (with `host`, the canonical destination
+//! as a Cedar `ipaddr`, and `port` in context), recorded as a session with
+//! a header-only recording, connected from inside the container as the
+//! session's login ([`crate::attach::connect_as`]: its user namespace, the
+//! session's cgroup, the login's uid and gid, so the container's own egress
+//! rules apply; issue 13 point 4) and pumped both ways. Its audit events say where it goes before it is
 //! opened (`ForwardOpened`) and, when it ends, the bytes each way and how
 //! long it lasted (`ForwardClosed`).
 //!
@@ -23,6 +25,7 @@ use super::{Caller, EndReason, LiveSession};
 use crate::attach::{self, ExitStatus};
 use crate::audit::{AuditEvent, truncate};
 use crate::gateway::Gateway;
+use crate::policy::addr::canonical_destination;
 use crate::policy::{Action, ContextValue};
 
 /// Bytes read from the destination per chunk.
@@ -52,7 +55,9 @@ pub enum ForwardRefused {
 
 /// The destination of a forward: an IP literal, or `localhost` (the
 /// container's loopback). Names are refused: resolving them would read the
-/// host's resolver configuration, not the container's.
+/// host's resolver configuration, not the container's. [`open`] uses the
+/// stricter [`canonical_destination`]; this lenient parse is kept for
+/// other callers.
 pub fn destination(host: &str, port: u32) -> Option<SocketAddr> {
     let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
     let ip = if host.eq_ignore_ascii_case("localhost") {
@@ -87,20 +92,26 @@ pub async fn open(
     request: &ForwardRequest,
 ) -> Result<OpenForward, ForwardRefused> {
     let gw = &gateway;
-    let Some(addr) = destination(&request.host, request.port) else {
-        let event = AuditEvent::ChannelRefused {
-            kind: "direct-tcpip".into(),
-            reason: format!(
-                "destination {}:{} is not an IP address or localhost",
-                truncate(&request.host, 128),
-                request.port
-            ),
-        };
-        let _ = caller.audit(gw, None, event).await;
-        return Err(ForwardRefused::ConnectFailed);
+    // One spelling per address before the policy sees it: `::ffff:10.1.2.3`
+    // is 10.1.2.3; hex, decimal and octal IPv4 forms, names, zones and
+    // the unspecified address are refused.
+    let addr = match canonical_destination(&request.host, request.port) {
+        Ok(addr) => addr,
+        Err(e) => {
+            let event = AuditEvent::ChannelRefused {
+                kind: "direct-tcpip".into(),
+                reason: format!(
+                    "destination {}:{} refused: {e}",
+                    truncate(&request.host, 128),
+                    request.port
+                ),
+            };
+            let _ = caller.audit(gw, None, event).await;
+            return Err(ForwardRefused::Prohibited);
+        }
     };
     let context = [
-        ("host", ContextValue::Str(addr.ip().to_string())),
+        ("host", ContextValue::Ip(addr.ip())),
         ("port", ContextValue::Long(i64::from(addr.port()))),
     ];
     let ask = Ask {
@@ -140,18 +151,25 @@ pub async fn open(
         record.close(None).await;
         return Err(ForwardRefused::Prohibited);
     }
-    let stream =
-        match attach::connect_in(&gw.helper, &access.init, &access.container.name, addr).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::info!(error = ?e, %addr, "forward: connect inside the container failed");
-                let _ = record
-                    .audit(closed(addr, 0, 0, 0, Some(e.user_message())))
-                    .await;
-                record.close(None).await;
-                return Err(ForwardRefused::ConnectFailed);
-            }
-        };
+    let connect = attach::ConnectRequest {
+        container: access.container.name.clone(),
+        login: access.target.login.clone(),
+        addr,
+    };
+    // The decision was made on the login's name (uid decisions: the
+    // session core's shells do the same).
+    let options = attach::AttachOptions::name_only();
+    let stream = match attach::connect_as(&gw.helper, &access.init, &connect, &options).await {
+        Ok((s, _ids)) => s,
+        Err(e) => {
+            tracing::info!(error = ?e, %addr, "forward: connect inside the container failed");
+            let _ = record
+                .audit(closed(addr, 0, 0, 0, Some(e.user_message())))
+                .await;
+            record.close(None).await;
+            return Err(ForwardRefused::ConnectFailed);
+        }
+    };
     Ok(OpenForward {
         gateway,
         caller,

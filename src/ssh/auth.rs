@@ -12,10 +12,15 @@
 //! - `keyboard-interactive`: a pasted ID token or the device flow
 //!   ([`super::login`]).
 //!
-//! Every failure is audited and slows the source address down
-//! ([`crate::identity::FailureThrottle`]); no audit event, no login (fail
-//! closed). On success the SSH user name is parsed, once, into the
-//! caller's [`Destination`]: the [`Caller`] every channel starts with.
+//! Every failure is audited, slows the source address down
+//! ([`crate::identity::FailureThrottle`]) and adds to its penalty
+//! ([`crate::throttle::SourceLimits::penalise`]); no audit event, no login
+//! (fail closed). On success the SSH user name is parsed, once, into the
+//! caller's [`Destination`]: the [`Caller`] every channel starts with; the
+//! key bindings made to the principal since they were last told are
+//! announced on their first channel ([`AuthState::notices`]), and a
+//! certificate's `permit-*` extensions are kept for the channels to
+//! enforce ([`AuthState::permits`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,14 +29,15 @@ use russh::keys::PublicKey;
 use russh::keys::ssh_key::Certificate;
 use russh::server::Auth;
 use russh::{MethodKind, MethodSet};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
+use super::limits::{FrontDoorLimits, Unauthenticated};
 use super::login::{Login, LoginReply};
 use crate::audit::{AuditEvent, AuditSubject, truncate};
-use crate::identity::{BindingCheck, Principal};
+use crate::identity::{BindingCheck, BindingOrigin, CertificatePermits, Principal};
 use crate::session::{Caller, Destination};
+use crate::throttle::Penalty;
 
 /// One connection's authentication state.
 pub(super) struct AuthState {
@@ -42,11 +48,19 @@ pub(super) struct AuthState {
     /// A key whose signature verified and that is not bound yet.
     verified_key: Option<PublicKey>,
     /// Counts this connection as unauthenticated until dropped.
-    unauth_permit: Option<OwnedSemaphorePermit>,
+    unauth_permit: Option<Unauthenticated>,
+    /// The listener's per-source limits (penalties for failures).
+    limits: FrontDoorLimits,
     /// Cancelled once authenticated (ends the login grace timer).
     authenticated: CancellationToken,
     /// Who, once authenticated.
     pub caller: Option<Caller>,
+    /// What the login's certificate permits (everything for other logins);
+    /// the channels refuse the rest (OpenSSH PROTOCOL.certkeys).
+    pub permits: CertificatePermits,
+    /// Lines for the user's first session channel (stderr): key bindings
+    /// made to them since they were last told (review finding H2).
+    pub notices: Vec<String>,
 }
 
 fn keyboard_interactive_only() -> MethodSet {
@@ -57,18 +71,23 @@ impl AuthState {
     pub(super) fn new(
         gateway: Arc<Gateway>,
         peer: SocketAddr,
-        unauth_permit: OwnedSemaphorePermit,
+        unauth_permit: Unauthenticated,
+        limits: FrontDoorLimits,
         authenticated: CancellationToken,
     ) -> AuthState {
         AuthState {
-            login: Login::new(gateway.issuers.clone()),
+            login: Login::new(gateway.issuers.clone())
+                .with_device_budget(limits.devices.clone(), peer.ip()),
             gateway,
             peer,
             peer_text: peer.to_string(),
             verified_key: None,
             unauth_permit: Some(unauth_permit),
+            limits,
             authenticated,
             caller: None,
+            permits: CertificatePermits::ALL,
+            notices: Vec::new(),
         }
     }
 
@@ -102,7 +121,7 @@ impl AuthState {
                 } else {
                     "publickey"
                 };
-                self.accept(user, principal, method, Some(fingerprint))
+                self.accept(user, principal, method, Some(fingerprint), Some(key))
                     .await
             }
             BindingCheck::Unbound(None) => {
@@ -152,11 +171,13 @@ impl AuthState {
     /// An OpenSSH user certificate whose signature verified.
     pub(super) async fn certificate(&mut self, user: &str, cert: &Certificate) -> Auth {
         let now = crate::store::now_ms().max(0) as u64 / 1000;
-        match self.gateway.cas.authenticate(cert, now) {
-            Ok(principal) => {
+        match self.gateway.cas.authenticate_certificate(cert, now) {
+            Ok(certified) => {
                 let key = PublicKey::from(cert.public_key().clone());
                 let fingerprint = crate::identity::key_fingerprint(&key);
-                self.accept(user, principal, "certificate", Some(fingerprint))
+                self.permits = certified.permits;
+                let principal = certified.principal;
+                self.accept(user, principal, "certificate", Some(fingerprint), None)
                     .await
             }
             Err(e) => {
@@ -183,11 +204,10 @@ impl AuthState {
         answers: Option<Vec<String>>,
     ) -> Auth {
         let (reply, failure) = self.login.advance(answers).await;
-        if let Some(failure) = failure {
-            let reason = failure.error.to_string();
-            if !self.fail(failure.method, user, &reason).await {
-                return Auth::reject();
-            }
+        if let Some(failure) = failure
+            && !self.fail(failure.method, user, &failure.reason).await
+        {
+            return Auth::reject();
         }
         match reply {
             LoginReply::Ask {
@@ -206,21 +226,23 @@ impl AuthState {
             LoginReply::Accept { tokens, method } => {
                 let principal = tokens.id_token.principal.clone();
                 let mut bound = None;
-                if let Some(key) = self.verified_key.take() {
-                    let fingerprint = crate::identity::key_fingerprint(&key);
-                    bound = Some(fingerprint.clone());
-                    match self.gateway.bindings.bind(&key, &tokens).await {
-                        Ok(Some(until)) => {
-                            let event = AuditEvent::KeyBindingChanged {
-                                fingerprint,
-                                change: "bound".into(),
-                                until: Some(until),
-                                reason: Some(format!("{method} login")),
-                            };
-                            if !self.audit(Some(&principal.subject), &event).await {
-                                return Auth::reject();
-                            }
-                        }
+                let key = self.verified_key.take();
+                if let Some(key) = &key {
+                    // Audited (before), recorded with this connection's
+                    // address and announced (webhook `key_bound`, the
+                    // principal's next login); nothing is bound after a
+                    // device flow with `auth.bind_keys_from_device_flow`
+                    // off.
+                    let origin = BindingOrigin {
+                        client_addr: &self.peer_text,
+                    };
+                    match self
+                        .gateway
+                        .bindings
+                        .bind_key(&self.gateway.audit, key, &tokens, &origin)
+                        .await
+                    {
+                        Ok(Some(_until)) => bound = Some(crate::identity::key_fingerprint(key)),
                         Ok(None) => {}
                         Err(e) => {
                             tracing::error!(error = %e, "cannot store the key binding; refusing");
@@ -241,7 +263,8 @@ impl AuthState {
                 {
                     tracing::warn!(error = %e, "cannot update the groups of key bindings");
                 }
-                self.accept(user, principal, method, bound).await
+                self.accept(user, principal, method, bound, key.as_ref())
+                    .await
             }
         }
     }
@@ -252,6 +275,7 @@ impl AuthState {
         principal: Principal,
         method: &str,
         key_fingerprint: Option<String>,
+        key_in_use: Option<&PublicKey>,
     ) -> Auth {
         let event = AuditEvent::AuthenticationSucceeded {
             method: method.to_string(),
@@ -262,6 +286,7 @@ impl AuthState {
             return Auth::reject();
         }
         tracing::info!(peer = %self.peer, principal = %principal.subject, method, "authenticated");
+        self.notices = self.announcements(&principal.subject, key_in_use).await;
         let config = &self.gateway.config;
         self.caller = Some(Caller {
             destination: Destination::parse(
@@ -280,10 +305,39 @@ impl AuthState {
         Auth::Accept
     }
 
-    /// Audits a failure and waits the address's growing delay; false when
-    /// the audit event could not be written.
+    /// The key bindings made to `principal` since they were last told
+    /// (except `key_in_use`), as lines for the user; none when the
+    /// database cannot say (the login goes on: the webhook was queued
+    /// with the binding).
+    async fn announcements(&self, principal: &str, key_in_use: Option<&PublicKey>) -> Vec<String> {
+        match self
+            .gateway
+            .bindings
+            .announce_new_bindings(principal, key_in_use)
+            .await
+        {
+            Ok(notices) => {
+                let revoke = self.gateway.broker_line("");
+                notices
+                    .iter()
+                    .map(|n| n.message(revoke.trim_end()))
+                    .collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the key bindings to announce");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Audits a failure, adds to the source's penalty and waits the
+    /// address's growing delay; false when the audit event could not be
+    /// written.
     async fn fail(&self, method: &str, user: &str, reason: &str) -> bool {
         let ok = self.audit_failure(method, user, reason).await;
+        self.limits
+            .sources
+            .penalise(self.peer.ip(), Penalty::AuthFailed);
         let delay = self.gateway.throttle.record_failure(self.peer.ip());
         if !delay.is_zero() {
             tracing::info!(peer = %self.peer, delay_ms = delay.as_millis() as u64, "slowing down");

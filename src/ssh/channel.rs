@@ -39,6 +39,8 @@ pub(super) struct SshOutput {
     style: RefusalStyle,
     /// EOF was sent (once per channel, RFC 4254 §5.3).
     eof_sent: AtomicBool,
+    /// Lines for the user, sent on stderr before the first output.
+    notices: std::sync::Mutex<Vec<String>>,
 }
 
 impl SshOutput {
@@ -55,7 +57,32 @@ impl SshOutput {
             handle,
             style,
             eof_sent: AtomicBool::new(false),
+            notices: std::sync::Mutex::default(),
         }
+    }
+
+    /// This output sending `notices` (one line each, `Portcullis: ` first)
+    /// on stderr before anything else it writes (key bindings announced
+    /// at login).
+    pub(super) fn with_notices(self, notices: Vec<String>) -> SshOutput {
+        *self.notices.lock().unwrap_or_else(|p| p.into_inner()) = notices;
+        self
+    }
+
+    /// Sends the pending notices, once.
+    async fn send_notices(&self) -> Result<(), ClientGone> {
+        let notices = std::mem::take(&mut *self.notices.lock().unwrap_or_else(|p| p.into_inner()));
+        if notices.is_empty() {
+            return Ok(());
+        }
+        let text: String = notices
+            .iter()
+            .map(|n| format!("Portcullis: {}\r\n", crate::text::display_safe(n)))
+            .collect();
+        self.writer
+            .extended_data_bytes(1, text.into_bytes())
+            .await
+            .map_err(|_| ClientGone)
     }
 
     async fn close(&self, exit: Option<ExitStatus>) {
@@ -92,10 +119,12 @@ impl SshOutput {
 
 impl Output for SshOutput {
     async fn stdout(&self, bytes: Vec<u8>) -> Result<(), ClientGone> {
+        self.send_notices().await?;
         self.writer.data_bytes(bytes).await.map_err(|_| ClientGone)
     }
 
     async fn stderr(&self, bytes: Vec<u8>) -> Result<(), ClientGone> {
+        self.send_notices().await?;
         self.writer
             .extended_data_bytes(1, bytes)
             .await
@@ -114,6 +143,7 @@ impl Output for SshOutput {
     }
 
     async fn finish(self, exit: Option<ExitStatus>) {
+        let _ = tokio::time::timeout(NOTICE_WAIT, self.send_notices()).await;
         self.close(exit).await;
     }
 

@@ -73,16 +73,24 @@ pub struct ConnectionHandler {
 }
 
 impl ConnectionHandler {
-    /// A handler for a connection from `peer`; `unauth_permit` counts it as
-    /// unauthenticated and `authenticated` is cancelled once it is not.
-    pub fn new(
+    /// A handler for a connection from `peer`; `unauthenticated` counts it
+    /// as unauthenticated (listener-wide and for its source) and
+    /// `authenticated` is cancelled once it is not.
+    pub(super) fn new(
         gateway: Arc<Gateway>,
         peer: SocketAddr,
-        unauth_permit: OwnedSemaphorePermit,
+        unauthenticated: super::limits::Unauthenticated,
+        limits: super::limits::FrontDoorLimits,
         authenticated: CancellationToken,
     ) -> ConnectionHandler {
         ConnectionHandler {
-            auth: AuthState::new(gateway.clone(), peer, unauth_permit, authenticated),
+            auth: AuthState::new(
+                gateway.clone(),
+                peer,
+                unauthenticated,
+                limits,
+                authenticated,
+            ),
             forwards: Arc::new(Semaphore::new(gateway.config.forwarding.max_forwards)),
             sessions: Arc::new(Semaphore::new(
                 gateway.config.forwarding.max_session_channels,
@@ -223,6 +231,8 @@ impl ConnectionHandler {
             return Ok(());
         };
         session.channel_success(channel)?;
+        // Key bindings to announce go on the first session's stderr.
+        let output = output.with_notices(std::mem::take(&mut self.auth.notices));
         let command = match kind {
             SessionKind::Exec(c) => Some(c),
             SessionKind::Shell => None,
@@ -354,6 +364,12 @@ impl russh::server::Handler for ConnectionHandler {
         _modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if !self.auth.permits.pty {
+            // OpenSSH PROTOCOL.certkeys: no `permit-pty`, no PTY.
+            self.audit_refusal("pty", "the certificate has no permit-pty");
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
         match self.channels.get_mut(&channel) {
             Some(state) if state.input.is_none() => {
                 state.pty = Some(PtyRequest {
@@ -462,6 +478,16 @@ impl russh::server::Handler for ConnectionHandler {
                 .await;
             return Ok(());
         };
+        if !self.auth.permits.port_forwarding {
+            self.audit_refusal(
+                "direct-tcpip",
+                "the certificate has no permit-port-forwarding",
+            );
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         let Ok(permit) = self.forwards.clone().try_acquire_owned() else {
             let cap = self.gateway.config.forwarding.max_forwards;
             self.audit_refusal(

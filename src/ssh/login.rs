@@ -4,16 +4,24 @@
 //! prompt shows the URL and user code while the gateway polls in the
 //! background.
 //!
+//! Each device authorization is taken from the listener's budget first
+//! ([`crate::throttle::DeviceAuthorizationBudget`]: per connection, and
+//! per source over a window), so a client looping keyboard-interactive
+//! cannot spend the identity provider's rate limit for everyone (review
+//! finding M4).
+//!
 //! The first prompt's text contains the word "token" so scripts driving
 //! `SSH_ASKPASS` can recognise it. A failure is shown as the instruction of
 //! one last round with no prompts, then the attempt is rejected.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
 use crate::identity::{DeviceAuthorization, IdentityError, Issuers, LoginTokens};
+use crate::throttle::{ConnectionDeviceBudget, DeviceAuthorizationBudget};
 
 /// The first prompt.
 pub const TOKEN_PROMPT: &str = "Paste a token, or press Enter to log in with your browser: ";
@@ -43,13 +51,13 @@ pub enum LoginReply {
     Reject,
 }
 
-/// A failure to audit and show.
+/// A failure to audit (it was shown already).
 #[derive(Debug)]
 pub struct LoginFailure {
     /// `token` or `device_flow`.
     pub method: &'static str,
-    /// The error.
-    pub error: IdentityError,
+    /// The full reason, for the audit log.
+    pub reason: String,
 }
 
 enum Step {
@@ -75,6 +83,12 @@ pub struct Login {
     issuers: Arc<Issuers>,
     step: Step,
     notice: Option<String>,
+    /// The listener's budget, this connection's source and its share.
+    budget: Option<(
+        Arc<DeviceAuthorizationBudget>,
+        IpAddr,
+        ConnectionDeviceBudget,
+    )>,
 }
 
 impl Drop for Login {
@@ -93,7 +107,35 @@ impl Login {
             issuers,
             step: Step::Start,
             notice: None,
+            budget: None,
         }
+    }
+
+    /// This login taking each device authorization from `budget` for a
+    /// connection from `addr` (its share lasts as long as the connection:
+    /// a new keyboard-interactive attempt does not renew it).
+    pub fn with_device_budget(
+        mut self,
+        budget: Arc<DeviceAuthorizationBudget>,
+        addr: IpAddr,
+    ) -> Login {
+        let share = budget.connection();
+        self.budget = Some((budget, addr, share));
+        self
+    }
+
+    /// Takes one device authorization from the budget; the refusal's user
+    /// message and full reason when none is left.
+    fn spend_device_authorization(&mut self) -> Result<(), (String, String)> {
+        let Some((budget, addr, share)) = &mut self.budget else {
+            return Ok(());
+        };
+        budget.try_start(*addr, share).map_err(|e| {
+            (
+                e.user_message(),
+                format!("device authorization refused: {e}"),
+            )
+        })
     }
 
     /// Shows `text` as the instructions of the next first round (e.g. why
@@ -138,29 +180,36 @@ impl Login {
                     Err(error) => self.fail("token", error),
                 }
             }
-            Step::AskedToken => match self
-                .issuers
-                .default_issuer()
-                .start_device_authorization()
-                .await
-            {
-                Ok(authorization) => {
-                    let shown = DeviceShown::of(&authorization);
-                    let issuer = self.issuers.default_issuer().clone();
-                    let poll =
-                        tokio::spawn(async move { issuer.poll_device_token(&authorization).await });
-                    let prompt = shown.prompt(false);
-                    self.step = Step::DeviceShown { shown, poll };
-                    (
-                        LoginReply::Ask {
-                            instructions: String::new(),
-                            prompts: vec![(prompt, true)],
-                        },
-                        None,
-                    )
+            Step::AskedToken => {
+                if let Err((shown, reason)) = self.spend_device_authorization() {
+                    return self.fail_with("device_flow", shown, reason);
                 }
-                Err(error) => self.fail("device_flow", error),
-            },
+                match self
+                    .issuers
+                    .default_issuer()
+                    .start_device_authorization()
+                    .await
+                {
+                    Ok(authorization) => {
+                        let shown = DeviceShown::of(&authorization);
+                        let issuer = self.issuers.default_issuer().clone();
+                        let poll =
+                            tokio::spawn(
+                                async move { issuer.poll_device_token(&authorization).await },
+                            );
+                        let prompt = shown.prompt(false);
+                        self.step = Step::DeviceShown { shown, poll };
+                        (
+                            LoginReply::Ask {
+                                instructions: String::new(),
+                                prompts: vec![(prompt, true)],
+                            },
+                            None,
+                        )
+                    }
+                    Err(error) => self.fail("device_flow", error),
+                }
+            }
             Step::DeviceShown { shown, mut poll } => {
                 match tokio::time::timeout(DEVICE_WAIT_PER_ANSWER, &mut poll).await {
                     Err(_still_polling) => {
@@ -198,13 +247,22 @@ impl Login {
         method: &'static str,
         error: IdentityError,
     ) -> (LoginReply, Option<LoginFailure>) {
+        self.fail_with(method, error.user_message(), error.to_string())
+    }
+
+    fn fail_with(
+        &mut self,
+        method: &'static str,
+        shown: String,
+        reason: String,
+    ) -> (LoginReply, Option<LoginFailure>) {
         self.step = Step::Failed;
         (
             LoginReply::Ask {
-                instructions: error.user_message(),
+                instructions: shown,
                 prompts: Vec::new(),
             },
-            Some(LoginFailure { method, error }),
+            Some(LoginFailure { method, reason }),
         )
     }
 

@@ -14,6 +14,7 @@ mod auth;
 mod channel;
 mod command;
 mod handler;
+mod limits;
 mod login;
 
 use std::net::SocketAddr;
@@ -123,8 +124,12 @@ pub fn russh_config(host_key: PrivateKey, max_auth_attempts: usize) -> russh::se
 
 /// Accepts connections on `listener` until `gateway.shutdown` is
 /// cancelled: at most `session.max_connections` at once, of which at most
-/// `auth.max_unauthenticated` not yet authenticated; a connection not
-/// authenticated within `auth.login_grace_time` is dropped.
+/// `auth.max_unauthenticated` not yet authenticated, and of those at most
+/// `auth.max_unauthenticated_per_source` from one source (an IPv4 address
+/// or an IPv6 /64; OpenSSH `PerSourceMaxStartups`); a penalised source
+/// (`auth.penalty_*`, OpenSSH `PerSourcePenalties`) is refused at accept,
+/// before any protocol byte. A connection not authenticated within
+/// `auth.login_grace_time` is dropped (and its source penalised).
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
@@ -132,6 +137,7 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(gateway.config.session.max_connections));
     let unauthenticated = Arc::new(Semaphore::new(gateway.config.auth.max_unauthenticated));
+    let limits = limits::FrontDoorLimits::new(&gateway.config.auth);
     loop {
         let accepted = tokio::select! {
             _ = gateway.shutdown.cancelled() => break,
@@ -150,6 +156,16 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        // Per source first: a source at its cap takes no listener-wide
+        // slot, so it cannot lock other sources out.
+        let source_permit = match limits.sources.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%peer, reason = %e, "connection refused");
+                drop(stream);
+                continue;
+            }
+        };
         let Ok(unauth_permit) = unauthenticated.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: too many unauthenticated connections");
             drop(stream);
@@ -160,14 +176,19 @@ pub async fn serve(
         let handler = handler::ConnectionHandler::new(
             gateway.clone(),
             peer,
-            unauth_permit,
+            limits::Unauthenticated {
+                _slot: unauth_permit,
+                _source: source_permit,
+            },
+            limits.clone(),
             authenticated.clone(),
         );
         let config = russh_config.clone();
         let gw = gateway.clone();
+        let sources = limits.sources.clone();
         gateway.tasks.spawn(async move {
             let _permit = permit;
-            run_connection(gw, config, stream, handler, peer, authenticated).await;
+            run_connection(gw, config, stream, handler, peer, authenticated, sources).await;
         });
     }
 }
@@ -181,6 +202,7 @@ async fn run_connection(
     handler: handler::ConnectionHandler,
     peer: SocketAddr,
     authenticated: CancellationToken,
+    sources: crate::throttle::SourceLimits,
 ) {
     let grace = tokio::time::sleep(gateway.config.auth.login_grace_time);
     tokio::pin!(grace);
@@ -193,7 +215,7 @@ async fn run_connection(
             }
         },
         _ = &mut grace => {
-            grace_time_exceeded(&gateway, peer).await;
+            grace_time_exceeded(&gateway, peer, &sources).await;
             return;
         }
         _ = gateway.shutdown.cancelled() => return,
@@ -215,7 +237,7 @@ async fn run_connection(
                     in_grace = false;
                     continue;
                 }
-                grace_time_exceeded(&gateway, peer).await;
+                grace_time_exceeded(&gateway, peer, &sources).await;
                 let _ = handle
                     .disconnect(
                         russh::Disconnect::ByApplication,
@@ -239,7 +261,11 @@ async fn run_connection(
     }
 }
 
-async fn grace_time_exceeded(gateway: &Gateway, peer: SocketAddr) {
+async fn grace_time_exceeded(
+    gateway: &Gateway,
+    peer: SocketAddr,
+    sources: &crate::throttle::SourceLimits,
+) {
     tracing::info!(%peer, "dropped: not authenticated within the login grace time");
     let peer_text = peer.to_string();
     let subject = crate::audit::AuditSubject {
@@ -258,6 +284,7 @@ async fn grace_time_exceeded(gateway: &Gateway, peer: SocketAddr) {
         tracing::error!(error = %e, "cannot write audit event");
     }
     let _ = gateway.throttle.record_failure(peer.ip());
+    sources.penalise(peer.ip(), crate::throttle::Penalty::GraceExceeded);
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ impl Browser {
         let reaper = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "read _ignored; kill -KILL -- -{} 2>/dev/null",
+                "read _ignored; kill -KILL -{} 2>/dev/null",
                 driver.id()
             ))
             .stdin(Stdio::piped())

@@ -39,7 +39,10 @@ impl TestGateway {
     ///
     /// Unless `extra_config` has an `[auth]` section, the per-address
     /// failure delay is off (`failure_delay = "0s"`): the tests of one file
-    /// share 127.0.0.1 and many of them fail on purpose.
+    /// share 127.0.0.1 and many of them fail on purpose. Per-source
+    /// penalties are off and 64 unauthenticated connections per source
+    /// are allowed unless `extra_config` sets `penalty_min` or
+    /// `max_unauthenticated_per_source`.
     pub fn start(issuer: &str, extra_config: &str) -> TestGateway {
         Self::start_with_oidc(&oidc_section(issuer), extra_config)
     }
@@ -77,14 +80,28 @@ impl TestGateway {
             .skip(split)
             .map(|l| format!("{l}\n"))
             .collect();
-        let auth = if extra_config.contains("[auth]") {
-            ""
+        // The per-source limits (issue 14) must not throttle the tests of
+        // one file, which share 127.0.0.1 and fail on purpose: no
+        // penalties and 64 unauthenticated connections per source, unless
+        // `extra_config` sets them.
+        let mut auth = String::new();
+        for (key, value) in [
+            ("penalty_min", "\"0s\""),
+            ("max_unauthenticated_per_source", "64"),
+        ] {
+            if !extra_config.contains(key) {
+                auth.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        let tables = if tables.contains("[auth]\n") {
+            tables.replacen("[auth]\n", &format!("[auth]\n{auth}"), 1)
         } else {
-            "[auth]\nfailure_delay = \"0s\"\n"
+            auth.insert_str(0, "[auth]\nfailure_delay = \"0s\"\n");
+            format!("{auth}{tables}")
         };
         let extra_config = match url {
-            Some(url) => format!("{auth}[database]\nurl = \"{url}\"\n{tables}"),
-            None => format!("{auth}{tables}"),
+            Some(url) => format!("[database]\nurl = \"{url}\"\n{tables}"),
+            None => tables,
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();

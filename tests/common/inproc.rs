@@ -33,16 +33,36 @@ pub struct InProcess {
 impl InProcess {
     /// Starts a gateway whose config is the base (port 0, the `process`
     /// backend with `web1` labelled dev and `db1` prod, both stopped, the
-    /// shipped policies, a CA whose certificates carry `groups@portcullis`)
+    /// shipped policies, a CA whose certificates carry `groups@portcullis`,
+    /// its principals named `ca:NAME` with the shipped policies' groups
+    /// allowed under their own names)
     /// plus `extra` (TOML). On PostgreSQL when
     /// `PORTCULLIS_TEST_DATABASE=postgres`.
     pub async fn start(extra: &str) -> InProcess {
+        InProcess::start_with_policy(extra, None).await
+    }
+
+    /// [`InProcess::start`] with `policy` (Cedar) added to a copy of the
+    /// shipped policies, when given.
+    pub async fn start_with_policy(extra: &str, policy: Option<&str>) -> InProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         let ca = root.join("ca");
         super::ssh::keygen(&ca);
         let ca_pub = std::fs::read_to_string(ca.with_extension("pub")).expect("ca.pub");
-        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let policies = match policy {
+            None => shipped,
+            Some(text) => {
+                let copy = root.join("policies");
+                std::fs::create_dir_all(&copy).expect("policies dir");
+                for entry in std::fs::read_dir(&shipped).expect("policies").flatten() {
+                    std::fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy");
+                }
+                std::fs::write(copy.join("test-extra.cedar"), text).expect("policy");
+                copy
+            }
+        };
         let database = match std::env::var("PORTCULLIS_TEST_DATABASE").as_deref() {
             Ok("postgres") => format!(
                 "[database]\nurl = \"{}\"\n",
@@ -53,13 +73,14 @@ impl InProcess {
         let text = format!(
             "listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\ngateway_id = \"gw\"\n\
              [oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"portcullis\"\n\
-             [auth]\nfailure_delay = \"0s\"\n{database}\
+             [auth]\nfailure_delay = \"0s\"\npenalty_min = \"0s\"\n\
+             max_unauthenticated_per_source = 64\n{database}\
              [policy]\ndir = \"{policies}\"\n[inventory]\nbackend = \"process\"\n\
              [containers.web1]\npid_file = \"{root}/web1.pid\"\nlabels = {{ env = \"dev\" }}\n\
              [containers.db1]\npid_file = \"{root}/db1.pid\"\nlabels = {{ env = \"prod\" }}\n\
              [certificates]\ngroups_extension = \"groups@portcullis\"\n\
-             [[certificates.ca]]\npublic_key = \"{ca_pub}\"\nprincipal_prefix = \"cert:\"\n\
-             allowed_groups = [\"admins\", \"approvers\", \"developers\", \"reviewers\"]\n{extra}",
+             [[certificates.ca]]\npublic_key = \"{ca_pub}\"\nprincipal_prefix = \"ca:\"\n\
+             allowed_groups = [\"developers\", \"approvers\", \"admins\", \"security\", \"break-glass\", \"reviewers\"]\n{extra}",
             state = root.join("state").display(),
             policies = policies.display(),
             root = root.display(),
@@ -103,7 +124,17 @@ impl InProcess {
     /// A certificate login for `principal` with `groups` (a fresh key,
     /// signed by the gateway's trusted CA).
     pub fn user(&self, principal: &str, groups: &[&str]) -> User {
-        let key = self.dir.path().join(format!("user-{principal}"));
+        self.user_with(principal, groups, &[])
+    }
+
+    /// [`InProcess::user`] whose certificate is signed with the extra
+    /// `ssh-keygen -O` `options` (e.g. `no-port-forwarding`); one key per
+    /// principal and options.
+    pub fn user_with(&self, principal: &str, groups: &[&str], options: &[&str]) -> User {
+        let key = self
+            .dir
+            .path()
+            .join(format!("user-{principal}{}", options.join("-")));
         if !key.exists() {
             super::ssh::keygen(&key);
             let mut sign = Command::new("ssh-keygen");
@@ -113,6 +144,9 @@ impl InProcess {
             if !groups.is_empty() {
                 sign.arg("-O")
                     .arg(format!("extension:groups@portcullis={}", groups.join(",")));
+            }
+            for option in options {
+                sign.args(["-O", option]);
             }
             run(sign.arg(key.with_extension("pub")));
         }
@@ -221,6 +255,18 @@ impl Connection {
             }
         }
         answer
+    }
+
+    /// Opens a `direct-tcpip` channel (`ssh -L`) to `host`:`port`; `Err`
+    /// with the server's refusal.
+    pub async fn forward(
+        &self,
+        host: &str,
+        port: u32,
+    ) -> Result<russh::Channel<russh::client::Msg>, russh::Error> {
+        self.session
+            .channel_open_direct_tcpip(host, port, "127.0.0.1", 50000)
+            .await
     }
 
     /// Tries to open a session channel; `Err` with the server's reason.
