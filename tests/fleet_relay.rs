@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use common::container::{TestContainer, reaper, run};
+use common::container::{TestContainer, run};
 use common::fleet::RoleProcess;
 use common::gateway::free_port;
 use common::ssh::{keygen, run_ssh};
@@ -28,9 +28,6 @@ struct Fleet {
     url: String,
     dir: tempfile::TempDir,
     edge: RoleProcess,
-    /// Kill the edge and the node when the test process ends (the fixture
-    /// is never dropped).
-    reapers: Mutex<Vec<std::process::ChildStdin>>,
     edge_port: u16,
     node_port: u16,
     node: Mutex<Option<RoleProcess>>,
@@ -48,11 +45,6 @@ fn fleet() -> &'static Fleet {
 fn turn() -> MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
     TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Kills `process` when the test process ends.
-fn reap(process: &RoleProcess) -> std::process::ChildStdin {
-    reaper(&format!("kill -9 {} 2>/dev/null", process.child.id()))
 }
 
 fn start() -> Fleet {
@@ -135,7 +127,6 @@ fn start() -> Fleet {
         container,
         url,
         dir,
-        reapers: Mutex::new(vec![reap(&edge), reap(&node)]),
         edge,
         edge_port,
         node_port,
@@ -413,9 +404,7 @@ fn a_node_that_goes_away_ends_its_sessions_and_refuses_new_ones() {
                 .is_some_and(|r| r.starts_with("node n1 unreachable"))
     }));
     // It resumes when the node is back.
-    let node = RoleProcess::start(f.dir.path(), "node", &f.node_config);
-    f.reapers.lock().unwrap().push(reap(&node));
-    *f.node.lock().unwrap() = Some(node);
+    *f.node.lock().unwrap() = Some(RoleProcess::start(f.dir.path(), "node", &f.node_config));
     f.wait_node_up();
     // The restarted node marks the session it lost interrupted.
     wait_until(
@@ -458,6 +447,24 @@ fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.9))
 }
 
+/// CPU time and run-queue wait of all threads of `pid` so far, ms, and
+/// how many times they were scheduled in (`/proc/PID/task/*/schedstat`:
+/// ns on CPU, ns runnable but waiting, timeslices).
+fn schedstat(pid: u32) -> (f64, f64, f64) {
+    let mut total = (0.0, 0.0, 0.0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path().join("schedstat");
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        let mut fields = text.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+        total.0 += fields.next().unwrap() / 1e6;
+        total.1 += fields.next().unwrap() / 1e6;
+        total.2 += fields.next().unwrap();
+    }
+    total
+}
+
 /// Setup latency and throughput of a session through the edge against the
 /// same session straight to the node (issue 16 point 9). A benchmark, not
 /// a check: `cargo test --test fleet_relay -- --ignored --nocapture bench`;
@@ -491,10 +498,32 @@ fn bench_relayed_versus_direct() {
     );
     let bytes = 64 * 1024 * 1024;
     let command = format!("head -c {bytes} /dev/zero");
+    let edge_pid = f.edge.child.id();
+    let node_pid = f.node.lock().unwrap().as_ref().unwrap().child.id();
+    // Per transfer: wall ms and the edge's and node's CPU and run-queue
+    // wait (the kernel's schedstat), to tell CPU from waiting on the peer.
+    let measured = |port: u16| {
+        let (e0, n0) = (schedstat(edge_pid), schedstat(node_pid));
+        let ms = time(port, &command, bytes);
+        let (e1, n1) = (schedstat(edge_pid), schedstat(node_pid));
+        let d = |a: (f64, f64, f64), b: (f64, f64, f64)| (b.0 - a.0, b.1 - a.1, b.2 - a.2);
+        let (e, n) = (d(e0, e1), d(n0, n1));
+        let via = if port == f.edge_port {
+            "edge"
+        } else {
+            "direct"
+        };
+        println!(
+            "  {via} {ms:.0} ms: edge cpu {:.0} ms runq {:.0} ms switches {:.0}; \
+             node cpu {:.0} ms runq {:.0} ms switches {:.0}",
+            e.0, e.1, e.2, n.0, n.1, n.2
+        );
+        bytes as f64 / 1048.576 / ms
+    };
     let (mut edge, mut direct) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        edge.push(bytes as f64 / 1048.576 / time(f.edge_port, &command, bytes));
-        direct.push(bytes as f64 / 1048.576 / time(f.node_port, &command, bytes));
+        edge.push(measured(f.edge_port));
+        direct.push(measured(f.node_port));
     }
     let (e, _) = percentiles(edge);
     let (d, _) = percentiles(direct);

@@ -8,6 +8,7 @@
 //! opens only the channel kind the certificate names, and answers requests
 //! with what it saw, so a test can check every request crossed the relay.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -405,11 +406,17 @@ impl NodeServer {
     }
 }
 
-/// A `portcullis serve --role ROLE` process, killed when dropped.
+/// A `portcullis serve --role ROLE` process in its own process group,
+/// killed (with the group) when dropped, and by a reaper when the test
+/// process exits (a static fixture is never dropped).
 pub struct RoleProcess {
     pub child: std::process::Child,
     pub config: std::path::PathBuf,
     pub log: std::path::PathBuf,
+    /// The write end of the reaper's stdin: when it closes (this is
+    /// dropped, or the test process exits however it does), the reaper
+    /// sends SIGKILL to the role's whole process group.
+    reaper: Option<std::process::ChildStdin>,
 }
 
 impl RoleProcess {
@@ -432,12 +439,20 @@ impl RoleProcess {
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
+            // Its own group (pgid = its pid), so the reaper kills it and
+            // whatever it started, and nothing else.
+            .process_group(0)
             .spawn()
             .unwrap();
+        let pgid = child.id();
+        // `-PGID` (not `-- -PGID`: dash, the CI's `sh`, takes `--` for a
+        // number and kills nothing).
+        let reaper = super::container::reaper(&format!("kill -KILL -{pgid} 2>/dev/null"));
         RoleProcess {
             child,
             config: path,
             log,
+            reaper: Some(reaper),
         }
     }
 
@@ -467,5 +482,7 @@ impl Drop for RoleProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The reaper kills the rest of the group.
+        drop(self.reaper.take());
     }
 }

@@ -222,6 +222,7 @@ pub fn listener_config(
         keepalive_interval: Some(ctx.keepalive),
         keepalive_max: 3,
         nodelay: true,
+        maximum_packet_size: super::TUNNEL_PACKET_BYTES,
         ..Default::default()
     })
 }

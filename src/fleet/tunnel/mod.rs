@@ -16,7 +16,7 @@ mod stream;
 
 pub use edge::{EdgeContext, Tunnels};
 pub use node::{NodeIdentity, RelayAcceptor, RelayOrigin, TunnelClient};
-pub use stream::{RELAY_WINDOW_BYTES, STREAM_BUFFER_BYTES, TunnelStream};
+pub use stream::{RELAY_WINDOW_BYTES, STREAM_BUFFER_BYTES, TUNNEL_PACKET_BYTES, TunnelStream};
 
 /// The `connected address` of relay channels (RFC 4254 §7.2
 /// `forwarded-tcpip`); the node accepts no other.

@@ -476,6 +476,7 @@ async fn dial(
         keepalive_max: 3,
         inactivity_timeout: None,
         nodelay: true,
+        maximum_packet_size: super::TUNNEL_PACKET_BYTES,
         preferred: crate::fleet::ca::certificate_host_keys(),
         ..Default::default()
     });

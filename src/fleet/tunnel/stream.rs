@@ -27,6 +27,14 @@ use tokio::sync::mpsc;
 /// (the relay client's and the node's relay server's `window_size`), bytes.
 pub const RELAY_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 
+/// Largest data packet either end of a tunnel accepts on a tunnel channel
+/// (its `maximum_packet_size`, RFC 4254 §5.1), bytes: one inner SSH packet
+/// of 32 KiB of session data with its framing fits in one tunnel packet
+/// (at russh's default of 32 KiB every inner packet took two, doubling the
+/// messages, wake-ups and cipher calls per byte on both ends). The most
+/// russh allows without warning (a TCP segment's 65,535).
+pub const TUNNEL_PACKET_BYTES: u32 = 65_535;
+
 /// Most bytes a tunnel stream holds for its reader: two inner windows and
 /// 1 MiB for packet framing and control messages.
 pub const STREAM_BUFFER_BYTES: usize = 2 * RELAY_WINDOW_BYTES as usize + 1024 * 1024;
