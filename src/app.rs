@@ -422,6 +422,7 @@ async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSig
     let mut sign = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut kills = tokio::time::interval(BACKGROUND_TICK);
     let mut expiries = tokio::time::interval(BACKGROUND_TICK);
+    let mut locks = tokio::time::interval(BACKGROUND_TICK);
     loop {
         tokio::select! {
             _ = gateway.shutdown.cancelled() => return signer,
@@ -445,6 +446,17 @@ async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSig
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot read kill requests"),
+            },
+            // Locks added on any gateway sharing the database (or by the
+            // CLI) end the live sessions they cover here within a tick.
+            _ = locks.tick() => match gateway.store.active_locks().await {
+                Ok(active) => {
+                    let ended = gateway.end_locked(&active);
+                    if ended > 0 {
+                        tracing::info!(ended, "locked sessions told to end");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read locks"),
             },
         }
     }

@@ -570,9 +570,11 @@ async fn forwarded_connections_are_made_as_the_login_inside_the_container() {
         // Nothing is left of the connects: no session cgroup once the
         // helper has seen the closed stream (it removes the cgroup after
         // the connecting process exits, so poll).
-        common::wait_until("the connects' cgroups to go", Duration::from_secs(5), || {
-            leftovers(c).is_empty()
-        });
+        common::wait_until(
+            "the connects' cgroups to go",
+            Duration::from_secs(5),
+            || leftovers(c).is_empty(),
+        );
         // An unspecified destination is refused before anything runs.
         let any = ConnectRequest {
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], open)),

@@ -6,6 +6,7 @@ mod attach;
 mod audit;
 mod containers;
 mod keys;
+mod locks;
 mod nodes;
 mod policy;
 mod serve;
@@ -62,6 +63,12 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: keys::KeysCommand,
+    },
+    /// Locks: refuse and end every session of a principal, into a
+    /// container or as a login.
+    Locks {
+        #[command(subcommand)]
+        command: locks::LocksCommand,
     },
     /// Fleet nodes: add (join token), list, remove.
     Nodes {
@@ -189,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Containers { command } => containers::containers(config, command).await,
         Command::Audit { command } => audit::audit(config, command).await,
         Command::Keys { command } => keys::keys(config, command).await,
+        Command::Locks { command } => locks::locks(config, command).await,
         Command::Nodes { command } => nodes::nodes(config, command).await,
         Command::Attach {
             container,

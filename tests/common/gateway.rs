@@ -86,6 +86,12 @@ impl TestGateway {
             Some(url) => format!("{auth}[database]\nurl = \"{url}\"\n{tables}"),
             None => format!("{auth}{tables}"),
         };
+        // A test with its own `[session]` section sets `kill_grace` there.
+        let session = if extra_config.contains("[session]") {
+            ""
+        } else {
+            "[session]\nkill_grace = \"1s\"\n"
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let state_dir = dir.path().join("state");
@@ -95,7 +101,7 @@ impl TestGateway {
             &config_path,
             format!(
                 "{top_level}listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{oidc_config}\
-                 [policy]\ndir = \"{}\"\n[session]\nkill_grace = \"1s\"\n{extra_config}",
+                 [policy]\ndir = \"{}\"\n{session}{extra_config}",
                 state_dir.display(),
                 policies.display()
             ),

@@ -14,8 +14,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod browser;
-pub mod fleet;
 pub mod container;
+pub mod fleet;
 pub mod gateway;
 pub mod idp;
 pub mod inproc;

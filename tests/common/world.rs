@@ -115,7 +115,8 @@ impl WorldBuilder {
         if !self.config.contains("[certificates]") {
             config.push_str(&format!(
                 "[certificates]\ngroups_extension = \"groups@portcullis\"\n\
-                 [[certificates.ca]]\npublic_key = \"{}\"\n",
+                 [[certificates.ca]]\npublic_key = \"{}\"\nprincipal_prefix = \"cert:\"\n\
+                 allowed_groups = [\"admins\", \"developers\", \"approvers\", \"reviewers\"]\n",
                 ca_pub.trim()
             ));
         }
