@@ -8,6 +8,7 @@
 //! deny ID --reason ...    revoke ID --reason ...       grants [--mine]
 //! review ID               whoami                       request ... --break-glass
 //! sessions watch ID       sessions kill ID --reason ...
+//! locks add|list|remove ...
 //! ```
 //!
 //! Each command parses its words, calls [`crate::grants`] or the session
@@ -18,6 +19,7 @@
 //! writes the reply.
 
 mod args;
+mod locks;
 mod render;
 mod requests;
 mod sessions;
@@ -99,6 +101,9 @@ pub const HELP: &str = "Portcullis broker commands (ssh portcullis@GATEWAY COMMA
   whoami                                                         you, your groups and grants
   sessions watch ID                                              follow a live session read-only
   sessions kill ID --reason TEXT                                 end a live session (the user sees why)
+  locks add (--principal P|--container C|--login L) --reason TEXT [--ttl D]
+                                            refuse and end their sessions (admins)
+  locks list [--all]    locks remove ID                          the locks that hold; remove one
 Add --json for machine-readable output.
 ";
 
@@ -123,6 +128,9 @@ pub async fn execute<'a>(
     };
     if verb == "sessions" {
         return sessions::run(gateway, caller, rest).await;
+    }
+    if verb == "locks" {
+        return Outcome::Done(locks::run(gateway, caller, rest).await);
     }
     Outcome::Done(run(gateway, caller, verb, rest).await)
 }

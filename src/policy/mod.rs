@@ -91,6 +91,9 @@ pub enum Action {
     /// `request show` and `grants` (issue 14); workflow context. One's own
     /// are always shown; see [`visibility`].
     View,
+    /// Add, list or remove locks (`ssh portcullis@gw locks ...`, issue
+    /// 12); resource `Console::"console"`, empty context.
+    Lock,
 }
 
 /// An extra context value for [`PolicyEngine::decide_with`].
@@ -125,6 +128,7 @@ impl Action {
             Action::ViewRequests => "view_requests",
             Action::ViewContainers => "view_containers",
             Action::View => "view",
+            Action::Lock => "lock",
         }
     }
 }
@@ -151,6 +155,7 @@ impl FromStr for Action {
             "view_requests" => Ok(Action::ViewRequests),
             "view_containers" => Ok(Action::ViewContainers),
             "view" => Ok(Action::View),
+            "lock" => Ok(Action::Lock),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
