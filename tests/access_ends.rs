@@ -30,7 +30,7 @@ fn world() -> &'static World {
     WORLD.get_or_init(|| {
         let world = World::builder()
             .container("ends")
-            .users(&["admin", "alice"])
+            .users(&["admin", "alice", "approver"])
             .bound_keys()
             .start();
         // A uid-0 alias, as anyone who once held root could leave behind.
@@ -246,6 +246,43 @@ fn processes_started_by_a_session_end_when_it_is_killed() {
     let (code, stderr) = live.wait();
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("OPS-1 test"), "{stderr}");
+}
+
+#[test]
+fn processes_started_under_a_grant_end_at_its_expiry() {
+    let w = world();
+    let gw = w.another_gateway("");
+    let container = &w.container().name;
+    let broker = |user: &str, line: &str| {
+        let mut cmd = gw.ssh_batch("portcullis", w.key(user), Some(w.cert(user)));
+        cmd.arg(line);
+        let r = run_ssh(&mut cmd, b"");
+        assert_eq!(r.code, 0, "{line}: {}\n{}", r.stderr, gw.log());
+        serde_json::from_slice::<Value>(&r.stdout).unwrap()
+    };
+    let line =
+        format!("request {container} --login root --for 4s --reason \"OPS-7 on call\" --json");
+    let id = broker("alice", &line)["id"].as_str().unwrap().to_string();
+    let grant = broker("approver", &format!("approve {id} --json"));
+    let expires_at = grant["expires_at"].as_i64().unwrap();
+    let (script, names) = escapes(79);
+    let command = format!("{script} echo ready; sleep 600");
+    let live = Live::start(&gw, "alice", "root", &command);
+    let (code, stderr) = live.wait();
+    // The client is told once every process of the session is gone.
+    all_gone(&names);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!("the grant {id} expired")),
+        "{stderr}"
+    );
+    let row = gw.wait_sessions_ended(1, |s| s["command"] == command.as_str());
+    let ended_at = row[0]["ended_at"].as_i64().unwrap();
+    eprintln!(
+        "the granted session ended {} ms after the grant's expiry",
+        ended_at - expires_at
+    );
+    assert!(ended_at >= expires_at, "{row:?} {grant}");
 }
 
 /// A ControlMaster connection (`ssh -M -S PATH -N`) of `user` to `login@`
