@@ -17,7 +17,7 @@ async fn the_broker_answers_over_ssh_and_its_steps_are_audited() {
     assert_eq!(who.code, Some(0), "{who:?}");
     assert_eq!(
         String::from_utf8(who.stdout).unwrap(),
-        "principal: alice\nemail: -\ngroups: developers\nactive grants: none\n"
+        "principal: cert:alice\nemail: -\ngroups: developers\nactive grants: none\n"
     );
     let asked = alice
         .exec(

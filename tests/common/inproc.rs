@@ -58,7 +58,8 @@ impl InProcess {
              [containers.web1]\npid_file = \"{root}/web1.pid\"\nlabels = {{ env = \"dev\" }}\n\
              [containers.db1]\npid_file = \"{root}/db1.pid\"\nlabels = {{ env = \"prod\" }}\n\
              [certificates]\ngroups_extension = \"groups@portcullis\"\n\
-             [[certificates.ca]]\npublic_key = \"{ca_pub}\"\n{extra}",
+             [[certificates.ca]]\npublic_key = \"{ca_pub}\"\nprincipal_prefix = \"cert:\"\n\
+             allowed_groups = [\"admins\", \"approvers\", \"developers\", \"reviewers\"]\n{extra}",
             state = root.join("state").display(),
             policies = policies.display(),
             root = root.display(),

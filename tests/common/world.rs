@@ -115,8 +115,9 @@ impl WorldBuilder {
         if !self.config.contains("[certificates]") {
             config.push_str(&format!(
                 "[certificates]\ngroups_extension = \"groups@portcullis\"\n\
-                 [[certificates.ca]]\npublic_key = \"{}\"\nprincipal_prefix = \"cert:\"\n\
-                 allowed_groups = [\"admins\", \"developers\", \"approvers\", \"reviewers\"]\n",
+                 [[certificates.ca]]\npublic_key = \"{}\"\n\
+                 principal_prefix = \"cert:\"\n\
+                 allowed_groups = [\"admins\", \"approvers\", \"developers\", \"reviewers\"]\n",
                 ca_pub.trim()
             ));
         }
