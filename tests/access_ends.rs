@@ -533,3 +533,58 @@ fn idle_and_long_sessions_end_with_a_message() {
         "{reasons:?}"
     );
 }
+
+#[test]
+fn policies_reload_on_request_and_a_bad_set_keeps_the_old_one() {
+    let w = world();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let gw = w.another_gateway(&format!("[policy]\ndir = \"{}\"\n", dir.path().display()));
+    let allowed = |gw: &TestGateway| ssh_as(gw, "alice", "app", "echo in").stdout == b"in\n";
+    assert!(allowed(&gw));
+    // A set that does not parse: refused by the CLI, the gateway keeps its
+    // policies.
+    let access = dir.path().join("access.cedar");
+    let good = std::fs::read_to_string(&access).unwrap();
+    std::fs::write(
+        &access,
+        format!("{good}\npermit (principal, action, resource"),
+    )
+    .unwrap();
+    let refused = gw.cli(&["policy", "reload"]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(allowed(&gw));
+    // A signal anyway: refused and audited, the old set stays.
+    let pid = gw.pid().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    common::wait_until("the refused reload", Duration::from_secs(10), || {
+        gw.audit_events()
+            .iter()
+            .any(|e| e["kind"] == "policy" && e["outcome"] == "failure")
+    });
+    assert!(allowed(&gw));
+    // Developers no longer allowed: reloaded, the next session is denied.
+    let without = good.replace(
+        "principal in Group::\"developers\",\n  action in [Action::\"shell\", Action::\"exec\"]",
+        "principal in Group::\"nobody\",\n  action in [Action::\"shell\", Action::\"exec\"]",
+    );
+    assert_ne!(without, good);
+    std::fs::write(&access, without).unwrap();
+    let reloaded = gw.cli(&["policy", "reload"]);
+    assert!(reloaded.status.success(), "{reloaded:?}");
+    common::wait_until("the reload", Duration::from_secs(10), || !allowed(&gw));
+    let events: Vec<Value> = gw
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "policy")
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+}

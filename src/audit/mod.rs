@@ -115,6 +115,19 @@ pub enum AuditEvent {
         /// When it ends on its own, unix ms; `None`: until removed.
         expires_at: Option<i64>,
     },
+    /// The policies were loaded again (SIGHUP, `policy reload`).
+    PolicyReloaded {
+        /// The policy directory.
+        dir: String,
+    },
+    /// A policy reload was refused (the set does not load or validate);
+    /// the old policies stay.
+    PolicyReloadRefused {
+        /// The policy directory.
+        dir: String,
+        /// Why.
+        error: String,
+    },
     /// A lock was removed.
     LockRemoved {
         /// The lock.
@@ -505,6 +518,7 @@ impl AuditEvent {
             AuditEvent::ForwardOpened { .. } | AuditEvent::ForwardClosed { .. } => "forward",
             AuditEvent::ChannelRefused { .. } => "channel",
             AuditEvent::LockAdded { .. } | AuditEvent::LockRemoved { .. } => "lock",
+            AuditEvent::PolicyReloaded { .. } | AuditEvent::PolicyReloadRefused { .. } => "policy",
             AuditEvent::AccessRequested { .. }
             | AuditEvent::AccessRequestRefused { .. }
             | AuditEvent::AccessRequestApproved { .. }
@@ -549,7 +563,9 @@ impl AuditEvent {
             | AuditEvent::LoginResolved { .. }
             | AuditEvent::LockAdded { .. }
             | AuditEvent::LockRemoved { .. }
+            | AuditEvent::PolicyReloaded { .. }
             | AuditEvent::ContainerStopped { .. } => "info",
+            AuditEvent::PolicyReloadRefused { .. } => "failure",
             AuditEvent::FileTransferred { .. }
             | AuditEvent::SftpStreamEnded { .. }
             | AuditEvent::ForwardClosed { .. } => "info",

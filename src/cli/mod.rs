@@ -91,6 +91,8 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run: the size of `Check` costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum PolicyCommand {
     /// Decide one request and name the policies that decided it.
     Check {
@@ -148,6 +150,10 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the policy directory and have the running gateway load it
+    /// again (SIGHUP to the pid in `STATE_DIR/portcullis.pid`); a set
+    /// that does not validate is refused and the old one stays.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
