@@ -348,6 +348,7 @@ impl App {
             web,
         } = self;
         let background = tokio::spawn(background_work(gateway.clone(), signer));
+        gateway.tasks.spawn(reload_on_hangup(gateway.clone()));
         if !gateway.config.grants.webhooks.is_empty() {
             gateway.tasks.spawn(deliver_webhooks(gateway.clone()));
         }
@@ -540,6 +541,7 @@ async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSig
     let mut sign = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut kills = tokio::time::interval(BACKGROUND_TICK);
     let mut expiries = tokio::time::interval(BACKGROUND_TICK);
+    let mut locks = tokio::time::interval(BACKGROUND_TICK);
     loop {
         tokio::select! {
             _ = gateway.shutdown.cancelled() => return signer,
@@ -564,6 +566,65 @@ async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSig
                 }
                 Err(e) => tracing::error!(error = %e, "cannot read kill requests"),
             },
+            // Locks added on any gateway sharing the database (or by the
+            // CLI) end the live sessions they cover here within a tick.
+            _ = locks.tick() => match gateway.store.active_locks().await {
+                Ok(active) => {
+                    let ended = gateway.end_locked(&active);
+                    if ended > 0 {
+                        tracing::info!(ended, "locked sessions told to end");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read locks"),
+            },
+        }
+    }
+}
+
+/// The gateway's pid, in the state directory (`portcullis policy reload`).
+pub const PID_FILE: &str = "portcullis.pid";
+
+/// Until shutdown: on SIGHUP loads the policy directory again (issue 12).
+/// Fails closed: a set that does not load or validate is refused, audited
+/// and logged, and the old one stays; a good one is audited before it is
+/// used.
+async fn reload_on_hangup(gateway: Arc<Gateway>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: policies load only at start");
+        return;
+    };
+    let dir = gateway.config.policy.dir.clone();
+    let subject = AuditSubject::default();
+    loop {
+        tokio::select! {
+            _ = gateway.shutdown.cancelled() => return,
+            _ = hangup.recv() => {}
+        }
+        let event = match PolicyEngine::load(&dir) {
+            Ok(_) => AuditEvent::PolicyReloaded {
+                dir: dir.display().to_string(),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload refused; the old policies stay");
+                AuditEvent::PolicyReloadRefused {
+                    dir: dir.display().to_string(),
+                    error: e.to_string(),
+                }
+            }
+        };
+        let ok = matches!(event, AuditEvent::PolicyReloaded { .. });
+        if let Err(e) = gateway.audit.record(&subject, &event).await {
+            tracing::error!(error = %e, "cannot audit the policy reload; the old policies stay");
+            continue;
+        }
+        if ok {
+            match gateway.policy.reload(&dir) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "policies reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "policy reload refused; the old policies stay")
+                }
+            }
         }
     }
 }

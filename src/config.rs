@@ -232,6 +232,9 @@ impl Config {
         if let Err((key, message)) = self.grants.validate() {
             return Err(invalid(&key, &message));
         }
+        if let Err((key, message)) = self.session.validate() {
+            return Err(invalid(&key, &message));
+        }
         if self.containers.contains_key(&self.grants.broker_user) {
             return Err(invalid(
                 &format!("containers.{}", self.grants.broker_user),

@@ -87,6 +87,25 @@ impl Gateway {
         }
     }
 
+    /// Ends every live session one of `locks` covers (issue 12), each with
+    /// its lock's id and reason shown to its user; returns how many were
+    /// told to end.
+    pub fn end_locked(&self, locks: &[crate::store::LockRecord]) -> usize {
+        use crate::session::live::LiveSession;
+        let lock_of = |s: &LiveSession| {
+            locks
+                .iter()
+                .find(|l| l.covers(&s.principal, Some(&s.container), Some(&s.login)))
+        };
+        self.live.end_where(
+            |s| lock_of(s).is_some(),
+            |s| crate::session::end::EndReason::Locked {
+                lock_id: lock_of(s).map(|l| l.id.clone()).unwrap_or_default(),
+                reason: lock_of(s).map(|l| l.reason.clone()).unwrap_or_default(),
+            },
+        )
+    }
+
     /// How users reach the broker in printed `ssh` lines, followed by
     /// `rest`: `ssh [grants] gateway_address rest`, else
     /// `ssh -p PORT BROKER@HOST rest` (the port left out when 22).

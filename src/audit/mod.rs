@@ -93,6 +93,48 @@ pub enum AuditEvent {
         /// Ids of the policies that decided, and evaluation errors.
         reasons: Vec<String>,
     },
+    /// The login was resolved in the container's own `/etc/passwd` before
+    /// the decision (issue 12: root is a uid, not a name).
+    LoginResolved {
+        /// Target container.
+        container: String,
+        /// Login inside the container.
+        login: String,
+        /// Its uid in the container's user namespace.
+        uid: u32,
+        /// Its primary gid.
+        gid: u32,
+    },
+    /// A lock was added (issue 12): sessions it covers are refused and
+    /// live ones ended.
+    LockAdded {
+        /// `principal`, `container` or `login`.
+        target: String,
+        /// What is locked.
+        value: String,
+        /// Why (shown to the users it refuses).
+        reason: String,
+        /// When it ends on its own, unix ms; `None`: until removed.
+        expires_at: Option<i64>,
+    },
+    /// The policies were loaded again (SIGHUP, `policy reload`).
+    PolicyReloaded {
+        /// The policy directory.
+        dir: String,
+    },
+    /// A policy reload was refused (the set does not load or validate);
+    /// the old policies stay.
+    PolicyReloadRefused {
+        /// The policy directory.
+        dir: String,
+        /// Why.
+        error: String,
+    },
+    /// A lock was removed.
+    LockRemoved {
+        /// The lock.
+        lock_id: String,
+    },
     /// A process was started in a container.
     SessionStarted {
         /// Target container.
@@ -460,7 +502,7 @@ impl AuditEvent {
             | AuditEvent::AuthenticationFailed { .. } => "authentication",
             AuditEvent::KeyBindingChanged { .. } => "key_binding",
             AuditEvent::TargetRefused { .. } => "target",
-            AuditEvent::AccessDecided { .. } => "decision",
+            AuditEvent::AccessDecided { .. } | AuditEvent::LoginResolved { .. } => "decision",
             AuditEvent::SessionStarted { .. } => "session_start",
             AuditEvent::SessionFailed { .. } => "session_start",
             AuditEvent::SessionEnded { .. } => "session_end",
@@ -479,6 +521,8 @@ impl AuditEvent {
             AuditEvent::SftpStreamEnded { .. } => "sftp_stream",
             AuditEvent::ForwardOpened { .. } | AuditEvent::ForwardClosed { .. } => "forward",
             AuditEvent::ChannelRefused { .. } => "channel",
+            AuditEvent::LockAdded { .. } | AuditEvent::LockRemoved { .. } => "lock",
+            AuditEvent::PolicyReloaded { .. } | AuditEvent::PolicyReloadRefused { .. } => "policy",
             AuditEvent::AccessRequested { .. }
             | AuditEvent::AccessRequestRefused { .. }
             | AuditEvent::AccessRequestApproved { .. }
@@ -520,7 +564,12 @@ impl AuditEvent {
             | AuditEvent::SessionWatched { .. }
             | AuditEvent::SessionTerminated { .. }
             | AuditEvent::KeyBindingChanged { .. }
+            | AuditEvent::LoginResolved { .. }
+            | AuditEvent::LockAdded { .. }
+            | AuditEvent::LockRemoved { .. }
+            | AuditEvent::PolicyReloaded { .. }
             | AuditEvent::ContainerStopped { .. } => "info",
+            AuditEvent::PolicyReloadRefused { .. } => "failure",
             AuditEvent::FileTransferred { .. }
             | AuditEvent::SftpStreamEnded { .. }
             | AuditEvent::ForwardClosed { .. } => "info",

@@ -6,6 +6,7 @@ mod attach;
 mod audit;
 mod containers;
 mod keys;
+mod locks;
 mod nodes;
 mod policy;
 mod serve;
@@ -63,6 +64,12 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Locks: refuse and end every session of a principal, into a
+    /// container or as a login.
+    Locks {
+        #[command(subcommand)]
+        command: locks::LocksCommand,
+    },
     /// Fleet nodes: add (join token), list, remove.
     Nodes {
         #[command(subcommand)]
@@ -84,6 +91,8 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run: the size of `Check` costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum PolicyCommand {
     /// Decide one request and name the policies that decided it.
     Check {
@@ -141,6 +150,10 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the policy directory and have the running gateway load it
+    /// again (SIGHUP to the pid in `STATE_DIR/portcullis.pid`); a set
+    /// that does not validate is refused and the old one stays.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Containers { command } => containers::containers(config, command).await,
         Command::Audit { command } => audit::audit(config, command).await,
         Command::Keys { command } => keys::keys(config, command).await,
+        Command::Locks { command } => locks::locks(config, command).await,
         Command::Nodes { command } => nodes::nodes(config, command).await,
         Command::Attach {
             container,

@@ -29,7 +29,10 @@ pub(crate) fn policy(config: Config, command: PolicyCommand) -> anyhow::Result<E
         approvals,
         break_glass,
         json,
-    } = command;
+    } = command
+    else {
+        return reload(&config);
+    };
     let engine = PolicyEngine::load(&config.policy.dir)?;
     let action: Action = action.parse()?;
     let mut labels: BTreeMap<String, String> = config
@@ -131,4 +134,31 @@ fn destination_ip(host: &str) -> anyhow::Result<ContextValue> {
     let addr = crate::policy::addr::canonical_destination(host, 1)
         .with_context(|| format!("--host {host:?}"))?;
     Ok(ContextValue::Ip(addr.ip()))
+}
+
+/// `portcullis policy reload`: the policies must load and validate here
+/// first; then SIGHUP to the serving gateway, which loads them again
+/// itself (and audits it).
+fn reload(config: &Config) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    PolicyEngine::load(&config.policy.dir)
+        .context("the policies do not load; the gateway keeps the ones it has")?;
+    let pid_file = config.state_dir.join(crate::app::PID_FILE);
+    let text = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("no running gateway: cannot read {}", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{} holds no pid", pid_file.display()))?;
+    anyhow::ensure!(pid > 1, "{} holds no gateway pid", pid_file.display());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .with_context(|| format!("cannot signal the gateway (pid {pid})"))?;
+    println!(
+        "policies in {} valid; gateway {pid} told to reload",
+        config.policy.dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

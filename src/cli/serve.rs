@@ -22,7 +22,12 @@ pub(crate) async fn serve_gateway(
     role: crate::fleet::Role,
 ) -> anyhow::Result<ExitCode> {
     init_tracing();
+    let pid_file = config.state_dir.join(crate::app::PID_FILE);
     let app = App::build(Arc::new(config), role).await?;
+    // For `portcullis policy reload`.
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!(error = %e, "cannot write the pid file; policy reload needs SIGHUP by hand");
+    }
     app.run(wait_for_signal()).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@
 //! review ID               whoami                       request ... --break-glass
 //! sessions watch ID       sessions kill ID --reason ...
 //! keys [--all]            keys revoke FINGERPRINT
+//! locks add|list|remove ...
 //! ```
 //!
 //! Each command parses its words, calls [`crate::grants`] or the session
@@ -20,6 +21,7 @@
 
 mod args;
 mod keys;
+mod locks;
 mod render;
 mod requests;
 mod sessions;
@@ -104,6 +106,9 @@ pub const HELP: &str = "Portcullis broker commands (ssh portcullis@GATEWAY COMMA
   sessions kill ID --reason TEXT                                 end a live session (the user sees why)
   keys [--all]                                                   keys bound to you (by your logins)
   keys revoke FINGERPRINT                                        end one of them
+  locks add (--principal P|--container C|--login L) --reason TEXT [--ttl D]
+                                            refuse and end their sessions (admins)
+  locks list [--all]    locks remove ID                          the locks that hold; remove one
 Add --json for machine-readable output.
 ";
 
@@ -131,6 +136,9 @@ pub async fn execute<'a>(
     }
     if verb == "keys" {
         return Outcome::Done(keys::run(gateway, caller, rest).await);
+    }
+    if verb == "locks" {
+        return Outcome::Done(locks::run(gateway, caller, rest).await);
     }
     Outcome::Done(run(gateway, caller, verb, rest).await)
 }

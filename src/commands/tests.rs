@@ -458,3 +458,54 @@ async fn sessions_watch_and_kill_are_decided_and_audited() {
         "the watch is audited"
     );
 }
+
+#[tokio::test]
+async fn admins_add_list_and_remove_locks_and_nobody_else_may() {
+    let e = env().await;
+    let alice = caller("alice", &["developers"]);
+    let admin = caller("root-admin", &["admins"]);
+    let denied = run(&e.gw, &alice, "locks add --principal bob --reason x").await;
+    assert_eq!(
+        denied,
+        Reply::refused("you may not manage locks"),
+        "{denied:?}"
+    );
+    assert!(e.gw.store.active_locks().await.unwrap().is_empty());
+    let usage = run(
+        &e.gw,
+        &admin,
+        "locks add --principal bob --login app --reason x",
+    )
+    .await;
+    assert_eq!(usage.code, 2, "{usage:?}");
+    let added = json(
+        &run(
+            &e.gw,
+            &admin,
+            "locks add --principal bob --reason 'OPS-9 left' --ttl 1h --json",
+        )
+        .await,
+    );
+    assert_eq!(added["target"], "principal");
+    assert_eq!(added["value"], "bob");
+    assert_eq!(added["created_by"], "root-admin");
+    let id = added["id"].as_str().unwrap().to_string();
+    let listed = json(&run(&e.gw, &admin, "locks list --json").await);
+    assert_eq!(listed[0]["id"], id.as_str());
+    let hidden = run(&e.gw, &admin, "locks add --login app --reason 'a\u{202e}b'").await;
+    assert_eq!(hidden.code, 2, "{hidden:?}");
+    let removed = run(&e.gw, &admin, &format!("locks remove {id}")).await;
+    assert_eq!(removed, Reply::ok(format!("removed {id}\n")));
+    let again = run(&e.gw, &admin, &format!("locks remove {id}")).await;
+    assert_eq!(again.code, 1, "{again:?}");
+    let kinds = audited(&e.gw).await;
+    assert_eq!(
+        kinds.iter().filter(|(k, _)| k == "lock").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("decision".into(), "deny".into())),
+        "{kinds:?}"
+    );
+}

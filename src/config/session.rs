@@ -16,6 +16,16 @@ pub struct SessionConfig {
     /// Most connections served at once (default 1024).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A shell or command with no input from its client and no output for
+    /// this long is ended (humantime, e.g. `15m`; default: never). SSH
+    /// keepalives are neither: `ServerAliveInterval` does not keep a
+    /// session alive.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// A shell or command is ended this long after it started, whatever it
+    /// does (humantime, e.g. `8h`; default: never).
+    #[serde(default, with = "humantime_serde")]
+    pub max_duration: Option<Duration>,
 }
 
 impl Default for SessionConfig {
@@ -23,7 +33,27 @@ impl Default for SessionConfig {
         SessionConfig {
             kill_grace: default_kill_grace(),
             max_connections: default_max_connections(),
+            idle_timeout: None,
+            max_duration: None,
         }
+    }
+}
+
+impl SessionConfig {
+    /// A time limit, when set, is at least a second.
+    ///
+    /// # Errors
+    /// The key and what is wrong with it.
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
+        for (key, value) in [
+            ("session.idle_timeout", self.idle_timeout),
+            ("session.max_duration", self.max_duration),
+        ] {
+            if value.is_some_and(|d| d < Duration::from_secs(1)) {
+                return Err((key.into(), "must be at least 1s".into()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -116,4 +146,24 @@ fn default_kill_grace() -> Duration {
 
 fn default_max_connections() -> usize {
     1024
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn time_limits_are_off_by_default_and_at_least_a_second() {
+        let c: SessionConfig = toml::from_str("").unwrap();
+        assert_eq!((c.idle_timeout, c.max_duration), (None, None));
+        let c: SessionConfig =
+            toml::from_str("idle_timeout = \"15m\"\nmax_duration = \"8h\"").unwrap();
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(900)));
+        assert_eq!(c.max_duration, Some(Duration::from_secs(8 * 3600)));
+        assert!(c.validate().is_ok());
+        let bad: SessionConfig = toml::from_str("idle_timeout = \"500ms\"").unwrap();
+        assert_eq!(bad.validate().unwrap_err().0, "session.idle_timeout");
+        assert!(toml::from_str::<SessionConfig>("idle = \"1s\"").is_err());
+    }
 }

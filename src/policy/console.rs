@@ -41,17 +41,18 @@ impl PolicyEngine {
         }
         entities.push(Entity::new_no_attrs(user.clone(), parents));
         entities.push(Entity::new_no_attrs(console.clone(), HashSet::new()));
-        let entities = Entities::from_entities(entities, Some(&self.schema))
+        let loaded = self.loaded();
+        let entities = Entities::from_entities(entities, Some(&loaded.schema))
             .map_err(|e| PolicyError::Request(one_line(&e)))?;
         let request = Request::new(
             user,
             uid("Action", action.as_str())?,
             console,
             Context::empty(),
-            Some(&self.schema),
+            Some(&loaded.schema),
         )
         .map_err(|e| PolicyError::Request(one_line(&e)))?;
-        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+        let response = Authorizer::new().is_authorized(&request, &loaded.policies, &entities);
         let diagnostics = response.diagnostics();
         Ok(Decision {
             allowed: response.decision() == CedarDecision::Allow,

@@ -34,10 +34,11 @@ pub use values::{ContainerAttributes, ContextValue};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, PolicyId, PolicySet, RestrictedExpression, Schema, ValidationMode, Validator,
+    EntityUid, RestrictedExpression,
 };
 
 /// The schema file's name inside the policy directory.
@@ -94,6 +95,9 @@ pub enum Action {
     /// `request show` and `grants` (issue 14); workflow context. One's own
     /// are always shown; see [`visibility`].
     View,
+    /// Add, list or remove locks (`ssh portcullis@gw locks ...`, issue
+    /// 12); resource `Console::"console"`, empty context.
+    Lock,
 }
 
 impl Action {
@@ -119,6 +123,7 @@ impl Action {
             Action::ViewRequests => "view_requests",
             Action::ViewContainers => "view_containers",
             Action::View => "view",
+            Action::Lock => "lock",
         }
     }
 }
@@ -145,6 +150,7 @@ impl FromStr for Action {
             "view_requests" => Ok(Action::ViewRequests),
             "view_containers" => Ok(Action::ViewContainers),
             "view" => Ok(Action::View),
+            "lock" => Ok(Action::Lock),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
@@ -280,11 +286,11 @@ pub enum PolicyError {
     Request(String),
 }
 
-/// Loaded, validated policies; immutable once loaded.
+/// Loaded, validated policies. Clones share them: a
+/// [`PolicyEngine::reload`] reaches every clone.
 #[derive(Debug, Clone)]
 pub struct PolicyEngine {
-    policies: PolicySet,
-    schema: Schema,
+    current: Arc<RwLock<Arc<set::Loaded>>>,
 }
 
 impl PolicyEngine {
@@ -294,36 +300,34 @@ impl PolicyEngine {
     /// # Errors
     /// [`PolicyError`] naming the file and Cedar's message.
     pub fn load(dir: &Path) -> Result<PolicyEngine, PolicyError> {
-        let schema_path = dir.join(SCHEMA_FILE);
-        let schema_text = read(&schema_path)?;
-        let (schema, _warnings) =
-            Schema::from_cedarschema_str(&schema_text).map_err(|e| PolicyError::Schema {
-                path: schema_path.clone(),
-                message: one_line(&e),
-            })?;
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| PolicyError::Read {
-                path: dir.to_path_buf(),
-                source,
-            })?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "cedar"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(PolicyError::Empty(dir.to_path_buf()));
+        let loaded = set::load(dir)?;
+        Ok(PolicyEngine {
+            current: Arc::new(RwLock::new(Arc::new(loaded))),
+        })
+    }
+
+    /// Loads `dir` again and, when it loads and validates, decides with it
+    /// from the next decision on, for every clone of this engine (issue 12:
+    /// `SIGHUP`, `portcullis policy reload`). Fails closed: a set that does
+    /// not load or validate leaves the current one in place.
+    ///
+    /// # Errors
+    /// As [`PolicyEngine::load`]; nothing changed then.
+    pub fn reload(&self, dir: &Path) -> Result<(), PolicyError> {
+        let loaded = Arc::new(set::load(dir)?);
+        match self.current.write() {
+            Ok(mut current) => *current = loaded,
+            Err(poisoned) => *poisoned.into_inner() = loaded,
         }
-        let mut sources = Vec::new();
-        for path in files {
-            sources.push((path.clone(), read(&path)?));
+        Ok(())
+    }
+
+    /// The policies and schema decisions use now.
+    fn loaded(&self) -> Arc<set::Loaded> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
-        let policies = build_policy_set(&sources)?;
-        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
-        if !result.validation_passed() {
-            let messages: Vec<String> = result.validation_errors().map(|e| one_line(e)).collect();
-            return Err(PolicyError::Invalid(messages.join("; ")));
-        }
-        Ok(PolicyEngine { policies, schema })
     }
 
     /// Decides `request`. Anything that cannot be evaluated is a deny.
@@ -609,14 +613,15 @@ impl PolicyEngine {
             Entity::new_with_tags(container.clone(), attrs, [], tags)
                 .map_err(|e| PolicyError::Request(one_line(&e)))?,
         );
-        let entities = Entities::from_entities(entities, Some(&self.schema))
+        let loaded = self.loaded();
+        let entities = Entities::from_entities(entities, Some(&loaded.schema))
             .map_err(|e| PolicyError::Request(one_line(&e)))?;
         let context =
             Context::from_pairs(context).map_err(|e| PolicyError::Request(one_line(&e)))?;
         let cedar_request =
-            cedar_policy::Request::new(user, action, container, context, Some(&self.schema))
+            cedar_policy::Request::new(user, action, container, context, Some(&loaded.schema))
                 .map_err(|e| PolicyError::Request(one_line(&e)))?;
-        let response = Authorizer::new().is_authorized(&cedar_request, &self.policies, &entities);
+        let response = Authorizer::new().is_authorized(&cedar_request, &loaded.policies, &entities);
         let diagnostics = response.diagnostics();
         Ok(Decision {
             allowed: response.decision() == CedarDecision::Allow,
@@ -626,52 +631,10 @@ impl PolicyEngine {
     }
 }
 
-fn build_policy_set(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyError> {
-    let mut set = PolicySet::new();
-    for (path, text) in sources {
-        let parsed = PolicySet::from_str(text).map_err(|e| PolicyError::Parse {
-            path: path.clone(),
-            message: one_line(&e),
-        })?;
-        let file = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut policies: Vec<_> = parsed.policies().collect();
-        // from_str numbers policies policy0, policy1, ... in file order.
-        policies.sort_by_key(|p| {
-            p.id()
-                .to_string()
-                .trim_start_matches("policy")
-                .parse::<usize>()
-                .unwrap_or(usize::MAX)
-        });
-        for (index, policy) in policies.into_iter().enumerate() {
-            let name = policy
-                .annotation("id")
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("{file}#{index}"));
-            set.add(policy.new_id(PolicyId::new(name.clone())))
-                .map_err(|e| PolicyError::Parse {
-                    path: path.clone(),
-                    message: format!("policy {name}: {}", one_line(&e)),
-                })?;
-        }
-    }
-    Ok(set)
-}
-
 fn uid(kind: &str, id: &str) -> Result<EntityUid, PolicyError> {
     let kind = EntityTypeName::from_str(kind).map_err(|e| PolicyError::Request(one_line(&e)))?;
     let id = EntityId::from_str(id).map_err(|e| PolicyError::Request(one_line(&e)))?;
     Ok(EntityUid::from_type_name_and_id(kind, id))
-}
-
-fn read(path: &Path) -> Result<String, PolicyError> {
-    std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 fn one_line(e: &dyn std::fmt::Display) -> String {
@@ -682,6 +645,7 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
 }
 
 mod console;
+mod set;
 pub mod visibility;
 
 #[cfg(test)]

@@ -10,8 +10,11 @@
 use super::caller::{Caller, Destination};
 use super::refusal::Refusal;
 use super::target::Target;
-use crate::attach::PinnedInit;
+use crate::attach::{
+    AttachError, AttachOptions, LoginIds, PinnedInit, UnreproducibleSeccomp, resolve_login,
+};
 use crate::audit::{AuditEvent, truncate};
+use crate::config::{Config, SeccompFallback};
 use crate::gateway::Gateway;
 use crate::inventory::{Container, ContainerState, Inventory, InventoryError};
 use crate::policy::{AccessRequest, Action, ContainerAttributes, ContextValue, GrantContext};
@@ -61,6 +64,10 @@ pub struct Access {
     /// The grant the decision depended on (allowed with it, denied
     /// without): the session ends when it does.
     pub grant: Option<AccessRequestRecord>,
+    /// The login as the container resolved it when the policy decided.
+    pub ids: LoginIds,
+    /// The decision allowed uid 0 (it was made on uid 0).
+    pub allow_uid0: bool,
 }
 
 /// Resolves the caller's destination, asks the policy and pins the
@@ -95,6 +102,7 @@ pub async fn authorize(gw: &Gateway, caller: &Caller, ask: &Ask<'_>) -> Result<A
             c = target.container
         )));
     }
+    still_valid(gw, caller, &target).await?;
     let container = match gw.inventory.find(&target.container).await {
         Ok(c) => c,
         Err(e) => {
@@ -120,13 +128,56 @@ pub async fn authorize(gw: &Gateway, caller: &Caller, ask: &Ask<'_>) -> Result<A
         // forwards are decided on their own.
         None
     };
-    let decided = decide(gw, caller, &target, &container, ask, grant.as_ref()).await?;
+    // Root is a uid, not a name: the login is resolved in the container's
+    // own files before the decision, which sees its uid (`toor:x:0:0` is
+    // root). A container that is not running, an init that cannot be
+    // pinned or a login that does not resolve is decided without a uid and
+    // refused after the decision, so a denied caller learns nothing of it.
+    let pinned = match container.state {
+        ContainerState::Running { init_pid } => Some(PinnedInit::pin(
+            init_pid,
+            &container.cgroup,
+            container.init_start_time,
+        )),
+        ContainerState::NotRunning(_) => None,
+    };
+    let ids = match &pinned {
+        Some(Ok(init)) => Some(resolve_login(init, &target.login)),
+        _ => None,
+    };
+    let resolved = match &ids {
+        Some(Ok(ids)) => {
+            let event = AuditEvent::LoginResolved {
+                container: container.name.clone(),
+                login: target.login.clone(),
+                uid: ids.uid,
+                gid: ids.gid,
+            };
+            caller.audit(gw, None, event).await?;
+            Some(ids)
+        }
+        _ => None,
+    };
+    let decided = decide(
+        gw,
+        caller,
+        &target,
+        &container,
+        ask,
+        grant.as_ref(),
+        resolved,
+    )
+    .await?;
     let Some(depends_on_grant) = decided else {
         return Err(denial(gw, ask, &target));
     };
-    let init_pid = match container.state {
-        ContainerState::Running { init_pid } => init_pid,
-        ContainerState::NotRunning(ref state) => {
+    let init = match pinned {
+        Some(Ok(init)) => init,
+        None => {
+            let state = match &container.state {
+                ContainerState::NotRunning(state) => state.clone(),
+                ContainerState::Running { .. } => "running".into(),
+            };
             caller
                 .audit(gw, None, refused(format!("container is {state}")))
                 .await?;
@@ -137,28 +188,114 @@ pub async fn authorize(gw: &Gateway, caller: &Caller, ask: &Ask<'_>) -> Result<A
                 state.to_lowercase()
             )));
         }
+        Some(Err(e)) => return Err(start_failed(gw, caller, &container, &e).await),
     };
-    // With the init's start time, a recycled init pid is refused.
-    let init = match PinnedInit::pin(init_pid, &container.cgroup, container.init_start_time) {
-        Ok(init) => init,
-        Err(e) => {
-            let event = AuditEvent::SessionFailed {
-                container: container.name.clone(),
-                reason: e.to_string(),
-            };
-            caller.audit(gw, None, event).await?;
-            return Err(Refusal::new(format!(
-                "Access refused: {}.",
-                e.user_message()
-            )));
+    let ids = match ids {
+        Some(Ok(ids)) => ids,
+        Some(Err(e)) => return Err(start_failed(gw, caller, &container, &e).await),
+        None => {
+            let e = crate::attach::AttachError::ContainerNotRunning;
+            return Err(start_failed(gw, caller, &container, &e).await);
         }
     };
+    // The decision was made on this uid: uid 0 only if it allowed uid 0.
+    let allow_uid0 = ids.uid == 0;
     Ok(Access {
         target,
         container,
         init,
         grant: if depends_on_grant { grant } else { None },
+        ids,
+        allow_uid0,
     })
+}
+
+/// Audits a start that failed after an allowed decision (the init could
+/// not be pinned, the login did not resolve) and returns its refusal.
+async fn start_failed(
+    gw: &Gateway,
+    caller: &Caller,
+    container: &Container,
+    e: &AttachError,
+) -> Refusal {
+    let event = AuditEvent::SessionFailed {
+        container: container.name.clone(),
+        reason: e.to_string(),
+    };
+    if let Err(refusal) = caller.audit(gw, None, event).await {
+        return refusal;
+    }
+    Refusal::new(format!("Access refused: {}.", e.user_message()))
+}
+
+impl Access {
+    /// What the decision allowed, for [`crate::attach::start`]: uid 0 only
+    /// when the decision was made on uid 0, the ids it was made for (a
+    /// session whose login resolves differently by its start is refused),
+    /// and the configured seccomp fallback.
+    pub fn attach_options(&self, config: &Config) -> AttachOptions {
+        AttachOptions {
+            allow_uid0: self.allow_uid0,
+            expected: Some(self.ids.clone()),
+            unreproducible_seccomp: match config.attach.unreproducible_seccomp {
+                SeccompFallback::Refuse => UnreproducibleSeccomp::Refuse,
+                SeccompFallback::DenyListOnly => UnreproducibleSeccomp::DenyListOnly,
+            },
+        }
+    }
+}
+
+/// Re-checks what the caller logged in with, at every session (every new
+/// channel of a connection, a ControlMaster's too; issue 12): no lock
+/// covers the principal, the container or the login, and the key's binding
+/// (when it logged in with one) is neither revoked nor expired. Audited
+/// (`TargetRefused`) before the refusal; the database not answering
+/// refuses (fail closed).
+async fn still_valid(gw: &Gateway, caller: &Caller, target: &Target) -> Result<(), Refusal> {
+    let refused = |reason: String| AuditEvent::TargetRefused {
+        target: truncate(&caller.user, 128),
+        reason,
+    };
+    let unavailable = |e: crate::store::StoreError| {
+        tracing::error!(error = %e, "cannot read locks or key bindings; refusing");
+        Refusal::database_unavailable()
+    };
+    let lock = super::lock::covering(
+        &gw.store,
+        &caller.principal.subject,
+        Some(&target.container),
+        Some(&target.login),
+    )
+    .await
+    .map_err(unavailable)?;
+    if let Some(lock) = lock {
+        let reason = format!("locked ({}): {}", lock.id, truncate(&lock.reason, 512));
+        caller.audit(gw, None, refused(reason)).await?;
+        return Err(Refusal::new(super::lock::message(&lock)));
+    }
+    let Some(fingerprint) = &caller.key_fingerprint else {
+        return Ok(());
+    };
+    let binding = gw
+        .store
+        .key_binding(fingerprint)
+        .await
+        .map_err(unavailable)?;
+    // Only a binding of this principal is its credential (a certificate's
+    // key may be bound to someone else, or not at all).
+    let Some(binding) = binding.filter(|b| b.principal == caller.principal.subject) else {
+        return Ok(());
+    };
+    let ended = match (binding.revoked_at, binding.expires_at) {
+        (Some(_), _) => "revoked",
+        (None, until) if until <= crate::store::now_ms() => "expired",
+        _ => return Ok(()),
+    };
+    let reason = format!("the key binding of {fingerprint} is {ended}");
+    caller.audit(gw, None, refused(reason)).await?;
+    Err(Refusal::new(format!(
+        "Access denied: your key's binding was {ended}; log in again (a new connection)."
+    )))
 }
 
 /// Why [`locate`] found nothing to enter.
@@ -204,8 +341,9 @@ pub async fn locate(
 }
 
 /// Asks the policy whether `caller` may do `ask` as `target.login` on
-/// `container`, with `grant` (the caller's active grant for it) in
-/// context, and audits the decision before anything happens. `Some(true)`:
+/// `container`, with `grant` (the caller's active grant for it) and the
+/// login's `uid` and `gid` (`ids`, when resolved) in context, and audits
+/// the decision before anything happens. `Some(true)`:
 /// allowed only thanks to the grant; `Some(false)`: allowed on its own;
 /// `None`: denied.
 ///
@@ -218,9 +356,15 @@ pub async fn decide(
     container: &Container,
     ask: &Ask<'_>,
     grant: Option<&AccessRequestRecord>,
+    ids: Option<&LoginIds>,
 ) -> Result<Option<bool>, Refusal> {
     // The `User` carries its issuer and the `Container` its owner and
     // purpose (issue 14 M1), so policies can tell sources apart.
+    let mut context = ask.context.to_vec();
+    if let Some(ids) = ids {
+        context.push(("uid", ContextValue::Long(i64::from(ids.uid))));
+        context.push(("gid", ContextValue::Long(i64::from(ids.gid))));
+    }
     let question = |grant: Option<GrantContext<'_>>| {
         gw.policy.decide_as_with_container(
             &caller.principal.issuer,
@@ -235,7 +379,7 @@ pub async fn decide(
                 grant,
             },
             ContainerAttributes::from(container),
-            ask.context,
+            &context,
         )
     };
     let decision = question(grant.map(|g| GrantContext {

@@ -5,9 +5,32 @@
 //! Several reasons are seams for what comes next (locks, idle and length
 //! limits, policy reloads); the recording's limit is produced by
 //! [`super::record`].
+//! [`attach_end`] says how each reason ends the session's processes:
+//! whatever the reason, every process the session started ends with it.
 
 use std::fmt;
 use std::time::Duration;
+
+use crate::attach::{End, Leftovers};
+
+/// How the processes of a session that `reason` ended are ended
+/// ([`crate::attach::Attached::end`]): a kill, a lock, a grant's end or a
+/// policy change kills every process of the session at once; any other
+/// end hangs up the session process, gives it `grace` (seconds, config
+/// `session.kill_grace`) to exit, then kills every other process of the
+/// session. No reason keeps a process running.
+pub fn attach_end(reason: &EndReason, grace: Duration) -> End {
+    match reason {
+        EndReason::Killed { .. }
+        | EndReason::Locked { .. }
+        | EndReason::GrantEnded { .. }
+        | EndReason::PolicyChanged => End::Kill,
+        _ => End::Normal {
+            grace,
+            leftovers: Leftovers::Kill,
+        },
+    }
+}
 
 /// Why the gateway ends a live session.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,6 +40,7 @@ pub mod end;
 pub mod forward;
 pub mod io;
 pub mod live;
+pub mod lock;
 mod pump;
 pub mod record;
 pub mod refusal;

@@ -19,7 +19,7 @@ use super::EndReason;
 use super::io::{Input, InputReceiver, Output, Sending, sent, start_write};
 use super::live::Ending;
 use super::record::SessionRecord;
-use crate::attach::{Attached, ExitStatus, InitWatch, SessionIo};
+use crate::attach::{Attached, End, ExitStatus, InitWatch, Leftovers, SessionIo};
 use crate::audit::AuditEvent;
 use crate::recording::Marker;
 
@@ -69,6 +69,12 @@ pub(crate) struct Pump<'a, O> {
     /// After a death by signal, how long to wait for the init to exit
     /// before deciding the container did not stop.
     pub stop_wait: Duration,
+    /// Ends the session after this long without client input or process
+    /// output (`session.idle_timeout`); SSH keepalives are neither.
+    pub idle_timeout: Option<Duration>,
+    /// Ends the session this long after it started
+    /// (`session.max_duration`).
+    pub max_duration: Option<Duration>,
 }
 
 /// How the session ended.
@@ -82,7 +88,12 @@ pub(crate) struct Outcome {
 }
 
 enum Control {
-    Resize { cols: u16, rows: u16 },
+    /// Client input reached the process (for the idle timeout).
+    Activity,
+    Resize {
+        cols: u16,
+        rows: u16,
+    },
     Signal(i32),
     Closed,
 }
@@ -104,7 +115,12 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
         mut notices,
         kill_grace,
         stop_wait,
+        idle_timeout,
+        max_duration,
     } = p;
+    let started = tokio::time::Instant::now();
+    let max_at = max_duration.map(|d| started + d);
+    let mut active_at = started;
     let (record_tx, mut record_input) = mpsc::unbounded_channel::<Vec<u8>>();
     // Input goes to the record only when it records input: no copy of
     // every keystroke (or upload) otherwise.
@@ -156,6 +172,9 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
             break;
         }
         let idle = sending.is_none();
+        let idle_at = idle_timeout
+            .filter(|_| exit.is_none())
+            .map(|d| active_at + d);
         tokio::select! {
             result = sent(&mut sending) => {
                 sending = None;
@@ -166,6 +185,7 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
             }
             read = read_some(&mut stdout, &mut out_buf), if idle => match read {
                 Some(n) => {
+                    active_at = tokio::time::Instant::now();
                     if let Err(stopped) = record.output(&out_buf[..n]).await {
                         ended_by = Some(stopped.reason);
                         break;
@@ -182,6 +202,7 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
             },
             read = read_some(&mut stderr, &mut err_buf), if idle => match read {
                 Some(n) => {
+                    active_at = tokio::time::Instant::now();
                     if let Err(stopped) = record.output(&err_buf[..n]).await {
                         ended_by = Some(stopped.reason);
                         break;
@@ -207,6 +228,7 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
                 None => recording_input = false,
             },
             event = control.recv() => match event {
+                Some(Control::Activity) => active_at = tokio::time::Instant::now(),
                 Some(Control::Resize { cols, rows }) => {
                     let _ = attached.resize(cols, rows);
                     if let Err(stopped) = record.resize(u32::from(cols), u32::from(rows)).await {
@@ -247,6 +269,14 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
                 }
             }
             _ = sleep_until(drain_deadline) => break,
+            _ = sleep_until(idle_at) => {
+                ended_by = idle_timeout.map(EndReason::IdleTimeout);
+                break;
+            }
+            _ = sleep_until(max_at.filter(|_| exit.is_none())) => {
+                ended_by = max_duration.map(EndReason::MaxDuration);
+                break;
+            }
             _ = cancelled(shutdown) => {
                 ended_by = Some(EndReason::Shutdown);
                 break;
@@ -288,10 +318,19 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
                 .await;
         }
         record.mark_end(reason).await;
-        match attached.terminate(kill_grace).await {
-            Ok(status) => exit = Some(status),
-            Err(e) => tracing::error!(error = %e, "cannot end the session process"),
-        }
+    }
+    // Every end ends every process the session started (its cgroup):
+    // `setsid`, `nohup` and double forks included (issue 12).
+    let end = match &ended_by {
+        Some(reason) => super::end::attach_end(reason, kill_grace),
+        None => End::Normal {
+            grace: kill_grace,
+            leftovers: Leftovers::Kill,
+        },
+    };
+    match attached.end(end).await {
+        Ok(ended) => exit = exit.or(Some(ended.status)),
+        Err(e) => tracing::error!(error = %e, "cannot end the session's processes"),
     }
     Outcome {
         exit,
@@ -352,6 +391,7 @@ async fn feed_stdin(
         match event {
             Input::Data(bytes) => {
                 let n = bytes.len();
+                let _ = control.send(Control::Activity);
                 if let Some(w) = stdin.as_mut() {
                     if let Some(record) = &record {
                         let _ = record.send(bytes.clone());

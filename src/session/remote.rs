@@ -118,8 +118,10 @@ async fn open(
             tracing::error!(error = %e, "cannot read grants; refusing");
             Refusal::database_unavailable()
         })?;
+    // No uid here: the login lives in the node's container; the node
+    // resolves it and decides again on it before it attaches.
     let Some(depends_on_grant) =
-        decide(gw, caller, &target, &container, &ask, grant.as_ref()).await?
+        decide(gw, caller, &target, &container, &ask, grant.as_ref(), None).await?
     else {
         return Err(denial(gw, &ask, &target));
     };

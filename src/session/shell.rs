@@ -20,7 +20,8 @@ use super::pump::{Outcome, Pump, STOP_DETECT_MIN, pump};
 use super::record::{RecordError, RecordStart, SessionRecord};
 use super::{Caller, EndReason, LiveSession, Refusal};
 use crate::attach::{
-    self, AttachError, AttachRequest, ExitStatus, HelperBinary, PinnedInit, PtyRequest,
+    self, AttachError, AttachOptions, AttachRequest, ExitStatus, HelperBinary, PinnedInit,
+    PtyRequest, SessionKind,
 };
 use crate::audit::{AuditEvent, AuditLog, truncate};
 use crate::config::Config;
@@ -147,11 +148,13 @@ async fn live<O: Output>(
     input: InputReceiver,
     output: O,
 ) {
+    let options = access.attach_options(&gw.config);
     let Access {
         target,
         container,
         init,
         grant,
+        ..
     } = access;
     let attach_request = AttachRequest {
         container: container.name.clone(),
@@ -160,7 +163,7 @@ async fn live<O: Output>(
         pty: request.pty,
         env: request.env,
     };
-    let (watch, attached, io) = match spawn(&gw.helper, &init, &attach_request).await {
+    let (watch, attached, io) = match spawn(&gw.helper, &init, &attach_request, &options).await {
         Ok(started) => started,
         Err(e) => {
             record.fail(e.to_string()).await;
@@ -198,6 +201,8 @@ async fn live<O: Output>(
         notices: Some(notices_rx),
         kill_grace: gw.config.session.kill_grace,
         stop_wait: gw.config.session.kill_grace.max(STOP_DETECT_MIN),
+        idle_timeout: gw.config.session.idle_timeout,
+        max_duration: gw.config.session.max_duration,
     })
     .await;
     if let Some(task) = grant_watch {
@@ -206,14 +211,16 @@ async fn live<O: Output>(
     end(record, outcome, &container.name, output).await;
 }
 
-/// Starts the process and the watch on the container's init.
+/// Starts the process with what the decision allowed (`options`) and the
+/// watch on the container's init.
 async fn spawn(
     helper: &HelperBinary,
     init: &PinnedInit,
     request: &AttachRequest,
+    options: &AttachOptions,
 ) -> Result<(attach::InitWatch, attach::Attached, attach::SessionIo), AttachError> {
     let watch = init.watch()?;
-    let (attached, io) = attach::spawn(helper, init, request).await?;
+    let (attached, io) = attach::start(helper, init, request, &SessionKind::Shell, options).await?;
     Ok((watch, attached, io))
 }
 
@@ -351,7 +358,10 @@ pub async fn run_on_host<O: Output>(
         pty: request.pty,
         env: request.env,
     };
-    let (watch, attached, io) = match spawn(host.helper, host.init, &attach_request).await {
+    // Host root is past every policy: any uid, as the login's name says.
+    let options = AttachOptions::name_only();
+    let (watch, attached, io) = match spawn(host.helper, host.init, &attach_request, &options).await
+    {
         Ok(started) => started,
         Err(e) => {
             record.fail(e.to_string()).await;
@@ -371,6 +381,8 @@ pub async fn run_on_host<O: Output>(
         notices: None,
         kill_grace: host.config.session.kill_grace,
         stop_wait: STOP_DETECT_MIN,
+        idle_timeout: None,
+        max_duration: None,
     })
     .await;
     Ok(end(record, outcome, host.container, output).await)

@@ -23,7 +23,7 @@ use super::io::{Input, InputReceiver, Output, Sending, sent, start_write};
 use super::record::{RecordStart, SessionRecord};
 use super::shell::refusal_of;
 use super::{Caller, EndReason, LiveSession, Refusal};
-use crate::attach::{self, AttachRequest, ExitStatus, SessionIo};
+use crate::attach::{self, AttachRequest, End, ExitStatus, Leftovers, SessionIo, SessionKind};
 use crate::audit::{AuditEvent, truncate};
 use crate::config::SftpServer;
 use crate::gateway::Gateway;
@@ -128,6 +128,7 @@ async fn start(gw: &Gateway, caller: &Caller, kind: TransferKind) -> Result<Star
                 &allowed.container,
                 &ask(&write),
                 None,
+                Some(&allowed.ids),
             )
             .await?
             .is_some();
@@ -185,6 +186,7 @@ impl Started {
             record,
             command,
         } = self;
+        let options = access.attach_options(&gw.config);
         let Access {
             target,
             container,
@@ -198,21 +200,22 @@ impl Started {
             pty: None,
             env: Vec::new(),
         };
-        let spawned = match &serve {
-            Serve::Builtin { read_only } => {
-                attach::spawn_sftp(&gw.helper, &init, &request, *read_only).await
-            }
-            Serve::Scp(c) => attach::spawn_scp(&gw.helper, &init, &request, c).await,
-            Serve::Container { path, read_only } => {
+        let kind = match &serve {
+            Serve::Builtin { read_only } => SessionKind::Sftp {
+                read_only: *read_only,
+            },
+            Serve::Scp(c) => SessionKind::Scp(c.clone()),
+            Serve::Container { path, read_only } => SessionKind::Program {
+                path: path.clone(),
                 // OpenSSH sftp-server: -R refuses every change.
-                let args: Vec<String> = if *read_only {
+                args: if *read_only {
                     vec!["-R".into()]
                 } else {
                     Vec::new()
-                };
-                attach::spawn_program(&gw.helper, &init, &request, path, &args).await
-            }
+                },
+            },
         };
+        let spawned = attach::start(&gw.helper, &init, &request, &kind, &options).await;
         let (mut attached, io) = match spawned {
             Ok(pair) => pair,
             Err(e) => {
@@ -337,9 +340,24 @@ impl Started {
                 })
                 .await;
         }
-        let exit = match ended_by {
-            None => attached.wait().await.ok(),
-            Some(_) => attached.terminate(gw.config.session.kill_grace).await.ok(),
+        // Every end ends every process of the session (its cgroup): the
+        // server's exit, the client gone, a kill, a lock, shutdown.
+        let end = match &ended_by {
+            None => {
+                let _ = attached.wait().await;
+                End::Normal {
+                    grace: gw.config.session.kill_grace,
+                    leftovers: Leftovers::Kill,
+                }
+            }
+            Some(reason) => super::end::attach_end(reason, gw.config.session.kill_grace),
+        };
+        let exit = match attached.end(end).await {
+            Ok(ended) => Some(ended.status),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot end the transfer session");
+                None
+            }
         };
         if audit_ok {
             // Let the last reports (handles open at the end) reach the log.

@@ -277,6 +277,25 @@ impl AuthState {
         key_fingerprint: Option<String>,
         key_in_use: Option<&PublicKey>,
     ) -> Auth {
+        // A lock on the principal refuses the login (issue 12); every
+        // session is checked again (`session::access`), for ControlMaster
+        // connections opened before the lock.
+        let store = &self.gateway.store;
+        let lock = crate::session::lock::covering(store, &principal.subject, None, None).await;
+        let locked = match lock {
+            Ok(None) => None,
+            Ok(Some(l)) => Some(format!("locked ({}): {}", l.id, truncate(&l.reason, 512))),
+            Err(e) => Some(format!("cannot read locks: {e}")),
+        };
+        if let Some(reason) = locked {
+            let event = AuditEvent::AuthenticationFailed {
+                method: method.to_string(),
+                target: truncate(user, 128),
+                reason,
+            };
+            let _ = self.audit(Some(&principal.subject), &event).await;
+            return Auth::reject();
+        }
         let event = AuditEvent::AuthenticationSucceeded {
             method: method.to_string(),
             target: truncate(user, 128),

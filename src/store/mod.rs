@@ -207,6 +207,7 @@ pub fn now_ms() -> i64 {
 mod audit;
 mod console;
 mod inventory;
+mod locks;
 mod review;
 mod transcripts;
 mod uploads;
@@ -217,6 +218,7 @@ pub use audit::{
 };
 pub use console::{AuditFilter, LoginStateRecord, SshWebLoginRecord, WebSessionRecord};
 pub use inventory::LastSession;
+pub use locks::{LockRecord, LockTarget, NewLock};
 pub use review::SessionFilter;
 pub use transcripts::TranscriptHit;
 pub use uploads::UploadRecord;

@@ -103,18 +103,29 @@ impl TestGateway {
             Some(url) => format!("[database]\nurl = \"{url}\"\n{tables}"),
             None => tables,
         };
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        // A test with its own `[policy]` section names its own directory.
+        let policy = if extra_config.contains("[policy]") {
+            String::new()
+        } else {
+            format!("[policy]\ndir = \"{}\"\n", policies.display())
+        };
+        // A test with its own `[session]` section sets `kill_grace` there.
+        let session = if extra_config.contains("[session]") {
+            ""
+        } else {
+            "[session]\nkill_grace = \"1s\"\n"
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("portcullis.toml");
-        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
         std::fs::write(
             &config_path,
             format!(
                 "{top_level}listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{oidc_config}\
-                 [policy]\ndir = \"{}\"\n[session]\nkill_grace = \"1s\"\n{extra_config}",
+                 {policy}{session}{extra_config}",
                 state_dir.display(),
-                policies.display()
             ),
         )
         .expect("write config");
