@@ -242,6 +242,10 @@ fn the_listing_has_owner_purpose_and_the_newest_session() {
             .unwrap()
     };
     let mut row = serde_json::Value::Null;
+    let mut s = serde_json::Value::Null;
+    // The listing and `sessions list` are read in the same poll: the other
+    // tests of this file start sessions concurrently, so a second read of
+    // the newest session may name another one.
     common::wait_until(
         "the listing's last session",
         Duration::from_secs(20),
@@ -252,7 +256,8 @@ fn the_listing_has_owner_purpose_and_the_newest_session() {
                 .into_iter()
                 .find(|r| r["name"] == f.container.name.as_str())
                 .unwrap();
-            row["last_session"]["session_id"] == newest()["id"]
+            s = newest();
+            row["last_session"]["session_id"] == s["id"]
         },
     );
     assert_eq!(row["backend"], "process");
@@ -260,7 +265,6 @@ fn the_listing_has_owner_purpose_and_the_newest_session() {
     assert_eq!(row["purpose"], "nested pid test");
     assert_eq!(row["labels"], serde_json::json!({"env": "dev"}));
     assert_eq!(row["unowned"], false);
-    let s = newest();
     assert_eq!(row["last_session"]["principal"], s["principal"]);
     assert_eq!(row["last_session"]["login"], s["login"]);
     assert_eq!(row["last_session"]["started_at"], s["started_at"]);
