@@ -143,9 +143,11 @@ def start_gateway(binary, tag):
             '[oidc]\nissuer = "http://127.0.0.1:9"\nclient_id = "bench"\n'
             f'[policy]\ndir = "{ROOT}/policies"\n'
             '[auth]\nfailure_delay = "0s"\nmax_unauthenticated = 2000\n'
+            '# All clients of the bench come from 127.0.0.1.\n'
+            'max_unauthenticated_per_source = 2000\npenalty_min = "0s"\n'
             '[session]\nkill_grace = "1s"\nmax_connections = 4000\n'
             '[certificates]\ngroups_extension = "groups@portcullis"\n'
-            f'[[certificates.ca]]\npublic_key = "{ca}"\nprincipals = ["admin"]\n'
+            f'[[certificates.ca]]\npublic_key = "{ca}"\nprincipal_prefix = "cert:"\nprincipals = ["admin"]\nallowed_groups = ["admins"]\n'
             f'[containers.{NAME}]\nlabels = {{ env = "dev" }}\n'
         )
     log = open(os.path.join(tmp, f"gateway-{tag}.log"), "w")
