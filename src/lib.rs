@@ -34,6 +34,7 @@
 //! | [`ssh`] | the SSH front door: auth, channels, relaying to `session`/`commands` |
 //! | [`node`] | a fleet node's front door for sessions an edge relays |
 //! | [`app`] | the composition root: building, running and stopping the gateway |
+//! | [`wire`] | SSH channel forms shared by `ssh` and `node`: PTY values, signals, a channel's end |
 //! | [`cli`] | the `portcullis` command |
 
 pub mod app;
@@ -59,3 +60,4 @@ pub mod store;
 pub mod text;
 pub mod throttle;
 pub mod web;
+pub mod wire;

@@ -32,6 +32,7 @@ use crate::gateway::Gateway;
 use crate::session::io::{Credit, Input, InputRefused, InputSender, input_queue};
 use crate::session::shell::ShellRequest;
 use crate::session::{Caller, Destination, Target};
+use crate::wire::{clamp_dim, sanitize_term, signal_number};
 use output::RelayedOutput;
 
 /// Bytes of input a relayed channel may hold before its session takes
@@ -431,35 +432,10 @@ impl russh::server::Handler for RelayedHandler {
         signal: Sig,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let name = crate::fleet::relay::signal_name_of(&signal);
-        if let Some(number) = crate::session::signal::number(&name) {
+        if let Some(number) = signal_number(&signal) {
             self.deliver(channel, Input::Signal(number));
         }
         Ok(())
-    }
-}
-
-/// Keeps a TERM value usable: `[A-Za-z0-9._+-]`, at most 64 bytes, else
-/// `xterm`.
-fn sanitize_term(term: &str) -> String {
-    let ok = !term.is_empty()
-        && term.len() <= 64
-        && term
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
-    if ok {
-        term.to_string()
-    } else {
-        "xterm".to_string()
-    }
-}
-
-/// A terminal dimension in 1..=1000, `default` for 0.
-fn clamp_dim(value: u32, default: u16) -> u16 {
-    if value == 0 {
-        default
-    } else {
-        value.min(1000) as u16
     }
 }
 

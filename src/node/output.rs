@@ -3,14 +3,13 @@
 //! 4254 §5.2 data, §6.10 exit status and signal), which passes them on to
 //! the user as they are.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
+use russh::ChannelWriteHalf;
 use russh::server::{Handle, Msg};
-use russh::{ChannelId, ChannelWriteHalf};
 
 use crate::attach::ExitStatus;
 use crate::session::io::{ClientGone, Output};
 use crate::session::{EndReason, Refusal};
+use crate::wire::ChannelEnd;
 
 /// How long the user's "session ended: ..." notice may wait for a client
 /// that does not read before it is given up.
@@ -21,51 +20,17 @@ const NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// and close go through the connection's handle, in order.
 pub(super) struct RelayedOutput {
     writer: ChannelWriteHalf<Msg>,
-    handle: Handle,
-    channel: ChannelId,
-    /// EOF was sent (once per channel, RFC 4254 §5.3).
-    eof_sent: AtomicBool,
+    /// Exit status, EOF (once) and close, in order.
+    end: ChannelEnd,
 }
 
 impl RelayedOutput {
     /// The output of the channel of `writer` on the connection of `handle`.
     pub(super) fn new(writer: ChannelWriteHalf<Msg>, handle: Handle) -> RelayedOutput {
         RelayedOutput {
-            channel: writer.id(),
+            end: ChannelEnd::new(handle, writer.id()),
             writer,
-            handle,
-            eof_sent: AtomicBool::new(false),
         }
-    }
-
-    async fn close(&self, exit: Option<ExitStatus>) {
-        match exit {
-            Some(ExitStatus::Code(code)) => {
-                let _ = self
-                    .handle
-                    .exit_status_request(self.channel, code as u32)
-                    .await;
-            }
-            Some(ExitStatus::Signal {
-                signal,
-                core_dumped,
-            }) => {
-                let name = russh::Sig::Custom(crate::session::signal::name(signal));
-                let _ = self
-                    .handle
-                    .exit_signal_request(
-                        self.channel,
-                        name,
-                        core_dumped,
-                        String::new(),
-                        String::new(),
-                    )
-                    .await;
-            }
-            None => {}
-        }
-        self.eof().await;
-        let _ = self.handle.close(self.channel).await;
     }
 }
 
@@ -82,9 +47,7 @@ impl Output for RelayedOutput {
     }
 
     async fn eof(&self) {
-        if !self.eof_sent.swap(true, Ordering::Relaxed) {
-            let _ = self.handle.eof(self.channel).await;
-        }
+        self.end.eof().await;
     }
 
     async fn ended(&self, reason: &EndReason) {
@@ -93,12 +56,12 @@ impl Output for RelayedOutput {
     }
 
     async fn finish(self, exit: Option<ExitStatus>) {
-        self.close(exit).await;
+        self.end.close(exit).await;
     }
 
     async fn refuse(self, refusal: &Refusal) {
         let text = format!("{}\r\n", refusal.message());
         let _ = self.stderr(text.into_bytes()).await;
-        self.close(Some(ExitStatus::Code(1))).await;
+        self.end.close(Some(ExitStatus::Code(1))).await;
     }
 }

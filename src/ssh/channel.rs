@@ -4,14 +4,13 @@
 //! it. Input reaches the core through [`crate::session::io`] queues that
 //! the handler fills.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
+use russh::ChannelWriteHalf;
 use russh::server::{Handle, Msg};
-use russh::{ChannelId, ChannelWriteHalf};
 
 use crate::attach::ExitStatus;
 use crate::session::io::{ClientGone, Output};
 use crate::session::{EndReason, Refusal};
+use crate::wire::ChannelEnd;
 
 /// How long the user's "session ended: ..." notice may wait for a client
 /// that does not read before it is given up.
@@ -34,11 +33,9 @@ pub(super) enum RefusalStyle {
 /// go through the connection's handle, in the same queue, in order.
 pub(super) struct SshOutput {
     writer: ChannelWriteHalf<Msg>,
-    handle: Handle,
-    channel: ChannelId,
+    /// Exit status, EOF (once) and close, in order.
+    end: ChannelEnd,
     style: RefusalStyle,
-    /// EOF was sent (once per channel, RFC 4254 §5.3).
-    eof_sent: AtomicBool,
     /// Lines for the user, sent on stderr before the first output.
     notices: std::sync::Mutex<Vec<String>>,
 }
@@ -52,11 +49,9 @@ impl SshOutput {
         style: RefusalStyle,
     ) -> SshOutput {
         SshOutput {
-            channel: writer.id(),
+            end: ChannelEnd::new(handle, writer.id()),
             writer,
-            handle,
             style,
-            eof_sent: AtomicBool::new(false),
             notices: std::sync::Mutex::default(),
         }
     }
@@ -84,37 +79,6 @@ impl SshOutput {
             .await
             .map_err(|_| ClientGone)
     }
-
-    async fn close(&self, exit: Option<ExitStatus>) {
-        match exit {
-            Some(ExitStatus::Code(code)) => {
-                let _ = self
-                    .handle
-                    .exit_status_request(self.channel, code as u32)
-                    .await;
-            }
-            Some(ExitStatus::Signal {
-                signal,
-                core_dumped,
-            }) => {
-                // The RFC 4254 name is all that goes on the wire.
-                let name = russh::Sig::Custom(crate::session::signal::name(signal));
-                let _ = self
-                    .handle
-                    .exit_signal_request(
-                        self.channel,
-                        name,
-                        core_dumped,
-                        String::new(),
-                        String::new(),
-                    )
-                    .await;
-            }
-            None => {}
-        }
-        self.eof().await;
-        let _ = self.handle.close(self.channel).await;
-    }
 }
 
 impl Output for SshOutput {
@@ -132,9 +96,7 @@ impl Output for SshOutput {
     }
 
     async fn eof(&self) {
-        if !self.eof_sent.swap(true, Ordering::Relaxed) {
-            let _ = self.handle.eof(self.channel).await;
-        }
+        self.end.eof().await;
     }
 
     async fn ended(&self, reason: &EndReason) {
@@ -144,7 +106,7 @@ impl Output for SshOutput {
 
     async fn finish(self, exit: Option<ExitStatus>) {
         let _ = tokio::time::timeout(NOTICE_WAIT, self.send_notices()).await;
-        self.close(exit).await;
+        self.end.close(exit).await;
     }
 
     async fn refuse(self, refusal: &Refusal) {
@@ -158,6 +120,6 @@ impl Output for SshOutput {
                 let _ = self.stdout(text.into_bytes()).await;
             }
         }
-        self.close(Some(ExitStatus::Code(1))).await;
+        self.end.close(Some(ExitStatus::Code(1))).await;
     }
 }

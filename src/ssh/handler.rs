@@ -23,6 +23,7 @@ use crate::session::io::{Credit, Input, InputReceiver, InputRefused, InputSender
 use crate::session::shell::ShellRequest;
 use crate::session::transfer::TransferKind;
 use crate::session::{Caller, Destination};
+use crate::wire::{clamp_dim, sanitize_term, signal_number};
 
 /// Bytes of client input a channel may hold before its session takes
 /// them: the SSH window the gateway grants (russh's default, 2 MiB), plus
@@ -638,41 +639,6 @@ impl russh::server::Handler for ConnectionHandler {
     }
 }
 
-/// Keeps a TERM value usable: `[A-Za-z0-9._+-]`, at most 64 bytes, else
-/// `xterm`.
-fn sanitize_term(term: &str) -> String {
-    let ok = !term.is_empty()
-        && term.len() <= 64
-        && term
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
-    if ok {
-        term.to_string()
-    } else {
-        "xterm".to_string()
-    }
-}
-
-/// A terminal dimension in 1..=1000, `default` for 0.
-fn clamp_dim(value: u32, default: u16) -> u16 {
-    if value == 0 {
-        default
-    } else {
-        value.min(1000) as u16
-    }
-}
-
-/// The number of a signal a client asked for (RFC 4254 §6.9), from the
-/// one table ([`crate::session::signal`]).
-fn signal_number(signal: &Sig) -> Option<i32> {
-    let name = match signal {
-        Sig::Custom(name) => name.clone(),
-        // The variants are the RFC's names.
-        other => format!("{other:?}"),
-    };
-    crate::session::signal::number(&name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,15 +649,5 @@ mod tests {
         assert!(env_allowed("LC_ALL"));
         assert!(!env_allowed("LD_PRELOAD"));
         assert!(!env_allowed("PATH"));
-    }
-
-    #[test]
-    fn term_and_dimensions_are_sanitised() {
-        assert_eq!(sanitize_term("xterm-256color"), "xterm-256color");
-        assert_eq!(sanitize_term("x\u{1b}]0;evil"), "xterm");
-        assert_eq!(sanitize_term(""), "xterm");
-        assert_eq!(clamp_dim(0, 80), 80);
-        assert_eq!(clamp_dim(100_000, 80), 1000);
-        assert_eq!(clamp_dim(120, 80), 120);
     }
 }
