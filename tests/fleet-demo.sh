@@ -125,8 +125,9 @@ cleanup() {
   fi
   if [ -n "$PG_PID" ] && kill -0 "$PG_PID" 2>/dev/null; then
     say "stopping PostgreSQL (pid $PG_PID)"
-    kill -INT "$PG_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.2; done
+    # runuser does not pass signals on: ask the server itself.
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 20 stop >/dev/null 2>&1 ||
+      kill -KILL "$PG_PID" 2>/dev/null || true
   fi
   exec 7>&-
   rm -f "$DEMO_DIR/idp.stdin"
@@ -139,6 +140,15 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------- fresh state
 rm -rf "$DEMO_DIR/edge" "$DEMO_DIR/n1" "$DEMO_DIR/n2" "$DEMO_DIR/s3" "$PG_DIR"
 mkdir -p "$DEMO_DIR/s3" "$PG_DIR"
+# Each role's host key (it also signs the audit chain and the recordings'
+# manifests) made here, so every role can trust the others' from the start
+# (`audit.trusted_keys`; `audit verify` on any of them checks them all).
+TRUSTED=''
+for role in edge n1 n2; do
+  mkdir -p "$DEMO_DIR/$role"
+  ssh-keygen -q -t ed25519 -N '' -C "$role" -f "$DEMO_DIR/$role/host_ed25519_key"
+  TRUSTED="$TRUSTED${TRUSTED:+, }\"$(cat "$DEMO_DIR/$role/host_ed25519_key.pub")\""
+done
 
 # ---------------------------------------------------------------- PostgreSQL
 say "starting PostgreSQL on 127.0.0.1:$PG_PORT ($PG_DIR)"
@@ -203,6 +213,9 @@ client_id = "portcullis"
 [policy]
 dir = "./policies"
 
+[audit]
+trusted_keys = [$TRUSTED]
+
 [recording]
 store = "s3://recordings/fleet-demo"
 store_endpoint = "http://127.0.0.1:$S3_PORT"
@@ -253,6 +266,8 @@ reconnect_max = "2s"
 
 [containers.$container]
 labels = { env = "dev" }
+owner = "admin"
+purpose = "the fleet demo's container on $name"
 EOF2
   } >"$config"
   say "starting node $name: target/debug/portcullis serve --role node --config $config"
