@@ -236,7 +236,10 @@ fn an_approver_approves_in_the_browser_and_the_users_ssh_gets_in() {
         b.click_on("#approve").await;
         let msg = b.wait_for("#message", Duration::from_secs(20)).await;
         let msg = b.text(&msg).await;
-        assert!(msg.contains("is approved"), "{msg}");
+        assert!(
+            msg.contains("Approved ") && msg.contains("may use root@"),
+            "{msg}"
+        );
     });
     let after = ssh(&target, &f.alice, &["id -u"]);
     assert_eq!(after.code, 0, "{}", after.stderr);
