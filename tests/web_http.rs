@@ -815,3 +815,100 @@ fn an_admin_adds_and_removes_a_lock_through_the_broker_command_and_others_are_re
         "the page, the add and the remove refused and audited"
     );
 }
+
+#[test]
+fn the_auditors_report_of_a_period_is_the_one_the_cli_makes_and_downloads_as_a_file() {
+    let f = fixture();
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let (page, json, disposition) = rt().block_on(async {
+        let c = client();
+        assert_eq!(log_in(&c, "reviewer").await.status(), StatusCode::OK);
+        let form = c
+            .get(format!("{}/audit/report", f.web))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(form.status(), StatusCode::OK);
+        assert!(form.text().await.unwrap().contains("id=\"report-form\""));
+        let page = c
+            .get(format!("{}/audit/report?from={today}&to={today}", f.web))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        let page = page.text().await.unwrap();
+        let bad = c
+            .get(format!(
+                "{}/audit/report/download?from={today}&to={today}&format=exe",
+                f.web
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        let file = c
+            .get(format!(
+                "{}/audit/report/download?from={today}&to={today}&format=json",
+                f.web
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(file.status(), StatusCode::OK);
+        assert_eq!(file.headers()["content-type"], "application/json");
+        let disposition = file.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let json: serde_json::Value = serde_json::from_str(&file.text().await.unwrap()).unwrap();
+        // Someone the policy does not let read the audit log.
+        let alice = client();
+        assert_eq!(log_in(&alice, "alice").await.status(), StatusCode::OK);
+        let refused = alice
+            .get(format!(
+                "{}/audit/report/download?from={today}&to={today}&format=json",
+                f.web
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        (page, json, disposition)
+    });
+    assert_eq!(
+        disposition,
+        format!("attachment; filename=\"portcullis-audit-{today}-{today}.json\"")
+    );
+    // The same report as `portcullis audit report` (but when it was made
+    // and what happened in between: the log grew by the alice refusal).
+    let out = f.gw.cli(&[
+        "audit", "report", "--from", &today, "--to", &today, "--format", "json", "--output", "-",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["schema"], "portcullis.audit-report.v1");
+    for key in ["from", "to", "from_ms", "to_ms", "gateway", "containers"] {
+        assert_eq!(json[key], cli[key], "{key}");
+    }
+    assert_eq!(
+        json["to_ms"].as_i64().unwrap() - json["from_ms"].as_i64().unwrap(),
+        86_400_000 - 1
+    );
+    let verdict = json["verification"]["verdict"].as_str().unwrap();
+    assert!(
+        page.contains(&format!(
+            "<span class=\"badge {}\">{verdict}</span>",
+            if verdict == "OK" { "ok" } else { "bad" }
+        )),
+        "{page}"
+    );
+    assert!(page.contains(&format!(
+        "<dd id=\"report-sessions\">{}</dd>",
+        json["totals"]["sessions"]
+    )));
+    assert!(page.contains("id=\"download-html\""));
+}

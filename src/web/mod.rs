@@ -5,7 +5,7 @@
 //!
 //! Owns the console's HTTP side only: login and console sessions
 //! ([`auth`], [`login`]), the pages ([`sessions`], [`requests`],
-//! [`audit_page`], [`containers`], [`locks`]), the SSH login page
+//! [`audit_page`], [`audit_report`], [`containers`], [`locks`]), the SSH login page
 //! ([`ssh_login`]) and the static assets ([`assets`]). It never decides
 //! access itself (every page is a Cedar decision through
 //! [`crate::policy`]) and never acts itself: every action (approve, deny,
@@ -28,11 +28,13 @@
 //! | `locks.rs` | locks: list, add, remove |
 //! | `broker.rs` | running a broker command ([`crate::commands`]) for the logged-in principal |
 //! | `audit_page.rs`, `containers.rs` | the audit log and its verification; the inventory |
+//! | `audit_report.rs` | the auditor's report of a period: its summary, its downloads |
 //! | `ssh_login.rs` | the SSH login page `/l/CODE` and its library API |
 //! | `tls.rs` | the TLS listener |
 
 mod assets;
 mod audit_page;
+mod audit_report;
 mod auth;
 mod broker;
 mod containers;
@@ -262,6 +264,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/locks/{id}/remove", post(locks::remove))
         .route("/audit", get(audit_page::list))
         .route("/audit/verify", post(audit_page::verify))
+        .route("/audit/report", get(audit_report::show))
+        .route("/audit/report/download", get(audit_report::download))
         .route("/containers", get(containers::list))
         .route("/l/{code}", get(ssh_login::page_handler))
         .route("/l/{code}/start", post(ssh_login::start))
