@@ -441,7 +441,6 @@ fn consume_fleet_notices(
 
 /// Starts the web console (issue 17) on `web.listen`.
 async fn start_web(gateway: &Arc<Gateway>) -> Result<tokio::task::JoinHandle<()>, WebError> {
-    let end = gateway.clone();
     crate::web::start(
         crate::web::ConsoleParts {
             config: gateway.config.clone(),
@@ -450,9 +449,7 @@ async fn start_web(gateway: &Arc<Gateway>) -> Result<tokio::task::JoinHandle<()>
             issuers: gateway.issuers.clone(),
             policy: gateway.policy.clone(),
             inventory: gateway.inventory.clone(),
-            end_live_session: Arc::new(move |id: &str, reason: &str| {
-                end.end_live_session(id, reason)
-            }),
+            gateway: gateway.clone(),
         },
         gateway.shutdown.clone(),
     )

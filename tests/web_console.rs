@@ -236,7 +236,10 @@ fn an_approver_approves_in_the_browser_and_the_users_ssh_gets_in() {
         b.click_on("#approve").await;
         let msg = b.wait_for("#message", Duration::from_secs(20)).await;
         let msg = b.text(&msg).await;
-        assert!(msg.contains("is approved"), "{msg}");
+        assert!(
+            msg.contains("Approved ") && msg.contains("may use root@"),
+            "{msg}"
+        );
     });
     let after = ssh(&target, &f.alice, &["id -u"]);
     assert_eq!(after.code, 0, "{}", after.stderr);
@@ -367,6 +370,75 @@ fn a_principal_the_policy_does_not_allow_is_refused() {
             && e["detail"].as_str().is_some_and(|d| d.contains(&id))),
         "the refused approval is audited"
     );
+}
+
+#[test]
+fn an_admin_locks_a_principal_in_the_browser_and_their_next_login_is_refused() {
+    let f = fixture();
+    let carol = rt().block_on(f._idp.device_flow_id_token("carol"));
+    let reason = "OPS-21 laptop lost";
+    let lock_id = rt().block_on(async {
+        let b = logged_in("admin").await;
+        b.goto(&format!("{}/locks", f.web)).await;
+        b.wait_for("#add-lock", Duration::from_secs(10)).await;
+        b.script(
+            "document.querySelector('#lock-kind').value = 'principal'; return true;",
+            json!([]),
+        )
+        .await;
+        b.fill("#lock-value", "carol").await;
+        b.fill("#lock-reason", reason).await;
+        b.fill("#lock-ttl", "1h").await;
+        b.click_on("#lock").await;
+        let m = b.wait_for("#message", Duration::from_secs(20)).await;
+        let text = b.text(&m).await;
+        assert!(text.contains("on principal carol holds"), "{text}");
+        let id = text
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        b.goto(&format!("{}/locks", f.web)).await;
+        b.wait_for(&format!("#remove-{id}"), Duration::from_secs(10))
+            .await;
+        if let Some(p) = screenshot("console-locks.png") {
+            b.screenshot(&p).await;
+        }
+        id
+    });
+    // Carol's next login is refused by the lock (and audited with it).
+    let r = ssh(&format!("root@{}", f.container.name), &carol, &["true"]);
+    assert_eq!(r.code, 255, "{}", r.stderr);
+    let events = f.gw.audit_events();
+    assert!(
+        events.iter().any(|e| e["kind"] == "authentication"
+            && e["outcome"] == "failure"
+            && e["principal"] == "carol"
+            && e["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!("locked ({lock_id})")))),
+        "carol's refused login names the lock"
+    );
+    rt().block_on(async {
+        let b = logged_in("admin").await;
+        b.goto(&format!("{}/locks", f.web)).await;
+        b.click_on(&format!("#remove-{lock_id}")).await;
+        let m = b.wait_for("#message", Duration::from_secs(20)).await;
+        assert!(b.text(&m).await.contains("no longer holds"));
+        b.goto(&format!("{}/locks", f.web)).await;
+        b.wait_for("#no-locks", Duration::from_secs(10)).await;
+        // The other pages of the README, while a browser is at hand.
+        for (path, wait, name) in [
+            ("/containers", "#containers", "console-containers.png"),
+            ("/audit/report?from=1d&to=", "#report", "console-report.png"),
+        ] {
+            b.goto(&format!("{}{path}", f.web)).await;
+            b.wait_for(wait, Duration::from_secs(20)).await;
+            if let Some(p) = screenshot(name) {
+                b.screenshot(&p).await;
+            }
+        }
+    });
 }
 
 /// Processes whose command line names `needle`.

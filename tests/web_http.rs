@@ -532,6 +532,27 @@ fn approving_needs_a_fresh_login_at_the_issuer() {
             .await
             .unwrap();
         let csrf = hidden(&page, "csrf").unwrap();
+        // An admin logged in at the same time, for the locks.
+        let admin = client();
+        let start = admin
+            .get(format!("{web}/login?return_to=/locks"))
+            .send()
+            .await
+            .unwrap();
+        let back = through_idp_at(&admin, start, "admin", &web).await;
+        assert_eq!(
+            admin.get(back).send().await.unwrap().status(),
+            StatusCode::OK
+        );
+        let locks_page = admin
+            .get(format!("{web}/locks"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let admin_csrf = hidden(&locks_page, "csrf").unwrap();
         // Wait out fresh_login_max_age (a fixed threshold, not an event).
         tokio::time::sleep(Duration::from_millis(1500).saturating_sub(logged_in_at.elapsed()))
             .await;
@@ -561,6 +582,29 @@ fn approving_needs_a_fresh_login_at_the_issuer() {
             "pending",
             "nothing was done before the fresh login"
         );
+        // Adding a lock asks for the fresh login too, and adds nothing.
+        let stale_lock = admin
+            .post(format!("{web}/locks/add"))
+            .header("origin", &web)
+            .form(&[
+                ("csrf", admin_csrf.as_str()),
+                ("kind", "login"),
+                ("value", "postgres"),
+                ("reason", "OPS-9 fresh lock"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stale_lock.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            stale_lock
+                .text()
+                .await
+                .unwrap()
+                .contains("return_to=%2Flocks"),
+            "the fresh login comes back to the locks"
+        );
+        assert!(store.all_locks().await.unwrap().is_empty());
         let again = c.get(format!("{web}{link}")).send().await.unwrap();
         let to: Url = again.headers()[LOCATION].to_str().unwrap().parse().unwrap();
         let q: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
@@ -576,7 +620,12 @@ fn approving_needs_a_fresh_login_at_the_issuer() {
             .await
             .unwrap();
         assert_eq!(done.status(), StatusCode::OK);
-        assert!(done.text().await.unwrap().contains("is approved"));
+        assert!(
+            done.text()
+                .await
+                .unwrap()
+                .contains("Approved f00dfacef00d: alice may use root@webfresh until")
+        );
         assert_eq!(
             store
                 .access_request("f00dfacef00d")
@@ -598,4 +647,337 @@ fn approving_needs_a_fresh_login_at_the_issuer() {
         })
         .count();
     assert_eq!(fresh, 1);
+}
+
+/// The fixture's database, as the gateway opened it.
+async fn store_of(gw: &TestGateway) -> portcullis::store::Store {
+    let config = portcullis::config::Config::load(&gw.config_path).unwrap();
+    portcullis::store::Store::open(&config.database_url())
+        .await
+        .unwrap()
+}
+
+/// Posts `form` (with the console's `Origin`) to `path`.
+async fn post(c: &Client, path: &str, form: &[(&str, &str)]) -> Response {
+    let f = fixture();
+    c.post(format!("{}{path}", f.web))
+        .header("origin", &f.web)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[test]
+fn an_admin_adds_and_removes_a_lock_through_the_broker_command_and_others_are_refused() {
+    let f = fixture();
+    let value = format!("mallory-{}", std::process::id());
+    let lock_id = rt().block_on(async {
+        let store = store_of(&f.gw).await;
+        let admin = client();
+        assert_eq!(log_in(&admin, "admin").await.status(), StatusCode::OK);
+        let page = admin.get(format!("{}/locks", f.web)).send().await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        let page = page.text().await.unwrap();
+        for kind in ["principal", "container", "login"] {
+            assert!(
+                page.contains(&format!("<option value=\"{kind}\">")),
+                "{kind} offered: {page}"
+            );
+        }
+        let csrf = hidden(&page, "csrf").unwrap();
+        let form = |csrf: &str| {
+            vec![
+                ("csrf", csrf.to_string()),
+                ("kind", "principal".to_string()),
+                ("value", value.clone()),
+                ("reason", "OPS-3 <b>stolen</b> laptop".to_string()),
+                ("ttl", "1h".to_string()),
+            ]
+        };
+        // Without the token (a cross-site form carrying the cookie): refused,
+        // nothing added.
+        let no_token: Vec<_> = form("").into_iter().filter(|(k, _)| *k != "csrf").collect();
+        let r = admin
+            .post(format!("{}/locks/add", f.web))
+            .header("origin", &f.web)
+            .form(&no_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let mine =
+            |locks: Vec<portcullis::store::LockRecord>| -> Vec<portcullis::store::LockRecord> {
+                locks.into_iter().filter(|l| l.value == value).collect()
+            };
+        assert!(mine(store.all_locks().await.unwrap()).is_empty());
+        // A principal the policy does not let manage locks: the page and the
+        // add are refused by the `locks` command, and audited.
+        let alice = client();
+        assert_eq!(log_in(&alice, "alice").await.status(), StatusCode::OK);
+        let r = alice.get(format!("{}/locks", f.web)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.text().await.unwrap().contains("you may not manage locks"));
+        let alice_csrf = csrf_of(&alice, "/sessions").await;
+        let r = alice
+            .post(format!("{}/locks/add", f.web))
+            .header("origin", &f.web)
+            .form(&form(&alice_csrf))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(mine(store.all_locks().await.unwrap()).is_empty());
+        // The admin adds it.
+        let r = admin
+            .post(format!("{}/locks/add", f.web))
+            .header("origin", &f.web)
+            .form(&form(&csrf))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("Lock added"), "{body}");
+        let added = mine(store.active_locks().await.unwrap());
+        assert_eq!(added.len(), 1, "{added:?}");
+        let lock = &added[0];
+        assert_eq!(lock.target, portcullis::store::LockTarget::Principal);
+        assert_eq!(lock.reason, "OPS-3 <b>stolen</b> laptop");
+        assert_eq!(lock.created_by, "admin");
+        let ttl = lock.expires_at.unwrap() - lock.created_at;
+        assert!((3_595_000..=3_600_000).contains(&ttl), "ttl {ttl} ms");
+        // Listed, escaped, with its remove button.
+        let page = admin
+            .get(format!("{}/locks", f.web))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains(&format!("id=\"remove-{}\"", lock.id)),
+            "{page}"
+        );
+        assert!(
+            page.contains("OPS-3 &#60;b&#62;stolen&#60;/b&#62; laptop")
+                || page.contains("OPS-3 &lt;b&gt;stolen&lt;/b&gt; laptop"),
+            "{page}"
+        );
+        assert!(!page.contains("<b>stolen"));
+        // Alice cannot remove it either.
+        let r = alice
+            .post(format!("{}/locks/{}/remove", f.web, lock.id))
+            .header("origin", &f.web)
+            .form(&[("csrf", alice_csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(mine(store.active_locks().await.unwrap()).len(), 1);
+        // The admin removes it.
+        let r = post(
+            &admin,
+            &format!("/locks/{}/remove", lock.id),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(mine(store.active_locks().await.unwrap()).is_empty());
+        let all = mine(store.all_locks().await.unwrap());
+        assert_eq!(all[0].removed_by.as_deref(), Some("admin"));
+        lock.id.clone()
+    });
+    let events = f.gw.audit_events();
+    let lock_events: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "lock"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&value) || d.contains(&lock_id))
+        })
+        .collect();
+    assert_eq!(lock_events.len(), 2, "added and removed: {lock_events:?}");
+    assert!(lock_events.iter().all(|e| e["principal"] == "admin"));
+    let refused = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "decision"
+                && e["outcome"] == "deny"
+                && e["principal"] == "alice"
+                && e["detail"].as_str().is_some_and(|d| d.contains("\"lock\""))
+        })
+        .count();
+    assert_eq!(
+        refused, 3,
+        "the page, the add and the remove refused and audited"
+    );
+}
+
+#[test]
+fn the_auditors_report_of_a_period_is_the_one_the_cli_makes_and_downloads_as_a_file() {
+    let f = fixture();
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let (page, json, disposition) = rt().block_on(async {
+        let c = client();
+        assert_eq!(log_in(&c, "reviewer").await.status(), StatusCode::OK);
+        let form = c
+            .get(format!("{}/audit/report", f.web))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(form.status(), StatusCode::OK);
+        assert!(form.text().await.unwrap().contains("id=\"report-form\""));
+        let page = c
+            .get(format!("{}/audit/report?from={today}&to={today}", f.web))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        let page = page.text().await.unwrap();
+        let bad = c
+            .get(format!(
+                "{}/audit/report/download?from={today}&to={today}&format=exe",
+                f.web
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        let file = c
+            .get(format!(
+                "{}/audit/report/download?from={today}&to={today}&format=json",
+                f.web
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(file.status(), StatusCode::OK);
+        assert_eq!(file.headers()["content-type"], "application/json");
+        let disposition = file.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let json: serde_json::Value = serde_json::from_str(&file.text().await.unwrap()).unwrap();
+        // Someone the policy does not let read the audit log.
+        let alice = client();
+        assert_eq!(log_in(&alice, "alice").await.status(), StatusCode::OK);
+        let refused = alice
+            .get(format!(
+                "{}/audit/report/download?from={today}&to={today}&format=json",
+                f.web
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        (page, json, disposition)
+    });
+    assert_eq!(
+        disposition,
+        format!("attachment; filename=\"portcullis-audit-{today}-{today}.json\"")
+    );
+    // The same report as `portcullis audit report` (but when it was made
+    // and what happened in between: the log grew by the alice refusal).
+    let out = f.gw.cli(&[
+        "audit", "report", "--from", &today, "--to", &today, "--format", "json", "--output", "-",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["schema"], "portcullis.audit-report.v1");
+    // (Not the sessions: other tests of this file add some meanwhile.)
+    for key in ["from", "to", "from_ms", "to_ms", "gateway"] {
+        assert_eq!(json[key], cli[key], "{key}");
+    }
+    assert_eq!(
+        json["to_ms"].as_i64().unwrap() - json["from_ms"].as_i64().unwrap(),
+        86_400_000 - 1
+    );
+    let verdict = json["verification"]["verdict"].as_str().unwrap();
+    assert!(
+        page.contains(&format!(
+            "<span class=\"badge {}\">{verdict}</span>",
+            if verdict == "OK" { "ok" } else { "bad" }
+        )),
+        "{page}"
+    );
+    assert!(page.contains(&format!(
+        "<dd id=\"report-sessions\">{}</dd>",
+        json["totals"]["sessions"]
+    )));
+    assert!(page.contains("id=\"download-html\""));
+}
+
+#[test]
+fn the_containers_page_shows_each_containers_node_and_who_used_it_last() {
+    let f = fixture();
+    let name = format!("webfleet{}", std::process::id());
+    let page = rt().block_on(async {
+        let store = store_of(&f.gw).await;
+        // A node's heartbeat, as the edge stores it.
+        store
+            .push_inventory(
+                "node-7",
+                "test",
+                &[(name.clone(), "RUNNING".into(), r#"{"env":"prod"}"#.into())],
+            )
+            .await
+            .unwrap();
+        store
+            .insert_session(&portcullis::store::NewSession {
+                id: &format!("{name}s1"),
+                principal: "bob",
+                email: None,
+                container: &name,
+                login: "root",
+                command: None,
+                client_addr: Some("192.0.2.7:50000"),
+                recording_path: "/nonexistent.cast",
+                grant_id: None,
+            })
+            .await
+            .unwrap();
+        let c = client();
+        assert_eq!(log_in(&c, "reviewer").await.status(), StatusCode::OK);
+        let r = c.get(format!("{}/containers", f.web)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.unwrap()
+    });
+    let row = page
+        .split(&format!("<tr id=\"container-{name}\">"))
+        .nth(1)
+        .and_then(|rest| rest.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row for {name}:\n{page}"));
+    let cells: Vec<String> = row
+        .split("<td")
+        .skip(1)
+        .map(|c| {
+            let inner = &c[c.find('>').unwrap() + 1..];
+            let mut text = String::new();
+            let mut tag = false;
+            for ch in inner.chars() {
+                match ch {
+                    '<' => tag = true,
+                    '>' => tag = false,
+                    _ if !tag => text.push(ch),
+                    _ => {}
+                }
+            }
+            text
+        })
+        .collect();
+    assert_eq!(cells[0], name);
+    assert_eq!(cells[1], "env=prod");
+    assert_eq!(cells[2], "running");
+    assert_eq!(cells[3], "fleet");
+    assert_eq!(cells[4], "node-7");
+    assert_eq!(cells[5], "bob");
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    assert!(cells[6].starts_with(&today), "{cells:?}");
 }

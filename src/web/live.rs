@@ -3,10 +3,10 @@
 //! [`Follower`]) and killing one with a reason.
 //!
 //! Watching is the `watch` decision and is audited (`session_watched`);
-//! killing is the `kill` decision, needs a fresh login, is audited
-//! (`session_kill_requested`) before the kill request is written, and ends
-//! the session through the store's kill request (whichever gateway serves
-//! it) and this gateway's `end_live_session` callback.
+//! killing needs a fresh login and is the broker's `sessions kill`
+//! command ([`super::broker`]): the `kill` decision, `session_kill_requested`
+//! audited before the kill request is written, every gateway of the fleet
+//! told, and the wait for the end.
 
 use std::convert::Infallible;
 use std::path::Path as FsPath;
@@ -21,6 +21,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 
 use super::auth::Viewer;
+use super::broker::Word;
 use super::views::{Nav, fresh_login_page, message_page};
 use super::{Console, WebError};
 use crate::audit::AuditEvent;
@@ -29,9 +30,6 @@ use crate::recording::{Follower, Header};
 
 /// How often the stream looks for new output.
 const POLL: Duration = Duration::from_millis(200);
-/// Longest wait for a killed session to end, in seconds (the serving
-/// gateway looks for kill requests every second).
-const KILL_WAIT_SECONDS: u64 = 10;
 
 /// `GET /sessions/{id}/live`: the session's output so far, then what it
 /// prints, as SSE `message`s (`{"cols","rows","time","init"}` first, then
@@ -153,67 +151,38 @@ pub(crate) async fn kill(
             "A one-line reason of at most 512 bytes is required; the user is shown it.".into(),
         ));
     }
-    let session = console
-        .authorize_session(&viewer, Action::Kill, &id)
-        .await?;
-    if !viewer.fresh(&console) {
-        return fresh_login_page(&viewer, &format!("/sessions/{}", session.id));
+    if id.is_empty() || id.starts_with('-') {
+        return Err(WebError::NotFound);
     }
-    if session.status != "running" {
-        return Err(WebError::BadRequest(format!(
-            "Session {} is not running (status {}).",
-            session.id, session.status
-        )));
+    // A fresh login is asked only of those the policy allows to kill this
+    // session; the others go on to the command, which refuses and audits.
+    let may = match console.store.session(&id).await {
+        Ok(session) => console.may(&viewer, Action::Kill, &session).0,
+        Err(crate::store::StoreError::SessionNotFound(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if may && !viewer.fresh(&console) {
+        return fresh_login_page(&viewer, &format!("/sessions/{id}"));
     }
-    console
-        .record(
-            Some(&viewer.principal.subject),
-            &viewer.client,
-            Some(&session.id),
-            &AuditEvent::SessionKillRequested {
-                reason: reason.clone(),
-            },
+    // `sessions kill ID --reason R`, as `ssh portcullis@gw` runs it: the
+    // audited decision, `session_kill_requested`, the kill request (every
+    // gateway of the fleet is told) and the wait for the end.
+    let said = console
+        .command(
+            &viewer,
+            &[
+                Word::Plain("sessions"),
+                Word::Plain("kill"),
+                Word::Plain(&id),
+                Word::Value("reason", &reason),
+            ],
         )
         .await?;
-    if !console.store.request_kill(&session.id, &reason).await? {
-        return Err(WebError::BadRequest(format!(
-            "Session {} ended before it could be killed.",
-            session.id
-        )));
-    }
-    // This gateway ends it now when it serves it; another one sees the
-    // request within a second.
-    (console.end_live_session)(&session.id, &reason);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(KILL_WAIT_SECONDS);
-    loop {
-        if console.store.session(&session.id).await?.status != "running" {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return message_page(
-                Nav::of(&viewer),
-                "Kill requested",
-                &format!(
-                    "Session {} is still running after {KILL_WAIT_SECONDS} s: is its gateway up? \
-                     The request stays until it ends.",
-                    session.id
-                ),
-                Some((
-                    format!("/sessions/{}", session.id),
-                    "Back to the session".into(),
-                )),
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
     Ok(message_page(
         Nav::of(&viewer),
         "Session killed",
-        &format!("Session {} ended. Its user was told: {reason}", session.id),
-        Some((
-            format!("/sessions/{}", session.id),
-            "Back to the session".into(),
-        )),
+        &format!("{} Its user was told: {reason}", said.trim()),
+        Some((format!("/sessions/{id}"), "Back to the session".into())),
     )?
     .into_response())
 }

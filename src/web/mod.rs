@@ -5,12 +5,13 @@
 //!
 //! Owns the console's HTTP side only: login and console sessions
 //! ([`auth`], [`login`]), the pages ([`sessions`], [`requests`],
-//! [`audit_page`], [`containers`]), the SSH login page ([`ssh_login`]) and
-//! the static assets ([`assets`]). It never decides access itself (every
-//! page and action is a Cedar decision through [`crate::policy`], every
-//! workflow step goes through [`crate::grants::Workflow`]) and never
-//! imports `ssh`: a live session is ended through the `end_live_session`
-//! callback the gateway hands it. Terminal output is never turned into
+//! [`audit_page`], [`audit_report`], [`containers`], [`locks`]), the SSH login page
+//! ([`ssh_login`]) and the static assets ([`assets`]). It never decides
+//! access itself (every page is a Cedar decision through
+//! [`crate::policy`]) and never acts itself: every action (approve, deny,
+//! revoke, review, kill, lock) is the broker command an SSH user would run
+//! ([`crate::commands`], through [`broker`]), which decides, audits and
+//! acts. It never imports `ssh`. Terminal output is never turned into
 //! HTML: only the vendored asciinema-player renders it, in the browser.
 //!
 //! # Layout
@@ -24,16 +25,22 @@
 //! | `assets.rs` | embedded static files and the security headers |
 //! | `sessions.rs`, `live.rs` | session lists, search, the player page, downloads, live watching, kill |
 //! | `requests.rs` | access requests, grants, break-glass reviews |
+//! | `locks.rs` | locks: list, add, remove |
+//! | `broker.rs` | running a broker command ([`crate::commands`]) for the logged-in principal |
 //! | `audit_page.rs`, `containers.rs` | the audit log and its verification; the inventory |
+//! | `audit_report.rs` | the auditor's report of a period: its summary, its downloads |
 //! | `ssh_login.rs` | the SSH login page `/l/CODE` and its library API |
 //! | `tls.rs` | the TLS listener |
 
 mod assets;
 mod audit_page;
+mod audit_report;
 mod auth;
+mod broker;
 mod containers;
 mod limits;
 mod live;
+mod locks;
 mod login;
 mod requests;
 mod sessions;
@@ -52,14 +59,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
 use crate::config::{Config, WebConfig};
+use crate::gateway::Gateway;
 use crate::identity::Issuers;
 use crate::inventory::Inventory;
 use crate::policy::PolicyEngine;
 use crate::store::{Store, StoreError};
-
-/// Ends live session `id` with `reason` shown to its user; false when this
-/// gateway serves no such session (the gateway's `end_live_session`).
-pub type EndLiveSession = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
 /// What the console needs from the gateway, handed over once at start.
 pub struct ConsoleParts {
@@ -75,8 +79,9 @@ pub struct ConsoleParts {
     pub policy: PolicyEngine,
     /// The container inventory.
     pub inventory: Inventory,
-    /// Ends a live session of this gateway.
-    pub end_live_session: EndLiveSession,
+    /// The gateway, for the broker commands the console's actions run
+    /// ([`crate::commands::execute`], as `ssh portcullis@gw` does).
+    pub gateway: Arc<Gateway>,
 }
 
 /// The console's shared state: the services it needs, nothing of `ssh`.
@@ -88,7 +93,7 @@ pub struct Console {
     pub(crate) issuers: Arc<Issuers>,
     pub(crate) policy: PolicyEngine,
     pub(crate) inventory: Inventory,
-    pub(crate) end_live_session: EndLiveSession,
+    pub(crate) gateway: Arc<Gateway>,
     pub(crate) limits: limits::RateLimits,
 }
 
@@ -132,6 +137,11 @@ pub enum WebError {
     /// The policy does not allow it; the text says what.
     #[error("refused: {0}")]
     Refused(String),
+    /// A broker command said no (the policy, the state of what it acts
+    /// on, the database or the audit log); the text is its one line,
+    /// already audited by the command.
+    #[error("{0}")]
+    CommandRefused(String),
     /// A state-changing request without a valid CSRF token or `Origin`.
     #[error("cross-site request refused: {0}")]
     CrossSite(String),
@@ -160,6 +170,7 @@ impl WebError {
                 StatusCode::FORBIDDEN,
                 "Refused: this request did not come from a console page (CSRF check).".into(),
             ),
+            WebError::CommandRefused(m) => (StatusCode::FORBIDDEN, capitalised(m)),
             WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             WebError::RateLimited => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -183,6 +194,15 @@ impl WebError {
                 "The console failed; see the gateway's log.".into(),
             ),
         }
+    }
+}
+
+/// `text` with its first letter upper-case.
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
@@ -214,7 +234,7 @@ impl Console {
             issuers: parts.issuers,
             policy: parts.policy,
             inventory: parts.inventory,
-            end_live_session: parts.end_live_session,
+            gateway: parts.gateway,
         }))
     }
 }
@@ -239,9 +259,13 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/requests/{id}/deny", post(requests::deny))
         .route("/requests/{id}/revoke", post(requests::revoke))
         .route("/requests/{id}/review", post(requests::review))
-        .route("/locks", get(requests::locks))
+        .route("/locks", get(locks::list))
+        .route("/locks/add", post(locks::add))
+        .route("/locks/{id}/remove", post(locks::remove))
         .route("/audit", get(audit_page::list))
         .route("/audit/verify", post(audit_page::verify))
+        .route("/audit/report", get(audit_report::show))
+        .route("/audit/report/download", get(audit_report::download))
         .route("/containers", get(containers::list))
         .route("/l/{code}", get(ssh_login::page_handler))
         .route("/l/{code}/start", post(ssh_login::start))

@@ -2,12 +2,13 @@
 //! duration and the container's labels; approve or deny with a comment;
 //! the multi-approval progress (derived from the policy's answer to
 //! `activate`); active grants with their time left and revoke; break-glass
-//! grants awaiting review. Locks get their page when they exist.
+//! grants awaiting review.
 //!
-//! The handlers are thin: every step is [`crate::grants::Workflow`] (the
-//! same core the SSH broker calls), which decides with the policy and
-//! audits; the console adds the page-level `view_requests` decision, the
-//! fresh login and the rate limit.
+//! The handlers are thin: every step is the broker's command
+//! (`approve`, `deny`, `revoke`, `review`, through [`super::broker`]),
+//! which decides with the policy, audits and acts through
+//! [`crate::grants::Workflow`]; the console adds the page-level
+//! `view_requests` decision, the fresh login and the rate limit.
 
 use std::sync::Arc;
 
@@ -18,10 +19,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::auth::Viewer;
+use super::broker::Word;
 use super::views::{Nav, format_seconds, format_time, fresh_login_page, message_page, page};
 use super::{Console, WebError};
 use crate::audit::AuditEvent;
-use crate::grants::{Actor, GrantError, Workflow};
+use crate::grants::{GrantError, Workflow};
 use crate::policy::{Action, WorkflowRequest};
 use crate::store::{AccessRequestRecord, ApprovalRecord, now_ms};
 
@@ -339,6 +341,11 @@ impl Step {
     }
 }
 
+/// Runs the broker's command for `step` on request `id` (`approve ID
+/// [--comment C]`, `deny ID --reason C`, `revoke ID --reason C`, `review
+/// ID [--comment C]`), as `ssh portcullis@gw` would: the command decides,
+/// audits and acts through [`crate::grants::Workflow`]. The console adds
+/// the rate limit and, for those the policy allows, a fresh login first.
 async fn act(
     console: &Console,
     viewer: &Viewer,
@@ -349,65 +356,44 @@ async fn act(
     viewer.count_action(console)?;
     let wf = console.workflow();
     let r = wf.get(id).await.map_err(from_grant)?;
-    let labels = console.labels_of(&r.container);
     let have =
         i64::try_from(wf.approvals(&r.id).await.map_err(from_grant)?.len()).unwrap_or(i64::MAX);
     // A fresh login is asked only of those the policy allows; the others
-    // go on to the workflow, which refuses and audits.
+    // go on to the command, which refuses and audits.
     if !viewer.fresh(console) && console.workflow_allows(viewer, step.action(), &r, have) {
         return fresh_login_page(viewer, &format!("/requests/{}", r.id));
     }
-    let actor = Actor {
-        principal: &viewer.principal,
-        client_addr: &viewer.client,
-    };
     let comment = comment.trim();
-    let optional = Some(comment).filter(|c| !c.is_empty());
-    let message = match step {
-        Step::Approve => {
-            let done = wf
-                .approve(&actor, &r, &labels, optional)
-                .await
-                .map_err(from_grant)?;
-            if done.activated() {
-                format!(
-                    "Request {} is approved: {} may use {}@{} until {} UTC.",
-                    r.id,
-                    r.requester,
-                    r.login,
-                    r.container,
-                    done.request.expires_at.map(format_time).unwrap_or_default()
-                )
-            } else {
-                format!(
-                    "Your approval of request {} is recorded; {}.",
-                    r.id,
-                    console.progress(viewer, &r, i64::try_from(done.approvals.len()).unwrap_or(0))
-                )
-            }
-        }
-        Step::Deny => {
-            wf.deny(&actor, &r, &labels, comment)
-                .await
-                .map_err(from_grant)?;
-            format!("Request {} is denied.", r.id)
-        }
-        Step::Revoke => {
-            wf.revoke(&actor, &r, &labels, comment)
-                .await
-                .map_err(from_grant)?;
-            format!(
-                "Grant {} is revoked; sessions that depend on it end now.",
-                r.id
-            )
-        }
-        Step::Review => {
-            wf.review(&actor, &r, &labels, optional)
-                .await
-                .map_err(from_grant)?;
-            format!("Break-glass grant {} is marked reviewed.", r.id)
-        }
+    let (verb, field, required) = match step {
+        Step::Approve => ("approve", "comment", false),
+        Step::Deny => ("deny", "reason", true),
+        Step::Revoke => ("revoke", "reason", true),
+        Step::Review => ("review", "comment", false),
     };
+    if required && comment.is_empty() {
+        return Err(WebError::BadRequest(format!(
+            "To {verb}, say why in the comment (the requester is shown it)."
+        )));
+    }
+    let mut words = vec![Word::Plain(verb), Word::Plain(&r.id)];
+    if !comment.is_empty() {
+        words.push(Word::Value(field, comment));
+    }
+    let said = console.command(viewer, &words).await?;
+    let mut message = said.trim().to_string();
+    if step == Step::Approve {
+        // Still pending: how far the approvals are.
+        let now = wf.get(&r.id).await.map_err(from_grant)?;
+        if now.status == "pending" {
+            let have = i64::try_from(wf.approvals(&r.id).await.map_err(from_grant)?.len())
+                .unwrap_or(i64::MAX);
+            message = format!(
+                "Your approval of request {} is recorded; {}.",
+                r.id,
+                console.progress(viewer, &now, have)
+            );
+        }
+    }
     Ok(message_page(
         Nav::of(viewer),
         "Done",
@@ -455,16 +441,4 @@ pub(crate) async fn review(
     Form(form): Form<ActionForm>,
 ) -> Result<Response, WebError> {
     act(&console, &viewer, &id, Step::Review, &form.comment).await
-}
-
-/// `GET /locks`: a place for locks, which arrive with the "access that
-/// ends" work.
-pub(crate) async fn locks(viewer: Viewer) -> Result<Response, WebError> {
-    message_page(
-        Nav::of(&viewer),
-        "Locks",
-        "Locks (list, add, remove) arrive with the \"access that ends\" work; this page will \
-         hold them.",
-        None,
-    )
 }
