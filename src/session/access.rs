@@ -246,9 +246,12 @@ impl Access {
 }
 
 /// Re-checks what the caller logged in with, at every session (every new
-/// channel of a connection, a ControlMaster's too; issue 12): no lock
-/// covers the principal, the container or the login, and the key's binding
-/// (when it logged in with one) is neither revoked nor expired. Audited
+/// channel of a connection, a ControlMaster's too; issue 12): the
+/// credential (certificate's `valid_before`, ID token's `exp` without a
+/// refresh token, key binding's end) has not ended, no lock covers the
+/// principal, its groups, issuer or key, the container or the login, and
+/// the key's binding (when it logged in with one) is neither revoked nor
+/// expired. Audited
 /// (`TargetRefused`) before the refusal; the database not answering
 /// refuses (fail closed).
 async fn still_valid(gw: &Gateway, caller: &Caller, target: &Target) -> Result<(), Refusal> {
@@ -260,14 +263,27 @@ async fn still_valid(gw: &Gateway, caller: &Caller, target: &Target) -> Result<(
         tracing::error!(error = %e, "cannot read locks or key bindings; refusing");
         Refusal::database_unavailable()
     };
-    let lock = super::lock::covering(
-        &gw.store,
-        &caller.principal.subject,
-        Some(&target.container),
-        Some(&target.login),
-    )
-    .await
-    .map_err(unavailable)?;
+    if let Some(end) = caller.credential_expires_at
+        && end <= crate::store::now_ms()
+    {
+        let reason = format!("the credential it logged in with ended at {end} (unix ms)");
+        caller.audit(gw, None, refused(reason)).await?;
+        return Err(Refusal::new(
+            "Access denied: the credential you logged in with has expired; log in again (a new \
+             connection).",
+        ));
+    }
+    let who = crate::store::LockSubject {
+        principal: &caller.principal.subject,
+        groups: &caller.principal.groups,
+        issuer: &caller.principal.issuer,
+        key_fingerprint: caller.key_fingerprint.as_deref(),
+        container: Some(&target.container),
+        login: Some(&target.login),
+    };
+    let lock = super::lock::covering(&gw.store, &who)
+        .await
+        .map_err(unavailable)?;
     if let Some(lock) = lock {
         let reason = format!("locked ({}): {}", lock.id, truncate(&lock.reason, 512));
         caller.audit(gw, None, refused(reason)).await?;

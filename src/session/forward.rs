@@ -207,6 +207,8 @@ impl OpenForward {
         let mut ending = gateway.live.register(LiveSession {
             id: record.id().to_string(),
             principal: caller.principal.subject.clone(),
+            groups: caller.principal.groups.clone(),
+            connection: caller.connection,
             issuer: caller.principal.issuer.clone(),
             container: access.container.name.clone(),
             login: access.target.login.clone(),

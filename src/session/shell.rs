@@ -177,6 +177,8 @@ async fn live<O: Output>(
     let ending = gw.live.register(LiveSession {
         id: session_id.clone(),
         principal: caller.principal.subject.clone(),
+        groups: caller.principal.groups.clone(),
+        connection: caller.connection,
         issuer: caller.principal.issuer.clone(),
         container: container.name.clone(),
         login: target.login.clone(),

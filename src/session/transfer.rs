@@ -254,6 +254,8 @@ impl Started {
         let mut ending = gw.live.register(LiveSession {
             id: session_id.clone(),
             principal: caller.principal.subject.clone(),
+            groups: caller.principal.groups.clone(),
+            connection: caller.connection,
             issuer: caller.principal.issuer.clone(),
             container: container.name.clone(),
             login: target.login.clone(),
