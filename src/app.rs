@@ -625,7 +625,10 @@ async fn reload_on_hangup(gateway: Arc<Gateway>) {
         }
         if ok {
             match gateway.policy.reload(&dir) {
-                Ok(()) => tracing::info!(dir = %dir.display(), "policies reloaded"),
+                Ok(()) => {
+                    let ended = gateway.end_denied_by_policy();
+                    tracing::info!(dir = %dir.display(), ended, "policies reloaded");
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "policy reload refused; the old policies stay")
                 }

@@ -116,6 +116,17 @@ impl Gateway {
         (sessions, connections)
     }
 
+    /// Decides every live session again with the policies loaded now
+    /// (after a reload, issue 12 point 5) and ends each one they no longer
+    /// allow ([`crate::session::end::EndReason::PolicyChanged`]: audited
+    /// by the session and shown to its user); returns how many.
+    pub fn end_denied_by_policy(&self) -> usize {
+        self.live.end_where(
+            |s| s.recheck.as_ref().is_some_and(|r| !r.allows(&self.policy)),
+            |_| crate::session::end::EndReason::PolicyChanged,
+        )
+    }
+
     /// How users reach the broker in printed `ssh` lines, followed by
     /// `rest`: `ssh [grants] gateway_address rest`, else
     /// `ssh -p PORT BROKER@HOST rest` (the port left out when 22).

@@ -360,3 +360,67 @@ async fn an_unused_connection_is_closed_and_one_in_use_is_not() {
     assert!(closed.iter().all(|(_, r)| r == reason), "{closed:?}");
     gw.stop().await;
 }
+
+/// `ssh LOGIN@container 'echo ready; sleep 600'` as `user`, once it
+/// printed `ready` (no PTY).
+fn live_command(gw: &TestGateway, user: &str, login: &str) -> Client {
+    let w = world();
+    let target = format!("{login}@{}", w.container().name);
+    let mut cmd = gw.ssh_batch(&target, w.key(user), Some(w.cert(user)));
+    cmd.arg("echo ready; sleep 600");
+    let mut client = Client::spawn(cmd);
+    assert_eq!(client.first_line(), "ready\n");
+    client
+}
+
+#[test]
+fn a_policy_reload_ends_the_live_sessions_it_now_denies() {
+    let w = world();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let gw = w.another_gateway(&format!("[policy]\ndir = \"{}\"\n", dir.path().display()));
+    let alice = live_command(&gw, "alice", "app");
+    let mut admin = live_command(&gw, "admin", "app");
+    // Developers lose shells and commands; admins keep theirs.
+    let access = dir.path().join("access.cedar");
+    let good = std::fs::read_to_string(&access).unwrap();
+    let without = good.replace(
+        "principal in Group::\"developers\",\n  action in [Action::\"shell\", Action::\"exec\"]",
+        "principal in Group::\"nobody\",\n  action in [Action::\"shell\", Action::\"exec\"]",
+    );
+    assert_ne!(without, good);
+    std::fs::write(&access, without).unwrap();
+    let reloaded = gw.cli(&["policy", "reload"]);
+    assert!(reloaded.status.success(), "{reloaded:?}");
+    let (code, _, stderr) = alice.wait();
+    assert_ne!(code, 0);
+    let reason = "the policy no longer allows it";
+    assert!(
+        stderr.contains(&format!("Portcullis: session ended: {reason}.")),
+        "{stderr}\n{}",
+        gw.log()
+    );
+    let ended = events_with_reason(&gw, "session_control", reason);
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    let reload = gw
+        .audit_events()
+        .into_iter()
+        .find(|e| e["kind"] == "policy" && e["outcome"] == "info")
+        .unwrap();
+    let after = ended[0]["at"].as_i64().unwrap() - reload["at"].as_i64().unwrap();
+    eprintln!("the denied session ended {after} ms after the reload's event");
+    assert!((0..=1000).contains(&after), "{after} ms");
+    // The admin's session, still allowed, runs on.
+    assert!(admin.child.try_wait().unwrap().is_none());
+    assert_eq!(
+        gw.sessions()
+            .iter()
+            .filter(|s| s["status"] == "running")
+            .count(),
+        1
+    );
+}

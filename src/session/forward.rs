@@ -214,6 +214,7 @@ impl OpenForward {
             login: access.target.login.clone(),
             client_addr: caller.client_addr.clone(),
             key_fingerprint: caller.key_fingerprint.clone(),
+            recheck: Some(access.recheck.clone()),
         });
         let started = Instant::now();
         let (mut from_tcp, to_tcp) = stream.into_split();

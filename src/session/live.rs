@@ -43,7 +43,44 @@ pub struct LiveSession {
     pub client_addr: String,
     /// `SHA256:...` of the public key the client logged in with, if any.
     pub key_fingerprint: Option<String>,
+    /// Its decision, to make again after a policy reload (`None`: nothing
+    /// to decide again, e.g. host root's `portcullis attach`).
+    pub recheck: Option<Recheck>,
 }
+
+/// A live session's policy decision, made again with the policies loaded
+/// now (issue 12 point 5): the same principal, container, login, uid,
+/// action, command, context and grant as when it started.
+#[derive(Clone)]
+pub struct Recheck(Arc<dyn Fn(&crate::policy::PolicyEngine) -> bool + Send + Sync>);
+
+impl Recheck {
+    /// A recheck that asks `decide`.
+    pub fn new(
+        decide: impl Fn(&crate::policy::PolicyEngine) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Recheck(Arc::new(decide))
+    }
+
+    /// True when `policy` still allows the session (an error denies).
+    pub fn allows(&self, policy: &crate::policy::PolicyEngine) -> bool {
+        (self.0)(policy)
+    }
+}
+
+impl std::fmt::Debug for Recheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recheck")
+    }
+}
+
+impl PartialEq for Recheck {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Recheck {}
 
 struct Entry {
     session: LiveSession,
@@ -312,6 +349,7 @@ mod tests {
             login: "root".into(),
             client_addr: "127.0.0.1:1".into(),
             key_fingerprint: None,
+            recheck: None,
         }
     }
 

@@ -154,6 +154,7 @@ async fn live<O: Output>(
         container,
         init,
         grant,
+        recheck,
         ..
     } = access;
     let attach_request = AttachRequest {
@@ -184,6 +185,7 @@ async fn live<O: Output>(
         login: target.login.clone(),
         client_addr: caller.client_addr.clone(),
         key_fingerprint: caller.key_fingerprint.clone(),
+        recheck: Some(recheck),
     });
     let (notices, notices_rx) = mpsc::channel(4);
     let grant_watch = grant.map(|g| {

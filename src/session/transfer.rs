@@ -191,6 +191,7 @@ impl Started {
             target,
             container,
             init,
+            recheck,
             ..
         } = access;
         let request = AttachRequest {
@@ -261,6 +262,7 @@ impl Started {
             login: target.login.clone(),
             client_addr: caller.client_addr.clone(),
             key_fingerprint: caller.key_fingerprint.clone(),
+            recheck: Some(recheck),
         });
         // Client -> server; dropping stdin sends EOF and the server ends.
         let feed = {
