@@ -42,6 +42,9 @@ pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// How often kill requests (from any gateway sharing the database) and
 /// grant expiries are looked for.
 const BACKGROUND_TICK: Duration = Duration::from_secs(1);
+/// How often every gateway reads the locks (issue 12: a lock ends what it
+/// covers within 1 s on every gateway sharing the database).
+const LOCK_TICK: Duration = Duration::from_millis(250);
 
 /// A failed step of starting or stopping the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +309,7 @@ impl App {
             shutdown,
             tasks: tokio_util::task::TaskTracker::new(),
             live: Default::default(),
+            connections: Default::default(),
             edge,
             config,
         });
@@ -538,7 +542,7 @@ async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSig
     let mut sign = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut kills = tokio::time::interval(BACKGROUND_TICK);
     let mut expiries = tokio::time::interval(BACKGROUND_TICK);
-    let mut locks = tokio::time::interval(BACKGROUND_TICK);
+    let mut locks = tokio::time::interval(LOCK_TICK);
     loop {
         tokio::select! {
             _ = gateway.shutdown.cancelled() => return signer,
@@ -564,12 +568,13 @@ async fn background_work(gateway: Arc<Gateway>, signer: AuditSigner) -> AuditSig
                 Err(e) => tracing::error!(error = %e, "cannot read kill requests"),
             },
             // Locks added on any gateway sharing the database (or by the
-            // CLI) end the live sessions they cover here within a tick.
+            // CLI) end the live sessions and connections they cover here
+            // within a tick.
             _ = locks.tick() => match gateway.store.active_locks().await {
                 Ok(active) => {
-                    let ended = gateway.end_locked(&active);
-                    if ended > 0 {
-                        tracing::info!(ended, "locked sessions told to end");
+                    let (sessions, connections) = gateway.end_locked(&active);
+                    if sessions + connections > 0 {
+                        tracing::info!(sessions, connections, "locked: told to end");
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot read locks"),
@@ -617,7 +622,10 @@ async fn reload_on_hangup(gateway: Arc<Gateway>) {
         }
         if ok {
             match gateway.policy.reload(&dir) {
-                Ok(()) => tracing::info!(dir = %dir.display(), "policies reloaded"),
+                Ok(()) => {
+                    let ended = gateway.end_denied_by_policy();
+                    tracing::info!(dir = %dir.display(), ended, "policies reloaded");
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "policy reload refused; the old policies stay")
                 }

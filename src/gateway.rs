@@ -20,7 +20,7 @@ use crate::identity::{CertificateAuthorities, FailureThrottle, Issuers, KeyBindi
 use crate::inventory::Inventory;
 use crate::policy::PolicyEngine;
 use crate::recording::Recordings;
-use crate::session::live::LiveSessions;
+use crate::session::live::{LiveConnections, LiveSessions};
 use crate::store::Store;
 
 /// Everything a connection needs, shared by all connections.
@@ -54,6 +54,8 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// The sessions this gateway serves now ([`crate::session::live`]).
     pub live: LiveSessions,
+    /// The authenticated connections this gateway serves now.
+    pub connections: LiveConnections,
     /// On a fleet edge: how sessions are relayed to nodes (`None` on the
     /// all-in-one gateway and on nodes).
     pub edge: Option<EdgeRelay>,
@@ -88,21 +90,40 @@ impl Gateway {
     }
 
     /// Ends every live session one of `locks` covers (issue 12), each with
-    /// its lock's id and reason shown to its user; returns how many were
-    /// told to end.
-    pub fn end_locked(&self, locks: &[crate::store::LockRecord]) -> usize {
-        use crate::session::live::LiveSession;
-        let lock_of = |s: &LiveSession| {
-            locks
-                .iter()
-                .find(|l| l.covers(&s.principal, Some(&s.container), Some(&s.login)))
-        };
-        self.live.end_where(
+    /// its lock's id and reason shown to its user, then tells every
+    /// authenticated connection one covers to close (a ControlMaster's
+    /// with no session open too; its front door audits the close and shows
+    /// the reason); returns how many sessions and connections were told.
+    pub fn end_locked(&self, locks: &[crate::store::LockRecord]) -> (usize, usize) {
+        use crate::session::live::{LiveConnection, LiveSession};
+        let lock_of = |s: &LiveSession| locks.iter().find(|l| l.covers(&s.lock_subject()));
+        let sessions = self.live.end_where(
             |s| lock_of(s).is_some(),
             |s| crate::session::end::EndReason::Locked {
                 lock_id: lock_of(s).map(|l| l.id.clone()).unwrap_or_default(),
                 reason: lock_of(s).map(|l| l.reason.clone()).unwrap_or_default(),
             },
+        );
+        let covering = |c: &LiveConnection| locks.iter().find(|l| l.covers(&c.lock_subject()));
+        let connections = self.connections.close_where(
+            |c| covering(c).is_some(),
+            |c| {
+                covering(c)
+                    .map(|l| format!("locked ({}): {}", l.id, l.reason))
+                    .unwrap_or_default()
+            },
+        );
+        (sessions, connections)
+    }
+
+    /// Decides every live session again with the policies loaded now
+    /// (after a reload, issue 12 point 5) and ends each one they no longer
+    /// allow ([`crate::session::end::EndReason::PolicyChanged`]: audited
+    /// by the session and shown to its user); returns how many.
+    pub fn end_denied_by_policy(&self) -> usize {
+        self.live.end_where(
+            |s| s.recheck.as_ref().is_some_and(|r| !r.allows(&self.policy)),
+            |_| crate::session::end::EndReason::PolicyChanged,
         )
     }
 

@@ -318,6 +318,13 @@ pub enum AuditEvent {
         /// Why.
         reason: String,
     },
+    /// The gateway closed an authenticated connection (issue 12): a lock
+    /// covers it, its credential ended, or it had no channel open for
+    /// `auth.unused_connection_timeout`. Written before the disconnect.
+    ConnectionClosed {
+        /// Why, as the user reads it.
+        reason: String,
+    },
     /// An access request was created (issue 7); approvers may now decide it.
     AccessRequested {
         /// The request id.
@@ -521,6 +528,7 @@ impl AuditEvent {
             AuditEvent::SftpStreamEnded { .. } => "sftp_stream",
             AuditEvent::ForwardOpened { .. } | AuditEvent::ForwardClosed { .. } => "forward",
             AuditEvent::ChannelRefused { .. } => "channel",
+            AuditEvent::ConnectionClosed { .. } => "connection",
             AuditEvent::LockAdded { .. } | AuditEvent::LockRemoved { .. } => "lock",
             AuditEvent::PolicyReloaded { .. } | AuditEvent::PolicyReloadRefused { .. } => "policy",
             AuditEvent::AccessRequested { .. }
@@ -575,6 +583,7 @@ impl AuditEvent {
             | AuditEvent::ForwardClosed { .. } => "info",
             AuditEvent::ForwardOpened { .. } => "success",
             AuditEvent::ChannelRefused { .. } => "deny",
+            AuditEvent::ConnectionClosed { .. } => "info",
             AuditEvent::AccessRequested { .. } => "success",
             AuditEvent::AccessRequestApproved { .. } => "allow",
             AuditEvent::AccessRequestRefused { .. } => "deny",

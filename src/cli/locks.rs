@@ -1,7 +1,8 @@
-//! `portcullis locks`: add, list and remove locks (issue 12). A lock
-//! refuses every new session of a principal, into a container or as a
-//! login, and every gateway sharing the database ends the live sessions it
-//! covers within a second. Audited before the change.
+//! `portcullis lock` (alias `locks`): add, list and remove locks (issue
+//! 12). A lock refuses every new login and session of a principal, a
+//! group, a key or an issuer, into a container or as a login, and every
+//! gateway sharing the database ends the live sessions and closes the
+//! connections it covers within a second. Audited before the change.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,21 +15,34 @@ use crate::config::Config;
 use crate::session::lock;
 use crate::store::{LockRecord, LockTarget, NewLock, Store, now_ms};
 
-/// `portcullis locks ...`.
+/// `portcullis lock ...`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum LocksCommand {
-    /// Lock a principal, a container or a login: refuse its new sessions
-    /// and end its live ones.
+    /// Lock a principal, a group, a key, an issuer, a container or a
+    /// login: refuse its new logins and sessions, end its live sessions
+    /// and close its connections.
     #[command(group(clap::ArgGroup::new("what").required(true)
-        .args(["principal", "container", "login"])))]
+        .args(["principal", "group", "key", "container", "issuer", "login"])))]
     Add {
         /// Every session of this principal (subject, as `sessions list`
         /// shows it).
         #[arg(long)]
         principal: Option<String>,
+        /// Every session of a principal in this group (as the policy
+        /// sees it, e.g. `developers` or `ca:contractors`).
+        #[arg(long)]
+        group: Option<String>,
+        /// Every session of a connection that logged in with this key
+        /// (`SHA256:...`, a bound key's or a certificate's).
+        #[arg(long)]
+        key: Option<String>,
         /// Every session into this container.
         #[arg(long)]
         container: Option<String>,
+        /// Every session of a principal this issuer vouched for (issuer
+        /// URL, or `ssh-ca:SHA256:...` for a certificate authority).
+        #[arg(long)]
+        issuer: Option<String>,
         /// Every session as this login, in any container.
         #[arg(long)]
         login: Option<String>,
@@ -36,8 +50,8 @@ pub(crate) enum LocksCommand {
         #[arg(long)]
         reason: String,
         /// Ends on its own after this long (`30m`, `8h`); default: until
-        /// removed.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// removed. `--ttl` is the older name.
+        #[arg(long = "for", alias = "ttl", value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
         /// Who adds it, for the audit log (default: $SUDO_USER or $USER).
         #[arg(long)]
@@ -75,18 +89,30 @@ pub(crate) async fn locks(config: Config, command: LocksCommand) -> anyhow::Resu
     match command {
         LocksCommand::Add {
             principal,
+            group,
+            key,
             container,
+            issuer,
             login,
             reason,
             ttl,
             admin,
         } => {
-            let (target, value) = match (principal, container, login) {
-                (Some(p), _, _) => (LockTarget::Principal, p),
-                (_, Some(c), _) => (LockTarget::Container, c),
-                (_, _, Some(l)) => (LockTarget::Login, l),
-                _ => anyhow::bail!("name a --principal, a --container or a --login"),
-            };
+            let (target, value) = [
+                (LockTarget::Principal, principal),
+                (LockTarget::Group, group),
+                (LockTarget::Key, key),
+                (LockTarget::Container, container),
+                (LockTarget::Issuer, issuer),
+                (LockTarget::Login, login),
+            ]
+            .into_iter()
+            .find_map(|(t, v)| v.map(|v| (t, v)))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "name a --principal, --group, --key, --container, --issuer or --login"
+                )
+            })?;
             let expires_at = ttl
                 .map(|d| now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
             let by = admin.unwrap_or_else(operator);

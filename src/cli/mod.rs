@@ -64,9 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
-    /// Locks: refuse and end every session of a principal, into a
-    /// container or as a login.
-    Locks {
+    /// Locks: refuse and end every session and connection of a
+    /// principal, a group, a key or an issuer, into a container or as a
+    /// login (`locks` is the same command).
+    #[command(alias = "locks")]
+    Lock {
         #[command(subcommand)]
         command: locks::LocksCommand,
     },
@@ -202,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Containers { command } => containers::containers(config, command).await,
         Command::Audit { command } => audit::audit(config, command).await,
         Command::Keys { command } => keys::keys(config, command).await,
-        Command::Locks { command } => locks::locks(config, command).await,
+        Command::Lock { command } => locks::locks(config, command).await,
         Command::Nodes { command } => nodes::nodes(config, command).await,
         Command::Attach {
             container,

@@ -1,4 +1,5 @@
-//! `locks add|list|remove` (issue 12): the broker's face of
+//! `lock add|list|remove` (issue 12; `locks` is the same command): the
+//! broker's face of
 //! [`crate::session::lock`], for principals the policy allows the `lock`
 //! action on `Console::"console"` (admins in the shipped policies). The
 //! decision is audited (`AccessDecided`, action `lock`) before anything
@@ -13,14 +14,14 @@ use crate::session::Caller;
 use crate::session::lock::{self, LockError};
 use crate::store::{LockRecord, LockTarget, NewLock, now_ms};
 
-/// Runs `locks ...`; `words` follow `locks`.
+/// Runs `lock ...` (or `locks ...`); `words` follow it.
 pub(super) async fn run(gw: &Gateway, caller: &Caller, words: &[String]) -> Reply {
     let Some((verb, rest)) = words.split_first() else {
-        return Reply::usage("locks needs add, list or remove");
+        return Reply::usage("lock needs add, list or remove");
     };
     if !matches!(verb.as_str(), "add" | "list" | "remove") {
         return Reply::usage(&format!(
-            "unknown locks command {:?} (add, list, remove)",
+            "unknown lock command {:?} (add, list, remove)",
             crate::audit::truncate(verb, 32)
         ));
     }
@@ -71,33 +72,46 @@ fn failed(e: LockError) -> Reply {
 async fn add(gw: &Gateway, caller: &Caller, words: &[String]) -> Result<Reply, Reply> {
     let args = Args::parse(
         words,
-        &["principal", "container", "login", "reason", "ttl"],
+        &[
+            "principal",
+            "group",
+            "key",
+            "container",
+            "issuer",
+            "login",
+            "reason",
+            "for",
+            "ttl",
+        ],
         &["json"],
     )
     .map_err(|m| Reply::usage(&m))?;
-    let mut what = [
-        (LockTarget::Principal, "principal"),
-        (LockTarget::Container, "container"),
-        (LockTarget::Login, "login"),
-    ]
-    .into_iter()
-    .filter_map(|(t, k)| args.values.get(k).map(|v| (t, v.clone())));
+    let mut what = LockTarget::ALL
+        .into_iter()
+        .filter_map(|t| args.values.get(t.as_str()).map(|v| (t, v.clone())));
     let (target, value) = match (what.next(), what.next()) {
         (Some(one), None) => one,
         _ => {
             return Err(Reply::usage(
-                "locks add needs exactly one of --principal, --container, --login",
+                "lock add needs exactly one of --principal, --group, --key, --container, \
+                 --issuer, --login",
             ));
         }
     };
     let reason = args
         .values
         .get("reason")
-        .ok_or_else(|| Reply::usage("locks add needs --reason TEXT"))?;
-    let expires_at = match args.values.get("ttl") {
+        .ok_or_else(|| Reply::usage("lock add needs --reason TEXT"))?;
+    // `--ttl` is the older name of `--for`.
+    let duration = match (args.values.get("for"), args.values.get("ttl")) {
+        (Some(_), Some(_)) => return Err(Reply::usage("give --for or --ttl, not both")),
+        (Some(d), None) | (None, Some(d)) => Some(d),
+        (None, None) => None,
+    };
+    let expires_at = match duration {
         Some(ttl) => {
             let d =
-                humantime::parse_duration(ttl).map_err(|e| Reply::usage(&format!("--ttl: {e}")))?;
+                humantime::parse_duration(ttl).map_err(|e| Reply::usage(&format!("--for: {e}")))?;
             Some(now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
         }
         None => None,
@@ -135,7 +149,7 @@ async fn list(gw: &Gateway, words: &[String]) -> Result<Reply, Reply> {
 async fn remove(gw: &Gateway, caller: &Caller, words: &[String]) -> Result<Reply, Reply> {
     let args = Args::parse(words, &[], &[]).map_err(|m| Reply::usage(&m))?;
     let [id] = args.positional.as_slice() else {
-        return Err(Reply::usage("locks remove needs one lock id"));
+        return Err(Reply::usage("lock remove needs one lock id"));
     };
     lock::remove(&gw.store, &gw.audit, id, &caller.principal.subject)
         .await

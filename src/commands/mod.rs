@@ -9,7 +9,7 @@
 //! review ID               whoami                       request ... --break-glass
 //! sessions watch ID       sessions kill ID --reason ...
 //! keys [--all]            keys revoke FINGERPRINT
-//! locks add|list|remove ...
+//! lock add|list|remove ...   (also `locks`)
 //! ```
 //!
 //! Each command parses its words, calls [`crate::grants`] or the session
@@ -106,9 +106,9 @@ pub const HELP: &str = "Portcullis broker commands (ssh portcullis@GATEWAY COMMA
   sessions kill ID --reason TEXT                                 end a live session (the user sees why)
   keys [--all]                                                   keys bound to you (by your logins)
   keys revoke FINGERPRINT                                        end one of them
-  locks add (--principal P|--container C|--login L) --reason TEXT [--ttl D]
-                                            refuse and end their sessions (admins)
-  locks list [--all]    locks remove ID                          the locks that hold; remove one
+  lock add (--principal P|--group G|--key SHA256:...|--container C|--issuer URL|--login L)
+           --reason TEXT [--for DURATION]   refuse and end their sessions and connections (admins)
+  lock list [--all]     lock remove ID                           the locks that hold; remove one
 Add --json for machine-readable output.
 ";
 
@@ -137,7 +137,7 @@ pub async fn execute<'a>(
     if verb == "keys" {
         return Outcome::Done(keys::run(gateway, caller, rest).await);
     }
-    if verb == "locks" {
+    if verb == "lock" || verb == "locks" {
         return Outcome::Done(locks::run(gateway, caller, rest).await);
     }
     Outcome::Done(run(gateway, caller, verb, rest).await)

@@ -57,6 +57,7 @@ async fn env() -> Env {
         shutdown: Default::default(),
         tasks: Default::default(),
         live: Default::default(),
+        connections: Default::default(),
         edge: None,
         store,
         config,
@@ -77,6 +78,7 @@ fn caller(name: &str, groups: &[&str]) -> Caller {
         destination: Destination::Broker,
         key_fingerprint: None,
         credential_expires_at: None,
+        connection: None,
     }
 }
 

@@ -95,6 +95,12 @@ pub struct AuthConfig {
         with = "humantime_serde"
     )]
     pub device_authorization_window: Duration,
+    /// An authenticated connection with no channel open for this long is
+    /// closed, audited (OpenSSH `UnusedConnectionTimeout`; humantime, e.g.
+    /// `10m`; default: never). A ControlMaster left with no session is
+    /// such a connection.
+    #[serde(default, with = "humantime_serde")]
+    pub unused_connection_timeout: Option<Duration>,
 }
 
 impl Default for AuthConfig {
@@ -119,6 +125,7 @@ impl Default for AuthConfig {
             device_authorizations_per_connection: default_device_authorizations_per_connection(),
             device_authorizations_per_source: default_device_authorizations_per_source(),
             device_authorization_window: default_device_authorization_window(),
+            unused_connection_timeout: None,
         }
     }
 }

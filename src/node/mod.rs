@@ -227,6 +227,7 @@ fn caller_of(relayed: &RelayedIdentity, edge: &str) -> Result<Caller, String> {
         destination: Destination::Container(target),
         key_fingerprint: None,
         credential_expires_at: None,
+        connection: None,
     })
 }
 

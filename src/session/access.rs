@@ -68,6 +68,8 @@ pub struct Access {
     pub ids: LoginIds,
     /// The decision allowed uid 0 (it was made on uid 0).
     pub allow_uid0: bool,
+    /// The decision, to make again after a policy reload.
+    pub recheck: super::live::Recheck,
 }
 
 /// Resolves the caller's destination, asks the policy and pins the
@@ -200,13 +202,77 @@ pub async fn authorize(gw: &Gateway, caller: &Caller, ask: &Ask<'_>) -> Result<A
     };
     // The decision was made on this uid: uid 0 only if it allowed uid 0.
     let allow_uid0 = ids.uid == 0;
+    let grant = if depends_on_grant { grant } else { None };
+    let recheck = recheck(caller, &target, &container, ask, grant.as_ref(), &ids);
     Ok(Access {
         target,
         container,
         init,
-        grant: if depends_on_grant { grant } else { None },
+        grant,
         ids,
         allow_uid0,
+        recheck,
+    })
+}
+
+/// The decision [`decide`] made, as a [`super::live::Recheck`] for the
+/// policies loaded later: the same question, owned (with the grant it
+/// depended on, if any).
+fn recheck(
+    caller: &Caller,
+    target: &Target,
+    container: &Container,
+    ask: &Ask<'_>,
+    grant: Option<&AccessRequestRecord>,
+    ids: &LoginIds,
+) -> super::live::Recheck {
+    let principal = caller.principal.clone();
+    let container = container.clone();
+    let login = target.login.clone();
+    let action = ask.action;
+    let command = ask.command.map(str::to_string);
+    let mut context: Vec<(String, ContextValue)> = ask
+        .context
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    context.push(("uid".into(), ContextValue::Long(i64::from(ids.uid))));
+    context.push(("gid".into(), ContextValue::Long(i64::from(ids.gid))));
+    let grant = grant.map(|g| {
+        (
+            g.id.clone(),
+            g.decided_by.clone().unwrap_or_default(),
+            g.expires_at.unwrap_or(0) / 1000,
+        )
+    });
+    super::live::Recheck::new(move |policy| {
+        let context: Vec<(&str, ContextValue)> = context
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        policy
+            .decide_as_with_container(
+                &principal.issuer,
+                &AccessRequest {
+                    principal: &principal.subject,
+                    groups: &principal.groups,
+                    container: &container.name,
+                    labels: &container.labels,
+                    login: &login,
+                    action,
+                    command: command.as_deref(),
+                    grant: grant
+                        .as_ref()
+                        .map(|(id, approver, expires_at)| GrantContext {
+                            id,
+                            approver,
+                            expires_at: *expires_at,
+                        }),
+                },
+                ContainerAttributes::from(&container),
+                &context,
+            )
+            .is_ok_and(|d| d.allowed)
     })
 }
 
@@ -246,9 +312,12 @@ impl Access {
 }
 
 /// Re-checks what the caller logged in with, at every session (every new
-/// channel of a connection, a ControlMaster's too; issue 12): no lock
-/// covers the principal, the container or the login, and the key's binding
-/// (when it logged in with one) is neither revoked nor expired. Audited
+/// channel of a connection, a ControlMaster's too; issue 12): the
+/// credential (certificate's `valid_before`, ID token's `exp` without a
+/// refresh token, key binding's end) has not ended, no lock covers the
+/// principal, its groups, issuer or key, the container or the login, and
+/// the key's binding (when it logged in with one) is neither revoked nor
+/// expired. Audited
 /// (`TargetRefused`) before the refusal; the database not answering
 /// refuses (fail closed).
 async fn still_valid(gw: &Gateway, caller: &Caller, target: &Target) -> Result<(), Refusal> {
@@ -260,14 +329,27 @@ async fn still_valid(gw: &Gateway, caller: &Caller, target: &Target) -> Result<(
         tracing::error!(error = %e, "cannot read locks or key bindings; refusing");
         Refusal::database_unavailable()
     };
-    let lock = super::lock::covering(
-        &gw.store,
-        &caller.principal.subject,
-        Some(&target.container),
-        Some(&target.login),
-    )
-    .await
-    .map_err(unavailable)?;
+    if let Some(end) = caller.credential_expires_at
+        && end <= crate::store::now_ms()
+    {
+        let reason = format!("the credential it logged in with ended at {end} (unix ms)");
+        caller.audit(gw, None, refused(reason)).await?;
+        return Err(Refusal::new(
+            "Access denied: the credential you logged in with has expired; log in again (a new \
+             connection).",
+        ));
+    }
+    let who = crate::store::LockSubject {
+        principal: &caller.principal.subject,
+        groups: &caller.principal.groups,
+        issuer: &caller.principal.issuer,
+        key_fingerprint: caller.key_fingerprint.as_deref(),
+        container: Some(&target.container),
+        login: Some(&target.login),
+    };
+    let lock = super::lock::covering(&gw.store, &who)
+        .await
+        .map_err(unavailable)?;
     if let Some(lock) = lock {
         let reason = format!("locked ({}): {}", lock.id, truncate(&lock.reason, 512));
         caller.audit(gw, None, refused(reason)).await?;

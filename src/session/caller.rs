@@ -52,8 +52,12 @@ pub struct Caller {
     /// a certificate's key), if any.
     pub key_fingerprint: Option<String>,
     /// When the credential they logged in with stops being valid (unix
-    /// ms), when known; sessions may be ended then.
+    /// ms), when known: no new session after it, and the SSH front door
+    /// closes the connection then.
     pub credential_expires_at: Option<i64>,
+    /// The front door's connection it came on
+    /// ([`super::live::LiveConnection::id`]), if any.
+    pub connection: Option<u64>,
 }
 
 impl Caller {

@@ -24,6 +24,7 @@ pub fn attach_end(reason: &EndReason, grace: Duration) -> End {
         EndReason::Killed { .. }
         | EndReason::Locked { .. }
         | EndReason::GrantEnded { .. }
+        | EndReason::ConnectionClosed { .. }
         | EndReason::PolicyChanged => End::Kill,
         _ => End::Normal {
             grace,
@@ -58,6 +59,12 @@ pub enum EndReason {
         /// The lock.
         lock_id: String,
         /// The lock's reason.
+        reason: String,
+    },
+    /// Its connection is being closed (its credential ended, a lock
+    /// covers it).
+    ConnectionClosed {
+        /// One clause for the user, e.g. `the certificate expired`.
         reason: String,
     },
     /// No input or output for this long.
@@ -101,6 +108,7 @@ impl EndReason {
             EndReason::Killed { .. } => "killed",
             EndReason::GrantEnded { .. } => "grant_ended",
             EndReason::Locked { .. } => "locked",
+            EndReason::ConnectionClosed { .. } => "connection_closed",
             EndReason::IdleTimeout(_) => "idle_timeout",
             EndReason::MaxDuration(_) => "max_duration",
             EndReason::PolicyChanged => "policy_changed",
@@ -126,9 +134,9 @@ impl fmt::Display for EndReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EndReason::ClientGone => f.write_str("disconnected"),
-            EndReason::Killed { reason, .. } | EndReason::GrantEnded { reason, .. } => {
-                f.write_str(reason)
-            }
+            EndReason::Killed { reason, .. }
+            | EndReason::GrantEnded { reason, .. }
+            | EndReason::ConnectionClosed { reason } => f.write_str(reason),
             EndReason::Locked { lock_id, reason } => write!(f, "locked ({lock_id}): {reason}"),
             EndReason::IdleTimeout(d) => {
                 write!(f, "idle for {}", humantime::format_duration(*d))

@@ -207,11 +207,14 @@ impl OpenForward {
         let mut ending = gateway.live.register(LiveSession {
             id: record.id().to_string(),
             principal: caller.principal.subject.clone(),
+            groups: caller.principal.groups.clone(),
+            connection: caller.connection,
             issuer: caller.principal.issuer.clone(),
             container: access.container.name.clone(),
             login: access.target.login.clone(),
             client_addr: caller.client_addr.clone(),
             key_fingerprint: caller.key_fingerprint.clone(),
+            recheck: Some(access.recheck.clone()),
         });
         let started = Instant::now();
         let (mut from_tcp, to_tcp) = stream.into_split();

@@ -1,17 +1,18 @@
 //! Locks (issue 12) as the session core applies them: adding and removing
-//! one (audited before it happens; for `portcullis locks` and the broker's
-//! `locks`), and the lock that covers a caller, if any. Live sessions a new
-//! lock covers are ended by every gateway's background loop
-//! ([`crate::gateway::Gateway::end_locked`]), within a tick.
+//! one (audited before it happens; for `portcullis lock` and the broker's
+//! `lock`), and the lock that covers a caller, if any. Live sessions and
+//! connections a new lock covers are ended by every gateway's background
+//! loop ([`crate::gateway::Gateway::end_locked`]), within a tick.
 //!
 //! Never decides policy: who may add a lock is the caller's business (host
 //! root for the CLI, Cedar's `lock` action for the broker).
 
 use crate::audit::{AuditEvent, AuditLog, AuditSubject};
-use crate::store::{LockRecord, LockTarget, NewLock, Store, StoreError};
+use crate::store::{LockRecord, LockSubject, LockTarget, NewLock, Store, StoreError};
 use crate::text;
 
-/// Longest lock value (principal, container or login), bytes.
+/// Longest lock value (principal, group, key, issuer, container or
+/// login), bytes.
 pub const MAX_VALUE_BYTES: usize = 256;
 /// Longest reason, bytes.
 pub const MAX_REASON_BYTES: usize = 512;
@@ -97,23 +98,20 @@ pub async fn remove(store: &Store, audit: &AuditLog, id: &str, by: &str) -> Resu
     }
 }
 
-/// The first lock holding now that covers `principal` (and `container`
-/// and `login`, when known), if any.
+/// The first lock holding now that covers `who`, if any.
 ///
 /// # Errors
 /// [`StoreError`] when the locks cannot be read: the caller refuses (fail
 /// closed).
 pub async fn covering(
     store: &Store,
-    principal: &str,
-    container: Option<&str>,
-    login: Option<&str>,
+    who: &LockSubject<'_>,
 ) -> Result<Option<LockRecord>, StoreError> {
     Ok(store
         .active_locks()
         .await?
         .into_iter()
-        .find(|l| l.covers(principal, container, login)))
+        .find(|l| l.covers(who)))
 }
 
 /// What the user reads when a lock refuses or ends their session.
@@ -125,14 +123,15 @@ pub fn message(lock: &LockRecord) -> String {
     )
 }
 
-/// Parses `principal`, `container` or `login`.
+/// Parses `principal`, `group`, `key`, `issuer`, `container` or `login`.
 ///
 /// # Errors
 /// [`LockError::Invalid`] for anything else.
 pub fn target(text: &str) -> Result<LockTarget, LockError> {
     LockTarget::parse(text).ok_or_else(|| {
         LockError::Invalid(format!(
-            "a lock is on a principal, a container or a login, not {text:?}"
+            "a lock is on a principal, a group, a key, an issuer, a container or a login, \
+             not {text:?}"
         ))
     })
 }

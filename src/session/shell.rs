@@ -154,6 +154,7 @@ async fn live<O: Output>(
         container,
         init,
         grant,
+        recheck,
         ..
     } = access;
     let attach_request = AttachRequest {
@@ -177,11 +178,14 @@ async fn live<O: Output>(
     let ending = gw.live.register(LiveSession {
         id: session_id.clone(),
         principal: caller.principal.subject.clone(),
+        groups: caller.principal.groups.clone(),
+        connection: caller.connection,
         issuer: caller.principal.issuer.clone(),
         container: container.name.clone(),
         login: target.login.clone(),
         client_addr: caller.client_addr.clone(),
         key_fingerprint: caller.key_fingerprint.clone(),
+        recheck: Some(recheck),
     });
     let (notices, notices_rx) = mpsc::channel(4);
     let grant_watch = grant.map(|g| {

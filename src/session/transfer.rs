@@ -191,6 +191,7 @@ impl Started {
             target,
             container,
             init,
+            recheck,
             ..
         } = access;
         let request = AttachRequest {
@@ -254,11 +255,14 @@ impl Started {
         let mut ending = gw.live.register(LiveSession {
             id: session_id.clone(),
             principal: caller.principal.subject.clone(),
+            groups: caller.principal.groups.clone(),
+            connection: caller.connection,
             issuer: caller.principal.issuer.clone(),
             container: container.name.clone(),
             login: target.login.clone(),
             client_addr: caller.client_addr.clone(),
             key_fingerprint: caller.key_fingerprint.clone(),
+            recheck: Some(recheck),
         });
         // Client -> server; dropping stdin sends EOF and the server ends.
         let feed = {

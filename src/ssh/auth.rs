@@ -32,6 +32,7 @@ use russh::{MethodKind, MethodSet};
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
+use super::life::ConnectionLife;
 use super::limits::{FrontDoorLimits, Unauthenticated};
 use super::login::{Login, LoginReply};
 use crate::audit::{AuditEvent, AuditSubject, truncate};
@@ -53,6 +54,8 @@ pub(super) struct AuthState {
     limits: FrontDoorLimits,
     /// Cancelled once authenticated (ends the login grace timer).
     authenticated: CancellationToken,
+    /// The connection's registration, timers and close requests.
+    life: Arc<ConnectionLife>,
     /// Who, once authenticated.
     pub caller: Option<Caller>,
     /// What the login's certificate permits (everything for other logins);
@@ -61,6 +64,14 @@ pub(super) struct AuthState {
     /// Lines for the user's first session channel (stderr): key bindings
     /// made to them since they were last told (review finding H2).
     pub notices: Vec<String>,
+}
+
+/// What a login was made with: the key (a bound key's or a
+/// certificate's) and when the credential ends (unix ms) with its name
+/// for the user (`the certificate`).
+struct Credential {
+    fingerprint: Option<String>,
+    ends: Option<(i64, String)>,
 }
 
 fn keyboard_interactive_only() -> MethodSet {
@@ -74,6 +85,7 @@ impl AuthState {
         unauth_permit: Unauthenticated,
         limits: FrontDoorLimits,
         authenticated: CancellationToken,
+        life: Arc<ConnectionLife>,
     ) -> AuthState {
         AuthState {
             login: Login::new(gateway.issuers.clone())
@@ -85,6 +97,7 @@ impl AuthState {
             unauth_permit: Some(unauth_permit),
             limits,
             authenticated,
+            life,
             caller: None,
             permits: CertificatePermits::ALL,
             notices: Vec::new(),
@@ -121,7 +134,21 @@ impl AuthState {
                 } else {
                     "publickey"
                 };
-                self.accept(user, principal, method, Some(fingerprint), Some(key))
+                // The connection lives no longer than the binding.
+                let until = match self.gateway.store.key_binding(&fingerprint).await {
+                    Ok(Some(b)) => b.expires_at,
+                    Ok(None) => crate::store::now_ms(),
+                    Err(e) => {
+                        let reason = format!("{fingerprint}: cannot read the key binding: {e}");
+                        self.fail("publickey", user, &reason).await;
+                        return Auth::reject();
+                    }
+                };
+                let credential = Credential {
+                    fingerprint: Some(fingerprint.clone()),
+                    ends: Some((until, format!("the key binding of {fingerprint}"))),
+                };
+                self.accept(user, principal, method, credential, Some(key))
                     .await
             }
             BindingCheck::Unbound(None) => {
@@ -177,7 +204,14 @@ impl AuthState {
                 let fingerprint = crate::identity::key_fingerprint(&key);
                 self.permits = certified.permits;
                 let principal = certified.principal;
-                self.accept(user, principal, "certificate", Some(fingerprint), None)
+                let credential = Credential {
+                    fingerprint: Some(fingerprint),
+                    ends: i64::try_from(cert.valid_before())
+                        .ok()
+                        .and_then(|s| s.checked_mul(1000))
+                        .map(|until| (until, "the certificate".to_string())),
+                };
+                self.accept(user, principal, "certificate", credential, None)
                     .await
             }
             Err(e) => {
@@ -226,6 +260,7 @@ impl AuthState {
             LoginReply::Accept { tokens, method } => {
                 let principal = tokens.id_token.principal.clone();
                 let mut bound = None;
+                let mut until = None;
                 let key = self.verified_key.take();
                 if let Some(key) = &key {
                     // Audited (before), recorded with this connection's
@@ -242,7 +277,10 @@ impl AuthState {
                         .bind_key(&self.gateway.audit, key, &tokens, &origin)
                         .await
                     {
-                        Ok(Some(_until)) => bound = Some(crate::identity::key_fingerprint(key)),
+                        Ok(Some(ends)) => {
+                            bound = Some(crate::identity::key_fingerprint(key));
+                            until = Some(ends);
+                        }
                         Ok(None) => {}
                         Err(e) => {
                             tracing::error!(error = %e, "cannot store the key binding; refusing");
@@ -263,7 +301,20 @@ impl AuthState {
                 {
                     tracing::warn!(error = %e, "cannot update the groups of key bindings");
                 }
-                self.accept(user, principal, method, bound, key.as_ref())
+                // Without a binding nothing renews the login: it ends with
+                // the ID token (a binding is capped at it without a
+                // refresh token).
+                let credential = match (&bound, until) {
+                    (Some(fp), Some(until)) => Credential {
+                        fingerprint: Some(fp.clone()),
+                        ends: Some((until, format!("the key binding of {fp}"))),
+                    },
+                    _ => Credential {
+                        fingerprint: bound.clone(),
+                        ends: Some((tokens.id_token.expires_at_ms, "your ID token".into())),
+                    },
+                };
+                self.accept(user, principal, method, credential, key.as_ref())
                     .await
             }
         }
@@ -274,14 +325,24 @@ impl AuthState {
         user: &str,
         principal: Principal,
         method: &str,
-        key_fingerprint: Option<String>,
+        credential: Credential,
         key_in_use: Option<&PublicKey>,
     ) -> Auth {
-        // A lock on the principal refuses the login (issue 12); every
-        // session is checked again (`session::access`), for ControlMaster
-        // connections opened before the lock.
+        let key_fingerprint = credential.fingerprint;
+        // A lock on the principal, a group of it, its issuer or its key
+        // refuses the login (issue 12); every session is checked again
+        // (`session::access`), and the connection is closed when a lock
+        // covers it later (`Gateway::end_locked`).
         let store = &self.gateway.store;
-        let lock = crate::session::lock::covering(store, &principal.subject, None, None).await;
+        let who = crate::store::LockSubject {
+            principal: &principal.subject,
+            groups: &principal.groups,
+            issuer: &principal.issuer,
+            key_fingerprint: key_fingerprint.as_deref(),
+            container: None,
+            login: None,
+        };
+        let lock = crate::session::lock::covering(store, &who).await;
         let locked = match lock {
             Ok(None) => None,
             Ok(Some(l)) => Some(format!("locked ({}): {}", l.id, truncate(&l.reason, 512))),
@@ -317,8 +378,16 @@ impl AuthState {
             principal,
             client_addr: self.peer_text.clone(),
             key_fingerprint,
-            credential_expires_at: None,
+            credential_expires_at: credential.ends.as_ref().map(|(until, _)| *until),
+            connection: Some(self.life.id),
         });
+        if let Some(caller) = &self.caller {
+            let what = credential
+                .ends
+                .as_ref()
+                .map_or("", |(_, what)| what.as_str());
+            self.life.authenticated(&self.gateway, caller, what);
+        }
         self.unauth_permit = None;
         self.authenticated.cancel();
         Auth::Accept

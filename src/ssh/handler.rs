@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::Gateway;
 use super::auth::AuthState;
 use super::channel::{RefusalStyle, SshOutput};
+use super::life::{ConnectionLife, InUse};
 use crate::attach::PtyRequest;
 use crate::audit::{AuditEvent, truncate};
 use crate::session::forward::{ForwardRefused, ForwardRequest};
@@ -60,6 +61,9 @@ struct ChannelState {
     /// A session channel's slot of `[forwarding] max_session_channels`,
     /// held by its task (freed when the task ends, whoever closes first).
     slot: Option<OwnedSemaphorePermit>,
+    /// Counts the channel open (`auth.unused_connection_timeout`), held
+    /// by its task like the slot.
+    in_use: Option<InUse>,
 }
 
 /// One connection's state.
@@ -71,6 +75,8 @@ pub struct ConnectionHandler {
     forwards: Arc<Semaphore>,
     /// Session channels this connection may still open.
     sessions: Arc<Semaphore>,
+    /// Registration, timers and the tasks of this connection.
+    life: Arc<ConnectionLife>,
 }
 
 impl ConnectionHandler {
@@ -83,6 +89,7 @@ impl ConnectionHandler {
         unauthenticated: super::limits::Unauthenticated,
         limits: super::limits::FrontDoorLimits,
         authenticated: CancellationToken,
+        life: Arc<ConnectionLife>,
     ) -> ConnectionHandler {
         ConnectionHandler {
             auth: AuthState::new(
@@ -91,7 +98,9 @@ impl ConnectionHandler {
                 unauthenticated,
                 limits,
                 authenticated,
+                life.clone(),
             ),
+            life,
             forwards: Arc::new(Semaphore::new(gateway.config.forwarding.max_forwards)),
             sessions: Arc::new(Semaphore::new(
                 gateway.config.forwarding.max_session_channels,
@@ -130,7 +139,7 @@ impl ConnectionHandler {
     ) -> Option<(InputReceiver, SshOutput, Slot)> {
         let state = self.channels.get_mut(&channel)?;
         let writer = state.writer.take()?;
-        let slot = Slot(state.slot.take());
+        let slot = Slot(state.slot.take(), state.in_use.take());
         let credit_handle = handle.clone();
         let credit: Credit = Box::new(move |bytes| {
             let _ = credit_handle.window_consumed(channel, bytes);
@@ -198,11 +207,9 @@ impl ConnectionHandler {
         };
         session.channel_success(channel)?;
         let gateway = self.gateway.clone();
-        self.gateway
-            .tasks
-            .spawn(slot.held_by(crate::session::transfer::run(
-                gateway, caller, kind, input, output,
-            )));
+        self.spawn(slot.held_by(crate::session::transfer::run(
+            gateway, caller, kind, input, output,
+        )));
         Ok(())
     }
 
@@ -242,7 +249,7 @@ impl ConnectionHandler {
             // The reserved name reaches the broker's own commands (issue 7).
             drop(input);
             let gateway = self.gateway.clone();
-            self.gateway.tasks.spawn(slot.held_by(super::command::run(
+            self.spawn(slot.held_by(super::command::run(
                 gateway,
                 caller,
                 command,
@@ -253,24 +260,28 @@ impl ConnectionHandler {
         }
         let request = ShellRequest { command, pty, env };
         let gateway = self.gateway.clone();
-        self.gateway
-            .tasks
-            .spawn(slot.held_by(crate::session::shell::run(
-                gateway, caller, request, input, output,
-            )));
+        self.spawn(slot.held_by(crate::session::shell::run(
+            gateway, caller, request, input, output,
+        )));
         Ok(())
+    }
+
+    /// Runs a channel's task, tracked by the gateway (shutdown waits for
+    /// it) and by this connection (its close waits for it).
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, task: F) {
+        self.gateway.tasks.spawn(self.life.tasks.track_future(task));
     }
 }
 
 /// A channel's slot, held by its task until the task ends: a channel the
 /// gateway closes first (every command that exits) frees its slot then,
 /// though russh never reports the client's CLOSE that answers it.
-struct Slot(Option<OwnedSemaphorePermit>);
+struct Slot(Option<OwnedSemaphorePermit>, Option<InUse>);
 
 impl Slot {
     /// Runs `task`, holding the slot until it ends.
     async fn held_by<F: std::future::Future<Output = ()>>(self, task: F) {
-        let Slot(_held) = self;
+        let Slot(_held, _in_use) = self;
         task.await;
     }
 }
@@ -346,6 +357,7 @@ impl russh::server::Handler for ConnectionHandler {
             ChannelState {
                 writer: Some(writer),
                 slot: Some(slot),
+                in_use: Some(self.life.channel_opened()),
                 ..ChannelState::default()
             },
         );
@@ -519,8 +531,10 @@ impl russh::server::Handler for ConnectionHandler {
             return Ok(());
         };
         let gateway = self.gateway.clone();
-        self.gateway.tasks.spawn(async move {
+        let in_use = self.life.channel_opened();
+        self.spawn(async move {
             let _permit = permit;
+            let _in_use = in_use;
             match crate::session::forward::open(gateway, who, &request).await {
                 Ok(open) => {
                     reply.accept().await;

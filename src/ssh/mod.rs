@@ -14,6 +14,7 @@ mod auth;
 mod channel;
 mod command;
 mod handler;
+mod life;
 mod limits;
 mod login;
 
@@ -173,6 +174,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let authenticated = CancellationToken::new();
+        let (life, closes) = life::ConnectionLife::new(&gateway);
         let handler = handler::ConnectionHandler::new(
             gateway.clone(),
             peer,
@@ -182,28 +184,58 @@ pub async fn serve(
             },
             limits.clone(),
             authenticated.clone(),
+            life.clone(),
         );
         let config = russh_config.clone();
         let gw = gateway.clone();
         let sources = limits.sources.clone();
         gateway.tasks.spawn(async move {
             let _permit = permit;
-            run_connection(gw, config, stream, handler, peer, authenticated, sources).await;
+            let connection = Connection {
+                peer,
+                authenticated,
+                sources,
+                life,
+                closes,
+            };
+            run_connection(gw, config, stream, handler, connection).await;
         });
     }
 }
 
+/// What `run_connection` watches besides the SSH stream.
+struct Connection {
+    peer: SocketAddr,
+    /// Cancelled once authenticated.
+    authenticated: CancellationToken,
+    sources: crate::throttle::SourceLimits,
+    life: Arc<life::ConnectionLife>,
+    /// Requests to close ([`life`]: a lock, the credential's end, unused).
+    closes: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+/// How long a closing connection waits for its sessions to end (and tell
+/// their users why) before it disconnects anyway.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Runs one connection: the SSH handshake and login within the grace time,
-/// then until it ends or the gateway shuts down.
+/// then until it ends, something closes it ([`life`]) or the gateway shuts
+/// down.
 async fn run_connection(
     gateway: Arc<Gateway>,
     config: Arc<russh::server::Config>,
     stream: tokio::net::TcpStream,
     handler: handler::ConnectionHandler,
-    peer: SocketAddr,
-    authenticated: CancellationToken,
-    sources: crate::throttle::SourceLimits,
+    connection: Connection,
 ) {
+    let Connection {
+        peer,
+        authenticated,
+        sources,
+        life,
+        mut closes,
+    } = connection;
+    let _unregister = Unregister(life.clone());
     let grace = tokio::time::sleep(gateway.config.auth.login_grace_time);
     tokio::pin!(grace);
     let running = tokio::select! {
@@ -232,6 +264,10 @@ async fn run_connection(
                 return;
             }
             _ = authenticated.cancelled(), if in_grace => in_grace = false,
+            Some(reason) = closes.recv() => {
+                close(&gateway, &life, peer, &handle, &reason).await;
+                return;
+            }
             _ = &mut grace, if in_grace => {
                 if authenticated.is_cancelled() {
                     in_grace = false;
@@ -259,6 +295,60 @@ async fn run_connection(
             }
         }
     }
+}
+
+/// Unregisters a connection when its loop ends.
+struct Unregister(Arc<life::ConnectionLife>);
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.0.unregister();
+    }
+}
+
+/// Closes an authenticated connection for `reason` (issue 12): audited
+/// first (`ConnectionClosed`), then its live sessions end with the reason
+/// (each audited and told to its user), then, once they ended or after
+/// [`CLOSE_WAIT`], the disconnect carries the reason (RFC 4253 §11.1:
+/// OpenSSH prints it).
+async fn close(
+    gateway: &Gateway,
+    life: &life::ConnectionLife,
+    peer: SocketAddr,
+    handle: &russh::server::Handle,
+    reason: &str,
+) {
+    life.unregister();
+    tracing::info!(%peer, reason, "closing the connection");
+    let peer_text = peer.to_string();
+    let subject = crate::audit::AuditSubject {
+        principal: life.principal(),
+        client_addr: Some(&peer_text),
+        ..Default::default()
+    };
+    let event = crate::audit::AuditEvent::ConnectionClosed {
+        reason: reason.to_string(),
+    };
+    if let Err(e) = gateway.audit.record(&subject, &event).await {
+        // Closing is the safe side: it goes on without its event.
+        tracing::error!(error = %e, "cannot write audit event");
+    }
+    let id = life.id;
+    gateway.live.end_where(
+        |s| s.connection == Some(id),
+        |_| crate::session::EndReason::ConnectionClosed {
+            reason: reason.to_string(),
+        },
+    );
+    life.tasks.close();
+    let _ = tokio::time::timeout(CLOSE_WAIT, life.tasks.wait()).await;
+    let _ = handle
+        .disconnect(
+            russh::Disconnect::ByApplication,
+            format!("Portcullis: connection closed: {reason}."),
+            "en".into(),
+        )
+        .await;
 }
 
 async fn grace_time_exceeded(

@@ -1,8 +1,10 @@
-//! Locks (issue 12): a principal, a container or a login that no session
-//! may use until the lock is removed or reaches its end. Queries only;
-//! the gateway enforces locks (`crate::session::access` at every session,
-//! the SSH front door at authentication, `crate::app`'s background loop
-//! on live sessions) and the CLI and the broker add and remove them.
+//! Locks (issue 12): a principal, a group, a key, an issuer, a container
+//! or a login that no session may use until the lock is removed or
+//! reaches its end. Queries only; the gateway enforces locks
+//! (`crate::session::access` at every session, the SSH front door at
+//! authentication, `crate::app`'s background loop on live sessions and
+//! connections) and the CLI and the broker add and remove them. The
+//! `target` column is free text: a new kind needs no migration.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -19,17 +21,58 @@ pub enum LockTarget {
     Container,
     /// Every session as a login, in any container.
     Login,
+    /// Every session of a principal in a group (as the login's groups
+    /// claim or certificate extension named it, namespaced).
+    Group,
+    /// Every session of a connection that logged in with a public key
+    /// (`SHA256:...`, a bound key or a certificate's key).
+    Key,
+    /// Every session of a principal an issuer vouched for (issuer URL, or
+    /// `ssh-ca:SHA256:...` for a certificate authority).
+    Issuer,
+}
+
+/// Who asks and for what, as a lock sees it: everything a lock may be on.
+/// `None` where not known yet (at authentication no container or login).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LockSubject<'a> {
+    /// The principal's subject.
+    pub principal: &'a str,
+    /// The principal's groups.
+    pub groups: &'a [String],
+    /// Who vouched for the principal.
+    pub issuer: &'a str,
+    /// `SHA256:...` of the key the connection logged in with.
+    pub key_fingerprint: Option<&'a str>,
+    /// The container.
+    pub container: Option<&'a str>,
+    /// The login in the container.
+    pub login: Option<&'a str>,
 }
 
 impl LockTarget {
-    /// `principal`, `container` or `login` (the `target` column).
+    /// `principal`, `container`, `login`, `group`, `key` or `issuer` (the
+    /// `target` column, and the CLI's option name).
     pub fn as_str(self) -> &'static str {
         match self {
             LockTarget::Principal => "principal",
             LockTarget::Container => "container",
             LockTarget::Login => "login",
+            LockTarget::Group => "group",
+            LockTarget::Key => "key",
+            LockTarget::Issuer => "issuer",
         }
     }
+
+    /// Every kind, in the order the CLI lists them.
+    pub const ALL: [LockTarget; 6] = [
+        LockTarget::Principal,
+        LockTarget::Group,
+        LockTarget::Key,
+        LockTarget::Container,
+        LockTarget::Issuer,
+        LockTarget::Login,
+    ];
 
     /// The inverse of [`LockTarget::as_str`]; `None` for anything else.
     pub fn parse(text: &str) -> Option<LockTarget> {
@@ -37,6 +80,9 @@ impl LockTarget {
             "principal" => Some(LockTarget::Principal),
             "container" => Some(LockTarget::Container),
             "login" => Some(LockTarget::Login),
+            "group" => Some(LockTarget::Group),
+            "key" => Some(LockTarget::Key),
+            "issuer" => Some(LockTarget::Issuer),
             _ => None,
         }
     }
@@ -72,14 +118,17 @@ impl LockRecord {
         self.removed_at.is_none() && self.expires_at.is_none_or(|end| now < end)
     }
 
-    /// True when it covers a session of `principal` into `container` as
-    /// `login` (`None`: not known yet, e.g. at authentication: only a
-    /// principal lock can cover it then).
-    pub fn covers(&self, principal: &str, container: Option<&str>, login: Option<&str>) -> bool {
+    /// True when it covers `who` (a container or login lock covers only a
+    /// subject whose container or login is known).
+    pub fn covers(&self, who: &LockSubject<'_>) -> bool {
+        let value = self.value.as_str();
         match self.target {
-            LockTarget::Principal => self.value == principal,
-            LockTarget::Container => container == Some(self.value.as_str()),
-            LockTarget::Login => login == Some(self.value.as_str()),
+            LockTarget::Principal => value == who.principal,
+            LockTarget::Group => who.groups.iter().any(|g| g == value),
+            LockTarget::Key => who.key_fingerprint == Some(value),
+            LockTarget::Issuer => value == who.issuer,
+            LockTarget::Container => who.container == Some(value),
+            LockTarget::Login => who.login == Some(value),
         }
     }
 }
@@ -89,7 +138,8 @@ impl LockRecord {
 pub struct NewLock<'a> {
     /// What it covers.
     pub target: LockTarget,
-    /// The principal, container or login (1..=256 bytes).
+    /// The principal, group, key, issuer, container or login (1..=256
+    /// bytes).
     pub value: &'a str,
     /// Why (1..=512 bytes).
     pub reason: &'a str,
@@ -226,15 +276,51 @@ mod tests {
             .unwrap();
         assert!(!ended.is_active(now_ms()));
         assert_eq!(store.active_locks().await.unwrap(), vec![alice.clone()]);
-        assert!(alice.covers("alice", None, None));
-        assert!(!alice.covers("bob", Some("web1"), Some("root")));
-        assert!(ended.covers("bob", Some("web1"), None));
-        assert!(!ended.covers("bob", None, None));
+        let who = |principal, container| LockSubject {
+            principal,
+            container,
+            ..LockSubject::default()
+        };
+        assert!(alice.covers(&who("alice", None)));
+        assert!(!alice.covers(&who("bob", Some("web1"))));
+        assert!(ended.covers(&who("bob", Some("web1"))));
+        assert!(!ended.covers(&who("bob", None)));
         assert!(store.remove_lock(&alice.id, "ops").await.unwrap());
         assert!(!store.remove_lock(&alice.id, "ops").await.unwrap());
         assert!(store.active_locks().await.unwrap().is_empty());
+        let groups = ["developers".to_string()];
+        let dev = LockSubject {
+            principal: "carol",
+            groups: &groups,
+            issuer: "https://idp",
+            key_fingerprint: Some("SHA256:k"),
+            ..LockSubject::default()
+        };
+        for (target, value, covered) in [
+            (LockTarget::Group, "developers", true),
+            (LockTarget::Group, "admins", false),
+            (LockTarget::Key, "SHA256:k", true),
+            (LockTarget::Key, "SHA256:x", false),
+            (LockTarget::Issuer, "https://idp", true),
+            (LockTarget::Issuer, "https://other", false),
+            (LockTarget::Login, "root", false),
+        ] {
+            let lock = store
+                .add_lock(&NewLock {
+                    target,
+                    value,
+                    reason: "r",
+                    created_by: "ops",
+                    expires_at: None,
+                })
+                .await
+                .unwrap();
+            assert_eq!(lock.covers(&dev), covered, "{target:?} {value}");
+            assert_eq!(LockTarget::parse(target.as_str()), Some(target));
+            assert!(store.remove_lock(&lock.id, "ops").await.unwrap());
+        }
         let all = store.all_locks().await.unwrap();
-        assert_eq!(all.len(), 2);
+        assert_eq!(all.len(), 9);
         assert_eq!(all[0].removed_by.as_deref(), Some("ops"));
     }
 }

@@ -219,7 +219,7 @@ pub use audit::{
 };
 pub use console::{AuditFilter, LoginStateRecord, SshWebLoginRecord, WebSessionRecord};
 pub use inventory::LastSession;
-pub use locks::{LockRecord, LockTarget, NewLock};
+pub use locks::{LockRecord, LockSubject, LockTarget, NewLock};
 pub use review::SessionFilter;
 pub use transcripts::TranscriptHit;
 pub use uploads::UploadRecord;

@@ -70,11 +70,20 @@ impl InProcess {
             ),
             _ => String::new(),
         };
+        // Keys of an `[auth]` section at the start of `extra` join the
+        // base's own `[auth]` (TOML allows a table once).
+        let (auth, extra) = match extra.strip_prefix("[auth]\n") {
+            Some(rest) => {
+                let end = rest.find("\n[").map_or(rest.len(), |i| i + 1);
+                rest.split_at(end)
+            }
+            None => ("", extra),
+        };
         let text = format!(
             "listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\ngateway_id = \"gw\"\n\
              [oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"portcullis\"\n\
              [auth]\nfailure_delay = \"0s\"\npenalty_min = \"0s\"\n\
-             max_unauthenticated_per_source = 64\n{database}\
+             max_unauthenticated_per_source = 64\n{auth}{database}\
              [policy]\ndir = \"{policies}\"\n[inventory]\nbackend = \"process\"\n\
              [containers.web1]\npid_file = \"{root}/web1.pid\"\nlabels = {{ env = \"dev\" }}\n\
              [containers.db1]\npid_file = \"{root}/db1.pid\"\nlabels = {{ env = \"prod\" }}\n\
@@ -131,16 +140,33 @@ impl InProcess {
     /// `ssh-keygen -O` `options` (e.g. `no-port-forwarding`); one key per
     /// principal and options.
     pub fn user_with(&self, principal: &str, groups: &[&str], options: &[&str]) -> User {
+        self.user_valid(principal, groups, options, "-5m:+1h")
+    }
+
+    /// [`InProcess::user_with`] whose certificate is valid for `validity`
+    /// (`ssh-keygen -V`, e.g. `-5m:+3s`); a fresh key each time it differs.
+    pub fn user_valid(
+        &self,
+        principal: &str,
+        groups: &[&str],
+        options: &[&str],
+        validity: &str,
+    ) -> User {
+        let tag = if validity == "-5m:+1h" {
+            String::new()
+        } else {
+            format!("-v{}", validity.replace([':', '+'], "_"))
+        };
         let key = self
             .dir
             .path()
-            .join(format!("user-{principal}{}", options.join("-")));
+            .join(format!("user-{principal}{}{tag}", options.join("-")));
         if !key.exists() {
             super::ssh::keygen(&key);
             let mut sign = Command::new("ssh-keygen");
             sign.args(["-q", "-s"])
                 .arg(&self.ca)
-                .args(["-I", principal, "-n", principal, "-V", "-5m:+1h"]);
+                .args(["-I", principal, "-n", principal, "-V", validity]);
             if !groups.is_empty() {
                 sign.arg("-O")
                     .arg(format!("extension:groups@portcullis={}", groups.join(",")));
@@ -211,6 +237,11 @@ pub struct Connection {
 }
 
 impl User {
+    /// The user's certificate.
+    pub fn certificate(&self) -> &Certificate {
+        &self.cert
+    }
+
     /// Connects and logs in as SSH user `ssh_user` (the destination).
     pub async fn connect(&self, ssh_user: &str) -> Connection {
         let config = Arc::new(russh::client::Config::default());
@@ -267,6 +298,11 @@ impl Connection {
         self.session
             .channel_open_direct_tcpip(host, port, "127.0.0.1", 50000)
             .await
+    }
+
+    /// True once the server closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.session.is_closed()
     }
 
     /// Tries to open a session channel; `Err` with the server's reason.

@@ -200,6 +200,13 @@ impl World {
         TestGateway::start(issuer, &format!("{config}{extra}"))
     }
 
+    /// Like [`World::another_gateway`], on the database at `url` (`None`:
+    /// SQLite): several gateways sharing one PostgreSQL database.
+    pub fn gateway_on_database(&self, extra: &str, url: Option<&str>) -> TestGateway {
+        let (issuer, config) = &self.gateway_config;
+        TestGateway::start_with_database(issuer, &format!("{config}{extra}"), url)
+    }
+
     /// The first container.
     pub fn container(&self) -> &TestContainer {
         self.containers.first().expect("the world has no container")
