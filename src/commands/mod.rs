@@ -10,6 +10,8 @@
 //! sessions watch ID       sessions kill ID --reason ...
 //! keys [--all]            keys revoke FINGERPRINT
 //! locks add|list|remove ...
+//! containers [list] | snapshots NAME | start|stop|restart|snapshot NAME --reason ...
+//! containers restore NAME SNAPSHOT --reason ... | request ACTION NAME --reason ...
 //! ```
 //!
 //! Each command parses its words, calls [`crate::grants`] or the session
@@ -20,6 +22,7 @@
 //! writes the reply.
 
 mod args;
+pub mod containers;
 mod keys;
 mod locks;
 mod render;
@@ -109,6 +112,11 @@ pub const HELP: &str = "Portcullis broker commands (ssh portcullis@GATEWAY COMMA
   locks add (--principal P|--container C|--login L) --reason TEXT [--ttl D]
                                             refuse and end their sessions (admins)
   locks list [--all]    locks remove ID                          the locks that hold; remove one
+  containers [list]                                              containers you may see
+  containers start|stop|restart|snapshot NAME --reason TEXT [--force]
+                                            a lifecycle action (--force: despite live sessions)
+  containers snapshots NAME    containers restore NAME SNAPSHOT --reason TEXT [--force]
+  containers request ACTION NAME --reason TEXT [--for DURATION]  ask for approval of an action
 Add --json for machine-readable output.
 ";
 
@@ -139,6 +147,9 @@ pub async fn execute<'a>(
     }
     if verb == "locks" {
         return Outcome::Done(locks::run(gateway, caller, rest).await);
+    }
+    if verb == "containers" {
+        return Outcome::Done(containers::run(gateway, caller, rest).await);
     }
     Outcome::Done(run(gateway, caller, verb, rest).await)
 }
