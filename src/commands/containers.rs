@@ -535,29 +535,21 @@ impl Ctx<'_> {
         };
         match perform(&g.inventory, &g.audit, &self.subject(), &c, &op, facts).await {
             Ok(taken) => {
-                let done = match (&op, taken) {
+                if args.flags.contains("json") {
+                    return Reply::ok(json_text(&json!({
+                        "action": word,
+                        "container": name,
+                        "snapshot": taken,
+                        "grant_id": used.map(|gr| gr.id.clone()),
+                    })));
+                }
+                Reply::ok(match (&op, taken) {
                     (Operation::Snapshot, Some(s)) => format!("Took snapshot {s} of {name}.\n"),
                     (Operation::Restore(s), _) => format!("Restored {name} to {s}.\n"),
                     (Operation::Start, _) => format!("Started {name}.\n"),
                     (Operation::Stop, _) => format!("Stopped {name}.\n"),
                     _ => format!("Restarted {name}.\n"),
-                };
-                if args.flags.contains("json") {
-                    let snapshot = match &op {
-                        Operation::Restore(s) => Some(s.clone()),
-                        _ => done
-                            .strip_prefix("Took snapshot ")
-                            .and_then(|t| t.split(' ').next())
-                            .map(str::to_string),
-                    };
-                    return Reply::ok(json_text(&json!({
-                        "action": word,
-                        "container": name,
-                        "snapshot": snapshot,
-                        "grant_id": used.map(|gr| gr.id.clone()),
-                    })));
-                }
-                Reply::ok(done)
+                })
             }
             Err(e) => Reply::refused(&e.to_string()),
         }

@@ -154,3 +154,299 @@ pub fn owner_is(owner: Option<&str>, subject: &str, email: Option<&str>) -> bool
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn shipped() -> PolicyEngine {
+        PolicyEngine::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+            .unwrap()
+    }
+
+    /// What varies between the questions of these tests.
+    #[derive(Clone, Copy)]
+    struct Ask<'a> {
+        groups: &'a [&'a str],
+        env: &'a str,
+        action: Action,
+        owner: bool,
+        grant: bool,
+        force: bool,
+        live: i64,
+    }
+
+    const DEV_OWNER: Ask<'static> = Ask {
+        groups: &[],
+        env: "dev",
+        action: Action::Restart,
+        owner: true,
+        grant: false,
+        force: false,
+        live: 0,
+    };
+
+    fn ask(engine: &PolicyEngine, a: Ask<'_>) -> Decision {
+        let groups: Vec<String> = a.groups.iter().map(|g| g.to_string()).collect();
+        let labels = BTreeMap::from([("env".to_string(), a.env.to_string())]);
+        engine
+            .decide_lifecycle(&LifecycleRequest {
+                principal: "alice",
+                issuer: "https://idp.example",
+                groups: &groups,
+                action: a.action,
+                container: "web1",
+                labels: &labels,
+                attributes: ContainerAttributes {
+                    owner: Some(if a.owner { "alice" } else { "bob" }),
+                    purpose: None,
+                },
+                grant: a.grant.then_some(GrantContext {
+                    id: "g1",
+                    approver: "carol",
+                    expires_at: 1,
+                }),
+                force: a.force,
+                live_sessions: a.live,
+                reason: "OPS-1",
+                snapshot: "",
+                principal_is_owner: a.owner,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn owners_restart_their_own_dev_containers_and_nothing_more() {
+        let e = shipped();
+        let d = ask(&e, DEV_OWNER);
+        assert_eq!(
+            (d.allowed, d.policies),
+            (true, vec!["owners-lifecycle-own-dev".to_string()])
+        );
+        for action in [
+            Action::Start,
+            Action::Stop,
+            Action::Snapshot,
+            Action::Inspect,
+        ] {
+            assert!(
+                ask(
+                    &e,
+                    Ask {
+                        action,
+                        ..DEV_OWNER
+                    }
+                )
+                .allowed
+            );
+        }
+        // Not someone else's, not prod, not a restore without a grant.
+        assert!(
+            !ask(
+                &e,
+                Ask {
+                    owner: false,
+                    ..DEV_OWNER
+                }
+            )
+            .allowed
+        );
+        assert!(
+            !ask(
+                &e,
+                Ask {
+                    env: "prod",
+                    ..DEV_OWNER
+                }
+            )
+            .allowed
+        );
+        assert!(
+            !ask(
+                &e,
+                Ask {
+                    action: Action::Restore,
+                    ..DEV_OWNER
+                }
+            )
+            .allowed
+        );
+        // Developers see dev and prod containers, do nothing else.
+        let dev = Ask {
+            groups: &["developers"],
+            owner: false,
+            action: Action::Inspect,
+            ..DEV_OWNER
+        };
+        assert!(ask(&e, dev).allowed);
+        assert!(
+            !ask(
+                &e,
+                Ask {
+                    action: Action::Stop,
+                    ..dev
+                }
+            )
+            .allowed
+        );
+    }
+
+    #[test]
+    fn prod_and_restore_need_a_grant_admins_included() {
+        let e = shipped();
+        let admin = Ask {
+            groups: &["admins"],
+            owner: false,
+            ..DEV_OWNER
+        };
+        assert!(
+            ask(
+                &e,
+                Ask {
+                    action: Action::Stop,
+                    ..admin
+                }
+            )
+            .allowed
+        );
+        let d = ask(
+            &e,
+            Ask {
+                env: "prod",
+                action: Action::Stop,
+                ..admin
+            },
+        );
+        assert_eq!(
+            (d.allowed, d.policies),
+            (false, vec!["prod-lifecycle-needs-approval".to_string()])
+        );
+        let d = ask(
+            &e,
+            Ask {
+                action: Action::Restore,
+                ..admin
+            },
+        );
+        assert_eq!(
+            (d.allowed, d.policies),
+            (false, vec!["restore-needs-approval".to_string()])
+        );
+        // With a grant for the action anyone may take it.
+        let holder = Ask {
+            owner: false,
+            grant: true,
+            ..DEV_OWNER
+        };
+        for (env, action) in [("prod", Action::Stop), ("dev", Action::Restore)] {
+            let d = ask(
+                &e,
+                Ask {
+                    env,
+                    action,
+                    ..holder
+                },
+            );
+            assert_eq!(
+                (d.allowed, d.policies),
+                (true, vec!["action-grant-holders".to_string()])
+            );
+        }
+    }
+
+    #[test]
+    fn live_sessions_need_force_and_prod_forbids_it() {
+        let e = shipped();
+        let busy = Ask {
+            action: Action::Stop,
+            live: 1,
+            ..DEV_OWNER
+        };
+        let d = ask(&e, busy);
+        assert_eq!(
+            (d.allowed, d.policies),
+            (false, vec!["live-sessions-need-force".to_string()])
+        );
+        assert!(
+            ask(
+                &e,
+                Ask {
+                    force: true,
+                    ..busy
+                }
+            )
+            .allowed
+        );
+        // Starting and snapshotting do not end sessions.
+        assert!(
+            ask(
+                &e,
+                Ask {
+                    action: Action::Snapshot,
+                    ..busy
+                }
+            )
+            .allowed
+        );
+        let prod = Ask {
+            env: "prod",
+            grant: true,
+            force: true,
+            ..busy
+        };
+        let d = ask(&e, prod);
+        assert_eq!(
+            (d.allowed, d.policies),
+            (false, vec!["no-force-on-prod".to_string()])
+        );
+        assert!(ask(&e, Ask { live: 0, ..prod }).allowed);
+    }
+
+    #[test]
+    fn action_requests_need_one_approver_on_prod_and_two_for_a_restore() {
+        let e = shipped();
+        let labels = |env: &str| BTreeMap::from([("env".to_string(), env.to_string())]);
+        let groups = vec!["approvers".to_string()];
+        let activate = |env: &str, action: Option<&str>, approvals: i64| {
+            let labels = labels(env);
+            e.decide_workflow_action(
+                &WorkflowRequest {
+                    principal: "carol",
+                    groups: &groups,
+                    action: Action::Activate,
+                    container: "web1",
+                    labels: &labels,
+                    requester: "alice",
+                    login: if action.is_some() { "" } else { "root" },
+                    duration_seconds: 3600,
+                    reason: "OPS-1",
+                    break_glass: false,
+                    approvals,
+                },
+                action,
+            )
+            .unwrap()
+            .allowed
+        };
+        assert!(activate("prod", Some("stop"), 1));
+        assert!(!activate("prod", None, 1));
+        assert!(activate("prod", None, 2));
+        assert!(!activate("prod", Some("restore"), 1));
+        assert!(!activate("dev", Some("restore"), 1));
+        assert!(activate("dev", Some("restore"), 2));
+        assert!(activate("dev", Some("restart"), 1));
+    }
+
+    #[test]
+    fn owners_are_matched_by_subject_or_email() {
+        assert!(owner_is(Some("alice"), "alice", None));
+        assert!(owner_is(
+            Some("Alice@Example.com"),
+            "oidc:1",
+            Some("alice@example.com")
+        ));
+        assert!(!owner_is(Some("alice"), "bob", Some("bob@example.com")));
+        assert!(!owner_is(None, "alice", Some("alice")));
+    }
+}
