@@ -111,13 +111,15 @@ pub async fn perform(
 }
 
 /// `containers ...` for `caller`.
-pub(super) async fn run(gateway: &Gateway, caller: &Caller, rest: &[String]) -> Reply {
+pub(super) async fn run(gateway: &Gateway, caller: &Caller, words: &[String]) -> Reply {
     let c = Ctx { gateway, caller };
-    let Some((verb, rest)) = rest.split_first() else {
+    let Some((verb, rest)) = words.split_first() else {
         return c.list(&[]).await;
     };
     match verb.as_str() {
         "list" => c.list(rest).await,
+        // `containers --json`: the listing's options.
+        option if option.starts_with("--") => c.list(words).await,
         "snapshots" => c.snapshots(rest).await,
         "request" => c.request(rest).await,
         "start" | "stop" | "restart" | "snapshot" | "restore" => c.act(verb, rest).await,
@@ -163,10 +165,30 @@ struct Ctx<'a> {
     caller: &'a Caller,
 }
 
+/// The container of a decision as the policy sees it.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    name: &'a str,
+    labels: &'a std::collections::BTreeMap<String, String>,
+    owner: Option<&'a str>,
+    purpose: Option<&'a str>,
+}
+
+impl<'a> From<&'a Container> for Target<'a> {
+    fn from(c: &'a Container) -> Target<'a> {
+        Target {
+            name: &c.name,
+            labels: &c.labels,
+            owner: c.owner.as_deref(),
+            purpose: c.purpose.as_deref(),
+        }
+    }
+}
+
 /// What one decision is about.
 struct Question<'a> {
     action: Action,
-    container: &'a Container,
+    container: Target<'a>,
     force: bool,
     live_sessions: i64,
     reason: &'a str,
@@ -201,9 +223,12 @@ impl Ctx<'_> {
             issuer: &p.issuer,
             groups: &p.groups,
             action: q.action,
-            container: &c.name,
-            labels: &c.labels,
-            attributes: ContainerAttributes::from(c),
+            container: c.name,
+            labels: c.labels,
+            attributes: ContainerAttributes {
+                owner: c.owner,
+                purpose: c.purpose,
+            },
             grant: grant.map(|g| GrantContext {
                 id: &g.id,
                 approver: g.decided_by.as_deref().unwrap_or(""),
@@ -213,7 +238,7 @@ impl Ctx<'_> {
             live_sessions: q.live_sessions,
             reason: q.reason,
             snapshot: q.snapshot,
-            principal_is_owner: owner_is(c.owner.as_deref(), &p.subject, p.email.as_deref()),
+            principal_is_owner: owner_is(c.owner, &p.subject, p.email.as_deref()),
         };
         match self.gateway.policy.decide_lifecycle(&request) {
             Ok(d) => d,
@@ -267,19 +292,14 @@ impl Ctx<'_> {
         };
         let mut visible: Vec<ContainerRow> = Vec::new();
         for row in rows {
-            // The row's container as the policy sees it (labels, owner).
-            let mut c = Container::new(
-                &row.name,
-                crate::inventory::ContainerState::NotRunning(String::new()),
-                String::new(),
-                crate::inventory::Backend::Lxc,
-            );
-            c.labels = row.labels.clone();
-            c.owner = row.owner.clone();
-            c.purpose = row.purpose.clone();
             let q = Question {
                 action: Action::Inspect,
-                container: &c,
+                container: Target {
+                    name: &row.name,
+                    labels: &row.labels,
+                    owner: row.owner.as_deref(),
+                    purpose: row.purpose.as_deref(),
+                },
                 force: false,
                 live_sessions: 0,
                 reason: "",
@@ -326,7 +346,7 @@ impl Ctx<'_> {
         };
         let q = Question {
             action: Action::Inspect,
-            container: &c,
+            container: Target::from(&c),
             force: false,
             live_sessions: 0,
             reason: "",
@@ -469,7 +489,7 @@ impl Ctx<'_> {
         };
         let q = Question {
             action,
-            container: &c,
+            container: Target::from(&c),
             force,
             live_sessions: i64::try_from(live).unwrap_or(i64::MAX),
             reason,

@@ -23,6 +23,8 @@
 
 mod args;
 pub mod containers;
+#[cfg(test)]
+mod containers_tests;
 mod keys;
 mod locks;
 mod render;

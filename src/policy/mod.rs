@@ -22,7 +22,10 @@
 //! `activate` is asked after each approval, counting it, and the request
 //! becomes a grant only when it is permitted); `Action::"sftp"` (context as exec plus `access`,
 //! `"read"`/`"write"`), `"port_forward"` (plus `host`, an `ipaddr`, and
-//! `port`, long) and `"agent_forward"` (issue 5).
+//! `port`, long) and `"agent_forward"` (issue 5); `Action::"start"`,
+//! `"stop"`, `"restart"`, `"snapshot"`, `"restore"` and `"inspect"` on a
+//! container (issue 18, context in [`lifecycle`]); a workflow question about
+//! a request for one of those carries its `action`.
 //!
 //! Deciding is pure: no I/O, everything comes in the request.
 
