@@ -476,6 +476,10 @@ fn lifecycle_actions_through_the_daemon() {
         &name,
         "-c",
         "user.portcullis.label.env=dev",
+        // An owner, so the listing test (in parallel) still counts one
+        // container without an owner.
+        "-c",
+        "user.portcullis.owner=admin",
         // busybox's init halts on SIGUSR1, not on LXD's default SIGPWR.
         "-c",
         "raw.lxc=lxc.signal.halt=SIGUSR1",
