@@ -10,8 +10,8 @@
 //! - Live access ends: a lock ends live sessions and refuses the next
 //!   session of a ControlMaster connection; so does a revoked key binding
 //!   (review H5).
-//! - Time limits: `session.idle_timeout` (keepalives do not count) and
-//!   `session.max_duration` end a session with a message.
+//! - Time limits: `session.idle_timeout` (keepalives do not count; input
+//!   does) and `session.max_duration` end a session with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -532,6 +532,45 @@ fn idle_and_long_sessions_end_with_a_message() {
         reasons.contains(&Value::from("it reached the longest allowed session (5s)")),
         "{reasons:?}"
     );
+}
+
+/// Input is activity: a session that reads its input, fed a line every
+/// 0.4 s for 3.2 s (longer than the 2 s idle timeout), is not idle while
+/// the lines come, and ends idle 2 s after the last one.
+#[test]
+fn input_keeps_a_session_from_idling() {
+    use std::io::Write;
+    let w = world();
+    let gw = w.another_gateway("[session]\nkill_grace = \"1s\"\nidle_timeout = \"2s\"\n");
+    let mut cmd = gw.ssh_batch(
+        &format!("app@{}", w.container().name),
+        w.key("admin"),
+        Some(w.cert("admin")),
+    );
+    cmd.arg("cat >/dev/null");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The input's pace, not a wait for something to happen.
+    for _ in 0..8 {
+        stdin.write_all(b"typing\n").unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("session ended: idle for 2s"), "{stderr}");
+    let rows = gw.wait_sessions_ended(1, |r| r["command"] == "cat >/dev/null");
+    let length = rows[0]["ended_at"].as_i64().unwrap() - rows[0]["started_at"].as_i64().unwrap();
+    eprintln!("ended {length} ms after it started (input for 3200 ms, idle 2000 ms)");
+    // The last line went at about 2.8 s after the start: never idle before
+    // 4.8 s (the session starts a little after ssh does, so 4.5 s bounds it).
+    assert!(length >= 4500, "ended after {length} ms: {rows:?}");
 }
 
 #[test]

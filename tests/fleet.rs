@@ -21,9 +21,24 @@ use portcullis::fleet::relay::{NodeHostCheck, RelayClient, RelayEvent, RelayRequ
 use portcullis::fleet::tunnel::{NodeIdentity, RelayAcceptor, TunnelStream};
 use portcullis::fleet::{RelayAction, RelayGrant, join};
 use portcullis::identity::Principal;
+use portcullis::inventory::container_rows;
+use portcullis::store::InventoryPush;
 use russh::Pty;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A running container without labels, owner or purpose, as a node's
+/// heartbeat reports it.
+fn pushed(name: &str) -> InventoryPush {
+    InventoryPush {
+        name: name.to_string(),
+        state: "RUNNING".to_string(),
+        labels: "{}".to_string(),
+        owner: None,
+        purpose: None,
+        backend: "lxc".to_string(),
+    }
+}
 
 fn grant(container: &str, action: RelayAction) -> RelayGrant {
     RelayGrant {
@@ -145,15 +160,35 @@ async fn join_tokens_are_one_time_named_and_expiring_and_removal_is_immediate() 
     );
     // Where containers run: n2 is connected here, n1 joined but has no
     // tunnel, web7 is nowhere.
-    let row = |name: &str| (name.to_string(), "RUNNING".to_string(), "{}".to_string());
     edge.store
-        .push_inventory("n2", "0.1.0", &[row("web9")])
+        .push_inventory("n2", "0.1.0", &[pushed("web9")])
         .await
         .unwrap();
     edge.store
-        .push_inventory("n1", "0.1.0", &[row("web8")])
+        .push_inventory("n1", "0.1.0", &[pushed("web8")])
         .await
         .unwrap();
+    // The listing (`portcullis containers list` on any role) shows the
+    // fleet's containers, not this host's, and n1's as offline.
+    let no_local = portcullis::inventory::Inventory::new(
+        &portcullis::config::Config::parse(
+            "state_dir = \"/nonexistent\"\n[oidc]\nissuer = \"https://idp.example.com\"\n\
+             client_id = \"p\"\n[inventory]\nbackend = \"process\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap(),
+    );
+    let rows = container_rows(&no_local, &edge.store, "edge-a", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let listed: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| (r.name.as_str(), r.node.as_str(), r.state.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [("web8", "n1", "OFFLINE"), ("web9", "n2", "RUNNING")]
+    );
     let at = locate(&edge.store, &edge.tunnels, "web9").await.unwrap();
     assert_eq!((at.node.as_str(), at.state.as_str()), ("n2", "RUNNING"));
     let offline = locate(&edge.store, &edge.tunnels, "web8")
@@ -521,10 +556,9 @@ async fn container_names_are_unique_across_the_fleet() {
     for node in ["n1", "n2"] {
         edge.token(node, Duration::from_secs(60)).await;
     }
-    let row = |name: &str| (name.to_string(), "RUNNING".to_string(), "{}".to_string());
     assert!(
         edge.store
-            .push_inventory("n1", "0.1.0", &[row("web1")])
+            .push_inventory("n1", "0.1.0", &[pushed("web1")])
             .await
             .unwrap()
             .is_empty()
@@ -545,6 +579,8 @@ pid_file = "/nonexistent/web1.pid"
 [containers.web2]
 pid_file = "/nonexistent/web2.pid"
 labels = {{ env = "prod" }}
+owner = "alice"
+purpose = "shop front"
 "#,
             state.path().display()
         ),
@@ -580,23 +616,49 @@ labels = {{ env = "prod" }}
         claims,
         [serde_json::json!({"container": "web1", "node": "n2", "owner": "n1"})]
     );
-    let all: Vec<(String, String, String, String)> = edge
+    type Pushed = (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+    );
+    let all: Vec<Pushed> = edge
         .store
         .fleet_containers()
         .await
         .unwrap()
         .into_iter()
-        .map(|c| (c.name, c.node, c.state, c.labels))
+        .map(|c| {
+            (
+                c.name, c.node, c.state, c.labels, c.owner, c.purpose, c.backend,
+            )
+        })
         .collect();
+    // Owner, purpose and backend cross the fleet with state and labels
+    // (the edge decides and lists on them).
     assert_eq!(
         all,
         [
-            ("web1".into(), "n1".into(), "RUNNING".into(), "{}".into()),
+            (
+                "web1".into(),
+                "n1".into(),
+                "RUNNING".into(),
+                "{}".into(),
+                None,
+                None,
+                "lxc".into()
+            ),
             (
                 "web2".into(),
                 "n2".into(),
                 "STOPPED".into(),
-                r#"{"env":"prod"}"#.into()
+                r#"{"env":"prod"}"#.into(),
+                Some("alice".into()),
+                Some("shop front".into()),
+                "process".into()
             ),
         ]
     );

@@ -1,5 +1,6 @@
 //! `portcullis containers list [--json]`: what the inventory finds (the
-//! process backend and the configured one), with node, state, owner,
+//! process backend and the configured one; in a fleet, every node's as
+//! pushed to the database), with node, state, owner,
 //! purpose, labels and last session, from
 //! [`crate::inventory::container_rows`]; containers without an owner are
 //! flagged.
@@ -48,7 +49,8 @@ pub(crate) async fn containers(
     };
     let inventory = Inventory::new(&config);
     let store = Store::open(&config.database_url()).await?;
-    let rows = container_rows(&inventory, &store, &config.gateway_id()).await;
+    let fresh = config.fleet.heartbeat.saturating_mul(3);
+    let rows = container_rows(&inventory, &store, &config.gateway_id(), fresh).await;
     store.close().await;
     let rows = rows?;
     if json {

@@ -1,6 +1,7 @@
 //! The node's heartbeat (issue 16 point 4): every `fleet.heartbeat` it
-//! lists what [`Inventory::list`] finds and writes it to `fleet_containers`
-//! with its heartbeat and version, in one transaction. A container name
+//! lists what [`Inventory::list`] finds (state, labels, owner, purpose,
+//! backend) and writes it to `fleet_containers` with its heartbeat and
+//! version, in one transaction. A container name
 //! another node owns is refused (names are unique across the fleet): the
 //! claim is audited once (`ContainerClaimRefused`) and logged naming both
 //! nodes, and the owner's row is left alone.
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditEvent, AuditLog, AuditSubject};
 use crate::inventory::{ContainerState, Inventory, InventoryError};
-use crate::store::{ContainerConflict, Store, StoreError};
+use crate::store::{ContainerConflict, InventoryPush, Store, StoreError};
 
 /// A failed heartbeat.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +40,7 @@ pub async fn push_once(
     node: &str,
     reported: &mut BTreeSet<(String, String)>,
 ) -> Result<Vec<ContainerConflict>, HeartbeatError> {
-    let rows: Vec<(String, String, String)> = inventory
+    let rows: Vec<InventoryPush> = inventory
         .list()
         .await?
         .into_iter()
@@ -48,8 +49,14 @@ pub async fn push_once(
                 ContainerState::Running { .. } => "RUNNING".to_string(),
                 ContainerState::NotRunning(s) => s,
             };
-            let labels = serde_json::to_string(&c.labels).unwrap_or_else(|_| "{}".into());
-            (c.name, state, labels)
+            InventoryPush {
+                labels: serde_json::to_string(&c.labels).unwrap_or_else(|_| "{}".into()),
+                name: c.name,
+                state,
+                owner: c.owner,
+                purpose: c.purpose,
+                backend: c.backend.as_str().to_string(),
+            }
         })
         .collect();
     let conflicts = store

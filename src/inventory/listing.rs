@@ -2,31 +2,36 @@
 //! purpose, labels and last session, and a flag on containers that have no
 //! owner. One function, [`container_rows`], serves `portcullis containers
 //! list`, the broker's `containers` command and the web console, so they
-//! show the same thing.
+//! show the same thing: in a fleet (nodes pushed their inventories to the
+//! shared database) every node's containers, an offline node's marked
+//! `OFFLINE`; otherwise this gateway's own.
 //!
-//! Reads only (the inventory's backends and one query of the sessions
-//! table); never filters by policy: a front end that shows rows to a
-//! principal decides which rows that principal may see.
+//! Reads only (the inventory's backends, the fleet's tables and the
+//! sessions table); never filters by policy: a front end that shows rows to
+//! a principal decides which rows that principal may see.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Container, ContainerState, Inventory, InventoryError};
-use crate::store::{LastSession, Store};
+use super::{Backend, Container, ContainerState, Inventory, InventoryError};
+use crate::store::{FleetContainer, LastSession, NodeRecord, Store};
 
 /// One container as the listing shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ContainerRow {
     /// Name, as the runtime knows it.
     pub name: String,
-    /// The node (container host) that serves it: this gateway's
-    /// `gateway_id` for now.
+    /// The node (container host) that serves it: in a fleet the node that
+    /// reported it, otherwise this gateway's `gateway_id`.
     pub node: String,
     /// `lxc`, `process` or `incus`.
     pub backend: &'static str,
     /// `RUNNING`, or the runtime's word for not running (`STOPPED`,
-    /// `FROZEN`, `UNKNOWN`, `INVALID`...).
+    /// `FROZEN`, `UNKNOWN`, `INVALID`...); in a fleet `OFFLINE` when its
+    /// node has no live tunnel to an edge, `REMOVED` when the node was
+    /// removed.
     pub state: String,
     /// The init's host PID while running.
     pub init_pid: Option<i32>,
@@ -68,19 +73,29 @@ impl ContainerRow {
     }
 }
 
-/// Every container of `inventory` (sorted by name, as
-/// [`Inventory::list`]) as a row on `node` (this gateway's
-/// `Config::gateway_id()`), with the newest session of `store` that the
-/// gateway `node` recorded for it.
+/// The containers to list. In a fleet (the database holds nodes' pushed
+/// inventories): every node's, each as its node last reported it, and
+/// `OFFLINE` when no edge saw the node's tunnel within `fleet_fresh` (use
+/// three `fleet.heartbeat`s). Otherwise every container of `inventory` (as
+/// [`Inventory::list`]) on `node` (this gateway's `Config::gateway_id()`).
+/// Sorted by name; each with the newest session its node recorded for it.
 ///
 /// # Errors
 /// As [`Inventory::list`]; [`InventoryError::LastSessions`] when the
-/// sessions table cannot be read.
+/// sessions or fleet tables cannot be read.
 pub async fn container_rows(
     inventory: &Inventory,
     store: &Store,
     node: &str,
+    fleet_fresh: Duration,
 ) -> Result<Vec<ContainerRow>, InventoryError> {
+    let fleet = store
+        .fleet_containers()
+        .await
+        .map_err(InventoryError::Fleet)?;
+    if !fleet.is_empty() {
+        return fleet_rows(store, fleet, fleet_fresh).await;
+    }
     let (containers, last) = tokio::join!(inventory.list(), store.last_sessions(node));
     let containers = containers?;
     let mut last = last.map_err(InventoryError::LastSessions)?;
@@ -91,6 +106,63 @@ pub async fn container_rows(
             ContainerRow::new(c, node, session)
         })
         .collect())
+}
+
+/// The fleet's containers as rows (see [`container_rows`]).
+async fn fleet_rows(
+    store: &Store,
+    fleet: Vec<FleetContainer>,
+    fresh: Duration,
+) -> Result<Vec<ContainerRow>, InventoryError> {
+    let fresh_ms = i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX);
+    let nodes = store
+        .list_fleet_nodes(fresh_ms)
+        .await
+        .map_err(InventoryError::Fleet)?;
+    let mut last: BTreeMap<String, BTreeMap<String, LastSession>> = BTreeMap::new();
+    for n in &nodes {
+        let sessions = store
+            .last_sessions(&n.name)
+            .await
+            .map_err(InventoryError::LastSessions)?;
+        last.insert(n.name.clone(), sessions);
+    }
+    Ok(fleet
+        .into_iter()
+        .map(|f| {
+            let session = last.get_mut(&f.node).and_then(|m| m.remove(&f.name));
+            let node = nodes.iter().find(|n| n.name == f.node);
+            fleet_row(f, node, session)
+        })
+        .collect())
+}
+
+/// One container as its node reported it, its state overridden when the
+/// node is `removed` or has no live tunnel.
+fn fleet_row(
+    f: FleetContainer,
+    node: Option<&NodeRecord>,
+    last_session: Option<LastSession>,
+) -> ContainerRow {
+    let state = match node {
+        Some(n) if n.state != "active" => "REMOVED".to_string(),
+        Some(n) if n.edges.is_empty() => "OFFLINE".to_string(),
+        None => "REMOVED".to_string(),
+        Some(_) => f.state,
+    };
+    ContainerRow {
+        unowned: f.owner.is_none(),
+        name: f.name,
+        node: f.node,
+        backend: Backend::parse(&f.backend).map_or("unknown", Backend::as_str),
+        state,
+        // The init is the node's, never the edge's to use.
+        init_pid: None,
+        owner: f.owner,
+        purpose: f.purpose,
+        labels: serde_json::from_str(&f.labels).unwrap_or_default(),
+        last_session,
+    }
 }
 
 #[cfg(test)]

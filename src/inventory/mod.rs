@@ -60,6 +60,16 @@ impl Backend {
             Backend::Incus => "incus",
         }
     }
+
+    /// The backend named `name` (as [`Backend::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<Backend> {
+        match name {
+            "lxc" => Some(Backend::Lxc),
+            "process" => Some(Backend::Process),
+            "incus" => Some(Backend::Incus),
+            _ => None,
+        }
+    }
 }
 
 /// The state of a container, as its runtime reports it.
@@ -174,6 +184,9 @@ pub enum InventoryError {
     /// sessions.
     #[error("cannot read the last sessions: {0}")]
     LastSessions(#[source] crate::store::StoreError),
+    /// The fleet's tables (nodes' pushed inventories) could not be read.
+    #[error("cannot read the fleet's inventory: {0}")]
+    Fleet(#[source] crate::store::StoreError),
 }
 
 /// The inventory the gateway uses: the process backend and the configured

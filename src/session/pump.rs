@@ -9,6 +9,8 @@
 //! Input is written to the process by a task of its own, so a process that
 //! does not read its input never stalls its output.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -87,13 +89,38 @@ pub(crate) struct Outcome {
     pub container_stopped: bool,
 }
 
+/// When client input last reached the process, in milliseconds since the
+/// pump started: written by the stdin task on every chunk, read by the
+/// pump only when its idle deadline passes (a message per chunk would wake
+/// the pump once per input packet).
+#[derive(Clone)]
+struct InputClock {
+    started: tokio::time::Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl InputClock {
+    fn new(started: tokio::time::Instant) -> Self {
+        Self {
+            started,
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Notes input now.
+    fn tick(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When input last arrived (the pump's start if none has).
+    fn last(&self) -> tokio::time::Instant {
+        self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
 enum Control {
-    /// Client input reached the process (for the idle timeout).
-    Activity,
-    Resize {
-        cols: u16,
-        rows: u16,
-    },
+    Resize { cols: u16, rows: u16 },
     Signal(i32),
     Closed,
 }
@@ -138,7 +165,14 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
         } => (Box::new(stdout), Some(Box::new(stderr)), Box::new(stdin)),
     };
     let (control_tx, mut control) = mpsc::unbounded_channel();
-    let stdin_task = tokio::spawn(feed_stdin(input, stdin, control_tx, record_tx));
+    let input_clock = InputClock::new(started);
+    let stdin_task = tokio::spawn(feed_stdin(
+        input,
+        stdin,
+        control_tx,
+        record_tx,
+        input_clock.clone(),
+    ));
 
     let mut stdout = Some(stdout);
     let mut stderr = stderr;
@@ -228,7 +262,6 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
                 None => recording_input = false,
             },
             event = control.recv() => match event {
-                Some(Control::Activity) => active_at = tokio::time::Instant::now(),
                 Some(Control::Resize { cols, rows }) => {
                     let _ = attached.resize(cols, rows);
                     if let Err(stopped) = record.resize(u32::from(cols), u32::from(rows)).await {
@@ -270,6 +303,12 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
             }
             _ = sleep_until(drain_deadline) => break,
             _ = sleep_until(idle_at) => {
+                // Input since the deadline was set moves it on.
+                let input_at = input_clock.last();
+                if input_at > active_at {
+                    active_at = input_at;
+                    continue;
+                }
                 ended_by = idle_timeout.map(EndReason::IdleTimeout);
                 break;
             }
@@ -385,13 +424,14 @@ async fn feed_stdin(
     stdin: Writer,
     control: mpsc::UnboundedSender<Control>,
     record: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    clock: InputClock,
 ) {
     let mut stdin = Some(stdin);
     while let Some(event) = input.recv().await {
         match event {
             Input::Data(bytes) => {
                 let n = bytes.len();
-                let _ = control.send(Control::Activity);
+                clock.tick();
                 if let Some(w) = stdin.as_mut() {
                     if let Some(record) = &record {
                         let _ = record.send(bytes.clone());

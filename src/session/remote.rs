@@ -249,17 +249,20 @@ async fn pass_requests(relay: &RelaySession, request: &RemoteShell) -> Result<()
     }
 }
 
-/// The container as the fleet reports it, for the decision (name, labels;
-/// owner and purpose are not reported across the fleet yet).
+/// The container as the fleet reports it, for the decision: name, labels,
+/// owner, purpose and the node's backend.
 fn container_of(found: &FleetContainer) -> Container {
     let state = match found.state.as_str() {
         // The init lives on the node: the edge never pins or enters it.
         "RUNNING" => ContainerState::Running { init_pid: 0 },
         other => ContainerState::NotRunning(other.to_string()),
     };
-    let mut container = Container::new(&found.name, state, String::new(), Backend::Lxc);
+    let backend = Backend::parse(&found.backend).unwrap_or(Backend::Lxc);
+    let mut container = Container::new(&found.name, state, String::new(), backend);
     container.labels =
         serde_json::from_str::<BTreeMap<String, String>>(&found.labels).unwrap_or_default();
+    container.owner = found.owner.clone();
+    container.purpose = found.purpose.clone();
     container
 }
 

@@ -49,8 +49,31 @@ pub struct FleetContainer {
     pub state: String,
     /// Labels as a JSON object text.
     pub labels: String,
+    /// Who answers for it, as the node's inventory says (`None`: unowned).
+    pub owner: Option<String>,
+    /// What it is for, as the node's inventory says.
+    pub purpose: Option<String>,
+    /// The node's inventory backend (`lxc`, `process`, `incus`).
+    pub backend: String,
     /// Unix ms of the node's last report.
     pub updated_at: i64,
+}
+
+/// One container in a node's heartbeat ([`Store::push_inventory`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryPush {
+    /// Container name.
+    pub name: String,
+    /// `RUNNING`, `STOPPED`, ... as the runtime says.
+    pub state: String,
+    /// Labels as a JSON object text.
+    pub labels: String,
+    /// Its owner, when the inventory names one.
+    pub owner: Option<String>,
+    /// Its purpose, when the inventory names one.
+    pub purpose: Option<String>,
+    /// The inventory backend that found it.
+    pub backend: String,
 }
 
 /// A container name another node already owns.
@@ -406,7 +429,7 @@ impl Store {
         &self,
         node: &str,
         version: &str,
-        containers: &[(String, String, String)],
+        containers: &[InventoryPush],
     ) -> Result<Vec<ContainerConflict>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -417,17 +440,22 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let mut conflicts = Vec::new();
-        for (name, state, labels) in containers {
+        for c in containers {
+            let name = &c.name;
             let done = sqlx::query(
-                "INSERT INTO fleet_containers (name, node, state, labels, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET \
-                 state = excluded.state, labels = excluded.labels, updated_at = excluded.updated_at \
-                 WHERE fleet_containers.node = excluded.node",
+                "INSERT INTO fleet_containers (name, node, state, labels, owner, purpose, backend, \
+                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO UPDATE \
+                 SET state = excluded.state, labels = excluded.labels, owner = excluded.owner, \
+                 purpose = excluded.purpose, backend = excluded.backend, \
+                 updated_at = excluded.updated_at WHERE fleet_containers.node = excluded.node",
             )
             .bind(name)
             .bind(node)
-            .bind(state)
-            .bind(labels)
+            .bind(&c.state)
+            .bind(&c.labels)
+            .bind(&c.owner)
+            .bind(&c.purpose)
+            .bind(&c.backend)
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -453,7 +481,7 @@ impl Store {
             .collect();
         for gone in mine
             .iter()
-            .filter(|n| !containers.iter().any(|(name, _, _)| name == *n))
+            .filter(|n| !containers.iter().any(|c| &c.name == *n))
         {
             sqlx::query("DELETE FROM fleet_containers WHERE name = $1 AND node = $2")
                 .bind(gone)
@@ -471,7 +499,8 @@ impl Store {
     /// [`StoreError::Query`].
     pub async fn fleet_containers(&self) -> Result<Vec<FleetContainer>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, node, state, labels, updated_at FROM fleet_containers ORDER BY name",
+            "SELECT name, node, state, labels, owner, purpose, backend, updated_at \
+             FROM fleet_containers ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -482,6 +511,9 @@ impl Store {
                 node: r.get("node"),
                 state: r.get("state"),
                 labels: r.get("labels"),
+                owner: r.get("owner"),
+                purpose: r.get("purpose"),
+                backend: r.get("backend"),
                 updated_at: r.get("updated_at"),
             })
             .collect())

@@ -24,7 +24,8 @@ mod webhooks;
 pub use approvals::ApprovalRecord;
 pub use bindings::{KeyBinding, NewKeyBinding, RefreshedBinding};
 pub use fleet::{
-    ContainerConflict, FleetContainer, NodeRecord, TokenRefusal, WitnessRecord, notify_fleet_query,
+    ContainerConflict, FleetContainer, InventoryPush, NodeRecord, TokenRefusal, WitnessRecord,
+    notify_fleet_query,
 };
 pub use grants::{AccessRequestRecord, NewAccessRequest};
 
