@@ -283,7 +283,9 @@ impl Ctx<'_> {
             Err(m) => return Reply::usage(&m),
         };
         let g = self.gateway;
-        let rows = match container_rows(&g.inventory, &g.store, &g.config.gateway_id()).await {
+        let fresh = g.config.fleet.heartbeat.saturating_mul(3);
+        let rows = match container_rows(&g.inventory, &g.store, &g.config.gateway_id(), fresh).await
+        {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list containers");
