@@ -433,3 +433,187 @@ fn containers_list_shows_owner_purpose_labels_and_last_session() {
     );
     let _ = &f.idp;
 }
+
+/// The `container_lifecycle` audit events of `container`: `(principal,
+/// outcome, action)`, from `portcullis audit list --json`.
+fn lifecycle_events(container: &str) -> Vec<(String, String, String)> {
+    let out = fixture().gateway.cli(&["audit", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.iter()
+        .filter(|r| r["kind"] == "container_lifecycle")
+        .filter_map(|r| {
+            let detail: Value = match &r["detail"] {
+                Value::String(s) => serde_json::from_str(s).unwrap(),
+                other => other.clone(),
+            };
+            (detail["container"] == container).then(|| {
+                (
+                    r["principal"].as_str().unwrap_or("").to_string(),
+                    r["outcome"].as_str().unwrap().to_string(),
+                    detail["action"].as_str().unwrap().to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Issue 18 through the daemon: the host operator's own commands (start,
+/// restore, snapshots) and the broker's over ssh (snapshot of a running
+/// instance, a restore refused without a grant, stop), on an instance of
+/// this test's own, each audited before and after.
+#[test]
+fn lifecycle_actions_through_the_daemon() {
+    let f = fixture();
+    let name = format!("{}-life", f.lxd.running);
+    f.lxd.lxc(&[
+        "init",
+        "portcullis-busybox",
+        &name,
+        "-c",
+        "user.portcullis.label.env=dev",
+        // An owner, so the listing test (in parallel) still counts one
+        // container without an owner.
+        "-c",
+        "user.portcullis.owner=admin",
+        // busybox's init halts on SIGUSR1, not on LXD's default SIGPWR.
+        "-c",
+        "raw.lxc=lxc.signal.halt=SIGUSR1",
+    ]);
+    let status = || {
+        let out = f
+            .lxd
+            .lxc(&["query", &format!("/1.0/instances/{name}/state")]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["status"].as_str().unwrap().to_string()
+    };
+    let started = f
+        .gateway
+        .cli(&["containers", "start", &name, "--reason", "OPS-1"]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&started.stdout),
+        format!("start: done on {name}.\n")
+    );
+    assert_eq!(status(), "Running");
+    let t0 = Instant::now();
+    let snap = ssh(
+        "portcullis",
+        &f.admin_token,
+        &["containers", "snapshot", &name, "--reason", "OPS-2"],
+    );
+    assert_eq!(
+        (snap.code, String::from_utf8_lossy(&snap.stdout).as_ref()),
+        (0, format!("Took snapshot snap0 of {name}.\n").as_str()),
+        "{}",
+        snap.stderr
+    );
+    eprintln!(
+        "snapshot of a running LXD instance over ssh: {:?}",
+        t0.elapsed()
+    );
+    f.lxd
+        .lxc(&["exec", &name, "--", "touch", "/after-snapshot"]);
+    // Admins too need a grant for a restore.
+    let refused = ssh(
+        "portcullis",
+        &f.admin_token,
+        &["containers", "restore", &name, "snap0", "--reason", "OPS-3"],
+    );
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("the policy does not allow you to restore"),
+        "{}",
+        refused.stderr
+    );
+    // The host's operator restores (LXD stops, restores and starts it).
+    let restored = f
+        .gateway
+        .cli(&["containers", "restore", &name, "snap0", "--reason", "OPS-3"]);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let after = Command::new("lxc")
+        .args(["exec", &name, "--", "test", "-e", "/after-snapshot"])
+        .env("LXD_DIR", &f.lxd.dir)
+        .env("LXD_CONF", f.lxd.dir.join("client"))
+        .status()
+        .unwrap();
+    assert_eq!(
+        after.code(),
+        Some(1),
+        "the file made after the snapshot is gone"
+    );
+    let listed = f.gateway.cli(&["containers", "snapshots", &name, "--json"]);
+    let listed: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let names: Vec<&str> = listed.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["snap0"]);
+    // An unknown snapshot: the refusal names it.
+    let missing = f
+        .gateway
+        .cli(&["containers", "restore", &name, "snap9", "--reason", "OPS-4"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains(&format!("{name} has no snapshot snap9")),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let t0 = Instant::now();
+    let stopped = ssh(
+        "portcullis",
+        &f.admin_token,
+        &["containers", "stop", &name, "--reason", "OPS-5"],
+    );
+    assert_eq!(
+        (
+            stopped.code,
+            String::from_utf8_lossy(&stopped.stdout).as_ref()
+        ),
+        (0, format!("Stopped {name}.\n").as_str()),
+        "{}",
+        stopped.stderr
+    );
+    eprintln!("stop of an LXD instance over ssh: {:?}", t0.elapsed());
+    assert_eq!(status(), "Stopped");
+    let host = format!("host:uid={}", nix::unistd::getuid());
+    let events = lifecycle_events(&name);
+    let admin = events
+        .iter()
+        .find(|(p, _, a)| p != &host && a == "snapshot")
+        .map(|(p, _, _)| p.clone())
+        .unwrap();
+    let e = |p: &str, o: &str, a: &str| (p.to_string(), o.to_string(), a.to_string());
+    assert_eq!(
+        events,
+        vec![
+            e(&host, "allow", "start"),
+            e(&host, "success", "start"),
+            e(&admin, "allow", "snapshot"),
+            e(&admin, "success", "snapshot"),
+            e(&admin, "deny", "restore"),
+            e(&host, "allow", "restore"),
+            e(&host, "success", "restore"),
+            e(&host, "allow", "restore"),
+            e(&host, "failure", "restore"),
+            e(&admin, "allow", "stop"),
+            e(&admin, "success", "stop"),
+        ]
+    );
+    let _ = Command::new("lxc")
+        .args(["delete", "-f", &name])
+        .env("LXD_DIR", &f.lxd.dir)
+        .env("LXD_CONF", f.lxd.dir.join("client"))
+        .output();
+}

@@ -19,6 +19,7 @@ pub mod anchor;
 mod anchor_compare;
 pub mod bundle;
 mod check;
+mod container_action;
 mod error;
 pub mod export;
 pub mod head;
@@ -33,6 +34,7 @@ use serde_json::json;
 
 pub use anchor_compare::{AnchorReport, Divergence, compare_anchor, verify_anchor};
 pub use check::{Limits, SignatureProblem, Signer, Stretch};
+pub use container_action::ContainerAction;
 pub use error::AuditError;
 pub use head::{SIGNATURE_NAMESPACE, TrustedKeys, check_sshsig};
 pub use log::{AuditLog, AuditSubject, truncate};
@@ -339,6 +341,9 @@ pub enum AuditEvent {
         reason: String,
         /// Policies that allowed the request.
         policies: Vec<String>,
+        /// The lifecycle action asked for instead of a login (issue 18).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
     },
     /// A workflow step (request, approve, deny, activate, revoke, review)
     /// was refused: by policy, a configured limit, or the request's state
@@ -489,6 +494,28 @@ pub enum AuditEvent {
         /// The node's name.
         node: String,
     },
+    /// A lifecycle action (issue 18) was refused (policy, input, state).
+    ContainerActionRefused {
+        /// `start`, `stop`, `restart`, `snapshot`, `restore`, `inspect`.
+        action: String,
+        /// The container.
+        container: String,
+        /// Why, for the auditor (policies, the error).
+        reason: String,
+    },
+    /// A lifecycle action was allowed and is about to run on the backend.
+    ContainerActionStarted(ContainerAction),
+    /// A lifecycle action finished (`error`: the backend's, if it failed).
+    ContainerActionEnded {
+        /// The action.
+        action: String,
+        /// The container.
+        container: String,
+        /// The snapshot taken or restored, if any.
+        snapshot: Option<String>,
+        /// The backend's error.
+        error: Option<String>,
+    },
     /// A node reported a container whose name another node owns; the
     /// claim was refused.
     ContainerClaimRefused {
@@ -546,6 +573,9 @@ impl AuditEvent {
             | AuditEvent::NodeLoginRefused { .. }
             | AuditEvent::NodeRemoved { .. }
             | AuditEvent::ContainerClaimRefused { .. } => "fleet",
+            AuditEvent::ContainerActionRefused { .. }
+            | AuditEvent::ContainerActionStarted(_)
+            | AuditEvent::ContainerActionEnded { .. } => "container_lifecycle",
         }
     }
 
@@ -596,7 +626,11 @@ impl AuditEvent {
             AuditEvent::NodeJoined { .. } => "success",
             AuditEvent::NodeJoinRefused { .. }
             | AuditEvent::NodeLoginRefused { .. }
-            | AuditEvent::ContainerClaimRefused { .. } => "deny",
+            | AuditEvent::ContainerClaimRefused { .. }
+            | AuditEvent::ContainerActionRefused { .. } => "deny",
+            AuditEvent::ContainerActionStarted(_) => "allow",
+            AuditEvent::ContainerActionEnded { error: None, .. } => "success",
+            AuditEvent::ContainerActionEnded { .. } => "failure",
         }
     }
 

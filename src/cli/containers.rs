@@ -4,12 +4,20 @@
 //! purpose, labels and last session, from
 //! [`crate::inventory::container_rows`]; containers without an owner are
 //! flagged.
+//!
+//! `portcullis containers start|stop|restart|snapshot NAME --reason TEXT`,
+//! `restore NAME SNAPSHOT --reason TEXT` and `snapshots NAME`: the host
+//! operator's own lifecycle commands (issue 18). No policy asks (root on
+//! the host is past every policy), but each runs through
+//! [`crate::commands::containers::perform`] under the principal
+//! `host:uid=N`, audited before and after like the broker's.
 
 use std::process::ExitCode;
 
 use super::{ContainersCommand, format_time, print_table};
+use crate::audit::{AuditLog, AuditSubject, ContainerAction};
 use crate::config::Config;
-use crate::inventory::{ContainerRow, Inventory, container_rows};
+use crate::inventory::{ContainerRow, Inventory, Operation, container_rows};
 use crate::store::Store;
 
 /// How the table shows a container without an owner.
@@ -19,7 +27,26 @@ pub(crate) async fn containers(
     config: Config,
     command: ContainersCommand,
 ) -> anyhow::Result<ExitCode> {
-    let ContainersCommand::List { json } = command;
+    let json = match command {
+        ContainersCommand::List { json } => json,
+        ContainersCommand::Start(a) => return act(config, a, Operation::Start).await,
+        ContainersCommand::Stop(a) => return act(config, a, Operation::Stop).await,
+        ContainersCommand::Restart(a) => return act(config, a, Operation::Restart).await,
+        ContainersCommand::Snapshot(a) => return act(config, a, Operation::Snapshot).await,
+        ContainersCommand::Restore {
+            name,
+            snapshot,
+            reason,
+        } => {
+            return act(
+                config,
+                ActArgs { name, reason },
+                Operation::Restore(snapshot),
+            )
+            .await;
+        }
+        ContainersCommand::Snapshots { name, json } => return snapshots(config, &name, json).await,
+    };
     let inventory = Inventory::new(&config);
     let store = Store::open(&config.database_url()).await?;
     let fresh = config.fleet.heartbeat.saturating_mul(3);
@@ -103,4 +130,73 @@ fn json_row(r: &ContainerRow) -> serde_json::Value {
         "last_session": r.last_session,
         "unowned": r.unowned,
     })
+}
+
+/// The words of `containers start|stop|restart|snapshot`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ActArgs {
+    /// The container.
+    name: String,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    reason: String,
+}
+
+/// `containers start|stop|restart|snapshot|restore` on the host.
+async fn act(config: Config, a: ActArgs, op: Operation) -> anyhow::Result<ExitCode> {
+    if !crate::config::valid_name(&a.name) {
+        anyhow::bail!("invalid container name");
+    }
+    if a.reason.trim().is_empty() || a.reason.chars().any(char::is_control) {
+        anyhow::bail!("--reason TEXT is required (one line)");
+    }
+    let inventory = Inventory::new(&config);
+    let container = inventory.find(&a.name).await?;
+    let store = Store::open(&config.database_url()).await?;
+    let audit = AuditLog::new(store.clone());
+    let principal = format!("host:uid={}", nix::unistd::getuid());
+    let subject = AuditSubject {
+        session_id: None,
+        principal: Some(&principal),
+        client_addr: Some("local"),
+    };
+    let facts = ContainerAction {
+        action: op.as_str().to_string(),
+        container: container.name.clone(),
+        snapshot: match &op {
+            Operation::Restore(s) => Some(s.clone()),
+            _ => None,
+        },
+        reason: a.reason.clone(),
+        force: false,
+        live_sessions: -1,
+        grant_id: None,
+        policies: vec!["host".to_string()],
+    };
+    let done =
+        crate::commands::containers::perform(&inventory, &audit, &subject, &container, &op, facts)
+            .await;
+    drop(store);
+    match (done?, &op) {
+        (Some(s), Operation::Snapshot) => println!("Took snapshot {s} of {}.", a.name),
+        (_, op) => println!("{}: done on {}.", op.as_str(), a.name),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `containers snapshots NAME [--json]` on the host.
+async fn snapshots(config: Config, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let inventory = Inventory::new(&config);
+    let container = inventory.find(name).await?;
+    let list = inventory.snapshots(&container).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if list.is_empty() {
+        println!("{name} has no snapshots.");
+    } else {
+        for s in list {
+            println!("{} {}", s.name, s.created);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -166,6 +166,33 @@ enum ContainersCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Start a container, as the host's operator (no policy; audited
+    /// like every action).
+    Start(containers::ActArgs),
+    /// Stop a container, as the host's operator.
+    Stop(containers::ActArgs),
+    /// Stop and start a container, as the host's operator.
+    Restart(containers::ActArgs),
+    /// Take a snapshot of a container, as the host's operator.
+    Snapshot(containers::ActArgs),
+    /// Put a container back to a snapshot, as the host's operator.
+    Restore {
+        /// The container.
+        name: String,
+        /// The snapshot (see `containers snapshots NAME`).
+        snapshot: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// A container's snapshots.
+    Snapshots {
+        /// The container.
+        name: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command line; returns the process exit code.

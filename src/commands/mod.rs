@@ -10,6 +10,8 @@
 //! sessions watch ID       sessions kill ID --reason ...
 //! keys [--all]            keys revoke FINGERPRINT
 //! lock add|list|remove ...   (also `locks`)
+//! containers [list] | snapshots NAME | start|stop|restart|snapshot NAME --reason ...
+//! containers restore NAME SNAPSHOT --reason ... | request ACTION NAME --reason ...
 //! ```
 //!
 //! Each command parses its words, calls [`crate::grants`] or the session
@@ -20,6 +22,9 @@
 //! writes the reply.
 
 mod args;
+pub mod containers;
+#[cfg(test)]
+mod containers_tests;
 mod keys;
 mod locks;
 mod render;
@@ -109,6 +114,11 @@ pub const HELP: &str = "Portcullis broker commands (ssh portcullis@GATEWAY COMMA
   lock add (--principal P|--group G|--key SHA256:...|--container C|--issuer URL|--login L)
            --reason TEXT [--for DURATION]   refuse and end their sessions and connections (admins)
   lock list [--all]     lock remove ID                           the locks that hold; remove one
+  containers [list]                                              containers you may see
+  containers start|stop|restart|snapshot NAME --reason TEXT [--force]
+                                            a lifecycle action (--force: despite live sessions)
+  containers snapshots NAME    containers restore NAME SNAPSHOT --reason TEXT [--force]
+  containers request ACTION NAME --reason TEXT [--for DURATION]  ask for approval of an action
 Add --json for machine-readable output.
 ";
 
@@ -139,6 +149,9 @@ pub async fn execute<'a>(
     }
     if verb == "lock" || verb == "locks" {
         return Outcome::Done(locks::run(gateway, caller, rest).await);
+    }
+    if verb == "containers" {
+        return Outcome::Done(containers::run(gateway, caller, rest).await);
     }
     Outcome::Done(run(gateway, caller, verb, rest).await)
 }

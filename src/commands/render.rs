@@ -109,16 +109,24 @@ pub(super) fn line(r: &AccessRequestRecord, approvals: &[ApprovalRecord]) -> Str
         t => format!(" [{t}]"),
     };
     format!(
-        "{}  {:<8} {} wants {}@{} for {}{}{flag}{approved}: {}\n",
+        "{}  {:<8} {} wants {} for {}{}{flag}{approved}: {}\n",
         r.id,
         status_of(r),
         r.requester,
-        r.login,
-        r.container,
+        target_text(r),
         format_duration(Duration::from_secs(secs)),
         until,
         r.reason
     )
+}
+
+/// What a request asks for: `login@container`, or `to ACTION container
+/// (once)` for a lifecycle action (issue 18).
+pub(super) fn target_text(r: &AccessRequestRecord) -> String {
+    match &r.action {
+        Some(action) => format!("to {action} {} (once)", r.container),
+        None => format!("{}@{}", r.login, r.container),
+    }
 }
 
 /// `v` and a newline.

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::args::Args;
 use super::render::{
-    approvals_text, json_text, line, list_json, list_text, record_json, time_text,
+    approvals_text, json_text, line, list_json, list_text, record_json, target_text, time_text,
 };
 use super::{Failure, LIST_LIMIT, Reply, labels_of, usage};
 use crate::gateway::Gateway;
@@ -233,11 +233,13 @@ pub(super) async fn approve(c: &Context<'_>, rest: &[String]) -> Result<Reply, F
     let text = if done.activated() {
         let names: Vec<&str> = done.approvals.iter().map(|a| a.approver.as_str()).collect();
         format!(
-            "Approved {}: {} may use {}@{} until {} (approved by {}).\n",
+            "Approved {}: {} may {} until {} (approved by {}).\n",
             r.id,
             r.requester,
-            r.login,
-            r.container,
+            match &r.action {
+                Some(_) => target_text(r).replacen("to ", "", 1),
+                None => format!("use {}", target_text(r)),
+            },
             time_text(r.expires_at),
             names.join(", ")
         )

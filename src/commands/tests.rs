@@ -18,12 +18,12 @@ use crate::policy::PolicyEngine;
 use crate::session::{Caller, Destination};
 use crate::store::{NewSession, Store};
 
-struct Env {
-    gw: Gateway,
+pub(super) struct Env {
+    pub(super) gw: Gateway,
     _dir: tempfile::TempDir,
 }
 
-async fn env() -> Env {
+pub(super) async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
@@ -65,7 +65,7 @@ async fn env() -> Env {
     Env { gw, _dir: dir }
 }
 
-fn caller(name: &str, groups: &[&str]) -> Caller {
+pub(super) fn caller(name: &str, groups: &[&str]) -> Caller {
     Caller {
         principal: Principal {
             subject: name.into(),
@@ -82,7 +82,7 @@ fn caller(name: &str, groups: &[&str]) -> Caller {
     }
 }
 
-async fn run(gw: &Gateway, who: &Caller, line: &str) -> Reply {
+pub(super) async fn run(gw: &Gateway, who: &Caller, line: &str) -> Reply {
     match execute(gw, who, Some(line)).await {
         Outcome::Done(r) => r,
         Outcome::Watch(_) => panic!("{line}: a watch, not a reply"),

@@ -45,9 +45,10 @@ impl Workflow<'_> {
         labels: &BTreeMap<String, String>,
         approvals: usize,
     ) -> Result<Vec<String>, GrantError> {
-        let decision = self
-            .policy
-            .decide_workflow(&Self::question(actor, action, r, labels, approvals));
+        let decision = self.policy.decide_workflow_action(
+            &Self::question(actor, action, r, labels, approvals),
+            r.action.as_deref(),
+        );
         let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
         let detail = match decision {
             Ok(d) if d.allowed => return Ok(d.policies),
@@ -138,13 +139,10 @@ impl Workflow<'_> {
             return Err(self.refuse(actor, "approve", what, e, detail).await);
         }
         let approvals = self.approvals(&r.id).await?;
-        let activate = self.policy.decide_workflow(&Self::question(
-            actor,
-            Action::Activate,
-            r,
-            labels,
-            approvals.len(),
-        ));
+        let activate = self.policy.decide_workflow_action(
+            &Self::question(actor, Action::Activate, r, labels, approvals.len()),
+            r.action.as_deref(),
+        );
         let activation = match activate {
             Ok(d) if d.allowed => Some(d.policies),
             Ok(d) => {

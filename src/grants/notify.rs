@@ -247,6 +247,7 @@ mod tests {
             reviewed_by: None,
             reviewed_at: None,
             review_comment: None,
+            action: None,
         };
         let approvals = [ApprovalRecord {
             request_id: "r1".into(),

@@ -22,13 +22,44 @@ impl Workflow<'_> {
         actor: &Actor<'_>,
         spec: &RequestSpec<'_>,
     ) -> Result<AccessRequestRecord, GrantError> {
+        self.request_for(actor, spec, None).await
+    }
+
+    /// Creates a pending request for lifecycle `action` (`start`, `stop`,
+    /// `restart`, `snapshot`, `restore`) on `spec.container` (issue 18),
+    /// checked as [`Workflow::request`] with `action` in the policy's
+    /// context; `spec.login` must be empty and `spec.break_glass` false.
+    /// Its grant runs the action once before it expires (the caller uses
+    /// it with [`crate::store::Store::use_action_grant`]).
+    ///
+    /// # Errors
+    /// As [`Workflow::request`].
+    pub async fn request_action(
+        &self,
+        actor: &Actor<'_>,
+        spec: &RequestSpec<'_>,
+        action: &str,
+    ) -> Result<AccessRequestRecord, GrantError> {
+        self.request_for(actor, spec, Some(action)).await
+    }
+
+    async fn request_for(
+        &self,
+        actor: &Actor<'_>,
+        spec: &RequestSpec<'_>,
+        action: Option<&str>,
+    ) -> Result<AccessRequestRecord, GrantError> {
         let what = (None, spec.container, spec.login);
         let verb = if spec.break_glass {
             "break-glass"
         } else {
             "request"
         };
-        if !valid_name(spec.login) {
+        let login_ok = match action {
+            None => valid_name(spec.login),
+            Some(_) => spec.login.is_empty() && !spec.break_glass,
+        };
+        if !login_ok {
             return Err(self
                 .refuse(actor, verb, what, GrantError::Login, "invalid login".into())
                 .await);
@@ -59,7 +90,7 @@ impl Workflow<'_> {
             return Err(self.refuse(actor, verb, what, e, detail).await);
         }
         let duration_seconds = i64::try_from(spec.duration.as_secs()).unwrap_or(i64::MAX);
-        let decision = self.policy.decide_workflow(&WorkflowRequest {
+        let question = WorkflowRequest {
             principal: &actor.principal.subject,
             groups: &actor.principal.groups,
             action: Action::Request,
@@ -71,7 +102,8 @@ impl Workflow<'_> {
             reason: spec.reason,
             break_glass: spec.break_glass,
             approvals: 0,
-        });
+        };
+        let decision = self.policy.decide_workflow_action(&question, action);
         let policies = match decision {
             Ok(d) if d.allowed => d.policies,
             Ok(d) => {
@@ -95,6 +127,7 @@ impl Workflow<'_> {
                 duration_seconds,
                 reason: spec.reason.to_string(),
                 policies,
+                action: action.map(str::to_string),
             },
         )
         .await?;
@@ -119,17 +152,19 @@ impl Workflow<'_> {
             )
             .await?;
         }
-        self.store
-            .insert_access_request(&NewAccessRequest {
-                id: &id,
-                requester: &actor.principal.subject,
-                container: spec.container,
-                login: spec.login,
-                duration_seconds,
-                reason: spec.reason,
-                break_glass: spec.break_glass,
-            })
-            .await?;
+        let new = NewAccessRequest {
+            id: &id,
+            requester: &actor.principal.subject,
+            container: spec.container,
+            login: spec.login,
+            duration_seconds,
+            reason: spec.reason,
+            break_glass: spec.break_glass,
+        };
+        match action {
+            None => self.store.insert_access_request(&new).await?,
+            Some(a) => self.store.insert_action_request(&new, a).await?,
+        }
         if spec.break_glass {
             self.store
                 .approve_access_request(&id, &actor.principal.subject, Some("break-glass"), now)

@@ -28,6 +28,8 @@
 //! [`MAX_LIST_BYTES`]); a daemon that does not answer in time, closes the
 //! connection or sends more is an error, never a guess.
 
+mod lifecycle;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -5,6 +5,8 @@
 //! [`super::init`]) and returned with its start time. Labels, owner and
 //! purpose come from `[containers.NAME]`.
 
+mod lifecycle;
+
 use std::path::{Path, PathBuf};
 
 use super::init::{self, NotInit};

@@ -14,12 +14,17 @@
 //! taking the pidfd. [`listing`] joins the inventory with each container's
 //! last session for `containers list` (CLI, broker, web console).
 //!
-//! Owns lookups only; it never enters a container and never changes one.
-//! A name is checked with [`crate::config::valid_name`] before it reaches
-//! any command line or URL.
+//! [`lifecycle`] starts, stops, restarts, snapshots and restores a
+//! container through the backend that found it (issue 18).
+//!
+//! Owns lookups and the runtime's lifecycle steps; it never enters a
+//! container, never decides (policy) and never audits (its callers do, before and after
+//! each step). A name is checked with [`crate::config::valid_name`] before
+//! it reaches any command line or URL.
 
 mod incus;
 mod init;
+pub mod lifecycle;
 pub mod listing;
 mod lxc;
 mod lxc_monitor;
@@ -28,6 +33,7 @@ mod process;
 use std::collections::BTreeMap;
 
 pub use incus::IncusInventory;
+pub use lifecycle::{LifecycleError, Operation, Snapshot};
 pub use listing::{ContainerRow, container_rows};
 pub use lxc::LxcInventory;
 pub use process::ProcessInventory;

@@ -22,7 +22,10 @@
 //! `activate` is asked after each approval, counting it, and the request
 //! becomes a grant only when it is permitted); `Action::"sftp"` (context as exec plus `access`,
 //! `"read"`/`"write"`), `"port_forward"` (plus `host`, an `ipaddr`, and
-//! `port`, long) and `"agent_forward"` (issue 5).
+//! `port`, long) and `"agent_forward"` (issue 5); `Action::"start"`,
+//! `"stop"`, `"restart"`, `"snapshot"`, `"restore"` and `"inspect"` on a
+//! container (issue 18, context in [`lifecycle`]); a workflow question about
+//! a request for one of those carries its `action`.
 //!
 //! Deciding is pure: no I/O, everything comes in the request.
 
@@ -98,6 +101,20 @@ pub enum Action {
     /// Add, list or remove locks (`ssh portcullis@gw locks ...`, issue
     /// 12); resource `Console::"console"`, empty context.
     Lock,
+    /// Start a stopped container (`containers start`, issue 18); the
+    /// lifecycle context of [`lifecycle::LifecycleRequest`].
+    Start,
+    /// Stop a container (`containers stop`); lifecycle context.
+    Stop,
+    /// Stop and start a container (`containers restart`); lifecycle context.
+    Restart,
+    /// Take a snapshot of a container (`containers snapshot`).
+    Snapshot,
+    /// Put a container back to one of its snapshots (`containers restore`).
+    Restore,
+    /// See a container in the broker's `containers list` and its
+    /// snapshots (`containers snapshots`); lifecycle context.
+    Inspect,
 }
 
 impl Action {
@@ -124,6 +141,12 @@ impl Action {
             Action::ViewContainers => "view_containers",
             Action::View => "view",
             Action::Lock => "lock",
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+            Action::Snapshot => "snapshot",
+            Action::Restore => "restore",
+            Action::Inspect => "inspect",
         }
     }
 }
@@ -151,6 +174,12 @@ impl FromStr for Action {
             "view_containers" => Ok(Action::ViewContainers),
             "view" => Ok(Action::View),
             "lock" => Ok(Action::Lock),
+            "start" => Ok(Action::Start),
+            "stop" => Ok(Action::Stop),
+            "restart" => Ok(Action::Restart),
+            "snapshot" => Ok(Action::Snapshot),
+            "restore" => Ok(Action::Restore),
+            "inspect" => Ok(Action::Inspect),
             other => Err(PolicyError::UnknownAction(other.to_string())),
         }
     }
@@ -278,7 +307,7 @@ pub enum PolicyError {
     Empty(PathBuf),
     /// An action name the policy does not know.
     #[error(
-        "unknown action {0:?} (known: shell, exec, request, approve, activate, revoke, review, sftp, port_forward, agent_forward, watch, kill, view_sessions, view_recording, view_audit, view_requests, view_containers, view)"
+        "unknown action {0:?} (known: shell, exec, request, approve, activate, revoke, review, sftp, port_forward, agent_forward, watch, kill, view_sessions, view_recording, view_audit, view_requests, view_containers, view, lock, start, stop, restart, snapshot, restore, inspect)"
     )]
     UnknownAction(String),
     /// Entities or the request could not be built (bad name or label).
@@ -484,7 +513,7 @@ impl PolicyEngine {
         request: &WorkflowRequest<'_>,
         attributes: ContainerAttributes<'_>,
     ) -> Result<Decision, PolicyError> {
-        self.decide_workflow_for(None, request, attributes)
+        self.decide_workflow_for(None, request, attributes, None)
     }
 
     /// [`PolicyEngine::decide_workflow`] with the principal's `issuer` on
@@ -497,7 +526,7 @@ impl PolicyEngine {
         issuer: &str,
         request: &WorkflowRequest<'_>,
     ) -> Result<Decision, PolicyError> {
-        self.decide_workflow_for(Some(issuer), request, ContainerAttributes::default())
+        self.decide_workflow_for(Some(issuer), request, ContainerAttributes::default(), None)
     }
 
     /// [`PolicyEngine::decide_workflow_with_container`] with the
@@ -511,7 +540,7 @@ impl PolicyEngine {
         request: &WorkflowRequest<'_>,
         attributes: ContainerAttributes<'_>,
     ) -> Result<Decision, PolicyError> {
-        self.decide_workflow_for(Some(issuer), request, attributes)
+        self.decide_workflow_for(Some(issuer), request, attributes, None)
     }
 
     fn decide_workflow_for(
@@ -519,7 +548,14 @@ impl PolicyEngine {
         issuer: Option<&str>,
         request: &WorkflowRequest<'_>,
         attributes: ContainerAttributes<'_>,
+        action: Option<&str>,
     ) -> Result<Decision, PolicyError> {
+        let asked = action.map(|a| {
+            (
+                "action".to_string(),
+                RestrictedExpression::new_string(a.to_string()),
+            )
+        });
         let context = [
             (
                 "requester".to_string(),
@@ -555,7 +591,7 @@ impl PolicyEngine {
                 attributes,
             },
             request.action,
-            context,
+            context.into_iter().chain(asked),
         )
     }
 
@@ -645,6 +681,7 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
 }
 
 mod console;
+pub mod lifecycle;
 mod set;
 pub mod visibility;
 

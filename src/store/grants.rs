@@ -52,6 +52,11 @@ pub struct AccessRequestRecord {
     pub reviewed_at: Option<i64>,
     /// The reviewer's comment.
     pub review_comment: Option<String>,
+    /// The lifecycle action asked for (`start`, `stop`, `restart`,
+    /// `snapshot`, `restore`; issue 18), `None` for a login request. A
+    /// request with an action has an empty `login`, and its grant never
+    /// opens a session.
+    pub action: Option<String>,
 }
 
 impl AccessRequestRecord {
@@ -95,11 +100,11 @@ pub struct NewAccessRequest<'a> {
     pub break_glass: bool,
 }
 
-const COLUMNS: &str = "id, requester, container, login, duration_seconds, reason, status, \
+pub(super) const COLUMNS: &str = "id, requester, container, login, duration_seconds, reason, status, \
      created_at, decided_by, decided_at, decision_comment, starts_at, expires_at, revoked_at, \
-     revoked_by, revoke_reason, break_glass, reviewed_by, reviewed_at, review_comment";
+     revoked_by, revoke_reason, break_glass, reviewed_by, reviewed_at, review_comment, action";
 
-fn from_row(r: &AnyRow) -> AccessRequestRecord {
+pub(super) fn from_row(r: &AnyRow) -> AccessRequestRecord {
     AccessRequestRecord {
         id: r.get("id"),
         requester: r.get("requester"),
@@ -121,6 +126,7 @@ fn from_row(r: &AnyRow) -> AccessRequestRecord {
         reviewed_by: r.get("reviewed_by"),
         reviewed_at: r.get("reviewed_at"),
         review_comment: r.get("review_comment"),
+        action: r.get("action"),
     }
 }
 
@@ -212,7 +218,7 @@ impl Store {
     }
 
     /// The active grant of `principal` for `login@container` that ends
-    /// last, if any.
+    /// last, if any (never the grant of a lifecycle action).
     ///
     /// # Errors
     /// [`StoreError::Query`].
@@ -226,7 +232,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM access_requests WHERE status = 'approved' \
              AND revoked_at IS NULL AND starts_at <= $1 AND expires_at > $1 \
-             AND requester = $2 AND container = $3 AND login = $4 \
+             AND requester = $2 AND container = $3 AND login = $4 AND action IS NULL \
              ORDER BY expires_at DESC, id LIMIT 1"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))

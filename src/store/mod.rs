@@ -16,6 +16,7 @@ use sqlx::{Any, Pool};
 
 mod approvals;
 mod bindings;
+mod container_actions;
 mod fleet;
 mod grants;
 mod webhooks;

@@ -45,6 +45,13 @@ impl InProcess {
     /// [`InProcess::start`] with `policy` (Cedar) added to a copy of the
     /// shipped policies, when given.
     pub async fn start_with_policy(extra: &str, policy: Option<&str>) -> InProcess {
+        InProcess::start_on("process", extra, policy).await
+    }
+
+    /// [`InProcess::start_with_policy`] with `[inventory] backend =
+    /// BACKEND` (e.g. `lxc`, for a test that brings its own container;
+    /// `web1` and `db1` stay on the process backend).
+    pub async fn start_on(backend: &str, extra: &str, policy: Option<&str>) -> InProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         let ca = root.join("ca");
@@ -84,7 +91,7 @@ impl InProcess {
              [oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"portcullis\"\n\
              [auth]\nfailure_delay = \"0s\"\npenalty_min = \"0s\"\n\
              max_unauthenticated_per_source = 64\n{auth}{database}\
-             [policy]\ndir = \"{policies}\"\n[inventory]\nbackend = \"process\"\n\
+             [policy]\ndir = \"{policies}\"\n[inventory]\nbackend = \"{backend}\"\n\
              [containers.web1]\npid_file = \"{root}/web1.pid\"\nlabels = {{ env = \"dev\" }}\n\
              [containers.db1]\npid_file = \"{root}/db1.pid\"\nlabels = {{ env = \"prod\" }}\n\
              [certificates]\ngroups_extension = \"groups@portcullis\"\n\

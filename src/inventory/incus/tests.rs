@@ -306,3 +306,77 @@ async fn answers_are_bounded_in_size_and_time() {
         "{err}"
     );
 }
+
+/// The lifecycle against the stand-in: answers shaped as LXD 5.0's (an
+/// async operation, then its wait), not recorded: the daemon's error is
+/// what the user gets, a snapshot that does not exist is refused before
+/// anything is sent, and an error envelope passes its text on.
+#[tokio::test]
+async fn lifecycle_steps_give_the_daemons_own_error() {
+    use crate::inventory::lifecycle::{Lifecycle, LifecycleError};
+    let id = "6916c8a6-9b7d-4abd-90b3-0123456789ab";
+    let op = format!(
+        r#"{{"type":"async","status":"Operation created","status_code":100,"operation":"/1.0/operations/{id}","error_code":0,"error":"","metadata":{{"id":"{id}","class":"task","status":"Running","status_code":103,"err":""}}}}"#
+    );
+    let failed = format!(
+        r#"{{"type":"sync","status":"Success","status_code":200,"error_code":0,"error":"","metadata":{{"id":"{id}","class":"task","status":"Failure","status_code":400,"err":"Failed to run: forkstart: exit status 1"}}}}"#
+    );
+    let snaps = r#"{"type":"sync","status":"Success","status_code":200,"error_code":0,"error":"","metadata":[{"name":"snap0","created_at":"2026-12-07T18:00:00Z","stateful":false}]}"#;
+    let busy = r#"{"type":"error","status":"","status_code":0,"error_code":400,"error":"The instance is already stopped","metadata":null}"#;
+    let (_dir, socket) = stand_in(replies(&[
+        (
+            "/1.0/instances/c1/state",
+            Reply::Body(202, op.clone().into_bytes()),
+        ),
+        (
+            &format!("/1.0/operations/{id}/wait?timeout=115"),
+            Reply::Body(200, failed.into_bytes()),
+        ),
+        (
+            "/1.0/instances/c1/snapshots?recursion=1",
+            Reply::Body(200, snaps.as_bytes().to_vec()),
+        ),
+        (
+            "/1.0/instances/c2/state",
+            Reply::Body(400, busy.as_bytes().to_vec()),
+        ),
+    ]));
+    let incus = IncusInventory::at(&socket, Duration::from_secs(5));
+    let c1 = Container::new(
+        "c1",
+        ContainerState::NotRunning("STOPPED".into()),
+        "/lxc.payload.c1".into(),
+        Backend::Incus,
+    );
+    let e = incus.start(&c1).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Incus/LXD: Failed to run: forkstart: exit status 1"
+    );
+    assert_eq!(
+        incus.snapshots(&c1).await.unwrap(),
+        vec![crate::inventory::Snapshot {
+            name: "snap0".into(),
+            created: "2026-12-07T18:00:00Z".into()
+        }]
+    );
+    assert!(matches!(
+        incus.restore(&c1, "snap7").await,
+        Err(LifecycleError::State(m)) if m == "c1 has no snapshot snap7"
+    ));
+    let c2 = Container::new(
+        "c2",
+        ContainerState::Running { init_pid: 42 },
+        "/lxc.payload.c2".into(),
+        Backend::Incus,
+    );
+    assert_eq!(
+        incus.stop(&c2).await.unwrap_err().to_string(),
+        "Incus/LXD: error 400: The instance is already stopped"
+    );
+    // Refused before the daemon is asked.
+    assert_eq!(
+        incus.start(&c2).await.unwrap_err().to_string(),
+        "c2 is already running"
+    );
+}
