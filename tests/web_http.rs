@@ -919,13 +919,21 @@ fn the_containers_page_shows_each_containers_node_and_who_used_it_last() {
     let f = fixture();
     let name = format!("webfleet{}", std::process::id());
     let page = rt().block_on(async {
-        let store = store_of(&f.gw).await;
-        // A node's heartbeat, as the edge stores it.
+        // A node's heartbeat, as the edge stores it, and a session that
+        // node recorded.
+        let store = store_of(&f.gw).await.for_gateway("node-7");
         store
             .push_inventory(
                 "node-7",
                 "test",
-                &[(name.clone(), "RUNNING".into(), r#"{"env":"prod"}"#.into())],
+                &[portcullis::store::InventoryPush {
+                    name: name.clone(),
+                    state: "RUNNING".into(),
+                    labels: r#"{"env":"prod"}"#.into(),
+                    owner: None,
+                    purpose: None,
+                    backend: "lxc".into(),
+                }],
             )
             .await
             .unwrap();
@@ -974,8 +982,10 @@ fn the_containers_page_shows_each_containers_node_and_who_used_it_last() {
         .collect();
     assert_eq!(cells[0], name);
     assert_eq!(cells[1], "env=prod");
-    assert_eq!(cells[2], "running");
-    assert_eq!(cells[3], "fleet");
+    // node-7 has no tunnel to an edge: the page says so, as `containers
+    // list` does.
+    assert_eq!(cells[2], "offline");
+    assert_eq!(cells[3], "lxc");
     assert_eq!(cells[4], "node-7");
     assert_eq!(cells[5], "bob");
     let today = time::OffsetDateTime::now_utc().date().to_string();

@@ -147,7 +147,8 @@ fn fleet_row(
     let state = match node {
         Some(n) if n.state != "active" => "REMOVED".to_string(),
         Some(n) if n.edges.is_empty() => "OFFLINE".to_string(),
-        None => "REMOVED".to_string(),
+        // A node the fleet's table does not name (not joined): unreachable.
+        None => "OFFLINE".to_string(),
         Some(_) => f.state,
     };
     ContainerRow {

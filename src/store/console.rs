@@ -448,34 +448,6 @@ impl Store {
             .await?;
         Ok(row.and_then(|r| r.get::<Option<String>, _>("grant_id")))
     }
-
-    /// Per container, the newest session's `(principal, started_at)`.
-    ///
-    /// # Errors
-    /// [`StoreError::Query`].
-    pub async fn last_session_per_container(
-        &self,
-    ) -> Result<std::collections::BTreeMap<String, (String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT s.container, s.principal, s.started_at FROM sessions s \
-             JOIN (SELECT container, MAX(started_at) AS latest FROM sessions GROUP BY container) m \
-             ON s.container = m.container AND s.started_at = m.latest",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<String, _>("container"),
-                    (
-                        r.get::<String, _>("principal"),
-                        r.get::<i64, _>("started_at"),
-                    ),
-                )
-            })
-            .collect())
-    }
 }
 
 #[cfg(test)]
