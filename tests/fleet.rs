@@ -993,3 +993,68 @@ async fn a_node_renews_its_certificate_over_its_tunnel() {
     let row = edge.store.fleet_node("n1").await.unwrap().unwrap();
     assert_eq!(row.cert_valid_before, Some(cert.valid_before() as i64));
 }
+
+/// A change reaches the fleet within about a second, not at the next
+/// heartbeat (here a minute away): a container whose init appears is
+/// pushed as running, and its pid file removed, as stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_pushed_before_the_next_heartbeat() {
+    let edge = TestEdge::start().await;
+    edge.token("n1", Duration::from_secs(60)).await;
+    let container = common::container::TestContainer::start("push");
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("init.pid");
+    let config = portcullis::config::Config::parse(
+        &format!(
+            "state_dir = \"{}\"\n[oidc]\nissuer = \"https://idp.example.com\"\n\
+             client_id = \"p\"\n[inventory]\nbackend = \"process\"\n\
+             [containers.pushed1]\npid_file = \"{}\"\n",
+            dir.path().display(),
+            pid_file.display()
+        ),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(portcullis::fleet::heartbeat::run(
+        edge.store.clone(),
+        edge.audit.clone(),
+        portcullis::inventory::Inventory::new(&config),
+        "n1".into(),
+        Duration::from_secs(60),
+        shutdown.clone(),
+    ));
+    let state = |store: portcullis::store::Store| async move {
+        store
+            .fleet_containers()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == "pushed1")
+            .map(|c| c.state)
+    };
+    poll_until("the first push", Duration::from_secs(10), || {
+        let s = state(edge.store.clone());
+        async move { s.await.as_deref() == Some("STOPPED") }
+    })
+    .await;
+    std::fs::write(&pid_file, container.init_pid().to_string()).unwrap();
+    let started = std::time::Instant::now();
+    poll_until("RUNNING pushed", Duration::from_secs(10), || {
+        let s = state(edge.store.clone());
+        async move { s.await.as_deref() == Some("RUNNING") }
+    })
+    .await;
+    let up = started.elapsed();
+    std::fs::remove_file(&pid_file).unwrap();
+    let started = std::time::Instant::now();
+    poll_until("STOPPED pushed", Duration::from_secs(10), || {
+        let s = state(edge.store.clone());
+        async move { s.await.as_deref() == Some("STOPPED") }
+    })
+    .await;
+    let down = started.elapsed();
+    // Each within the polls' 10 s, far from the 60 s heartbeat.
+    eprintln!("pushed running after {up:?}, stopped after {down:?}");
+    shutdown.cancel();
+}

@@ -1,7 +1,7 @@
-//! The node's heartbeat (issue 16 point 4): every `fleet.heartbeat` it
-//! lists what [`Inventory::list`] finds (state, labels, owner, purpose,
-//! backend) and writes it to `fleet_containers` with its heartbeat and
-//! version, in one transaction. A container name
+//! The node's heartbeat (issue 16 point 4): every `fleet.heartbeat`, and
+//! within [`CHANGE_CHECK`] of a change, it lists what [`Inventory::list`]
+//! finds (state, labels, owner, purpose, backend) and writes it to
+//! `fleet_containers` with its heartbeat and version, in one transaction. A container name
 //! another node owns is refused (names are unique across the fleet): the
 //! claim is audited once (`ContainerClaimRefused`) and logged naming both
 //! nodes, and the owner's row is left alone.
@@ -28,19 +28,17 @@ pub enum HeartbeatError {
     Store(#[from] StoreError),
 }
 
-/// One push: `node`'s containers and heartbeat. Returns the refused
-/// claims; those not in `reported` are audited and added to it.
+/// How often a node lists its containers between heartbeats, to push a
+/// change (a container started, stopped, relabelled, created or removed)
+/// at once rather than at the next heartbeat.
+pub const CHANGE_CHECK: Duration = Duration::from_secs(1);
+
+/// What `inventory` finds now, as a heartbeat reports it.
 ///
 /// # Errors
-/// [`HeartbeatError`].
-pub async fn push_once(
-    store: &Store,
-    audit: &AuditLog,
-    inventory: &Inventory,
-    node: &str,
-    reported: &mut BTreeSet<(String, String)>,
-) -> Result<Vec<ContainerConflict>, HeartbeatError> {
-    let rows: Vec<InventoryPush> = inventory
+/// [`HeartbeatError::Inventory`].
+pub async fn observe(inventory: &Inventory) -> Result<Vec<InventoryPush>, HeartbeatError> {
+    Ok(inventory
         .list()
         .await?
         .into_iter()
@@ -58,9 +56,35 @@ pub async fn push_once(
                 backend: c.backend.as_str().to_string(),
             }
         })
-        .collect();
+        .collect())
+}
+
+/// One push: `node`'s containers and heartbeat. Returns the refused
+/// claims; those not in `reported` are audited and added to it.
+///
+/// # Errors
+/// [`HeartbeatError`].
+pub async fn push_once(
+    store: &Store,
+    audit: &AuditLog,
+    inventory: &Inventory,
+    node: &str,
+    reported: &mut BTreeSet<(String, String)>,
+) -> Result<Vec<ContainerConflict>, HeartbeatError> {
+    let rows = observe(inventory).await?;
+    push_rows(store, audit, node, &rows, reported).await
+}
+
+/// Pushes `rows` as `node`'s heartbeat; audits new refused claims.
+async fn push_rows(
+    store: &Store,
+    audit: &AuditLog,
+    node: &str,
+    rows: &[InventoryPush],
+    reported: &mut BTreeSet<(String, String)>,
+) -> Result<Vec<ContainerConflict>, HeartbeatError> {
     let conflicts = store
-        .push_inventory(node, env!("CARGO_PKG_VERSION"), &rows)
+        .push_inventory(node, env!("CARGO_PKG_VERSION"), rows)
         .await?;
     for c in &conflicts {
         if !reported.insert((c.name.clone(), c.owner.clone())) {
@@ -87,8 +111,9 @@ pub async fn push_once(
     Ok(conflicts)
 }
 
-/// Pushes every `interval` until `shutdown`; failures are logged and
-/// retried on the next tick.
+/// Pushes every `interval` (the heartbeat) until `shutdown`, and between
+/// heartbeats as soon as a listing every [`CHANGE_CHECK`] differs from the
+/// last push; failures are logged and retried on the next tick.
 pub async fn run(
     store: Store,
     audit: AuditLog,
@@ -98,14 +123,33 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut reported = BTreeSet::new();
-    let mut tick = tokio::time::interval(interval);
+    let mut beat = tokio::time::interval(interval);
+    let mut look = tokio::time::interval(CHANGE_CHECK.min(interval));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pushed: Option<Vec<InventoryPush>> = None;
     loop {
-        tokio::select! {
+        let heartbeat = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = beat.tick() => true,
+            _ = look.tick() => false,
+        };
+        let rows = match observe(&inventory).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containers for the heartbeat; retrying");
+                continue;
+            }
+        };
+        if !heartbeat && pushed.as_ref() == Some(&rows) {
+            continue;
         }
-        if let Err(e) = push_once(&store, &audit, &inventory, &node, &mut reported).await {
-            tracing::warn!(error = %e, "heartbeat failed; retrying");
+        match push_rows(&store, &audit, &node, &rows, &mut reported).await {
+            Ok(_) => pushed = Some(rows),
+            Err(e) => {
+                pushed = None;
+                tracing::warn!(error = %e, "heartbeat failed; retrying");
+            }
         }
     }
 }
