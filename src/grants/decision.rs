@@ -173,7 +173,7 @@ impl Workflow<'_> {
             return None;
         }
         let state = r.state_at(now);
-        let error = if state == "expired" {
+        let error = if r.status == "pending" {
             GrantError::State(format!(
                 "request {} expired: it waited longer than {} undecided (grants.request_ttl); \
                  ask again",
@@ -181,7 +181,7 @@ impl Workflow<'_> {
                 super::format_duration(self.config.request_ttl)
             ))
         } else {
-            GrantError::State(format!("request {} is already {state}", r.id))
+            GrantError::State(format!("request {} is already {}", r.id, r.status))
         };
         let by = r.decided_by.as_deref().unwrap_or("-");
         Some(Stale {
