@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use super::{AuditEvent, export};
-use crate::store::{AuditRow, NewAuditRow, NewSession, SessionEnd, Store, StoreError};
+use crate::store::{
+    AuditRow, NewAuditRow, NewSession, RequestDecision, SessionEnd, Store, StoreError,
+};
 
 /// Who and where an event is about.
 #[derive(Debug, Clone, Default)]
@@ -105,6 +107,44 @@ impl AuditLog {
             .end_session_audited(id, end, &new_row(subject, event, &detail))
             .await?;
         Ok(self.published(row, subject, event))
+    }
+
+    /// Appends `event` inside the open decision `decision` (issue 12): it
+    /// is committed with the step it records, or not at all. Call
+    /// [`AuditLog::published_rows`] with what the commit returns.
+    ///
+    /// # Errors
+    /// [`StoreError`]; the caller must drop the decision (nothing is
+    /// written).
+    pub async fn record_in(
+        &self,
+        decision: &mut RequestDecision,
+        subject: &AuditSubject<'_>,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let detail = event.detail().to_string();
+        decision
+            .append_audit(&new_row(subject, event, &detail))
+            .await
+    }
+
+    /// Exports and logs the rows a committed decision wrote.
+    pub fn published_rows(&self, rows: &[AuditRow]) {
+        for row in rows {
+            if let Some(export) = &self.export
+                && let Err(e) = export.write(row)
+            {
+                tracing::error!(error = %e, "cannot export audit event {}", row.id);
+            }
+            tracing::info!(
+                audit_id = row.id,
+                kind = %row.kind,
+                outcome = %row.outcome,
+                principal = row.principal.as_deref(),
+                detail = %row.detail,
+                "audit"
+            );
+        }
     }
 
     /// Exports and logs a row just written; returns its sequence number.

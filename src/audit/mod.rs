@@ -457,6 +457,35 @@ pub enum AuditEvent {
         /// The end, unix ms.
         expired_at: i64,
     },
+    /// A workflow step lost a race (issue 12): another decision on the
+    /// same request (another approver, a denial, an expiry) came first.
+    AccessRequestRaceLost {
+        /// `approve`, `deny`, `revoke` or `review`.
+        action: String,
+        /// The request.
+        request_id: String,
+        /// What the step found: the state the winner left.
+        reason: String,
+    },
+    /// A pending request reached `[grants] request_ttl` undecided.
+    AccessRequestExpired {
+        /// The request.
+        request_id: String,
+        /// Who asked for it.
+        requester: String,
+        /// Target container and login, `login@container`.
+        target: String,
+    },
+    /// An active grant was not honoured: the container is not where, or
+    /// not labelled as, when the grant was approved (issue 12).
+    GrantNotHonoured {
+        /// The grant.
+        grant_id: String,
+        /// Target container and login, `login@container`.
+        target: String,
+        /// Why, as the user reads it.
+        reason: String,
+    },
     /// A join token was issued for a node (`portcullis nodes add`, issue
     /// 16); the node may join until it expires.
     NodeJoinTokenIssued {
@@ -561,8 +590,11 @@ impl AuditEvent {
             AuditEvent::AccessRequested { .. }
             | AuditEvent::AccessRequestRefused { .. }
             | AuditEvent::AccessRequestApproved { .. }
-            | AuditEvent::AccessRequestDenied { .. } => "access_request",
+            | AuditEvent::AccessRequestDenied { .. }
+            | AuditEvent::AccessRequestRaceLost { .. }
+            | AuditEvent::AccessRequestExpired { .. } => "access_request",
             AuditEvent::GrantApproved { .. }
+            | AuditEvent::GrantNotHonoured { .. }
             | AuditEvent::GrantRevoked { .. }
             | AuditEvent::GrantExpired { .. }
             | AuditEvent::BreakGlassGranted { .. }
@@ -616,7 +648,10 @@ impl AuditEvent {
             AuditEvent::ConnectionClosed { .. } => "info",
             AuditEvent::AccessRequested { .. } => "success",
             AuditEvent::AccessRequestApproved { .. } => "allow",
-            AuditEvent::AccessRequestRefused { .. } => "deny",
+            AuditEvent::AccessRequestRefused { .. }
+            | AuditEvent::AccessRequestRaceLost { .. }
+            | AuditEvent::GrantNotHonoured { .. } => "deny",
+            AuditEvent::AccessRequestExpired { .. } => "info",
             AuditEvent::GrantApproved { .. } | AuditEvent::BreakGlassGranted { .. } => "allow",
             AuditEvent::BreakGlassReviewed { .. } => "info",
             AuditEvent::AccessRequestDenied { .. }

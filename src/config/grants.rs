@@ -59,6 +59,11 @@ pub struct GrantsConfig {
     /// Longest break-glass grant (default 1 h).
     #[serde(default = "default_break_glass_max", with = "humantime_serde")]
     pub break_glass_max_duration: Duration,
+    /// A request not approved or denied this long after it was made
+    /// expires (issue 12; default 24 h): it can no longer be approved,
+    /// and its expiry is audited.
+    #[serde(default = "default_request_ttl", with = "humantime_serde")]
+    pub request_ttl: Duration,
 }
 
 impl Default for GrantsConfig {
@@ -75,6 +80,7 @@ impl Default for GrantsConfig {
             webhook_secret: None,
             webhook_backoff_max: default_webhook_backoff_max(),
             break_glass_max_duration: default_break_glass_max(),
+            request_ttl: default_request_ttl(),
         }
     }
 }
@@ -120,6 +126,9 @@ impl GrantsConfig {
                 "must be at least 1s".into(),
             ));
         }
+        if self.request_ttl < Duration::from_secs(1) {
+            return Err(("grants.request_ttl".into(), "must be at least 1s".into()));
+        }
         if self.max_duration.is_zero() {
             return Err(("grants.max_duration".into(), "must be above zero".into()));
         }
@@ -157,6 +166,9 @@ fn default_webhook_backoff_max() -> Duration {
 }
 fn default_break_glass_max() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_request_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 fn default_warn_before() -> Vec<humantime_serde::Serde<Duration>> {
     vec![

@@ -1,13 +1,32 @@
 //! Deciding requests: approvals (each approver once; the grant starts
-//! when the policy permits `activate`), denials and revocations.
+//! when the policy permits `activate`), denials, revocations and reviews.
+//!
+//! Each decision runs in one transaction that holds the audit append lock
+//! ([`crate::store::RequestDecision`], issue 12): the request and its
+//! approvals are read under it, the policy asked with what is really
+//! there, and the step written with its audit events, so two approvers
+//! never both count as "first" and a step that lost a race is refused
+//! with an `AccessRequestRaceLost` event naming what it found. No one
+//! approves their own request or reviews their own break-glass grant,
+//! whatever the policy says.
 
 use std::collections::BTreeMap;
 
 use super::already_approved;
 use super::{AccessRequestRecord, Actor, Approval, GrantError, MAX_REASON_BYTES, Workflow};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditSubject, truncate};
 use crate::policy::{Action, WorkflowRequest};
-use crate::store::now_ms;
+use crate::store::{RequestDecision, now_ms};
+
+/// Why a step found the request in a state it does not apply to.
+struct Stale {
+    /// For the user.
+    error: GrantError,
+    /// For the audit event.
+    detail: String,
+    /// The caller saw another state: another decision came first.
+    race: bool,
+}
 
 impl Workflow<'_> {
     /// The workflow question for `actor` taking `action` on request `r`,
@@ -34,9 +53,10 @@ impl Workflow<'_> {
         }
     }
 
-    /// Asks the policy whether `actor` may take `action` on request `r`,
-    /// which has `approvals` approvals so far.
-    pub(super) async fn allowed(
+    /// Asks the policy whether `actor` may take `action` on request `r`
+    /// with `approvals` approvals so far: the policies that allowed it, or
+    /// the refusal and its audit detail.
+    fn ask(
         &self,
         actor: &Actor<'_>,
         verb: &str,
@@ -44,12 +64,11 @@ impl Workflow<'_> {
         r: &AccessRequestRecord,
         labels: &BTreeMap<String, String>,
         approvals: usize,
-    ) -> Result<Vec<String>, GrantError> {
+    ) -> Result<Vec<String>, (GrantError, String)> {
         let decision = self.policy.decide_workflow_action(
             &Self::question(actor, action, r, labels, approvals),
             r.action.as_deref(),
         );
-        let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
         let detail = match decision {
             Ok(d) if d.allowed => return Ok(d.policies),
             Ok(d) => format!("policy: {:?} {:?}", d.policies, d.errors),
@@ -61,32 +80,129 @@ impl Workflow<'_> {
         } else {
             format!("{verb} request {}", r.id)
         });
-        Err(self.refuse(actor, verb, what, e, detail).await)
+        Err((e, detail))
     }
 
-    async fn pending(
+    /// The labels a request is decided on: those recorded when it was
+    /// asked for (what the approvers approve is what was asked), else
+    /// (rows from before migration 0017) `current`.
+    fn decided_labels<'l>(
+        r: &'l AccessRequestRecord,
+        current: &'l BTreeMap<String, String>,
+    ) -> &'l BTreeMap<String, String> {
+        r.labels.as_ref().unwrap_or(current)
+    }
+
+    /// Opens the decision on request `r` (the audit append lock held).
+    async fn begin(&self, r: &AccessRequestRecord) -> Result<RequestDecision, GrantError> {
+        self.store
+            .begin_request_decision(&r.id)
+            .await?
+            .ok_or_else(|| GrantError::NotFound(truncate(&r.id, 64)))
+    }
+
+    /// Appends `event` inside `d`.
+    async fn record_in(
         &self,
+        d: &mut RequestDecision,
+        actor: &Actor<'_>,
+        event: AuditEvent,
+    ) -> Result<(), GrantError> {
+        let subject = AuditSubject {
+            session_id: None,
+            principal: Some(&actor.principal.subject),
+            client_addr: Some(actor.client_addr),
+        };
+        self.audit
+            .record_in(d, &subject, &event)
+            .await
+            .map_err(GrantError::Audit)
+    }
+
+    /// Commits `d` and publishes its audit events.
+    async fn commit(&self, d: RequestDecision) -> Result<(), GrantError> {
+        let rows = d.commit().await.map_err(GrantError::Audit)?;
+        self.audit.published_rows(&rows);
+        Ok(())
+    }
+
+    /// Audits the refusal of `verb` inside `d` (an `AccessRequestRaceLost`
+    /// when `race`), commits and returns `error`.
+    async fn refuse_in(
+        &self,
+        mut d: RequestDecision,
         actor: &Actor<'_>,
         verb: &str,
-        r: &AccessRequestRecord,
-    ) -> Result<(), GrantError> {
-        if r.status == "pending" {
-            return Ok(());
+        stale: Stale,
+    ) -> GrantError {
+        let r = &d.request;
+        let event = if stale.race {
+            AuditEvent::AccessRequestRaceLost {
+                action: verb.to_string(),
+                request_id: r.id.clone(),
+                reason: stale.detail,
+            }
+        } else {
+            AuditEvent::AccessRequestRefused {
+                action: verb.to_string(),
+                request_id: Some(r.id.clone()),
+                container: r.container.clone(),
+                login: r.login.clone(),
+                reason: stale.detail,
+            }
+        };
+        if let Err(e) = self.record_in(&mut d, actor, event).await {
+            return e;
         }
-        let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
-        let e = GrantError::State(format!("request {} is already {}", r.id, r.status));
-        let detail = format!("status {}", r.status);
-        Err(self.refuse(actor, verb, what, e, detail).await)
+        match self.commit(d).await {
+            Ok(()) => stale.error,
+            Err(e) => e,
+        }
+    }
+
+    /// `None` when the request in `d` is still pending and not expired at
+    /// `now`; else why not, a lost race when the caller saw it pending
+    /// (`seen`).
+    fn not_pending(
+        &self,
+        d: &RequestDecision,
+        seen: &AccessRequestRecord,
+        now: i64,
+    ) -> Option<Stale> {
+        let r = &d.request;
+        if r.status == "pending" && !r.pending_expired_at(now) {
+            return None;
+        }
+        let state = r.state_at(now);
+        let error = if r.status == "pending" {
+            GrantError::State(format!(
+                "request {} expired: it waited longer than {} undecided (grants.request_ttl); \
+                 ask again",
+                r.id,
+                super::format_duration(self.config.request_ttl)
+            ))
+        } else {
+            GrantError::State(format!("request {} is already {}", r.id, r.status))
+        };
+        let by = r.decided_by.as_deref().unwrap_or("-");
+        Some(Stale {
+            error,
+            detail: format!("status {state} (decided by {by})"),
+            race: seen.status == "pending" && r.status != "pending",
+        })
     }
 
     /// Records `actor`'s approval of pending request `r` (policy action
-    /// `approve`, context `approvals` = the approvals before this one),
-    /// then asks the policy whether the request may become a grant (action
-    /// `activate`, context `approvals` counting this one). When it may,
-    /// the grant starts now and lasts the asked-for duration; else the
-    /// request stays pending for more approvers. Each approver counts
-    /// once: approving twice is refused. The approval and the activation
-    /// are audited, each before it takes effect.
+    /// `approve`, context `approvals` = the approvals before this one, as
+    /// counted under the lock), then asks the policy whether the request
+    /// may become a grant (action `activate`, context `approvals` counting
+    /// this one). When it may, the grant starts now and lasts the
+    /// asked-for duration; else the request stays pending for more
+    /// approvers. Each approver counts once; the requester never approves
+    /// (whatever the policy says); an expired request is refused. The
+    /// decision is made on the labels recorded with the request (`labels`
+    /// only for rows that have none). The approval, the activation and
+    /// every refusal are audited in the same transaction.
     ///
     /// # Errors
     /// [`GrantError`]; every refusal is audited.
@@ -97,7 +213,6 @@ impl Workflow<'_> {
         labels: &BTreeMap<String, String>,
         comment: Option<&str>,
     ) -> Result<Approval, GrantError> {
-        self.pending(actor, "approve", r).await?;
         if let Some(c) = comment
             && (c.len() > MAX_REASON_BYTES || c.chars().any(char::is_control))
         {
@@ -107,99 +222,107 @@ impl Workflow<'_> {
         }
         let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
         let me = actor.principal.subject.as_str();
-        let before = self.approvals(&r.id).await?;
-        if before.iter().any(|a| a.approver == me) {
-            let e = already_approved(&r.id, before.len());
-            return Err(self
-                .refuse(actor, "approve", what, e, "already approved by them".into())
-                .await);
-        }
-        let policies = self
-            .allowed(actor, "approve", Action::Approve, r, labels, before.len())
-            .await?;
-        let now = now_ms();
-        self.record(
-            actor,
-            AuditEvent::AccessRequestApproved {
-                request_id: r.id.clone(),
-                requester: r.requester.clone(),
-                container: r.container.clone(),
-                login: r.login.clone(),
-                approvals: i64::try_from(before.len().saturating_add(1)).unwrap_or(i64::MAX),
-                comment: comment.map(str::to_string),
-                policies,
-            },
-        )
-        .await?;
-        if !self.store.add_approval(&r.id, me, comment, now).await? {
-            // A concurrent approval of theirs (another gateway) came first.
-            let count = self.approvals(&r.id).await?.len();
-            let e = already_approved(&r.id, count);
-            let detail = "already approved by them (concurrently)".to_string();
+        if r.requester == me {
+            // A hard ban in the broker: a site's policy cannot lift it.
+            let e = GrantError::Denied(format!("approve your own request {}", r.id));
+            let detail = "self-approval is never allowed".to_string();
             return Err(self.refuse(actor, "approve", what, e, detail).await);
         }
-        let approvals = self.approvals(&r.id).await?;
-        let activate = self.policy.decide_workflow_action(
-            &Self::question(actor, Action::Activate, r, labels, approvals.len()),
-            r.action.as_deref(),
-        );
-        let activation = match activate {
-            Ok(d) if d.allowed => Some(d.policies),
-            Ok(d) => {
-                tracing::debug!(
-                    id = %r.id,
-                    approvals = approvals.len(),
-                    policies = ?d.policies,
-                    "approval recorded; activate not permitted yet"
-                );
-                None
-            }
-            Err(e) => {
-                let detail = format!("activate: {e}");
-                let e = GrantError::Denied(format!(
-                    "start grant {} (the policy cannot decide `activate`; your approval \
-                     is recorded)",
-                    r.id
-                ));
-                return Err(self.refuse(actor, "activate", what, e, detail).await);
+        let seen = self.approvals(&r.id).await?.len();
+        let labels = Self::decided_labels(r, labels);
+        let now = now_ms();
+        let mut d = self.begin(r).await?;
+        if let Some(stale) = self.not_pending(&d, r, now) {
+            return Err(self.refuse_in(d, actor, "approve", stale).await);
+        }
+        let before = d.approvals.len();
+        if d.approvals.iter().any(|a| a.approver == me) {
+            let stale = Stale {
+                error: already_approved(&r.id, before),
+                detail: "already approved by them".into(),
+                race: before != seen,
+            };
+            return Err(self.refuse_in(d, actor, "approve", stale).await);
+        }
+        let current = d.request.clone();
+        let policies = match self.ask(actor, "approve", Action::Approve, &current, labels, before) {
+            Ok(p) => p,
+            Err((error, detail)) => {
+                // Counted as the first (with `seen`) it may have been
+                // allowed: another approval came first.
+                let race = before != seen;
+                let detail = if race {
+                    format!("{before} approvals when decided, {seen} when asked: {detail}")
+                } else {
+                    detail
+                };
+                let stale = Stale {
+                    error,
+                    detail,
+                    race,
+                };
+                return Err(self.refuse_in(d, actor, "approve", stale).await);
             }
         };
-        if let Some(policies) = activation {
-            self.record(
-                actor,
-                AuditEvent::GrantApproved {
-                    grant_id: r.id.clone(),
-                    requester: r.requester.clone(),
-                    container: r.container.clone(),
-                    login: r.login.clone(),
-                    expires_at: now.saturating_add(r.duration_seconds.saturating_mul(1000)),
+        let event = AuditEvent::AccessRequestApproved {
+            request_id: current.id.clone(),
+            requester: current.requester.clone(),
+            container: current.container.clone(),
+            login: current.login.clone(),
+            approvals: i64::try_from(before.saturating_add(1)).unwrap_or(i64::MAX),
+            comment: comment.map(str::to_string),
+            policies,
+        };
+        self.record_in(&mut d, actor, event).await?;
+        d.add_approval(me, comment, now).await?;
+        let count = d.approvals.len();
+        match self.policy.decide_workflow_action(
+            &Self::question(actor, Action::Activate, &current, labels, count),
+            current.action.as_deref(),
+        ) {
+            Ok(a) if a.allowed => {
+                let event = AuditEvent::GrantApproved {
+                    grant_id: current.id.clone(),
+                    requester: current.requester.clone(),
+                    container: current.container.clone(),
+                    login: current.login.clone(),
+                    expires_at: now.saturating_add(current.duration_seconds.saturating_mul(1000)),
                     comment: comment.map(str::to_string),
-                    approvers: approvals.iter().map(|a| a.approver.clone()).collect(),
-                    policies,
-                },
-            )
-            .await?;
-            let won = self
-                .store
-                .approve_access_request(&r.id, me, comment, now)
-                .await?;
-            if !won {
-                // Another approver's activation (or a denial) came first.
-                let current = self.get(&r.id).await?;
-                if current.status != "approved" {
-                    return Err(GrantError::State(format!(
-                        "request {} was decided meanwhile",
-                        r.id
-                    )));
-                }
+                    approvers: d.approvals.iter().map(|a| a.approver.clone()).collect(),
+                    policies: a.policies,
+                };
+                self.record_in(&mut d, actor, event).await?;
+                d.activate(me, comment, now).await?;
+            }
+            Ok(a) => tracing::debug!(
+                id = %current.id,
+                approvals = count,
+                policies = ?a.policies,
+                "approval recorded; activate not permitted yet"
+            ),
+            Err(e) => {
+                // The approval stays recorded; the refusal with it.
+                let stale = Stale {
+                    error: GrantError::Denied(format!(
+                        "start grant {} (the policy cannot decide `activate`; your approval \
+                         is recorded)",
+                        current.id
+                    )),
+                    detail: format!("activate: {e}"),
+                    race: false,
+                };
+                return Err(self.refuse_in(d, actor, "activate", stale).await);
             }
         }
+        let approvals = d.approvals.clone();
+        self.commit(d).await?;
         let request = self.get(&r.id).await?;
         self.notify("approved", &request, &approvals, actor).await;
         Ok(Approval { request, approvals })
     }
 
-    /// Denies pending request `r` (policy action `approve`).
+    /// Denies pending request `r` (policy action `approve`), in one
+    /// transaction with its audit event.
     ///
     /// # Errors
     /// [`GrantError`]; every refusal is audited.
@@ -210,36 +333,40 @@ impl Workflow<'_> {
         labels: &BTreeMap<String, String>,
         reason: &str,
     ) -> Result<(), GrantError> {
-        self.pending(actor, "deny", r).await?;
         self.check_reason_plain(reason)?;
-        let approvals = self.approvals(&r.id).await?.len();
-        self.allowed(actor, "deny", Action::Approve, r, labels, approvals)
-            .await?;
-        self.record(
-            actor,
-            AuditEvent::AccessRequestDenied {
-                request_id: r.id.clone(),
-                requester: r.requester.clone(),
-                reason: reason.to_string(),
-            },
-        )
-        .await?;
-        if !self
-            .store
-            .deny_access_request(&r.id, &actor.principal.subject, reason)
-            .await?
-        {
-            return Err(GrantError::State(format!(
-                "request {} was decided meanwhile",
-                r.id
-            )));
+        let labels = Self::decided_labels(r, labels);
+        let now = now_ms();
+        let mut d = self.begin(r).await?;
+        if let Some(stale) = self.not_pending(&d, r, now) {
+            return Err(self.refuse_in(d, actor, "deny", stale).await);
         }
-        self.notify("denied", r, &[], actor).await;
+        let current = d.request.clone();
+        let count = d.approvals.len();
+        if let Err((error, detail)) =
+            self.ask(actor, "deny", Action::Approve, &current, labels, count)
+        {
+            let stale = Stale {
+                error,
+                detail,
+                race: false,
+            };
+            return Err(self.refuse_in(d, actor, "deny", stale).await);
+        }
+        let event = AuditEvent::AccessRequestDenied {
+            request_id: current.id.clone(),
+            requester: current.requester.clone(),
+            reason: reason.to_string(),
+        };
+        self.record_in(&mut d, actor, event).await?;
+        d.deny(&actor.principal.subject, reason, now).await?;
+        self.commit(d).await?;
+        self.notify("denied", &current, &[], actor).await;
         Ok(())
     }
 
-    /// Revokes grant `r` now (policy action `revoke`). Live sessions that
-    /// depend on it end within a [`super::GrantWatch`] poll.
+    /// Revokes grant `r` now (policy action `revoke`), in one transaction
+    /// with its audit event. Live sessions that depend on it end within a
+    /// [`super::GrantWatch`] poll.
     ///
     /// # Errors
     /// [`GrantError`]; every refusal is audited.
@@ -259,28 +386,100 @@ impl Workflow<'_> {
                 .await);
         }
         self.check_reason_plain(reason)?;
-        let approvals = self.approvals(&r.id).await?;
-        self.allowed(actor, "revoke", Action::Revoke, r, labels, approvals.len())
-            .await?;
-        self.record(
-            actor,
-            AuditEvent::GrantRevoked {
-                grant_id: r.id.clone(),
-                requester: r.requester.clone(),
-                container: r.container.clone(),
-                login: r.login.clone(),
-                reason: reason.to_string(),
-            },
-        )
-        .await?;
-        if !self
-            .store
-            .revoke_grant(&r.id, &actor.principal.subject, reason, now)
-            .await?
-        {
-            return Err(GrantError::State(format!("{} ended meanwhile", r.id)));
+        let labels = Self::decided_labels(r, labels);
+        let mut d = self.begin(r).await?;
+        if !d.request.active_at(now) {
+            let state = d.request.state_at(now);
+            let stale = Stale {
+                error: GrantError::State(format!("{} ended meanwhile ({state})", r.id)),
+                detail: format!("grant {state} meanwhile"),
+                race: true,
+            };
+            return Err(self.refuse_in(d, actor, "revoke", stale).await);
         }
-        self.notify("revoked", r, &approvals, actor).await;
+        let current = d.request.clone();
+        let count = d.approvals.len();
+        if let Err((error, detail)) =
+            self.ask(actor, "revoke", Action::Revoke, &current, labels, count)
+        {
+            let stale = Stale {
+                error,
+                detail,
+                race: false,
+            };
+            return Err(self.refuse_in(d, actor, "revoke", stale).await);
+        }
+        let event = AuditEvent::GrantRevoked {
+            grant_id: current.id.clone(),
+            requester: current.requester.clone(),
+            container: current.container.clone(),
+            login: current.login.clone(),
+            reason: reason.to_string(),
+        };
+        self.record_in(&mut d, actor, event).await?;
+        d.revoke(&actor.principal.subject, reason, now).await?;
+        let approvals = d.approvals.clone();
+        self.commit(d).await?;
+        self.notify("revoked", &current, &approvals, actor).await;
         Ok(())
+    }
+
+    /// Marks break-glass grant `r` reviewed (policy action `review`), in
+    /// one transaction with its audit event. No one reviews their own
+    /// break-glass grant, whatever the policy says.
+    ///
+    /// # Errors
+    /// [`GrantError`]; every refusal is audited.
+    pub async fn review(
+        &self,
+        actor: &Actor<'_>,
+        r: &AccessRequestRecord,
+        labels: &BTreeMap<String, String>,
+        comment: Option<&str>,
+    ) -> Result<(), GrantError> {
+        let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
+        if !r.break_glass || r.reviewed_at.is_some() {
+            let e = GrantError::State(format!("{} is not an unreviewed break-glass grant", r.id));
+            return Err(self
+                .refuse(actor, "review", what, e, "nothing to review".into())
+                .await);
+        }
+        if r.requester == actor.principal.subject {
+            let e = GrantError::Denied(format!("review your own break-glass grant {}", r.id));
+            let detail = "self-review is never allowed".to_string();
+            return Err(self.refuse(actor, "review", what, e, detail).await);
+        }
+        let labels = Self::decided_labels(r, labels);
+        let mut d = self.begin(r).await?;
+        if d.request.reviewed_at.is_some() {
+            let by = d.request.reviewed_by.clone().unwrap_or_default();
+            let stale = Stale {
+                error: GrantError::State(format!("{} was reviewed meanwhile by {by}", r.id)),
+                detail: format!("reviewed meanwhile by {by}"),
+                race: true,
+            };
+            return Err(self.refuse_in(d, actor, "review", stale).await);
+        }
+        let current = d.request.clone();
+        let count = d.approvals.len();
+        if let Err((error, detail)) =
+            self.ask(actor, "review", Action::Review, &current, labels, count)
+        {
+            let stale = Stale {
+                error,
+                detail,
+                race: false,
+            };
+            return Err(self.refuse_in(d, actor, "review", stale).await);
+        }
+        let event = AuditEvent::BreakGlassReviewed {
+            grant_id: current.id.clone(),
+            requester: current.requester.clone(),
+            comment: comment.map(str::to_string),
+        };
+        self.record_in(&mut d, actor, event).await?;
+        d.review(&actor.principal.subject, comment, now_ms())
+            .await?;
+        self.commit(d).await
     }
 }

@@ -10,7 +10,10 @@
 //! that ends at its expiry or when revoked ([`Workflow::revoke`]). Grants
 //! live in the database, so a restarted gateway keeps them; [`GrantWatch`]
 //! follows one grant for a live session and [`audit_expired`] audits
-//! expiries.
+//! expiries (of grants, and of requests left pending past `[grants]
+//! request_ttl`). A grant records where its container was and how it was
+//! labelled when asked for and approved; the session core honours it
+//! only there ([`crate::store::AccessRequestRecord::scope_mismatch`]).
 //!
 //! Every step is decided by the Cedar policy (actions `request`,
 //! `approve`, `activate`, `revoke`, `review`) and audited before it takes
@@ -232,8 +235,9 @@ impl Workflow<'_> {
     }
 }
 
-/// Audits every grant that reached its expiry and is not audited yet (one
-/// gateway of several wins each). Returns how many were audited.
+/// Audits every grant that reached its expiry, and every pending request
+/// that reached `[grants] request_ttl` undecided (issue 12), not audited
+/// yet (one gateway of several wins each). Returns how many were audited.
 ///
 /// # Errors
 /// [`StoreError`] when the database cannot be read or written.
@@ -265,6 +269,27 @@ pub async fn audit_expired(
             return Err(e);
         }
         notify::notify(store, config, "expired", &g, &[], "portcullis").await;
+        done += 1;
+    }
+    for r in store.unaudited_expired_requests(now_ms()).await? {
+        if !store.set_expiry_audited(&r.id, true).await? {
+            continue;
+        }
+        let subject = AuditSubject {
+            session_id: None,
+            principal: Some(&r.requester),
+            client_addr: None,
+        };
+        let event = AuditEvent::AccessRequestExpired {
+            request_id: r.id.clone(),
+            requester: r.requester.clone(),
+            target: format!("{}@{}", r.login, r.container),
+        };
+        if let Err(e) = audit.record(&subject, &event).await {
+            let _ = store.set_expiry_audited(&r.id, false).await;
+            return Err(e);
+        }
+        notify::notify(store, config, "request_expired", &r, &[], "portcullis").await;
         done += 1;
     }
     Ok(done)

@@ -79,6 +79,10 @@ pub async fn notify(
             r.requester, r.id
         ),
         "expired" => format!("{}'s access to {what} expired ({})", r.requester, r.id),
+        "request_expired" => format!(
+            "{}'s request for {what} expired undecided ({})",
+            r.requester, r.id
+        ),
         "break_glass" => format!(
             ":rotating_light: BREAK-GLASS: {} took {what} for {}s: {} ({})",
             r.requester, r.duration_seconds, r.reason, r.id
@@ -248,6 +252,9 @@ mod tests {
             reviewed_at: None,
             review_comment: None,
             action: None,
+            gateway: None,
+            labels: None,
+            pending_until: None,
         };
         let approvals = [ApprovalRecord {
             request_id: "r1".into(),

@@ -1,14 +1,14 @@
 //! Asking for access: a new request (or a break-glass grant taken at
-//! once), the webhook notifications of workflow steps, and the review of
-//! break-glass grants.
+//! once), recorded with where its container is and how it is labelled
+//! (what an approval approves, issue 12), and the webhook notifications
+//! of workflow steps.
 
 use super::{AccessRequestRecord, Actor, ApprovalRecord};
 use super::{GrantError, RequestSpec, Workflow, new_id, notify};
 use crate::audit::AuditEvent;
 use crate::config::valid_name;
 use crate::policy::{Action, WorkflowRequest};
-use crate::store::{NewAccessRequest, now_ms};
-use std::collections::BTreeMap;
+use crate::store::{NewAccessRequest, RequestScope, now_ms};
 
 impl Workflow<'_> {
     /// Creates a pending request after checking the login, the duration
@@ -152,19 +152,27 @@ impl Workflow<'_> {
             )
             .await?;
         }
-        let new = NewAccessRequest {
-            id: &id,
-            requester: &actor.principal.subject,
-            container: spec.container,
-            login: spec.login,
-            duration_seconds,
-            reason: spec.reason,
-            break_glass: spec.break_glass,
-        };
-        match action {
-            None => self.store.insert_access_request(&new).await?,
-            Some(a) => self.store.insert_action_request(&new, a).await?,
-        }
+        let ttl = i64::try_from(self.config.request_ttl.as_millis()).unwrap_or(i64::MAX);
+        self.store
+            .insert_access_request_scoped(
+                &NewAccessRequest {
+                    id: &id,
+                    requester: &actor.principal.subject,
+                    container: spec.container,
+                    login: spec.login,
+                    duration_seconds,
+                    reason: spec.reason,
+                    break_glass: spec.break_glass,
+                },
+                // What is approved is this: the container here, so labelled.
+                &RequestScope {
+                    gateway: self.store.gateway_id(),
+                    labels: spec.labels,
+                    pending_until: now.saturating_add(ttl),
+                    action,
+                },
+            )
+            .await?;
         if spec.break_glass {
             self.store
                 .approve_access_request(&id, &actor.principal.subject, Some("break-glass"), now)
@@ -196,48 +204,5 @@ impl Workflow<'_> {
             &actor.principal.subject,
         )
         .await;
-    }
-
-    /// Marks break-glass grant `r` reviewed (policy action `review`).
-    ///
-    /// # Errors
-    /// [`GrantError`]; every refusal is audited.
-    pub async fn review(
-        &self,
-        actor: &Actor<'_>,
-        r: &AccessRequestRecord,
-        labels: &BTreeMap<String, String>,
-        comment: Option<&str>,
-    ) -> Result<(), GrantError> {
-        if !r.break_glass || r.reviewed_at.is_some() {
-            let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());
-            let e = GrantError::State(format!("{} is not an unreviewed break-glass grant", r.id));
-            return Err(self
-                .refuse(actor, "review", what, e, "nothing to review".into())
-                .await);
-        }
-        let approvals = self.approvals(&r.id).await?.len();
-        self.allowed(actor, "review", Action::Review, r, labels, approvals)
-            .await?;
-        self.record(
-            actor,
-            AuditEvent::BreakGlassReviewed {
-                grant_id: r.id.clone(),
-                requester: r.requester.clone(),
-                comment: comment.map(str::to_string),
-            },
-        )
-        .await?;
-        if !self
-            .store
-            .review_break_glass(&r.id, &actor.principal.subject, comment)
-            .await?
-        {
-            return Err(GrantError::State(format!(
-                "{} was reviewed meanwhile",
-                r.id
-            )));
-        }
-        Ok(())
     }
 }

@@ -130,6 +130,8 @@ pub async fn authorize(gw: &Gateway, caller: &Caller, ask: &Ask<'_>) -> Result<A
         // forwards are decided on their own.
         None
     };
+    let place = gw.store.gateway_id().to_string();
+    let (grant, not_honoured) = honoured(gw, caller, grant, &place, &container.labels).await?;
     // Root is a uid, not a name: the login is resolved in the container's
     // own files before the decision, which sees its uid (`toor:x:0:0` is
     // root). A container that is not running, an init that cannot be
@@ -171,7 +173,7 @@ pub async fn authorize(gw: &Gateway, caller: &Caller, ask: &Ask<'_>) -> Result<A
     )
     .await?;
     let Some(depends_on_grant) = decided else {
-        return Err(denial(gw, ask, &target));
+        return Err(with_grant_reason(denial(gw, ask, &target), not_honoured));
     };
     let init = match pinned {
         Some(Ok(init)) => init,
@@ -274,6 +276,47 @@ fn recheck(
             )
             .is_ok_and(|d| d.allowed)
     })
+}
+
+/// Keeps `grant` only where it was approved (issue 12): the container at
+/// `place` (this gateway's id, or the fleet node) labelled `labels` as
+/// when it was asked for and approved. A grant used elsewhere is audited
+/// (`GrantNotHonoured`) and dropped; the second value is why, for the
+/// user.
+///
+/// # Errors
+/// [`Refusal::audit_unavailable`] when that cannot be audited.
+pub(crate) async fn honoured(
+    gw: &Gateway,
+    caller: &Caller,
+    grant: Option<AccessRequestRecord>,
+    place: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(Option<AccessRequestRecord>, Option<String>), Refusal> {
+    let Some(g) = grant else {
+        return Ok((None, None));
+    };
+    let Some(why) = g.scope_mismatch(place, labels) else {
+        return Ok((Some(g), None));
+    };
+    let event = AuditEvent::GrantNotHonoured {
+        grant_id: g.id.clone(),
+        target: format!("{}@{}", g.login, g.container),
+        reason: why.clone(),
+    };
+    caller.audit(gw, None, event).await?;
+    Ok((None, Some(why)))
+}
+
+/// `refusal`, with why the caller's grant was not honoured when it was not.
+pub(crate) fn with_grant_reason(refusal: Refusal, why: Option<String>) -> Refusal {
+    match why {
+        None => refusal,
+        Some(why) => Refusal::new(format!(
+            "{}\r\nYour grant is not honoured: {why}.",
+            refusal.message()
+        )),
+    }
 }
 
 /// Audits a start that failed after an allowed decision (the init could

@@ -6,26 +6,53 @@
 //! limits, policy reloads); the recording's limit is produced by
 //! [`super::record`].
 //! [`attach_end`] says how each reason ends the session's processes:
-//! whatever the reason, every process the session started ends with it.
+//! every process the session started ends with it, except that a
+//! container labelled `keep_processes = "true"` keeps them after a normal
+//! end (the client gone, or the session's own process exited) of a
+//! session that no grant allowed.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use crate::attach::{End, Leftovers};
 
+/// The container label that lets a session's processes outlive a normal
+/// end (`keep_processes = "true"`, issue 12): for `nohup ./job &` habits.
+/// A label, so the policy sees it too (`resource.getTag("keep_processes")`).
+pub const KEEP_PROCESSES_LABEL: &str = "keep_processes";
+
+/// What a normal end does with the session's other processes in
+/// `container` (labelled `labels`): kept when the container is labelled
+/// [`KEEP_PROCESSES_LABEL`] `= "true"` and the session does not depend on
+/// a grant (`granted`: what a grant allowed ends with it), else killed.
+pub fn normal_leftovers(labels: &BTreeMap<String, String>, granted: bool) -> Leftovers {
+    let keep = labels
+        .get(KEEP_PROCESSES_LABEL)
+        .is_some_and(|v| v == "true");
+    if keep && !granted {
+        Leftovers::Keep
+    } else {
+        Leftovers::Kill
+    }
+}
+
 /// How the processes of a session that `reason` ended are ended
 /// ([`crate::attach::Attached::end`]): a kill, a lock, a grant's end or a
 /// policy change kills every process of the session at once; any other
-/// end hangs up the session process, gives it `grace` (seconds, config
-/// `session.kill_grace`) to exit, then kills every other process of the
-/// session. No reason keeps a process running.
-pub fn attach_end(reason: &EndReason, grace: Duration) -> End {
+/// end hangs up the session process and gives it `grace` (config
+/// `session.kill_grace`) to exit. Then the session's other processes are
+/// killed, except when the client went away and `leftovers` (see
+/// [`normal_leftovers`]) keeps them: the only end that may keep a process
+/// running.
+pub fn attach_end(reason: &EndReason, grace: Duration, leftovers: Leftovers) -> End {
     match reason {
         EndReason::Killed { .. }
         | EndReason::Locked { .. }
         | EndReason::GrantEnded { .. }
         | EndReason::ConnectionClosed { .. }
         | EndReason::PolicyChanged => End::Kill,
+        EndReason::ClientGone => End::Normal { grace, leftovers },
         _ => End::Normal {
             grace,
             leftovers: Leftovers::Kill,

@@ -68,6 +68,9 @@ pub(crate) struct Pump<'a, O> {
     pub notices: Option<mpsc::Receiver<String>>,
     /// How long an ended process gets between SIGHUP and SIGKILL.
     pub kill_grace: Duration,
+    /// What a normal end (the process exited, the client went away) does
+    /// with the session's other processes ([`super::end::normal_leftovers`]).
+    pub leftovers: Leftovers,
     /// After a death by signal, how long to wait for the init to exit
     /// before deciding the container did not stop.
     pub stop_wait: Duration,
@@ -141,6 +144,7 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
         shutdown,
         mut notices,
         kill_grace,
+        leftovers,
         stop_wait,
         idle_timeout,
         max_duration,
@@ -359,16 +363,22 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
         record.mark_end(reason).await;
     }
     // Every end ends every process the session started (its cgroup):
-    // `setsid`, `nohup` and double forks included (issue 12).
+    // `setsid`, `nohup` and double forks included (issue 12), but for a
+    // normal end in a container that keeps them.
     let end = match &ended_by {
-        Some(reason) => super::end::attach_end(reason, kill_grace),
+        Some(reason) => super::end::attach_end(reason, kill_grace, leftovers),
         None => End::Normal {
             grace: kill_grace,
-            leftovers: Leftovers::Kill,
+            leftovers,
         },
     };
     match attached.end(end).await {
-        Ok(ended) => exit = exit.or(Some(ended.status)),
+        Ok(ended) => {
+            if ended.kept {
+                tracing::info!(container, "the session's other processes were kept");
+            }
+            exit = exit.or(Some(ended.status));
+        }
         Err(e) => tracing::error!(error = %e, "cannot end the session's processes"),
     }
     Outcome {

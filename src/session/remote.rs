@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::access::{Ask, authorize, decide, denial};
+use super::access::{Ask, authorize, decide, denial, honoured, with_grant_reason};
 use super::io::{Input, InputReceiver, Output};
 use super::{Caller, Destination, EndReason, Refusal};
 use crate::attach::{ExitStatus, PtyRequest};
@@ -118,12 +118,20 @@ async fn open(
             tracing::error!(error = %e, "cannot read grants; refusing");
             Refusal::database_unavailable()
         })?;
+    // The labels the fleet reports must be those approved (issue 12);
+    // where the grant was approved is checked by the node, whose own
+    // session core decides again under its own gateway id.
+    let place = grant
+        .as_ref()
+        .and_then(|g| g.gateway.clone())
+        .unwrap_or_default();
+    let (grant, not_honoured) = honoured(gw, caller, grant, &place, &container.labels).await?;
     // No uid here: the login lives in the node's container; the node
     // resolves it and decides again on it before it attaches.
     let Some(depends_on_grant) =
         decide(gw, caller, &target, &container, &ask, grant.as_ref(), None).await?
     else {
-        return Err(denial(gw, &ask, &target));
+        return Err(with_grant_reason(denial(gw, &ask, &target), not_honoured));
     };
     let session_id = uuid::Uuid::new_v4().to_string();
     let location = match edge.reachable(found).await {

@@ -187,6 +187,7 @@ async fn live<O: Output>(
         key_fingerprint: caller.key_fingerprint.clone(),
         recheck: Some(recheck),
     });
+    let leftovers = super::end::normal_leftovers(&container.labels, grant.is_some());
     let (notices, notices_rx) = mpsc::channel(4);
     let grant_watch = grant.map(|g| {
         let what = format!("{}@{}", target.login, container.name);
@@ -204,6 +205,7 @@ async fn live<O: Output>(
         shutdown: Some(&gw.shutdown),
         notices: Some(notices_rx),
         kill_grace: gw.config.session.kill_grace,
+        leftovers,
         stop_wait: gw.config.session.kill_grace.max(STOP_DETECT_MIN),
         idle_timeout: gw.config.session.idle_timeout,
         max_duration: gw.config.session.max_duration,
@@ -384,6 +386,7 @@ pub async fn run_on_host<O: Output>(
         shutdown: None,
         notices: None,
         kill_grace: host.config.session.kill_grace,
+        leftovers: crate::attach::Leftovers::Kill,
         stop_wait: STOP_DETECT_MIN,
         idle_timeout: None,
         max_duration: None,

@@ -354,7 +354,9 @@ impl Started {
                     leftovers: Leftovers::Kill,
                 }
             }
-            Some(reason) => super::end::attach_end(reason, gw.config.session.kill_grace),
+            Some(reason) => {
+                super::end::attach_end(reason, gw.config.session.kill_grace, Leftovers::Kill)
+            }
         };
         let exit = match attached.end(end).await {
             Ok(ended) => Some(ended.status),

@@ -23,7 +23,7 @@ pub struct ApprovalRecord {
     pub approved_at: i64,
 }
 
-fn approval_from_row(r: &AnyRow) -> ApprovalRecord {
+pub(super) fn approval_row(r: &AnyRow) -> ApprovalRecord {
     ApprovalRecord {
         request_id: r.get("request_id"),
         approver: r.get("approver"),
@@ -71,7 +71,7 @@ impl Store {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(approval_from_row).collect())
+        Ok(rows.iter().map(approval_row).collect())
     }
 
     /// The approvals of each of the requests `ids` (oldest first; requests
@@ -97,7 +97,7 @@ impl Store {
                 query = query.bind(id);
             }
             for row in query.fetch_all(&self.pool).await? {
-                let a = approval_from_row(&row);
+                let a = approval_row(&row);
                 all.entry(a.request_id.clone()).or_default().push(a);
             }
         }

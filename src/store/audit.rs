@@ -320,7 +320,9 @@ impl Store {
 
     /// A transaction that holds the audit append lock (SQLite `BEGIN
     /// IMMEDIATE`, PostgreSQL advisory lock) until it ends.
-    async fn begin_audit(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    pub(super) async fn begin_audit(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => {
@@ -419,7 +421,7 @@ impl Store {
 
 /// Appends `e` inside `tx` (which holds the append lock, see
 /// [`Store::begin_audit`]).
-async fn append_in(
+pub(super) async fn append_in(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     e: &NewAuditRow<'_>,
 ) -> Result<AuditRow, StoreError> {

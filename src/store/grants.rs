@@ -3,6 +3,8 @@
 //! `expires_at` (unix ms) unless `revoked_at` is set. Every state change is
 //! a conditional `UPDATE`, so two approvers racing cannot both win.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -57,6 +59,17 @@ pub struct AccessRequestRecord {
     /// request with an action has an empty `login`, and its grant never
     /// opens a session.
     pub action: Option<String>,
+    /// Where the container was when asked and approved: the gateway's
+    /// configured id (later the fleet node); `None` on rows from before
+    /// migration 0017, whose grants are never honoured.
+    pub gateway: Option<String>,
+    /// The container's labels when asked and approved; `None` as above
+    /// (or when the stored text is not a JSON object of strings).
+    pub labels: Option<BTreeMap<String, String>>,
+    /// A pending request expires at this time, unix ms (`[grants]
+    /// request_ttl` after it was made); `None` for decided rows made before
+    /// migration 0017.
+    pub pending_until: Option<i64>,
 }
 
 impl AccessRequestRecord {
@@ -64,12 +77,54 @@ impl AccessRequestRecord {
     /// (unix ms).
     pub fn state_at(&self, now: i64) -> &'static str {
         match self.status.as_str() {
+            "pending" if self.pending_expired_at(now) => "expired",
             "pending" => "pending",
             "denied" => "denied",
             _ if self.revoked_at.is_some() => "revoked",
             _ if self.active_at(now) => "active",
             _ => "expired",
         }
+    }
+
+    /// True when this request is pending and its `pending_until` has
+    /// passed at `now` (unix ms): it can no longer be approved or denied.
+    pub fn pending_expired_at(&self, now: i64) -> bool {
+        self.status == "pending" && self.pending_until.is_some_and(|t| t <= now)
+    }
+
+    /// Why grant `self` is not honoured for a container at `gateway` with
+    /// `labels` (issue 12: a grant is for what was approved), or `None`
+    /// when both match what was recorded when it was asked for and
+    /// approved. A grant without a record (made before migration 0017) is
+    /// never honoured. The answer is one clause for the user.
+    pub fn scope_mismatch(
+        &self,
+        gateway: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        let (Some(at), Some(approved)) = (&self.gateway, &self.labels) else {
+            return Some(format!(
+                "the grant {} does not record where it was approved (made before this \
+                 gateway recorded it); ask for access again",
+                self.id
+            ));
+        };
+        if at != gateway {
+            return Some(format!(
+                "the grant {} was approved for {} on gateway {at}, not on {gateway}",
+                self.id, self.container
+            ));
+        }
+        if approved != labels {
+            return Some(format!(
+                "the grant {} was approved for {} labelled {}; it is now labelled {}",
+                self.id,
+                self.container,
+                labels_text(approved),
+                labels_text(labels)
+            ));
+        }
+        None
     }
 
     /// True when this is a grant in force at `now` (unix ms).
@@ -79,6 +134,29 @@ impl AccessRequestRecord {
             && self.starts_at.is_some_and(|s| s <= now)
             && self.expires_at.is_some_and(|e| now < e)
     }
+}
+
+/// `k=v, k=v` (sorted), or `(none)`.
+pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "(none)".to_string();
+    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(", ")
+}
+
+/// Where a new request's container is, and until when it may wait
+/// ([`Store::insert_access_request_scoped`]).
+#[derive(Debug, Clone)]
+pub struct RequestScope<'a> {
+    /// The gateway's configured id (later the fleet node).
+    pub gateway: &'a str,
+    /// The container's labels now.
+    pub labels: &'a BTreeMap<String, String>,
+    /// The request expires unless decided by then, unix ms.
+    pub pending_until: i64,
+    /// The lifecycle action asked for (issue 18), `None` for a login.
+    pub action: Option<&'a str>,
 }
 
 /// A new request.
@@ -102,7 +180,8 @@ pub struct NewAccessRequest<'a> {
 
 pub(super) const COLUMNS: &str = "id, requester, container, login, duration_seconds, reason, status, \
      created_at, decided_by, decided_at, decision_comment, starts_at, expires_at, revoked_at, \
-     revoked_by, revoke_reason, break_glass, reviewed_by, reviewed_at, review_comment, action";
+     revoked_by, revoke_reason, break_glass, reviewed_by, reviewed_at, review_comment, action, \
+     gateway, labels, pending_until";
 
 pub(super) fn from_row(r: &AnyRow) -> AccessRequestRecord {
     AccessRequestRecord {
@@ -127,6 +206,11 @@ pub(super) fn from_row(r: &AnyRow) -> AccessRequestRecord {
         reviewed_at: r.get("reviewed_at"),
         review_comment: r.get("review_comment"),
         action: r.get("action"),
+        gateway: r.get("gateway"),
+        labels: r
+            .get::<Option<String>, _>("labels")
+            .and_then(|t| serde_json::from_str(&t).ok()),
+        pending_until: r.get("pending_until"),
     }
 }
 
@@ -136,10 +220,32 @@ impl Store {
     /// # Errors
     /// [`StoreError::Query`].
     pub async fn insert_access_request(&self, r: &NewAccessRequest<'_>) -> Result<(), StoreError> {
+        self.insert_request(r, None).await
+    }
+
+    /// [`Store::insert_access_request`] with where the container is and
+    /// until when the request may wait (issue 12).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn insert_access_request_scoped(
+        &self,
+        r: &NewAccessRequest<'_>,
+        scope: &RequestScope<'_>,
+    ) -> Result<(), StoreError> {
+        self.insert_request(r, Some(scope)).await
+    }
+
+    async fn insert_request(
+        &self,
+        r: &NewAccessRequest<'_>,
+        scope: Option<&RequestScope<'_>>,
+    ) -> Result<(), StoreError> {
+        let labels = scope.and_then(|s| serde_json::to_string(s.labels).ok());
         sqlx::query(
             "INSERT INTO access_requests (id, requester, container, login, duration_seconds, \
-             reason, status, created_at, break_glass) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8)",
+             reason, status, created_at, break_glass, gateway, labels, pending_until, action) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12)",
         )
         .bind(r.id)
         .bind(r.requester)
@@ -149,6 +255,10 @@ impl Store {
         .bind(r.reason)
         .bind(now_ms())
         .bind(i64::from(r.break_glass))
+        .bind(scope.map(|s| s.gateway))
+        .bind(labels)
+        .bind(scope.map(|s| s.pending_until))
+        .bind(scope.and_then(|s| s.action))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -170,8 +280,9 @@ impl Store {
         Ok(row.as_ref().map(from_row))
     }
 
-    /// Requests, newest first, at most `limit`: only `status` when given,
-    /// only `requester`'s when given.
+    /// Requests, newest first, at most `limit`: only `status` when given
+    /// (`pending` leaves out the requests that expired waiting), only
+    /// `requester`'s when given.
     ///
     /// # Errors
     /// [`StoreError::Query`].
@@ -183,12 +294,15 @@ impl Store {
     ) -> Result<Vec<AccessRequestRecord>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM access_requests WHERE ($1 = '' OR status = $1) \
-             AND ($2 = '' OR requester = $2) ORDER BY created_at DESC, id LIMIT $3"
+             AND ($2 = '' OR requester = $2) \
+             AND ($1 <> 'pending' OR pending_until IS NULL OR pending_until > $4) \
+             ORDER BY created_at DESC, id LIMIT $3"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(status.unwrap_or(""))
             .bind(requester.unwrap_or(""))
             .bind(limit.max(0))
+            .bind(now_ms())
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(from_row).collect())
@@ -339,7 +453,27 @@ impl Store {
         Ok(rows.iter().map(from_row).collect())
     }
 
-    /// Marks grant `id`'s expiry audited (`done` true) or not (false, to
+    /// Pending requests whose `pending_until` passed by `now` and whose
+    /// expiry is not yet audited (issue 12).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn unaudited_expired_requests(
+        &self,
+        now: i64,
+    ) -> Result<Vec<AccessRequestRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM access_requests WHERE status = 'pending' \
+             AND pending_until <= $1 AND expiry_audited = 0 ORDER BY pending_until, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(from_row).collect())
+    }
+
+    /// Marks grant (or pending request) `id`'s expiry audited (`done` true) or not (false, to
     /// undo a claim whose audit event failed). Returns true when this call
     /// changed it, so of several gateways exactly one audits an expiry.
     ///

@@ -17,17 +17,19 @@ use sqlx::{Any, Pool};
 mod approvals;
 mod bindings;
 mod container_actions;
+mod decisions;
 mod fleet;
 mod grants;
 mod webhooks;
 
 pub use approvals::ApprovalRecord;
 pub use bindings::{KeyBinding, NewKeyBinding, RefreshedBinding};
+pub use decisions::RequestDecision;
 pub use fleet::{
     ContainerConflict, FleetContainer, InventoryPush, NodeRecord, TokenRefusal, WitnessRecord,
     notify_fleet_query,
 };
-pub use grants::{AccessRequestRecord, NewAccessRequest};
+pub use grants::{AccessRequestRecord, NewAccessRequest, RequestScope, labels_text};
 
 /// A failed database step.
 #[derive(Debug, thiserror::Error)]
@@ -335,6 +337,12 @@ impl Store {
     pub fn for_gateway(mut self, gateway_id: &str) -> Store {
         self.gateway_id = gateway_id.to_string();
         self
+    }
+
+    /// The gateway id given to [`Store::for_gateway`] (`""` when none
+    /// was): where this gateway's containers are, for grants (issue 12).
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway_id
     }
 
     /// Sessions of this gateway still marked `running`: left by a gateway

@@ -52,13 +52,36 @@ impl InProcess {
     /// BACKEND` (e.g. `lxc`, for a test that brings its own container;
     /// `web1` and `db1` stay on the process backend).
     pub async fn start_on(backend: &str, extra: &str, policy: Option<&str>) -> InProcess {
+        InProcess::start_as(&Setup {
+            extra,
+            policy,
+            backend,
+            ..Setup::default()
+        })
+        .await
+    }
+
+    /// A gateway as `setup` says: its id, `web1`'s labels, and (with
+    /// `share`) the database and CA of another in-process gateway, as a
+    /// second gateway of a fleet or the same one restarted would have.
+    pub async fn start_as(setup: &Setup<'_>) -> InProcess {
+        let (extra, policy, backend) = (setup.extra, setup.policy, setup.backend);
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
-        let ca = root.join("ca");
-        super::ssh::keygen(&ca);
+        let ca = match setup.share {
+            Some(other) => other.ca.clone(),
+            None => {
+                let ca = root.join("ca");
+                super::ssh::keygen(&ca);
+                ca
+            }
+        };
         let ca_pub = std::fs::read_to_string(ca.with_extension("pub")).expect("ca.pub");
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
         let policies = match policy {
+            _ if setup.policy_dir.is_some() => {
+                setup.policy_dir.map(Path::to_path_buf).unwrap_or(shipped)
+            }
             None => shipped,
             Some(text) => {
                 let copy = root.join("policies");
@@ -71,6 +94,13 @@ impl InProcess {
             }
         };
         let database = match std::env::var("PORTCULLIS_TEST_DATABASE").as_deref() {
+            _ if setup.share.is_some() => format!(
+                "[database]\nurl = \"{}\"\n",
+                setup
+                    .share
+                    .map(|o| o.gateway.config.database_url())
+                    .unwrap_or_default()
+            ),
             Ok("postgres") => format!(
                 "[database]\nurl = \"{}\"\n",
                 super::postgres::server().new_database()
@@ -87,16 +117,18 @@ impl InProcess {
             None => ("", extra),
         };
         let text = format!(
-            "listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\ngateway_id = \"gw\"\n\
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{state}\"\ngateway_id = \"{id}\"\n\
              [oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"portcullis\"\n\
              [auth]\nfailure_delay = \"0s\"\npenalty_min = \"0s\"\n\
              max_unauthenticated_per_source = 64\n{auth}{database}\
              [policy]\ndir = \"{policies}\"\n[inventory]\nbackend = \"{backend}\"\n\
-             [containers.web1]\npid_file = \"{root}/web1.pid\"\nlabels = {{ env = \"dev\" }}\n\
+             [containers.web1]\npid_file = \"{root}/web1.pid\"\nlabels = {{ {web1} }}\n\
              [containers.db1]\npid_file = \"{root}/db1.pid\"\nlabels = {{ env = \"prod\" }}\n\
              [certificates]\ngroups_extension = \"groups@portcullis\"\n\
              [[certificates.ca]]\npublic_key = \"{ca_pub}\"\nprincipal_prefix = \"ca:\"\n\
              allowed_groups = [\"developers\", \"approvers\", \"admins\", \"security\", \"break-glass\", \"reviewers\"]\n{extra}",
+            id = setup.gateway_id,
+            web1 = setup.web1_labels,
             state = root.join("state").display(),
             policies = policies.display(),
             root = root.display(),
@@ -206,6 +238,39 @@ impl InProcess {
                 (e.kind, e.outcome, detail)
             })
             .collect()
+    }
+}
+
+/// How [`InProcess::start_as`] sets a gateway up.
+pub struct Setup<'a> {
+    /// `gateway_id` (default `gw`).
+    pub gateway_id: &'a str,
+    /// `web1`'s labels, TOML inline-table body (default `env = "dev"`).
+    pub web1_labels: &'a str,
+    /// More config (TOML).
+    pub extra: &'a str,
+    /// Cedar added to a copy of the shipped policies.
+    pub policy: Option<&'a str>,
+    /// Share this gateway's database and CA.
+    pub share: Option<&'a InProcess>,
+    /// A policy directory of the test's own instead of the shipped one.
+    pub policy_dir: Option<&'a Path>,
+    /// `[inventory] backend` (default `process`; `web1` and `db1` stay on
+    /// the process backend).
+    pub backend: &'a str,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Setup {
+            gateway_id: "gw",
+            web1_labels: "env = \"dev\"",
+            extra: "",
+            policy: None,
+            share: None,
+            policy_dir: None,
+            backend: "process",
+        }
     }
 }
 
