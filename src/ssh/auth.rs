@@ -91,8 +91,17 @@ impl AuthState {
         }
     }
 
+    /// Counts an authentication request of any method, for the `noauth`
+    /// penalty ([`super::limits::Attempted`]).
+    fn attempt(&self) {
+        if let Some(u) = &self.unauth_permit {
+            u.attempted.mark();
+        }
+    }
+
     /// `none` (OpenSSH's first probe): name the methods.
     pub(super) fn none(&mut self, _user: &str) -> Auth {
+        self.attempt();
         Auth::Reject {
             proceed_with_methods: Some(super::auth_methods()),
             partial_success: false,
@@ -101,6 +110,7 @@ impl AuthState {
 
     /// A plain public key whose signature verified.
     pub(super) async fn publickey(&mut self, user: &str, key: &PublicKey) -> Auth {
+        self.attempt();
         let fingerprint = crate::identity::key_fingerprint(key);
         let check = self
             .gateway
@@ -170,6 +180,7 @@ impl AuthState {
 
     /// An OpenSSH user certificate whose signature verified.
     pub(super) async fn certificate(&mut self, user: &str, cert: &Certificate) -> Auth {
+        self.attempt();
         let now = crate::store::now_ms().max(0) as u64 / 1000;
         match self.gateway.cas.authenticate_certificate(cert, now) {
             Ok(certified) => {
@@ -203,6 +214,7 @@ impl AuthState {
         user: &str,
         answers: Option<Vec<String>>,
     ) -> Auth {
+        self.attempt();
         let (reply, failure) = self.login.advance(answers).await;
         if let Some(failure) = failure
             && !self.fail(failure.method, user, &failure.reason).await

@@ -129,7 +129,9 @@ pub fn russh_config(host_key: PrivateKey, max_auth_attempts: usize) -> russh::se
 /// or an IPv6 /64; OpenSSH `PerSourceMaxStartups`); a penalised source
 /// (`auth.penalty_*`, OpenSSH `PerSourcePenalties`) is refused at accept,
 /// before any protocol byte. A connection not authenticated within
-/// `auth.login_grace_time` is dropped (and its source penalised).
+/// `auth.login_grace_time` is dropped (and its source penalised), and so
+/// is the source of one that closes without any authentication request
+/// (`auth.penalty_noauth`).
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
@@ -173,12 +175,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let authenticated = CancellationToken::new();
+        let attempted = limits::Attempted::default();
         let handler = handler::ConnectionHandler::new(
             gateway.clone(),
             peer,
             limits::Unauthenticated {
                 _slot: unauth_permit,
                 _source: source_permit,
+                attempted: attempted.clone(),
             },
             limits.clone(),
             authenticated.clone(),
@@ -188,13 +192,46 @@ pub async fn serve(
         let sources = limits.sources.clone();
         gateway.tasks.spawn(async move {
             let _permit = permit;
-            run_connection(gw, config, stream, handler, peer, authenticated, sources).await;
+            let ended = run_connection(gw, config, stream, handler, peer, authenticated).await;
+            penalise(&sources, peer, ended, &attempted);
         });
     }
 }
 
+/// How a connection ended, for its source's penalty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Dropped at `auth.login_grace_time` without authenticating.
+    GraceExceeded,
+    /// Ended by the gateway's shutdown: no penalty.
+    Shutdown,
+    /// The client closed it, or the protocol failed.
+    Closed,
+}
+
+/// Adds the penalty a connection from `peer` earned by how it `ended`
+/// (OpenSSH `PerSourcePenalties`): `grace-exceeded`, or `noauth` when it
+/// closed without a single authentication request (a scanner or a client
+/// holding a slot); failed attempts were penalised as they failed.
+fn penalise(
+    sources: &crate::throttle::SourceLimits,
+    peer: SocketAddr,
+    ended: Ended,
+    attempted: &limits::Attempted,
+) {
+    use crate::throttle::Penalty;
+    match ended {
+        Ended::GraceExceeded => sources.penalise(peer.ip(), Penalty::GraceExceeded),
+        Ended::Closed if !attempted.happened() => {
+            tracing::debug!(%peer, "closed without an authentication attempt");
+            sources.penalise(peer.ip(), Penalty::NoAuth);
+        }
+        Ended::Closed | Ended::Shutdown => {}
+    }
+}
+
 /// Runs one connection: the SSH handshake and login within the grace time,
-/// then until it ends or the gateway shuts down.
+/// then until it ends or the gateway shuts down; says how it ended.
 async fn run_connection(
     gateway: Arc<Gateway>,
     config: Arc<russh::server::Config>,
@@ -202,8 +239,7 @@ async fn run_connection(
     handler: handler::ConnectionHandler,
     peer: SocketAddr,
     authenticated: CancellationToken,
-    sources: crate::throttle::SourceLimits,
-) {
+) -> Ended {
     let grace = tokio::time::sleep(gateway.config.auth.login_grace_time);
     tokio::pin!(grace);
     let running = tokio::select! {
@@ -211,14 +247,14 @@ async fn run_connection(
             Ok(running) => running,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "handshake failed");
-                return;
+                return Ended::Closed;
             }
         },
         _ = &mut grace => {
-            grace_time_exceeded(&gateway, peer, &sources).await;
-            return;
+            grace_time_exceeded(&gateway, peer).await;
+            return Ended::GraceExceeded;
         }
-        _ = gateway.shutdown.cancelled() => return,
+        _ = gateway.shutdown.cancelled() => return Ended::Shutdown,
     };
     let handle = running.handle();
     tokio::pin!(running);
@@ -229,7 +265,7 @@ async fn run_connection(
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-                return;
+                return Ended::Closed;
             }
             _ = authenticated.cancelled(), if in_grace => in_grace = false,
             _ = &mut grace, if in_grace => {
@@ -237,7 +273,7 @@ async fn run_connection(
                     in_grace = false;
                     continue;
                 }
-                grace_time_exceeded(&gateway, peer, &sources).await;
+                grace_time_exceeded(&gateway, peer).await;
                 let _ = handle
                     .disconnect(
                         russh::Disconnect::ByApplication,
@@ -245,7 +281,7 @@ async fn run_connection(
                         "en".into(),
                     )
                     .await;
-                return;
+                return Ended::GraceExceeded;
             }
             _ = gateway.shutdown.cancelled() => {
                 let _ = handle
@@ -255,17 +291,13 @@ async fn run_connection(
                         "en".into(),
                     )
                     .await;
-                return;
+                return Ended::Shutdown;
             }
         }
     }
 }
 
-async fn grace_time_exceeded(
-    gateway: &Gateway,
-    peer: SocketAddr,
-    sources: &crate::throttle::SourceLimits,
-) {
+async fn grace_time_exceeded(gateway: &Gateway, peer: SocketAddr) {
     tracing::info!(%peer, "dropped: not authenticated within the login grace time");
     let peer_text = peer.to_string();
     let subject = crate::audit::AuditSubject {
@@ -284,7 +316,6 @@ async fn grace_time_exceeded(
         tracing::error!(error = %e, "cannot write audit event");
     }
     let _ = gateway.throttle.record_failure(peer.ip());
-    sources.penalise(peer.ip(), crate::throttle::Penalty::GraceExceeded);
 }
 
 #[cfg(test)]
