@@ -12,7 +12,8 @@
 //!   refused, names and reasons a database writer planted are shown
 //!   display-safe in every listing (broker and host CLI), the webhook's
 //!   Slack text is escaped, and `sessions play` / `watch` drop OSC 52,
-//!   title reports and DCS unless `--raw`.
+//!   title reports and DCS unless `--raw`;
+//! - point 7 (review L2): an email that is not verified names no one.
 //!
 //! The real test IdP signs the tokens, the real `portcullis` binary serves
 //! (the `process` inventory backend: `web1` is named in the config, no LXC
@@ -468,4 +469,50 @@ fn sessions_play_and_watch_neutralise_terminal_attacks() {
         assert!(out.status.success(), "{raw:?}: {out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), hostile, "{raw:?}");
     }
+}
+
+// ---------------------------------------------------------------- point 7
+
+/// OpenID Connect Core §5.1: an email is the user's only when
+/// `email_verified` is true. With `subject_claim = "email"`, a token from
+/// the real IdP's key whose email is not verified (an account that typed
+/// someone else's address) is refused, named and audited; the same
+/// account verified logs in as that email.
+#[test]
+fn an_unverified_email_does_not_name_a_principal() {
+    let idp = idp();
+    let gw = TestGateway::start_with_oidc(
+        &format!(
+            "[oidc]\nissuer = \"{}\"\nclient_id = \"portcullis\"\nsubject_claim = \"email\"\n",
+            idp.issuer
+        ),
+        "",
+    );
+    let mut claims = idp.standard_claims("mallory");
+    claims["email"] = serde_json::json!("boss@example.com");
+    claims["email_verified"] = serde_json::json!(false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = gw.ssh("portcullis", &idp.mint_id_token(claims.clone()), dir.path());
+    cmd.arg("whoami");
+    let r = run_ssh(&mut cmd, b"");
+    assert_eq!(r.code, 255, "{}", String::from_utf8_lossy(&r.stdout));
+    let audited = gw.audit_events().into_iter().any(|e| {
+        e["kind"] == "authentication"
+            && e["outcome"] == "failure"
+            && e["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("email names the principal but email_verified is not true")
+    });
+    assert!(audited, "{}", gw.log());
+    claims["email_verified"] = serde_json::json!(true);
+    let mut cmd = gw.ssh("portcullis", &idp.mint_id_token(claims), dir.path());
+    cmd.arg("whoami");
+    let r = run_ssh(&mut cmd, b"");
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, gw.log());
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("boss@example.com"),
+        "{}",
+        String::from_utf8_lossy(&r.stdout)
+    );
 }
