@@ -91,6 +91,22 @@ fn assert_login_works(gw: &TestGateway) {
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, gw.log());
 }
 
+/// The `SourcePenalised` audit events: (source, after, client address).
+fn penalties_audited(gw: &TestGateway) -> Vec<(String, String, String)> {
+    gw.audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "authentication" && e["outcome"] == "deny")
+        .filter_map(|e| {
+            let d: serde_json::Value = serde_json::from_str(e["detail"].as_str()?).ok()?;
+            Some((
+                d["source"].as_str()?.to_string(),
+                d["after"].as_str()?.to_string(),
+                e["client_addr"].as_str().unwrap_or("").to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// OpenSSH's `noauth` penalty: a source that connects, reads the banner
 /// and closes without trying to authenticate (a scanner, a slot holder)
 /// is refused at accept after `penalty_min` worth of them; another
@@ -122,6 +138,14 @@ fn connections_closed_without_trying_to_log_in_earn_their_source_a_penalty() {
     // 5 s each, refused from 15 s on: never before the fourth.
     assert!(refused_at >= 3, "refused at attempt {refused_at}");
     assert!(gw.log().contains("127.0.0.2 is penalised for another"));
+    // Audited once, when it became refused; not per refused connection.
+    let audited = penalties_audited(&gw);
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(
+        (audited[0].0.as_str(), audited[0].1.as_str()),
+        ("127.0.0.2", "noauth")
+    );
+    assert!(audited[0].2.starts_with("127.0.0.2:"), "{audited:?}");
     // The penalised source cannot even log in; another source can.
     let r = broker_from(&gw, Some("127.0.0.2"), "admin", "help");
     assert_eq!(r.code, 255, "{}", r.stderr);
@@ -134,8 +158,9 @@ fn connections_closed_without_trying_to_log_in_earn_their_source_a_penalty() {
 fn failed_logins_earn_their_source_a_penalty() {
     let gw = TestGateway::start(
         &idp().issuer,
-        "[auth]\nfailure_delay = \"0s\"\npenalty_authfail = \"5s\"\npenalty_min = \"15s\"\n\
-         penalty_max = \"1m\"\n",
+        // The banner probes earn no `noauth` penalty here: only failures count.
+        "[auth]\nfailure_delay = \"0s\"\npenalty_authfail = \"5s\"\npenalty_noauth = \"0s\"\n\
+         penalty_min = \"15s\"\npenalty_max = \"1m\"\n",
     );
     let mut failed = 0;
     while banner_from("127.0.0.2", gw.port).is_some() {
@@ -153,6 +178,12 @@ fn failed_logins_earn_their_source_a_penalty() {
     }
     assert!(failed >= 3, "refused after {failed} failures");
     assert!(gw.log().contains("127.0.0.2 is penalised for another"));
+    let audited = penalties_audited(&gw);
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(
+        (audited[0].0.as_str(), audited[0].1.as_str()),
+        ("127.0.0.2", "authfail")
+    );
     assert_login_works(&gw);
 }
 

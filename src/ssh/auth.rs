@@ -366,9 +366,13 @@ impl AuthState {
     /// written.
     async fn fail(&self, method: &str, user: &str, reason: &str) -> bool {
         let ok = self.audit_failure(method, user, reason).await;
-        self.limits
-            .sources
-            .penalise(self.peer.ip(), Penalty::AuthFailed);
+        super::penalise(
+            &self.gateway,
+            &self.limits.sources,
+            self.peer,
+            Penalty::AuthFailed,
+        )
+        .await;
         let delay = self.gateway.throttle.record_failure(self.peer.ip());
         if !delay.is_zero() {
             tracing::info!(peer = %self.peer, delay_ms = delay.as_millis() as u64, "slowing down");

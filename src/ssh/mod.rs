@@ -192,8 +192,9 @@ pub async fn serve(
         let sources = limits.sources.clone();
         gateway.tasks.spawn(async move {
             let _permit = permit;
-            let ended = run_connection(gw, config, stream, handler, peer, authenticated).await;
-            penalise(&sources, peer, ended, &attempted);
+            let ended =
+                run_connection(gw.clone(), config, stream, handler, peer, authenticated).await;
+            penalise_ended(&gw, &sources, peer, ended, &attempted).await;
         });
     }
 }
@@ -213,20 +214,51 @@ enum Ended {
 /// (OpenSSH `PerSourcePenalties`): `grace-exceeded`, or `noauth` when it
 /// closed without a single authentication request (a scanner or a client
 /// holding a slot); failed attempts were penalised as they failed.
-fn penalise(
+async fn penalise_ended(
+    gateway: &Gateway,
     sources: &crate::throttle::SourceLimits,
     peer: SocketAddr,
     ended: Ended,
     attempted: &limits::Attempted,
 ) {
     use crate::throttle::Penalty;
-    match ended {
-        Ended::GraceExceeded => sources.penalise(peer.ip(), Penalty::GraceExceeded),
+    let what = match ended {
+        Ended::GraceExceeded => Penalty::GraceExceeded,
         Ended::Closed if !attempted.happened() => {
             tracing::debug!(%peer, "closed without an authentication attempt");
-            sources.penalise(peer.ip(), Penalty::NoAuth);
+            Penalty::NoAuth
         }
-        Ended::Closed | Ended::Shutdown => {}
+        Ended::Closed | Ended::Shutdown => return,
+    };
+    penalise(gateway, sources, peer, what).await;
+}
+
+/// Adds `what`'s penalty to `peer`'s source and, when that makes the
+/// source refused, audits it once (`SourcePenalised`; its connections
+/// are refused at accept without an event each, so a flood cannot fill
+/// the audit log).
+async fn penalise(
+    gateway: &Gateway,
+    sources: &crate::throttle::SourceLimits,
+    peer: SocketAddr,
+    what: crate::throttle::Penalty,
+) {
+    let Some((source, refused_for)) = sources.penalise(peer.ip(), what) else {
+        return;
+    };
+    tracing::warn!(%source, after = what.as_str(), seconds = refused_for.as_secs(), "source penalised");
+    let peer_text = peer.to_string();
+    let subject = crate::audit::AuditSubject {
+        client_addr: Some(&peer_text),
+        ..Default::default()
+    };
+    let event = crate::audit::AuditEvent::SourcePenalised {
+        source: source.to_string(),
+        after: what.as_str().into(),
+        seconds: refused_for.as_secs(),
+    };
+    if let Err(e) = gateway.audit.record(&subject, &event).await {
+        tracing::error!(error = %e, "cannot write audit event");
     }
 }
 
