@@ -136,6 +136,17 @@ pub fn display_safe(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// [`display_safe`] line by line: `\n` is kept (so a listing keeps its
+/// lines), everything else hidden is replaced. For whole replies that
+/// hold names and reasons (the broker's answers, a listing).
+pub fn display_safe_lines(text: &str) -> Cow<'_, str> {
+    if text.chars().all(|c| c == '\n' || classify(c).is_none()) {
+        return Cow::Borrowed(text);
+    }
+    let lines: Vec<Cow<'_, str>> = text.split('\n').map(display_safe).collect();
+    Cow::Owned(lines.join("\n"))
+}
+
 /// `text` escaped for Slack's message format: `&` → `&amp;`, `<` → `&lt;`,
 /// `>` → `&gt;` (Slack, "Formatting text for app surfaces: Escaping
 /// text"). Other webhook consumers that render HTML get the same safety.
@@ -349,6 +360,18 @@ pub fn neutralise_terminal_output(text: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn display_safe_lines_keeps_newlines_only() {
+        assert!(matches!(
+            display_safe_lines("a\nb\n"),
+            Cow::Borrowed("a\nb\n")
+        ));
+        assert_eq!(
+            display_safe_lines("r1 \u{1b}[2J\tx\nr2 \u{202E}y\r\n"),
+            "r1 \u{FFFD}[2J\u{FFFD}x\nr2 \u{FFFD}y\u{FFFD}\n"
+        );
+    }
 
     /// The Trojan Source paper's examples (Boucher & Anderson, 2021).
     const TROJAN_SOURCE: &[&str] = &[

@@ -193,6 +193,17 @@ pub enum Penalty {
     GraceExceeded,
 }
 
+impl Penalty {
+    /// OpenSSH's name for it (sshd_config(5), `PerSourcePenalties`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Penalty::AuthFailed => "authfail",
+            Penalty::NoAuth => "noauth",
+            Penalty::GraceExceeded => "grace-exceeded",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct PenaltyState {
     expires: Instant,
@@ -301,10 +312,12 @@ impl SourceLimits {
     /// Adds `what`'s penalty to `addr`'s source: the penalty accumulates
     /// (up to `auth.penalty_max`) and, once it reaches `auth.penalty_min`,
     /// the source is refused until it runs out. Off when `penalty_min` is
-    /// zero.
-    pub fn penalise(&self, addr: IpAddr, what: Penalty) {
+    /// zero. Returns the source and how long it is refused (whole
+    /// seconds) when this penalty is the one that made it refused, so the
+    /// caller audits each penalty once.
+    pub fn penalise(&self, addr: IpAddr, what: Penalty) -> Option<(Source, Duration)> {
         if self.min.is_zero() {
-            return;
+            return None;
         }
         let add = match what {
             Penalty::AuthFailed => self.authfail,
@@ -312,7 +325,7 @@ impl SourceLimits {
             Penalty::GraceExceeded => self.grace_exceeded,
         };
         if add.is_zero() {
-            return;
+            return None;
         }
         let source = Source::of(addr);
         let now = Instant::now();
@@ -329,8 +342,10 @@ impl SourceLimits {
         // Whole seconds, as OpenSSH counts them: time passing between two
         // penalties must not keep a source just under the minimum.
         let pending = p.expires.duration_since(now).as_secs_f64().ceil();
+        let was_active = p.active;
         p.active = p.active || pending >= self.min.as_secs_f64();
         t.penalties.insert(source, p);
+        (p.active && !was_active).then(|| (source, Duration::from_secs(pending as u64)))
     }
 
     /// Unauthenticated connections `addr`'s source holds now.
@@ -523,10 +538,14 @@ mod tests {
             "penalty_authfail = \"5s\"\npenalty_min = \"15s\"\npenalty_max = \"30s\"",
         ));
         let bad = v4(9);
-        limits.penalise(bad, Penalty::AuthFailed);
-        limits.penalise(bad, Penalty::AuthFailed);
+        assert_eq!(limits.penalise(bad, Penalty::AuthFailed), None);
+        assert_eq!(limits.penalise(bad, Penalty::AuthFailed), None);
         assert!(limits.admit(bad).is_ok(), "10 s is under the 15 s minimum");
-        limits.penalise(bad, Penalty::AuthFailed);
+        assert_eq!(
+            limits.penalise(bad, Penalty::AuthFailed),
+            Some((Source::of(bad), Duration::from_secs(15))),
+            "the penalty that made it refused, once"
+        );
         match limits.admit(bad) {
             Err(ThrottleError::Penalised { remaining, .. }) => {
                 assert!(
@@ -535,6 +554,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            limits.penalise(bad, Penalty::AuthFailed),
+            None,
+            "already refused"
+        );
         for _ in 0..20 {
             limits.penalise(bad, Penalty::GraceExceeded);
         }

@@ -63,6 +63,19 @@ pub enum AuditEvent {
         /// The full reason (not shown to the user).
         reason: String,
     },
+    /// A source (an IPv4 address or an IPv6 /64) earned penalties up to
+    /// `auth.penalty_min`: its new connections are closed at accept, before
+    /// the SSH banner, for `seconds` (OpenSSH `PerSourcePenalties`; issue
+    /// 14). Recorded once per penalty, not per refused connection.
+    SourcePenalised {
+        /// The source, `192.0.2.7` or `2001:db8::/64`.
+        source: String,
+        /// What earned the last part: `authfail`, `noauth` or
+        /// `grace-exceeded`.
+        after: String,
+        /// How long it is refused from now, whole seconds.
+        seconds: u64,
+    },
     /// A public key was bound to a principal, or its binding was revoked or
     /// ended (issue 4: key binding).
     KeyBindingChanged {
@@ -562,7 +575,8 @@ impl AuditEvent {
     pub fn kind(&self) -> &'static str {
         match self {
             AuditEvent::AuthenticationSucceeded { .. }
-            | AuditEvent::AuthenticationFailed { .. } => "authentication",
+            | AuditEvent::AuthenticationFailed { .. }
+            | AuditEvent::SourcePenalised { .. } => "authentication",
             AuditEvent::KeyBindingChanged { .. } => "key_binding",
             AuditEvent::TargetRefused { .. } => "target",
             AuditEvent::AccessDecided { .. } | AuditEvent::LoginResolved { .. } => "decision",
@@ -620,6 +634,7 @@ impl AuditEvent {
             AuditEvent::AuthenticationFailed { .. }
             | AuditEvent::TargetRefused { .. }
             | AuditEvent::SessionFailed { .. } => "failure",
+            AuditEvent::SourcePenalised { .. } => "deny",
             AuditEvent::AccessDecided { allowed: true, .. } => "allow",
             AuditEvent::AccessDecided { allowed: false, .. } => "deny",
             AuditEvent::RecordingFailed { .. } | AuditEvent::RecordingUploadFailed { .. } => {

@@ -254,8 +254,18 @@ pub(crate) fn format_time(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// Prints an aligned table; cells are cut to 60 characters.
+/// Prints an aligned table; cells are cut to 60 characters and made
+/// display-safe ([`crate::text::display_safe`]: names and reasons come
+/// from people and from the database, and must not drive the terminal).
 pub(crate) fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| {
+            row.clone()
+                .map(|c| crate::text::display_safe(&c).into_owned())
+        })
+        .collect();
+    let rows = rows.as_slice();
     let mut widths = headers.map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

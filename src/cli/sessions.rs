@@ -67,6 +67,12 @@ pub(crate) enum SessionsCommand {
         /// offset): the output before it is shown at once.
         #[arg(long, value_name = "SECONDS")]
         at: Option<f64>,
+        /// Write the recorded bytes as they are: by default OSC (clipboard
+        /// OSC 52, titles), DCS and every sequence that makes a terminal
+        /// answer are dropped, so a recording cannot act on the reviewer's
+        /// terminal (see `portcullis::text::TerminalFilter`).
+        #[arg(long)]
+        raw: bool,
     },
     /// Sessions whose transcript text (escape sequences stripped) contains
     /// TEXT as a phrase, with the time offset of each hit.
@@ -92,6 +98,12 @@ pub(crate) enum SessionsCommand {
         /// Who is watching, for the audit log (default: $SUDO_USER or $USER).
         #[arg(long)]
         reviewer: Option<String>,
+        /// Write the recorded bytes as they are: by default OSC (clipboard
+        /// OSC 52, titles), DCS and every sequence that makes a terminal
+        /// answer are dropped, so a recording cannot act on the reviewer's
+        /// terminal (see `portcullis::text::TerminalFilter`).
+        #[arg(long)]
+        raw: bool,
     },
     /// End a live session; its user is told the reason.
     Kill {
@@ -141,8 +153,15 @@ pub(crate) async fn sessions(config: Config, command: SessionsCommand) -> anyhow
             speed,
             idle_time_limit,
             at,
+            raw,
         } => {
-            let (_, events) = open_recording(&config, &store, &id).await?.parse()?;
+            let (_, mut events) = open_recording(&config, &store, &id).await?.parse()?;
+            if !raw {
+                let mut filter = crate::text::TerminalFilter::new();
+                for e in events.iter_mut().filter(|e| e.code == "o") {
+                    e.data = filter.filter(&e.data);
+                }
+            }
             let mut out = tokio::io::stdout();
             let at = at.unwrap_or(0.0);
             crate::recording::play_from(&events, at, speed, idle_time_limit, &mut out).await?;
@@ -190,8 +209,12 @@ pub(crate) async fn sessions(config: Config, command: SessionsCommand) -> anyhow
             }
             out.flush().await?;
         }
-        SessionsCommand::Watch { id, reviewer } => watch(&store, &id, reviewer).await?,
+        SessionsCommand::Watch { id, reviewer, raw } => watch(&store, &id, reviewer, raw).await?,
         SessionsCommand::Kill { id, reason, admin } => {
+            // Shown in the user's terminal (review L1).
+            if let Err(e) = crate::text::check_visible(&reason) {
+                bail!("the --reason may not hold a {e}");
+            }
             let admin = admin.unwrap_or_else(operator);
             let session = store.session(&id).await?;
             if session.status != "running" {
@@ -310,7 +333,15 @@ async fn show(config: &Config, store: &Store, id: &str, json: bool) -> anyhow::R
         );
         return Ok(());
     }
-    let field = |k: &str, v: &str| println!("{k:<12} {v}");
+    // Names, commands and paths come from people: printed display-safe.
+    let mut out = String::new();
+    macro_rules! say {
+        ($($t:tt)*) => {{
+            out.push_str(&format!($($t)*));
+            out.push('\n');
+        }};
+    }
+    let mut field = |k: &str, v: &str| say!("{k:<12} {v}");
     field("id", &session.id);
     field("principal", &session.principal);
     field("email", session.email.as_deref().unwrap_or("-"));
@@ -338,25 +369,25 @@ async fn show(config: &Config, store: &Store, id: &str, json: bool) -> anyhow::R
     );
     field("recording", &session.recording_path);
     field("sha256", session.recording_sha256.as_deref().unwrap_or("-"));
-    println!("\ncommands:");
+    say!("\ncommands:");
     for c in &commands {
-        println!("  {c}");
+        say!("  {c}");
     }
     if !markers.is_empty() {
-        println!("\nmarkers (play --at SECONDS):");
+        say!("\nmarkers (play --at SECONDS):");
         for (at, label) in &markers {
-            println!("  {at:>10.3}s  {label}");
+            say!("  {at:>10.3}s  {label}");
         }
     }
     if transfers.is_empty() {
-        println!("\ntransfers: none");
+        say!("\ntransfers: none");
     } else {
-        println!("\ntransfers:");
+        say!("\ntransfers:");
         for t in &transfers {
             let text = |k: &str| t[k].as_str().unwrap_or("-").to_string();
             let num = |k: &str| t[k].as_i64().unwrap_or(0);
             if t["kind"] == "file_transfer" {
-                println!(
+                say!(
                     "  {}  {:<5} {:>12} bytes  sha256 {}  {}",
                     format_time(num("at")),
                     text("direction"),
@@ -365,7 +396,7 @@ async fn show(config: &Config, store: &Store, id: &str, json: bool) -> anyhow::R
                     text("path")
                 );
             } else if t["kind"] == "sftp_stream" {
-                println!(
+                say!(
                     "  {}  sftp via {}  {} bytes in, {} bytes out, {} ms (files not digested)",
                     format_time(num("at")),
                     text("server"),
@@ -374,7 +405,7 @@ async fn show(config: &Config, store: &Store, id: &str, json: bool) -> anyhow::R
                     num("duration_ms")
                 );
             } else {
-                println!(
+                say!(
                     "  {}  forward {}  {} bytes out, {} bytes back, {} ms",
                     format_time(num("at")),
                     text("destination"),
@@ -385,10 +416,10 @@ async fn show(config: &Config, store: &Store, id: &str, json: bool) -> anyhow::R
             }
         }
     }
-    println!("approvals: none (no grant was needed)");
-    println!("\naudit events:");
+    say!("approvals: none (no grant was needed)");
+    say!("\naudit events:");
     for e in &events {
-        println!(
+        say!(
             "  {}  {}  {:<16} {:<8} {}",
             e.id,
             format_time(e.at),
@@ -397,6 +428,7 @@ async fn show(config: &Config, store: &Store, id: &str, json: bool) -> anyhow::R
             e.detail
         );
     }
+    print!("{}", crate::text::display_safe_lines(&out));
     Ok(())
 }
 
@@ -415,7 +447,9 @@ fn shell_commands(lines: &[(f64, String)]) -> Vec<String> {
         .collect()
 }
 
-async fn watch(store: &Store, id: &str, reviewer: Option<String>) -> anyhow::Result<()> {
+/// Follows session `id`'s recording to stdout until the session ends;
+/// neutralised ([`crate::text::TerminalFilter`]) unless `raw`.
+async fn watch(store: &Store, id: &str, reviewer: Option<String>, raw: bool) -> anyhow::Result<()> {
     let session = store.session(id).await?;
     let reviewer = reviewer.unwrap_or_else(operator);
     AuditLog::new(store.clone())
@@ -435,11 +469,13 @@ async fn watch(store: &Store, id: &str, reviewer: Option<String>) -> anyhow::Res
         .await
         .with_context(|| format!("cannot watch session {id}"))?;
     let mut out = tokio::io::stdout();
+    let mut filter = crate::text::TerminalFilter::new();
     loop {
         // Asked before reading: the recording is complete once the session
         // is no longer running, so the last read takes all of it.
         let running = store.session(id).await?.status == "running";
         let text = follower.next_output().await?;
+        let text = if raw { text } else { filter.filter(&text) };
         if !text.is_empty() {
             out.write_all(text.as_bytes()).await?;
             out.flush().await?;

@@ -107,6 +107,9 @@ async fn live_sessions_need_force_and_the_process_backend_refuses() {
         login: "app".into(),
         client_addr: "192.0.2.9:1".into(),
         key_fingerprint: None,
+        groups: Vec::new(),
+        connection: None,
+        recheck: None,
     });
     let r = run(&e.gw, &admin, "containers stop web1 --reason OPS-1").await;
     assert_eq!(

@@ -107,7 +107,7 @@ pub const HELP: &str = "Portcullis broker commands (ssh portcullis@GATEWAY COMMA
   requests --unreviewed                                          break-glass grants to review
   review ID [--comment TEXT]                                     mark a break-glass grant reviewed
   whoami                                                         you, your groups and grants
-  sessions watch ID                                              follow a live session read-only
+  sessions watch ID [--raw]                                      follow a live session read-only
   sessions kill ID --reason TEXT                                 end a live session (the user sees why)
   keys [--all]                                                   keys bound to you (by your logins)
   keys revoke FINGERPRINT                                        end one of them

@@ -122,6 +122,9 @@ pub struct Watch<'a> {
     session: SessionRecord,
     follower: Follower,
     first: bool,
+    /// Neutralises the output for the watcher's terminal; `None` with
+    /// `--raw`.
+    filter: Option<crate::text::TerminalFilter>,
 }
 
 /// What a watcher sees next.
@@ -150,7 +153,10 @@ impl Watch<'_> {
                 }
             };
             let text = match self.follower.next_output().await {
-                Ok(t) => t,
+                Ok(t) => match &mut self.filter {
+                    Some(f) => f.filter(&t),
+                    None => t,
+                },
                 Err(e) => {
                     return WatchStep::Done(Reply::refused(&format!("watching stopped: {e}")));
                 }
@@ -173,12 +179,14 @@ impl Watch<'_> {
     }
 }
 
-/// `sessions watch ID`: authorised and audited (`SessionWatched`) before
-/// the first byte.
+/// `sessions watch ID [--raw]`: authorised and audited (`SessionWatched`)
+/// before the first byte. The output is neutralised
+/// ([`crate::text::TerminalFilter`]: no OSC 52, titles, DCS or terminal
+/// reports reach the watcher) unless `--raw`.
 async fn watch<'a>(gw: &'a Gateway, caller: &Caller, words: &[String]) -> Result<Watch<'a>, Reply> {
-    let args = Args::parse(words, &[], &[]).map_err(|m| Reply::usage(&m))?;
+    let args = Args::parse(words, &[], &["raw"]).map_err(|m| Reply::usage(&m))?;
     let [id] = args.positional.as_slice() else {
-        return Err(Reply::usage("usage: sessions watch ID"));
+        return Err(Reply::usage("usage: sessions watch ID [--raw]"));
     };
     let session = authorized(gw, caller, Action::Watch, id).await?;
     if session.status != "running" {
@@ -212,6 +220,7 @@ async fn watch<'a>(gw: &'a Gateway, caller: &Caller, words: &[String]) -> Result
         session,
         follower,
         first: true,
+        filter: (!args.flags.contains("raw")).then(crate::text::TerminalFilter::new),
     })
 }
 
@@ -231,6 +240,19 @@ async fn kill(gw: &Gateway, caller: &Caller, words: &[String]) -> Reply {
         return Reply::usage("sessions kill needs --reason TEXT (the user is shown it)");
     };
     let reason = crate::audit::truncate(reason.trim(), 512).to_string();
+    // Shown in the user's terminal: no control, bidi or invisible
+    // characters (review L1).
+    if let Err(e) = crate::text::check_visible(&reason) {
+        let event = AuditEvent::AccessDecided {
+            action: Action::Kill.as_str().to_string(),
+            container: String::new(),
+            login: String::new(),
+            allowed: false,
+            reasons: vec![format!("kill reason: {e}")],
+        };
+        let _ = caller.audit(gw, None, event).await;
+        return Reply::usage(&format!("the --reason may not hold a {e}"));
+    }
     let session = match authorized(gw, caller, Action::Kill, id).await {
         Ok(s) => s,
         Err(reply) => return reply,

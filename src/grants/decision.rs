@@ -214,10 +214,11 @@ impl Workflow<'_> {
         comment: Option<&str>,
     ) -> Result<Approval, GrantError> {
         if let Some(c) = comment
-            && (c.len() > MAX_REASON_BYTES || c.chars().any(char::is_control))
+            && (c.len() > MAX_REASON_BYTES || !crate::text::is_visible(c))
         {
             return Err(GrantError::Reason(format!(
-                "the comment must be one line of at most {MAX_REASON_BYTES} bytes"
+                "the comment must be one line of at most {MAX_REASON_BYTES} bytes, without \
+                 control, bidi or invisible characters"
             )));
         }
         let what = (Some(r.id.as_str()), r.container.as_str(), r.login.as_str());

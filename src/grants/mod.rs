@@ -221,14 +221,18 @@ impl Workflow<'_> {
     }
 
     /// Any reason (requests, denials, revocations): one non-empty line of
-    /// at most [`MAX_REASON_BYTES`] bytes.
+    /// at most [`MAX_REASON_BYTES`] bytes, without control, bidi or
+    /// invisible characters ([`crate::text::check_visible`]: approvers
+    /// must read what is stored, review L1).
     fn check_reason_plain(&self, reason: &str) -> Result<(), GrantError> {
-        if reason.trim().is_empty()
-            || reason.len() > MAX_REASON_BYTES
-            || reason.chars().any(char::is_control)
-        {
+        if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES {
             return Err(GrantError::Reason(format!(
                 "a one-line reason of at most {MAX_REASON_BYTES} bytes is required (--reason)"
+            )));
+        }
+        if let Err(e) = crate::text::check_visible(reason) {
+            return Err(GrantError::Reason(format!(
+                "the reason may not hold a {e} (--reason)"
             )));
         }
         Ok(())

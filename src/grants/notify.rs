@@ -103,7 +103,8 @@ pub async fn notify(
         "approvers": approvals.iter().map(|a| a.approver.as_str()).collect::<Vec<_>>(),
         "actor": actor,
         "at": now_ms(),
-        "text": text,
+        // Slack renders `<!channel>` and `<URL|text>`: escaped (review L1).
+        "text": crate::text::slack_escape(&crate::text::display_safe(&text)),
     })
     .to_string();
     if let Err(e) = store.enqueue_webhooks(&config.webhooks, &body).await {

@@ -24,8 +24,11 @@ mod krl;
 mod oidc;
 mod own_keys;
 mod sealing;
-mod throttle;
 
+/// The failure throttle of every front end's logins: one per source
+/// ([`crate::throttle`]), evicting the least recently failed source when
+/// full (review M4: the old table forgot everyone at once).
+pub use crate::throttle::FailureThrottle;
 pub use announce::BindingNotice;
 pub use binding::{
     BindingCheck, BindingError, BindingOrigin, KeyBindings, REFRESH_CLAIM, REFRESH_WAIT,
@@ -40,7 +43,6 @@ pub use issuers::Issuers;
 pub use krl::{Krl, KrlError, RevokedKeys};
 pub use oidc::{LoginTokens, MAX_TOKEN_BYTES, OidcIssuer, TokenSource, VerifiedIdToken};
 pub use sealing::{RefreshTokenKey, SealedFor, SealingError};
-pub use throttle::FailureThrottle;
 
 /// OpenSSH reads at most this many bytes per keyboard-interactive prompt
 /// (`readpassphrase` with a 1024-byte buffer); an answer this long was

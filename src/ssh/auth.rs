@@ -104,8 +104,17 @@ impl AuthState {
         }
     }
 
+    /// Counts an authentication request of any method, for the `noauth`
+    /// penalty ([`super::limits::Attempted`]).
+    fn attempt(&self) {
+        if let Some(u) = &self.unauth_permit {
+            u.attempted.mark();
+        }
+    }
+
     /// `none` (OpenSSH's first probe): name the methods.
     pub(super) fn none(&mut self, _user: &str) -> Auth {
+        self.attempt();
         Auth::Reject {
             proceed_with_methods: Some(super::auth_methods()),
             partial_success: false,
@@ -114,6 +123,7 @@ impl AuthState {
 
     /// A plain public key whose signature verified.
     pub(super) async fn publickey(&mut self, user: &str, key: &PublicKey) -> Auth {
+        self.attempt();
         let fingerprint = crate::identity::key_fingerprint(key);
         let check = self
             .gateway
@@ -197,6 +207,7 @@ impl AuthState {
 
     /// An OpenSSH user certificate whose signature verified.
     pub(super) async fn certificate(&mut self, user: &str, cert: &Certificate) -> Auth {
+        self.attempt();
         let now = crate::store::now_ms().max(0) as u64 / 1000;
         match self.gateway.cas.authenticate_certificate(cert, now) {
             Ok(certified) => {
@@ -237,6 +248,7 @@ impl AuthState {
         user: &str,
         answers: Option<Vec<String>>,
     ) -> Auth {
+        self.attempt();
         let (reply, failure) = self.login.advance(answers).await;
         if let Some(failure) = failure
             && !self.fail(failure.method, user, &failure.reason).await
@@ -423,9 +435,13 @@ impl AuthState {
     /// written.
     async fn fail(&self, method: &str, user: &str, reason: &str) -> bool {
         let ok = self.audit_failure(method, user, reason).await;
-        self.limits
-            .sources
-            .penalise(self.peer.ip(), Penalty::AuthFailed);
+        super::penalise(
+            &self.gateway,
+            &self.limits.sources,
+            self.peer,
+            Penalty::AuthFailed,
+        )
+        .await;
         let delay = self.gateway.throttle.record_failure(self.peer.ip());
         if !delay.is_zero() {
             tracing::info!(peer = %self.peer, delay_ms = delay.as_millis() as u64, "slowing down");

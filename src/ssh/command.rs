@@ -2,6 +2,10 @@
 //! `[grants] broker_user`): [`crate::commands`] answers, this writes the
 //! reply (stdout, stderr, exit status; lines end in CR LF under a PTY) or
 //! streams `sessions watch` until the session ends or the watcher leaves.
+//! Every reply is made display-safe here, line by line
+//! ([`crate::text::display_safe_lines`]), so no name or reason another
+//! person typed (or a database writer planted) reaches the caller's
+//! terminal raw; `sessions watch` output is neutralised by the command.
 
 use std::sync::Arc;
 
@@ -35,7 +39,10 @@ pub(super) async fn run(
             }
         },
     };
-    let fix = |s: String| if pty { s.replace('\n', "\r\n") } else { s };
+    let fix = |s: String| {
+        let s = crate::text::display_safe_lines(&s).into_owned();
+        if pty { s.replace('\n', "\r\n") } else { s }
+    };
     if !reply.stdout.is_empty() {
         let _ = output.stdout(fix(reply.stdout).into_bytes()).await;
     }

@@ -6,6 +6,7 @@
 //! itself.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -43,4 +44,25 @@ pub(super) struct Unauthenticated {
     pub _slot: OwnedSemaphorePermit,
     /// The source's slot.
     pub _source: SourcePermit,
+    /// Set by the first authentication request of any method (`none`
+    /// included), shared with the accept loop's task.
+    pub attempted: Attempted,
+}
+
+/// Whether a connection sent any authentication request (RFC 4252 §5):
+/// one that ends without has its source penalised `auth.penalty_noauth`
+/// (OpenSSH `PerSourcePenalties noauth`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Attempted(Arc<AtomicBool>);
+
+impl Attempted {
+    /// Records an authentication request.
+    pub(super) fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// True once any authentication request came.
+    pub(super) fn happened(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }

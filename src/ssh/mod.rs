@@ -130,7 +130,9 @@ pub fn russh_config(host_key: PrivateKey, max_auth_attempts: usize) -> russh::se
 /// or an IPv6 /64; OpenSSH `PerSourceMaxStartups`); a penalised source
 /// (`auth.penalty_*`, OpenSSH `PerSourcePenalties`) is refused at accept,
 /// before any protocol byte. A connection not authenticated within
-/// `auth.login_grace_time` is dropped (and its source penalised).
+/// `auth.login_grace_time` is dropped (and its source penalised), and so
+/// is the source of one that closes without any authentication request
+/// (`auth.penalty_noauth`).
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
@@ -175,12 +177,14 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let authenticated = CancellationToken::new();
         let (life, closes) = life::ConnectionLife::new(&gateway);
+        let attempted = limits::Attempted::default();
         let handler = handler::ConnectionHandler::new(
             gateway.clone(),
             peer,
             limits::Unauthenticated {
                 _slot: unauth_permit,
                 _source: source_permit,
+                attempted: attempted.clone(),
             },
             limits.clone(),
             authenticated.clone(),
@@ -194,12 +198,75 @@ pub async fn serve(
             let connection = Connection {
                 peer,
                 authenticated,
-                sources,
                 life,
                 closes,
             };
-            run_connection(gw, config, stream, handler, connection).await;
+            let ended = run_connection(gw.clone(), config, stream, handler, connection).await;
+            penalise_ended(&gw, &sources, peer, ended, &attempted).await;
         });
+    }
+}
+
+/// How a connection ended, for its source's penalty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Dropped at `auth.login_grace_time` without authenticating.
+    GraceExceeded,
+    /// Ended by the gateway's shutdown: no penalty.
+    Shutdown,
+    /// The client closed it, or the protocol failed.
+    Closed,
+}
+
+/// Adds the penalty a connection from `peer` earned by how it `ended`
+/// (OpenSSH `PerSourcePenalties`): `grace-exceeded`, or `noauth` when it
+/// closed without a single authentication request (a scanner or a client
+/// holding a slot); failed attempts were penalised as they failed.
+async fn penalise_ended(
+    gateway: &Gateway,
+    sources: &crate::throttle::SourceLimits,
+    peer: SocketAddr,
+    ended: Ended,
+    attempted: &limits::Attempted,
+) {
+    use crate::throttle::Penalty;
+    let what = match ended {
+        Ended::GraceExceeded => Penalty::GraceExceeded,
+        Ended::Closed if !attempted.happened() => {
+            tracing::debug!(%peer, "closed without an authentication attempt");
+            Penalty::NoAuth
+        }
+        Ended::Closed | Ended::Shutdown => return,
+    };
+    penalise(gateway, sources, peer, what).await;
+}
+
+/// Adds `what`'s penalty to `peer`'s source and, when that makes the
+/// source refused, audits it once (`SourcePenalised`; its connections
+/// are refused at accept without an event each, so a flood cannot fill
+/// the audit log).
+async fn penalise(
+    gateway: &Gateway,
+    sources: &crate::throttle::SourceLimits,
+    peer: SocketAddr,
+    what: crate::throttle::Penalty,
+) {
+    let Some((source, refused_for)) = sources.penalise(peer.ip(), what) else {
+        return;
+    };
+    tracing::warn!(%source, after = what.as_str(), seconds = refused_for.as_secs(), "source penalised");
+    let peer_text = peer.to_string();
+    let subject = crate::audit::AuditSubject {
+        client_addr: Some(&peer_text),
+        ..Default::default()
+    };
+    let event = crate::audit::AuditEvent::SourcePenalised {
+        source: source.to_string(),
+        after: what.as_str().into(),
+        seconds: refused_for.as_secs(),
+    };
+    if let Err(e) = gateway.audit.record(&subject, &event).await {
+        tracing::error!(error = %e, "cannot write audit event");
     }
 }
 
@@ -208,7 +275,6 @@ struct Connection {
     peer: SocketAddr,
     /// Cancelled once authenticated.
     authenticated: CancellationToken,
-    sources: crate::throttle::SourceLimits,
     life: Arc<life::ConnectionLife>,
     /// Requests to close ([`life`]: a lock, the credential's end, unused).
     closes: tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -220,18 +286,17 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs one connection: the SSH handshake and login within the grace time,
 /// then until it ends, something closes it ([`life`]) or the gateway shuts
-/// down.
+/// down; says how it ended.
 async fn run_connection(
     gateway: Arc<Gateway>,
     config: Arc<russh::server::Config>,
     stream: tokio::net::TcpStream,
     handler: handler::ConnectionHandler,
     connection: Connection,
-) {
+) -> Ended {
     let Connection {
         peer,
         authenticated,
-        sources,
         life,
         mut closes,
     } = connection;
@@ -243,14 +308,14 @@ async fn run_connection(
             Ok(running) => running,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "handshake failed");
-                return;
+                return Ended::Closed;
             }
         },
         _ = &mut grace => {
-            grace_time_exceeded(&gateway, peer, &sources).await;
-            return;
+            grace_time_exceeded(&gateway, peer).await;
+            return Ended::GraceExceeded;
         }
-        _ = gateway.shutdown.cancelled() => return,
+        _ = gateway.shutdown.cancelled() => return Ended::Shutdown,
     };
     let handle = running.handle();
     tokio::pin!(running);
@@ -261,19 +326,20 @@ async fn run_connection(
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-                return;
+                return Ended::Closed;
             }
             _ = authenticated.cancelled(), if in_grace => in_grace = false,
             Some(reason) = closes.recv() => {
                 close(&gateway, &life, peer, &handle, &reason).await;
-                return;
+                // Authenticated: no penalty for its source.
+                return Ended::Closed;
             }
             _ = &mut grace, if in_grace => {
                 if authenticated.is_cancelled() {
                     in_grace = false;
                     continue;
                 }
-                grace_time_exceeded(&gateway, peer, &sources).await;
+                grace_time_exceeded(&gateway, peer).await;
                 let _ = handle
                     .disconnect(
                         russh::Disconnect::ByApplication,
@@ -281,7 +347,7 @@ async fn run_connection(
                         "en".into(),
                     )
                     .await;
-                return;
+                return Ended::GraceExceeded;
             }
             _ = gateway.shutdown.cancelled() => {
                 let _ = handle
@@ -291,7 +357,7 @@ async fn run_connection(
                         "en".into(),
                     )
                     .await;
-                return;
+                return Ended::Shutdown;
             }
         }
     }
@@ -351,11 +417,7 @@ async fn close(
         .await;
 }
 
-async fn grace_time_exceeded(
-    gateway: &Gateway,
-    peer: SocketAddr,
-    sources: &crate::throttle::SourceLimits,
-) {
+async fn grace_time_exceeded(gateway: &Gateway, peer: SocketAddr) {
     tracing::info!(%peer, "dropped: not authenticated within the login grace time");
     let peer_text = peer.to_string();
     let subject = crate::audit::AuditSubject {
@@ -374,7 +436,6 @@ async fn grace_time_exceeded(
         tracing::error!(error = %e, "cannot write audit event");
     }
     let _ = gateway.throttle.record_failure(peer.ip());
-    sources.penalise(peer.ip(), crate::throttle::Penalty::GraceExceeded);
 }
 
 #[cfg(test)]

@@ -65,6 +65,8 @@ impl Console {
             destination: Destination::Broker,
             key_fingerprint: None,
             credential_expires_at: None,
+            // The browser's login has no SSH connection to close.
+            connection: None,
         }
     }
 

@@ -137,7 +137,8 @@ pub(crate) struct KillForm {
 }
 
 /// `POST /sessions/{id}/kill`: ends a live session with a reason shown
-/// to its user (one line, at most 512 bytes, no control characters).
+/// to its user (one line, at most 512 bytes, no control, bidi or invisible
+/// characters: [`crate::text::check_visible`]).
 pub(crate) async fn kill(
     State(console): State<Arc<Console>>,
     viewer: Viewer,
@@ -146,9 +147,11 @@ pub(crate) async fn kill(
 ) -> Result<Response, WebError> {
     viewer.count_action(&console)?;
     let reason = form.reason.trim().to_string();
-    if reason.is_empty() || reason.len() > 512 || reason.chars().any(char::is_control) {
+    if reason.is_empty() || reason.len() > 512 || !crate::text::is_visible(&reason) {
         return Err(WebError::BadRequest(
-            "A one-line reason of at most 512 bytes is required; the user is shown it.".into(),
+            "A one-line reason of at most 512 bytes, without control, bidi or invisible \
+             characters, is required; the user is shown it."
+                .into(),
         ));
     }
     if id.is_empty() || id.starts_with('-') {
