@@ -57,6 +57,16 @@ pub enum RelayError {
         /// What failed.
         message: String,
     },
+    /// The node could not connect a `direct-tcpip` channel to its
+    /// destination (RFC 4254 §5.1 `connect failed`); any other refusal of
+    /// that channel is [`RelayError::Channel`].
+    #[error("node {node} could not connect to the destination: {message}")]
+    ConnectFailed {
+        /// The node.
+        node: String,
+        /// What failed.
+        message: String,
+    },
     /// Sending on the channel failed (the node went away).
     #[error("the connection to node {0} was lost")]
     Lost(String),
@@ -285,7 +295,8 @@ impl RelayClient {
     /// network (RFC 4254 §7.2), as the user asked; a byte stream.
     ///
     /// # Errors
-    /// [`RelayError::Channel`].
+    /// [`RelayError::ConnectFailed`] when the node could not connect,
+    /// [`RelayError::Channel`] for any other refusal.
     pub async fn open_direct_tcpip(
         self,
         host: &str,
@@ -297,9 +308,17 @@ impl RelayClient {
             .handle
             .channel_open_direct_tcpip(host, port, originator, originator_port)
             .await
-            .map_err(|e| RelayError::Channel {
-                node: self.node.clone(),
-                message: e.to_string(),
+            .map_err(|e| match e {
+                russh::Error::ChannelOpenFailure(russh::ChannelOpenFailure::ConnectFailed) => {
+                    RelayError::ConnectFailed {
+                        node: self.node.clone(),
+                        message: e.to_string(),
+                    }
+                }
+                _ => RelayError::Channel {
+                    node: self.node.clone(),
+                    message: e.to_string(),
+                },
             })?;
         Ok(ForwardStream {
             inner: channel.into_stream(),

@@ -22,6 +22,9 @@ pub(super) struct RelayedOutput {
     writer: ChannelWriteHalf<Msg>,
     /// Exit status, EOF (once) and close, in order.
     end: ChannelEnd,
+    /// Refusals are rcp fatal errors (`\x02MESSAGE\n` on stdout, which
+    /// OpenSSH's scp prints and stops on), not stderr lines.
+    rcp: bool,
 }
 
 impl RelayedOutput {
@@ -30,7 +33,13 @@ impl RelayedOutput {
         RelayedOutput {
             end: ChannelEnd::new(handle, writer.id()),
             writer,
+            rcp: false,
         }
+    }
+
+    /// This output, its refusals written as rcp fatal errors (legacy scp).
+    pub(super) fn rcp_refusals(self) -> RelayedOutput {
+        RelayedOutput { rcp: true, ..self }
     }
 }
 
@@ -60,8 +69,13 @@ impl Output for RelayedOutput {
     }
 
     async fn refuse(self, refusal: &Refusal) {
-        let text = format!("{}\r\n", refusal.message());
-        let _ = self.stderr(text.into_bytes()).await;
+        if self.rcp {
+            let text = format!("\x02{}\n", refusal.message().replace(['\r', '\n'], " "));
+            let _ = self.stdout(text.into_bytes()).await;
+        } else {
+            let text = format!("{}\r\n", refusal.message());
+            let _ = self.stderr(text.into_bytes()).await;
+        }
         self.end.close(Some(ExitStatus::Code(1))).await;
     }
 }
