@@ -864,3 +864,94 @@ fn a_forward_the_policy_refuses_is_refused_at_the_edge_and_audited() {
     assert!(!events[before..].iter().any(|e| e["kind"] == "forward"));
     assert_eq!(f.sessions().len(), sessions_before);
 }
+
+/// `portcullis audit verify` with the edge's configuration (one database:
+/// every gateway's events and sessions): its lines, whatever its exit.
+fn audit_verify(f: &Fleet) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("--config")
+        .arg(&f.edge.config)
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn audit_verify_catches_a_node_whose_recording_differs_from_the_edges_witness() {
+    let _turn = turn();
+    let f = fleet();
+    // Output a recording cannot hold as bytes (a NUL, an invalid UTF-8
+    // byte): the witness digests it as the recording holds it.
+    let command = r"printf 'A\000B\377C\n'; echo witnessed-tail";
+    let mut cmd = f.ssh(&f.target());
+    cmd.arg(command);
+    let r = run_ssh(&mut cmd, b"");
+    assert_eq!(
+        (r.stdout.as_slice(), r.code),
+        (&b"A\0B\xffC\nwitnessed-tail\n"[..], 0),
+        "{}",
+        r.stderr
+    );
+    let mut id = String::new();
+    wait_until("the session ended", Duration::from_secs(30), || {
+        id = f
+            .sessions()
+            .iter()
+            .find(|s| s["command"] == command && s["status"] == "ended")
+            .and_then(|s| s["id"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        !id.is_empty()
+    });
+    let recorded = "AB\u{FFFD}C\nwitnessed-tail\n";
+    wait_until("the edge's witness", Duration::from_secs(30), || {
+        f.psql(&format!(
+            "SELECT count(*) FROM fleet_witness WHERE session_id = '{id}'"
+        )) == "1"
+    });
+    assert_eq!(
+        f.psql(&format!(
+            "SELECT output_bytes || ' ' || output_sha256 FROM fleet_witness WHERE session_id = '{id}'"
+        )),
+        format!("{} {}", r.stdout.len(), sha256_hex(recorded.as_bytes()))
+    );
+    let bad = format!("BAD recording of session {id}");
+    let report = audit_verify(f);
+    assert!(report.starts_with("checked "), "{report}");
+    assert!(!report.contains(&bad), "{report}");
+    // The node edits its recording (same length, so nothing but the
+    // content differs) and its own row to match: the edge's witness still
+    // tells.
+    let cast = f.node_state().join(format!("n1/recordings/{id}.cast"));
+    let original = std::fs::read_to_string(&cast).unwrap();
+    assert!(original.contains("witnessed-tail"), "{original}");
+    let edited = original.replace("witnessed-tail", "harmless-stuff");
+    std::fs::write(&cast, &edited).unwrap();
+    let row_sha = |sha: &str| {
+        f.psql(&format!(
+            "UPDATE sessions SET recording_sha256 = '{sha}' WHERE id = '{id}'"
+        ))
+    };
+    let original_sha = f.psql(&format!(
+        "SELECT recording_sha256 FROM sessions WHERE id = '{id}'"
+    ));
+    row_sha(&sha256_hex(edited.as_bytes()));
+    let report = audit_verify(f);
+    std::fs::write(&cast, &original).unwrap();
+    row_sha(&original_sha);
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&bad) && l.contains("edge edge-a relayed"))
+        .unwrap_or_else(|| panic!("no witness finding for {id}:\n{report}"));
+    assert!(
+        line.contains(&format!(
+            "differs from what edge edge-a relayed ({} bytes, SHA-256 {})",
+            r.stdout.len(),
+            sha256_hex(recorded.as_bytes())
+        )),
+        "{line}"
+    );
+    assert!(report.trim_end().ends_with("FAILED"), "{report}");
+    // Put back, it passes again.
+    assert!(!audit_verify(f).contains(&bad));
+}
