@@ -54,6 +54,7 @@ fn grant(container: &str, action: RelayAction) -> RelayGrant {
         action,
         grant_id: None,
         client_address: Some("192.0.2.7:50022".into()),
+        destination: (action == RelayAction::DirectTcpip).then(|| "127.0.0.1:8080".into()),
         edge: "edge-a".into(),
     }
 }

@@ -34,6 +34,9 @@ struct Fleet {
     node_config: String,
     key: PathBuf,
     cert: PathBuf,
+    /// A developer's key and certificate (group `developers`).
+    dev_key: PathBuf,
+    dev_cert: PathBuf,
 }
 
 fn fleet() -> &'static Fleet {
@@ -62,6 +65,17 @@ fn start() -> Fleet {
         .arg("extension:groups@portcullis=admins")
         .arg(key.with_extension("pub")));
     let cert = PathBuf::from(format!("{}-cert.pub", key.display()));
+    let dev_key = dir.path().join("dev");
+    keygen(&dev_key);
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(&ca)
+        .args(["-I", "dev", "-n", "dev", "-V", "-5m:+1d", "-O"])
+        .arg("extension:groups@portcullis=developers")
+        .arg("-O")
+        .arg("permit-port-forwarding")
+        .arg(dev_key.with_extension("pub")));
+    let dev_cert = PathBuf::from(format!("{}-cert.pub", dev_key.display()));
     let ca_pub = std::fs::read_to_string(ca.with_extension("pub")).unwrap();
     let (edge_port, fleet_port) = (free_port(), free_port());
     let common_config = |name: &str, port: u16| {
@@ -75,7 +89,7 @@ fn start() -> Fleet {
     };
     let certificates = format!(
         "[certificates]\ngroups_extension = \"groups@portcullis\"\n\
-         [[certificates.ca]]\nprincipal_prefix = \"ca:\"\nallowed_groups = [\"admins\"]\n\
+         [[certificates.ca]]\nprincipal_prefix = \"ca:\"\nallowed_groups = [\"admins\", \"developers\"]\n\
          public_key = \"{}\"\n",
         ca_pub.trim()
     );
@@ -134,6 +148,8 @@ fn start() -> Fleet {
         node_config,
         key,
         cert,
+        dev_key,
+        dev_cert,
     };
     fleet.wait_node_up();
     fleet
@@ -537,18 +553,405 @@ fn bench_relayed_versus_direct() {
     );
 }
 
+/// `program` (sftp or scp: their port flag is `-P`) at the edge with
+/// `key` and its certificate, batch mode, as `root` of the test's
+/// container.
+fn transfer_client(f: &Fleet, program: &str, key: &Path, cert: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(["-F", "/dev/null", "-P"])
+        .arg(f.edge_port.to_string())
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+        ])
+        .arg(key)
+        .arg("-o")
+        .arg(format!("CertificateFile={}", cert.display()))
+        .arg("-o")
+        .arg(format!("User={}", f.target()))
+        .env_remove("SSH_AUTH_SOCK");
+    cmd
+}
+
+/// Bytes no text filter would leave alone: every byte value, NULs, CRs,
+/// invalid UTF-8, deterministic.
+fn binary_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The `file_transfer` audit events of `path` in `direction`, with their
+/// session id.
+fn file_transfers(f: &Fleet, path: &str, direction: &str) -> Vec<(String, serde_json::Value)> {
+    f.audit()
+        .iter()
+        .filter(|e| e["kind"] == "file_transfer")
+        .map(|e| {
+            (
+                e["session_id"].as_str().unwrap_or("").to_string(),
+                detail(e),
+            )
+        })
+        .filter(|(_, d)| d["path"] == path && d["direction"] == direction)
+        .collect()
+}
+
+/// Waits for one audited transfer of `path` in `direction` and checks it
+/// ran on the node: its session row names n1.
+fn transferred_on_the_node(f: &Fleet, path: &str, direction: &str, digest: &str, len: usize) {
+    let mut found = Vec::new();
+    wait_until(
+        &format!("{direction} of {path} audited"),
+        Duration::from_secs(30),
+        || {
+            found = file_transfers(f, path, direction);
+            !found.is_empty()
+        },
+    );
+    let (session, d) = &found[0];
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(d["sha256"], digest, "{d}");
+    assert_eq!(d["bytes"], len as u64, "{d}");
+    assert_eq!(
+        f.psql(&format!(
+            "SELECT gateway FROM sessions WHERE id = '{session}'"
+        )),
+        "n1"
+    );
+}
+
 #[test]
-fn file_transfers_through_the_edge_are_refused_with_a_reason() {
+fn sftp_and_scp_through_the_edge_are_byte_exact_and_run_on_the_node() {
     let _turn = turn();
     let f = fleet();
-    let mut cmd = f.ssh_to(f.edge_port, &f.target(), &["-s"]);
-    cmd.arg("sftp");
-    let r = run_ssh(&mut cmd, b"");
-    assert_eq!((r.code, r.stdout.as_slice()), (1, &b""[..]), "{}", r.stderr);
+    let local = tempfile::tempdir().unwrap();
+    let tmp = f.container.rootfs.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let cases: [(&str, &[&str]); 3] = [("sftp", &[]), ("scp", &[]), ("scp", &["-O"])];
+    for (n, (program, flags)) in cases.iter().enumerate() {
+        let label = format!("{program}{}", flags.join(""));
+        let data = binary_bytes(3 * 1024 * 1024 + 17 + n, n as u64 + 1);
+        let digest = sha256_hex(&data);
+        let up = local.path().join(format!("{label}-up.bin"));
+        let down = local.path().join(format!("{label}-down.bin"));
+        std::fs::write(&up, &data).unwrap();
+        let remote = format!("/tmp/{label}.bin");
+        let back = format!("/tmp/{label}-back.bin");
+        std::fs::write(tmp.join(format!("{label}-back.bin")), &data).unwrap();
+        if *program == "sftp" {
+            let batch = local.path().join("batch");
+            std::fs::write(
+                &batch,
+                format!(
+                    "put {} {remote}\nget {back} {}\n",
+                    up.display(),
+                    down.display()
+                ),
+            )
+            .unwrap();
+            let mut cmd = transfer_client(f, "sftp", &f.key, &f.cert);
+            cmd.arg("-b").arg(&batch).arg("127.0.0.1");
+            let r = run_ssh(&mut cmd, b"");
+            assert_eq!(r.code, 0, "{label}: {}", r.stderr);
+        } else {
+            let mut cmd = transfer_client(f, "scp", &f.key, &f.cert);
+            cmd.args(*flags).arg(&up).arg(format!("127.0.0.1:{remote}"));
+            let r = run_ssh(&mut cmd, b"");
+            assert_eq!(r.code, 0, "{label} upload: {}", r.stderr);
+            let mut cmd = transfer_client(f, "scp", &f.key, &f.cert);
+            cmd.args(*flags).arg(format!("127.0.0.1:{back}")).arg(&down);
+            let r = run_ssh(&mut cmd, b"");
+            assert_eq!(r.code, 0, "{label} download: {}", r.stderr);
+        }
+        let inside = std::fs::read(tmp.join(format!("{label}.bin"))).unwrap();
+        assert!(inside == data, "{label}: the upload differs");
+        assert!(
+            std::fs::read(&down).unwrap() == data,
+            "{label}: the download differs"
+        );
+        // The node served, recorded and audited each file.
+        transferred_on_the_node(f, &remote, "write", &digest, data.len());
+        transferred_on_the_node(f, &back, "read", &digest, data.len());
+    }
+}
+
+/// Starts busybox httpd on the container's loopback (test setup, with the
+/// runtime's own tool) and returns its port.
+fn container_httpd(f: &Fleet) -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let www = f.container.rootfs.join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("index.html"), "hello from the node's container\n").unwrap();
+        let port = 19_000 + (std::process::id() % 1000) as u16;
+        let attach = |args: &[&str]| {
+            Command::new("lxc-attach")
+                .args(["-n", &f.container.name, "--", "/bin/busybox"])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        attach(&["ip", "link", "set", "lo", "up"]);
+        let listen = format!("127.0.0.1:{port}");
+        run(Command::new("lxc-attach").args([
+            "-n",
+            &f.container.name,
+            "--",
+            "/bin/busybox",
+            "httpd",
+            "-p",
+            &listen,
+            "-h",
+            "/www",
+        ]));
+        let target = port.to_string();
+        wait_until("httpd listening", Duration::from_secs(20), || {
+            attach(&["nc", "-w", "1", "127.0.0.1", &target])
+                .status
+                .success()
+        });
+        port
+    })
+}
+
+/// True when something listens on 127.0.0.1:`port` (from /proc/net/tcp).
+fn listening(port: u16) -> bool {
+    let needle = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && cols[1] == needle && cols[3] == "0A"
+        })
+}
+
+/// `ssh -N -L local:127.0.0.1:remote` at the edge with `key` and `cert`,
+/// in the background, once it listens.
+fn forward_through_edge(
+    f: &Fleet,
+    key: &Path,
+    cert: &Path,
+    remote: u16,
+) -> (std::process::Child, u16) {
+    let local = free_port();
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-p"])
+        .arg(f.edge_port.to_string())
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+        ])
+        .arg(key)
+        .arg("-o")
+        .arg(format!("CertificateFile={}", cert.display()))
+        .args(["-N", "-L", &format!("127.0.0.1:{local}:127.0.0.1:{remote}")])
+        .args(["-l", &f.target(), "127.0.0.1"])
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    wait_until("ssh -L listening", Duration::from_secs(20), || {
+        listening(local)
+    });
+    (child, local)
+}
+
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn ssh_l_through_the_edge_reaches_the_containers_netns_on_the_node() {
+    let _turn = turn();
+    let f = fleet();
+    let port = container_httpd(f);
+    let (mut ssh, local) = forward_through_edge(f, &f.key, &f.cert, port);
+    let page = http_get(local);
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
     assert!(
-        r.stderr
-            .contains("Access refused: file transfers are not relayed through this edge yet"),
+        page.ends_with("\r\n\r\nhello from the node's container\n"),
+        "{page}"
+    );
+    // Opened and closed on the node, under a session the node recorded.
+    let destination = format!("127.0.0.1:{port}");
+    let mut closed = None;
+    wait_until("the forward closed", Duration::from_secs(30), || {
+        closed = f.audit().into_iter().find(|e| {
+            e["kind"] == "forward"
+                && detail(e)["destination"] == destination.as_str()
+                && detail(e)["bytes_from_destination"].as_i64() == Some(page.len() as i64)
+        });
+        closed.is_some()
+    });
+    let session = closed.unwrap()["session_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        f.psql(&format!(
+            "SELECT gateway || ' ' || command FROM sessions WHERE id = '{session}'"
+        )),
+        format!("n1 direct-tcpip {destination}")
+    );
+    assert!(f.audit().iter().any(|e| e["kind"] == "forward"
+        && e["session_id"] == session.as_str()
+        && detail(e)["port"] == i64::from(port)));
+}
+
+#[test]
+fn a_forward_the_policy_refuses_is_refused_at_the_edge_and_audited() {
+    let _turn = turn();
+    let f = fleet();
+    let port = container_httpd(f);
+    let sessions_before = f.sessions().len();
+    let before = f.audit().len();
+    // A developer: the policies give developers no port_forward.
+    let (mut ssh, local) = forward_through_edge(f, &f.dev_key, &f.dev_cert, port);
+    let got = http_get(local);
+    let _ = ssh.kill();
+    let out = ssh.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(got, "");
+    assert!(stderr.contains("administratively prohibited"), "{stderr}");
+    let events = f.audit();
+    let denied: Vec<_> = events[before..]
+        .iter()
+        .filter(|e| e["kind"] == "decision" && e["outcome"] == "deny")
+        .map(detail)
+        .filter(|d| d["action"] == "port_forward")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["container"], f.container.name.as_str());
+    // No policy permits it (Cedar's default deny names none).
+    assert_eq!(denied[0]["reasons"], serde_json::json!([]), "{}", denied[0]);
+    // Never reached the node: no forward opened, no session.
+    assert!(!events[before..].iter().any(|e| e["kind"] == "forward"));
+    assert_eq!(f.sessions().len(), sessions_before);
+}
+
+/// `portcullis audit verify` with the edge's configuration (one database:
+/// every gateway's events and sessions): its lines, whatever its exit.
+fn audit_verify(f: &Fleet) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("--config")
+        .arg(&f.edge.config)
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn audit_verify_catches_a_node_whose_recording_differs_from_the_edges_witness() {
+    let _turn = turn();
+    let f = fleet();
+    // Output a recording cannot hold as bytes (a NUL, an invalid UTF-8
+    // byte): the witness digests it as the recording holds it.
+    let command = r"printf 'A\000B\377C\n'; echo witnessed-tail";
+    let mut cmd = f.ssh(&f.target());
+    cmd.arg(command);
+    let r = run_ssh(&mut cmd, b"");
+    assert_eq!(
+        (r.stdout.as_slice(), r.code),
+        (&b"A\0B\xffC\nwitnessed-tail\n"[..], 0),
         "{}",
         r.stderr
     );
+    let mut id = String::new();
+    wait_until("the session ended", Duration::from_secs(30), || {
+        id = f
+            .sessions()
+            .iter()
+            .find(|s| s["command"] == command && s["status"] == "ended")
+            .and_then(|s| s["id"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        !id.is_empty()
+    });
+    let recorded = "AB\u{FFFD}C\nwitnessed-tail\n";
+    wait_until("the edge's witness", Duration::from_secs(30), || {
+        f.psql(&format!(
+            "SELECT count(*) FROM fleet_witness WHERE session_id = '{id}'"
+        )) == "1"
+    });
+    assert_eq!(
+        f.psql(&format!(
+            "SELECT output_bytes || ' ' || output_sha256 FROM fleet_witness WHERE session_id = '{id}'"
+        )),
+        format!("{} {}", r.stdout.len(), sha256_hex(recorded.as_bytes()))
+    );
+    let bad = format!("BAD recording of session {id}");
+    let report = audit_verify(f);
+    assert!(report.starts_with("checked "), "{report}");
+    assert!(!report.contains(&bad), "{report}");
+    // The node edits its recording (same length, so nothing but the
+    // content differs) and its own row to match: the edge's witness still
+    // tells.
+    let cast = f.node_state().join(format!("n1/recordings/{id}.cast"));
+    let original = std::fs::read_to_string(&cast).unwrap();
+    assert!(original.contains("witnessed-tail"), "{original}");
+    let edited = original.replace("witnessed-tail", "harmless-stuff");
+    std::fs::write(&cast, &edited).unwrap();
+    let row_sha = |sha: &str| {
+        f.psql(&format!(
+            "UPDATE sessions SET recording_sha256 = '{sha}' WHERE id = '{id}'"
+        ))
+    };
+    let original_sha = f.psql(&format!(
+        "SELECT recording_sha256 FROM sessions WHERE id = '{id}'"
+    ));
+    row_sha(&sha256_hex(edited.as_bytes()));
+    let report = audit_verify(f);
+    std::fs::write(&cast, &original).unwrap();
+    row_sha(&original_sha);
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&bad) && l.contains("edge edge-a relayed"))
+        .unwrap_or_else(|| panic!("no witness finding for {id}:\n{report}"));
+    assert!(
+        line.contains(&format!(
+            "differs from what edge edge-a relayed ({} bytes, SHA-256 {})",
+            r.stdout.len(),
+            sha256_hex(recorded.as_bytes())
+        )),
+        "{line}"
+    );
+    assert!(report.trim_end().ends_with("FAILED"), "{report}");
+    // Put back, it passes again.
+    assert!(!audit_verify(f).contains(&bad));
 }

@@ -259,7 +259,8 @@ pub(crate) fn verify_events(
 /// interval plus slack for its first head, except one sealed by a
 /// gateway's start; an unsigned tail older than that, or nothing signed at
 /// all, fails), and every ended session's recording (file SHA-256 equals the
-/// row's and the one in its `session_end` event). Recordings are read from
+/// row's and the one in its `session_end` event; for a session a fleet
+/// edge relayed, the output it holds equals the edge's witness). Recordings are read from
 /// local disk only: [`verify_with_recordings`] also reads them from object
 /// storage.
 ///
@@ -314,12 +315,84 @@ pub async fn verify_with_recordings(
         };
         if let Some(problem) = problem {
             report.bad_recordings.push(RecordingProblem {
+                session_id: session.id.clone(),
+                problem,
+            });
+        }
+        if let Some(problem) = witness_problem(store, recording, &session).await? {
+            report.bad_recordings.push(RecordingProblem {
                 session_id: session.id,
                 problem,
             });
         }
     }
     Ok(report)
+}
+
+/// For a session a fleet edge relayed, its witness (`fleet_witness`: the
+/// output as relayed, digested as a recording holds it) against the
+/// output in the node's recording (its `o` events, wherever the recording
+/// is now): a node that truncated, edited or never recorded that output is
+/// caught, whatever its own row and events say. `None` when it matches or
+/// no edge witnessed the session.
+///
+/// # Errors
+/// [`AuditError::Database`] when the witness cannot be read.
+async fn witness_problem(
+    store: &Store,
+    recording: &RecordingConfig,
+    session: &SessionRecord,
+) -> Result<Option<String>, AuditError> {
+    let Some(witness) = store.witness(&session.id).await? else {
+        return Ok(None);
+    };
+    let path = Path::new(&session.recording_path);
+    let bytes = if path.exists() {
+        std::fs::read(path).map_err(|e| e.to_string())
+    } else {
+        crate::recording::open(recording, store, &session.id, &session.recording_path)
+            .await
+            .map(|opened| opened.bytes)
+            .map_err(|e| e.to_string())
+    };
+    let events = bytes.and_then(|b| {
+        let text = String::from_utf8(b).map_err(|e| e.to_string())?;
+        crate::recording::parse(&text)
+            .map(|(_, events)| events)
+            .map_err(|e| e.to_string())
+    });
+    let events = match events {
+        Ok(events) => events,
+        Err(e) => {
+            return Ok(Some(format!(
+                "recording unreadable, so not compared with edge {}'s witness: {e}",
+                witness.edge
+            )));
+        }
+    };
+    let (sha256, text_bytes) = recorded_output_digest(&events);
+    if sha256 == witness.output_sha256 {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "the output in node {}'s recording ({text_bytes} bytes of text, SHA-256 {sha256}) \
+         differs from what edge {} relayed ({} bytes, SHA-256 {})",
+        witness.node, witness.edge, witness.output_bytes, witness.output_sha256
+    )))
+}
+
+/// SHA-256 (lowercase hex) and length of the output an asciicast v2
+/// recording holds: its `o` events' text in order, as UTF-8 (what the
+/// edge's witness digests, `fleet::relay::Witness`).
+fn recorded_output_digest(events: &[crate::recording::Event]) -> (String, u64) {
+    use sha2::Digest as _;
+    let mut sha256 = sha2::Sha256::new();
+    let mut len = 0u64;
+    for event in events.iter().filter(|e| e.code == "o") {
+        sha256.update(event.data.as_bytes());
+        len += event.data.len() as u64;
+    }
+    (hex::encode(sha256.finalize()), len)
 }
 
 /// The digest of `session`'s recording: of the local file (read in pieces)

@@ -45,6 +45,10 @@ pub mod ext {
     pub const CLIENT_ADDRESS: &str = "client-address@portcullis";
     /// The minting edge's gateway id.
     pub const EDGE: &str = "edge@portcullis";
+    /// For `direct-tcpip`: the one destination (`ip:port`, canonical as
+    /// [`crate::policy::addr::canonical_destination`] writes it) the edge
+    /// decided; the node opens no other.
+    pub const DESTINATION: &str = "destination@portcullis";
 }
 
 /// Key id prefix of relay user certificates.
@@ -138,6 +142,9 @@ pub struct RelayGrant {
     pub client_address: Option<String>,
     /// The edge's gateway id.
     pub edge: String,
+    /// For [`RelayAction::DirectTcpip`]: the destination decided (`ip:port`,
+    /// canonical); `None` otherwise.
+    pub destination: Option<String>,
 }
 
 impl RelayGrant {
@@ -348,6 +355,7 @@ impl EdgeCa {
             (ext::EMAIL, &grant.principal.email),
             (ext::GRANT, &grant.grant_id),
             (ext::CLIENT_ADDRESS, &grant.client_address),
+            (ext::DESTINATION, &grant.destination),
         ];
         for (name, value) in optional {
             if let Some(value) = value {
@@ -423,6 +431,8 @@ pub struct RelayedIdentity {
     pub client_address: Option<String>,
     /// The edge that minted it.
     pub edge: String,
+    /// The one destination (`ip:port`) a `direct-tcpip` certificate names.
+    pub destination: Option<String>,
     /// Serial of the certificate (for the audit log).
     pub serial: u64,
 }
@@ -493,6 +503,12 @@ impl NodeTrust {
         }
         let action = RelayAction::parse(&required(ext::ACTION)?)
             .ok_or_else(|| CaError::NotNamed("a known action".into()))?;
+        let destination = extension(ext::DESTINATION);
+        if (action == RelayAction::DirectTcpip) != destination.is_some() {
+            return Err(CaError::NotNamed(
+                "a destination exactly when the action is direct-tcpip".into(),
+            ));
+        }
         let groups: Vec<String> = serde_json::from_str(&required(ext::GROUPS)?)
             .map_err(|_| CaError::NotNamed("groups as a JSON array".into()))?;
         Ok(RelayedIdentity {
@@ -509,6 +525,7 @@ impl NodeTrust {
             grant_id: extension(ext::GRANT),
             client_address: extension(ext::CLIENT_ADDRESS),
             edge: required(ext::EDGE)?,
+            destination,
             serial: cert.serial(),
         })
     }

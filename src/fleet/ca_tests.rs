@@ -20,6 +20,7 @@ fn grant() -> RelayGrant {
         grant_id: Some("g-1".into()),
         client_address: Some("192.0.2.7:50022".into()),
         edge: "edge-a".into(),
+        destination: None,
     }
 }
 
@@ -80,6 +81,7 @@ fn user_certificate_round_trips_every_field() {
             grant_id: Some("g-1".into()),
             client_address: Some("192.0.2.7:50022".into()),
             edge: "edge-a".into(),
+            destination: None,
             serial: cert.serial(),
         }
     );
@@ -222,4 +224,41 @@ fn pins_parse() {
         ca.fingerprint()
     );
     assert!(parse_fingerprint("SHA256:nope!").is_err());
+}
+
+#[test]
+fn a_forward_certificate_names_its_one_destination() {
+    let ca = ca();
+    let trust = NodeTrust::new(vec![ca.fingerprint()]);
+    let forward = RelayGrant {
+        action: RelayAction::DirectTcpip,
+        destination: Some("127.0.0.1:8080".into()),
+        ..grant()
+    };
+    let minted = ca
+        .mint_user_certificate(&forward, NOW, Duration::from_secs(60))
+        .unwrap();
+    let relayed = trust
+        .verify_user_certificate(&minted.certificate, "app@web1", NOW)
+        .unwrap();
+    assert_eq!(relayed.destination.as_deref(), Some("127.0.0.1:8080"));
+    // A forward without a destination, or a session with one: refused.
+    for bad in [
+        RelayGrant {
+            destination: None,
+            ..forward.clone()
+        },
+        RelayGrant {
+            action: RelayAction::Session,
+            ..forward
+        },
+    ] {
+        let minted = ca
+            .mint_user_certificate(&bad, NOW, Duration::from_secs(60))
+            .unwrap();
+        assert!(matches!(
+            trust.verify_user_certificate(&minted.certificate, "app@web1", NOW),
+            Err(CaError::NotNamed(_))
+        ));
+    }
 }

@@ -92,6 +92,22 @@ impl EdgeRelay {
         grant: &RelayGrant,
         originator: Option<SocketAddr>,
     ) -> Result<RelaySession, OpenError> {
+        let client = self.connect(node, grant, originator).await?;
+        Ok(client.open_session().await?)
+    }
+
+    /// Logs in to `node` for `grant` (mints the certificate, opens a tunnel
+    /// stream, SSH), without opening a channel: a forward opens its
+    /// `direct-tcpip` channel on it ([`RelayClient::open_direct_tcpip`]).
+    ///
+    /// # Errors
+    /// [`OpenError`] naming the failed step.
+    pub async fn connect(
+        &self,
+        node: &str,
+        grant: &RelayGrant,
+        originator: Option<SocketAddr>,
+    ) -> Result<RelayClient, OpenError> {
         let minted = self
             .ca
             .mint_user_certificate(grant, now_secs(), self.certificate_ttl)?;
@@ -100,7 +116,6 @@ impl EdgeRelay {
             node: node.to_string(),
             ca: self.ca.fingerprint(),
         };
-        let client = RelayClient::connect(stream, &minted, check, self.metrics.clone()).await?;
-        Ok(client.open_session().await?)
+        Ok(RelayClient::connect(stream, &minted, check, self.metrics.clone()).await?)
     }
 }

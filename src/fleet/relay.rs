@@ -16,7 +16,8 @@
 //! Input is written with the node channel's window (`data` waits for it).
 //!
 //! The relay counts and hashes the output it passes on ([`Witness`]), the
-//! edge's second witness of the session (`docs/fleet.md`).
+//! edge's second witness of the session (`docs/fleet.md`); a node's own
+//! notices come as [`NOTICE_DATA_TYPE`] and are not output.
 
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ use tokio::sync::{Mutex, mpsc};
 use crate::fleet::ca::{MintedCertificate, now_secs, verify_host_certificate};
 use crate::fleet::tunnel::RELAY_WINDOW_BYTES;
 use crate::metrics::Metrics;
+use crate::recording::Utf8Decoder;
 
 /// A failed relay step. The user sees "the node could not be reached";
 /// `Display` is for the audit log.
@@ -52,6 +54,16 @@ pub enum RelayError {
     /// Opening the channel failed.
     #[error("node {node} refused the channel: {message}")]
     Channel {
+        /// The node.
+        node: String,
+        /// What failed.
+        message: String,
+    },
+    /// The node could not connect a `direct-tcpip` channel to its
+    /// destination (RFC 4254 §5.1 `connect failed`); any other refusal of
+    /// that channel is [`RelayError::Channel`].
+    #[error("node {node} could not connect to the destination: {message}")]
+    ConnectFailed {
         /// The node.
         node: String,
         /// What failed.
@@ -130,17 +142,42 @@ pub enum RelayEvent {
     },
 }
 
-/// The edge's count and digest of a session's output as relayed.
+/// The extended data type (RFC 4254 §5.2 `data_type_code`, from the
+/// private-use range of RFC 4250 §4.4.2) a node sends its own notices to
+/// the user with ("session ended: ...", grant warnings, refusals): the
+/// edge shows them on stderr like any other, but they are not the
+/// session's output, so its witness leaves them out (the recording holds
+/// only output).
+pub const NOTICE_DATA_TYPE: u32 = 0xFE00_0001;
+
+/// The edge's count and digest of a session's output as relayed: data and
+/// extended data other than [`NOTICE_DATA_TYPE`], in relay order.
+///
+/// The count is of bytes as relayed. The digest is of that output as an
+/// asciicast v2 recording holds it (`o` events), so `audit verify` can
+/// compare it with the node's recording: decoded as UTF-8 across chunks,
+/// each invalid sequence replaced by U+FFFD, NULs left out (what
+/// [`crate::recording::Recorder::output`] writes), then SHA-256 of that
+/// text's UTF-8.
 #[derive(Debug, Clone, Default)]
 pub struct Witness {
     bytes: u64,
     sha256: Sha256,
+    text: Utf8Decoder,
+    /// The text of a chunk that held NULs, without them (reused).
+    scratch: Vec<u8>,
 }
 
 impl Witness {
     fn add(&mut self, data: &[u8]) {
         self.bytes += data.len() as u64;
-        self.sha256.update(data);
+        let Witness {
+            sha256,
+            text,
+            scratch,
+            ..
+        } = self;
+        text.decode_into(data, |piece| hash_text(sha256, scratch, piece.as_bytes()));
     }
 
     /// Bytes of output (data and extended data) relayed so far.
@@ -148,10 +185,27 @@ impl Witness {
         self.bytes
     }
 
-    /// Lowercase hex SHA-256 of that output in relay order.
+    /// Lowercase hex SHA-256 of that output's text so far (see
+    /// [`Witness`]; an incomplete UTF-8 sequence at the end counts as
+    /// U+FFFD, as at the end of a recording).
     pub fn sha256(&self) -> String {
-        hex::encode(self.sha256.clone().finalize())
+        let mut sha256 = self.sha256.clone();
+        let rest = self.text.clone().finish();
+        hash_text(&mut sha256, &mut Vec::new(), rest.as_bytes());
+        hex::encode(sha256.finalize())
     }
+}
+
+/// Hashes `text` without its NULs (`scratch` holds a copy only when it
+/// has some).
+fn hash_text(sha256: &mut Sha256, scratch: &mut Vec<u8>, text: &[u8]) {
+    if !text.contains(&0) {
+        sha256.update(text);
+        return;
+    }
+    scratch.clear();
+    scratch.extend(text.iter().copied().filter(|b| *b != 0));
+    sha256.update(&scratch[..]);
 }
 
 impl Witness {
@@ -285,7 +339,8 @@ impl RelayClient {
     /// network (RFC 4254 §7.2), as the user asked; a byte stream.
     ///
     /// # Errors
-    /// [`RelayError::Channel`].
+    /// [`RelayError::ConnectFailed`] when the node could not connect,
+    /// [`RelayError::Channel`] for any other refusal.
     pub async fn open_direct_tcpip(
         self,
         host: &str,
@@ -297,9 +352,17 @@ impl RelayClient {
             .handle
             .channel_open_direct_tcpip(host, port, originator, originator_port)
             .await
-            .map_err(|e| RelayError::Channel {
-                node: self.node.clone(),
-                message: e.to_string(),
+            .map_err(|e| match e {
+                russh::Error::ChannelOpenFailure(russh::ChannelOpenFailure::ConnectFailed) => {
+                    RelayError::ConnectFailed {
+                        node: self.node.clone(),
+                        message: e.to_string(),
+                    }
+                }
+                _ => RelayError::Channel {
+                    node: self.node.clone(),
+                    message: e.to_string(),
+                },
             })?;
         Ok(ForwardStream {
             inner: channel.into_stream(),
@@ -371,7 +434,9 @@ impl RelaySession {
                         RelayEvent::Data(data)
                     }
                     ChannelMsg::ExtendedData { data, ext } => {
-                        count(&seen, &metrics, &data);
+                        if ext != NOTICE_DATA_TYPE {
+                            count(&seen, &metrics, &data);
+                        }
                         RelayEvent::ExtendedData(ext, data)
                     }
                     ChannelMsg::Eof => RelayEvent::Eof,

@@ -11,8 +11,12 @@
 //! connection loop (input goes to the session's queue with `try_send`; the
 //! window is granted as the session consumes it). It never imports the ssh
 //! front door, and never serves what the certificate does not name (one
-//! session channel: pty, env, shell or exec, window changes, signals;
-//! sftp, scp and forwards are not relayed yet and are refused).
+//! session channel: pty, env, shell or exec, the sftp subsystem or legacy
+//! scp, window changes, signals; or one `direct-tcpip` channel to the one
+//! destination a forward's certificate names). Transfers and forwards run
+//! through the session core as on a gateway
+//! ([`crate::session::transfer::run_with_id`],
+//! [`crate::session::forward::open_with_id`]).
 
 mod output;
 
@@ -29,8 +33,10 @@ use crate::fleet::ca::now_secs;
 use crate::fleet::tunnel::{NodeIdentity, RelayOrigin, TunnelStream};
 use crate::fleet::{RelayAction, RelayedIdentity};
 use crate::gateway::Gateway;
-use crate::session::io::{Credit, Input, InputRefused, InputSender, input_queue};
+use crate::session::forward::{ForwardRefused, ForwardRequest};
+use crate::session::io::{Credit, Input, InputReceiver, InputRefused, InputSender, input_queue};
 use crate::session::shell::ShellRequest;
+use crate::session::transfer::TransferKind;
 use crate::session::{Caller, Destination, Target};
 use crate::wire::{clamp_dim, sanitize_term, signal_number};
 use output::RelayedOutput;
@@ -109,6 +115,14 @@ struct ChannelState {
     input: Option<InputSender>,
 }
 
+/// What a started channel's session gets.
+struct ChannelIo {
+    pty: Option<PtyRequest>,
+    env: Vec<(String, String)>,
+    input: InputReceiver,
+    output: RelayedOutput,
+}
+
 /// One relayed connection's state.
 struct RelayedHandler {
     gateway: Arc<Gateway>,
@@ -134,22 +148,27 @@ impl RelayedHandler {
         }
     }
 
-    /// Starts the shell or command on `channel` through the session core.
-    fn start(
+    /// The input queue and output of `channel`'s session, once, after the
+    /// channel's request was accepted: consumed input grants the edge
+    /// window again. `None` (and a failure reply) when the channel is not
+    /// this connection's one channel, or already started.
+    fn io(
         &mut self,
         channel: ChannelId,
-        command: Option<String>,
         session: &mut Session,
-    ) -> Result<(), russh::Error> {
+    ) -> Result<Option<(Caller, RelayedIdentity, ChannelIo)>, russh::Error> {
         let handle = session.handle();
         let (Some(caller), Some(relayed)) = (self.caller.clone(), self.relayed.clone()) else {
-            return session.channel_failure(channel);
+            session.channel_failure(channel)?;
+            return Ok(None);
         };
         let Some(state) = self.state(channel).filter(|s| s.input.is_none()) else {
-            return session.channel_failure(channel);
+            session.channel_failure(channel)?;
+            return Ok(None);
         };
         let Some(writer) = state.writer.take() else {
-            return session.channel_failure(channel);
+            session.channel_failure(channel)?;
+            return Ok(None);
         };
         let credit_handle = handle.clone();
         let credit: Credit = Box::new(move |bytes| {
@@ -157,22 +176,73 @@ impl RelayedHandler {
         });
         let (tx, rx) = input_queue(INPUT_LIMIT, Some(credit));
         state.input = Some(tx);
-        let request = ShellRequest {
-            command,
+        let io = ChannelIo {
             pty: state.pty.clone(),
             env: state.env.clone(),
+            input: rx,
+            output: RelayedOutput::new(writer, handle),
+        };
+        Ok(Some((caller, relayed, io)))
+    }
+
+    /// Starts the shell or command on `channel` through the session core.
+    fn start(
+        &mut self,
+        channel: ChannelId,
+        command: Option<String>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let Some((caller, relayed, io)) = self.io(channel, session)? else {
+            return Ok(());
+        };
+        let request = ShellRequest {
+            command,
+            pty: io.pty,
+            env: io.env,
         };
         session.channel_success(channel)?;
-        let output = RelayedOutput::new(writer, handle);
         let gateway = self.gateway.clone();
         self.gateway.tasks.spawn(crate::session::shell::run_with_id(
             gateway,
             caller,
             request,
-            rx,
-            output,
+            io.input,
+            io.output,
             Some(relayed.session_id),
         ));
+        Ok(())
+    }
+
+    /// Starts a file transfer (the sftp subsystem, or legacy scp) on
+    /// `channel` through the session core, as the ssh front door does.
+    fn start_transfer(
+        &mut self,
+        channel: ChannelId,
+        kind: TransferKind,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        if self.state(channel).is_some_and(|s| s.pty.is_some()) {
+            return session.channel_failure(channel);
+        }
+        let Some((caller, relayed, io)) = self.io(channel, session)? else {
+            return Ok(());
+        };
+        let output = match kind {
+            TransferKind::Scp { .. } => io.output.rcp_refusals(),
+            TransferKind::Sftp => io.output,
+        };
+        session.channel_success(channel)?;
+        let gateway = self.gateway.clone();
+        self.gateway
+            .tasks
+            .spawn(crate::session::transfer::run_with_id(
+                gateway,
+                caller,
+                kind,
+                io.input,
+                output,
+                Some(relayed.session_id),
+            ));
         Ok(())
     }
 
@@ -363,6 +433,15 @@ impl russh::server::Handler for RelayedHandler {
     ) -> Result<(), Self::Error> {
         match std::str::from_utf8(data) {
             Ok(c) if c.len() <= MAX_COMMAND_BYTES && !c.contains('\0') => {
+                // Legacy `scp -O` runs `scp -t`/`scp -f`: served by the
+                // node itself, as the ssh front door does.
+                if let Some(parsed) = crate::scp::ScpCommand::parse(c) {
+                    let kind = TransferKind::Scp {
+                        raw: c.to_string(),
+                        command: parsed,
+                    };
+                    return self.start_transfer(channel, kind, session);
+                }
                 self.start(channel, Some(c.to_string()), session)
             }
             _ => session.channel_failure(channel),
@@ -372,10 +451,95 @@ impl russh::server::Handler for RelayedHandler {
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
-        _name: &str,
+        name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if name == "sftp" {
+            return self.start_transfer(channel, TransferKind::Sftp, session);
+        }
         session.channel_failure(channel)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Only the one destination the certificate names, once, in the
+        // form the edge decided (canonical `ip:port`).
+        let named = self.relayed.as_ref().and_then(|r| {
+            (r.action == RelayAction::DirectTcpip)
+                .then_some(r.destination.as_deref())
+                .flatten()
+        });
+        let asked = crate::policy::addr::canonical_destination(host_to_connect, port_to_connect)
+            .ok()
+            .map(|a| a.to_string());
+        let allowed = self.channel.is_none() && named.is_some() && named == asked.as_deref();
+        let Some(caller) = self.caller.clone().filter(|_| allowed) else {
+            let reason = format!(
+                "direct-tcpip to {}:{port_to_connect} is not what the relay certificate names",
+                truncate(host_to_connect, 128)
+            );
+            tracing::warn!(%reason, "relayed forward refused");
+            if let Some(caller) = self.caller.clone() {
+                let event = AuditEvent::ChannelRefused {
+                    kind: "direct-tcpip".into(),
+                    reason,
+                };
+                let _ = caller.audit(&self.gateway, None, event).await;
+            }
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let id = channel.id();
+        let (_, writer) = channel.split();
+        self.channel = Some(ChannelState {
+            id: Some(id),
+            writer: Some(writer),
+            ..ChannelState::default()
+        });
+        let Some((_, relayed, io)) = self.io(id, session)? else {
+            return Ok(());
+        };
+        let request = ForwardRequest {
+            host: truncate(host_to_connect, 256),
+            port: port_to_connect,
+            originator: format!("{}:{originator_port}", truncate(originator_address, 64)),
+        };
+        let gateway = self.gateway.clone();
+        self.gateway.tasks.spawn(async move {
+            let opened = crate::session::forward::open_with_id(
+                gateway,
+                caller,
+                &request,
+                Some(relayed.session_id),
+            )
+            .await;
+            match opened {
+                Ok(open) => {
+                    reply.accept().await;
+                    open.run(io.input, io.output).await;
+                }
+                Err(ForwardRefused::Prohibited) => {
+                    reply
+                        .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                        .await;
+                }
+                Err(ForwardRefused::ConnectFailed) => {
+                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                }
+            }
+        });
+        Ok(())
     }
 
     async fn data(
@@ -460,6 +624,7 @@ mod tests {
             grant_id: None,
             client_address: None,
             edge: "edge-a".into(),
+            destination: None,
             serial: 1,
         };
         assert!(caller_of(&relayed, "127.0.0.1:2223").is_err());

@@ -3,7 +3,7 @@
 //! and invalid bytes replaced by U+FFFD.
 
 /// Decodes one byte stream into text across chunk boundaries.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Utf8Decoder {
     pending: Vec<u8>,
 }

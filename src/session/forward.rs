@@ -72,7 +72,18 @@ pub fn destination(host: &str, port: u32) -> Option<SocketAddr> {
 }
 
 /// A forward allowed, recorded and connected; its channel may be accepted.
-pub struct OpenForward {
+pub struct OpenForward(Opened);
+
+/// Where an allowed forward runs.
+enum Opened {
+    /// Here, from inside the container.
+    Local(Box<LocalForward>),
+    /// On the container's node (a fleet edge relays it).
+    Remote(Arc<Gateway>, super::remote_forward::RemoteForward),
+}
+
+/// A forward connected from inside the container on this gateway.
+struct LocalForward {
     gateway: Arc<Gateway>,
     caller: Caller,
     access: Access,
@@ -82,7 +93,8 @@ pub struct OpenForward {
 }
 
 /// Authorises `request`, opens its record and connects inside the
-/// container.
+/// container; on a fleet edge, decides it and opens it on the container's
+/// node (`remote_forward.rs`).
 ///
 /// # Errors
 /// [`ForwardRefused`], after the refusal was audited.
@@ -91,12 +103,33 @@ pub async fn open(
     caller: Caller,
     request: &ForwardRequest,
 ) -> Result<OpenForward, ForwardRefused> {
-    let gw = &gateway;
-    // One spelling per address before the policy sees it: `::ffff:10.1.2.3`
-    // is 10.1.2.3; hex, decimal and octal IPv4 forms, names, zones and
-    // the unspecified address are refused.
-    let addr = match canonical_destination(&request.host, request.port) {
-        Ok(addr) => addr,
+    if let Some(edge) = gateway.edge.clone() {
+        let addr = checked_destination(&gateway, &caller, request).await?;
+        let remote =
+            super::remote_forward::open(&gateway, &edge, &caller, addr, &request.originator)
+                .await
+                .map_err(|e| match e {
+                    super::remote_forward::RemoteRefused::Prohibited => ForwardRefused::Prohibited,
+                    super::remote_forward::RemoteRefused::ConnectFailed => {
+                        ForwardRefused::ConnectFailed
+                    }
+                })?;
+        return Ok(OpenForward(Opened::Remote(gateway, remote)));
+    }
+    open_with_id(gateway, caller, request, None).await
+}
+
+/// The canonical destination of `request`, or its refusal, audited. One
+/// spelling per address before the policy sees it: `::ffff:10.1.2.3` is
+/// 10.1.2.3; hex, decimal and octal IPv4 forms, names, zones and the
+/// unspecified address are refused.
+async fn checked_destination(
+    gw: &Gateway,
+    caller: &Caller,
+    request: &ForwardRequest,
+) -> Result<SocketAddr, ForwardRefused> {
+    match canonical_destination(&request.host, request.port) {
+        Ok(addr) => Ok(addr),
         Err(e) => {
             let event = AuditEvent::ChannelRefused {
                 kind: "direct-tcpip".into(),
@@ -107,9 +140,25 @@ pub async fn open(
                 ),
             };
             let _ = caller.audit(gw, None, event).await;
-            return Err(ForwardRefused::Prohibited);
+            Err(ForwardRefused::Prohibited)
         }
-    };
+    }
+}
+
+/// [`open`] on this gateway, with the session id given when `id` is some
+/// (a node opening a forward an edge relays, under the id the edge's
+/// certificate names).
+///
+/// # Errors
+/// [`ForwardRefused`], after the refusal was audited.
+pub async fn open_with_id(
+    gateway: Arc<Gateway>,
+    caller: Caller,
+    request: &ForwardRequest,
+    id: Option<String>,
+) -> Result<OpenForward, ForwardRefused> {
+    let gw = &gateway;
+    let addr = checked_destination(gw, &caller, request).await?;
     let context = [
         ("host", ContextValue::Ip(addr.ip())),
         ("port", ContextValue::Long(i64::from(addr.port()))),
@@ -137,10 +186,13 @@ pub async fn open(
         record_input: false,
         index: false,
     };
-    let record = SessionRecord::open_for(gw, &start).await.map_err(|e| {
-        tracing::error!(error = %e, "forward record unavailable; refusing");
-        ForwardRefused::Prohibited
-    })?;
+    let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let record = SessionRecord::open_with_id(gw, &start, id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "forward record unavailable; refusing");
+            ForwardRefused::Prohibited
+        })?;
     let opened = AuditEvent::ForwardOpened {
         container: access.container.name.clone(),
         host: addr.ip().to_string(),
@@ -170,14 +222,14 @@ pub async fn open(
             return Err(ForwardRefused::ConnectFailed);
         }
     };
-    Ok(OpenForward {
+    Ok(OpenForward(Opened::Local(Box::new(LocalForward {
         gateway,
         caller,
         access,
         record,
         stream,
         destination: addr,
-    })
+    }))))
 }
 
 /// The `ForwardClosed` event.
@@ -196,7 +248,16 @@ impl OpenForward {
     /// channel, or something ends it; audits the totals and closes the
     /// record.
     pub async fn run<O: Output>(self, input: InputReceiver, output: O) {
-        let OpenForward {
+        match self.0 {
+            Opened::Local(local) => local.run(input, output).await,
+            Opened::Remote(gateway, remote) => remote.run(&gateway, input, output).await,
+        }
+    }
+}
+
+impl LocalForward {
+    async fn run<O: Output>(self, input: InputReceiver, output: O) {
+        let LocalForward {
             gateway,
             caller,
             access,

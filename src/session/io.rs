@@ -324,6 +324,17 @@ pub trait Output: Send + Sync {
     /// [`ClientGone`].
     fn stderr(&self, bytes: Vec<u8>) -> impl Future<Output = Result<(), ClientGone>> + Send;
 
+    /// Sends a notice of the gateway's own for the user (a grant ending
+    /// soon): not the session's output, never recorded. On stderr unless
+    /// the front end tells notices apart (a fleet node does, for the
+    /// edge's witness).
+    ///
+    /// # Errors
+    /// [`ClientGone`].
+    fn notice(&self, bytes: Vec<u8>) -> impl Future<Output = Result<(), ClientGone>> + Send {
+        self.stderr(bytes)
+    }
+
     /// No more output will follow (a forward's destination closed its
     /// side); input may still come.
     fn eof(&self) -> impl Future<Output = ()> + Send;

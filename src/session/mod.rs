@@ -27,10 +27,11 @@
 //! 7. [`record`] again: the end, row and `session_end` event in one
 //!    transaction.
 //!
-//! On a fleet edge, shells and commands take another path after the
-//! decision (`remote.rs`): the container's node is found, the session is
-//! relayed to it ([`crate::fleet::edge_relay`]), and the node's own
-//! session core runs steps 2 to 7 again under the same session id.
+//! On a fleet edge, shells, commands and transfers (`remote.rs`) and
+//! forwards (`remote_forward.rs`) take another path: the container's node
+//! is found, the edge decides, the session is relayed to the node
+//! ([`crate::fleet::edge_relay`]), and the node's own session core runs
+//! steps 2 to 7 again under the same session id.
 //!
 //! It never speaks SSH and never imports a front end.
 
@@ -45,6 +46,7 @@ mod pump;
 pub mod record;
 pub mod refusal;
 mod remote;
+mod remote_forward;
 pub mod shell;
 pub mod signal;
 pub mod target;

@@ -204,7 +204,7 @@ pub(crate) async fn pump<O: Output>(p: Pump<'_, O>) -> Outcome {
         if sending.is_none()
             && let Some(text) = pending_notices.pop()
         {
-            sending = Some(Box::pin(output.stderr(text.into_bytes())));
+            sending = Some(Box::pin(output.notice(text.into_bytes())));
         }
         if exit.is_some() && stdout.is_none() && stderr.is_none() && sending.is_none() {
             break;

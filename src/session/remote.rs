@@ -25,11 +25,11 @@ use crate::attach::{ExitStatus, PtyRequest};
 use crate::audit::{AuditEvent, truncate};
 use crate::fleet::edge_relay::EdgeRelay;
 use crate::fleet::locate::LocateError;
-use crate::fleet::relay::{RelayEvent, RelayRequest, RelaySession};
+use crate::fleet::relay::{RelayClient, RelayEvent, RelayRequest, RelaySession};
 use crate::fleet::{RelayAction, RelayGrant};
 use crate::gateway::Gateway;
 use crate::inventory::{Backend, Container, ContainerState};
-use crate::policy::Action;
+use crate::policy::{Action, ContextValue};
 use crate::store::FleetContainer;
 
 /// A shell or command as the user asked for it (`shell::ShellRequest`'s
@@ -55,10 +55,97 @@ pub(crate) async fn run<O: Output>(
 ) {
     match open(&gw, edge, &caller, &request).await {
         Ok((relay, session_id)) => {
-            relay_until_end(&gw, edge, &caller, relay, session_id, input, output).await
+            let relayed = Relayed {
+                relay,
+                session_id,
+                witnessed: true,
+            };
+            relay_until_end(&gw, edge, &caller, relayed, input, output).await
         }
         Err(refusal) => output.refuse(&refusal).await,
     }
+}
+
+/// A file transfer as the user asked for it, for the edge to decide and
+/// pass on: the `sftp` subsystem, or legacy scp's exec command.
+pub(crate) struct RemoteTransfer {
+    /// `read` or `write`: the policy's `access` for `sftp` (the subsystem
+    /// is decided for `read`; the node decides `write` again and serves
+    /// read-only when refused).
+    pub access: &'static str,
+    /// `None`: the `sftp` subsystem; `Some`: the scp exec command.
+    pub scp_command: Option<String>,
+}
+
+/// Relays one file transfer for `caller` through `edge` to its end:
+/// decided on the edge as [`super::transfer`] decides (the policy action
+/// `sftp` with `access`), then served by the node's own transfer session
+/// under the same id. Every refusal is audited before it is sent through
+/// `output`.
+pub(crate) async fn run_transfer<O: Output>(
+    gw: Arc<Gateway>,
+    edge: &EdgeRelay,
+    caller: Caller,
+    transfer: RemoteTransfer,
+    input: InputReceiver,
+    output: O,
+) {
+    match open_transfer(&gw, edge, &caller, transfer).await {
+        Ok((relay, session_id)) => {
+            let relayed = Relayed {
+                relay,
+                session_id,
+                // Its recording is header-only: nothing to compare.
+                witnessed: false,
+            };
+            relay_until_end(&gw, edge, &caller, relayed, input, output).await
+        }
+        Err(refusal) => output.refuse(&refusal).await,
+    }
+}
+
+/// The transfer's decision, then its relayed channel with the subsystem
+/// or exec accepted by the node.
+async fn open_transfer(
+    gw: &Gateway,
+    edge: &EdgeRelay,
+    caller: &Caller,
+    transfer: RemoteTransfer,
+) -> Result<(RelaySession, String), Refusal> {
+    let RemoteTransfer {
+        access,
+        scp_command,
+    } = transfer;
+    let start = match scp_command {
+        None => RelayRequest::Subsystem("sftp".into()),
+        Some(command) => RelayRequest::Exec(command.into_bytes()),
+    };
+    let context = [("access", ContextValue::Str(access.into()))];
+    let ask = Ask {
+        action: Action::Sftp,
+        command: None,
+        context: &context,
+        verb: "transfer files",
+    };
+    let admitted = admit(gw, edge, caller, &ask, None).await?;
+    let session_id = admitted.session_id.clone();
+    let relay = admitted.open_session(gw, caller).await?;
+    let lost = |_| {
+        Refusal::new(format!(
+            "Access refused: node {} unreachable.",
+            relay.node()
+        ))
+    };
+    if !relay.request(start).await.map_err(lost)? {
+        let refusal = Refusal::new(format!(
+            "Access refused: node {} refused the transfer.",
+            relay.node()
+        ));
+        relay.close().await;
+        return Err(refusal);
+    }
+    tracing::info!(%session_id, node = %relay.node(), "transfer relayed");
+    Ok((relay, session_id))
 }
 
 /// The decision, then the relayed channel with its requests accepted.
@@ -78,12 +165,71 @@ async fn open(
         context: &[],
         verb,
     };
+    let admitted = admit(gw, edge, caller, &ask, None).await?;
+    let session_id = admitted.session_id.clone();
+    let relay = admitted.open_session(gw, caller).await?;
+    if let Err(refusal) = pass_requests(&relay, request).await {
+        relay.close().await;
+        return Err(refusal);
+    }
+    tracing::info!(%session_id, node = %relay.node(), "session relayed");
+    Ok((relay, session_id))
+}
+
+/// A decision the edge allowed, logged in to the container's node with a
+/// relay certificate naming it; no channel open yet.
+pub(super) struct Admitted {
+    /// The SSH connection to the node.
+    pub(super) client: RelayClient,
+    /// The session id the certificate names (the node uses it too).
+    pub(super) session_id: String,
+    /// The node.
+    pub(super) node: String,
+    /// The container.
+    pub(super) container: String,
+}
+
+impl Admitted {
+    /// Opens the session channel; a failure is audited as the node
+    /// unreachable.
+    async fn open_session(self, gw: &Gateway, caller: &Caller) -> Result<RelaySession, Refusal> {
+        let Admitted {
+            client,
+            session_id,
+            node,
+            container,
+        } = self;
+        match client.open_session().await {
+            Ok(relay) => Ok(relay),
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "relay failed");
+                let reason = e.to_string();
+                Err(unreachable(gw, caller, &session_id, &container, &node, &reason).await)
+            }
+        }
+    }
+}
+
+/// The edge's part of every relayed session: the target, the fleet's row
+/// of its container, the caller's grant (shells and commands only, as on
+/// a gateway), the audited decision of `ask` on the labels the node
+/// reported, the node reachable, then a login to it with a certificate
+/// naming the session (and, for a forward, its one `destination`).
+/// Every refusal is audited before it is returned.
+pub(super) async fn admit(
+    gw: &Gateway,
+    edge: &EdgeRelay,
+    caller: &Caller,
+    ask: &Ask<'_>,
+    destination: Option<std::net::SocketAddr>,
+) -> Result<Admitted, Refusal> {
+    let interactive = matches!(ask.action, Action::Shell | Action::Exec);
     let target = match &caller.destination {
         Destination::Container(t) if t.container != gw.config.grants.broker_user => t.clone(),
         // A name that is no target, or the broker's reserved name: the
         // local path refuses (and audits) these before any lookup.
         _ => {
-            return Err(match authorize(gw, caller, &ask).await {
+            return Err(match authorize(gw, caller, ask).await {
                 Err(refusal) => refusal,
                 Ok(_) => Refusal::new("Access denied."),
             });
@@ -97,7 +243,7 @@ async fn open(
                 reason: e.to_string(),
             };
             caller.audit(gw, None, event).await?;
-            return Err(denial(gw, &ask, &target));
+            return Err(denial(gw, ask, &target));
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot read the fleet's containers; refusing");
@@ -105,19 +251,24 @@ async fn open(
         }
     };
     let container = container_of(&found);
-    let grant = gw
-        .store
-        .active_grant_for(
-            &caller.principal.subject,
-            &container.name,
-            &target.login,
-            crate::store::now_ms(),
-        )
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot read grants; refusing");
-            Refusal::database_unavailable()
-        })?;
+    // Grants (issue 7) are for shells and commands; transfers and
+    // forwards are decided on their own (as `access::authorize` does).
+    let grant = if interactive {
+        gw.store
+            .active_grant_for(
+                &caller.principal.subject,
+                &container.name,
+                &target.login,
+                crate::store::now_ms(),
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read grants; refusing");
+                Refusal::database_unavailable()
+            })?
+    } else {
+        None
+    };
     // The labels the fleet reports must be those approved (issue 12);
     // where the grant was approved is checked by the node, whose own
     // session core decides again under its own gateway id.
@@ -129,9 +280,9 @@ async fn open(
     // No uid here: the login lives in the node's container; the node
     // resolves it and decides again on it before it attaches.
     let Some(depends_on_grant) =
-        decide(gw, caller, &target, &container, &ask, grant.as_ref(), None).await?
+        decide(gw, caller, &target, &container, ask, grant.as_ref(), None).await?
     else {
-        return Err(with_grant_reason(denial(gw, &ask, &target), not_honoured));
+        return Err(with_grant_reason(denial(gw, ask, &target), not_honoured));
     };
     let session_id = uuid::Uuid::new_v4().to_string();
     let location = match edge.reachable(found).await {
@@ -164,17 +315,26 @@ async fn open(
         principal: caller.principal.clone(),
         login: target.login.clone(),
         container: container.name.clone(),
-        action: RelayAction::Session,
+        action: match destination {
+            None => RelayAction::Session,
+            Some(_) => RelayAction::DirectTcpip,
+        },
         grant_id: grant.filter(|_| depends_on_grant).map(|g| g.id),
         client_address: Some(caller.client_addr.clone()),
         edge: edge.edge_id.clone(),
+        destination: destination.map(|d| d.to_string()),
     };
     let originator = caller.client_addr.parse().ok();
-    let relay = match edge.open_session(&node, &relay_grant, originator).await {
-        Ok(relay) => relay,
+    match edge.connect(&node, &relay_grant, originator).await {
+        Ok(client) => Ok(Admitted {
+            client,
+            session_id,
+            node,
+            container: container.name,
+        }),
         Err(e) => {
             tracing::warn!(%node, error = %e, "relay failed");
-            return Err(unreachable(
+            Err(unreachable(
                 gw,
                 caller,
                 &session_id,
@@ -182,21 +342,15 @@ async fn open(
                 &node,
                 &e.to_string(),
             )
-            .await);
+            .await)
         }
-    };
-    if let Err(refusal) = pass_requests(&relay, request).await {
-        relay.close().await;
-        return Err(refusal);
     }
-    tracing::info!(%session_id, %node, container = %container.name, "session relayed");
-    Ok((relay, session_id))
 }
 
 /// Audits that `node` could not be reached for `session_id` (why:
 /// `reason`), and the refusal to send: that audit's own refusal when it
 /// cannot be written.
-async fn unreachable(
+pub(super) async fn unreachable(
     gw: &Gateway,
     caller: &Caller,
     session_id: &str,
@@ -274,6 +428,15 @@ fn container_of(found: &FleetContainer) -> Container {
     container
 }
 
+/// A relayed channel whose session runs on the node.
+struct Relayed {
+    relay: RelaySession,
+    session_id: String,
+    /// The edge's witness of the output goes to `fleet_witness` at the end
+    /// (shells and commands: their recordings hold the output).
+    witnessed: bool,
+}
+
 /// Input to the node (window credit once the node took it), output and
 /// the exit to the user, until the node ends the session, the user leaves,
 /// the node is lost or the edge shuts down; then the edge's witness.
@@ -281,11 +444,15 @@ async fn relay_until_end<O: Output>(
     gw: &Gateway,
     edge: &EdgeRelay,
     caller: &Caller,
-    mut relay: RelaySession,
-    session_id: String,
+    relayed: Relayed,
     mut input: InputReceiver,
     output: O,
 ) {
+    let Relayed {
+        mut relay,
+        session_id,
+        witnessed,
+    } = relayed;
     let node = relay.node().to_string();
     let mut events = relay.take_events();
     // The input side borrows the relay: it ends with this block.
@@ -368,9 +535,10 @@ async fn relay_until_end<O: Output>(
         output.ended(reason).await;
     }
     output.finish(exit).await;
-    if let Err(e) = witness
-        .record(&edge.store, &session_id, &edge.edge_id, &node)
-        .await
+    if witnessed
+        && let Err(e) = witness
+            .record(&edge.store, &session_id, &edge.edge_id, &node)
+            .await
     {
         tracing::error!(%session_id, error = %e, "cannot record the edge's witness");
     }

@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use super::access::{Access, Ask, authorize, decide};
 use super::io::{Input, InputReceiver, Output, Sending, sent, start_write};
 use super::record::{RecordStart, SessionRecord};
+use super::remote::RemoteTransfer;
 use super::shell::refusal_of;
 use super::{Caller, EndReason, LiveSession, Refusal};
 use crate::attach::{self, AttachRequest, End, ExitStatus, Leftovers, SessionIo, SessionKind};
@@ -66,9 +67,62 @@ pub async fn run<O: Output>(
     input: InputReceiver,
     output: O,
 ) {
-    match start(&gateway, &caller, kind).await {
+    if let Some(edge) = gateway.edge.clone() {
+        // An edge serves no transfer itself: it relays it to the node.
+        let transfer = match kind {
+            TransferKind::Sftp => RemoteTransfer {
+                access: "read",
+                scp_command: None,
+            },
+            TransferKind::Scp {
+                raw,
+                command: Ok(command),
+            } => RemoteTransfer {
+                access: if command.is_upload() { "write" } else { "read" },
+                scp_command: Some(raw),
+            },
+            TransferKind::Scp {
+                command: Err(e), ..
+            } => {
+                let refusal = refuse_scp(&gateway, &caller, &e).await;
+                output.refuse(&refusal).await;
+                return;
+            }
+        };
+        super::remote::run_transfer(gateway, &edge, caller, transfer, input, output).await;
+        return;
+    }
+    run_with_id(gateway, caller, kind, input, output, None).await
+}
+
+/// [`run`] on this gateway, with the session id given when `id` is some
+/// (a node serving a transfer an edge relays, under the id the edge's
+/// certificate names).
+pub async fn run_with_id<O: Output>(
+    gateway: Arc<Gateway>,
+    caller: Caller,
+    kind: TransferKind,
+    input: InputReceiver,
+    output: O,
+    id: Option<String>,
+) {
+    match start(&gateway, &caller, kind, id).await {
         Ok(started) => started.run(&gateway, &caller, input, output).await,
         Err(refusal) => output.refuse(&refusal).await,
+    }
+}
+
+/// Audits an scp command refused because it needs a shell to mean
+/// anything; the refusal to send (that audit's own when it cannot be
+/// written).
+async fn refuse_scp(gw: &Gateway, caller: &Caller, e: &ScpCommandError) -> Refusal {
+    let event = AuditEvent::ChannelRefused {
+        kind: "exec".into(),
+        reason: e.to_string(),
+    };
+    match caller.audit(gw, None, event).await {
+        Ok(_) => Refusal::new(e.to_string()),
+        Err(refusal) => refusal,
     }
 }
 
@@ -80,18 +134,12 @@ struct Started {
     command: String,
 }
 
-async fn start(gw: &Gateway, caller: &Caller, kind: TransferKind) -> Result<Started, Refusal> {
-    if gw.edge.is_some() {
-        // A fleet edge relays shells and commands only, so far.
-        let event = AuditEvent::ChannelRefused {
-            kind: "sftp".into(),
-            reason: "file transfers are not relayed through an edge yet".into(),
-        };
-        caller.audit(gw, None, event).await?;
-        return Err(Refusal::new(
-            "Access refused: file transfers are not relayed through this edge yet; connect to the container's node.",
-        ));
-    }
+async fn start(
+    gw: &Gateway,
+    caller: &Caller,
+    kind: TransferKind,
+    id: Option<String>,
+) -> Result<Started, Refusal> {
     let verb = "transfer files";
     let access = |a: &str| [("access", ContextValue::Str(a.into()))];
     let ask = |context| Ask {
@@ -104,14 +152,7 @@ async fn start(gw: &Gateway, caller: &Caller, kind: TransferKind) -> Result<Star
         TransferKind::Scp { raw, command } => {
             let command = match command {
                 Ok(c) => c,
-                Err(e) => {
-                    let event = AuditEvent::ChannelRefused {
-                        kind: "exec".into(),
-                        reason: e.to_string(),
-                    };
-                    caller.audit(gw, None, event).await?;
-                    return Err(Refusal::new(e.to_string()));
-                }
+                Err(e) => return Err(refuse_scp(gw, caller, &e).await),
             };
             let context = access(if command.is_upload() { "write" } else { "read" });
             let allowed = authorize(gw, caller, &ask(&context)).await?;
@@ -161,7 +202,8 @@ async fn start(gw: &Gateway, caller: &Caller, kind: TransferKind) -> Result<Star
         record_input: false,
         index: false,
     };
-    let record = SessionRecord::open_for(gw, &start)
+    let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let record = SessionRecord::open_with_id(gw, &start, id)
         .await
         .map_err(|e| refusal_of(&e))?;
     Ok(Started {
