@@ -119,13 +119,18 @@ async fn fleet_rows(
         .list_fleet_nodes(fresh_ms)
         .await
         .map_err(InventoryError::Fleet)?;
+    // Each node records its own sessions: the newest per container from
+    // every node that reports one (joined or not).
     let mut last: BTreeMap<String, BTreeMap<String, LastSession>> = BTreeMap::new();
-    for n in &nodes {
+    for f in &fleet {
+        if last.contains_key(&f.node) {
+            continue;
+        }
         let sessions = store
-            .last_sessions(&n.name)
+            .last_sessions(&f.node)
             .await
             .map_err(InventoryError::LastSessions)?;
-        last.insert(n.name.clone(), sessions);
+        last.insert(f.node.clone(), sessions);
     }
     Ok(fleet
         .into_iter()
